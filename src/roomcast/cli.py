@@ -1,0 +1,195 @@
+"""The ``roomcast`` command.
+
+Every ``serve`` flag also reads ``ROOMCAST_<FLAG>`` from the environment
+(``--data-dir`` from ``ROOMCAST_DATA_DIR``); a flag on the command line
+wins. Bad configuration is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .broker import open_broker
+from .config import (
+    Limits,
+    ServerConfig,
+    load_secret,
+    make_ssl_context,
+    prepare_data_dir,
+)
+from .exceptions import ConfigError
+from .node import Node
+from .server import RoomcastServer
+from .store import open_store
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"roomcast: error: {message}\n")
+
+
+def _env_default(environ: Mapping[str, str], flag: str, default: Any) -> Any:
+    key = "ROOMCAST_" + flag.lstrip("-").replace("-", "_").upper()
+    return environ.get(key, default)
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with defaults taken from ``environ``."""
+    env = os.environ if environ is None else environ
+    parser = _Parser(prog="roomcast", description="Real-time chat over WebSocket.")
+    parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser(
+        "serve",
+        help="run the chat server",
+        description=(
+            "Run the chat server: HTTP and WebSocket on one port. Every flag also reads "
+            "the environment variable ROOMCAST_<FLAG> (e.g. ROOMCAST_PORT); flags win."
+        ),
+    )
+
+    def add(flag: str, default: Any, help: str, **kwargs: Any) -> None:
+        serve.add_argument(flag, default=_env_default(env, flag, default), help=help, **kwargs)
+
+    add("--host", "127.0.0.1", "address to listen on (default: %(default)s)")
+    add("--port", 8765, "port to listen on; 0 picks a free one (default: %(default)s)")
+    add(
+        "--data-dir",
+        "./roomcast-data",
+        "directory for the embedded database and the generated secret (default: %(default)s)",
+    )
+    add("--tls-cert", None, "PEM certificate chain; with --tls-key serves https:// and wss://")
+    add("--tls-key", None, "PEM private key for --tls-cert")
+    origins = env.get("ROOMCAST_ALLOWED_ORIGIN")
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help=(
+            "a browser Origin allowed besides the server's own, e.g. https://chat.example.org; "
+            "repeat for more (env: space-separated)"
+        ),
+    )
+    serve.set_defaults(env_allowed_origins=origins.split() if origins else [])
+    add(
+        "--secret",
+        None,
+        "secret that signs tokens; by default one is generated once and kept in the data dir",
+    )
+    add(
+        "--heartbeat",
+        30.0,
+        "seconds between pings; a client that has not answered by the next ping is dropped; "
+        "0 turns it off (default: %(default)s)",
+    )
+    add(
+        "--log-level",
+        "info",
+        "debug, info, warning or error (default: %(default)s)",
+        choices=["debug", "info", "warning", "error"],
+        type=str.lower,
+    )
+    return parser
+
+
+def _number(value: Any, flag: str, kind: type[int] | type[float], low: float, high: float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} must be a number, not {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{flag} must be between {low:g} and {high:g}, not {value}")
+    return number
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Check the parsed flags and turn them into a :class:`ServerConfig`."""
+    port = _number(args.port, "--port", int, 0, 65535)
+    heartbeat = _number(args.heartbeat, "--heartbeat", float, 0, 86400)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key must be given together")
+    origins = tuple(args.allowed_origin or args.env_allowed_origins)
+    for origin in origins:
+        if "://" not in origin or origin.rstrip("/") != origin:
+            raise ConfigError(f"--allowed-origin must look like https://host[:port], not {origin}")
+    return ServerConfig(
+        host=args.host,
+        port=port,
+        data_dir=Path(args.data_dir),
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        allowed_origins=origins,
+        secret=args.secret,
+        heartbeat=heartbeat,
+        limits=Limits(),
+    )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _serve(config: ServerConfig) -> None:
+    data_dir = prepare_data_dir(config.data_dir)
+    load_secret(data_dir, config.secret)
+    ssl_context = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        ssl_context = make_ssl_context(config.tls_cert, config.tls_key)
+    node = Node(
+        store=open_store(None),
+        broker=open_broker(None),
+        limits=config.limits,
+        heartbeat=config.heartbeat,
+    )
+    server = RoomcastServer(node, config)
+    try:
+        await server.serve_until_signalled(ssl_context)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from None
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``roomcast`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        _configure_logging(args.log_level)
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            runner.run(_serve(config))
+    except ConfigError as exc:
+        print(f"roomcast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

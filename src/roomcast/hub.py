@@ -1,0 +1,169 @@
+"""The hub: this process's connections and who is in which room.
+
+The hub knows only local connections. Its methods are synchronous and never
+wait for a connection: :meth:`Hub.deliver` hands the same pre-built frame to
+every member's transport and moves on, so one slow member costs the others
+nothing (a member whose unsent data grows too large is closed by its own
+transport, see ``server.WebSocketPeer.send``).
+
+Invariant: a peer's ``send`` never adds or removes hub members while the hub
+iterates a room; peers leave the hub only when their connection handler
+ends, through :meth:`Hub.remove`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from .protocol.codes import CloseCode
+from .protocol.session import Session
+
+__all__ = ["Hub", "Peer"]
+
+
+class Peer(Protocol):
+    """One connection, as the hub and the node see it."""
+
+    session: Session
+
+    def send(self, frame: bytes) -> None:
+        """Queue a pre-built WebSocket frame for this connection; never blocks."""
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Start closing this connection with ``code``; never blocks."""
+
+
+class Hub:
+    """Local connections, room membership and fan-out."""
+
+    __slots__ = ("_names", "_room_names", "_rooms", "peers")
+
+    def __init__(self) -> None:
+        self.peers: dict[str, Peer] = {}
+        self._rooms: dict[str, dict[Peer, None]] = {}
+        self._room_names: dict[str, Counter[str]] = {}
+        self._names: dict[str, dict[Peer, None]] = {}
+
+    # -- connections ---------------------------------------------------------
+
+    def add(self, peer: Peer) -> None:
+        """Register a new connection (its session must have a user or none yet)."""
+        self.peers[peer.session.id] = peer
+        if peer.session.user is not None:
+            self._names.setdefault(peer.session.user.name, {})[peer] = None
+
+    def remove(self, peer: Peer) -> list[tuple[str, bool]]:
+        """Forget a connection; return ``(room, user_left_room)`` for each room it was in."""
+        self.peers.pop(peer.session.id, None)
+        user = peer.session.user
+        if user is not None:
+            self._drop_name(user.name, peer)
+        return [(room, self.leave(room, peer)) for room in peer.session.closed()]
+
+    def name_in_use(self, name: str) -> bool:
+        """Whether a local connection is using ``name``."""
+        return name in self._names
+
+    def rename(self, peer: Peer, old: str | None, new: str) -> None:
+        """A connection changed user (``auth``); keep the name index right."""
+        if old is not None:
+            self._drop_name(old, peer)
+        self._names.setdefault(new, {})[peer] = None
+        for room in peer.session.rooms:
+            names = self._room_names[room]
+            if old is not None:
+                names[old] -= 1
+                if names[old] <= 0:
+                    del names[old]
+            names[new] += 1
+
+    def _drop_name(self, name: str, peer: Peer) -> None:
+        conns = self._names.get(name)
+        if conns is not None:
+            conns.pop(peer, None)
+            if not conns:
+                del self._names[name]
+
+    # -- rooms -----------------------------------------------------------------
+
+    def join(self, room: str, peer: Peer) -> bool:
+        """Add ``peer`` to ``room``; True when it is its user's first connection there."""
+        members = self._rooms.setdefault(room, {})
+        if peer in members:
+            return False
+        members[peer] = None
+        peer.session.joined(room)
+        user = peer.session.user
+        if user is None:
+            return False
+        names = self._room_names.setdefault(room, Counter())
+        names[user.name] += 1
+        return names[user.name] == 1
+
+    def leave(self, room: str, peer: Peer) -> bool:
+        """Remove ``peer`` from ``room``; True when its user has no connection left there."""
+        peer.session.left(room)
+        members = self._rooms.get(room)
+        if members is None or peer not in members:
+            return False
+        del members[peer]
+        if not members:
+            del self._rooms[room]
+        user = peer.session.user
+        names = self._room_names.get(room)
+        if user is None or names is None:
+            return False
+        names[user.name] -= 1
+        if names[user.name] > 0:
+            return False
+        del names[user.name]
+        if not names:
+            del self._room_names[room]
+        return True
+
+    def members(self, room: str, limit: int | None = None) -> list[str]:
+        """The names of the users in ``room`` (at most ``limit`` of them)."""
+        names = self._room_names.get(room)
+        if not names:
+            return []
+        if limit is None or len(names) <= limit:
+            return list(names)
+        return [name for name, _ in zip(names, range(limit), strict=False)]
+
+    def member_count(self, room: str) -> int:
+        """How many distinct users are in ``room``."""
+        names = self._room_names.get(room)
+        return len(names) if names else 0
+
+    def rooms(self) -> dict[str, int]:
+        """Every room with a local member, with its number of users."""
+        return {room: len(names) for room, names in self._room_names.items()}
+
+    # -- fan-out -------------------------------------------------------------
+
+    def deliver(self, room: str, frame: bytes, *, skip_user: str | None = None) -> int:
+        """Write ``frame`` to every member of ``room``; return how many got it."""
+        members = self._rooms.get(room)
+        if not members:
+            return 0
+        if skip_user is None:
+            for peer in members:
+                peer.send(frame)
+            return len(members)
+        sent = 0
+        for peer in members:
+            user = peer.session.user
+            if user is None or user.name != skip_user:
+                peer.send(frame)
+                sent += 1
+        return sent
+
+    def send_to_user(self, name: str, frame: bytes) -> int:
+        """Write ``frame`` to every local connection of user ``name``."""
+        conns = self._names.get(name)
+        if not conns:
+            return 0
+        for peer in conns:
+            peer.send(frame)
+        return len(conns)

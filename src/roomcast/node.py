@@ -1,0 +1,313 @@
+"""The node: one roomcast process's application logic.
+
+The node turns what sessions decide into effects: it stores messages (the
+store assigns seqs), delivers frames to local members through the hub and
+publishes them to other nodes through the broker. It never touches a socket;
+the transport (``server.py``) feeds it frames and gives it peers to write to.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import uuid
+from typing import Final
+
+from .broker.base import Broker, Publication
+from .config import DEFAULT_LIMITS, Limits
+from .exceptions import BackendError
+from .hub import Hub, Peer
+from .protocol.codes import ErrorCode
+from .protocol.messages import (
+    DEFAULT_ROOM,
+    Ack,
+    AuthFrame,
+    AuthOk,
+    Chat,
+    Direct,
+    ErrorReply,
+    FileHeader,
+    HistoryReply,
+    HistoryRequest,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    MemberList,
+    PresenceEvent,
+    PresenceRequest,
+    ServerFrame,
+    System,
+    Typing,
+    TypingEvent,
+    UserInfo,
+    encode,
+)
+from .protocol.session import Close, Outcome, Reply, Session
+from .protocol.wsframe import text_frame
+from .store.base import Store
+
+__all__ = ["GUEST_NAME", "Node"]
+
+logger = logging.getLogger("roomcast.node")
+
+#: Nicknames a guest may choose: letters, digits, ``_`` and ``-``, 1 to 32.
+GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
+
+#: Messages replayed per store read when a join asks for ``since``.
+REPLAY_PAGE: Final = 500
+
+
+class Node:
+    """Orchestrates sessions, the hub, the store and the broker.
+
+    Args:
+        store: where messages are kept.
+        broker: how publications reach other nodes.
+        limits: per-connection limits.
+        heartbeat: the ping interval announced in the welcome frame.
+        guests: whether unauthenticated connections are guests.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        broker: Broker,
+        limits: Limits = DEFAULT_LIMITS,
+        heartbeat: float = 30.0,
+        guests: bool = True,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.hub = Hub()
+        self.store = store
+        self.broker = broker
+        self.limits = limits
+        self.heartbeat = heartbeat
+        self.guests = guests
+
+    async def start(self) -> None:
+        """Open the store and start receiving other nodes' publications."""
+        await self.store.open()
+        await self.broker.start(self.id, self._on_publication)
+
+    async def close(self) -> None:
+        """Stop the broker, then flush and close the store."""
+        await self.broker.close()
+        await self.store.close()
+
+    async def ready(self) -> dict[str, str]:
+        """Whether the store and broker answer, by name (``ok`` or the error)."""
+        status: dict[str, str] = {}
+        for name, backend in (("store", self.store), ("broker", self.broker)):
+            try:
+                await backend.ping()
+                status[name] = "ok"
+            except BackendError as exc:
+                status[name] = str(exc) or type(exc).__name__
+        return status
+
+    # -- connections -----------------------------------------------------------
+
+    def new_session(self) -> Session:
+        """A session for a new connection: a guest, unless guests are off."""
+        user = UserInfo(self._guest_name(), True) if self.guests else None
+        return Session(
+            uuid.uuid4().hex,
+            user,
+            max_rooms=self.limits.max_rooms,
+            max_message_chars=self.limits.max_message_chars,
+        )
+
+    def _guest_name(self) -> str:
+        while True:
+            name = f"guest-{secrets.token_hex(4)}"
+            if not self.hub.name_in_use(name):
+                return name
+
+    async def connect(self, peer: Peer) -> None:
+        """A connection is open: welcome it and put it in the lobby."""
+        session = peer.session
+        self.hub.add(peer)
+        self._reply(
+            peer,
+            System(
+                session.id,
+                session.user or UserInfo("", False),
+                self.heartbeat,
+            ),
+        )
+        if session.user is not None:
+            await self._join(peer, Join(None, DEFAULT_ROOM))
+
+    def disconnect(self, peer: Peer) -> None:
+        """A connection ended: forget it and tell the rooms it was in."""
+        user = peer.session.user
+        for room, user_left in self.hub.remove(peer):
+            if user_left and user is not None:
+                self._presence(room, user.name, "leave")
+
+    # -- input -------------------------------------------------------------------
+
+    async def receive_text(self, peer: Peer, data: str | bytes) -> None:
+        """Carry out one text frame from ``peer``."""
+        await self._dispatch(peer, peer.session.receive_text(data))
+
+    async def receive_binary(self, peer: Peer, data: bytes) -> None:
+        """Carry out one binary frame from ``peer``."""
+        await self._dispatch(peer, peer.session.receive_binary(data))
+
+    async def _dispatch(self, peer: Peer, outcome: Outcome) -> None:
+        try:
+            match outcome:
+                case Chat():
+                    await self._chat(peer, outcome)
+                case Reply(frame=frame, id=fid):
+                    peer.send(text_frame(encode(frame, id=fid)))
+                case Close(code=code, reason=reason):
+                    peer.close(code, reason)
+                case Join():
+                    await self._join(peer, outcome)
+                case Leave():
+                    self._leave(peer, outcome)
+                case Typing():
+                    self._typing(peer, outcome)
+                case HistoryRequest():
+                    await self._history(peer, outcome)
+                case PresenceRequest():
+                    self._presence_list(peer, outcome)
+                case AuthFrame():
+                    await self._auth(peer, outcome)
+                case Direct() | FileHeader():
+                    # Sessions refuse these from guests, and every user is a
+                    # guest until accounts exist; refuse here too, never drop.
+                    self._error(peer, ErrorCode.FORBIDDEN, "needs a registered user", outcome.id)
+        except BackendError as exc:
+            logger.error("backend failure: %s", exc)
+            fid = getattr(outcome, "id", None)
+            self._error(peer, ErrorCode.INTERNAL, "the server could not do that; retry", fid)
+
+    # -- commands ----------------------------------------------------------------
+
+    async def _chat(self, peer: Peer, cmd: Chat) -> None:
+        user = peer.session.user
+        assert user is not None
+        result = await self.store.append(cmd.room, user.name, cmd.message, client_id=cmd.id)
+        message = result.message
+        if not result.duplicate:
+            await self._publish(cmd.room, text_frame(encode(message)))
+        if cmd.id is not None:
+            self._reply(peer, Ack(message.message_id, message.room, message.seq), cmd.id)
+
+    async def _join(self, peer: Peer, cmd: Join) -> None:
+        user = peer.session.user
+        assert user is not None
+        room = cmd.room
+        # The memory store answers without suspending, so no message can be
+        # broadcast between joining the hub and reading the room's last seq.
+        first = self.hub.join(room, peer)
+        seq = await self.store.last_seq(room)
+        if first:
+            self._presence(room, user.name, "join")
+        limit = self.limits.presence_limit
+        count = self.hub.member_count(room)
+        members = self.hub.members(room, limit)
+        recovered = None if cmd.since is None else True
+        self._reply(peer, Joined(room, seq, members, count, recovered), cmd.id)
+        if cmd.since is not None:
+            after = cmd.since
+            while after < seq:
+                page = await self.store.since(room, after, limit=min(REPLAY_PAGE, seq - after))
+                if not page:
+                    break
+                for message in page:
+                    peer.send(text_frame(encode(message)))
+                after = page[-1].seq
+
+    def _leave(self, peer: Peer, cmd: Leave) -> None:
+        user = peer.session.user
+        assert user is not None
+        if self.hub.leave(cmd.room, peer):
+            self._presence(cmd.room, user.name, "leave")
+        self._reply(peer, Left(cmd.room), cmd.id)
+
+    def _typing(self, peer: Peer, cmd: Typing) -> None:
+        user = peer.session.user
+        assert user is not None
+        frame = text_frame(encode(TypingEvent(cmd.room, user.name)))
+        self.hub.deliver(cmd.room, frame, skip_user=user.name)
+
+    async def _history(self, peer: Peer, cmd: HistoryRequest) -> None:
+        messages, has_more = await self.store.history(cmd.room, before=cmd.before, limit=cmd.limit)
+        self._reply(peer, HistoryReply(cmd.room, messages, has_more), cmd.id)
+
+    def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
+        limit = self.limits.presence_limit
+        members = self.hub.members(cmd.room, limit)
+        self._reply(peer, MemberList(cmd.room, members, self.hub.member_count(cmd.room)), cmd.id)
+
+    async def _auth(self, peer: Peer, cmd: AuthFrame) -> None:
+        session = peer.session
+        if cmd.guest is None:
+            # Accounts and tokens do not exist yet: no token can be valid.
+            self._auth_failed(peer, "invalid or expired token", cmd.id)
+            return
+        if not self.guests:
+            self._auth_failed(peer, "guests are not allowed on this server", cmd.id)
+            return
+        name, old = cmd.guest, session.user
+        if GUEST_NAME.fullmatch(name) is None or name.lower().startswith("guest-"):
+            self._auth_failed(peer, "nickname must be 1-32 letters, digits, _ or -", cmd.id)
+            return
+        old_name = old.name if old is not None else None
+        if old_name != name and self.hub.name_in_use(name):
+            self._auth_failed(peer, "that name is in use", cmd.id)
+            return
+        user = UserInfo(name, True)
+        if old_name != name:
+            if old_name is not None:
+                for room in session.rooms:
+                    self._presence(room, old_name, "leave")
+            self.hub.rename(peer, old_name, name)
+            for room in session.rooms:
+                self._presence(room, name, "join")
+        session.authenticated(user)
+        self._reply(peer, AuthOk(user), cmd.id)
+        if old is None:
+            # A connection that had to authenticate first now enters the lobby.
+            await self._join(peer, Join(None, DEFAULT_ROOM))
+
+    def _auth_failed(self, peer: Peer, message: str, frame_id: str | None) -> None:
+        reply, close = peer.session.auth_failed(message, frame_id)
+        self._reply(peer, reply.frame, reply.id)
+        if close is not None:
+            peer.close(close.code, close.reason)
+
+    # -- output ------------------------------------------------------------------
+
+    def _reply(self, peer: Peer, frame: ServerFrame, frame_id: str | None = None) -> None:
+        peer.send(text_frame(encode(frame, id=frame_id)))
+
+    def _error(self, peer: Peer, code: ErrorCode, message: str, frame_id: str | None) -> None:
+        self._reply(peer, ErrorReply(code, message), frame_id)
+
+    def _presence(self, room: str, name: str, event: str) -> None:
+        """Tell a room's other members that ``name`` joined or left."""
+        if self.hub.member_count(room) > self.limits.presence_limit:
+            return
+        frame = text_frame(encode(PresenceEvent(room, name, event)))
+        self.hub.deliver(room, frame, skip_user=name)
+
+    async def _publish(self, room: str, frame: bytes) -> None:
+        """Deliver a room frame here, then hand it to the other nodes."""
+        self.hub.deliver(room, frame)
+        await self.broker.publish(Publication(self.id, room, None, frame))
+
+    def _on_publication(self, publication: Publication) -> None:
+        if publication.node_id == self.id:
+            return
+        if publication.room is not None:
+            self.hub.deliver(publication.room, publication.frame, skip_user=publication.skip_user)
+        elif publication.user is not None:
+            self.hub.send_to_user(publication.user, publication.frame)

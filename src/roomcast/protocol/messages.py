@@ -1,0 +1,702 @@
+"""Wire messages: a tagged union of small frozen classes, parsed and encoded here.
+
+Everything a client may send is parsed by :func:`parse_client_frame` into one
+of the :data:`ClientFrame` classes, or refused with a
+:class:`~roomcast.exceptions.ProtocolError`. Everything the server sends is a
+:data:`ServerFrame` turned into JSON bytes by :func:`encode`. No other module
+builds or reads frame dicts.
+
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final
+
+import orjson
+
+from ..exceptions import ProtocolError
+from .codes import ErrorCode
+
+__all__ = [
+    "DEFAULT_HISTORY_LIMIT",
+    "DEFAULT_ROOM",
+    "MAX_HISTORY_LIMIT",
+    "MAX_ID_LENGTH",
+    "ROOM_NAME",
+    "Ack",
+    "AuthFrame",
+    "AuthOk",
+    "Chat",
+    "ChatMessage",
+    "ClientFrame",
+    "Direct",
+    "DirectMessage",
+    "Echo",
+    "EchoReply",
+    "ErrorReply",
+    "FileHeader",
+    "HistoryReply",
+    "HistoryRequest",
+    "Join",
+    "Joined",
+    "Leave",
+    "Left",
+    "MemberList",
+    "Ping",
+    "Pong",
+    "PresenceEvent",
+    "PresenceRequest",
+    "ServerFrame",
+    "System",
+    "Typing",
+    "TypingEvent",
+    "UserInfo",
+    "encode",
+    "format_timestamp",
+    "now_ms",
+    "parse_binary_frame",
+    "parse_client_frame",
+    "valid_room",
+]
+
+DEFAULT_ROOM: Final = "lobby"
+MAX_ID_LENGTH: Final = 64
+MAX_HISTORY_LIMIT: Final = 100
+DEFAULT_HISTORY_LIMIT: Final = 50
+MAX_NAME_LENGTH: Final = 64
+ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+
+
+def valid_room(name: object) -> bool:
+    """Whether ``name`` is a valid room name (``[a-z0-9][a-z0-9_-]{0,63}``)."""
+    return isinstance(name, str) and ROOM_NAME.fullmatch(name) is not None
+
+
+# --------------------------------------------------------------------------
+# Client -> server
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """``ping``: answered with a ``pong`` carrying the same payload."""
+
+    TYPE: ClassVar[str] = "ping"
+    id: str | None
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFrame:
+    """``auth``: a token, or a guest nickname."""
+
+    TYPE: ClassVar[str] = "auth"
+    id: str | None
+    token: str | None = None
+    guest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """``chat``: a message for a room the sender has joined."""
+
+    TYPE: ClassVar[str] = "chat"
+    id: str | None
+    room: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """``join``: enter a room, optionally replaying messages after ``since``."""
+
+    TYPE: ClassVar[str] = "join"
+    id: str | None
+    room: str
+    since: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """``leave``: leave a room."""
+
+    TYPE: ClassVar[str] = "leave"
+    id: str | None
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """``direct``: a private message to one user."""
+
+    TYPE: ClassVar[str] = "direct"
+    id: str | None
+    to: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    """``typing``: tell a room's other members the sender is typing."""
+
+    TYPE: ClassVar[str] = "typing"
+    id: str | None
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """``history``: a page of a room's stored messages, oldest first."""
+
+    TYPE: ClassVar[str] = "history"
+    id: str | None
+    room: str
+    before: int | None = None
+    limit: int = DEFAULT_HISTORY_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRequest:
+    """``presence``: the members of a room."""
+
+    TYPE: ClassVar[str] = "presence"
+    id: str | None
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """``echo``, or any type the server does not handle: sent back whole."""
+
+    TYPE: ClassVar[str] = "echo"
+    id: str | None
+    frame: dict[str, Any]
+
+
+ClientFrame = (
+    Ping
+    | AuthFrame
+    | Chat
+    | Join
+    | Leave
+    | Direct
+    | Typing
+    | HistoryRequest
+    | PresenceRequest
+    | Echo
+)
+
+
+def _fail(code: ErrorCode, message: str, frame_id: str | None) -> ProtocolError:
+    return ProtocolError(code, message, frame_id=frame_id)
+
+
+def _room(payload: dict[str, Any], frame_id: str | None, *, default: str | None = None) -> str:
+    room = payload.get("room", default)
+    if room is None:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "payload.room is required", frame_id)
+    if not valid_room(room):
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            "payload.room must match [a-z0-9][a-z0-9_-]{0,63}",
+            frame_id,
+        )
+    assert isinstance(room, str)
+    return room
+
+
+def _text(payload: dict[str, Any], key: str, frame_id: str | None, max_chars: int) -> str:
+    text = payload.get(key)
+    if not isinstance(text, str):
+        raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} must be a string", frame_id)
+    if not text.strip():
+        raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} must not be empty", frame_id)
+    if len(text) > max_chars:
+        raise _fail(
+            ErrorCode.TOO_LARGE,
+            f"payload.{key} is longer than {max_chars} characters",
+            frame_id,
+        )
+    return text
+
+
+def _name(payload: dict[str, Any], key: str, frame_id: str | None) -> str:
+    name = payload.get(key)
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"payload.{key} must be a name of 1 to {MAX_NAME_LENGTH} characters",
+            frame_id,
+        )
+    return name
+
+
+def _seq(payload: dict[str, Any], key: str, frame_id: str | None, *, minimum: int) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or value < minimum:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"payload.{key} must be an integer >= {minimum}",
+            frame_id,
+        )
+    return value
+
+
+def parse_client_frame(data: str | bytes, *, max_message_chars: int = 4000) -> ClientFrame:
+    """Parse one text frame from a client.
+
+    Args:
+        data: the frame's text (or its UTF-8 bytes).
+        max_message_chars: the longest ``chat``/``direct`` text accepted.
+
+    Raises:
+        ProtocolError: ``invalid_json`` when ``data`` is not JSON,
+            ``invalid_message`` when it is not a valid frame, ``too_large``
+            when a message text is too long. ``frame_id`` is set whenever the
+            frame carried a usable ``id``.
+    """
+    try:
+        obj = _loads(data)
+    except orjson.JSONDecodeError:
+        raise _fail(ErrorCode.INVALID_JSON, "frame is not valid JSON", None) from None
+    if type(obj) is not dict:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object", None)
+
+    frame_id = obj.get("id")
+    if frame_id is not None and (type(frame_id) is not str or len(frame_id) > MAX_ID_LENGTH):
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"id must be a string of at most {MAX_ID_LENGTH} characters",
+            None,
+        )
+    kind = obj.get("type")
+    if type(kind) is not str:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "type must be a string", frame_id)
+
+    payload = obj.get("payload")
+    if kind == "ping":
+        return Ping(frame_id, {} if payload is None else payload)
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        return Echo(frame_id, obj)
+    if payload is None:
+        payload = {}
+    elif type(payload) is not dict:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "payload must be a JSON object", frame_id)
+    return parser(payload, frame_id, max_message_chars)
+
+
+def _parse_chat(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    message = _text(payload, "message", fid, max_chars)
+    return Chat(fid, _room(payload, fid, default=DEFAULT_ROOM), message)
+
+
+def _parse_auth(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    token, guest = payload.get("token"), payload.get("guest")
+    if (token is None) == (guest is None):
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE, "auth needs exactly one of payload.token, payload.guest", fid
+        )
+    if token is not None:
+        if not isinstance(token, str) or not token:
+            raise _fail(ErrorCode.INVALID_MESSAGE, "payload.token must be a string", fid)
+        return AuthFrame(fid, token=token)
+    return AuthFrame(fid, guest=_name(payload, "guest", fid))
+
+
+def _parse_join(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return Join(fid, _room(payload, fid), _seq(payload, "since", fid, minimum=0))
+
+
+def _parse_leave(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return Leave(fid, _room(payload, fid))
+
+
+def _parse_direct(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    to = _name(payload, "to", fid)
+    return Direct(fid, to, _text(payload, "message", fid, max_chars))
+
+
+def _parse_typing(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return Typing(fid, _room(payload, fid))
+
+
+def _parse_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    room = _room(payload, fid)
+    before = _seq(payload, "before", fid, minimum=1)
+    limit = _seq(payload, "limit", fid, minimum=1)
+    limit = DEFAULT_HISTORY_LIMIT if limit is None else min(limit, MAX_HISTORY_LIMIT)
+    return HistoryRequest(fid, room, before, limit)
+
+
+def _parse_presence(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return PresenceRequest(fid, _room(payload, fid))
+
+
+_PARSERS: Final = {
+    "auth": _parse_auth,
+    "chat": _parse_chat,
+    "join": _parse_join,
+    "leave": _parse_leave,
+    "direct": _parse_direct,
+    "typing": _parse_typing,
+    "history": _parse_history,
+    "presence": _parse_presence,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    """The JSON header of a binary (file) frame."""
+
+    id: str | None
+    name: str
+    mime: str
+    room: str | None
+    to: str | None
+    body_offset: int
+
+
+_HEADER_LENGTH = struct.Struct(">I")
+
+
+def parse_binary_frame(data: bytes, *, max_header: int = 4096) -> FileHeader:
+    """Parse the header of a binary frame: 4-byte length, JSON header, bytes.
+
+    Raises:
+        ProtocolError: ``invalid_message`` for any malformed header.
+    """
+    if len(data) < 4:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "binary frame shorter than its header", None)
+    (length,) = _HEADER_LENGTH.unpack_from(data)
+    if length == 0 or length > max_header or 4 + length > len(data):
+        raise _fail(ErrorCode.INVALID_MESSAGE, "binary frame header length is wrong", None)
+    try:
+        header = _loads(data[4 : 4 + length])
+    except orjson.JSONDecodeError:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "binary frame header is not JSON", None) from None
+    if type(header) is not dict:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "binary frame header must be an object", None)
+    fid = header.get("id")
+    if fid is not None and (type(fid) is not str or len(fid) > MAX_ID_LENGTH):
+        raise _fail(ErrorCode.INVALID_MESSAGE, "id must be a short string", None)
+    name, mime = header.get("name"), header.get("mime")
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "header.name must be a file name", fid)
+    if not isinstance(mime, str) or not mime or len(mime) > 255:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "header.mime must be a media type", fid)
+    room, to = header.get("room"), header.get("to")
+    if (room is None) == (to is None):
+        raise _fail(ErrorCode.INVALID_MESSAGE, "header needs exactly one of room, to", fid)
+    if room is not None:
+        room = _room(header, fid)
+    else:
+        to = _name(header, "to", fid)
+    return FileHeader(fid, name, mime, room, to, 4 + length)
+
+
+# --------------------------------------------------------------------------
+# Server -> client
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """Who a connection is: a name, and whether it is a guest."""
+
+    name: str
+    guest: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "guest": self.guest}
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """The welcome frame, sent first on every connection."""
+
+    TYPE: ClassVar[str] = "system"
+    session: str
+    user: UserInfo
+    heartbeat: float
+    message: str = "Connected to WebSocket server"
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "session": self.session,
+            "user": self.user.as_dict(),
+            "heartbeat": int(self.heartbeat) if self.heartbeat.is_integer() else self.heartbeat,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to ``ping``."""
+
+    TYPE: ClassVar[str] = "pong"
+    data: Any
+
+    def payload(self) -> Any:
+        return self.data
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """A successful ``auth``."""
+
+    TYPE: ClassVar[str] = "auth"
+    user: UserInfo
+
+    def payload(self) -> dict[str, Any]:
+        return {"ok": True, "user": self.user.as_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A stored room message, as broadcast and as listed in history."""
+
+    TYPE: ClassVar[str] = "chat"
+    room: str
+    message: str
+    sender: str
+    seq: int
+    message_id: str
+    ts_ms: int
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "message": self.message,
+            "from": self.sender,
+            "seq": self.seq,
+            "message_id": self.message_id,
+        }
+
+    def history_item(self) -> dict[str, Any]:
+        item = self.payload()
+        item["type"] = self.TYPE
+        item["timestamp"] = format_timestamp(self.ts_ms)
+        return item
+
+
+@dataclass(frozen=True, slots=True)
+class DirectMessage:
+    """A direct message between two users."""
+
+    TYPE: ClassVar[str] = "direct"
+    sender: str
+    to: str
+    message: str
+    message_id: str
+    ts_ms: int
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "from": self.sender,
+            "to": self.to,
+            "message": self.message,
+            "message_id": self.message_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Confirms a client frame: for messages, that it is stored."""
+
+    TYPE: ClassVar[str] = "ack"
+    message_id: str | None = None
+    room: str | None = None
+    seq: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.room is not None:
+            out["room"] = self.room
+        if self.seq is not None:
+            out["seq"] = self.seq
+        if self.message_id is not None:
+            out["message_id"] = self.message_id
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The answer to ``join`` (and the automatic lobby join)."""
+
+    TYPE: ClassVar[str] = "joined"
+    room: str
+    seq: int
+    members: list[str]
+    member_count: int
+    recovered: bool | None = None
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "room": self.room,
+            "seq": self.seq,
+            "members": self.members,
+            "member_count": self.member_count,
+        }
+        if self.recovered is not None:
+            out["recovered"] = self.recovered
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """The answer to ``leave``."""
+
+    TYPE: ClassVar[str] = "left"
+    room: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room}
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A user joined or left a room."""
+
+    TYPE: ClassVar[str] = "presence"
+    room: str
+    user: str
+    event: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "user": self.user, "event": self.event}
+
+
+@dataclass(frozen=True, slots=True)
+class MemberList:
+    """The answer to ``presence``: who is in a room."""
+
+    TYPE: ClassVar[str] = "presence"
+    room: str
+    members: list[str]
+    member_count: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "members": self.members, "member_count": self.member_count}
+
+
+@dataclass(frozen=True, slots=True)
+class TypingEvent:
+    """Someone in a room is typing."""
+
+    TYPE: ClassVar[str] = "typing"
+    room: str
+    user: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "user": self.user}
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReply:
+    """A page of history, oldest first."""
+
+    TYPE: ClassVar[str] = "history"
+    room: str
+    messages: list[ChatMessage]
+    has_more: bool
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "messages": [m.history_item() for m in self.messages],
+            "has_more": self.has_more,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EchoReply:
+    """The whole frame a client sent, sent back."""
+
+    TYPE: ClassVar[str] = "echo"
+    frame: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return self.frame
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """An ``error`` frame; the connection stays open."""
+
+    TYPE: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_exception(cls, exc: ProtocolError) -> ErrorReply:
+        return cls(exc.code, exc.message, exc.extra)
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        out.update(self.extra)
+        return out
+
+
+ServerFrame = (
+    System
+    | Pong
+    | AuthOk
+    | ChatMessage
+    | DirectMessage
+    | Ack
+    | Joined
+    | Left
+    | PresenceEvent
+    | MemberList
+    | TypingEvent
+    | HistoryReply
+    | EchoReply
+    | ErrorReply
+)
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, from the wall clock."""
+    return time.time_ns() // 1_000_000
+
+
+_ts_cache: list[Any] = [-1, ""]
+
+
+def format_timestamp(ms: int) -> str:
+    """``2026-11-25T20:12:45.123Z`` for a time in epoch milliseconds."""
+    second, millis = divmod(ms, 1000)
+    if _ts_cache[0] != second:
+        _ts_cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _ts_cache[0] = second
+    return f"{_ts_cache[1]}.{millis:03d}Z"
+
+
+def encode(frame: ServerFrame, *, id: str | None = None, ts_ms: int | None = None) -> bytes:
+    """Serialize a server frame to the JSON bytes of one text frame.
+
+    Args:
+        frame: what to send.
+        id: the client frame's ``id`` this frame answers, if any.
+        ts_ms: the frame's time; stored messages keep their own, everything
+            else is stamped now.
+    """
+    if ts_ms is None:
+        ts_ms = getattr(frame, "ts_ms", None) or now_ms()
+    obj: dict[str, Any] = {"type": frame.TYPE}
+    if id is not None:
+        obj["id"] = id
+    obj["payload"] = frame.payload()
+    obj["timestamp"] = format_timestamp(ts_ms)
+    return _dumps(obj)

@@ -1,0 +1,185 @@
+"""The per-connection state machine, without I/O.
+
+A :class:`Session` is fed each frame a client sends and answers with one
+*outcome*: a :class:`Reply` the transport sends straight back, a
+:class:`Close` that ends the connection, or a validated client frame that the
+node must carry out (it needs the store, the broker or other connections).
+The session keeps what is known about one connection: who it is, which rooms
+it is in, and how many times it failed to authenticate. Like websockets'
+``Protocol``, it is tested by feeding it bytes, with no socket and no loop.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from ..exceptions import ProtocolError
+from .codes import CloseCode, ErrorCode
+from .messages import (
+    AuthFrame,
+    Chat,
+    ClientFrame,
+    Direct,
+    Echo,
+    EchoReply,
+    ErrorReply,
+    FileHeader,
+    Join,
+    Leave,
+    Ping,
+    Pong,
+    ServerFrame,
+    Typing,
+    UserInfo,
+    parse_binary_frame,
+    parse_client_frame,
+)
+
+__all__ = ["MAX_AUTH_FAILURES", "Close", "Outcome", "Reply", "Session", "State"]
+
+#: Failed ``auth`` frames after which the connection is closed with 1008.
+MAX_AUTH_FAILURES: Final = 3
+
+
+class State(enum.IntEnum):
+    """Where a connection is in its life."""
+
+    OPEN = 1
+    CLOSED = 2
+
+
+OPEN: Final = State.OPEN
+CLOSED: Final = State.CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``frame`` back to this connection, answering the frame ``id``."""
+
+    frame: ServerFrame
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close this connection with ``code``."""
+
+    code: CloseCode
+    reason: str
+
+
+Outcome = Reply | Close | ClientFrame | FileHeader
+
+
+def _error(code: ErrorCode, message: str, frame_id: str | None) -> Reply:
+    return Reply(ErrorReply(code, message), frame_id)
+
+
+class Session:
+    """What the server knows about one connection, and its rules.
+
+    Args:
+        session_id: the connection's id, as sent in the welcome frame.
+        user: who the connection is; ``None`` until it authenticates (only
+            when guests are not allowed).
+        max_rooms: how many rooms the connection may be in at once.
+        max_message_chars: the longest chat or direct message text.
+    """
+
+    __slots__ = ("auth_failures", "id", "max_message_chars", "max_rooms", "rooms", "state", "user")
+
+    def __init__(
+        self,
+        session_id: str,
+        user: UserInfo | None,
+        *,
+        max_rooms: int = 128,
+        max_message_chars: int = 4000,
+    ) -> None:
+        self.id = session_id
+        self.user = user
+        self.state = OPEN
+        self.rooms: set[str] = set()
+        self.auth_failures = 0
+        self.max_rooms = max_rooms
+        self.max_message_chars = max_message_chars
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_text(self, data: str | bytes) -> Outcome:
+        """Handle one text frame; return what to do about it."""
+        try:
+            frame = parse_client_frame(data, max_message_chars=self.max_message_chars)
+        except ProtocolError as exc:
+            return Reply(ErrorReply.from_exception(exc), exc.frame_id)
+        return self._check(frame)
+
+    def receive_binary(self, data: bytes) -> Outcome:
+        """Handle one binary frame (a file): check its header and sender."""
+        try:
+            header = parse_binary_frame(data)
+        except ProtocolError as exc:
+            return Reply(ErrorReply.from_exception(exc), exc.frame_id)
+        if self.user is None or self.user.guest:
+            return _error(ErrorCode.FORBIDDEN, "files need a registered user", header.id)
+        if header.room is not None and header.room not in self.rooms:
+            return _error(ErrorCode.NOT_MEMBER, f"not a member of {header.room}", header.id)
+        return header
+
+    def _check(self, frame: ClientFrame) -> Outcome:
+        fid = frame.id
+        if isinstance(frame, Ping):
+            return Reply(Pong(frame.payload), fid)
+        if self.user is None and not isinstance(frame, AuthFrame):
+            return _error(ErrorCode.FORBIDDEN, "authenticate first", fid)
+        if isinstance(frame, Chat | Typing):
+            if frame.room not in self.rooms:
+                return _error(ErrorCode.NOT_MEMBER, f"not a member of {frame.room}", fid)
+        elif isinstance(frame, Echo):
+            return Reply(EchoReply(frame.frame), fid)
+        elif isinstance(frame, Join):
+            if frame.room not in self.rooms and len(self.rooms) >= self.max_rooms:
+                return _error(
+                    ErrorCode.FORBIDDEN,
+                    f"a connection can be in at most {self.max_rooms} rooms",
+                    fid,
+                )
+        elif isinstance(frame, Leave):
+            if frame.room not in self.rooms:
+                return _error(ErrorCode.NOT_MEMBER, f"not a member of {frame.room}", fid)
+        elif isinstance(frame, Direct):
+            assert self.user is not None
+            if self.user.guest:
+                return _error(ErrorCode.FORBIDDEN, "direct messages need a registered user", fid)
+        return frame
+
+    # -- what the node reports back -----------------------------------------
+
+    def joined(self, room: str) -> None:
+        """The connection is now a member of ``room``."""
+        self.rooms.add(room)
+
+    def left(self, room: str) -> None:
+        """The connection is no longer a member of ``room``."""
+        self.rooms.discard(room)
+
+    def authenticated(self, user: UserInfo) -> None:
+        """The connection is now ``user``."""
+        self.user = user
+        self.auth_failures = 0
+
+    def auth_failed(self, message: str, frame_id: str | None) -> tuple[Reply, Close | None]:
+        """An ``auth`` was refused: the error to send, and a close on the last strike."""
+        self.auth_failures += 1
+        reply = _error(ErrorCode.AUTH_FAILED, message, frame_id)
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            return reply, Close(CloseCode.POLICY_VIOLATION, "too many failed auth attempts")
+        return reply, None
+
+    def closed(self) -> set[str]:
+        """The connection ended; return the rooms it was in."""
+        self.state = CLOSED
+        rooms, self.rooms = self.rooms, set()
+        return rooms

@@ -1,0 +1,332 @@
+"""The transport: HTTP and WebSocket on one port, with aiohttp.
+
+This module only moves bytes. aiohttp parses HTTP and incoming WebSocket
+frames; each WebSocket connection becomes a :class:`WebSocketPeer` whose
+frames go to the node, and whose :meth:`~WebSocketPeer.send` writes
+pre-built frames straight to the transport (never awaiting, so fan-out costs
+one ``write`` per member). The same module answers the HTTP routes, runs the
+heartbeat and shuts the server down in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, Final
+
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from .config import ServerConfig
+from .node import Node
+from .protocol.codes import CloseCode, ErrorCode
+from .protocol.messages import ErrorReply, encode
+from .protocol.session import Session
+from .protocol.wsframe import PING_FRAME, pong_frame, text_frame
+
+__all__ = ["RoomcastServer", "WebSocketPeer"]
+
+logger = logging.getLogger("roomcast.server")
+
+_NODE: Final = web.AppKey("node", Node)
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class WebSocketPeer:
+    """One WebSocket connection: writes go straight to its transport.
+
+    ``send`` never waits. When more than ``max_queue`` bytes are waiting to
+    be sent (the client does not read fast enough) the connection is closed
+    with 1013 and nothing more is written to it; the other members never
+    notice.
+    """
+
+    __slots__ = ("_tasks", "alive", "closed", "max_queue", "session", "transport", "ws")
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        session: Session,
+        *,
+        max_queue: int,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.session = session
+        self.max_queue = max_queue
+        self.closed = False
+        self.alive = True
+        self._tasks = tasks
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        transport = self.transport
+        if transport.is_closing():
+            self.closed = True
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.max_queue:
+            logger.warning(
+                "closing slow consumer %s: more than %d bytes unsent",
+                self.session.id,
+                self.max_queue,
+            )
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        task = asyncio.ensure_future(self._close(code, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        try:
+            await self.ws.close(code=code, message=reason.encode()[:123], drain=False)
+        finally:
+            # A client that stopped reading never flushes our buffer: drop it.
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+
+    def terminate(self) -> None:
+        """Drop the connection at once (a dead peer: no close handshake)."""
+        self.closed = True
+        self.transport.abort()
+
+
+class RoomcastServer:
+    """The HTTP + WebSocket front of one node.
+
+    Args:
+        node: the node that handles the frames.
+        config: host, port, TLS, origins, heartbeat and limits.
+    """
+
+    def __init__(self, node: Node, config: ServerConfig) -> None:
+        self.node = node
+        self.config = config
+        self.peers: set[WebSocketPeer] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.url: str = ""
+        self.app = self._make_app()
+
+    # -- application -------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(middlewares=[_json_errors], client_max_size=1024 * 1024)
+        app[_NODE] = self.node
+        app.router.add_get("/health", _health)
+        app.router.add_get("/ready", _ready)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/", self._index)
+        return app
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
+        page = resources.files("roomcast.web").joinpath("static/index.html").read_bytes()
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser: browsers always send Origin
+        if origin in self.config.allowed_origins:
+            return True
+        try:
+            url = URL(origin)
+            own = URL(f"{self.config.scheme}://{request.host}")
+        except ValueError:
+            return False
+        return _origin_key(url) == _origin_key(own)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if not self._origin_allowed(request):
+            logger.info("refused handshake from origin %s", request.headers.get("Origin"))
+            return _json_error(403, "forbidden", "origin not allowed")
+        limits = self.config.limits
+        ws = web.WebSocketResponse(
+            # aiohttp refuses a frame whose length is >= max_msg_size.
+            max_msg_size=limits.max_text_frame + 1,
+            autoping=False,
+            compress=False,
+            timeout=self.config.close_timeout,
+        )
+        await ws.prepare(request)
+        transport = request.transport
+        assert transport is not None
+        node = self.node
+        peer = WebSocketPeer(
+            ws,
+            transport,
+            node.new_session(),
+            max_queue=limits.max_queue_bytes,
+            tasks=self._tasks,
+        )
+        self.peers.add(peer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        logger.info("connection %s opened from %s", peer.session.id, request.remote)
+        try:
+            await node.connect(peer)
+            async for msg in ws:
+                kind = msg.type
+                try:
+                    if kind is WSMsgType.TEXT:
+                        await node.receive_text(peer, msg.data)
+                    elif kind is WSMsgType.BINARY:
+                        await node.receive_binary(peer, msg.data)
+                    elif kind is WSMsgType.PONG:
+                        peer.alive = True
+                    elif kind is WSMsgType.PING:
+                        peer.send(pong_frame(msg.data))
+                    elif kind is WSMsgType.ERROR:
+                        break
+                except Exception:
+                    logger.exception("internal error on connection %s", peer.session.id)
+                    reply = ErrorReply(ErrorCode.INTERNAL, "internal error")
+                    peer.send(text_frame(encode(reply)))
+        finally:
+            peer.closed = True
+            self.peers.discard(peer)
+            node.disconnect(peer)
+            if task is not None:
+                self._handlers.discard(task)
+            logger.info("connection %s closed (%s)", peer.session.id, ws.close_code)
+        return ws
+
+    # -- heartbeat ---------------------------------------------------------------
+
+    async def _beat(self, interval: float) -> None:
+        """Ping every peer each ``interval``; drop one that missed the last ping."""
+        while True:
+            await asyncio.sleep(interval)
+            for peer in list(self.peers):
+                if peer.closed:
+                    continue
+                if not peer.alive:
+                    logger.info("connection %s missed a heartbeat; dropping", peer.session.id)
+                    peer.terminate()
+                    continue
+                peer.alive = False
+                peer.send(PING_FRAME)
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
+        """Start listening; return the URL it listens on."""
+        await self.node.start()
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=10.0,
+            shutdown_timeout=2.0,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, self.config.host, self.config.port, ssl_context=ssl_context, backlog=2048
+        )
+        await site.start()
+        self._runner, self._site = runner, site
+        host, port = runner.addresses[0][:2]
+        if ":" in host:
+            host = f"[{host}]"
+        self.url = f"{self.config.scheme}://{host}:{port}"
+        if self.config.heartbeat > 0:
+            self._heartbeat = asyncio.ensure_future(self._beat(self.config.heartbeat))
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop accepting, close every client with 1001, flush the store."""
+        if self._site is not None:
+            await self._site.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for peer in list(self.peers):
+            peer.close(CloseCode.GOING_AWAY, "server shutting down")
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=self.config.close_timeout + 1)
+        for peer in list(self.peers):
+            peer.terminate()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.node.close()
+
+    async def serve_until_signalled(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Run until SIGTERM or SIGINT, printing the listening line first."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        url = await self.start(ssl_context)
+        print(f"roomcast listening on {url}", flush=True)
+        try:
+            await stop.wait()
+            logger.info("shutting down")
+        finally:
+            await self.stop()
+
+
+def _origin_key(url: URL) -> tuple[str, str, int | None]:
+    scheme = (url.scheme or "").lower()
+    port = url.explicit_port or _DEFAULT_PORTS.get(scheme)
+    return scheme.replace("ws", "http", 1), (url.host or "").lower(), port
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+_STATUS_CODES: Final = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every HTTP error leaves as JSON ``{"error": {"code", "message"}}``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, "error")
+        return _json_error(exc.status, code, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("internal error on %s %s", request.method, request.path)
+        return _json_error(500, "internal", "internal server error")
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="WebSocket server is running")
+
+
+async def _ready(request: web.Request) -> web.Response:
+    status = await request.app[_NODE].ready()
+    ok = all(value == "ok" for value in status.values())
+    return web.json_response({"ready": ok, **status}, status=200 if ok else 503)
