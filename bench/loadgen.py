@@ -164,6 +164,15 @@ async def drain(tally: Tally, expected: int, max_wait: float) -> None:
         await asyncio.sleep(0.01)
 
 
+async def settle(tally: Tally, quiet: float = 0.3, max_wait: float = 10.0) -> None:
+    """Wait until no chat frame has arrived for ``quiet`` seconds (at most ``max_wait``)."""
+    deadline = time.monotonic() + max_wait
+    last = -1
+    while tally.received != last and time.monotonic() < deadline:
+        last = tally.received
+        await asyncio.sleep(quiet)
+
+
 async def fanout_step(
     clients: list[ChatClient], tally: Tally, target: float, seconds: float, bound_ms: float
 ) -> dict[str, Any]:
@@ -171,6 +180,7 @@ async def fanout_step(
     n = len(clients)
     sender = clients[0].transport
     assert sender is not None
+    await settle(tally)
     tally.reset()
     drops_before = tally.disconnects
     cpu0, t0 = cpu_seconds(), time.monotonic()
@@ -244,7 +254,6 @@ async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.bisect if high else 0):
         if not low or high / low < 1.08:
             break
-        await asyncio.sleep(1.0)  # let queues from the failed step empty
         mid = (low * high) ** 0.5
         step = await fanout_step(clients, tally, mid, args.step_seconds, args.bound_ms)
         steps.append(step)
@@ -291,6 +300,8 @@ async def run_echo(args: argparse.Namespace) -> dict[str, Any]:
     state["running"] = False
     await asyncio.sleep(0.2)
     close_all(clients)
+    if not rtts:
+        raise RuntimeError("no round trip completed")
     return {
         "scenario": "echo",
         "clients": args.clients,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import cast
 
 import uvloop
 from aiohttp import WSMsgType, web
@@ -34,8 +35,8 @@ def broadcast(frame: bytes) -> None:
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(compress=False)
     await ws.prepare(request)
-    transport = request.transport
-    assert isinstance(transport, asyncio.Transport)
+    transport = cast(asyncio.Transport, request.transport)  # uvloop's is not a subclass
+    assert transport is not None
     name = f"guest-{next(_ids)}"
     transport.write(text_frame(welcome()))
     CLIENTS[transport] = ws

@@ -1,0 +1,234 @@
+"""Benchmark driver: servers pinned to CPU 0, bench/loadgen.py pinned to CPU 1.
+
+For each run, scenario and target it starts the server (roomcast, the Node
+reference or a candidate transport), runs one load-generator scenario against
+it, records the server's CPU time, stops the server by PID, and finally writes
+bench/results/<stamp>.json and .md with the medians across runs and the ratios
+vs the Node reference.
+
+Scenarios: ``fanout100`` and ``fanout1000`` (max deliveries/s with no loss and
+p99 under --bound-ms, plus p50/p99 at a fixed 20,000 deliveries/s), ``echo``
+(50 clients doing back-to-back ping/pong round trips).
+
+    .venv/bin/python bench/run.py                      # roomcast vs node, 3 runs
+    .venv/bin/python bench/run.py --targets all --runs 1
+    .venv/bin/python bench/run.py --compare-loadgens   # picows vs Node ws client
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import report
+import servers
+
+SCENARIOS: dict[str, list[str]] = {
+    "fanout100": ["fanout", "--clients", "100"],
+    "fanout1000": ["fanout", "--clients", "1000"],
+    "echo": ["echo", "--clients", "50"],
+}
+LOADGEN_TIMEOUT = 300
+
+
+def loadgen(cmd: list[str], cpu: int = 1) -> dict[str, Any]:
+    """Run one load-generator command pinned to ``cpu``; parse its JSON line."""
+    proc = subprocess.run(
+        ["taskset", "-c", str(cpu), *cmd],
+        capture_output=True,
+        timeout=LOADGEN_TIMEOUT,
+        check=False,
+        cwd=servers.BENCH,
+    )
+    lines = proc.stdout.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"error": proc.stderr.decode(errors="replace")[-1500:]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def machine_busy() -> float:
+    """Busy CPU-seconds of all CPUs since boot (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def python_loadgen(args: list[str]) -> list[str]:
+    return [str(servers.VENV_BIN / "python"), str(servers.BENCH / "loadgen.py"), *args]
+
+
+def measure(
+    target: str, scenario: list[str], opts: argparse.Namespace, tmp: Path, node: Path | None
+) -> dict[str, Any]:
+    """Fresh server, one scenario, server stopped; adds the server's CPU use."""
+    server = servers.start(target, tmp, node, opts.roomcast_arg)
+    try:
+        cpu0, busy0, t0 = server.cpu_seconds(), machine_busy(), time.monotonic()
+        child0 = children_cpu()
+        result = loadgen(python_loadgen([*scenario, "--url", server.url, *opts.loadgen_arg]))
+        wall = time.monotonic() - t0
+        server_cpu = (server.cpu_seconds() - cpu0) / wall
+        result["server_cpu"] = round(server_cpu, 3)
+        # Everything else the machine did meanwhile (other processes, interrupts): noise.
+        other = (machine_busy() - busy0) / wall - server_cpu - (children_cpu() - child0) / wall
+        result["other_cpu"] = round(other, 3)
+    finally:
+        servers.stop(server)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            x.split(":", 1)[1].strip()
+            for x in Path("/proc/cpuinfo").read_text().splitlines()
+            if x.startswith("model name")
+        ),
+        "?",
+    )
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": node.stdout.strip(),
+    }
+
+
+def compare_loadgens(opts: argparse.Namespace, tmp: Path, node: Path) -> list[dict[str, Any]]:
+    """Same fan-out step (Node server, N=1000) and echo, from each load generator."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(opts.runs):
+        for rate in opts.compare_rates:
+            for gen in ("python-picows", "node-ws"):
+                server = servers.start("node", tmp, node, [])
+                try:
+                    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+                    if gen == "node-ws":
+                        cmd = ["node", "loadgen_ws.js", "rate", server.url, "1000", str(rate), "3"]
+                    else:
+                        cmd = python_loadgen(
+                            [
+                                "rate",
+                                "--url",
+                                server.url,
+                                "--clients",
+                                "1000",
+                                "--fixed-rate",
+                                str(rate),
+                                "--step-seconds",
+                                "3",
+                            ]
+                        )
+                    row = loadgen(cmd)
+                    row["server_cpu"] = round(
+                        (server.cpu_seconds() - cpu0) / (time.monotonic() - t0), 3
+                    )
+                finally:
+                    servers.stop(server)
+                row.update(loadgen=gen, target_deliveries_per_s=rate)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def ensure_node_client() -> None:
+    if not (servers.BENCH / "node_modules" / "ws").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=servers.BENCH,
+            check=True,
+            timeout=300,
+        )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--targets",
+        default="roomcast,node",
+        help=f"comma list or 'all' ({','.join(servers.TARGETS)})",
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=servers.BENCH / "results")
+    parser.add_argument(
+        "--roomcast-arg",
+        action="append",
+        default=[],
+        help="extra argument for 'roomcast serve' (repeatable)",
+    )
+    parser.add_argument(
+        "--loadgen-arg",
+        action="append",
+        default=[],
+        help="extra argument for loadgen.py (repeatable), e.g. --step-seconds=3",
+    )
+    parser.add_argument("--compare-loadgens", action="store_true")
+    parser.add_argument(
+        "--compare-rates",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[60_000, 100_000, 150_000],
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    targets = servers.TARGETS if opts.targets == "all" else opts.targets.split(",")
+    scenarios = opts.scenarios.split(",")
+    if "roomcast" in targets and not servers.roomcast_available():
+        print("roomcast is not installed in .venv; skipping it", file=sys.stderr)
+        targets = [t for t in targets if t != "roomcast"]
+    opts.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="roomcast-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        node = servers.prepare_node(tmp) if "node" in targets or opts.compare_loadgens else None
+        if opts.compare_loadgens:
+            assert node is not None
+            ensure_node_client()
+            rows = compare_loadgens(opts, tmp, node)
+            doc = {"machine": machine(), "loadgen_comparison": rows}
+            (opts.out / f"{stamp}-loadgens.json").write_text(json.dumps(doc, indent=1))
+            md = report.loadgen_table(rows)
+            (opts.out / f"{stamp}-loadgens.md").write_text(md)
+            print(md)
+            return 0
+        raw: list[dict[str, Any]] = []
+        for run in range(opts.runs):
+            for scenario in scenarios:
+                for target in targets:  # interleaved, so drift hits every target alike
+                    result = measure(target, SCENARIOS[scenario], opts, tmp, node)
+                    result.update(run=run, scenario_name=scenario, target=target)
+                    print(json.dumps(report.brief(result)), flush=True)
+                    raw.append(result)
+    summary = report.summarize(raw, targets, scenarios)
+    doc = {"machine": machine(), "argv": argv, "summary": summary, "raw": raw}
+    (opts.out / f"{stamp}.json").write_text(json.dumps(doc, indent=1))
+    md = report.markdown(summary, targets, scenarios, opts.runs)
+    (opts.out / f"{stamp}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

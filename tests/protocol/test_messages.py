@@ -1,0 +1,340 @@
+"""Parsing and encoding of wire frames, without sockets."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from roomcast.exceptions import ProtocolError
+from roomcast.protocol.codes import ErrorCode
+from roomcast.protocol.messages import (
+    Ack,
+    AuthFrame,
+    Chat,
+    ChatMessage,
+    Direct,
+    Echo,
+    EchoReply,
+    ErrorReply,
+    HistoryReply,
+    HistoryRequest,
+    Join,
+    Leave,
+    Ping,
+    PresenceRequest,
+    System,
+    Typing,
+    UserInfo,
+    encode,
+    format_timestamp,
+    parse_binary_frame,
+    parse_client_frame,
+    valid_room,
+)
+
+
+def frame(**obj: object) -> str:
+    return json.dumps(obj)
+
+
+def refused(data: str | bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(data)
+    return info.value
+
+
+class TestParseValid:
+    def test_chat_defaults_to_lobby(self) -> None:
+        """A chat without a room is for lobby and keeps its id."""
+        parsed = parse_client_frame(frame(type="chat", id="c1", payload={"message": "hi"}))
+        assert parsed == Chat("c1", "lobby", "hi")
+
+    def test_chat_in_named_room(self) -> None:
+        """A chat names its room in the payload."""
+        parsed = parse_client_frame(frame(type="chat", payload={"message": "x", "room": "r-1"}))
+        assert parsed == Chat(None, "r-1", "x")
+
+    def test_ping_keeps_any_payload(self) -> None:
+        """ping accepts any payload, including none."""
+        assert parse_client_frame(frame(type="ping", payload=[1, "a"])) == Ping(None, [1, "a"])
+        assert parse_client_frame(frame(type="ping")) == Ping(None, {})
+
+    def test_timestamp_and_extra_keys_are_ignored(self) -> None:
+        """A client's timestamp and unknown top-level keys do not matter."""
+        parsed = parse_client_frame(
+            frame(type="chat", payload={"message": "m", "from": "admin"}, timestamp=0, x=1)
+        )
+        assert parsed == Chat(None, "lobby", "m")
+
+    def test_unknown_type_is_echoed_whole(self) -> None:
+        """Unknown types become Echo carrying the whole received frame."""
+        data = {"type": "foo", "id": "e", "payload": {"a": 1}}
+        assert parse_client_frame(json.dumps(data)) == Echo("e", data)
+
+    def test_echo_type(self) -> None:
+        """The echo type is echoed like an unknown type, whatever its payload."""
+        data = {"type": "echo", "payload": "text"}
+        assert parse_client_frame(json.dumps(data)) == Echo(None, data)
+
+    def test_every_command(self) -> None:
+        """Each command type parses into its own class."""
+        cases = {
+            frame(type="join", payload={"room": "a", "since": 4}): Join(None, "a", 4),
+            frame(type="join", payload={"room": "a"}): Join(None, "a", None),
+            frame(type="leave", payload={"room": "a"}): Leave(None, "a"),
+            frame(type="typing", payload={"room": "a"}): Typing(None, "a"),
+            frame(type="presence", payload={"room": "a"}): PresenceRequest(None, "a"),
+            frame(type="direct", payload={"to": "bob", "message": "m"}): Direct(None, "bob", "m"),
+            frame(type="history", payload={"room": "a"}): HistoryRequest(None, "a", None, 50),
+            frame(type="history", payload={"room": "a", "before": 9, "limit": 500}): (
+                HistoryRequest(None, "a", 9, 100)
+            ),
+            frame(type="auth", payload={"token": "t"}): AuthFrame(None, token="t"),
+            frame(type="auth", payload={"guest": "ann"}): AuthFrame(None, guest="ann"),
+        }
+        for data, expected in cases.items():
+            assert parse_client_frame(data) == expected
+
+    def test_bytes_input(self) -> None:
+        """UTF-8 bytes parse like text."""
+        assert parse_client_frame(b'{"type":"ping"}') == Ping(None, {})
+
+    def test_message_at_the_length_limit(self) -> None:
+        """A message of exactly the limit is accepted."""
+        text = "é" * 4000
+        assert parse_client_frame(frame(type="chat", payload={"message": text})) == Chat(
+            None, "lobby", text
+        )
+
+
+class TestParseRefused:
+    def test_not_json(self) -> None:
+        """Non-JSON is invalid_json."""
+        assert refused("hello{").code is ErrorCode.INVALID_JSON
+        assert refused(b"\xff\xfe").code is ErrorCode.INVALID_JSON
+
+    @pytest.mark.parametrize("data", ["[]", '"x"', "5", "null", "{}", '{"type":5}'])
+    def test_wrong_shapes(self, data: str) -> None:
+        """JSON that is not an object with a string type is invalid_message."""
+        assert refused(data).code is ErrorCode.INVALID_MESSAGE
+
+    def test_payload_must_be_an_object(self) -> None:
+        """A known type with a non-object payload is invalid_message, keeping the id."""
+        exc = refused(frame(type="chat", id="x", payload="hi"))
+        assert (exc.code, exc.frame_id) == (ErrorCode.INVALID_MESSAGE, "x")
+
+    @pytest.mark.parametrize("room", ["Lobby", "-x", "_x", "a b", "a" * 65, "", 5, "é"])
+    def test_bad_room_names(self, room: object) -> None:
+        """Room names outside [a-z0-9][a-z0-9_-]{0,63} are invalid_message."""
+        exc = refused(frame(type="join", id="j", payload={"room": room}))
+        assert (exc.code, exc.frame_id) == (ErrorCode.INVALID_MESSAGE, "j")
+
+    def test_room_name_bounds(self) -> None:
+        """64-character names are valid; the first character may be a digit."""
+        assert valid_room("a" * 64)
+        assert valid_room("0_-")
+        assert not valid_room("a" * 65)
+        assert not valid_room("lobby\n")
+
+    @pytest.mark.parametrize("fid", [123, "x" * 65, ["a"], True])
+    def test_bad_ids(self, fid: object) -> None:
+        """An id that is not a string of at most 64 characters is refused, and not copied."""
+        exc = refused(frame(type="ping", id=fid))
+        assert (exc.code, exc.frame_id) == (ErrorCode.INVALID_MESSAGE, None)
+
+    @pytest.mark.parametrize("message", [5, None, "", "   ", ["a"]])
+    def test_bad_chat_text(self, message: object) -> None:
+        """A chat needs a non-blank string message."""
+        assert refused(frame(type="chat", payload={"message": message})).code is (
+            ErrorCode.INVALID_MESSAGE
+        )
+
+    def test_text_too_long(self) -> None:
+        """A message over 4000 characters is too_large."""
+        exc = refused(frame(type="chat", id="l", payload={"message": "x" * 4001}))
+        assert (exc.code, exc.frame_id) == (ErrorCode.TOO_LARGE, "l")
+
+    @pytest.mark.parametrize(
+        "payload",
+        [{"room": "a", "since": -1}, {"room": "a", "since": "3"}, {"room": "a", "since": True}],
+    )
+    def test_bad_since(self, payload: dict[str, object]) -> None:
+        """since must be a non-negative integer."""
+        assert refused(frame(type="join", payload=payload)).code is ErrorCode.INVALID_MESSAGE
+
+    @pytest.mark.parametrize(
+        "payload", [{}, {"token": "t", "guest": "g"}, {"token": ""}, {"guest": "x" * 65}]
+    )
+    def test_bad_auth(self, payload: dict[str, object]) -> None:
+        """auth needs exactly one of a token or a guest name."""
+        assert refused(frame(type="auth", payload=payload)).code is ErrorCode.INVALID_MESSAGE
+
+    def test_history_limit_must_be_positive(self) -> None:
+        """history limit below 1 is invalid; above 100 it is capped."""
+        assert refused(frame(type="history", payload={"room": "a", "limit": 0})).code is (
+            ErrorCode.INVALID_MESSAGE
+        )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+frame_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(
+            ["chat", "ping", "join", "leave", "auth", "direct", "typing", "history", "presence"]
+        )
+        | json_values,
+        "id": st.text(max_size=70) | json_values,
+        "payload": st.dictionaries(
+            st.sampled_from(
+                ["message", "room", "since", "to", "before", "limit", "token", "guest"]
+            ),
+            json_values,
+        )
+        | json_values,
+    },
+)
+
+
+class TestFuzz:
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=300) | st.text(max_size=300))
+    def test_arbitrary_input_raises_only_protocol_errors(self, data: bytes | str) -> None:
+        """No input makes the parser raise anything but ProtocolError."""
+        try:
+            parse_client_frame(data)
+        except ProtocolError:
+            pass
+
+    @settings(max_examples=600, deadline=None)
+    @given(frame_like)
+    def test_frame_shaped_input(self, obj: dict[str, object]) -> None:
+        """Frame-shaped JSON either parses or is refused with an error code, never crashes."""
+        try:
+            parsed = parse_client_frame(json.dumps(obj))
+        except ProtocolError as exc:
+            assert exc.code in set(ErrorCode)
+        else:
+            assert parsed.id is None or (isinstance(parsed.id, str) and len(parsed.id) <= 64)
+            if isinstance(parsed, Echo):
+                # Whatever was accepted can be sent back.
+                assert orjson.loads(encode(EchoReply(parsed.frame)))["type"] == "echo"
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=200))
+    def test_binary_frames_raise_only_protocol_errors(self, data: bytes) -> None:
+        """No binary frame makes the header parser raise anything but ProtocolError."""
+        try:
+            parse_binary_frame(data)
+        except ProtocolError:
+            pass
+
+    @settings(max_examples=300, deadline=None)
+    @given(json_values, st.binary(max_size=20))
+    def test_binary_headers(self, header: object, body: bytes) -> None:
+        """Any JSON header is parsed or refused with invalid_message."""
+        raw = json.dumps(header).encode()
+        try:
+            parsed = parse_binary_frame(struct.pack(">I", len(raw)) + raw + body)
+        except ProtocolError as exc:
+            assert exc.code is ErrorCode.INVALID_MESSAGE
+        else:
+            assert parsed.body_offset == 4 + len(raw)
+
+
+class TestBinaryHeader:
+    def test_valid_file_frame(self) -> None:
+        """A well-formed file frame yields its header and where the bytes start."""
+        header = orjson.dumps({"room": "lobby", "name": "a.png", "mime": "image/png", "id": "f"})
+        data = struct.pack(">I", len(header)) + header + b"\x89PNG"
+        parsed = parse_binary_frame(data)
+        assert (parsed.room, parsed.name, parsed.mime, parsed.id) == (
+            "lobby",
+            "a.png",
+            "image/png",
+            "f",
+        )
+        assert data[parsed.body_offset :] == b"\x89PNG"
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"",
+            b"\x00\x00",
+            b"\x00\x00\x00\x00",
+            b"\x00\x00\x00\x10{}",
+            b"\x00\x00\x00\x02[]",
+            b"\x00\x00\x00\x02{x",
+        ],
+    )
+    def test_malformed(self, data: bytes) -> None:
+        """Short, lying or non-object headers are invalid_message."""
+        with pytest.raises(ProtocolError) as info:
+            parse_binary_frame(data)
+        assert info.value.code is ErrorCode.INVALID_MESSAGE
+
+
+class TestEncode:
+    def test_envelope(self) -> None:
+        """Encoded frames carry type, the answered id, payload and a server timestamp."""
+        out = orjson.loads(encode(Ack("m1", "lobby", 3), id="c1", ts_ms=0))
+        assert out == {
+            "type": "ack",
+            "id": "c1",
+            "payload": {"room": "lobby", "seq": 3, "message_id": "m1"},
+            "timestamp": "1970-01-01T00:00:00.000Z",
+        }
+
+    def test_chat_uses_its_stored_time(self) -> None:
+        """A stored message is stamped with the time it was stored."""
+        message = ChatMessage("lobby", "hi", "ann", 1, "id1", 1_764_101_565_123)
+        out = orjson.loads(encode(message))
+        assert out["timestamp"] == "2025-11-25T20:12:45.123Z"
+        assert out["payload"] == {
+            "room": "lobby",
+            "message": "hi",
+            "from": "ann",
+            "seq": 1,
+            "message_id": "id1",
+        }
+        assert "id" not in out
+
+    def test_system_frame(self) -> None:
+        """The welcome frame names the session, the user and the heartbeat."""
+        out = orjson.loads(encode(System("s1", UserInfo("guest-ab", True), 30.0)))
+        assert out["payload"] == {
+            "message": "Connected to WebSocket server",
+            "session": "s1",
+            "user": {"name": "guest-ab", "guest": True},
+            "heartbeat": 30,
+        }
+
+    def test_error_with_extra_fields(self) -> None:
+        """Error frames carry code, message and any extra fields."""
+        reply = ErrorReply(ErrorCode.RATE_LIMITED, "slow down", {"retry_after": 50})
+        out = orjson.loads(encode(reply))
+        assert out["payload"] == {"code": "rate_limited", "message": "slow down", "retry_after": 50}
+
+    def test_history_items_are_full_messages(self) -> None:
+        """History lists messages oldest first, each with its type and timestamp."""
+        messages = [ChatMessage("r", f"m{i}", "a", i, f"id{i}", 1000 * i) for i in (1, 2)]
+        out = orjson.loads(encode(HistoryReply("r", messages, False)))
+        assert [m["seq"] for m in out["payload"]["messages"]] == [1, 2]
+        assert out["payload"]["messages"][0]["timestamp"] == "1970-01-01T00:00:01.000Z"
+        assert out["payload"]["has_more"] is False
+
+    def test_timestamps_change_with_the_second(self) -> None:
+        """The cached second is refreshed when the second changes."""
+        assert format_timestamp(1_999) == "1970-01-01T00:00:01.999Z"
+        assert format_timestamp(2_000) == "1970-01-01T00:00:02.000Z"
+        assert format_timestamp(61_005) == "1970-01-01T00:01:01.005Z"

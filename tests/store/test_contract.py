@@ -1,0 +1,101 @@
+"""The Store contract, run against every store implementation.
+
+Later backends (SQLite, PostgreSQL) are added to the ``store`` fixture's
+params and must pass the same tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from roomcast.store.base import Store
+from roomcast.store.memory import DEDUPE_SECONDS, MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory"])
+async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Store]:
+    backend: Store = MemoryStore(clock=clock)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+async def test_seqs_are_per_room_and_gapless(store: Store) -> None:
+    """Each room counts 1, 2, 3 on its own."""
+    seqs = []
+    for room in ["a", "b", "a", "a", "b"]:
+        seqs.append((room, (await store.append(room, "ann", "m")).message.seq))
+    assert seqs == [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2)]
+    assert await store.last_seq("a") == 3
+    assert await store.last_seq("empty") == 0
+
+
+async def test_appended_message_fields(store: Store) -> None:
+    """A stored message keeps room, text, sender and gets an id and a time."""
+    result = await store.append("r", "ann", "hello <b>", client_id="c1")
+    message = result.message
+    assert not result.duplicate
+    assert (message.room, message.message, message.sender, message.seq) == (
+        "r",
+        "hello <b>",
+        "ann",
+        1,
+    )
+    assert message.message_id
+    assert message.ts_ms > 0
+
+
+async def test_dedupe_by_sender_and_client_id(store: Store, clock: Clock) -> None:
+    """The same (sender, id) returns the first message; other senders are separate."""
+    first = await store.append("r", "ann", "x", client_id="c1")
+    again = await store.append("r", "ann", "x", client_id="c1")
+    other = await store.append("r", "bob", "x", client_id="c1")
+    assert again.duplicate and again.message == first.message
+    assert not other.duplicate and other.message.seq == 2
+    clock.now += DEDUPE_SECONDS + 1
+    later = await store.append("r", "ann", "x", client_id="c1")
+    assert not later.duplicate and later.message.seq == 3
+
+
+async def test_history_pages(store: Store) -> None:
+    """history returns up to limit messages before a seq, oldest first, with has_more."""
+    for i in range(1, 8):
+        await store.append("r", "ann", f"m{i}")
+    page, more = await store.history("r", limit=3)
+    assert [m.seq for m in page] == [5, 6, 7] and more
+    page, more = await store.history("r", before=5, limit=3)
+    assert [m.seq for m in page] == [2, 3, 4] and more
+    page, more = await store.history("r", before=2, limit=3)
+    assert [m.seq for m in page] == [1] and not more
+    page, more = await store.history("r", before=100, limit=2)
+    assert [m.seq for m in page] == [6, 7]
+    assert await store.history("nothing") == ([], False)
+
+
+async def test_since(store: Store) -> None:
+    """since returns messages after a seq, oldest first, up to a limit."""
+    for i in range(1, 6):
+        await store.append("r", "ann", f"m{i}")
+    assert [m.seq for m in await store.since("r", 2, limit=10)] == [3, 4, 5]
+    assert [m.seq for m in await store.since("r", 0, limit=2)] == [1, 2]
+    assert await store.since("r", 5, limit=10) == []
+
+
+async def test_ping(store: Store) -> None:
+    """A working store answers ping."""
+    await store.ping()

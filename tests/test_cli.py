@@ -1,0 +1,88 @@
+"""Flags, environment variables and configuration checks (no server started)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from roomcast.cli import build_parser, config_from_args
+from roomcast.config import load_secret, make_ssl_context, prepare_data_dir
+from roomcast.exceptions import ConfigError
+
+
+def config(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return config_from_args(build_parser(env or {}).parse_args(["serve", *argv]))
+
+
+def test_defaults() -> None:
+    """With no flags the server listens on 127.0.0.1:8765 with a 30 s heartbeat."""
+    cfg = config([])
+    assert (cfg.host, cfg.port, cfg.heartbeat, cfg.scheme) == ("127.0.0.1", 8765, 30.0, "http")
+    assert cfg.data_dir == Path("./roomcast-data")
+
+
+def test_environment_and_flags() -> None:
+    """ROOMCAST_* variables set defaults; flags win over them."""
+    env = {
+        "ROOMCAST_PORT": "9000",
+        "ROOMCAST_HEARTBEAT": "7",
+        "ROOMCAST_ALLOWED_ORIGIN": "https://a.example https://b.example",
+        "ROOMCAST_DATA_DIR": "/tmp/x",
+    }
+    cfg = config([], env)
+    assert (cfg.port, cfg.heartbeat, cfg.data_dir) == (9000, 7.0, Path("/tmp/x"))
+    assert cfg.allowed_origins == ("https://a.example", "https://b.example")
+    cfg = config(["--port", "9001", "--allowed-origin", "https://c.example"], env)
+    assert cfg.port == 9001
+    assert cfg.allowed_origins == ("https://c.example",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "abc"], "--port must be a number"),
+        (["--port", "70000"], "--port must be between"),
+        (["--heartbeat", "-1"], "--heartbeat must be between"),
+        (["--tls-cert", "c.pem"], "must be given together"),
+        (["--allowed-origin", "example.org"], "--allowed-origin must look like"),
+    ],
+)
+def test_bad_flags(argv: list[str], message: str) -> None:
+    """Bad values are a ConfigError with a one-line message."""
+    with pytest.raises(ConfigError, match=message) as info:
+        config(argv)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_tls_files(tmp_path: Path) -> None:
+    """A missing certificate is a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="no such file"):
+        make_ssl_context(tmp_path / "nope.pem", tmp_path / "key.pem")
+
+
+def test_garbage_tls_files(tmp_path: Path) -> None:
+    """A file that is not a certificate is a ConfigError."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="cannot load TLS certificate"):
+        make_ssl_context(bad, bad)
+
+
+def test_data_dir_must_be_writable(tmp_path: Path) -> None:
+    """A data dir that is a file is refused; a new one is created."""
+    afile = tmp_path / "file"
+    afile.write_text("")
+    with pytest.raises(ConfigError):
+        prepare_data_dir(afile)
+    assert prepare_data_dir(tmp_path / "new" / "dir").is_dir()
+
+
+def test_secret_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    """Without --secret one is generated, kept with mode 0600, and reused."""
+    first = load_secret(tmp_path, None)
+    assert len(first) >= 32
+    assert os.stat(tmp_path / "secret").st_mode & 0o777 == 0o600
+    assert load_secret(tmp_path, None) == first
+    assert load_secret(tmp_path, "given") == "given"

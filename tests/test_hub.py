@@ -1,0 +1,93 @@
+"""The hub's membership bookkeeping and fan-out, with fake peers."""
+
+from __future__ import annotations
+
+from roomcast.hub import Hub
+from roomcast.protocol.messages import UserInfo
+from roomcast.protocol.session import Session
+from tests.fakes import FakePeer
+
+
+def test_join_reports_a_users_first_connection() -> None:
+    """join is True only for a user's first connection in a room."""
+    hub = Hub()
+    a1 = FakePeer(Session("1", UserInfo("ann", False)))
+    a2 = FakePeer(Session("2", UserInfo("ann", False)))
+    for peer in (a1, a2):
+        hub.add(peer)
+    assert hub.join("r", a1) is True
+    assert hub.join("r", a2) is False
+    assert hub.join("r", a1) is False  # already in
+    assert hub.members("r") == ["ann"]
+    assert hub.member_count("r") == 1
+    assert a1.session.rooms == {"r"}
+
+
+def test_leave_reports_a_users_last_connection() -> None:
+    """leave is True only when the user's last connection leaves."""
+    hub = Hub()
+    a1 = FakePeer(Session("1", UserInfo("ann", False)))
+    a2 = FakePeer(Session("2", UserInfo("ann", False)))
+    for peer in (a1, a2):
+        hub.add(peer)
+        hub.join("r", peer)
+    assert hub.leave("r", a1) is False
+    assert hub.leave("r", a1) is False  # not in it any more
+    assert hub.leave("r", a2) is True
+    assert hub.members("r") == []
+    assert hub.rooms() == {}
+
+
+def test_remove_leaves_every_room() -> None:
+    """Removing a connection reports each room it was in and whether its user left."""
+    hub = Hub()
+    ann, bob = FakePeer.named("ann"), FakePeer.named("bob")
+    for peer in (ann, bob):
+        hub.add(peer)
+        hub.join("lobby", peer)
+    hub.join("x", ann)
+    assert sorted(hub.remove(ann)) == [("lobby", True), ("x", True)]
+    assert hub.members("lobby") == ["bob"]
+    assert "s-ann" not in hub.peers
+    assert not hub.name_in_use("ann")
+
+
+def test_deliver_writes_the_same_bytes_to_every_member() -> None:
+    """A broadcast hands one bytes object to each member, and can skip a user."""
+    hub = Hub()
+    peers = [FakePeer.named(n) for n in ("a", "b", "c")]
+    for peer in peers:
+        hub.add(peer)
+        hub.join("r", peer)
+    outsider = FakePeer.named("z")
+    hub.add(outsider)
+    frame = b"\x81\x02{}"
+    assert hub.deliver("r", frame) == 3
+    assert all(p.frames == [frame] and p.frames[0] is frame for p in peers)
+    assert outsider.frames == []
+    assert hub.deliver("r", frame, skip_user="b") == 2
+    assert [len(p.frames) for p in peers] == [2, 1, 2]
+    assert hub.deliver("nobody-here", frame) == 0
+
+
+def test_members_are_capped() -> None:
+    """members() lists at most the limit, in join order."""
+    hub = Hub()
+    for name in "abcde":
+        peer = FakePeer.named(name)
+        hub.add(peer)
+        hub.join("r", peer)
+    assert hub.members("r", 3) == ["a", "b", "c"]
+    assert hub.member_count("r") == 5
+
+
+def test_rename_moves_the_user_in_every_room() -> None:
+    """After an auth changes the name, rooms and the name index follow."""
+    hub = Hub()
+    peer = FakePeer.named("guest-1")
+    hub.add(peer)
+    hub.join("lobby", peer)
+    hub.rename(peer, "guest-1", "ann")
+    assert hub.members("lobby") == ["ann"]
+    assert hub.name_in_use("ann") and not hub.name_in_use("guest-1")
+    assert hub.send_to_user("ann", b"\x81\x00") == 1

@@ -1,0 +1,246 @@
+"""The node's flows with the memory store and broker and fake peers (no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from roomcast.broker.memory import MemoryBroker, MemoryBus
+from roomcast.config import Limits
+from roomcast.exceptions import StoreError
+from roomcast.node import Node
+from roomcast.protocol.codes import CloseCode
+from roomcast.store.base import AppendResult
+from roomcast.store.memory import MemoryStore
+from tests.fakes import FakePeer
+
+
+async def started(*, store: Any = None, broker: Any = None, limits: Limits | None = None) -> Node:
+    node = Node(
+        store=store or MemoryStore(),
+        broker=broker or MemoryBroker(),
+        limits=limits or Limits(),
+    )
+    await node.start()
+    return node
+
+
+async def connected(node: Node) -> FakePeer:
+    peer = FakePeer(node.new_session())
+    await node.connect(peer)
+    return peer
+
+
+def text(kind: str, payload: Any = None, **extra: Any) -> bytes:
+    frame: dict[str, Any] = {"type": kind, **extra}
+    if payload is not None:
+        frame["payload"] = payload
+    return orjson.dumps(frame)
+
+
+def name_of(peer: FakePeer) -> str:
+    assert peer.session.user is not None
+    return peer.session.user.name
+
+
+async def test_connect_sends_welcome_then_joined_lobby() -> None:
+    """A connection is welcomed and placed in lobby; other lobby members see it join."""
+    node = await started()
+    first = await connected(node)
+    first.received()
+    second = await connected(node)
+    frames = second.received()
+    assert [f["type"] for f in frames] == ["system", "joined"]
+    assert frames[0]["payload"]["user"] == {"name": name_of(second), "guest": True}
+    assert frames[1]["payload"]["members"] == [name_of(first), name_of(second)]
+    assert frames[1]["payload"]["member_count"] == 2
+    [presence] = first.received()
+    assert presence["type"] == "presence"
+    assert presence["payload"] == {"room": "lobby", "user": name_of(second), "event": "join"}
+
+
+async def test_chat_is_stored_broadcast_then_acked() -> None:
+    """A chat gets the next seq, reaches every member, and the sender's ack follows its copy."""
+    node = await started()
+    a, b = await connected(node), await connected(node)
+    a.received(), b.received()
+    await node.receive_text(a, text("chat", {"message": "one"}, id="c1"))
+    await node.receive_text(a, text("chat", {"message": "two"}))
+    frames = a.received()
+    assert [f["type"] for f in frames] == ["chat", "ack", "chat"]
+    assert frames[1]["id"] == "c1"
+    assert frames[1]["payload"] == {
+        "room": "lobby",
+        "seq": 1,
+        "message_id": frames[0]["payload"]["message_id"],
+    }
+    assert [f["payload"]["seq"] for f in b.of_type("chat")] == [1, 2]
+    history, _ = await node.store.history("lobby")
+    assert [m.message for m in history] == ["one", "two"]
+
+
+async def test_members_see_one_order() -> None:
+    """Two senders interleaving: every member sees the same seqs in the same order."""
+    node = await started()
+    peers = [await connected(node) for _ in range(3)]
+    for peer in peers:
+        peer.received()
+    for i in range(10):
+        await node.receive_text(peers[i % 2], text("chat", {"message": str(i)}))
+    orders = [[f["payload"]["seq"] for f in p.of_type("chat")] for p in peers]
+    assert orders == [list(range(1, 11))] * 3
+
+
+async def test_resent_id_is_acked_again_not_broadcast() -> None:
+    """A repeated frame id from the same user is acked with the same message_id only."""
+    node = await started()
+    a, b = await connected(node), await connected(node)
+    a.received(), b.received()
+    await node.receive_text(a, text("chat", {"message": "hi"}, id="same"))
+    first_ack = a.of_type("ack")[0]
+    b.received()
+    await node.receive_text(a, text("chat", {"message": "hi"}, id="same"))
+    frames = a.received()
+    assert [f["type"] for f in frames] == ["ack"]
+    assert frames[0]["payload"] == first_ack["payload"]
+    assert b.received() == []
+
+
+async def test_join_leave_presence_and_typing() -> None:
+    """join/leave tell the other members; typing reaches others only; presence lists members."""
+    node = await started()
+    a, b = await connected(node), await connected(node)
+    a.received(), b.received()
+    await node.receive_text(a, text("join", {"room": "dev"}, id="j"))
+    joined = a.of_type("joined")[0]
+    assert joined["id"] == "j"
+    assert joined["payload"]["members"] == [name_of(a)]
+    await node.receive_text(b, text("join", {"room": "dev"}))
+    assert a.of_type("presence")[0]["payload"]["event"] == "join"
+    await node.receive_text(b, text("typing", {"room": "dev"}))
+    assert a.of_type("typing")[0]["payload"] == {"room": "dev", "user": name_of(b)}
+    assert b.of_type("typing") == []
+    await node.receive_text(a, text("presence", {"room": "dev"}, id="p"))
+    members = a.of_type("presence")[0]
+    assert members["id"] == "p"
+    assert members["payload"]["members"] == [name_of(a), name_of(b)]
+    await node.receive_text(b, text("leave", {"room": "dev"}))
+    assert b.of_type("left")[0]["payload"] == {"room": "dev"}
+    assert a.of_type("presence")[0]["payload"] == {
+        "room": "dev",
+        "user": name_of(b),
+        "event": "leave",
+    }
+
+
+async def test_join_since_replays_missed_messages_in_order() -> None:
+    """join with since sends joined, then every stored message after since, in order."""
+    node = await started()
+    a = await connected(node)
+    for i in range(5):
+        await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+    late = await connected(node)
+    late.received()
+    await node.receive_text(late, text("join", {"room": "lobby", "since": 2}))
+    frames = late.received()
+    assert frames[0]["type"] == "joined"
+    assert frames[0]["payload"]["seq"] == 5
+    assert frames[0]["payload"]["recovered"] is True
+    assert [f["payload"]["seq"] for f in frames[1:]] == [3, 4, 5]
+
+
+async def test_history_pages_oldest_first() -> None:
+    """history returns a page before a seq, oldest first, with has_more."""
+    node = await started()
+    a = await connected(node)
+    for i in range(5):
+        await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+    a.received()
+    await node.receive_text(a, text("history", {"room": "lobby", "before": 5, "limit": 2}))
+    [reply] = a.received()
+    assert [m["seq"] for m in reply["payload"]["messages"]] == [3, 4]
+    assert reply["payload"]["has_more"] is True
+
+
+async def test_disconnect_tells_rooms_the_user_left() -> None:
+    """When a connection ends its user leaves every room it was in."""
+    node = await started()
+    a, b = await connected(node), await connected(node)
+    a.received()
+    node.disconnect(b)
+    [leave] = a.received()
+    assert leave["payload"] == {"room": "lobby", "user": name_of(b), "event": "leave"}
+    assert node.hub.members("lobby") == [name_of(a)]
+
+
+async def test_big_rooms_send_no_presence_events() -> None:
+    """Above the presence limit joins are silent and member lists are capped."""
+    node = await started(limits=Limits(presence_limit=2))
+    peers = [await connected(node) for _ in range(3)]
+    presence = [f for f in peers[0].received() if f["type"] == "presence"]
+    # The second member's join is announced; the third passes the limit of 2.
+    assert [f["payload"]["user"] for f in presence] == [name_of(peers[1])]
+    joined = [f for f in peers[2].received() if f["type"] == "joined"][0]
+    assert len(joined["payload"]["members"]) == 2
+    assert joined["payload"]["member_count"] == 3
+
+
+async def test_store_failure_is_an_internal_error_without_ack() -> None:
+    """If the store fails, the sender gets error internal, no ack, and nothing is broadcast."""
+
+    class BrokenStore(MemoryStore):
+        async def append(self, *args: Any, **kwargs: Any) -> AppendResult:
+            raise StoreError("disk on fire")
+
+    node = await started(store=BrokenStore())
+    a, b = await connected(node), await connected(node)
+    a.received(), b.received()
+    await node.receive_text(a, text("chat", {"message": "x"}, id="c"))
+    [error] = a.received()
+    assert error["type"] == "error"
+    assert error["id"] == "c"
+    assert error["payload"]["code"] == "internal"
+    assert b.received() == []
+
+
+async def test_guest_nickname_auth() -> None:
+    """auth with a guest nickname renames the connection and tells its rooms."""
+    node = await started()
+    a, b = await connected(node), await connected(node)
+    a.received(), b.received()
+    old = name_of(a)
+    await node.receive_text(a, text("auth", {"guest": "ann"}, id="a1"))
+    [ok] = a.of_type("auth")
+    assert ok["id"] == "a1"
+    assert ok["payload"] == {"ok": True, "user": {"name": "ann", "guest": True}}
+    events = [(f["payload"]["user"], f["payload"]["event"]) for f in b.of_type("presence")]
+    assert events == [(old, "leave"), ("ann", "join")]
+    assert node.hub.members("lobby") == [name_of(b), "ann"]
+
+
+async def test_auth_failures_then_close() -> None:
+    """Taken or invalid names and tokens fail; the third failure closes with 1008."""
+    node = await started()
+    a, b = await connected(node), await connected(node)
+    await node.receive_text(a, text("auth", {"guest": name_of(b)}))
+    await node.receive_text(a, text("auth", {"guest": "guest-abc"}))
+    assert [f["payload"]["code"] for f in a.of_type("error")] == ["auth_failed"] * 2
+    assert a.closed is None
+    await node.receive_text(a, text("auth", {"token": "not-a-token"}))
+    assert a.closed is not None and a.closed[0] is CloseCode.POLICY_VIOLATION
+
+
+async def test_two_nodes_on_one_bus_share_broadcasts() -> None:
+    """A chat on one node reaches members on another node through the broker, once."""
+    bus, store = MemoryBus(), MemoryStore()
+    one = await started(store=store, broker=MemoryBroker(bus))
+    two = await started(store=store, broker=MemoryBroker(bus))
+    a, b = await connected(one), await connected(two)
+    a.received(), b.received()
+    await one.receive_text(a, text("chat", {"message": "across"}))
+    assert [f["payload"]["message"] for f in b.of_type("chat")] == ["across"]
+    assert [f["payload"]["message"] for f in a.of_type("chat")] == ["across"]
+    await one.close()
+    await two.receive_text(b, text("chat", {"message": "after"}))
+    assert a.received() == []
