@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -41,6 +42,15 @@ CONNECT_BATCH = 50
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (0: none known)."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: list[int], q: float) -> float:
@@ -174,7 +184,12 @@ async def settle(tally: Tally, quiet: float = 0.3, max_wait: float = 10.0) -> No
 
 
 async def fanout_step(
-    clients: list[ChatClient], tally: Tally, target: float, seconds: float, bound_ms: float
+    clients: list[ChatClient],
+    tally: Tally,
+    target: float,
+    seconds: float,
+    bound_ms: float,
+    server_pid: int = 0,
 ) -> dict[str, Any]:
     """One constant-rate step at ``target`` deliveries/s; returns its measurements."""
     n = len(clients)
@@ -183,10 +198,10 @@ async def fanout_step(
     await settle(tally)
     tally.reset()
     drops_before = tally.disconnects
-    cpu0, t0 = cpu_seconds(), time.monotonic()
+    cpu0, server0, t0 = cpu_seconds(), process_cpu(server_pid), time.monotonic()
     sent = await send_paced(sender, target / n, seconds)
     send_time = time.monotonic() - t0
-    cpu1 = cpu_seconds()
+    cpu1, server1 = cpu_seconds(), process_cpu(server_pid)
     received_in_window = tally.received
     await drain(tally, sent * n, max_wait=max(2.0, 2 * bound_ms / 1000))
     lat = sorted(tally.latencies)
@@ -205,6 +220,7 @@ async def fanout_step(
         "p99_ms": round(p99, 3),
         "max_ms": round(lat[-1] / 1e6, 3) if lat else None,
         "loadgen_cpu": round((cpu1 - cpu0) / send_time, 3),
+        "server_cpu": round((server1 - server0) / send_time, 3) if server_pid else None,
     }
     result["ok"] = bool(
         result["send_rate_ok"] and lost == 0 and result["disconnects"] == 0 and p99 <= bound_ms
@@ -238,13 +254,17 @@ def close_all(listeners: list[Any]) -> None:
 
 async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
     clients, tally = await open_room(args.url, args.clients)
-    fixed = await fanout_step(clients, tally, args.fixed_rate, args.step_seconds, args.bound_ms)
+    fixed = await fanout_step(
+        clients, tally, args.fixed_rate, args.step_seconds, args.bound_ms, args.server_pid
+    )
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     low, high = 0.0, 0.0
     rate = args.start_rate
     while rate <= args.max_rate and len(steps) < 30:
-        step = await fanout_step(clients, tally, rate, args.step_seconds, args.bound_ms)
+        step = await fanout_step(
+            clients, tally, rate, args.step_seconds, args.bound_ms, args.server_pid
+        )
         steps.append(step)
         if not step["ok"]:
             high = rate
@@ -255,7 +275,9 @@ async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
         if not low or high / low < 1.08:
             break
         mid = (low * high) ** 0.5
-        step = await fanout_step(clients, tally, mid, args.step_seconds, args.bound_ms)
+        step = await fanout_step(
+            clients, tally, mid, args.step_seconds, args.bound_ms, args.server_pid
+        )
         steps.append(step)
         if step["ok"]:
             best, low = step, mid
@@ -277,7 +299,9 @@ async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
 
 async def run_rate(args: argparse.Namespace) -> dict[str, Any]:
     clients, tally = await open_room(args.url, args.clients)
-    step = await fanout_step(clients, tally, args.fixed_rate, args.step_seconds, args.bound_ms)
+    step = await fanout_step(
+        clients, tally, args.fixed_rate, args.step_seconds, args.bound_ms, args.server_pid
+    )
     close_all(clients)
     return {"scenario": "rate", "loadgen": "python-picows", "clients": args.clients, **step}
 
@@ -326,6 +350,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--factor", type=float, default=1.5, help="rate growth per step")
     parser.add_argument("--bisect", type=int, default=2, help="refinement steps")
     parser.add_argument("--bound-ms", type=float, default=100.0, help="p99 latency bound")
+    parser.add_argument("--server-pid", type=int, default=0, help="report its CPU per step")
     parser.add_argument("--seconds", type=float, default=5.0, help="echo window")
     parser.add_argument("--warmup", type=float, default=1.0, help="echo warm-up")
     return parser.parse_args(argv)

@@ -80,7 +80,12 @@ def measure(
     try:
         cpu0, busy0, t0 = server.cpu_seconds(), machine_busy(), time.monotonic()
         child0 = children_cpu()
-        result = loadgen(python_loadgen([*scenario, "--url", server.url, *opts.loadgen_arg]))
+        result = loadgen(
+            python_loadgen(
+                [*scenario, "--url", server.url, "--server-pid", str(server.proc.pid)]
+                + opts.loadgen_arg
+            )
+        )
         wall = time.monotonic() - t0
         server_cpu = (server.cpu_seconds() - cpu0) / wall
         result["server_cpu"] = round(server_cpu, 3)

@@ -36,16 +36,56 @@ _NODE: Final = web.AppKey("node", Node)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
-class WebSocketPeer:
-    """One WebSocket connection: writes go straight to its transport.
+class Flusher:
+    """Writes each connection's frames of one loop turn with one ``write``.
 
-    ``send`` never waits. When more than ``max_queue`` bytes are waiting to
-    be sent (the client does not read fast enough) the connection is closed
-    with 1013 and nothing more is written to it; the other members never
-    notice.
+    A burst of messages handled in one event-loop turn (a sender's frames
+    often arrive together) would cost every member one system call per
+    message; instead :meth:`WebSocketPeer.send` queues the frame, and the
+    flusher, scheduled once per turn, writes each member's queue joined.
     """
 
-    __slots__ = ("_tasks", "alive", "closed", "max_queue", "session", "transport", "ws")
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[WebSocketPeer] = []
+        self._scheduled = False
+
+    def add(self, peer: WebSocketPeer) -> None:
+        self._dirty.append(peer)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for peer in dirty:
+            peer.flush()
+
+
+class WebSocketPeer:
+    """One WebSocket connection: frames go straight to its transport.
+
+    ``send`` never waits: it queues a pre-built frame, and the flusher writes
+    the queue at the end of the loop turn. When more than ``max_queue``
+    bytes are waiting in the transport (the client does not read fast
+    enough) the connection is closed with 1013 and nothing more is written
+    to it; the other members never notice.
+    """
+
+    __slots__ = (
+        "_flusher",
+        "_pending",
+        "_tasks",
+        "alive",
+        "closed",
+        "max_queue",
+        "session",
+        "transport",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -54,6 +94,7 @@ class WebSocketPeer:
         session: Session,
         *,
         max_queue: int,
+        flusher: Flusher,
         tasks: set[asyncio.Task[None]],
     ) -> None:
         self.ws = ws
@@ -62,16 +103,29 @@ class WebSocketPeer:
         self.max_queue = max_queue
         self.closed = False
         self.alive = True
+        self._pending: list[bytes] = []
+        self._flusher = flusher
         self._tasks = tasks
 
     def send(self, frame: bytes) -> None:
         if self.closed:
             return
+        pending = self._pending
+        pending.append(frame)
+        if len(pending) == 1:
+            self._flusher.add(self)
+
+    def flush(self) -> None:
+        """Write the queued frames now (the flusher calls this once per turn)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
         transport = self.transport
-        if transport.is_closing():
+        if self.closed or transport.is_closing():
             self.closed = True
             return
-        transport.write(frame)
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if transport.get_write_buffer_size() > self.max_queue:
             logger.warning(
                 "closing slow consumer %s: more than %d bytes unsent",
@@ -81,6 +135,9 @@ class WebSocketPeer:
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
 
     def close(self, code: CloseCode, reason: str) -> None:
+        if self.closed:
+            return
+        self.flush()  # what was sent before the close goes out before it
         if self.closed:
             return
         self.closed = True
@@ -99,6 +156,7 @@ class WebSocketPeer:
     def terminate(self) -> None:
         """Drop the connection at once (a dead peer: no close handshake)."""
         self.closed = True
+        self._pending = []
         self.transport.abort()
 
 
@@ -119,6 +177,7 @@ class RoomcastServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._flusher: Flusher | None = None
         self.url: str = ""
         self.app = self._make_app()
 
@@ -173,6 +232,7 @@ class RoomcastServer:
             transport,
             node.new_session(),
             max_queue=limits.max_queue_bytes,
+            flusher=self._get_flusher(),
             tasks=self._tasks,
         )
         self.peers.add(peer)
@@ -207,6 +267,11 @@ class RoomcastServer:
                 self._handlers.discard(task)
             logger.info("connection %s closed (%s)", peer.session.id, ws.close_code)
         return ws
+
+    def _get_flusher(self) -> Flusher:
+        if self._flusher is None:
+            self._flusher = Flusher(asyncio.get_running_loop())
+        return self._flusher
 
     # -- heartbeat ---------------------------------------------------------------
 
