@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "ServerConfig", "load_secret", "make_ssl_context"]
 
@@ -68,6 +71,8 @@ def make_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     Raises:
         ConfigError: the files cannot be read or do not match.
     """
+    import ssl
+
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
