@@ -9,11 +9,15 @@ FANOUT_KEYS = {
     "max": lambda r: r["max_ok_deliveries_per_s"],
     "p50": lambda r: r["fixed"]["p50_ms"],
     "p99": lambda r: r["fixed"]["p99_ms"],
+    "srv_us": lambda r: 1e6 * r["fixed"]["server_cpu"] / r["fixed"]["delivered_per_s"],
+    "lg_cpu": lambda r: (r["max_ok_step"] or {}).get("loadgen_cpu"),
 }
 ECHO_KEYS = {
     "max": lambda r: r["round_trips_per_s"],
     "p50": lambda r: r["p50_ms"],
     "p99": lambda r: r["p99_ms"],
+    "srv_us": lambda r: 1e6 * r["server_cpu"] / r["round_trips_per_s"],
+    "lg_cpu": lambda r: r["loadgen_cpu"],
 }
 
 
@@ -52,7 +56,7 @@ def summarize(
             )
             cell: dict[str, Any] = {"runs": len(rows), "errors": errors}
             for name, get in keys.items():
-                values = [get(r) for r in rows]
+                values = [v for v in map(get, rows) if v is not None]
                 cell[name] = statistics.median(values) if values else None
                 cell[f"{name}_all"] = values
             summary[scenario][target] = cell
@@ -84,19 +88,24 @@ def markdown(
         cells = summary[scenario]
         ref = cells.get("node", {}).get("max")
         if scenario == "echo":
-            head = "| target | round trips/s | vs node | p50 ms | p99 ms | runs (rt/s) |"
+            head = (
+                "| target | round trips/s | vs node | p50 ms | p99 ms "
+                "| server µs CPU per round trip | loadgen CPU | runs (rt/s) |"
+            )
         else:
             head = (
                 "| target | max deliveries/s (no loss, p99 bound) | vs node "
-                "| p50 ms @20k/s | p99 ms @20k/s | runs (max) |"
+                "| p50 ms @20k/s | p99 ms @20k/s | server µs CPU per delivery @20k/s "
+                "| loadgen CPU at max | runs (max) |"
             )
-        lines += [f"### {scenario}", "", head, "|---|---:|---:|---:|---:|---|"]
+        lines += [f"### {scenario}", "", head, "|---|---:|---:|---:|---:|---:|---:|---|"]
         for target in targets:
             c = cells[target]
             every = ", ".join(fmt(v) for v in c["max_all"]) or f"{c['errors']} error(s)"
             lines.append(
                 f"| {target} | {fmt(c['max'])} | {ratio(c['max'], ref)} | "
-                f"{fmt(c['p50'], 'ms')} | {fmt(c['p99'], 'ms')} | {every} |"
+                f"{fmt(c['p50'], 'ms')} | {fmt(c['p99'], 'ms')} | {fmt(c['srv_us'], 'ms')} "
+                f"| {fmt(c['lg_cpu'], 'ms')} | {every} |"
             )
         lines.append("")
     return "\n".join(lines)

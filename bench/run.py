@@ -188,6 +188,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="extra argument for loadgen.py (repeatable), e.g. --step-seconds=3",
     )
     parser.add_argument("--compare-loadgens", action="store_true")
+    parser.add_argument("--report", type=Path, help="re-render the markdown of a results JSON")
     parser.add_argument(
         "--compare-rates",
         type=lambda s: [int(x) for x in s.split(",")],
@@ -198,6 +199,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
+    if opts.report:
+        doc = json.loads(opts.report.read_text())
+        targets = list(doc["summary"][next(iter(doc["summary"]))])
+        summary = report.summarize(doc["raw"], targets, list(doc["summary"]))
+        runs = 1 + max(r["run"] for r in doc["raw"])
+        md = report.markdown(summary, targets, list(doc["summary"]), runs)
+        opts.report.with_suffix(".md").write_text(md)
+        print(md)
+        return 0
     targets = servers.TARGETS if opts.targets == "all" else opts.targets.split(",")
     scenarios = opts.scenarios.split(",")
     if "roomcast" in targets and not servers.roomcast_available():
