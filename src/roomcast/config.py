@@ -73,6 +73,10 @@ def make_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     """
     import ssl
 
+    for path in (cert, key):
+        if not path.is_file():
+            problem = "not a file" if path.exists() else "no such file"
+            raise ConfigError(f"cannot read TLS file {path}: {problem}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

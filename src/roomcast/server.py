@@ -26,7 +26,7 @@ from .node import Node
 from .protocol.codes import CloseCode, ErrorCode
 from .protocol.messages import ErrorReply, encode
 from .protocol.session import Session
-from .protocol.wsframe import PING_FRAME, pong_frame, text_frame
+from .protocol.wsframe import PING_FRAME, MaskChecker, close_frame, pong_frame, text_frame
 
 __all__ = ["RoomcastServer", "WebSocketPeer"]
 
@@ -153,11 +153,79 @@ class WebSocketPeer:
             if self.transport.get_write_buffer_size():
                 self.transport.abort()
 
+    def fail(self, code: CloseCode, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame, then close TCP."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self._pending = []
+        if not self.transport.is_closing():
+            self.transport.write(close_frame(code, reason))
+            self.transport.close()
+
     def terminate(self) -> None:
         """Drop the connection at once (a dead peer: no close handshake)."""
         self.closed = True
         self._pending = []
         self.transport.abort()
+
+
+class _MaskGuard:
+    """Sits in front of aiohttp's frame reader and fails unmasked client frames.
+
+    aiohttp's reader accepts frames without a mask (its threat model lists
+    this as a recommended hardening, not done); RFC 6455 section 5.1 says
+    a server must close the connection. Frames before the unmasked one are
+    still parsed; nothing from it on reaches the reader.
+    """
+
+    __slots__ = ("_checker", "_failed", "_inner", "_peer")
+
+    def __init__(self, inner: Any, peer: WebSocketPeer) -> None:
+        self._inner = inner
+        self._peer = peer
+        self._checker = MaskChecker()
+        self._failed = False
+
+    def check(self, data: bytes) -> int:
+        offset = self._checker.feed(data)
+        if offset >= 0:
+            self._failed = True
+            logger.info("connection %s sent an unmasked frame", self._peer.session.id)
+            self._peer.fail(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
+        return offset
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._failed:
+            return False, b""
+        offset = self.check(data)
+        if offset < 0:
+            return self._inner.feed_data(data)  # type: ignore[no-any-return]
+        if offset:
+            self._inner.feed_data(data[:offset])
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+    @classmethod
+    def install(cls, request: web.Request, tail: bytes, peer: WebSocketPeer) -> None:
+        """Put a guard in front of the request's WebSocket reader.
+
+        ``tail`` is what the client sent right after its handshake request
+        (aiohttp fed it to the reader already); the guard starts from it so
+        it follows the same frame boundaries.
+        """
+        protocol = request.protocol
+        inner = getattr(protocol, "_payload_parser", None)
+        if inner is None:  # pragma: no cover - aiohttp changed its internals
+            logger.warning("cannot check client frame masking with this aiohttp")
+            return
+        guard = cls(inner, peer)
+        protocol._payload_parser = guard
+        if tail:
+            guard.check(tail)
 
 
 class RoomcastServer:
@@ -223,6 +291,7 @@ class RoomcastServer:
             compress=False,
             timeout=self.config.close_timeout,
         )
+        tail = bytes(getattr(request.protocol, "_message_tail", b""))
         await ws.prepare(request)
         transport = request.transport
         assert transport is not None
@@ -235,6 +304,7 @@ class RoomcastServer:
             flusher=self._get_flusher(),
             tasks=self._tasks,
         )
+        _MaskGuard.install(request, tail, peer)
         self.peers.add(peer)
         task = asyncio.current_task()
         if task is not None:
