@@ -10,7 +10,7 @@ import itertools
 
 import uvloop
 from aiohttp import WSMsgType, web
-from common import Room, announce, handle, parse_args, wait_for_stop, welcome
+from common import Room, handle, parse_args, serve_aiohttp, welcome
 
 ROOM = Room()
 CLIENTS: set[web.WebSocketResponse] = set()
@@ -44,17 +44,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
 
 
 async def main() -> None:
-    args = parse_args(__doc__ or "")
-    app = web.Application()
-    app.router.add_get("/ws", ws_handler)
-    app.router.add_get("/", ws_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port)
-    await site.start()
-    announce("aiohttp-bare", runner.addresses[0][1])
-    await wait_for_stop()
-    await runner.cleanup()
+    await serve_aiohttp("aiohttp-bare", ws_handler, parse_args(__doc__ or "").port)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from typing import cast
 
 import uvloop
 from aiohttp import WSMsgType, web
-from common import Room, announce, handle, parse_args, text_frame, wait_for_stop, welcome
+from common import Room, handle, parse_args, serve_aiohttp, welcome
+
+from roomcast.protocol.wsframe import text_frame
 
 SLOW_LIMIT = 16 * 1024 * 1024
 ROOM = Room()
@@ -58,17 +60,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
 
 
 async def main() -> None:
-    args = parse_args(__doc__ or "")
-    app = web.Application()
-    app.router.add_get("/ws", ws_handler)
-    app.router.add_get("/", ws_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port)
-    await site.start()
-    announce("aiohttp-frame", runner.addresses[0][1])
-    await wait_for_stop()
-    await runner.cleanup()
+    await serve_aiohttp("aiohttp-frame", ws_handler, parse_args(__doc__ or "").port)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import struct
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -64,18 +63,6 @@ def handle(room: Room, raw: bytes | str, sender: str) -> tuple[str, bytes] | Non
     return None
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A complete unmasked server->client WebSocket text frame (FIN set)."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
-
-
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0)
@@ -93,3 +80,19 @@ async def wait_for_stop() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def serve_aiohttp(name: str, handler: Any, port: int) -> None:
+    """Serve ``handler`` at / and /ws with aiohttp until SIGTERM or SIGINT."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    announce(name, runner.addresses[0][1])
+    await wait_for_stop()
+    await runner.cleanup()

@@ -11,6 +11,7 @@ heartbeat and shuts the server down in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import ssl
@@ -263,8 +264,7 @@ class RoomcastServer:
     async def _index(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
-        page = resources.files("roomcast.web").joinpath("static/index.html").read_bytes()
-        return web.Response(body=page, content_type="text/html", charset="utf-8")
+        return web.Response(body=_page(), content_type="text/html", charset="utf-8")
 
     def _origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -416,6 +416,12 @@ class RoomcastServer:
             logger.info("shutting down")
         finally:
             await self.stop()
+
+
+@functools.cache
+def _page() -> bytes:
+    """The chat page, read from the package once."""
+    return resources.files("roomcast.web").joinpath("static/index.html").read_bytes()
 
 
 def _origin_key(url: URL) -> tuple[str, str, int | None]:
