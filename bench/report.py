@@ -21,17 +21,74 @@ ECHO_KEYS = {
 }
 
 
+def _per_ack_us(step: dict[str, Any] | None) -> float | None:
+    if not step or step.get("server_cpu") is None or not step["acked_per_s"]:
+        return None
+    return 1e6 * step["server_cpu"] / step["acked_per_s"]
+
+
+PERSIST_KEYS = {
+    "max": lambda r: r["max_acked_per_s_within_p99"],
+    "p50": lambda r: (r["max_ok_step"] or {}).get("p50_ms"),
+    "p99": lambda r: (r["max_ok_step"] or {}).get("p99_ms"),
+    "srv_us": lambda r: _per_ack_us(r["max_ok_step"]),
+    "lg_cpu": lambda r: (r["max_ok_step"] or {}).get("loadgen_cpu"),
+}
+STEP_KEYS = ["acked_per_s", "p50_ms", "p99_ms", "max_ms", "errors", "unacked"]
+
+
+def keys_for(scenario: str | None) -> dict[str, Any]:
+    """The headline getters of a scenario (by run.py name or loadgen scenario)."""
+    if scenario == "echo":
+        return ECHO_KEYS
+    if scenario == "persist":
+        return PERSIST_KEYS
+    return FANOUT_KEYS
+
+
+def stopped_by(result: dict[str, Any]) -> str:
+    """Why a persist run stopped stepping: its failing step, or the top rate passed."""
+    if result["ceiling_hit"]:
+        return "none (top rate passed)"
+    step = result["steps"][-1]
+    return f"{step['offered_per_s']:,}/s: {', '.join(step['fail'])}"
+
+
+def persist_steps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per offered rate, the medians over the runs that reached that step."""
+    by_rate: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        for step in r["steps"]:
+            by_rate.setdefault(step["offered_per_s"], []).append(step)
+    out = []
+    for rate, steps in sorted(by_rate.items()):
+        cell: dict[str, Any] = {"offered_per_s": rate, "runs": len(steps)}
+        for key in STEP_KEYS:
+            values = [s[key] for s in steps if s[key] is not None]
+            cell[key] = statistics.median(values) if values else None
+        cell["passed"] = sum(1 for s in steps if s["ok"])
+        codes: dict[str, int] = {}
+        for step in steps:
+            for code, n in step["error_codes"].items():
+                codes[code] = codes.get(code, 0) + n
+        cell["error_codes"] = codes
+        out.append(cell)
+    return out
+
+
 def brief(result: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of one raw result, for progress output."""
-    keys = FANOUT_KEYS if result.get("scenario") == "fanout" else ECHO_KEYS
+    keys = keys_for(result.get("scenario_name"))
     out: dict[str, Any] = {k: result[k] for k in ("target", "scenario_name", "run")}
     if "error" in result:
         return {**out, "error": result["error"][-300:]}
     out.update({name: get(result) for name, get in keys.items()})
     out["server_cpu"] = result.get("server_cpu")
     out["other_cpu"] = result.get("other_cpu")
-    fixed = result.get("fixed", result)
+    fixed = result.get("fixed") or result.get("max_ok_step") or result
     out["loadgen_cpu"] = fixed.get("loadgen_cpu")
+    if result.get("scenario") == "persist":
+        out["stopped_by"] = stopped_by(result)
     return out
 
 
@@ -41,7 +98,7 @@ def summarize(
     """summary[scenario][target] = medians of max, p50, p99 (+ every run's max)."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for scenario in scenarios:
-        keys = ECHO_KEYS if scenario == "echo" else FANOUT_KEYS
+        keys = keys_for(scenario)
         summary[scenario] = {}
         for target in targets:
             rows = [
@@ -59,6 +116,9 @@ def summarize(
                 values = [v for v in map(get, rows) if v is not None]
                 cell[name] = statistics.median(values) if values else None
                 cell[f"{name}_all"] = values
+            if scenario == "persist":
+                cell["stopped_by"] = [stopped_by(r) for r in rows]
+                cell["steps"] = persist_steps(rows)
             summary[scenario][target] = cell
     return summary
 
@@ -82,10 +142,14 @@ def markdown(
     targets: list[str],
     scenarios: list[str],
     runs: int,
+    notes: dict[str, str] | None = None,
 ) -> str:
     lines = [f"Medians of {runs} run(s); ratios are vs the Node reference (`node`).", ""]
     for scenario in scenarios:
         cells = summary[scenario]
+        if scenario == "persist":
+            lines += persist_tables(cells, targets, (notes or {}).get(scenario))
+            continue
         ref = cells.get("node", {}).get("max")
         if scenario == "echo":
             head = (
@@ -109,6 +173,52 @@ def markdown(
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def persist_tables(
+    cells: dict[str, dict[str, Any]], targets: list[str], note: str | None
+) -> list[str]:
+    """The persist headline table, then each measured target's steps."""
+    lines = [
+        "### persist",
+        "",
+        "| target | max acked msgs/s (all acked, p99 in bound) | p50 ms at max | p99 ms at max "
+        "| server µs CPU per ack at max | loadgen CPU at max | stopped by | runs (max) |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    measured = [t for t in targets if cells[t]["runs"] or cells[t]["errors"]]
+    for target in measured:
+        c = cells[target]
+        every = ", ".join(fmt(v) for v in c["max_all"]) or f"{c['errors']} error(s)"
+        lines.append(
+            f"| {target} | {fmt(c['max'])} | {fmt(c['p50'], 'ms')} | {fmt(c['p99'], 'ms')} "
+            f"| {fmt(c['srv_us'], 'ms')} | {fmt(c['lg_cpu'], 'ms')} "
+            f"| {'; '.join(c.get('stopped_by', [])) or '-'} | {every} |"
+        )
+    lines.append("")
+    if note:
+        lines += [note, ""]
+    for target in measured:
+        steps = cells[target].get("steps") or []
+        if not steps:
+            continue
+        lines += [
+            f"{target}, per step (medians over the runs that reached it):",
+            "",
+            "| offered msgs/s | acked msgs/s | p50 ms | p99 ms | max ms | errors (codes) "
+            "| unacked | passed/runs |",
+            "|---:|---:|---:|---:|---:|---|---:|---|",
+        ]
+        for s in steps:
+            codes = ", ".join(f"{k} {v}" for k, v in sorted(s["error_codes"].items()))
+            lines.append(
+                f"| {fmt(s['offered_per_s'])} | {fmt(s['acked_per_s'])} "
+                f"| {fmt(s['p50_ms'], 'ms')} | {fmt(s['p99_ms'], 'ms')} "
+                f"| {fmt(s['max_ms'], 'ms')} | {fmt(s['errors'])}{f' ({codes})' if codes else ''} "
+                f"| {fmt(s['unacked'])} | {s['passed']}/{s['runs']} |"
+            )
+        lines.append("")
+    return lines
 
 
 def loadgen_table(rows: list[dict[str, Any]]) -> str:

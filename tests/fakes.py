@@ -36,6 +36,9 @@ class FakePeer:
     def close(self, code: CloseCode, reason: str) -> None:
         self.closed = (code, reason)
 
+    async def drain(self) -> bool:
+        return self.closed is None
+
     def received(self) -> list[dict[str, Any]]:
         """Every frame so far, decoded, and forget them."""
         out = [decode_frame(f) for f in self.frames]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -66,7 +67,9 @@ async def test_chat_is_stored_broadcast_then_acked() -> None:
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
     await node.receive_text(a, text("chat", {"message": "one"}, id="c1"))
+    await node.flush()
     await node.receive_text(a, text("chat", {"message": "two"}))
+    await node.flush()
     frames = a.received()
     assert [f["type"] for f in frames] == ["chat", "ack", "chat"]
     assert frames[1]["id"] == "c1"
@@ -88,6 +91,7 @@ async def test_members_see_one_order() -> None:
         peer.received()
     for i in range(10):
         await node.receive_text(peers[i % 2], text("chat", {"message": str(i)}))
+        await node.flush()
     orders = [[f["payload"]["seq"] for f in p.of_type("chat")] for p in peers]
     assert orders == [list(range(1, 11))] * 3
 
@@ -98,9 +102,11 @@ async def test_resent_id_is_acked_again_not_broadcast() -> None:
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
     await node.receive_text(a, text("chat", {"message": "hi"}, id="same"))
+    await node.flush()
     first_ack = a.of_type("ack")[0]
     b.received()
     await node.receive_text(a, text("chat", {"message": "hi"}, id="same"))
+    await node.flush()
     frames = a.received()
     assert [f["type"] for f in frames] == ["ack"]
     assert frames[0]["payload"] == first_ack["payload"]
@@ -140,6 +146,7 @@ async def test_join_since_replays_missed_messages_in_order() -> None:
     a = await connected(node)
     for i in range(5):
         await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+        await node.flush()
     late = await connected(node)
     late.received()
     await node.receive_text(late, text("join", {"room": "lobby", "since": 2}))
@@ -156,6 +163,7 @@ async def test_history_pages_oldest_first() -> None:
     a = await connected(node)
     for i in range(5):
         await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+        await node.flush()
     a.received()
     await node.receive_text(a, text("history", {"room": "lobby", "before": 5, "limit": 2}))
     [reply] = a.received()
@@ -190,13 +198,16 @@ async def test_store_failure_is_an_internal_error_without_ack() -> None:
     """If the store fails, the sender gets error internal, no ack, and nothing is broadcast."""
 
     class BrokenStore(MemoryStore):
-        async def append(self, *args: Any, **kwargs: Any) -> AppendResult:
-            raise StoreError("disk on fire")
+        def append(self, *args: Any, **kwargs: Any) -> asyncio.Future[AppendResult]:
+            future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+            future.set_exception(StoreError("disk on fire"))
+            return future
 
     node = await started(store=BrokenStore())
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
     await node.receive_text(a, text("chat", {"message": "x"}, id="c"))
+    await node.flush()
     [error] = a.received()
     assert error["type"] == "error"
     assert error["id"] == "c"
@@ -239,8 +250,10 @@ async def test_two_nodes_on_one_bus_share_broadcasts() -> None:
     a, b = await connected(one), await connected(two)
     a.received(), b.received()
     await one.receive_text(a, text("chat", {"message": "across"}))
+    await one.flush()
     assert [f["payload"]["message"] for f in b.of_type("chat")] == ["across"]
     assert [f["payload"]["message"] for f in a.of_type("chat")] == ["across"]
     await one.close()
     await two.receive_text(b, text("chat", {"message": "after"}))
+    await two.flush()
     assert a.received() == []

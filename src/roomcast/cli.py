@@ -25,7 +25,7 @@ from .config import (
     make_ssl_context,
     prepare_data_dir,
 )
-from .exceptions import ConfigError
+from .exceptions import BackendError, ConfigError
 from .node import Node
 from .server import RoomcastServer
 from .store import open_store
@@ -69,6 +69,18 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "--data-dir",
         "./roomcast-data",
         "directory for the embedded database and the generated secret (default: %(default)s)",
+    )
+    add(
+        "--database-url",
+        None,
+        "where messages are kept: sqlite:PATH, or memory: (lost at exit); "
+        "default: roomcast.db in the data dir",
+    )
+    add(
+        "--history-days",
+        0,
+        "delete messages older than this many days (at least 1); 0 keeps them all "
+        "(default: %(default)s)",
     )
     add("--tls-cert", None, "PEM certificate chain; with --tls-key serves https:// and wss://")
     add("--tls-key", None, "PEM private key for --tls-cert")
@@ -119,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Check the parsed flags and turn them into a :class:`ServerConfig`."""
     port = _number(args.port, "--port", int, 0, 65535)
     heartbeat = _number(args.heartbeat, "--heartbeat", float, 0, 86400)
+    history_days = _number(args.history_days, "--history-days", int, 0, 100_000)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
     origins = tuple(args.allowed_origin or args.env_allowed_origins)
@@ -133,6 +146,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         allowed_origins=origins,
         secret=args.secret,
+        database_url=args.database_url or None,
+        history_days=history_days,
         heartbeat=heartbeat,
         limits=Limits(),
     )
@@ -152,8 +167,9 @@ async def _serve(config: ServerConfig) -> None:
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
         ssl_context = make_ssl_context(config.tls_cert, config.tls_key)
+    store = open_store(config.database_url, data_dir=data_dir, history_days=config.history_days)
     node = Node(
-        store=open_store(None),
+        store=store,
         broker=open_broker(None),
         limits=config.limits,
         heartbeat=config.heartbeat,
@@ -165,6 +181,8 @@ async def _serve(config: ServerConfig) -> None:
         raise ConfigError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
+    except BackendError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -53,6 +53,11 @@ class ServerConfig:
     tls_key: Path | None = None
     allowed_origins: tuple[str, ...] = ()
     secret: str | None = None
+    #: Where messages are kept: ``None`` for ``roomcast.db`` in ``data_dir``,
+    #: ``sqlite:PATH`` or ``memory:``.
+    database_url: str | None = None
+    #: Delete messages older than this many days; 0 keeps them all.
+    history_days: int = 0
     #: Seconds between heartbeat pings; 0 turns the heartbeat off.
     heartbeat: float = 30.0
     #: Seconds to wait for a client's close frame before dropping it.

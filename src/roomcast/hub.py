@@ -9,6 +9,13 @@ transport, see ``server.WebSocketPeer.send``).
 Invariant: a peer's ``send`` never adds or removes hub members while the hub
 iterates a room; peers leave the hub only when their connection handler
 ends, through :meth:`Hub.remove`.
+
+A member that is still catching up on a room (a ``join`` replaying stored
+messages) is *held*: frames for that room are kept aside, with their seq,
+instead of being written, so the node can send them after the replay and
+skip those the replay already covered. That is how a joining client gets
+``joined``, then the stored messages, then the live ones, with no gap and
+no repeat, whatever the store's latency.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Protocol
 from .protocol.codes import CloseCode
 from .protocol.session import Session
 
-__all__ = ["Hub", "Peer"]
+__all__ = ["Held", "Hub", "Peer"]
 
 
 class Peer(Protocol):
@@ -33,17 +40,50 @@ class Peer(Protocol):
     def close(self, code: CloseCode, reason: str) -> None:
         """Start closing this connection with ``code``; never blocks."""
 
+    async def drain(self) -> bool:
+        """Wait until little is left unsent; False when the connection is gone."""
+
+
+class Held:
+    """Frames kept aside for a member that is catching up on a room."""
+
+    __slots__ = ("frames", "max_bytes", "overflowed", "size")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.frames: list[tuple[int | None, bytes]] = []
+        self.size = 0
+        self.max_bytes = max_bytes
+        #: More than ``max_bytes`` arrived: the frames were dropped, and the
+        #: node must read the room's messages from the store instead.
+        self.overflowed = False
+
+    def add(self, seq: int | None, frame: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(frame)
+        if self.size > self.max_bytes:
+            self.reset()
+            self.overflowed = True
+            return
+        self.frames.append((seq, frame))
+
+    def reset(self) -> None:
+        self.frames = []
+        self.size = 0
+        self.overflowed = False
+
 
 class Hub:
     """Local connections, room membership and fan-out."""
 
-    __slots__ = ("_names", "_room_names", "_rooms", "peers")
+    __slots__ = ("_held", "_names", "_room_names", "_rooms", "peers")
 
     def __init__(self) -> None:
         self.peers: dict[str, Peer] = {}
         self._rooms: dict[str, dict[Peer, None]] = {}
         self._room_names: dict[str, Counter[str]] = {}
         self._names: dict[str, dict[Peer, None]] = {}
+        self._held: dict[str, dict[Peer, Held]] = {}
 
     # -- connections ---------------------------------------------------------
 
@@ -104,6 +144,7 @@ class Hub:
     def leave(self, room: str, peer: Peer) -> bool:
         """Remove ``peer`` from ``room``; True when its user has no connection left there."""
         peer.session.left(room)
+        self.release(room, peer)
         members = self._rooms.get(room)
         if members is None or peer not in members:
             return False
@@ -121,6 +162,22 @@ class Hub:
         if not names:
             del self._room_names[room]
         return True
+
+    def hold(self, room: str, peer: Peer, max_bytes: int) -> Held:
+        """Keep ``room``'s frames for ``peer`` aside until :meth:`release`."""
+        held = Held(max_bytes)
+        self._held.setdefault(room, {})[peer] = held
+        return held
+
+    def release(self, room: str, peer: Peer) -> Held | None:
+        """Stop holding ``room``'s frames for ``peer``; return what was kept."""
+        holds = self._held.get(room)
+        if holds is None:
+            return None
+        held = holds.pop(peer, None)
+        if not holds:
+            del self._held[room]
+        return held
 
     def members(self, room: str, limit: int | None = None) -> list[str]:
         """The names of the users in ``room`` (at most ``limit`` of them)."""
@@ -142,21 +199,34 @@ class Hub:
 
     # -- fan-out -------------------------------------------------------------
 
-    def deliver(self, room: str, frame: bytes, *, skip_user: str | None = None) -> int:
-        """Write ``frame`` to every member of ``room``; return how many got it."""
+    def deliver(
+        self, room: str, frame: bytes, *, seq: int | None = None, skip_user: str | None = None
+    ) -> int:
+        """Write ``frame`` to every member of ``room``; return how many got it.
+
+        ``seq`` is the stored message's seq, if the frame carries one: a held
+        member gets the frame later only if its replay did not cover it.
+        """
         members = self._rooms.get(room)
         if not members:
             return 0
-        if skip_user is None:
+        holds = self._held.get(room)
+        if skip_user is None and holds is None:
             for peer in members:
                 peer.send(frame)
             return len(members)
         sent = 0
         for peer in members:
-            user = peer.session.user
-            if user is None or user.name != skip_user:
+            if skip_user is not None:
+                user = peer.session.user
+                if user is not None and user.name == skip_user:
+                    continue
+            held = holds.get(peer) if holds is not None else None
+            if held is None:
                 peer.send(frame)
-                sent += 1
+            else:
+                held.add(seq, frame)
+            sent += 1
         return sent
 
     def send_to_user(self, name: str, frame: bytes) -> int:

@@ -8,6 +8,8 @@ the transport (``server.py``) feeds it frames and gives it peers to write to.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 import secrets
@@ -46,7 +48,7 @@ from .protocol.messages import (
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .protocol.wsframe import text_frame
-from .store.base import Store
+from .store.base import AppendResult, Store
 
 __all__ = ["GUEST_NAME", "Node"]
 
@@ -91,6 +93,11 @@ class Node:
         """Open the store and start receiving other nodes' publications."""
         await self.store.open()
         await self.broker.start(self.id, self._on_publication)
+
+    async def flush(self) -> None:
+        """Wait until every message received so far is stored (or failed) and acked."""
+        await self.store.flush()
+        await asyncio.sleep(0)  # let the acks of the last batch go out
 
     async def close(self) -> None:
         """Stop the broker, then flush and close the store."""
@@ -162,7 +169,7 @@ class Node:
         try:
             match outcome:
                 case Chat():
-                    await self._chat(peer, outcome)
+                    self._chat(peer, outcome)
                 case Reply(frame=frame, id=fid):
                     peer.send(text_frame(encode(frame, id=fid)))
                 case Close(code=code, reason=reason):
@@ -190,40 +197,94 @@ class Node:
 
     # -- commands ----------------------------------------------------------------
 
-    async def _chat(self, peer: Peer, cmd: Chat) -> None:
+    def _chat(self, peer: Peer, cmd: Chat) -> None:
+        # Not awaited: the store batches this connection's (and everyone's)
+        # messages; the callbacks run in store order, which is seq order.
         user = peer.session.user
         assert user is not None
-        result = await self.store.append(cmd.room, user.name, cmd.message, client_id=cmd.id)
+        stored = self.store.append(cmd.room, user.name, cmd.message, client_id=cmd.id)
+        stored.add_done_callback(functools.partial(self._chat_stored, peer, cmd.id))
+
+    def _chat_stored(
+        self, peer: Peer, frame_id: str | None, stored: asyncio.Future[AppendResult]
+    ) -> None:
+        try:
+            result = stored.result()
+        except BackendError as exc:
+            logger.error("message from %s not stored: %s", peer.session.id, exc)
+            self._error(
+                peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id
+            )
+            return
+        except Exception:
+            logger.exception("message from %s not stored", peer.session.id)
+            self._error(
+                peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id
+            )
+            return
         message = result.message
         if not result.duplicate:
-            await self._publish(cmd.room, text_frame(encode(message)))
-        if cmd.id is not None:
-            self._reply(peer, Ack(message.message_id, message.room, message.seq), cmd.id)
+            self._publish(message.room, text_frame(encode(message)), message.seq)
+        if frame_id is not None:
+            self._reply(peer, Ack(message.message_id, message.room, message.seq), frame_id)
 
     async def _join(self, peer: Peer, cmd: Join) -> None:
         user = peer.session.user
         assert user is not None
         room = cmd.room
-        # The memory store answers without suspending, so no message can be
-        # broadcast between joining the hub and reading the room's last seq.
+        was_member = room in peer.session.rooms
         first = self.hub.join(room, peer)
-        seq = await self.store.last_seq(room)
-        if first:
-            self._presence(room, user.name, "join")
-        limit = self.limits.presence_limit
-        count = self.hub.member_count(room)
-        members = self.hub.members(room, limit)
-        recovered = None if cmd.since is None else True
-        self._reply(peer, Joined(room, seq, members, count, recovered), cmd.id)
-        if cmd.since is not None:
-            after = cmd.since
-            while after < seq:
-                page = await self.store.since(room, after, limit=min(REPLAY_PAGE, seq - after))
-                if not page:
+        # From here on the room's live frames are kept aside for this peer,
+        # so none can overtake ``joined`` or the replay, and none is lost.
+        self.hub.hold(room, peer, self.limits.max_queue_bytes)
+        held = None
+        try:
+            if first:
+                self._presence(room, user.name, "join")
+            last = await self.store.last_seq(room)
+            after, recovered = last, None
+            if cmd.since is not None:
+                kept = await self.store.first_seq(room)
+                recovered = kept - 1 <= cmd.since <= last
+                after = min(max(cmd.since, kept - 1), last)
+            count = self.hub.member_count(room)
+            members = self.hub.members(room, self.limits.presence_limit)
+            self._reply(peer, Joined(room, last, members, count, recovered), cmd.id)
+            while True:
+                after = await self._replay(peer, room, after, last)
+                held = self.hub.release(room, peer)
+                if held is None or not held.overflowed:
                     break
-                for message in page:
-                    peer.send(text_frame(encode(message)))
-                after = page[-1].seq
+                # Too much arrived while replaying: read it from the store too.
+                self.hub.hold(room, peer, self.limits.max_queue_bytes)
+                held = None
+                last = await self.store.last_seq(room)
+        except BaseException:
+            held = self.hub.release(room, peer)
+            if not was_member:
+                if self.hub.leave(room, peer):
+                    self._presence(room, user.name, "leave")
+            elif held is not None:
+                for _, frame in held.frames:  # it stays a member: keep it live
+                    peer.send(frame)
+            raise
+        if held is not None:
+            for seq, frame in held.frames:
+                if seq is None or seq > after:
+                    peer.send(frame)
+
+    async def _replay(self, peer: Peer, room: str, after: int, last: int) -> int:
+        """Send ``room``'s stored messages with ``after < seq <= last``; return the last sent."""
+        while after < last:
+            page = await self.store.since(room, after, limit=min(REPLAY_PAGE, last - after))
+            if not page:
+                break
+            for message in page:
+                peer.send(text_frame(encode(message)))
+            after = page[-1].seq
+            if not await peer.drain():
+                break
+        return after
 
     def _leave(self, peer: Peer, cmd: Leave) -> None:
         user = peer.session.user
@@ -299,15 +360,20 @@ class Node:
         frame = text_frame(encode(PresenceEvent(room, name, event)))
         self.hub.deliver(room, frame, skip_user=name)
 
-    async def _publish(self, room: str, frame: bytes) -> None:
+    def _publish(self, room: str, frame: bytes, seq: int | None = None) -> None:
         """Deliver a room frame here, then hand it to the other nodes."""
-        self.hub.deliver(room, frame)
-        await self.broker.publish(Publication(self.id, room, None, frame))
+        self.hub.deliver(room, frame, seq=seq)
+        self.broker.publish(Publication(self.id, room, None, frame, seq=seq))
 
     def _on_publication(self, publication: Publication) -> None:
         if publication.node_id == self.id:
             return
         if publication.room is not None:
-            self.hub.deliver(publication.room, publication.frame, skip_user=publication.skip_user)
+            self.hub.deliver(
+                publication.room,
+                publication.frame,
+                seq=publication.seq,
+                skip_user=publication.skip_user,
+            )
         elif publication.user is not None:
             self.hub.send_to_user(publication.user, publication.frame)

@@ -36,6 +36,11 @@ logger = logging.getLogger("roomcast.server")
 _NODE: Final = web.AppKey("node", Node)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
+#: Seconds a connection may leave a replay unread before it is dropped.
+DRAIN_TIMEOUT: Final = 10.0
+#: Seconds shutdown waits for messages being stored to be acked.
+FLUSH_TIMEOUT: Final = 5.0
+
 
 class Flusher:
     """Writes each connection's frames of one loop turn with one ``write``.
@@ -134,6 +139,28 @@ class WebSocketPeer:
                 self.max_queue,
             )
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+
+    async def drain(self) -> bool:
+        """Wait until at most a quarter of ``max_queue`` is unsent.
+
+        A client that reads nothing for :data:`DRAIN_TIMEOUT` seconds is
+        closed with 1013, like any slow consumer. Returns False once the
+        connection is closed.
+        """
+        self.flush()
+        transport = self.transport
+        low = self.max_queue // 4
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        while not self.closed and transport.get_write_buffer_size() > low:
+            if transport.is_closing():
+                self.closed = True
+                break
+            if loop.time() > deadline:
+                self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+                break
+            await asyncio.sleep(0.005)
+        return not self.closed
 
     def close(self, code: CloseCode, reason: str) -> None:
         if self.closed:
@@ -391,6 +418,11 @@ class RoomcastServer:
             await self._site.stop()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        try:
+            # Messages received before the stop are stored and acked first.
+            await asyncio.wait_for(self.node.flush(), FLUSH_TIMEOUT)
+        except TimeoutError:
+            logger.warning("messages were still being stored after %.0f s", FLUSH_TIMEOUT)
         for peer in list(self.peers):
             peer.close(CloseCode.GOING_AWAY, "server shutting down")
         if self._handlers:

@@ -494,6 +494,9 @@ async def test_slow_consumer_is_dropped_and_the_others_get_every_message(
                     while len(received) < sent:
                         await asyncio.sleep(0.05)
             finally:
+                # Close while the senders still read: their close frames queue
+                # behind megabytes of broadcasts.
+                await asyncio.gather(*(ws.close() for ws in senders))
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)

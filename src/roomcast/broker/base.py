@@ -26,6 +26,8 @@ class Publication:
     user: str | None
     frame: bytes
     skip_user: str | None = None
+    #: The stored message's seq, when the frame carries one.
+    seq: int | None = None
 
 
 Handler = Callable[[Publication], None]
@@ -37,8 +39,13 @@ class Broker(Protocol):
     async def start(self, node_id: str, handler: Handler) -> None:
         """Begin delivering other nodes' publications to ``handler``."""
 
-    async def publish(self, publication: Publication) -> None:
-        """Send ``publication`` to every other node."""
+    def publish(self, publication: Publication) -> None:
+        """Send ``publication`` to every other node; never blocks.
+
+        The message is already stored when it is published, so a broker
+        that cannot deliver it loses nothing: clients catch up from the
+        store when they resume.
+        """
 
     async def ping(self) -> None:
         """Raise :class:`~roomcast.exceptions.BrokerError` unless the broker answers."""

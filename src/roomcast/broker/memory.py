@@ -29,7 +29,7 @@ class MemoryBroker:
         self._node_id = node_id
         self._bus.handlers[node_id] = handler
 
-    async def publish(self, publication: Publication) -> None:
+    def publish(self, publication: Publication) -> None:
         for node_id, handler in self._bus.handlers.items():
             if node_id != publication.node_id:
                 handler(publication)

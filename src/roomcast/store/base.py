@@ -1,19 +1,29 @@
 """The Store interface: append a room message, read a room's history.
 
 A store assigns each room message its ``seq`` (1, 2, 3, ... per room, no
-gaps) and ``message_id``, and returns only once the message is kept as
-durably as the store can keep it: the node acks and broadcasts after that.
+gaps) and ``message_id``, and resolves the future :meth:`Store.append`
+returns only once the message is kept as durably as the store can keep it:
+the node acks and broadcasts after that. Appends are queued, not awaited one
+by one, so a sender's messages can be stored together in one transaction;
+their futures resolve in the order they were appended, which is seq order
+within a room, and the node broadcasts in that order.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Final, Protocol
+from urllib.parse import unquote, urlsplit
 
 from ..exceptions import ConfigError
 from ..protocol.messages import ChatMessage
 
-__all__ = ["AppendResult", "Store", "open_store"]
+__all__ = ["DEDUPE_SECONDS", "AppendResult", "Store", "open_store"]
+
+#: How long a resent frame ``id`` from the same sender is recognised (24 h).
+DEDUPE_SECONDS: Final = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +46,24 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise :class:`~roomcast.exceptions.StoreError` unless the store answers."""
 
-    async def append(
+    def append(
         self, room: str, sender: str, text: str, *, client_id: str | None = None
-    ) -> AppendResult:
-        """Store a message; a repeated ``(sender, client_id)`` returns the first one."""
+    ) -> asyncio.Future[AppendResult]:
+        """Queue a message; the future resolves once it is stored.
+
+        A repeated ``(sender, client_id)`` within :data:`DEDUPE_SECONDS`
+        resolves to the first message with ``duplicate`` set. A failure is a
+        :class:`~roomcast.exceptions.StoreError` on the future.
+        """
+
+    async def flush(self) -> None:
+        """Wait until every append queued so far has been stored or has failed."""
 
     async def last_seq(self, room: str) -> int:
         """The highest ``seq`` in ``room`` (0 for an empty room)."""
+
+    async def first_seq(self, room: str) -> int:
+        """The lowest ``seq`` still kept in ``room`` (``last_seq + 1`` when none is)."""
 
     async def history(
         self, room: str, *, before: int | None = None, limit: int = 50
@@ -53,10 +74,33 @@ class Store(Protocol):
         """Up to ``limit`` messages with seq > ``seq``, oldest first."""
 
 
-def open_store(url: str | None) -> Store:
-    """The store for a ``--database-url`` (``None`` or ``memory:`` for memory)."""
-    from .memory import MemoryStore
+def open_store(url: str | None, *, data_dir: Path, history_days: int = 0) -> Store:
+    """The store for a ``--database-url``.
 
-    if url is None or url == "memory:":
+    ``None`` is the embedded default, a SQLite file ``roomcast.db`` in
+    ``data_dir``; ``sqlite:PATH`` (``sqlite:///abs/path.db``) another SQLite
+    file; ``memory:`` keeps messages in memory until the process ends.
+
+    Raises:
+        ConfigError: the URL is not one roomcast can use.
+    """
+    from .memory import MemoryStore
+    from .sqlite import SQLiteStore
+
+    if url is None:
+        return SQLiteStore(data_dir / "roomcast.db", history_days=history_days)
+    if url == "memory:":
         return MemoryStore()
-    raise ConfigError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        if parts.netloc or not parts.path:
+            raise ConfigError(
+                f"a SQLite URL is sqlite:relative/path.db or sqlite:///absolute/path.db, not {url}"
+            )
+        return SQLiteStore(Path(unquote(parts.path)), history_days=history_days)
+    if scheme in {"postgres", "postgresql"}:
+        raise ConfigError("this version of roomcast cannot store in PostgreSQL yet")
+    raise ConfigError(
+        f"unsupported --database-url scheme {scheme or url!r}: use sqlite: or memory:"
+    )

@@ -5,23 +5,25 @@ It keeps everything until the process ends. Dedupe keys are kept for 24 h.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
 
-from ..protocol.messages import ChatMessage, now_ms
-from .base import AppendResult
+from ..protocol.messages import ChatMessage
+from .base import DEDUPE_SECONDS, AppendResult
 
-__all__ = ["DEDUPE_SECONDS", "MemoryStore"]
-
-#: How long a resent frame ``id`` is recognised.
-DEDUPE_SECONDS = 24 * 3600
+__all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """Rooms as lists in memory; seqs are list positions + 1."""
+    """Rooms as lists in memory; seqs are list positions + 1.
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    Args:
+        clock: wall-clock seconds (message times and the dedupe window).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._rooms: dict[str, list[ChatMessage]] = {}
         self._seen: dict[tuple[str, str], tuple[float, ChatMessage]] = {}
         self._clock = clock
@@ -35,16 +37,25 @@ class MemoryStore:
     async def ping(self) -> None:
         pass
 
-    async def append(
+    async def flush(self) -> None:
+        pass
+
+    def append(
         self, room: str, sender: str, text: str, *, client_id: str | None = None
-    ) -> AppendResult:
+    ) -> asyncio.Future[AppendResult]:
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        future.set_result(self._append(room, sender, text, client_id))
+        return future
+
+    def _append(self, room: str, sender: str, text: str, client_id: str | None) -> AppendResult:
         now = self._clock()
         if client_id is not None:
             seen = self._seen.get((sender, client_id))
             if seen is not None and now - seen[0] < DEDUPE_SECONDS:
                 return AppendResult(seen[1], True)
         messages = self._rooms.setdefault(room, [])
-        message = ChatMessage(room, text, sender, len(messages) + 1, uuid.uuid4().hex, now_ms())
+        seq = len(messages) + 1
+        message = ChatMessage(room, text, sender, seq, uuid.uuid4().hex, int(now * 1000))
         messages.append(message)
         if client_id is not None:
             self._seen[(sender, client_id)] = (now, message)
@@ -60,6 +71,9 @@ class MemoryStore:
     async def last_seq(self, room: str) -> int:
         return len(self._rooms.get(room, ()))
 
+    async def first_seq(self, room: str) -> int:
+        return 1
+
     async def history(
         self, room: str, *, before: int | None = None, limit: int = 50
     ) -> tuple[list[ChatMessage], bool]:
@@ -70,4 +84,4 @@ class MemoryStore:
 
     async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
         messages = self._rooms.get(room, [])
-        return messages[seq : seq + limit]
+        return messages[max(seq, 0) : max(seq, 0) + limit]

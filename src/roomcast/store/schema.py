@@ -1,0 +1,61 @@
+"""The stores' schema, as numbered migrations.
+
+A database records the migrations applied to it in ``schema_version``; at
+open a store applies the ones it lacks, each in its own transaction, and
+refuses a database whose version is newer than it knows. Migrations are only
+ever added, never edited: a later version adds a new one. The SQL is kept to
+what SQLite and PostgreSQL both accept, so one list serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "VERSION_TABLE", "Migration"]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema change: its version, what it does, and its statements."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+VERSION_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY,"
+    " description TEXT NOT NULL,"
+    " applied_ms BIGINT NOT NULL)"
+)
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "rooms with their last seq; room messages keyed by (room, seq)",
+        (
+            "CREATE TABLE rooms ("
+            " name TEXT PRIMARY KEY,"
+            " last_seq BIGINT NOT NULL,"
+            " created_ms BIGINT NOT NULL)",
+            "CREATE TABLE messages ("
+            " room TEXT NOT NULL,"
+            " seq BIGINT NOT NULL,"
+            " message_id TEXT NOT NULL UNIQUE,"
+            " sender TEXT NOT NULL,"
+            " body TEXT NOT NULL,"
+            " client_id TEXT,"
+            " ts_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (room, seq))",
+            # A resent frame id is looked up by (sender, client_id) within 24 h.
+            "CREATE INDEX messages_client_id ON messages (sender, client_id)"
+            " WHERE client_id IS NOT NULL",
+            # Retention (--history-days) deletes by age.
+            "CREATE INDEX messages_ts ON messages (ts_ms)",
+        ),
+    ),
+)
+
+LATEST_VERSION: Final = MIGRATIONS[-1].version
