@@ -47,6 +47,8 @@ def test_environment_and_flags() -> None:
         (["--heartbeat", "-1"], "--heartbeat must be between"),
         (["--tls-cert", "c.pem"], "must be given together"),
         (["--allowed-origin", "example.org"], "--allowed-origin must look like"),
+        (["--history-days", "1.5"], "--history-days must be a number"),
+        (["--secret", "x" * 31], "--secret must be at least 32 bytes"),
     ],
 )
 def test_bad_flags(argv: list[str], message: str) -> None:

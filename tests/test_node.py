@@ -257,3 +257,136 @@ async def test_two_nodes_on_one_bus_share_broadcasts() -> None:
     await two.receive_text(b, text("chat", {"message": "after"}))
     await two.flush()
     assert a.received() == []
+
+
+class GatedStore(MemoryStore):
+    """A memory store whose ``last_seq`` waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def last_seq(self, room: str) -> int:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().last_seq(room)
+
+
+async def test_messages_during_a_join_come_after_the_replay_once() -> None:
+    """Messages stored while a join reads the store follow joined and the replay, none twice."""
+    store = GatedStore()
+    store.gate.set()
+    node = await started(store=store)
+    a, b = await connected(node), await connected(node)
+    for p in (a, b):
+        await node.receive_text(p, text("join", {"room": "r"}))
+    for i in range(3):
+        await node.receive_text(a, text("chat", {"message": f"m{i}", "room": "r"}))
+    await node.flush()
+    b.received()
+    store.gate.clear()
+    store.waiting.clear()
+    joining = asyncio.create_task(node.receive_text(b, text("join", {"room": "r", "since": 1})))
+    await store.waiting.wait()
+    # Stored before the join read the last seq: the replay covers it.
+    await node.receive_text(a, text("chat", {"message": "m3", "room": "r"}))
+    await node.flush()
+    assert b.received() == []
+    store.gate.set()
+    await joining
+    await node.receive_text(a, text("chat", {"message": "m4", "room": "r"}))
+    await node.flush()
+    frames = b.received()
+    assert frames[0]["type"] == "joined"
+    assert frames[0]["payload"]["seq"] == 4 and frames[0]["payload"]["recovered"] is True
+    assert [(f["type"], f["payload"]["seq"]) for f in frames[1:]] == [
+        ("chat", 2),
+        ("chat", 3),
+        ("chat", 4),
+        ("chat", 5),
+    ]
+
+
+async def test_join_outlasting_its_hold_reads_the_rest_from_the_store() -> None:
+    """If more arrives during a join than may be held, the join replays it from the store."""
+    store = GatedStore()
+    store.gate.set()
+    node = await started(store=store, limits=Limits(max_queue_bytes=600))
+    a, b = await connected(node), await connected(node)
+    await node.receive_text(a, text("join", {"room": "r"}))
+    b.received()
+    store.gate.clear()
+    store.waiting.clear()
+    joining = asyncio.create_task(node.receive_text(b, text("join", {"room": "r"})))
+    await store.waiting.wait()
+    for i in range(20):  # far more than 600 bytes of frames
+        await node.receive_text(a, text("chat", {"message": f"live {i}", "room": "r"}))
+    await node.flush()
+    store.gate.set()
+    await joining
+    frames = b.received()
+    assert frames[0]["type"] == "joined"
+    chats = [f["payload"]["seq"] for f in frames if f["type"] == "chat"]
+    assert chats == list(range(frames[0]["payload"]["seq"] + 1, 21))
+
+
+async def test_recovered_is_false_when_the_gap_is_not_kept() -> None:
+    """since before the oldest kept message, or beyond the last seq, answers recovered false."""
+
+    class PrunedStore(MemoryStore):
+        async def first_seq(self, room: str) -> int:
+            return 3
+
+    node = await started(store=PrunedStore())
+    a = await connected(node)
+    for i in range(5):
+        await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+    await node.flush()
+    a.received()
+    await node.receive_text(a, text("join", {"room": "lobby", "since": 0}))
+    frames = a.received()
+    assert frames[0]["payload"]["recovered"] is False
+    assert [f["payload"]["seq"] for f in frames[1:]] == [3, 4, 5]
+    await node.receive_text(a, text("join", {"room": "lobby", "since": 2}))
+    frames = a.received()
+    assert frames[0]["payload"]["recovered"] is True
+    assert [f["payload"]["seq"] for f in frames[1:]] == [3, 4, 5]
+    await node.receive_text(a, text("join", {"room": "lobby", "since": 99}))
+    frames = a.received()
+    assert frames[0]["payload"]["recovered"] is False
+    assert len(frames) == 1
+
+
+async def test_failed_join_leaves_no_membership() -> None:
+    """A join whose store read fails answers internal and does not leave the user in the room."""
+
+    class FailingReads(MemoryStore):
+        async def last_seq(self, room: str) -> int:
+            if room == "lobby":
+                return 0
+            raise StoreError("disk gone")
+
+    node = await started(store=FailingReads())
+    a = await connected(node)
+    a.received()
+    await node.receive_text(a, text("join", {"room": "r"}, id="j"))
+    [error] = a.received()
+    assert error["payload"]["code"] == "internal" and error["id"] == "j"
+    assert "r" not in a.session.rooms
+    assert node.hub.member_count("r") == 0
+
+
+async def test_store_down_at_connect_still_welcomes() -> None:
+    """If the lobby cannot be joined, the connection is welcomed and told, not dropped."""
+
+    class FailingReads(MemoryStore):
+        async def last_seq(self, room: str) -> int:
+            raise StoreError("disk gone")
+
+    node = await started(store=FailingReads())
+    a = await connected(node)
+    frames = a.received()
+    assert [f["type"] for f in frames] == ["system", "error"]
+    assert frames[1]["payload"]["code"] == "internal"
+    assert a.closed is None

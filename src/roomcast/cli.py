@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .auth import Tokens
 from .broker import open_broker
 from .config import (
     Limits,
@@ -31,6 +32,9 @@ from .server import RoomcastServer
 from .store import open_store
 
 __all__ = ["build_parser", "config_from_args", "main"]
+
+#: Shortest ``--secret`` accepted: HS256 wants a key as long as its hash.
+MIN_SECRET_BYTES = 32
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +103,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     add(
         "--secret",
         None,
-        "secret that signs tokens; by default one is generated once and kept in the data dir",
+        "secret that signs tokens (at least 32 bytes); by default one is generated once "
+        "and kept in the data dir",
     )
     add(
         "--heartbeat",
@@ -132,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     port = _number(args.port, "--port", int, 0, 65535)
     heartbeat = _number(args.heartbeat, "--heartbeat", float, 0, 86400)
     history_days = _number(args.history_days, "--history-days", int, 0, 100_000)
+    if args.secret and len(args.secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"--secret must be at least {MIN_SECRET_BYTES} bytes long")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
     origins = tuple(args.allowed_origin or args.env_allowed_origins)
@@ -163,7 +170,7 @@ def _configure_logging(level: str) -> None:
 
 async def _serve(config: ServerConfig) -> None:
     data_dir = prepare_data_dir(config.data_dir)
-    load_secret(data_dir, config.secret)
+    tokens = Tokens(load_secret(data_dir, config.secret))
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
         ssl_context = make_ssl_context(config.tls_cert, config.tls_key)
@@ -173,6 +180,7 @@ async def _serve(config: ServerConfig) -> None:
         broker=open_broker(None),
         limits=config.limits,
         heartbeat=config.heartbeat,
+        tokens=tokens,
     )
     server = RoomcastServer(node, config)
     try:

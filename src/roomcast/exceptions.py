@@ -5,6 +5,7 @@
     RoomcastError
     ├── ProtocolError        a frame from a peer is malformed or not allowed
     │                        (sans-I/O; carries the error code and the frame id)
+    ├── AuthError            a token is missing, forged, expired or not for us
     ├── ConfigError          the server's configuration is unusable (the CLI
     │                        prints it as one line and exits with status 2)
     └── BackendError         a store or broker failed; raised at the backend
@@ -21,6 +22,7 @@ from typing import Any
 from .protocol.codes import ErrorCode
 
 __all__ = [
+    "AuthError",
     "BackendError",
     "BrokerError",
     "ConfigError",
@@ -58,6 +60,10 @@ class ProtocolError(RoomcastError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+class AuthError(RoomcastError):
+    """A credential was refused; ``str()`` says why, without echoing it."""
 
 
 class ConfigError(RoomcastError):

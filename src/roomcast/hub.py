@@ -105,6 +105,14 @@ class Hub:
         """Whether a local connection is using ``name``."""
         return name in self._names
 
+    def name_kind(self, name: str) -> bool | None:
+        """Whether local connections named ``name`` are a guest (True), a user (False), or none."""
+        conns = self._names.get(name)
+        if not conns:
+            return None
+        user = next(iter(conns)).session.user
+        return None if user is None else user.guest
+
     def rename(self, peer: Peer, old: str | None, new: str) -> None:
         """A connection changed user (``auth``); keep the name index right."""
         if old is not None:

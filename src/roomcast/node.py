@@ -16,9 +16,10 @@ import secrets
 import uuid
 from typing import Final
 
+from .auth import Tokens
 from .broker.base import Broker, Publication
 from .config import DEFAULT_LIMITS, Limits
-from .exceptions import BackendError
+from .exceptions import AuthError, BackendError, ProtocolError
 from .hub import Hub, Peer
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
@@ -70,6 +71,7 @@ class Node:
         limits: per-connection limits.
         heartbeat: the ping interval announced in the welcome frame.
         guests: whether unauthenticated connections are guests.
+        tokens: checks the tokens sent with ``auth``; None accepts none.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Node:
         limits: Limits = DEFAULT_LIMITS,
         heartbeat: float = 30.0,
         guests: bool = True,
+        tokens: Tokens | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.hub = Hub()
@@ -88,6 +91,7 @@ class Node:
         self.limits = limits
         self.heartbeat = heartbeat
         self.guests = guests
+        self.tokens = tokens
 
     async def start(self) -> None:
         """Open the store and start receiving other nodes' publications."""
@@ -146,7 +150,7 @@ class Node:
             ),
         )
         if session.user is not None:
-            await self._join(peer, Join(None, DEFAULT_ROOM))
+            await self._dispatch(peer, Join(None, DEFAULT_ROOM))
 
     def disconnect(self, peer: Peer) -> None:
         """A connection ended: forget it and tell the rooms it was in."""
@@ -187,9 +191,17 @@ class Node:
                 case AuthFrame():
                     await self._auth(peer, outcome)
                 case Direct() | FileHeader():
-                    # Sessions refuse these from guests, and every user is a
-                    # guest until accounts exist; refuse here too, never drop.
-                    self._error(peer, ErrorCode.FORBIDDEN, "needs a registered user", outcome.id)
+                    # Sessions refuse these from guests; for users they are
+                    # not built yet. Refuse, never drop.
+                    self._error(
+                        peer,
+                        ErrorCode.FORBIDDEN,
+                        "direct messages and files are not available on this server yet",
+                        outcome.id,
+                    )
+        except ProtocolError as exc:
+            fid = exc.frame_id or getattr(outcome, "id", None)
+            self._reply(peer, ErrorReply(exc.code, exc.message, exc.extra), fid)
         except BackendError as exc:
             logger.error("backend failure: %s", exc)
             fid = getattr(outcome, "id", None)
@@ -300,8 +312,28 @@ class Node:
         self.hub.deliver(cmd.room, frame, skip_user=user.name)
 
     async def _history(self, peer: Peer, cmd: HistoryRequest) -> None:
-        messages, has_more = await self.store.history(cmd.room, before=cmd.before, limit=cmd.limit)
-        self._reply(peer, HistoryReply(cmd.room, messages, has_more), cmd.id)
+        user = peer.session.user
+        assert user is not None
+        reply = await self.history(user, cmd.room, before=cmd.before, limit=cmd.limit)
+        self._reply(peer, reply, cmd.id)
+
+    async def history(
+        self, user: UserInfo, room: str, *, before: int | None, limit: int
+    ) -> HistoryReply:
+        """A page of ``room``'s messages for ``user`` (WebSocket and HTTP).
+
+        Raises:
+            ProtocolError: ``forbidden`` when ``user`` may not read ``room``.
+            BackendError: the store failed.
+        """
+        if not self.may_read(user, room):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not read {room}")
+        messages, has_more = await self.store.history(room, before=before, limit=limit)
+        return HistoryReply(room, messages, has_more)
+
+    def may_read(self, user: UserInfo, room: str) -> bool:
+        """Whether ``user`` may read ``room``: every room is public until private rooms exist."""
+        return True
 
     def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
         limit = self.limits.presence_limit
@@ -310,29 +342,40 @@ class Node:
 
     async def _auth(self, peer: Peer, cmd: AuthFrame) -> None:
         session = peer.session
-        if cmd.guest is None:
-            # Accounts and tokens do not exist yet: no token can be valid.
-            self._auth_failed(peer, "invalid or expired token", cmd.id)
-            return
-        if not self.guests:
-            self._auth_failed(peer, "guests are not allowed on this server", cmd.id)
-            return
-        name, old = cmd.guest, session.user
-        if GUEST_NAME.fullmatch(name) is None or name.lower().startswith("guest-"):
-            self._auth_failed(peer, "nickname must be 1-32 letters, digits, _ or -", cmd.id)
-            return
+        old = session.user
         old_name = old.name if old is not None else None
-        if old_name != name and self.hub.name_in_use(name):
-            self._auth_failed(peer, "that name is in use", cmd.id)
-            return
-        user = UserInfo(name, True)
-        if old_name != name:
+        if cmd.guest is None:
+            if self.tokens is None or cmd.token is None:
+                self._auth_failed(peer, "this server accepts no tokens", cmd.id)
+                return
+            try:
+                claims = self.tokens.verify(cmd.token)
+            except AuthError as exc:
+                self._auth_failed(peer, str(exc), cmd.id)
+                return
+            user = UserInfo(claims.user, False)
+            if old_name != user.name and self.hub.name_kind(user.name) is True:
+                self._auth_failed(peer, "a guest is using that name", cmd.id)
+                return
+        else:
+            if not self.guests:
+                self._auth_failed(peer, "guests are not allowed on this server", cmd.id)
+                return
+            name = cmd.guest
+            if GUEST_NAME.fullmatch(name) is None or name.lower().startswith("guest-"):
+                self._auth_failed(peer, "nickname must be 1-32 letters, digits, _ or -", cmd.id)
+                return
+            if old_name != name and self.hub.name_in_use(name):
+                self._auth_failed(peer, "that name is in use", cmd.id)
+                return
+            user = UserInfo(name, True)
+        if old_name != user.name:
             if old_name is not None:
                 for room in session.rooms:
                     self._presence(room, old_name, "leave")
-            self.hub.rename(peer, old_name, name)
+            self.hub.rename(peer, old_name, user.name)
             for room in session.rooms:
-                self._presence(room, name, "join")
+                self._presence(room, user.name, "join")
         session.authenticated(user)
         self._reply(peer, AuthOk(user), cmd.id)
         if old is None:

@@ -19,13 +19,23 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Final
 
+import orjson
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from .auth import bearer_token
 from .config import ServerConfig
+from .exceptions import AuthError, BackendError, ProtocolError
 from .node import Node
 from .protocol.codes import CloseCode, ErrorCode
-from .protocol.messages import ErrorReply, encode
+from .protocol.messages import (
+    DEFAULT_HISTORY_LIMIT,
+    MAX_HISTORY_LIMIT,
+    ErrorReply,
+    UserInfo,
+    encode,
+    valid_room,
+)
 from .protocol.session import Session
 from .protocol.wsframe import PING_FRAME, MaskChecker, close_frame, pong_frame, text_frame
 
@@ -285,6 +295,7 @@ class RoomcastServer:
         app.router.add_get("/health", _health)
         app.router.add_get("/ready", _ready)
         app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/api/rooms/{room}/messages", self._room_messages)
         app.router.add_get("/", self._index)
         return app
 
@@ -292,6 +303,42 @@ class RoomcastServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
         return web.Response(body=_page(), content_type="text/html", charset="utf-8")
+
+    # -- HTTP API ------------------------------------------------------------------
+
+    def _http_user(self, request: web.Request) -> UserInfo:
+        """The user of the request's bearer token, or a 401 JSON error."""
+        token = bearer_token(request.headers.get("Authorization"))
+        tokens = self.node.tokens
+        if token is None:
+            raise _http_error(401, "auth_failed", "send Authorization: Bearer TOKEN")
+        if tokens is None:
+            raise _http_error(401, "auth_failed", "this server accepts no tokens")
+        try:
+            claims = tokens.verify(token)
+        except AuthError as exc:
+            raise _http_error(401, "auth_failed", str(exc)) from None
+        return UserInfo(claims.user, False)
+
+    async def _room_messages(self, request: web.Request) -> web.Response:
+        """``GET /api/rooms/{room}/messages?before=SEQ&limit=N``: a page of history."""
+        user = self._http_user(request)
+        room = request.match_info["room"]
+        if not valid_room(room):
+            raise _http_error(400, "invalid_message", "room names match [a-z0-9][a-z0-9_-]{0,63}")
+        before = _query_int(request, "before", 1, 2**62, None)
+        limit = _query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
+        try:
+            reply = await self.node.history(user, room, before=before, limit=limit)
+        except ProtocolError as exc:
+            status = 403 if exc.code is ErrorCode.FORBIDDEN else 400
+            raise _http_error(status, str(exc.code), exc.message) from None
+        except BackendError as exc:
+            logger.error("history of %s failed: %s", room, exc)
+            raise _http_error(
+                503, "internal", "the message store is not answering; retry"
+            ) from None
+        return web.Response(body=orjson.dumps(reply.payload()), content_type="application/json")
 
     def _origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -466,6 +513,34 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+class _HTTPError(Exception):
+    """Leaves a handler as a JSON error response (see :func:`_json_errors`)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _http_error(status: int, code: str, message: str) -> _HTTPError:
+    return _HTTPError(status, code, message)
+
+
+def _query_int(
+    request: web.Request, name: str, low: int, high: int, default: int | None
+) -> int | None:
+    """An integer query parameter in ``[low, high]``, or a 400 JSON error."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _http_error(400, "invalid_message", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise _http_error(400, "invalid_message", f"{name} must be between {low} and {high}")
+    return value
+
+
 _STATUS_CODES: Final = {
     400: "bad_request",
     401: "unauthorized",
@@ -483,6 +558,11 @@ async def _json_errors(
     """Every HTTP error leaves as JSON ``{"error": {"code", "message"}}``."""
     try:
         return await handler(request)
+    except _HTTPError as exc:
+        response = _json_error(exc.status, exc.code, exc.message)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="roomcast"'
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -139,6 +139,10 @@ BAD_CONFIGS: dict[str, tuple[list[str], str]] = {
     "heartbeat -1": (["--heartbeat", "-1"], "--heartbeat"),
     "origin not a URL": (["--allowed-origin", "notaurl"], "notaurl"),
     "unknown flag": (["--no-such-flag"], "--no-such-flag"),
+    "database URL scheme": (["--database-url", "mysql://db.example/chat"], "mysql"),
+    "database is not SQLite": (["--database-url", "sqlite:{tmp}/garbage.pem"], "garbage.pem"),
+    "history days -3": (["--history-days", "-3"], "--history-days"),
+    "secret too short": (["--secret", "hunter2"], "--secret"),
 }
 
 
@@ -182,7 +186,10 @@ def test_help_lists_every_flag() -> None:
     """serve --help exits 0 and names every flag."""
     result = subprocess.run(serve_command("--help"), capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
-    flags = "--host --port --data-dir --tls-cert --tls-key --allowed-origin --secret --heartbeat"
+    flags = (
+        "--host --port --data-dir --database-url --history-days --tls-cert --tls-key "
+        "--allowed-origin --secret --heartbeat"
+    )
     for flag in flags.split():
         assert flag in result.stdout, f"{flag} missing from --help"
 

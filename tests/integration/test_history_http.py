@@ -1,0 +1,139 @@
+"""History over HTTP, and tokens over HTTP and WebSocket (tokens minted with PyJWT)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.conftest import ServerFactory
+from tests.integration.serverproc import ServerProcess
+from tests.integration.wsclient import recv_type, send_json, welcome
+
+SECRET = "integration-secret-" + "0123456789abcdef" * 3
+
+
+def token(user: str = "alice", *, key: str = SECRET, **over: Any) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": user,
+        "iss": "roomcast",
+        "aud": "roomcast",
+        "iat": now,
+        "exp": now + 600,
+    }
+    claims.update(over)
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> ServerProcess:
+    """A server whose tokens the tests can mint."""
+    return server_factory("--secret", SECRET)
+
+
+async def fill(server: ServerProcess, room: str, count: int) -> None:
+    async with connect(server.ws_url()) as ws:
+        await welcome(ws)
+        await send_json(ws, "join", {"room": room})
+        await recv_type(ws, "joined")
+        for i in range(count):
+            await send_json(ws, "chat", {"room": room, "message": f"m{i + 1}"}, id=f"f{i}")
+        for _ in range(count):
+            await recv_type(ws, "ack")
+
+
+async def get(
+    server: ServerProcess, path: str, bearer: str | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.http_url(path), headers=headers) as resp:
+            assert resp.content_type == "application/json"
+            return resp.status, await resp.json(), dict(resp.headers)
+
+
+async def test_pages_of_history_with_a_token(server: ServerProcess) -> None:
+    """GET /api/rooms/r/messages pages with before/limit, oldest first, has_more."""
+    await fill(server, "books", 7)
+    status, body, _ = await get(server, "/api/rooms/books/messages?limit=3", token())
+    assert status == 200
+    assert body["room"] == "books" and body["has_more"] is True
+    assert [m["seq"] for m in body["messages"]] == [5, 6, 7]
+    first = body["messages"][0]
+    assert first["message"] == "m5" and first["type"] == "chat"
+    assert first["timestamp"].endswith("Z") and first["message_id"]
+    status, body, _ = await get(server, "/api/rooms/books/messages?before=5&limit=10", token())
+    assert [m["seq"] for m in body["messages"]] == [1, 2, 3, 4]
+    assert body["has_more"] is False
+    status, body, _ = await get(server, "/api/rooms/empty-room/messages", token())
+    assert (status, body["messages"], body["has_more"]) == (200, [], False)
+
+
+async def test_same_history_over_http_and_websocket(server: ServerProcess) -> None:
+    """The HTTP page equals the WebSocket history page for the same query."""
+    await fill(server, "same", 4)
+    _, http_body, _ = await get(server, "/api/rooms/same/messages?limit=10", token())
+    async with connect(server.ws_url()) as ws:
+        await welcome(ws)
+        await send_json(ws, "history", {"room": "same", "limit": 10}, id="h")
+        reply = await recv_type(ws, "history")
+    assert reply["id"] == "h"
+    assert reply["payload"] == http_body
+
+
+@pytest.mark.parametrize(
+    "bearer",
+    [
+        None,
+        "not-a-jwt",
+        token(key="some-other-secret-" + "x" * 40),
+        token(exp=int(time.time()) - 10),
+        token(aud="elsewhere"),
+    ],
+    ids=["missing", "garbage", "forged", "expired", "audience"],
+)
+async def test_history_needs_a_valid_token(server: ServerProcess, bearer: str | None) -> None:
+    """No token, a garbage, forged, expired or foreign one: 401 JSON auth_failed."""
+    status, body, headers = await get(server, "/api/rooms/lobby/messages", bearer)
+    assert status == 401
+    assert body["error"]["code"] == "auth_failed"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=101", "limit=x", "before=0", "before=-1", "before=1e3"],
+)
+async def test_bad_paging_is_400(server: ServerProcess, query: str) -> None:
+    """before/limit out of range or not integers: 400 JSON invalid_message."""
+    status, body, _ = await get(server, f"/api/rooms/lobby/messages?{query}", token())
+    assert status == 400
+    assert body["error"]["code"] == "invalid_message"
+
+
+async def test_bad_room_name_is_400(server: ServerProcess) -> None:
+    """A room name outside [a-z0-9][a-z0-9_-]{0,63} is 400 invalid_message."""
+    status, body, _ = await get(server, "/api/rooms/Not%20A%20Room/messages", token())
+    assert status == 400
+    assert body["error"]["code"] == "invalid_message"
+
+
+async def test_websocket_auth_with_a_token(server: ServerProcess) -> None:
+    """auth with a valid token makes the connection that registered user; a forged one fails."""
+    async with connect(server.ws_url()) as ws:
+        await welcome(ws)
+        await send_json(ws, "auth", {"token": token(key="wrong-" + "k" * 40)}, id="a1")
+        failed = await recv_type(ws, "error")
+        assert failed["id"] == "a1" and failed["payload"]["code"] == "auth_failed"
+        await send_json(ws, "auth", {"token": token("carol")}, id="a2")
+        ok = await recv_type(ws, "auth")
+        assert ok["id"] == "a2"
+        assert ok["payload"] == {"ok": True, "user": {"name": "carol", "guest": False}}
+        await send_json(ws, "chat", {"message": "signed in"}, id="c1")
+        chat = await recv_type(ws, "chat")
+        assert chat["payload"]["from"] == "carol"

@@ -1,0 +1,206 @@
+"""What the SQLite store adds to the contract: a file that outlives the process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from roomcast.exceptions import StoreError
+from roomcast.store.base import open_store
+from roomcast.store.memory import MemoryStore
+from roomcast.store.schema import LATEST_VERSION
+from roomcast.store.sqlite import SQLiteStore
+
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_790_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "roomcast.db"
+
+
+@pytest.fixture
+async def store(path: Path) -> AsyncIterator[SQLiteStore]:
+    backend = SQLiteStore(path, busy_timeout=0.2)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+async def test_reopened_store_keeps_messages_seqs_and_dedupe(path: Path) -> None:
+    """After a close and reopen, history, the next seq and resend detection carry on."""
+    first = SQLiteStore(path)
+    await first.open()
+    stored = await first.append("r", "ann", "one", client_id="c1")
+    await first.append("r", "bob", "two")
+    await first.close()
+
+    second = SQLiteStore(path)
+    await second.open()
+    try:
+        again = await second.append("r", "ann", "one", client_id="c1")
+        assert again.duplicate and again.message == stored.message
+        third = await second.append("r", "ann", "three")
+        assert third.message.seq == 3
+        messages, more = await second.history("r")
+        assert [(m.seq, m.message, m.sender) for m in messages] == [
+            (1, "one", "ann"),
+            (2, "two", "bob"),
+            (3, "three", "ann"),
+        ]
+        assert not more
+    finally:
+        await second.close()
+
+
+async def test_close_stores_what_was_queued(path: Path) -> None:
+    """Appends still queued when close is called are written before it returns."""
+    store = SQLiteStore(path)
+    await store.open()
+    futures = [store.append("r", "ann", f"m{i}") for i in range(20)]
+    await store.close()
+    assert all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    try:
+        assert await reopened.last_seq("r") == 20
+    finally:
+        await reopened.close()
+
+
+async def test_schema_version_is_recorded(store: SQLiteStore, path: Path) -> None:
+    """A new database records every migration in schema_version."""
+    with sqlite3.connect(path) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
+    assert versions == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_newer_schema_is_refused(path: Path) -> None:
+    """A database migrated by a newer roomcast is refused with a clear StoreError."""
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO schema_version (version, description, applied_ms) VALUES (999, 'x', 0)"
+        )
+    with pytest.raises(StoreError, match="schema version 999"):
+        await SQLiteStore(path).open()
+
+
+async def test_not_a_database_is_a_store_error(path: Path) -> None:
+    """A file that is not SQLite fails open with a StoreError naming it."""
+    path.write_bytes(b"this is not a database, just text " * 100)
+    with pytest.raises(StoreError, match=str(path)):
+        await SQLiteStore(path).open()
+
+
+async def test_locked_database_fails_the_batch_then_recovers(
+    store: SQLiteStore, path: Path
+) -> None:
+    """While another process holds the lock, appends fail and ping says so; then seqs go on."""
+    await store.append("r", "ann", "before")
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match="not stored"):
+            await store.append("r", "ann", "during", client_id="d1")
+        with pytest.raises(StoreError):
+            await store.ping()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    after = await store.append("r", "ann", "during", client_id="d1")
+    assert not after.duplicate and after.message.seq == 2
+    await store.ping()
+    messages, _ = await store.history("r")
+    assert [m.message for m in messages] == ["before", "during"]
+
+
+async def test_retention_prunes_old_messages_and_moves_first_seq(path: Path) -> None:
+    """With history_days, older messages go, first_seq moves up, last_seq stays."""
+    clock = Clock()
+    store = SQLiteStore(path, history_days=1, clock=clock)
+    await store.open()
+    try:
+        for i in range(3):
+            await store.append("r", "ann", f"old{i}")
+        clock.now += 2 * DAY
+        await store.append("r", "ann", "new")
+        assert await store.prune() == 3
+        assert await store.first_seq("r") == 4
+        assert await store.last_seq("r") == 4
+        assert [m.seq for m in await store.since("r", 0, limit=10)] == [4]
+        messages, more = await store.history("r")
+        assert [m.message for m in messages] == ["new"] and not more
+        clock.now += 2 * DAY
+        assert await store.prune() == 1
+        assert await store.first_seq("r") == 5
+        assert (await store.append("r", "ann", "next")).message.seq == 5
+    finally:
+        await store.close()
+
+
+async def test_store_without_retention_prunes_nothing(store: SQLiteStore) -> None:
+    """history_days 0 keeps everything."""
+    await store.append("r", "ann", "x")
+    assert await store.prune() == 0
+    assert await store.first_seq("r") == 1
+
+
+async def test_reads_run_while_a_batch_is_written(store: SQLiteStore) -> None:
+    """History can be read while appends are queued; it sees what was committed."""
+    await store.append("r", "ann", "committed")
+    pending = [store.append("r", "ann", f"p{i}") for i in range(200)]
+    messages, _ = await store.history("r", limit=100)
+    assert messages[0].message == "committed"
+    await asyncio.gather(*pending)
+    assert await store.last_seq("r") == 201
+
+
+async def test_append_after_close_fails(path: Path) -> None:
+    """A closed store refuses appends with StoreError instead of hanging."""
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.append("r", "ann", "x")
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "where"),
+    [
+        (None, SQLiteStore, "data/roomcast.db"),
+        ("sqlite:other.db", SQLiteStore, "other.db"),
+        ("sqlite:///abs/x.db", SQLiteStore, "/abs/x.db"),
+        ("memory:", MemoryStore, None),
+    ],
+)
+def test_open_store_urls(url: str | None, kind: type, where: str | None) -> None:
+    """open_store picks the store and file from --database-url."""
+    store = open_store(url, data_dir=Path("data"))
+    assert isinstance(store, kind)
+    if where is not None:
+        assert isinstance(store, SQLiteStore)
+        assert store.path == Path(where)
+
+
+@pytest.mark.parametrize("url", ["mysql://x", "sqlite://host/x.db", "sqlite:", "postgresql://h/db"])
+def test_open_store_refuses_unusable_urls(url: str) -> None:
+    """Unknown schemes, malformed SQLite URLs and not-yet-supported engines are ConfigErrors."""
+    from roomcast.exceptions import ConfigError
+
+    with pytest.raises(ConfigError):
+        open_store(url, data_dir=Path("data"))
