@@ -621,3 +621,33 @@ async def test_disk_full_fails_the_chat_then_recovers(server: ServerProcess) -> 
             "before the disk filled",
             "after the disk was freed",
         ]
+
+
+async def test_history_days_prunes_at_start_and_join_says_not_recovered(
+    server_factory: ServerFactory,
+) -> None:
+    """Messages older than --history-days are gone after a restart; since=0 is recovered false."""
+    first = server_factory()
+    async with guest(first, "ann") as ws:
+        for i in range(3):
+            await chat_acked(ws, f"m{i + 1}", f"old-{i}")
+    assert first.stop() == 0
+    three_days_ago_ms = int((time.time() - 3 * 86400) * 1000)
+    with sqlite3.connect(first.data_dir / DB_NAME) as conn:
+        conn.execute(
+            "UPDATE messages SET ts_ms = ? WHERE room = 'lobby' AND seq <= 2",
+            (three_days_ago_ms,),
+        )
+    second = server_factory("--history-days", "1")
+    async with guest(second, "bob") as ws:
+        joined = await join(ws, "lobby", since=0)
+        assert joined["recovered"] is False
+        assert joined["seq"] == 3
+        replay = await until_pong(ws, "after-replay")
+        assert [(f["type"], f["payload"]["seq"]) for f in replay] == [("chat", 3)]
+        history = await read_history(ws, "lobby")
+        assert [m["message"] for m in history] == ["m3"]
+        joined = await join(ws, "lobby", since=2)
+        assert joined["recovered"] is True
+        ack = await chat_acked(ws, "next", "new-1")
+        assert ack["seq"] == 4

@@ -136,6 +136,9 @@ class SQLiteStore:
             raise
         self._closed = False
         if self.history_days:
+            # The first pass runs before the server accepts anyone, so no
+            # client is told about messages that are about to go.
+            await self._prune_logged()
             self._pruner = asyncio.ensure_future(self._prune_forever())
         logger.debug("storing messages in %s", self.path)
 
@@ -387,15 +390,19 @@ class SQLiteStore:
         )
         return cursor.rowcount
 
+    async def _prune_logged(self) -> None:
+        try:
+            removed = await self.prune()
+        except StoreError as exc:
+            logger.error("%s", exc)
+            return
+        if removed:
+            logger.info("pruned %d messages older than %d days", removed, self.history_days)
+
     async def _prune_forever(self) -> None:
         while True:
-            try:
-                removed = await self.prune()
-                if removed:
-                    logger.info("pruned %d messages older than %d days", removed, self.history_days)
-            except StoreError as exc:
-                logger.error("%s", exc)
             await asyncio.sleep(PRUNE_INTERVAL)
+            await self._prune_logged()
 
 
 def _last_seq(conn: sqlite3.Connection, room: str) -> int:
