@@ -7,6 +7,7 @@ import json
 
 import jwt
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from roomcast.auth import Tokens, bearer_token
 from roomcast.exceptions import AuthError
@@ -104,3 +105,22 @@ def test_garbage_is_refused(tokens: Tokens, garbage: str) -> None:
 def test_bearer_token(header: str | None, token: str | None) -> None:
     """Only an Authorization header with the Bearer scheme and a value yields a token."""
     assert bearer_token(header) == token
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=300)
+    | st.from_regex(r"[A-Za-z0-9_-]{0,40}\.[A-Za-z0-9_-]{0,80}\.[A-Za-z0-9_-]{0,40}")
+)
+def test_fuzzed_tokens_only_ever_raise_auth_error(garbage: str) -> None:
+    """Whatever string arrives as a token, verify raises AuthError and nothing else."""
+    tokens = Tokens(SECRET, clock=lambda: NOW)
+    with pytest.raises(AuthError):
+        tokens.verify(garbage)
+
+
+@given(st.text(max_size=100))
+def test_fuzzed_authorization_headers(header: str) -> None:
+    """bearer_token never raises, and returns a stripped non-empty token or None."""
+    token = bearer_token(header)
+    assert token is None or (token == token.strip() and token)

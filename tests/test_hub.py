@@ -91,3 +91,59 @@ def test_rename_moves_the_user_in_every_room() -> None:
     assert hub.members("lobby") == ["ann"]
     assert hub.name_in_use("ann") and not hub.name_in_use("guest-1")
     assert hub.send_to_user("ann", b"\x81\x00") == 1
+
+
+def test_held_member_gets_frames_kept_with_their_seqs() -> None:
+    """A held member's frames are kept aside, with seqs, until release; others get them now."""
+    hub = Hub()
+    a = FakePeer.named("ann")
+    b = FakePeer.named("bob")
+    for peer in (a, b):
+        hub.add(peer)
+        hub.join("r", peer)
+    hub.hold("r", b, max_bytes=1000)
+    assert hub.deliver("r", b"one", seq=1) == 2
+    hub.deliver("r", b"typing", skip_user="ann")
+    hub.deliver("other", b"elsewhere")
+    assert a.frames == [b"one"]
+    assert b.frames == []
+    held = hub.release("r", b)
+    assert held is not None and not held.overflowed
+    assert held.frames == [(1, b"one"), (None, b"typing")]
+    assert hub.release("r", b) is None
+    hub.deliver("r", b"two", seq=2)
+    assert b.frames == [b"two"]
+
+
+def test_hold_overflow_drops_the_frames_and_says_so() -> None:
+    """Past max_bytes a hold keeps nothing more and is marked overflowed."""
+    hub = Hub()
+    a = FakePeer.named("ann")
+    hub.add(a)
+    hub.join("r", a)
+    hub.hold("r", a, max_bytes=10)
+    hub.deliver("r", b"12345", seq=1)
+    hub.deliver("r", b"123456", seq=2)
+    hub.deliver("r", b"1", seq=3)
+    held = hub.release("r", a)
+    assert held is not None and held.overflowed and held.frames == []
+    assert a.frames == []
+
+
+def test_leaving_drops_a_hold() -> None:
+    """A member that leaves (or disconnects) while held leaves no hold behind."""
+    hub = Hub()
+    a = FakePeer.named("ann")
+    hub.add(a)
+    hub.join("r", a)
+    hub.hold("r", a, max_bytes=100)
+    hub.remove(a)
+    assert hub.release("r", a) is None
+
+
+def test_name_kind() -> None:
+    """name_kind tells a guest's name from a registered user's, or None when unused."""
+    hub = Hub()
+    hub.add(FakePeer.named("g", guest=True))
+    hub.add(FakePeer.named("u", guest=False))
+    assert (hub.name_kind("g"), hub.name_kind("u"), hub.name_kind("x")) == (True, False, None)
