@@ -49,7 +49,7 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 #: Seconds a connection may leave a replay unread before it is dropped.
 DRAIN_TIMEOUT: Final = 10.0
 #: Seconds shutdown waits for messages being stored to be acked.
-FLUSH_TIMEOUT: Final = 5.0
+FLUSH_TIMEOUT: Final = 2.0
 
 
 class Flusher:
