@@ -47,3 +47,13 @@ class FakePeer:
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [f for f in self.received() if f["type"] == kind]
+
+
+class Clock:
+    """A wall clock the test moves by hand (seconds since the epoch)."""
+
+    def __init__(self) -> None:
+        self.now = 1_790_000_000.0
+
+    def __call__(self) -> float:
+        return self.now

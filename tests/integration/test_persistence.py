@@ -368,6 +368,15 @@ async def test_concurrent_senders_all_see_one_order(server: ServerProcess) -> No
             assert by_seq[seq] == message_id
 
 
+async def assert_resend_acked(ws: ClientConnection, original: dict[str, Any]) -> None:
+    """Resend frame ``r-1``: the very next frame is its ack, equal to the first one."""
+    await send_json(ws, "chat", {"message": "only once"}, id="r-1")
+    ack = await next_frame(ws)
+    assert ack["type"] == "ack", ack
+    assert ack["id"] == "r-1"
+    assert ack["payload"] == original
+
+
 async def test_resend_after_reconnect_and_restart_is_stored_once(
     server_factory: ServerFactory,
 ) -> None:
@@ -387,11 +396,7 @@ async def test_resend_after_reconnect_and_restart_is_stored_once(
             assert frame["type"] != "chat", frame
 
         async with guest(first, "alice") as a:
-            await send_json(a, "chat", {"message": "only once"}, id="r-1")
-            ack = await next_frame(a)
-            assert ack["type"] == "ack", ack
-            assert ack["id"] == "r-1"
-            assert ack["payload"] == original
+            await assert_resend_acked(a, original)
             barrier = await chat_acked(a, "after the resend", "r-2")
             assert barrier["seq"] == original["seq"] + 1
         frame = await next_frame(b)
@@ -405,11 +410,7 @@ async def test_resend_after_reconnect_and_restart_is_stored_once(
     second = server_factory()
     async with guest(second, "bob") as b:
         async with guest(second, "alice") as a:
-            await send_json(a, "chat", {"message": "only once"}, id="r-1")
-            ack = await next_frame(a)
-            assert ack["type"] == "ack", ack
-            assert ack["id"] == "r-1"
-            assert ack["payload"] == original
+            await assert_resend_acked(a, original)
             last = await chat_acked(a, "after the restart", "r-3")
             assert last["seq"] == barrier["seq"] + 1
         frame = await next_frame(b)

@@ -15,14 +15,7 @@ import pytest
 from roomcast.store.base import DEDUPE_SECONDS, Store
 from roomcast.store.memory import MemoryStore
 from roomcast.store.sqlite import SQLiteStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock
 
 
 @pytest.fixture

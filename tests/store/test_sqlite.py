@@ -14,16 +14,9 @@ from roomcast.store.base import open_store
 from roomcast.store.memory import MemoryStore
 from roomcast.store.schema import LATEST_VERSION
 from roomcast.store.sqlite import SQLiteStore
+from tests.fakes import Clock
 
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
