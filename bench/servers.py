@@ -77,7 +77,16 @@ def free_port() -> int:
 def command(name: str, tmp: Path, node_dir: Path | None, roomcast_args: list[str]) -> list[str]:
     if name == "roomcast":
         data = tmp / f"roomcast-data-{time.monotonic_ns()}"
-        return [str(VENV_BIN / "roomcast"), "serve", "--port", "0", "--data-dir", str(data)]
+        # The load generator sends far more than a client may: limits off.
+        return [
+            str(VENV_BIN / "roomcast"),
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+            "--rate-limit=0",
+        ]
     if name == "node":
         assert node_dir is not None
         return ["node", str(node_dir / "websocket-server.js")]

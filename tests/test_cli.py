@@ -39,6 +39,17 @@ def test_environment_and_flags() -> None:
     assert cfg.allowed_origins == ("https://c.example",)
 
 
+def test_abuse_limits_from_flags_and_environment() -> None:
+    """Rate limits and connection caps default to 20/s, 40, 10 and off; env and flags set them."""
+    limits = config([]).limits
+    assert (limits.rate_limit, limits.rate_burst) == (20.0, 40)
+    assert (limits.max_connections_per_user, limits.max_connections_per_ip) == (10, 0)
+    env = {"ROOMCAST_RATE_LIMIT": "0", "ROOMCAST_MAX_CONNECTIONS_PER_IP": "50"}
+    limits = config(["--rate-burst", "7", "--max-connections-per-user", "0"], env).limits
+    assert (limits.rate_limit, limits.rate_burst) == (0.0, 7)
+    assert (limits.max_connections_per_user, limits.max_connections_per_ip) == (0, 50)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -49,6 +60,11 @@ def test_environment_and_flags() -> None:
         (["--allowed-origin", "example.org"], "--allowed-origin must look like"),
         (["--history-days", "1.5"], "--history-days must be a number"),
         (["--secret", "x" * 31], "--secret must be at least 32 bytes"),
+        (["--rate-limit", "-1"], "--rate-limit must be between"),
+        (["--rate-limit", "nan"], "--rate-limit must be between"),
+        (["--rate-burst", "0"], "--rate-burst must be between"),
+        (["--max-connections-per-user", "-1"], "--max-connections-per-user must be between"),
+        (["--max-connections-per-ip", "two"], "--max-connections-per-ip must be a number"),
     ],
 )
 def test_bad_flags(argv: list[str], message: str) -> None:

@@ -147,3 +147,19 @@ def test_name_kind() -> None:
     hub.add(FakePeer.named("g", guest=True))
     hub.add(FakePeer.named("u", guest=False))
     assert (hub.name_kind("g"), hub.name_kind("u"), hub.name_kind("x")) == (True, False, None)
+
+
+def test_connections_of_counts_a_names_local_connections() -> None:
+    """connections_of follows add, rename and remove (the per-user cap reads it)."""
+    hub = Hub()
+    a1 = FakePeer(Session("1", UserInfo("ann", False)))
+    a2 = FakePeer(Session("2", UserInfo("ann", False)))
+    guest = FakePeer(Session("3", UserInfo("guest-1", True)))
+    for peer in (a1, a2, guest):
+        hub.add(peer)
+    assert (hub.connections_of("ann"), hub.connections_of("bob")) == (2, 0)
+    hub.rename(guest, "guest-1", "ann")
+    assert hub.connections_of("ann") == 3
+    assert hub.connections_of("guest-1") == 0
+    hub.remove(a1)
+    assert hub.connections_of("ann") == 2

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
+from argon2 import PasswordHasher
 
+from roomcast.accounts import Accounts
+from roomcast.auth import Tokens
 from roomcast.broker.memory import MemoryBroker, MemoryBus
 from roomcast.config import Limits
 from roomcast.exceptions import StoreError
@@ -390,3 +394,97 @@ async def test_store_down_at_connect_still_welcomes() -> None:
     assert [f["type"] for f in frames] == ["system", "error"]
     assert frames[1]["payload"]["code"] == "internal"
     assert a.closed is None
+
+
+def fast_accounts(store: MemoryStore) -> Accounts:
+    """Accounts with a cheap argon2 setting, for tests."""
+    hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    return Accounts(store, Tokens("k" * 40), hasher=hasher)
+
+
+async def test_without_guests_an_unauthenticated_connection_is_closed_after_the_deadline() -> None:
+    """With guests off, a connection that does not auth in time is closed with 1008."""
+    store = MemoryStore()
+    node = Node(
+        store=store,
+        broker=MemoryBroker(),
+        guests=False,
+        accounts=fast_accounts(store),
+        auth_timeout=0.05,
+    )
+    await node.start()
+    peer = await connected(node)
+    assert [f["type"] for f in peer.received()] == ["system"]
+    await asyncio.sleep(0.1)
+    assert peer.closed is not None and peer.closed[0] is CloseCode.POLICY_VIOLATION
+
+
+async def test_expired_token_asks_for_a_new_one_then_closes() -> None:
+    """When a connection's token expires it gets token_expired, then 1008 if nothing comes."""
+    store = MemoryStore()
+    accounts = fast_accounts(store)
+    await accounts.register("alice", "long enough password")
+    node = Node(store=store, broker=MemoryBroker(), accounts=accounts, reauth_timeout=0.05)
+    await node.start()
+    peer = await connected(node)
+    token, _ = accounts.tokens.issue("alice")
+    await node.receive_text(peer, text("auth", {"token": token}, id="a"))
+    assert peer.of_type("auth")[0]["payload"]["user"] == {"name": "alice", "guest": False}
+    node.set_token_expiry(peer, time.time())  # as if it expired now
+    await asyncio.sleep(0.01)
+    [expired] = peer.of_type("error")
+    assert expired["payload"]["code"] == "token_expired"
+    assert peer.closed is None
+    await asyncio.sleep(0.1)
+    assert peer.closed == (CloseCode.POLICY_VIOLATION, "token expired")
+
+
+async def test_a_new_token_cancels_the_expiry_close() -> None:
+    """Sending auth with a fresh token after token_expired keeps the connection open."""
+    store = MemoryStore()
+    accounts = fast_accounts(store)
+    await accounts.register("alice", "long enough password")
+    node = Node(store=store, broker=MemoryBroker(), accounts=accounts, reauth_timeout=0.05)
+    await node.start()
+    peer = await connected(node)
+    token, _ = accounts.tokens.issue("alice")
+    await node.receive_text(peer, text("auth", {"token": token}))
+    node.set_token_expiry(peer, time.time())
+    await asyncio.sleep(0.01)
+    await node.receive_text(peer, text("auth", {"token": token}))
+    await asyncio.sleep(0.1)
+    assert peer.closed is None
+    node.disconnect(peer)
+
+
+async def test_direct_message_reaches_both_sides_with_their_own_seqs() -> None:
+    """A direct goes to the recipient and the sender with each inbox's seq, then the ack."""
+    store = MemoryStore()
+    accounts = fast_accounts(store)
+    for name in ("alice", "bob", "carol"):
+        await accounts.register(name, "long enough password")
+    node = Node(store=store, broker=MemoryBroker(), accounts=accounts)
+    await node.start()
+    peers = {}
+    for name in ("alice", "bob", "carol"):
+        peer = await connected(node)
+        token, _ = accounts.tokens.issue(name)
+        await node.receive_text(peer, text("auth", {"token": token}))
+        peers[name] = peer
+    for peer in peers.values():
+        peer.received()  # welcome, presence of the later ones
+    await node.receive_text(peers["carol"], text("direct", {"to": "bob", "message": "first"}))
+    await node.receive_text(peers["alice"], text("direct", {"to": "BOB", "message": "hi"}, id="d1"))
+    await node.flush()
+    alice = peers["alice"].received()
+    assert [f["type"] for f in alice] == ["direct", "ack"]
+    assert alice[0]["payload"]["to"] == "bob" and alice[0]["payload"]["seq"] == 1
+    assert alice[1]["payload"] == {"message_id": alice[0]["payload"]["message_id"], "seq": 1}
+    bob = peers["bob"].of_type("direct")
+    assert [(f["payload"]["from"], f["payload"]["seq"]) for f in bob] == [
+        ("carol", 1),
+        ("alice", 2),
+    ]
+    await node.receive_text(peers["alice"], text("direct", {"to": "nobody", "message": "x"}))
+    [error] = peers["alice"].received()
+    assert error["payload"]["code"] == "unknown_user"

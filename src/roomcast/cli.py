@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .accounts import Accounts
 from .auth import Tokens
 from .broker import open_broker
 from .config import (
@@ -100,6 +101,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         ),
     )
     serve.set_defaults(env_allowed_origins=origins.split() if origins else [])
+    serve.add_argument(
+        "--no-guests",
+        action="store_const",
+        const="1",
+        default=env.get("ROOMCAST_NO_GUESTS", "0"),
+        help="refuse guests: a connection must auth with a token within 10 s",
+    )
     add(
         "--secret",
         None,
@@ -111,6 +119,29 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         30.0,
         "seconds between pings; a client that has not answered by the next ping is dropped; "
         "0 turns it off (default: %(default)s)",
+    )
+    add(
+        "--rate-limit",
+        20.0,
+        "chat-like frames a second per connection (commands such as join and ping get five "
+        "times as many); 0 turns rate limits off (default: %(default)s)",
+    )
+    add(
+        "--rate-burst",
+        40,
+        "frames a connection may send at once before --rate-limit applies "
+        "(commands: five times as many) (default: %(default)s)",
+    )
+    add(
+        "--max-connections-per-user",
+        10,
+        "connections one user may have open; 0 is no cap (default: %(default)s)",
+    )
+    add(
+        "--max-connections-per-ip",
+        0,
+        "connections one IP address may have open; 0 is no cap, for clients behind a "
+        "shared proxy (default: %(default)s)",
     )
     add(
         "--log-level",
@@ -132,11 +163,30 @@ def _number(value: Any, flag: str, kind: type[int] | type[float], low: float, hi
     return number
 
 
+def _flag(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"", "0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, not {value!r}")
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Check the parsed flags and turn them into a :class:`ServerConfig`."""
     port = _number(args.port, "--port", int, 0, 65535)
     heartbeat = _number(args.heartbeat, "--heartbeat", float, 0, 86400)
     history_days = _number(args.history_days, "--history-days", int, 0, 100_000)
+    limits = Limits(
+        rate_limit=_number(args.rate_limit, "--rate-limit", float, 0, 1_000_000),
+        rate_burst=_number(args.rate_burst, "--rate-burst", int, 1, 1_000_000),
+        max_connections_per_user=_number(
+            args.max_connections_per_user, "--max-connections-per-user", int, 0, 1_000_000
+        ),
+        max_connections_per_ip=_number(
+            args.max_connections_per_ip, "--max-connections-per-ip", int, 0, 1_000_000
+        ),
+    )
     if args.secret and len(args.secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(f"--secret must be at least {MIN_SECRET_BYTES} bytes long")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -153,10 +203,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         allowed_origins=origins,
         secret=args.secret,
+        guests=not _flag(args.no_guests, "ROOMCAST_NO_GUESTS"),
         database_url=args.database_url or None,
         history_days=history_days,
         heartbeat=heartbeat,
-        limits=Limits(),
+        limits=limits,
     )
 
 
@@ -180,7 +231,8 @@ async def _serve(config: ServerConfig) -> None:
         broker=open_broker(None),
         limits=config.limits,
         heartbeat=config.heartbeat,
-        tokens=tokens,
+        guests=config.guests,
+        accounts=Accounts(store, tokens),
     )
     server = RoomcastServer(node, config)
     try:

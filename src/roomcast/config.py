@@ -37,6 +37,17 @@ class Limits:
     #: Rooms with more users than this send no join/leave events and list
     #: only this many members.
     presence_limit: int = 1000
+    #: Messages (chat, direct, typing, files, echo) a second per connection;
+    #: commands (join, leave, history, presence, ping, auth) get five times
+    #: as many. 0 turns both limits off.
+    rate_limit: float = 20.0
+    #: Messages one connection may send at once (commands: five times as many).
+    rate_burst: int = 40
+    #: Connections of one user on this server; 0 is no cap.
+    max_connections_per_user: int = 10
+    #: Connections from one IP address; 0, the default, is no cap (many
+    #: people may share an address behind a proxy).
+    max_connections_per_ip: int = 0
 
 
 DEFAULT_LIMITS = Limits()
@@ -58,6 +69,9 @@ class ServerConfig:
     database_url: str | None = None
     #: Delete messages older than this many days; 0 keeps them all.
     history_days: int = 0
+    #: Whether a connection that has not signed in is a guest; without
+    #: guests it must ``auth`` within 10 s.
+    guests: bool = True
     #: Seconds between heartbeat pings; 0 turns the heartbeat off.
     heartbeat: float = 30.0
     #: Seconds to wait for a client's close frame before dropping it.

@@ -105,6 +105,11 @@ class Hub:
         """Whether a local connection is using ``name``."""
         return name in self._names
 
+    def connections_of(self, name: str) -> int:
+        """How many local connections are using ``name``."""
+        conns = self._names.get(name)
+        return 0 if conns is None else len(conns)
+
     def name_kind(self, name: str) -> bool | None:
         """Whether local connections named ``name`` are a guest (True), a user (False), or none."""
         conns = self._names.get(name)

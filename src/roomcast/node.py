@@ -13,22 +13,28 @@ import functools
 import logging
 import re
 import secrets
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
-from .auth import Tokens
+from .accounts import Accounts
 from .broker.base import Broker, Publication
 from .config import DEFAULT_LIMITS, Limits
 from .exceptions import AuthError, BackendError, ProtocolError
 from .hub import Hub, Peer
-from .protocol.codes import ErrorCode
+from .protocol.codes import CloseCode, ErrorCode
 from .protocol.messages import (
     DEFAULT_ROOM,
     Ack,
     AuthFrame,
     AuthOk,
     Chat,
+    ChatMessage,
     Direct,
+    DirectHistoryReply,
+    DirectHistoryRequest,
     ErrorReply,
     FileHeader,
     HistoryReply,
@@ -49,7 +55,7 @@ from .protocol.messages import (
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .protocol.wsframe import text_frame
-from .store.base import AppendResult, Store
+from .store.base import AppendResult, DirectResult, Store
 
 __all__ = ["GUEST_NAME", "Node"]
 
@@ -61,6 +67,14 @@ GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
 #: Messages replayed per store read when a join asks for ``since``.
 REPLAY_PAGE: Final = 500
 
+#: Seconds an unauthenticated connection has to ``auth`` when guests are off.
+AUTH_TIMEOUT: Final = 10.0
+#: Seconds a connection whose token expired has to send a fresh one.
+REAUTH_TIMEOUT: Final = 30.0
+
+#: The error and close reason when a user is over ``max_connections_per_user``.
+TOO_MANY_CONNECTIONS: Final = "too many connections for this user"
+
 
 class Node:
     """Orchestrates sessions, the hub, the store and the broker.
@@ -71,7 +85,9 @@ class Node:
         limits: per-connection limits.
         heartbeat: the ping interval announced in the welcome frame.
         guests: whether unauthenticated connections are guests.
-        tokens: checks the tokens sent with ``auth``; None accepts none.
+        accounts: registered users and their tokens; None accepts no token.
+        auth_timeout: seconds a connection has to ``auth`` when guests are off.
+        reauth_timeout: seconds a connection whose token expired has to send a new one.
     """
 
     def __init__(
@@ -82,7 +98,9 @@ class Node:
         limits: Limits = DEFAULT_LIMITS,
         heartbeat: float = 30.0,
         guests: bool = True,
-        tokens: Tokens | None = None,
+        accounts: Accounts | None = None,
+        auth_timeout: float = AUTH_TIMEOUT,
+        reauth_timeout: float = REAUTH_TIMEOUT,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.hub = Hub()
@@ -91,7 +109,11 @@ class Node:
         self.limits = limits
         self.heartbeat = heartbeat
         self.guests = guests
-        self.tokens = tokens
+        self.accounts = accounts
+        self.auth_timeout = auth_timeout
+        self.reauth_timeout = reauth_timeout
+        #: Per connection: the timer of its token's expiry or its auth deadline.
+        self._deadlines: dict[Peer, asyncio.TimerHandle] = {}
 
     async def start(self) -> None:
         """Open the store and start receiving other nodes' publications."""
@@ -121,14 +143,17 @@ class Node:
 
     # -- connections -----------------------------------------------------------
 
-    def new_session(self) -> Session:
-        """A session for a new connection: a guest, unless guests are off."""
-        user = UserInfo(self._guest_name(), True) if self.guests else None
+    def new_session(self, user: UserInfo | None = None) -> Session:
+        """A session for a new connection: ``user``, else a guest unless guests are off."""
+        if user is None and self.guests:
+            user = UserInfo(self._guest_name(), True)
         return Session(
             uuid.uuid4().hex,
             user,
             max_rooms=self.limits.max_rooms,
             max_message_chars=self.limits.max_message_chars,
+            rate_limit=self.limits.rate_limit,
+            rate_burst=self.limits.rate_burst,
         )
 
     def _guest_name(self) -> str:
@@ -140,6 +165,9 @@ class Node:
     async def connect(self, peer: Peer) -> None:
         """A connection is open: welcome it and put it in the lobby."""
         session = peer.session
+        if session.user is not None and self._too_many_connections(session.user.name):
+            peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
+            return
         self.hub.add(peer)
         self._reply(
             peer,
@@ -151,9 +179,45 @@ class Node:
         )
         if session.user is not None:
             await self._dispatch(peer, Join(None, DEFAULT_ROOM))
+        else:
+            self._set_deadline(peer, self.auth_timeout, self._auth_timed_out)
+
+    def set_token_expiry(self, peer: Peer, expires_at: float) -> None:
+        """Ask ``peer`` for a fresh token when its token expires (epoch seconds)."""
+        self._set_deadline(peer, max(0.0, expires_at - time.time()), self._token_expired)
+
+    def _set_deadline(self, peer: Peer, delay: float, action: Callable[[Peer], None]) -> None:
+        old = self._deadlines.pop(peer, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._deadlines[peer] = loop.call_later(delay, action, peer)
+
+    def _auth_timed_out(self, peer: Peer) -> None:
+        self._deadlines.pop(peer, None)
+        if peer.session.user is None:
+            peer.close(CloseCode.POLICY_VIOLATION, f"authenticate within {self.auth_timeout:g} s")
+
+    def _token_expired(self, peer: Peer) -> None:
+        self._reply(
+            peer,
+            ErrorReply(
+                ErrorCode.TOKEN_EXPIRED,
+                f"your token has expired: send auth with a new one within "
+                f"{self.reauth_timeout:g} s",
+            ),
+        )
+        self._set_deadline(peer, self.reauth_timeout, self._reauth_timed_out)
+
+    def _reauth_timed_out(self, peer: Peer) -> None:
+        self._deadlines.pop(peer, None)
+        peer.close(CloseCode.POLICY_VIOLATION, "token expired")
 
     def disconnect(self, peer: Peer) -> None:
         """A connection ended: forget it and tell the rooms it was in."""
+        deadline = self._deadlines.pop(peer, None)
+        if deadline is not None:
+            deadline.cancel()
         user = peer.session.user
         for room, user_left in self.hub.remove(peer):
             if user_left and user is not None:
@@ -163,11 +227,13 @@ class Node:
 
     async def receive_text(self, peer: Peer, data: str | bytes) -> None:
         """Carry out one text frame from ``peer``."""
-        await self._dispatch(peer, peer.session.receive_text(data))
+        now = asyncio.get_running_loop().time()
+        await self._dispatch(peer, peer.session.receive_text(data, now))
 
     async def receive_binary(self, peer: Peer, data: bytes) -> None:
         """Carry out one binary frame from ``peer``."""
-        await self._dispatch(peer, peer.session.receive_binary(data))
+        now = asyncio.get_running_loop().time()
+        await self._dispatch(peer, peer.session.receive_binary(data, now))
 
     async def _dispatch(self, peer: Peer, outcome: Outcome) -> None:
         try:
@@ -190,13 +256,17 @@ class Node:
                     self._presence_list(peer, outcome)
                 case AuthFrame():
                     await self._auth(peer, outcome)
-                case Direct() | FileHeader():
-                    # Sessions refuse these from guests; for users they are
+                case Direct():
+                    await self._direct(peer, outcome)
+                case DirectHistoryRequest():
+                    await self._direct_history(peer, outcome)
+                case FileHeader():
+                    # Sessions refuse files from guests; for users they are
                     # not built yet. Refuse, never drop.
                     self._error(
                         peer,
                         ErrorCode.FORBIDDEN,
-                        "direct messages and files are not available on this server yet",
+                        "files are not available on this server yet",
                         outcome.id,
                     )
         except ProtocolError as exc:
@@ -245,6 +315,8 @@ class Node:
         assert user is not None
         room = cmd.room
         was_member = room in peer.session.rooms
+        if room != DEFAULT_ROOM and not was_member:
+            await self.check_access(user, room)
         first = self.hub.join(room, peer)
         # From here on the room's live frames are kept aside for this peer,
         # so none can overtake ``joined`` or the replay, and none is lost.
@@ -326,14 +398,88 @@ class Node:
             ProtocolError: ``forbidden`` when ``user`` may not read ``room``.
             BackendError: the store failed.
         """
-        if not self.may_read(user, room):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"you may not read {room}")
+        await self.check_access(user, room)
         messages, has_more = await self.store.history(room, before=before, limit=limit)
         return HistoryReply(room, messages, has_more)
 
-    def may_read(self, user: UserInfo, room: str) -> bool:
-        """Whether ``user`` may read ``room``: every room is public until private rooms exist."""
-        return True
+    async def check_access(self, user: UserInfo, room: str) -> None:
+        """Raise ``forbidden`` unless ``user`` may join, read and post in ``room``.
+
+        Public rooms are open to everyone; a private room to its owner and
+        members, who are registered users.
+        """
+        access = await self.store.room_access(room)
+        if access is None or not access.private:
+            return
+        if user.guest or not access.allows(user.name):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{room} is a private room")
+
+    async def post(
+        self, user: UserInfo, room: str, text: str, *, client_id: str | None = None
+    ) -> ChatMessage:
+        """Store and broadcast a chat message from outside a connection (HTTP).
+
+        Raises:
+            ProtocolError: ``forbidden`` for a private room ``user`` is not in.
+            BackendError: the store failed; nothing was broadcast.
+        """
+        await self.check_access(user, room)
+        result = await self.store.append(room, user.name, text, client_id=client_id)
+        message = result.message
+        if not result.duplicate:
+            self._publish(room, text_frame(encode(message)), message.seq)
+        return message
+
+    async def _direct(self, peer: Peer, cmd: Direct) -> None:
+        user = peer.session.user
+        assert user is not None and not user.guest
+        recipient = await self.store.get_user(cmd.to)
+        if recipient is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_USER, f"there is no user {cmd.to}")
+        stored = self.store.append_direct(user.name, recipient.name, cmd.message, client_id=cmd.id)
+        stored.add_done_callback(functools.partial(self._direct_stored, peer, cmd.id))
+
+    def _direct_stored(
+        self, peer: Peer, frame_id: str | None, stored: asyncio.Future[DirectResult]
+    ) -> None:
+        try:
+            result = stored.result()
+        except Exception as exc:
+            logger.error("direct message from %s not stored: %s", peer.session.id, exc)
+            self._error(
+                peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id
+            )
+            return
+        message = result.message
+        if not result.duplicate:
+            to_sender = text_frame(encode(replace(message, seq=result.sender_seq)))
+            self.hub.send_to_user(message.sender, to_sender)
+            self.broker.publish(Publication(self.id, None, message.sender, to_sender))
+            if message.to != message.sender:
+                to_recipient = text_frame(encode(replace(message, seq=result.recipient_seq)))
+                self.hub.send_to_user(message.to, to_recipient)
+                self.broker.publish(Publication(self.id, None, message.to, to_recipient))
+        if frame_id is not None:
+            self._reply(peer, Ack(message.message_id, None, result.sender_seq), frame_id)
+
+    async def _direct_history(self, peer: Peer, cmd: DirectHistoryRequest) -> None:
+        user = peer.session.user
+        assert user is not None
+        reply = await self.direct_history(user, before=cmd.before, since=cmd.since, limit=cmd.limit)
+        self._reply(peer, reply, cmd.id)
+
+    async def direct_history(
+        self, user: UserInfo, *, before: int | None, since: int | None, limit: int
+    ) -> DirectHistoryReply:
+        """A page of ``user``'s direct messages: after ``since``, or before ``before``."""
+        if user.guest:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "direct messages need a registered user")
+        last = await self.store.direct_last_seq(user.name)
+        if since is not None:
+            messages, more = await self.store.direct_since(user.name, since, limit=limit)
+        else:
+            messages, more = await self.store.direct_history(user.name, before=before, limit=limit)
+        return DirectHistoryReply(messages, more, last)
 
     def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
         limit = self.limits.presence_limit
@@ -344,16 +490,16 @@ class Node:
         session = peer.session
         old = session.user
         old_name = old.name if old is not None else None
+        expires_at: float | None = None
         if cmd.guest is None:
-            if self.tokens is None or cmd.token is None:
+            if self.accounts is None or cmd.token is None:
                 self._auth_failed(peer, "this server accepts no tokens", cmd.id)
                 return
             try:
-                claims = self.tokens.verify(cmd.token)
+                user, expires_at = await self.accounts.user_for_token(cmd.token)
             except AuthError as exc:
                 self._auth_failed(peer, str(exc), cmd.id)
                 return
-            user = UserInfo(claims.user, False)
             if old_name != user.name and self.hub.name_kind(user.name) is True:
                 self._auth_failed(peer, "a guest is using that name", cmd.id)
                 return
@@ -368,7 +514,14 @@ class Node:
             if old_name != name and self.hub.name_in_use(name):
                 self._auth_failed(peer, "that name is in use", cmd.id)
                 return
+            if await self.store.get_user(name) is not None:
+                self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
+                return
             user = UserInfo(name, True)
+        if old_name != user.name and self._too_many_connections(user.name):
+            self._error(peer, ErrorCode.FORBIDDEN, TOO_MANY_CONNECTIONS, cmd.id)
+            peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
+            return
         if old_name != user.name:
             if old_name is not None:
                 for room in session.rooms:
@@ -377,10 +530,21 @@ class Node:
             for room in session.rooms:
                 self._presence(room, user.name, "join")
         session.authenticated(user)
+        if expires_at is not None:
+            self.set_token_expiry(peer, expires_at)
+        else:
+            deadline = self._deadlines.pop(peer, None)
+            if deadline is not None:
+                deadline.cancel()
         self._reply(peer, AuthOk(user), cmd.id)
         if old is None:
             # A connection that had to authenticate first now enters the lobby.
             await self._join(peer, Join(None, DEFAULT_ROOM))
+
+    def _too_many_connections(self, name: str) -> bool:
+        """Whether one more local connection for ``name`` would pass the per-user cap."""
+        cap = self.limits.max_connections_per_user
+        return cap > 0 and self.hub.connections_of(name) >= cap
 
     def _auth_failed(self, peer: Peer, message: str, frame_id: str | None) -> None:
         reply, close = peer.session.auth_failed(message, frame_id)

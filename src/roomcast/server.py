@@ -13,28 +13,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import signal
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Final
 
-import orjson
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from . import api
 from .auth import bearer_token
 from .config import ServerConfig
-from .exceptions import AuthError, BackendError, ProtocolError
+from .exceptions import AuthError, BackendError
 from .node import Node
 from .protocol.codes import CloseCode, ErrorCode
 from .protocol.messages import (
-    DEFAULT_HISTORY_LIMIT,
-    MAX_HISTORY_LIMIT,
     ErrorReply,
-    UserInfo,
     encode,
-    valid_room,
 )
 from .protocol.session import Session
 from .protocol.wsframe import PING_FRAME, MaskChecker, close_frame, pong_frame, text_frame
@@ -50,6 +48,8 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 DRAIN_TIMEOUT: Final = 10.0
 #: Seconds shutdown waits for messages being stored to be acked.
 FLUSH_TIMEOUT: Final = 2.0
+#: The close reason past ``max_connections_per_ip``.
+TOO_MANY_FROM_ADDRESS: Final = "too many connections from your address"
 
 
 class Flusher:
@@ -97,6 +97,7 @@ class WebSocketPeer:
         "_tasks",
         "alive",
         "closed",
+        "closing",
         "max_queue",
         "session",
         "transport",
@@ -118,6 +119,8 @@ class WebSocketPeer:
         self.session = session
         self.max_queue = max_queue
         self.closed = False
+        #: The close handshake started by :meth:`close`, once there is one.
+        self.closing: asyncio.Task[None] | None = None
         self.alive = True
         self._pending: list[bytes] = []
         self._flusher = flusher
@@ -180,6 +183,7 @@ class WebSocketPeer:
             return
         self.closed = True
         task = asyncio.ensure_future(self._close(code, reason))
+        self.closing = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -284,6 +288,8 @@ class RoomcastServer:
         self._site: web.TCPSite | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._flusher: Flusher | None = None
+        #: Open WebSocket connections per client address.
+        self._per_ip: Counter[str] = Counter()
         self.url: str = ""
         self.app = self._make_app()
 
@@ -295,7 +301,7 @@ class RoomcastServer:
         app.router.add_get("/health", _health)
         app.router.add_get("/ready", _ready)
         app.router.add_get("/ws", self._websocket)
-        app.router.add_get("/api/rooms/{room}/messages", self._room_messages)
+        api.add_routes(app, self.node)
         app.router.add_get("/", self._index)
         return app
 
@@ -303,42 +309,6 @@ class RoomcastServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
         return web.Response(body=_page(), content_type="text/html", charset="utf-8")
-
-    # -- HTTP API ------------------------------------------------------------------
-
-    def _http_user(self, request: web.Request) -> UserInfo:
-        """The user of the request's bearer token, or a 401 JSON error."""
-        token = bearer_token(request.headers.get("Authorization"))
-        tokens = self.node.tokens
-        if token is None:
-            raise _http_error(401, "auth_failed", "send Authorization: Bearer TOKEN")
-        if tokens is None:
-            raise _http_error(401, "auth_failed", "this server accepts no tokens")
-        try:
-            claims = tokens.verify(token)
-        except AuthError as exc:
-            raise _http_error(401, "auth_failed", str(exc)) from None
-        return UserInfo(claims.user, False)
-
-    async def _room_messages(self, request: web.Request) -> web.Response:
-        """``GET /api/rooms/{room}/messages?before=SEQ&limit=N``: a page of history."""
-        user = self._http_user(request)
-        room = request.match_info["room"]
-        if not valid_room(room):
-            raise _http_error(400, "invalid_message", "room names match [a-z0-9][a-z0-9_-]{0,63}")
-        before = _query_int(request, "before", 1, 2**62, None)
-        limit = _query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
-        try:
-            reply = await self.node.history(user, room, before=before, limit=limit)
-        except ProtocolError as exc:
-            status = 403 if exc.code is ErrorCode.FORBIDDEN else 400
-            raise _http_error(status, str(exc.code), exc.message) from None
-        except BackendError as exc:
-            logger.error("history of %s failed: %s", room, exc)
-            raise _http_error(
-                503, "internal", "the message store is not answering; retry"
-            ) from None
-        return web.Response(body=orjson.dumps(reply.payload()), content_type="application/json")
 
     def _origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -358,6 +328,17 @@ class RoomcastServer:
             logger.info("refused handshake from origin %s", request.headers.get("Origin"))
             return _json_error(403, "forbidden", "origin not allowed")
         limits = self.config.limits
+        user, expires_at = None, None
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is not None:
+            # Non-browser clients may sign in with the handshake itself.
+            accounts = self.node.accounts
+            if accounts is None:
+                return _json_error(401, "auth_failed", "this server accepts no tokens")
+            try:
+                user, expires_at = await accounts.user_for_token(token)
+            except AuthError as exc:
+                return _json_error(401, "auth_failed", str(exc))
         ws = web.WebSocketResponse(
             # aiohttp refuses a frame whose length is >= max_msg_size.
             max_msg_size=limits.max_text_frame + 1,
@@ -367,13 +348,21 @@ class RoomcastServer:
         )
         tail = bytes(getattr(request.protocol, "_message_tail", b""))
         await ws.prepare(request)
+        # Upgraded first, then closed: a browser can read the close reason,
+        # never the body of a refused handshake.
+        remote = request.remote or ""
+        ip_cap = limits.max_connections_per_ip
+        if ip_cap > 0 and self._per_ip[remote] >= ip_cap:
+            logger.info("refused a connection from %s: %d open already", remote, ip_cap)
+            await ws.close(code=CloseCode.POLICY_VIOLATION, message=TOO_MANY_FROM_ADDRESS.encode())
+            return ws
         transport = request.transport
         assert transport is not None
         node = self.node
         peer = WebSocketPeer(
             ws,
             transport,
-            node.new_session(),
+            node.new_session(user),
             max_queue=limits.max_queue_bytes,
             flusher=self._get_flusher(),
             tasks=self._tasks,
@@ -384,8 +373,11 @@ class RoomcastServer:
         if task is not None:
             self._handlers.add(task)
         logger.info("connection %s opened from %s", peer.session.id, request.remote)
+        self._per_ip[remote] += 1  # no await since the cap was checked
         try:
             await node.connect(peer)
+            if expires_at is not None:
+                node.set_token_expiry(peer, expires_at)
             async for msg in ws:
                 kind = msg.type
                 try:
@@ -403,7 +395,20 @@ class RoomcastServer:
                     logger.exception("internal error on connection %s", peer.session.id)
                     reply = ErrorReply(ErrorCode.INTERNAL, "internal error")
                     peer.send(text_frame(encode(reply)))
+                if peer.closed:
+                    break  # the node closed it (abuse, auth): finish the handshake below
+            if peer.closing is not None:
+                # With nobody else reading, ws.close() reads and drops what the
+                # client still sends until its close frame. Closing the socket
+                # with unread data (a flooder's) would reset the connection,
+                # and the client could lose our close frame and its reason.
+                timeout = self.config.close_timeout + 1
+                if not (await asyncio.wait({peer.closing}, timeout=timeout))[0]:
+                    peer.terminate()
         finally:
+            self._per_ip[remote] -= 1
+            if self._per_ip[remote] <= 0:
+                del self._per_ip[remote]
             peer.closed = True
             self.peers.discard(peer)
             node.disconnect(peer)
@@ -513,34 +518,6 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-class _HTTPError(Exception):
-    """Leaves a handler as a JSON error response (see :func:`_json_errors`)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _http_error(status: int, code: str, message: str) -> _HTTPError:
-    return _HTTPError(status, code, message)
-
-
-def _query_int(
-    request: web.Request, name: str, low: int, high: int, default: int | None
-) -> int | None:
-    """An integer query parameter in ``[low, high]``, or a 400 JSON error."""
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _http_error(400, "invalid_message", f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise _http_error(400, "invalid_message", f"{name} must be between {low} and {high}")
-    return value
-
-
 _STATUS_CODES: Final = {
     400: "bad_request",
     401: "unauthorized",
@@ -558,8 +535,13 @@ async def _json_errors(
     """Every HTTP error leaves as JSON ``{"error": {"code", "message"}}``."""
     try:
         return await handler(request)
-    except _HTTPError as exc:
+    except BackendError as exc:
+        failure = api.backend_failure(exc)
+        return _json_error(failure.status, failure.code, failure.message)
+    except api.HTTPError as exc:
         response = _json_error(exc.status, exc.code, exc.message)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="roomcast"'
         return response

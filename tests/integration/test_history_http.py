@@ -31,9 +31,15 @@ def token(user: str = "alice", *, key: str = SECRET, **over: Any) -> str:
 
 
 @pytest.fixture
-def server(server_factory: ServerFactory) -> ServerProcess:
-    """A server whose tokens the tests can mint."""
-    return server_factory("--secret", SECRET)
+async def server(server_factory: ServerFactory) -> ServerProcess:
+    """A server whose tokens the tests can mint, with users alice and carol registered."""
+    server = server_factory("--secret", SECRET)
+    async with aiohttp.ClientSession() as http:
+        for name in ("alice", "carol"):
+            body = {"username": name, "password": "correct horse battery"}
+            async with http.post(server.http_url("/api/register"), json=body) as resp:
+                assert resp.status == 201, await resp.text()
+    return server
 
 
 async def fill(server: ServerProcess, room: str, count: int) -> None:
@@ -90,15 +96,16 @@ async def test_same_history_over_http_and_websocket(server: ServerProcess) -> No
     "bearer",
     [
         None,
+        token("nobody-registered"),
         "not-a-jwt",
         token(key="some-other-secret-" + "x" * 40),
         token(exp=int(time.time()) - 10),
         token(aud="elsewhere"),
     ],
-    ids=["missing", "garbage", "forged", "expired", "audience"],
+    ids=["missing", "unknown-user", "garbage", "forged", "expired", "audience"],
 )
 async def test_history_needs_a_valid_token(server: ServerProcess, bearer: str | None) -> None:
-    """No token, a garbage, forged, expired or foreign one: 401 JSON auth_failed."""
+    """No token, one for no user, a garbage, forged, expired or foreign one: 401 auth_failed."""
     status, body, headers = await get(server, "/api/rooms/lobby/messages", bearer)
     assert status == 401
     assert body["error"]["code"] == "auth_failed"
@@ -137,3 +144,20 @@ async def test_websocket_auth_with_a_token(server: ServerProcess) -> None:
         await send_json(ws, "chat", {"message": "signed in"}, id="c1")
         chat = await recv_type(ws, "chat")
         assert chat["payload"]["from"] == "carol"
+
+
+async def test_password_guessing_is_throttled(server: ServerProcess) -> None:
+    """After five attempts for one name from one address, logins get 429 with Retry-After."""
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(7):
+            body = {"username": "alice", "password": f"guess number {i}"}
+            async with http.post(server.http_url("/api/login"), json=body) as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert int(resp.headers["Retry-After"]) >= 1
+                    assert (await resp.json())["error"]["code"] == "rate_limited"
+        body = {"username": "carol", "password": "correct horse battery"}
+        async with http.post(server.http_url("/api/login"), json=body) as resp:
+            assert resp.status == 200, "another user is not throttled"
+    assert statuses == [401] * 5 + [429] * 2

@@ -188,7 +188,8 @@ def test_help_lists_every_flag() -> None:
     assert result.returncode == 0, result.stderr
     flags = (
         "--host --port --data-dir --database-url --history-days --tls-cert --tls-key "
-        "--allowed-origin --secret --heartbeat"
+        "--allowed-origin --secret --heartbeat --rate-limit --rate-burst "
+        "--max-connections-per-user --max-connections-per-ip"
     )
     for flag in flags.split():
         assert flag in result.stdout, f"{flag} missing from --help"

@@ -253,7 +253,7 @@ async def test_sigkill_mid_stream_keeps_every_acked_message(
     server_factory: ServerFactory,
 ) -> None:
     """After SIGKILL under load every acked message is stored with its seq, gapless and once."""
-    first = server_factory()
+    first = server_factory("--rate-limit", "0")  # the writers flood on purpose
     names = [f"writer{i}" for i in range(4)]
     acked_total = 0
     enough = asyncio.Event()
@@ -428,8 +428,11 @@ async def test_resend_after_reconnect_and_restart_is_stored_once(
 # -- replay while live -------------------------------------------------------------
 
 
-async def test_join_since_zero_during_live_stream_is_contiguous(server: ServerProcess) -> None:
+async def test_join_since_zero_during_live_stream_is_contiguous(
+    server_factory: ServerFactory,
+) -> None:
     """Clients joining with since=0 mid-stream get seqs 1..N exactly once, in order."""
+    server = server_factory("--rate-limit", "0")  # 400 messages in about a second
     total = 400
     marks = {100: asyncio.Event(), 250: asyncio.Event()}
     acked = 0
@@ -478,8 +481,9 @@ async def test_join_since_zero_during_live_stream_is_contiguous(server: ServerPr
         assert [c["message_id"] for c in chats] == [by_seq[s] for s in range(1, total + 1)]
 
 
-async def test_large_replay_is_paced_not_dropped(server: ServerProcess) -> None:
+async def test_large_replay_is_paced_not_dropped(server_factory: ServerFactory) -> None:
     """A since=0 join replaying far more than the 1 MiB queue limit gets it all, unclosed."""
+    server = server_factory("--rate-limit", "0")  # 6,000 messages written as fast as acked
     senders, per_sender = 2, 3000
     total = senders * per_sender
 

@@ -28,8 +28,12 @@ def guest_session(**kwargs: int) -> Session:
     return session
 
 
+#: The time every frame of these tests arrives at, unless a test says otherwise.
+NOW = 1000.0
+
+
 def send(session: Session, **frame: object) -> object:
-    return session.receive_text(json.dumps(frame))
+    return session.receive_text(json.dumps(frame), NOW)
 
 
 def assert_error(outcome: object, code: ErrorCode, frame_id: str | None = None) -> None:
@@ -54,7 +58,7 @@ def test_unknown_types_are_echoed() -> None:
 
 def test_parse_errors_become_error_replies() -> None:
     """Malformed frames are answered with an error frame, keeping the id when valid."""
-    assert_error(guest_session().receive_text("{nope"), ErrorCode.INVALID_JSON)
+    assert_error(guest_session().receive_text("{nope", NOW), ErrorCode.INVALID_JSON)
     assert_error(
         send(guest_session(), type="join", id="j", payload={}), ErrorCode.INVALID_MESSAGE, "j"
     )
@@ -95,7 +99,7 @@ def test_guests_cannot_send_direct_messages_or_files() -> None:
         send(session, type="direct", payload={"to": "b", "message": "m"}), ErrorCode.FORBIDDEN
     )
     header = json.dumps({"room": "lobby", "name": "a", "mime": "text/plain", "id": "f"}).encode()
-    outcome = session.receive_binary(struct.pack(">I", len(header)) + header + b"x")
+    outcome = session.receive_binary(struct.pack(">I", len(header)) + header + b"x", NOW)
     assert_error(outcome, ErrorCode.FORBIDDEN, "f")
 
 
@@ -107,16 +111,17 @@ def test_registered_users_pass_direct_and_files_to_the_node() -> None:
         None, "b", "m"
     )
     header = json.dumps({"room": "lobby", "name": "a", "mime": "text/plain"}).encode()
-    assert isinstance(session.receive_binary(struct.pack(">I", len(header)) + header), FileHeader)
+    frame = struct.pack(">I", len(header)) + header
+    assert isinstance(session.receive_binary(frame, NOW), FileHeader)
     other = json.dumps({"room": "x", "name": "a", "mime": "text/plain"}).encode()
     assert_error(
-        session.receive_binary(struct.pack(">I", len(other)) + other), ErrorCode.NOT_MEMBER
+        session.receive_binary(struct.pack(">I", len(other)) + other, NOW), ErrorCode.NOT_MEMBER
     )
 
 
 def test_binary_garbage_is_an_error_reply() -> None:
     """A malformed binary frame is answered with invalid_message."""
-    assert_error(guest_session().receive_binary(b"\x00\x01"), ErrorCode.INVALID_MESSAGE)
+    assert_error(guest_session().receive_binary(b"\x00\x01", NOW), ErrorCode.INVALID_MESSAGE)
 
 
 def test_unauthenticated_may_only_auth_or_ping() -> None:
@@ -156,3 +161,110 @@ def test_close_returns_rooms_and_ends_the_session() -> None:
     assert session.closed() == {"lobby", "a"}
     assert session.state is CLOSED
     assert session.rooms == set()
+
+
+# -- rate limits ------------------------------------------------------------------
+
+
+def limited_session(rate: float = 20.0, burst: int = 40) -> Session:
+    session = Session("s", UserInfo("ann", False), rate_limit=rate, rate_burst=burst)
+    session.joined("lobby")
+    return session
+
+
+def chat_at(session: Session, now: float, fid: str | None = None) -> object:
+    frame: dict[str, object] = {"type": "chat", "payload": {"message": "m"}}
+    if fid is not None:
+        frame["id"] = fid
+    return session.receive_text(json.dumps(frame), now)
+
+
+def test_chat_past_the_burst_is_rate_limited_with_retry_after() -> None:
+    """The 41st chat at one instant is refused rate_limited with its id and retry_after in ms."""
+    session = limited_session()
+    for i in range(40):
+        assert isinstance(chat_at(session, NOW, f"c{i}"), Chat)
+    outcome = chat_at(session, NOW, "c40")
+    assert_error(outcome, ErrorCode.RATE_LIMITED, "c40")
+    assert isinstance(outcome, Reply) and isinstance(outcome.frame, ErrorReply)
+    assert outcome.frame.extra == {"retry_after": 50}
+    assert outcome.frame.payload()["retry_after"] == 50
+    # One token comes back every 1/20 s.
+    assert isinstance(chat_at(session, NOW + 0.05, "c41"), Chat)
+    assert_error(chat_at(session, NOW + 0.05, "c42"), ErrorCode.RATE_LIMITED, "c42")
+
+
+def test_commands_have_five_times_the_budget_and_their_own_bucket() -> None:
+    """200 pings at once pass, the 201st is refused, and chats are still allowed."""
+    session = limited_session()
+    for i in range(200):
+        assert send_ping(session, f"p{i}") == Reply(Pong({}), f"p{i}")
+    assert_error(send_ping(session, "p200"), ErrorCode.RATE_LIMITED, "p200")
+    assert isinstance(chat_at(session, NOW), Chat)
+
+
+def send_ping(session: Session, fid: str) -> object:
+    return session.receive_text(json.dumps({"type": "ping", "id": fid}), NOW)
+
+
+def test_rejoining_128_rooms_after_a_reconnect_is_not_refused() -> None:
+    """A client joining its 128 rooms at once stays within the commands bucket."""
+    session = limited_session()
+    for i in range(128):
+        frame = {"type": "join", "payload": {"room": f"r{i}"}}
+        outcome = session.receive_text(json.dumps(frame), NOW)
+        assert isinstance(outcome, Join), outcome
+
+
+def test_malformed_and_binary_frames_draw_from_the_messages_bucket() -> None:
+    """Garbage, echoes and binary frames spend the messages budget like chats."""
+    session = limited_session(burst=3)
+    assert_error(session.receive_text("{nope", NOW), ErrorCode.INVALID_JSON)
+    assert isinstance(session.receive_text(json.dumps({"type": "what"}), NOW), Reply)
+    header = json.dumps({"room": "lobby", "name": "a", "mime": "text/plain", "id": "f"}).encode()
+    binary = struct.pack(">I", len(header)) + header
+    assert isinstance(session.receive_binary(binary, NOW), FileHeader)
+    assert_error(session.receive_text("{nope", NOW), ErrorCode.RATE_LIMITED)
+    assert_error(session.receive_binary(binary, NOW), ErrorCode.RATE_LIMITED, "f")
+    assert_error(chat_at(session, NOW, "c"), ErrorCode.RATE_LIMITED, "c")
+
+
+def test_ten_seconds_of_flooding_closes_with_1008() -> None:
+    """Refusals that keep coming for 10 s end in a policy-violation close, not earlier."""
+    session = limited_session()
+    closed_at = None
+    for step in range(2000):  # 100 frames a second for 20 s
+        now = NOW + step / 100
+        outcome = chat_at(session, now)
+        if isinstance(outcome, Close):
+            assert outcome == Close(CloseCode.POLICY_VIOLATION, "rate limit exceeded for 10 s")
+            closed_at = now
+            break
+        if isinstance(outcome, Reply):
+            assert_error(outcome, ErrorCode.RATE_LIMITED)
+        else:
+            assert isinstance(outcome, Chat)
+    assert closed_at is not None
+    # The burst of 40 lasts 0.5 s at 100/s (20/s refilled); refusals start then.
+    assert 10.4 <= closed_at - NOW <= 10.6
+
+
+def test_bursts_with_quiet_gaps_are_never_closed() -> None:
+    """Going over the limit now and then, with 2+ s of calm between, only earns errors."""
+    session = limited_session(burst=5)
+    refused = 0
+    for burst_no in range(30):  # 60 s of bursts of 10 every 2.5 s
+        start = NOW + burst_no * 2.5
+        for i in range(10):
+            outcome = chat_at(session, start + i * 0.001)
+            assert not isinstance(outcome, Close)
+            refused += isinstance(outcome, Reply)
+    assert refused > 0
+
+
+def test_rate_zero_is_unlimited() -> None:
+    """With rate_limit 0 no frame is ever refused."""
+    session = limited_session(rate=0)
+    assert session.limiter is None
+    for _ in range(10_000):
+        assert isinstance(chat_at(session, NOW), Chat)

@@ -134,3 +134,75 @@ async def test_first_seq_of_a_store_that_keeps_everything(store: Store) -> None:
     await store.append("r", "ann", "x")
     await store.append("r", "ann", "y")
     assert await store.first_seq("r") == 1
+
+
+async def test_users_are_unique_regardless_of_case(store: Store) -> None:
+    """A name registers once in any case; lookups ignore case and return it as registered."""
+    assert await store.create_user("Alice", "hash-1")
+    assert not await store.create_user("alice", "hash-2")
+    found = await store.get_user("ALICE")
+    assert found is not None and (found.name, found.password_hash) == ("Alice", "hash-1")
+    assert await store.get_user("bob") is None
+
+
+async def test_direct_messages_land_in_both_inboxes(store: Store) -> None:
+    """A direct message gets a seq in the sender's and the recipient's inbox, each gapless."""
+    for name in ("ann", "bob", "cat"):
+        await store.create_user(name, "h")
+    one = await store.append_direct("ann", "bob", "hi bob", client_id="d1")
+    two = await store.append_direct("cat", "bob", "hi from cat")
+    three = await store.append_direct("bob", "ann", "hi ann")
+    assert (one.sender_seq, one.recipient_seq) == (1, 1)
+    assert (two.sender_seq, two.recipient_seq) == (1, 2)
+    assert (three.sender_seq, three.recipient_seq) == (3, 2)
+    assert await store.direct_last_seq("bob") == 3
+    page, more = await store.direct_history("bob")
+    assert [(m.seq, m.sender, m.message) for m in page] == [
+        (1, "ann", "hi bob"),
+        (2, "cat", "hi from cat"),
+        (3, "bob", "hi ann"),
+    ]
+    assert not more
+    assert page[0].message_id == one.message.message_id
+    since, more = await store.direct_since("bob", 1, limit=1)
+    assert [m.seq for m in since] == [2] and more
+    before, more = await store.direct_history("bob", before=3, limit=1)
+    assert [m.seq for m in before] == [2] and more
+    again = await store.append_direct("ann", "bob", "hi bob", client_id="d1")
+    assert again.duplicate and again.message.message_id == one.message.message_id
+    assert (again.sender_seq, again.recipient_seq) == (1, 1)
+    assert await store.direct_last_seq("bob") == 3
+
+
+async def test_direct_message_to_yourself_is_listed_once(store: Store) -> None:
+    """A note to self takes one seq in the one inbox."""
+    await store.create_user("ann", "h")
+    note = await store.append_direct("ann", "ann", "remember the milk")
+    assert (note.sender_seq, note.recipient_seq) == (1, 1)
+    assert await store.direct_last_seq("ann") == 1
+
+
+async def test_private_rooms_and_members(store: Store) -> None:
+    """A private room admits its owner and members only; members can be added; lists filter."""
+    assert await store.create_room("team", owner="ann", private=True, members=frozenset({"bob"}))
+    assert not await store.create_room("team", owner="cat", private=False, members=frozenset())
+    access = await store.room_access("team")
+    assert access is not None and access.private and access.owner == "ann"
+    assert access.allows("ann") and access.allows("bob") and not access.allows("cat")
+    await store.add_room_members("team", frozenset({"cat"}))
+    access = await store.room_access("team")
+    assert access is not None and access.allows("cat")
+    await store.append("public-room", "dan", "hello")
+    assert await store.room_access("nowhere") is None
+    public = await store.room_access("public-room")
+    assert public is not None and not public.private and public.allows("anyone")
+    assert [r.name for r in await store.list_rooms(None)] == ["public-room"]
+    assert [r.name for r in await store.list_rooms("bob")] == ["public-room", "team"]
+    assert [r.name for r in await store.list_rooms("eve")] == ["public-room"]
+
+
+async def test_room_messages_continue_after_creating_a_room(store: Store) -> None:
+    """A created room starts at seq 1, and its messages count from there."""
+    await store.create_room("made", owner="ann", private=False, members=frozenset())
+    assert await store.last_seq("made") == 0
+    assert (await store.append("made", "ann", "first")).message.seq == 1

@@ -197,3 +197,11 @@ def test_open_store_refuses_unusable_urls(url: str) -> None:
 
     with pytest.raises(ConfigError):
         open_store(url, data_dir=Path("data"))
+
+
+async def test_database_file_is_private(store: SQLiteStore, path: Path) -> None:
+    """The database (it holds password hashes) is readable by the server's user only."""
+    await store.append("r", "ann", "x")
+    assert path.stat().st_mode & 0o777 == 0o600
+    wal = path.with_name(path.name + "-wal")
+    assert wal.stat().st_mode & 0o777 == 0o600

@@ -34,6 +34,7 @@ class ErrorCode(enum.StrEnum):
     NOT_MEMBER = "not_member"
     UNKNOWN_USER = "unknown_user"
     AUTH_FAILED = "auth_failed"
+    TOKEN_EXPIRED = "token_expired"
     RATE_LIMITED = "rate_limited"
     TOO_LARGE = "too_large"
     INTERNAL = "internal"

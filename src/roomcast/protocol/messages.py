@@ -36,6 +36,8 @@ __all__ = [
     "ChatMessage",
     "ClientFrame",
     "Direct",
+    "DirectHistoryReply",
+    "DirectHistoryRequest",
     "DirectMessage",
     "Echo",
     "EchoReply",
@@ -164,6 +166,21 @@ class HistoryRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectHistoryRequest:
+    """``direct_history``: a page of the user's own direct messages.
+
+    With ``since``, the messages after that seq, oldest first (to resume);
+    otherwise the ``limit`` messages before ``before`` (to scroll back).
+    """
+
+    TYPE: ClassVar[str] = "direct_history"
+    id: str | None
+    before: int | None = None
+    since: int | None = None
+    limit: int = DEFAULT_HISTORY_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceRequest:
     """``presence``: the members of a room."""
 
@@ -190,6 +207,7 @@ ClientFrame = (
     | Direct
     | Typing
     | HistoryRequest
+    | DirectHistoryRequest
     | PresenceRequest
     | Echo
 )
@@ -339,6 +357,18 @@ def _parse_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> 
     return HistoryRequest(fid, room, before, limit)
 
 
+def _parse_direct_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    before = _seq(payload, "before", fid, minimum=1)
+    since = _seq(payload, "since", fid, minimum=0)
+    if before is not None and since is not None:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE, "give payload.before or payload.since, not both", fid
+        )
+    limit = _seq(payload, "limit", fid, minimum=1)
+    limit = DEFAULT_HISTORY_LIMIT if limit is None else min(limit, MAX_HISTORY_LIMIT)
+    return DirectHistoryRequest(fid, before, since, limit)
+
+
 def _parse_presence(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
     return PresenceRequest(fid, _room(payload, fid))
 
@@ -351,6 +381,7 @@ _PARSERS: Final = {
     "direct": _parse_direct,
     "typing": _parse_typing,
     "history": _parse_history,
+    "direct_history": _parse_direct_history,
     "presence": _parse_presence,
 }
 
@@ -499,14 +530,25 @@ class DirectMessage:
     message: str
     message_id: str
     ts_ms: int
+    #: The seq in the direct-message stream of the user receiving this copy.
+    seq: int | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "from": self.sender,
             "to": self.to,
             "message": self.message,
             "message_id": self.message_id,
         }
+        if self.seq is not None:
+            out["seq"] = self.seq
+        return out
+
+    def history_item(self) -> dict[str, Any]:
+        item = self.payload()
+        item["type"] = self.TYPE
+        item["timestamp"] = format_timestamp(self.ts_ms)
+        return item
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,6 +661,27 @@ class HistoryReply:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectHistoryReply:
+    """A page of the user's direct messages, oldest first.
+
+    ``last_seq`` is the newest seq of the user's stream, so a client knows
+    whether it has caught up.
+    """
+
+    TYPE: ClassVar[str] = "direct_history"
+    messages: list[DirectMessage]
+    has_more: bool
+    last_seq: int
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "messages": [m.history_item() for m in self.messages],
+            "has_more": self.has_more,
+            "last_seq": self.last_seq,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class EchoReply:
     """The whole frame a client sent, sent back."""
 
@@ -661,6 +724,7 @@ ServerFrame = (
     | MemberList
     | TypingEvent
     | HistoryReply
+    | DirectHistoryReply
     | EchoReply
     | ErrorReply
 )

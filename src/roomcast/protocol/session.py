@@ -5,23 +5,27 @@ A :class:`Session` is fed each frame a client sends and answers with one
 :class:`Close` that ends the connection, or a validated client frame that the
 node must carry out (it needs the store, the broker or other connections).
 The session keeps what is known about one connection: who it is, which rooms
-it is in, and how many times it failed to authenticate. Like websockets'
+it is in, how many times it failed to authenticate, and its rate limits
+(the time is passed in, so the session still reads no clock). Like websockets'
 ``Protocol``, it is tested by feeding it bytes, with no socket and no loop.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Final
 
 from ..exceptions import ProtocolError
+from ..ratelimit import ABUSE_AFTER, Bucket, RateLimiter
 from .codes import CloseCode, ErrorCode
 from .messages import (
     AuthFrame,
     Chat,
     ClientFrame,
     Direct,
+    DirectHistoryRequest,
     Echo,
     EchoReply,
     ErrorReply,
@@ -41,6 +45,12 @@ __all__ = ["MAX_AUTH_FAILURES", "Close", "Outcome", "Reply", "Session", "State"]
 
 #: Failed ``auth`` frames after which the connection is closed with 1008.
 MAX_AUTH_FAILURES: Final = 3
+
+#: Frame types drawn from the commands bucket; every other frame (chat,
+#: direct, typing, files, echo, unknown types, malformed frames) is a message.
+COMMAND_TYPES: Final = frozenset(
+    {"join", "leave", "history", "direct_history", "presence", "ping", "auth"}
+)
 
 
 class State(enum.IntEnum):
@@ -86,9 +96,21 @@ class Session:
             when guests are not allowed).
         max_rooms: how many rooms the connection may be in at once.
         max_message_chars: the longest chat or direct message text.
+        rate_limit: messages a second (commands: five times as many); 0 is
+            unlimited.
+        rate_burst: messages allowed at once (commands: five times as many).
     """
 
-    __slots__ = ("auth_failures", "id", "max_message_chars", "max_rooms", "rooms", "state", "user")
+    __slots__ = (
+        "auth_failures",
+        "id",
+        "limiter",
+        "max_message_chars",
+        "max_rooms",
+        "rooms",
+        "state",
+        "user",
+    )
 
     def __init__(
         self,
@@ -97,6 +119,8 @@ class Session:
         *,
         max_rooms: int = 128,
         max_message_chars: int = 4000,
+        rate_limit: float = 20.0,
+        rate_burst: int = 40,
     ) -> None:
         self.id = session_id
         self.user = user
@@ -105,28 +129,58 @@ class Session:
         self.auth_failures = 0
         self.max_rooms = max_rooms
         self.max_message_chars = max_message_chars
+        #: None when rate limits are off.
+        self.limiter = RateLimiter(rate_limit, rate_burst) if rate_limit > 0 else None
 
     # -- input ---------------------------------------------------------------
 
-    def receive_text(self, data: str | bytes) -> Outcome:
-        """Handle one text frame; return what to do about it."""
+    def receive_text(self, data: str | bytes, now: float) -> Outcome:
+        """Handle one text frame received at ``now`` (seconds); return what to do about it."""
         try:
             frame = parse_client_frame(data, max_message_chars=self.max_message_chars)
         except ProtocolError as exc:
-            return Reply(ErrorReply.from_exception(exc), exc.frame_id)
+            limited = self._limit(Bucket.MESSAGES, now, exc.frame_id)
+            return limited or Reply(ErrorReply.from_exception(exc), exc.frame_id)
+        if self.limiter is not None:
+            bucket = Bucket.COMMANDS if frame.TYPE in COMMAND_TYPES else Bucket.MESSAGES
+            limited = self._limit(bucket, now, frame.id)
+            if limited is not None:
+                return limited
         return self._check(frame)
 
-    def receive_binary(self, data: bytes) -> Outcome:
-        """Handle one binary frame (a file): check its header and sender."""
+    def receive_binary(self, data: bytes, now: float) -> Outcome:
+        """Handle one binary frame (a file) received at ``now``: check its header and sender."""
         try:
             header = parse_binary_frame(data)
         except ProtocolError as exc:
-            return Reply(ErrorReply.from_exception(exc), exc.frame_id)
+            limited = self._limit(Bucket.MESSAGES, now, exc.frame_id)
+            return limited or Reply(ErrorReply.from_exception(exc), exc.frame_id)
+        limited = self._limit(Bucket.MESSAGES, now, header.id)
+        if limited is not None:
+            return limited
         if self.user is None or self.user.guest:
             return _error(ErrorCode.FORBIDDEN, "files need a registered user", header.id)
         if header.room is not None and header.room not in self.rooms:
             return _error(ErrorCode.NOT_MEMBER, f"not a member of {header.room}", header.id)
         return header
+
+    def _limit(self, bucket: Bucket, now: float, frame_id: str | None) -> Reply | Close | None:
+        """None when the frame may go on; else the refusal, or the close for abuse."""
+        limiter = self.limiter
+        if limiter is None:
+            return None
+        wait = limiter.take(bucket, now)
+        if wait <= 0.0:
+            return None
+        if limiter.abusive(now):
+            return Close(CloseCode.POLICY_VIOLATION, f"rate limit exceeded for {ABUSE_AFTER:g} s")
+        retry_after = max(1, math.ceil(wait * 1000))
+        reply = ErrorReply(
+            ErrorCode.RATE_LIMITED,
+            "too many frames; slow down",
+            {"retry_after": retry_after},
+        )
+        return Reply(reply, frame_id)
 
     def _check(self, frame: ClientFrame) -> Outcome:
         fid = frame.id
@@ -149,7 +203,7 @@ class Session:
         elif isinstance(frame, Leave):
             if frame.room not in self.rooms:
                 return _error(ErrorCode.NOT_MEMBER, f"not a member of {frame.room}", fid)
-        elif isinstance(frame, Direct):
+        elif isinstance(frame, Direct | DirectHistoryRequest):
             assert self.user is not None
             if self.user.guest:
                 return _error(ErrorCode.FORBIDDEN, "direct messages need a registered user", fid)

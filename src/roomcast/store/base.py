@@ -18,9 +18,17 @@ from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ..exceptions import ConfigError
-from ..protocol.messages import ChatMessage
+from ..protocol.messages import ChatMessage, DirectMessage
 
-__all__ = ["DEDUPE_SECONDS", "AppendResult", "Store", "open_store"]
+__all__ = [
+    "DEDUPE_SECONDS",
+    "AppendResult",
+    "DirectResult",
+    "RoomAccess",
+    "Store",
+    "StoredUser",
+    "open_store",
+]
 
 #: How long a resent frame ``id`` from the same sender is recognised (24 h).
 DEDUPE_SECONDS: Final = 24 * 3600
@@ -34,8 +42,44 @@ class AppendResult:
     duplicate: bool
 
 
+@dataclass(frozen=True, slots=True)
+class DirectResult:
+    """A stored direct message, its seq in each side's inbox, and whether it is a resend."""
+
+    message: DirectMessage
+    sender_seq: int
+    recipient_seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    """A registered user: the name as registered, and the password's argon2 hash."""
+
+    name: str
+    password_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomAccess:
+    """Who may use a room: anyone (public), or its owner and members (private)."""
+
+    name: str
+    private: bool
+    owner: str | None
+    members: frozenset[str]
+
+    def allows(self, user: str) -> bool:
+        """Whether ``user`` may join, read and post in this room."""
+        return not self.private or user == self.owner or user in self.members
+
+
 class Store(Protocol):
-    """Where room messages are kept."""
+    """Where room messages, direct messages, users and rooms are kept.
+
+    User names are unique regardless of case; methods taking a name accept
+    any case and return the name as registered.
+    """
 
     async def open(self) -> None:
         """Connect, create or migrate the schema."""
@@ -72,6 +116,52 @@ class Store(Protocol):
 
     async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
         """Up to ``limit`` messages with seq > ``seq``, oldest first."""
+
+    # -- direct messages -------------------------------------------------------
+
+    def append_direct(
+        self, sender: str, recipient: str, text: str, *, client_id: str | None = None
+    ) -> asyncio.Future[DirectResult]:
+        """Queue a direct message between two registered users (names as registered).
+
+        Queued with the room messages, in one order; a resend resolves to the
+        first copy like :meth:`append`.
+        """
+
+    async def direct_last_seq(self, owner: str) -> int:
+        """The newest seq in ``owner``'s inbox (0 when empty)."""
+
+    async def direct_history(
+        self, owner: str, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[DirectMessage], bool]:
+        """``owner``'s direct messages with seq < ``before``, oldest first, and ``has_more``."""
+
+    async def direct_since(
+        self, owner: str, seq: int, *, limit: int
+    ) -> tuple[list[DirectMessage], bool]:
+        """``owner``'s direct messages with seq > ``seq``, oldest first, and ``has_more``."""
+
+    # -- users and rooms ---------------------------------------------------------
+
+    async def create_user(self, name: str, password_hash: str) -> bool:
+        """Register ``name``; False when the name (in any case) is taken."""
+
+    async def get_user(self, name: str) -> StoredUser | None:
+        """The user called ``name`` in any case, or None."""
+
+    async def create_room(
+        self, name: str, *, owner: str, private: bool, members: frozenset[str]
+    ) -> bool:
+        """Create a room owned by ``owner``; False when it exists already."""
+
+    async def room_access(self, name: str) -> RoomAccess | None:
+        """The room's access rules, or None for a room never created or used."""
+
+    async def add_room_members(self, name: str, members: frozenset[str]) -> None:
+        """Add users to a room's members."""
+
+    async def list_rooms(self, user: str | None) -> list[RoomAccess]:
+        """Every room ``user`` may see (public rooms, and private ones it belongs to)."""
 
 
 def open_store(url: str | None, *, data_dir: Path, history_days: int = 0) -> Store:

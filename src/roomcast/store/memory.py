@@ -9,9 +9,10 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
-from ..protocol.messages import ChatMessage
-from .base import DEDUPE_SECONDS, AppendResult
+from ..protocol.messages import ChatMessage, DirectMessage
+from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
 
 __all__ = ["MemoryStore"]
 
@@ -26,6 +27,10 @@ class MemoryStore:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._rooms: dict[str, list[ChatMessage]] = {}
         self._seen: dict[tuple[str, str], tuple[float, ChatMessage]] = {}
+        self._seen_direct: dict[tuple[str, str], tuple[float, DirectResult]] = {}
+        self._inboxes: dict[str, list[DirectMessage]] = {}
+        self._users: dict[str, StoredUser] = {}
+        self._access: dict[str, RoomAccess] = {}
         self._clock = clock
 
     async def open(self) -> None:
@@ -85,3 +90,97 @@ class MemoryStore:
     async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
         messages = self._rooms.get(room, [])
         return messages[max(seq, 0) : max(seq, 0) + limit]
+
+    # -- direct messages -------------------------------------------------------
+
+    def append_direct(
+        self, sender: str, recipient: str, text: str, *, client_id: str | None = None
+    ) -> asyncio.Future[DirectResult]:
+        future: asyncio.Future[DirectResult] = asyncio.get_running_loop().create_future()
+        future.set_result(self._append_direct(sender, recipient, text, client_id))
+        return future
+
+    def _append_direct(
+        self, sender: str, recipient: str, text: str, client_id: str | None
+    ) -> DirectResult:
+        now = self._clock()
+        if client_id is not None:
+            seen = self._seen_direct.get((sender, client_id))
+            if seen is not None and now - seen[0] < DEDUPE_SECONDS:
+                first = seen[1]
+                return DirectResult(first.message, first.sender_seq, first.recipient_seq, True)
+        message = DirectMessage(sender, recipient, text, uuid.uuid4().hex, int(now * 1000))
+        seqs = []
+        for owner in dict.fromkeys((sender, recipient)):
+            inbox = self._inboxes.setdefault(owner, [])
+            inbox.append(message)
+            seqs.append(len(inbox))
+        result = DirectResult(message, seqs[0], seqs[-1], False)
+        if client_id is not None:
+            self._seen_direct[(sender, client_id)] = (now, result)
+        return result
+
+    async def direct_last_seq(self, owner: str) -> int:
+        return len(self._inboxes.get(owner, ()))
+
+    async def direct_history(
+        self, owner: str, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[DirectMessage], bool]:
+        inbox = self._inboxes.get(owner, [])
+        end = len(inbox) if before is None else max(0, min(before - 1, len(inbox)))
+        start = max(0, end - limit)
+        return _numbered(inbox, start, end), start > 0
+
+    async def direct_since(
+        self, owner: str, seq: int, *, limit: int
+    ) -> tuple[list[DirectMessage], bool]:
+        inbox = self._inboxes.get(owner, [])
+        start = max(seq, 0)
+        end = min(start + limit, len(inbox))
+        return _numbered(inbox, start, end), end < len(inbox)
+
+    # -- users and rooms ---------------------------------------------------------
+
+    async def create_user(self, name: str, password_hash: str) -> bool:
+        key = name.lower()
+        if key in self._users:
+            return False
+        self._users[key] = StoredUser(name, password_hash)
+        return True
+
+    async def get_user(self, name: str) -> StoredUser | None:
+        return self._users.get(name.lower())
+
+    async def create_room(
+        self, name: str, *, owner: str, private: bool, members: frozenset[str]
+    ) -> bool:
+        if name in self._access or name in self._rooms:
+            return False
+        self._access[name] = RoomAccess(name, private, owner, members)
+        self._rooms.setdefault(name, [])
+        return True
+
+    async def room_access(self, name: str) -> RoomAccess | None:
+        access = self._access.get(name)
+        if access is None and name in self._rooms:
+            return RoomAccess(name, False, None, frozenset())
+        return access
+
+    async def add_room_members(self, name: str, members: frozenset[str]) -> None:
+        access = self._access[name]
+        self._access[name] = RoomAccess(
+            name, access.private, access.owner, access.members | members
+        )
+
+    async def list_rooms(self, user: str | None) -> list[RoomAccess]:
+        rooms = []
+        for name in sorted(set(self._rooms) | set(self._access)):
+            access = await self.room_access(name)
+            if access is not None and (not access.private or (user and access.allows(user))):
+                rooms.append(access)
+        return rooms
+
+
+def _numbered(inbox: list[DirectMessage], start: int, end: int) -> list[DirectMessage]:
+    """``inbox[start:end]``, each with its seq (position + 1)."""
+    return [replace(m, seq=i + 1) for i, m in enumerate(inbox[start:end], start)]

@@ -56,6 +56,45 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX messages_ts ON messages (ts_ms)",
         ),
     ),
+    Migration(
+        2,
+        "users; private rooms with owners and members; direct messages and inboxes",
+        (
+            # name as registered; name_key (lower case) makes names unique
+            # regardless of case. dm_seq is the last seq of the user's inbox.
+            "CREATE TABLE users ("
+            " name TEXT PRIMARY KEY,"
+            " name_key TEXT NOT NULL UNIQUE,"
+            " password_hash TEXT NOT NULL,"
+            " dm_seq BIGINT NOT NULL DEFAULT 0,"
+            " created_ms BIGINT NOT NULL)",
+            "ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE rooms ADD COLUMN owner TEXT",
+            "CREATE TABLE room_members ("
+            " room TEXT NOT NULL,"
+            " name TEXT NOT NULL,"
+            " added_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (room, name))",
+            # A direct message is stored once, and listed in the inbox of
+            # both its sender and its recipient, each with its own seq.
+            "CREATE TABLE direct_messages ("
+            " message_id TEXT PRIMARY KEY,"
+            " sender TEXT NOT NULL,"
+            " recipient TEXT NOT NULL,"
+            " body TEXT NOT NULL,"
+            " client_id TEXT,"
+            " ts_ms BIGINT NOT NULL)",
+            "CREATE INDEX direct_messages_client_id ON direct_messages (sender, client_id)"
+            " WHERE client_id IS NOT NULL",
+            "CREATE INDEX direct_messages_ts ON direct_messages (ts_ms)",
+            "CREATE TABLE inbox ("
+            " owner TEXT NOT NULL,"
+            " seq BIGINT NOT NULL,"
+            " message_id TEXT NOT NULL,"
+            " PRIMARY KEY (owner, seq))",
+            "CREATE INDEX inbox_message_id ON inbox (message_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

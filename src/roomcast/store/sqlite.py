@@ -19,17 +19,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from ..exceptions import StoreError
-from ..protocol.messages import ChatMessage
-from .base import DEDUPE_SECONDS, AppendResult
+from ..protocol.messages import ChatMessage, DirectMessage
+from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
 from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 
 __all__ = ["SQLiteStore"]
@@ -58,20 +60,29 @@ _SAVE_SEQ: Final = (
     "INSERT INTO rooms (name, last_seq, created_ms) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq"
 )
+_DIRECT_COLUMNS: Final = "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq"
+_DIRECT_DEDUPE: Final = (
+    "SELECT message_id, recipient, body, ts_ms FROM direct_messages"
+    " WHERE sender = ? AND client_id = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT 1"
+)
 
 
 class _Pending:
-    __slots__ = ("client_id", "future", "room", "sender", "text")
+    """A queued message: for a room (``room``) or a direct one (``recipient``)."""
+
+    __slots__ = ("client_id", "future", "recipient", "room", "sender", "text")
 
     def __init__(
         self,
-        room: str,
+        room: str | None,
+        recipient: str | None,
         sender: str,
         text: str,
         client_id: str | None,
-        future: asyncio.Future[AppendResult],
+        future: asyncio.Future[Any],
     ) -> None:
         self.room = room
+        self.recipient = recipient
         self.sender = sender
         self.text = text
         self.client_id = client_id
@@ -105,7 +116,7 @@ class SQLiteStore:
         self._clock = clock
         self._busy_timeout = busy_timeout
         self._queue: list[_Pending] = []
-        self._inflight: dict[tuple[str, str], asyncio.Future[AppendResult]] = {}
+        self._inflight: dict[tuple[str, str, bool], asyncio.Future[Any]] = {}
         self._writing = False
         self._kick_scheduled = False
         self._idle: list[asyncio.Future[None]] = []
@@ -117,6 +128,7 @@ class SQLiteStore:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._seqs: dict[str, int] = {}  # writer thread only
+        self._inbox_seqs: dict[str, int] = {}  # writer thread only
         self._pruner: asyncio.Task[None] | None = None
 
     # -- life cycle ----------------------------------------------------------
@@ -147,6 +159,14 @@ class SQLiteStore:
         return conn
 
     def _open_writer(self) -> sqlite3.Connection:
+        # The database holds password hashes: only the server's user may read
+        # it (SQLite gives its -wal and -shm files the same mode).
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {self.path}: {exc.strerror}") from exc
         conn = self._connect()
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -190,20 +210,35 @@ class SQLiteStore:
     def append(
         self, room: str, sender: str, text: str, *, client_id: str | None = None
     ) -> asyncio.Future[AppendResult]:
+        return self._enqueue(room, None, sender, text, client_id)
+
+    def append_direct(
+        self, sender: str, recipient: str, text: str, *, client_id: str | None = None
+    ) -> asyncio.Future[DirectResult]:
+        return self._enqueue(None, recipient, sender, text, client_id)
+
+    def _enqueue(
+        self,
+        room: str | None,
+        recipient: str | None,
+        sender: str,
+        text: str,
+        client_id: str | None,
+    ) -> asyncio.Future[Any]:
         loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[AppendResult] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(StoreError("the store is closed"))
             return future
         if client_id is not None:
-            key = (sender, client_id)
+            key = (sender, client_id, room is None)
             first = self._inflight.get(key)
             if first is not None:
                 # A resend while the first is still being written.
                 first.add_done_callback(functools.partial(_as_duplicate, future))
                 return future
             self._inflight[key] = future
-        self._queue.append(_Pending(room, sender, text, client_id, future))
+        self._queue.append(_Pending(room, recipient, sender, text, client_id, future))
         if not self._writing and not self._kick_scheduled:
             self._kick_scheduled = True
             loop.call_soon(self._kick)
@@ -218,19 +253,22 @@ class SQLiteStore:
         job = self._loop.run_in_executor(self._writer, self._write, batch)
         job.add_done_callback(functools.partial(self._written, batch))
 
-    def _write(self, batch: list[_Pending]) -> list[AppendResult]:
+    def _write(self, batch: list[_Pending]) -> list[AppendResult | DirectResult]:
         """Store ``batch`` in one transaction (writer thread)."""
         conn = self._wconn
         assert conn is not None
         now_ms = int(self._clock() * 1000)
         cutoff = now_ms - DEDUPE_SECONDS * 1000
-        seqs = self._seqs
         touched: dict[str, int] = {}
-        results: list[AppendResult] = []
+        inboxes: dict[str, int] = {}
+        results: list[AppendResult | DirectResult] = []
         execute = conn.execute
         try:
             execute("BEGIN IMMEDIATE")
             for item in batch:
+                if item.room is None:
+                    results.append(self._write_direct(conn, item, now_ms, cutoff, inboxes))
+                    continue
                 room = item.room
                 if item.client_id is not None:
                     row = execute(_DEDUPE, (item.sender, item.client_id, cutoff)).fetchone()
@@ -239,11 +277,9 @@ class SQLiteStore:
                         continue
                 seq = touched.get(room)
                 if seq is None:
-                    seq = seqs.get(room)
+                    seq = self._seqs.get(room)
                     if seq is None:
-                        row = execute("SELECT last_seq FROM rooms WHERE name = ?", (room,))
-                        found = row.fetchone()
-                        seq = found[0] if found is not None else 0
+                        seq = _last_seq(conn, room)
                 seq += 1
                 touched[room] = seq
                 message_id = uuid.uuid4().hex
@@ -258,24 +294,74 @@ class SQLiteStore:
                 )
             for room, seq in touched.items():
                 execute(_SAVE_SEQ, (room, seq, now_ms))
+            for owner, seq in inboxes.items():
+                execute("UPDATE users SET dm_seq = ? WHERE name = ?", (seq, owner))
             execute("COMMIT")
         except BaseException:
-            seqs.clear()
+            self._seqs.clear()
+            self._inbox_seqs.clear()
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     logger.exception("rollback failed")
             raise
-        seqs.update(touched)
+        self._seqs.update(touched)
+        self._inbox_seqs.update(inboxes)
         return results
 
-    def _written(self, batch: list[_Pending], job: asyncio.Future[list[AppendResult]]) -> None:
+    def _write_direct(
+        self,
+        conn: sqlite3.Connection,
+        item: _Pending,
+        now_ms: int,
+        cutoff: int,
+        inboxes: dict[str, int],
+    ) -> DirectResult:
+        """Store one direct message inside the batch's transaction (writer thread)."""
+        sender, recipient = item.sender, item.recipient
+        assert recipient is not None
+        if item.client_id is not None:
+            row = conn.execute(_DIRECT_DEDUPE, (sender, item.client_id, cutoff)).fetchone()
+            if row is not None:
+                message_id, to, body, ts_ms = row
+                seqs = dict(
+                    conn.execute(
+                        "SELECT owner, seq FROM inbox WHERE message_id = ?", (message_id,)
+                    ).fetchall()
+                )
+                message = DirectMessage(sender, to, body, message_id, ts_ms)
+                return DirectResult(message, seqs.get(sender, 0), seqs.get(to, 0), True)
+        message_id = uuid.uuid4().hex
+        conn.execute(
+            "INSERT INTO direct_messages"
+            " (message_id, sender, recipient, body, client_id, ts_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, sender, recipient, item.text, item.client_id, now_ms),
+        )
+        seqs = {}
+        for owner in dict.fromkeys((sender, recipient)):
+            seq = inboxes.get(owner)
+            if seq is None:
+                seq = self._inbox_seqs.get(owner)
+                if seq is None:
+                    seq = _dm_seq(conn, owner)
+            seq += 1
+            inboxes[owner] = seqs[owner] = seq
+            conn.execute(
+                "INSERT INTO inbox (owner, seq, message_id) VALUES (?, ?, ?)",
+                (owner, seq, message_id),
+            )
+        message = DirectMessage(sender, recipient, item.text, message_id, now_ms)
+        return DirectResult(message, seqs[sender], seqs[recipient], False)
+
+    def _written(
+        self, batch: list[_Pending], job: asyncio.Future[list[AppendResult | DirectResult]]
+    ) -> None:
         """The writer thread finished ``batch``: resolve its futures in order."""
         self._writing = False
         for item in batch:
             if item.client_id is not None:
-                key = (item.sender, item.client_id)
+                key = (item.sender, item.client_id, item.room is None)
                 if self._inflight.get(key) is item.future:
                     del self._inflight[key]
         error = job.exception() if not job.cancelled() else StoreError("write cancelled")
@@ -362,6 +448,131 @@ class SQLiteStore:
 
         return await self._read(query)
 
+    # -- direct messages -------------------------------------------------------
+
+    async def direct_last_seq(self, owner: str) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT dm_seq FROM users WHERE name = ?", (owner,)).fetchone()
+            return int(row[0]) if row is not None else 0
+
+        return await self._read(query)
+
+    async def direct_history(
+        self, owner: str, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[DirectMessage], bool]:
+        bound = before if before is not None else 2**62
+
+        def query(conn: sqlite3.Connection) -> tuple[list[DirectMessage], bool]:
+            rows = conn.execute(
+                f"SELECT {_DIRECT_COLUMNS} FROM inbox i"
+                " JOIN direct_messages d ON d.message_id = i.message_id"
+                " WHERE i.owner = ? AND i.seq < ? ORDER BY i.seq DESC LIMIT ?",
+                (owner, bound, limit + 1),
+            ).fetchall()
+            return [DirectMessage(*row) for row in reversed(rows[:limit])], len(rows) > limit
+
+        return await self._read(query)
+
+    async def direct_since(
+        self, owner: str, seq: int, *, limit: int
+    ) -> tuple[list[DirectMessage], bool]:
+        def query(conn: sqlite3.Connection) -> tuple[list[DirectMessage], bool]:
+            rows = conn.execute(
+                f"SELECT {_DIRECT_COLUMNS} FROM inbox i"
+                " JOIN direct_messages d ON d.message_id = i.message_id"
+                " WHERE i.owner = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
+                (owner, seq, limit + 1),
+            ).fetchall()
+            return [DirectMessage(*row) for row in rows[:limit]], len(rows) > limit
+
+        return await self._read(query)
+
+    # -- users and rooms ---------------------------------------------------------
+
+    async def _write_now(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` in its own transaction on the writer thread."""
+        if self._closed or self._writer is None:
+            raise StoreError("the store is closed")
+        conn = self._wconn
+        assert conn is not None
+
+        def run() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = job(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._writer, run)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
+    async def create_user(self, name: str, password_hash: str) -> bool:
+        now_ms = int(self._clock() * 1000)
+
+        def job(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO users (name, name_key, password_hash, created_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (name, name.lower(), password_hash, now_ms),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write_now(job)
+
+    async def get_user(self, name: str) -> StoredUser | None:
+        def query(conn: sqlite3.Connection) -> StoredUser | None:
+            row = conn.execute(
+                "SELECT name, password_hash FROM users WHERE name_key = ?", (name.lower(),)
+            ).fetchone()
+            return StoredUser(*row) if row is not None else None
+
+        return await self._read(query)
+
+    async def create_room(
+        self, name: str, *, owner: str, private: bool, members: frozenset[str]
+    ) -> bool:
+        now_ms = int(self._clock() * 1000)
+
+        def job(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
+                " VALUES (?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (name, now_ms, int(private), owner),
+            )
+            if cursor.rowcount != 1:
+                return False
+            _insert_members(conn, name, members, now_ms)
+            return True
+
+        return await self._write_now(job)
+
+    async def room_access(self, name: str) -> RoomAccess | None:
+        return await self._read(functools.partial(_room_access, name=name))
+
+    async def add_room_members(self, name: str, members: frozenset[str]) -> None:
+        now_ms = int(self._clock() * 1000)
+        await self._write_now(lambda conn: _insert_members(conn, name, members, now_ms))
+
+    async def list_rooms(self, user: str | None) -> list[RoomAccess]:
+        def query(conn: sqlite3.Connection) -> list[RoomAccess]:
+            rows = conn.execute(
+                "SELECT name FROM rooms WHERE private = 0"
+                " OR owner = ? OR name IN (SELECT room FROM room_members WHERE name = ?)"
+                " ORDER BY name",
+                (user, user),
+            ).fetchall()
+            found = [_room_access(conn, row[0]) for row in rows]
+            return [access for access in found if access is not None]
+
+        return await self._read(query)
+
     # -- retention -----------------------------------------------------------
 
     async def prune(self) -> int:
@@ -383,12 +594,26 @@ class SQLiteStore:
     def _prune_chunk(self, cutoff_ms: int) -> int:
         conn = self._wconn
         assert conn is not None
-        cursor = conn.execute(
-            "DELETE FROM messages WHERE rowid IN"
-            " (SELECT rowid FROM messages WHERE ts_ms < ? LIMIT ?)",
-            (cutoff_ms, PRUNE_CHUNK),
-        )
-        return cursor.rowcount
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = conn.execute(
+                "DELETE FROM messages WHERE rowid IN"
+                " (SELECT rowid FROM messages WHERE ts_ms < ? LIMIT ?)",
+                (cutoff_ms, PRUNE_CHUNK),
+            )
+            removed = cursor.rowcount
+            old = conn.execute(
+                "SELECT message_id FROM direct_messages WHERE ts_ms < ? LIMIT ?",
+                (cutoff_ms, PRUNE_CHUNK),
+            ).fetchall()
+            conn.executemany("DELETE FROM inbox WHERE message_id = ?", old)
+            conn.executemany("DELETE FROM direct_messages WHERE message_id = ?", old)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return removed + len(old)
 
     async def _prune_logged(self) -> None:
         try:
@@ -405,14 +630,29 @@ class SQLiteStore:
             await self._prune_logged()
 
 
+def _room_access(conn: sqlite3.Connection, name: str) -> RoomAccess | None:
+    row = conn.execute("SELECT private, owner FROM rooms WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    members = conn.execute("SELECT name FROM room_members WHERE room = ?", (name,)).fetchall()
+    return RoomAccess(name, bool(row[0]), row[1], frozenset(m[0] for m in members))
+
+
+def _insert_members(
+    conn: sqlite3.Connection, room: str, members: frozenset[str], now_ms: int
+) -> None:
+    conn.executemany(
+        "INSERT INTO room_members (room, name, added_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        [(room, member, now_ms) for member in sorted(members)],
+    )
+
+
 def _last_seq(conn: sqlite3.Connection, room: str) -> int:
     row = conn.execute("SELECT last_seq FROM rooms WHERE name = ?", (room,)).fetchone()
     return int(row[0]) if row is not None else 0
 
 
-def _as_duplicate(
-    future: asyncio.Future[AppendResult], first: asyncio.Future[AppendResult]
-) -> None:
+def _as_duplicate(future: asyncio.Future[Any], first: asyncio.Future[Any]) -> None:
     if future.done():
         return
     if first.cancelled():
@@ -420,7 +660,14 @@ def _as_duplicate(
     elif (error := first.exception()) is not None:
         future.set_exception(StoreError(f"the message was not stored: {error}"))
     else:
-        future.set_result(AppendResult(first.result().message, True))
+        future.set_result(replace(first.result(), duplicate=True))
+
+
+def _dm_seq(conn: sqlite3.Connection, owner: str) -> int:
+    row = conn.execute("SELECT dm_seq FROM users WHERE name = ?", (owner,)).fetchone()
+    if row is None:
+        raise sqlite3.IntegrityError(f"no user {owner!r} for a direct message")
+    return int(row[0])
 
 
 def _migrate(conn: sqlite3.Connection, now_ms: int) -> None:

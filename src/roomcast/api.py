@@ -1,0 +1,357 @@
+"""The HTTP API under ``/api``: accounts, rooms, history, publishing, direct messages.
+
+Handlers parse and check the request, call the node, and answer JSON. Every
+error leaves as ``{"error": {"code", "message"}}`` through :class:`HTTPError`
+(the server's middleware renders it). Authenticated routes take
+``Authorization: Bearer TOKEN``; a token is checked the same way as over
+WebSocket (signature, expiry, and that its user exists).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from .auth import bearer_token
+from .exceptions import AuthError, BackendError, ProtocolError
+from .node import Node
+from .protocol.codes import ErrorCode
+from .protocol.messages import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_ROOM,
+    MAX_HISTORY_LIMIT,
+    MAX_ID_LENGTH,
+    UserInfo,
+    format_timestamp,
+    valid_room,
+)
+from .ratelimit import TokenBucket
+from .store.base import RoomAccess
+
+__all__ = ["HTTPError", "add_routes"]
+
+logger = logging.getLogger("roomcast.api")
+
+NODE: Final = web.AppKey("node", Node)
+#: Most members named in one request.
+MAX_MEMBERS: Final = 1000
+#: Login attempts per client address and username: a burst, then one per 12 s.
+LOGIN_BURST: Final = 5
+LOGIN_RATE: Final = 1 / 12
+
+
+class LoginThrottle:
+    """Slows password guessing: attempts per (address, username) through a token bucket."""
+
+    __slots__ = ("_buckets",)
+
+    #: Buckets kept before the oldest are forgotten.
+    MAX_KEYS: Final = 10_000
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def wait(self, address: str, username: str) -> float:
+        """Seconds until this attempt may be made (0: go ahead, counted)."""
+        key = (address, username.lower())
+        bucket = self._buckets.pop(key, None) or TokenBucket(LOGIN_RATE, LOGIN_BURST)
+        self._buckets[key] = bucket  # most recent last
+        if len(self._buckets) > self.MAX_KEYS:
+            del self._buckets[next(iter(self._buckets))]
+        return bucket.take(time.monotonic())
+
+
+_THROTTLE: Final = web.AppKey("login_throttle", LoginThrottle)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HTTPError(Exception):
+    """Leaves a handler as a JSON error response."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        #: Seconds the client should wait (sent as ``Retry-After``).
+        self.retry_after = retry_after
+
+
+def add_routes(app: web.Application, node: Node) -> None:
+    """Register the ``/api`` routes on ``app``."""
+    app[NODE] = node
+    app[_THROTTLE] = LoginThrottle()
+    app.router.add_post("/api/register", _register)
+    app.router.add_post("/api/login", _login)
+    app.router.add_get("/api/rooms", _list_rooms)
+    app.router.add_post("/api/rooms", _create_room)
+    app.router.add_post("/api/rooms/{room}/members", _add_members)
+    app.router.add_get("/api/rooms/{room}/messages", _room_messages)
+    app.router.add_post("/api/rooms/{room}/messages", _post_message)
+    app.router.add_get("/api/direct/messages", _direct_messages)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body, or a 400."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise HTTPError(400, "invalid_json", "the body is not valid JSON") from None
+    if type(body) is not dict:
+        raise HTTPError(400, "invalid_message", "the body must be a JSON object")
+    return body
+
+
+async def _user(request: web.Request) -> UserInfo:
+    """The registered user of the request's bearer token, or a 401."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise HTTPError(401, "auth_failed", "send Authorization: Bearer TOKEN")
+    accounts = request.app[NODE].accounts
+    if accounts is None:
+        raise HTTPError(401, "auth_failed", "this server accepts no tokens")
+    try:
+        user, _ = await accounts.user_for_token(token)
+    except AuthError as exc:
+        raise HTTPError(401, "auth_failed", str(exc)) from None
+    return user
+
+
+def _room(request: web.Request) -> str:
+    room = request.match_info["room"]
+    if not valid_room(room):
+        raise HTTPError(400, "invalid_message", "room names match [a-z0-9][a-z0-9_-]{0,63}")
+    return room
+
+
+def query_int(
+    request: web.Request, name: str, low: int, high: int, default: int | None
+) -> int | None:
+    """An integer query parameter in ``[low, high]``, or a 400 JSON error."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPError(400, "invalid_message", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise HTTPError(400, "invalid_message", f"{name} must be between {low} and {high}")
+    return value
+
+
+def _from_protocol(exc: ProtocolError) -> HTTPError:
+    status = {
+        ErrorCode.FORBIDDEN: 403,
+        ErrorCode.UNKNOWN_USER: 404,
+        ErrorCode.TOO_LARGE: 413,
+        ErrorCode.RATE_LIMITED: 429,
+    }.get(exc.code, 400)
+    return HTTPError(status, str(exc.code), exc.message)
+
+
+def _names(value: object, field: str) -> list[str]:
+    if value is None:
+        return []
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_MEMBERS
+        or not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value)
+    ):
+        raise HTTPError(400, "invalid_message", f"{field} must be a list of user names")
+    return value
+
+
+async def _registered(node: Node, names: list[str]) -> frozenset[str]:
+    """The names as registered; a 400 ``unknown_user`` naming the first that is not."""
+    found = set()
+    for name in names:
+        user = await node.store.get_user(name)
+        if user is None:
+            raise HTTPError(400, "unknown_user", f"there is no user {name}")
+        found.add(user.name)
+    return frozenset(found)
+
+
+def _room_json(access: RoomAccess, node: Node, *, with_members: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": access.name,
+        "private": access.private,
+        "member_count": node.hub.member_count(access.name),
+    }
+    if access.owner is not None:
+        out["owner"] = access.owner
+    if with_members and access.private:
+        out["members"] = sorted(access.members)
+    return out
+
+
+# -- accounts ----------------------------------------------------------------------
+
+
+async def _register(request: web.Request) -> web.Response:
+    """``POST /api/register`` ``{"username","password"}``: 201, 400 invalid, 409 taken."""
+    body = await _body(request)
+    accounts = request.app[NODE].accounts
+    if accounts is None:
+        raise HTTPError(403, "forbidden", "this server has no accounts")
+    try:
+        name = await accounts.register(body.get("username"), body.get("password"))
+    except ProtocolError as exc:
+        if exc.extra.get("taken"):
+            raise HTTPError(409, "name_taken", exc.message) from None
+        raise _from_protocol(exc) from None
+    return _json({"user": {"name": name}}, status=201)
+
+
+async def _login(request: web.Request) -> web.Response:
+    """``POST /api/login`` ``{"username","password"}``: 200 with a token, 401 otherwise."""
+    body = await _body(request)
+    accounts = request.app[NODE].accounts
+    if accounts is None:
+        raise HTTPError(403, "forbidden", "this server has no accounts")
+    username = body.get("username")
+    if isinstance(username, str):
+        wait = request.app[_THROTTLE].wait(request.remote or "", username)
+        if wait > 0:
+            raise HTTPError(
+                429, "rate_limited", "too many login attempts; wait and retry", retry_after=wait
+            )
+    try:
+        token, expires, name = await accounts.login(username, body.get("password"))
+    except AuthError as exc:
+        raise HTTPError(401, "auth_failed", str(exc)) from None
+    return _json(
+        {
+            "token": token,
+            "expires_at": format_timestamp(expires * 1000),
+            "user": {"name": name},
+        }
+    )
+
+
+# -- rooms -------------------------------------------------------------------------
+
+
+async def _list_rooms(request: web.Request) -> web.Response:
+    """``GET /api/rooms``: the rooms the caller may see (public ones without a token)."""
+    node = request.app[NODE]
+    user = await _user(request) if "Authorization" in request.headers else None
+    stored = await node.store.list_rooms(user.name if user is not None else None)
+    rooms = {access.name: access for access in stored}
+    for name in node.hub.rooms():  # public rooms joined but with no message yet
+        rooms.setdefault(name, RoomAccess(name, False, None, frozenset()))
+    rooms.setdefault(DEFAULT_ROOM, RoomAccess(DEFAULT_ROOM, False, None, frozenset()))
+    listed = [_room_json(rooms[name], node, with_members=True) for name in sorted(rooms)]
+    return _json({"rooms": listed})
+
+
+async def _create_room(request: web.Request) -> web.Response:
+    """``POST /api/rooms`` ``{"name","private"?,"members"?}``: 201, or 409 when it exists."""
+    node = request.app[NODE]
+    user = await _user(request)
+    body = await _body(request)
+    name = body.get("name")
+    if not valid_room(name):
+        raise HTTPError(400, "invalid_message", "name must match [a-z0-9][a-z0-9_-]{0,63}")
+    assert isinstance(name, str)
+    private = body.get("private", True)
+    if not isinstance(private, bool):
+        raise HTTPError(400, "invalid_message", "private must be true or false")
+    members = await _registered(node, _names(body.get("members"), "members"))
+    if name == DEFAULT_ROOM or node.hub.member_count(name) > 0:
+        raise HTTPError(409, "room_exists", f"{name} exists already")
+    if not await node.store.create_room(name, owner=user.name, private=private, members=members):
+        raise HTTPError(409, "room_exists", f"{name} exists already")
+    access = RoomAccess(name, private, user.name, members)
+    logger.info("%s created %s room %s", user.name, "private" if private else "public", name)
+    return _json({"room": _room_json(access, node, with_members=True)}, status=201)
+
+
+async def _add_members(request: web.Request) -> web.Response:
+    """``POST /api/rooms/{room}/members`` ``{"members":[...]}``: owner only."""
+    node = request.app[NODE]
+    user = await _user(request)
+    room = _room(request)
+    body = await _body(request)
+    names = _names(body.get("members"), "members")
+    if not names:
+        raise HTTPError(400, "invalid_message", "members must name at least one user")
+    access = await node.store.room_access(room)
+    if access is None or not access.private:
+        raise HTTPError(404, "not_found", f"there is no private room {room}")
+    if access.owner != user.name:
+        raise HTTPError(403, "forbidden", f"only the owner of {room} may add members")
+    members = await _registered(node, names)
+    await node.store.add_room_members(room, members)
+    updated = RoomAccess(room, True, access.owner, access.members | members)
+    return _json({"room": _room_json(updated, node, with_members=True)})
+
+
+# -- messages ----------------------------------------------------------------------
+
+
+async def _room_messages(request: web.Request) -> web.Response:
+    """``GET /api/rooms/{room}/messages?before=SEQ&limit=N``: a page of history."""
+    user = await _user(request)
+    room = _room(request)
+    before = query_int(request, "before", 1, 2**62, None)
+    limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
+    try:
+        reply = await request.app[NODE].history(user, room, before=before, limit=limit)
+    except ProtocolError as exc:
+        raise _from_protocol(exc) from None
+    return _json(reply.payload())
+
+
+async def _post_message(request: web.Request) -> web.Response:
+    """``POST /api/rooms/{room}/messages`` ``{"message","id"?}``: 201 ``{"seq","message_id"}``."""
+    node = request.app[NODE]
+    user = await _user(request)
+    room = _room(request)
+    body = await _body(request)
+    text, client_id = body.get("message"), body.get("id")
+    limit = node.limits.max_message_chars
+    if not isinstance(text, str) or not text.strip():
+        raise HTTPError(400, "invalid_message", "message must be a non-empty string")
+    if len(text) > limit:
+        raise HTTPError(413, "too_large", f"message is longer than {limit} characters")
+    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_ID_LENGTH):
+        raise HTTPError(400, "invalid_message", f"id must be a string of at most {MAX_ID_LENGTH}")
+    try:
+        message = await node.post(user, room, text, client_id=client_id)
+    except ProtocolError as exc:
+        raise _from_protocol(exc) from None
+    return _json({"room": room, "seq": message.seq, "message_id": message.message_id}, 201)
+
+
+async def _direct_messages(request: web.Request) -> web.Response:
+    """``GET /api/direct/messages?before=SEQ|since=SEQ&limit=N``: the caller's direct messages."""
+    user = await _user(request)
+    before = query_int(request, "before", 1, 2**62, None)
+    since = query_int(request, "since", 0, 2**62, None)
+    if before is not None and since is not None:
+        raise HTTPError(400, "invalid_message", "give before or since, not both")
+    limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
+    reply = await request.app[NODE].direct_history(user, before=before, since=since, limit=limit)
+    return _json(reply.payload())
+
+
+def backend_failure(exc: BackendError) -> HTTPError:
+    """The 503 answer when the store or broker failed."""
+    logger.error("backend failure: %s", exc)
+    return HTTPError(503, "internal", "the server could not do that now; retry")
