@@ -12,20 +12,16 @@ import asyncio
 import contextlib
 import json
 import statistics
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
+from tests.integration.users import SECRET, closed_with, mint, register
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
-
-SECRET = "abuse-tests-secret-" + "0123456789abcdef" * 3
 
 #: The most frames the flood test sends, and for how long at most.
 FLOOD_MAX_FRAMES, FLOOD_MAX_SECONDS = 5000, 15.0
@@ -33,18 +29,6 @@ FLOOD_MAX_FRAMES, FLOOD_MAX_SECONDS = 5000, 15.0
 FLOOD_BATCH, FLOOD_TICK = 5, 0.02
 #: A generous bound on the bystander's ping round trip during the flood.
 MAX_RTT = 0.25
-
-
-async def closed_with(ws: ClientConnection, timeout: float = RECV_TIMEOUT) -> tuple[int, str]:
-    """Read (and drop) frames until the server closes ``ws``; its close code and reason."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as exc:
-        assert exc.rcvd is not None, "the connection ended without a close frame"
-        return exc.rcvd.code, exc.rcvd.reason
-    raise AssertionError("unreachable")
 
 
 async def ping_rtt(ws: ClientConnection, fid: str) -> float:
@@ -194,25 +178,6 @@ async def test_rate_limit_zero_lets_a_back_to_back_burst_through(
 
 
 # -- connection caps ----------------------------------------------------------------
-
-
-def mint(user: str) -> str:
-    """A token for ``user``, signed with the test server's secret."""
-    now = int(time.time())
-    claims = {"sub": user, "iss": "roomcast", "aud": "roomcast", "iat": now, "exp": now + 600}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-async def register(server: ServerProcess, username: str, password: str) -> None:
-    """Create the account when the server has ``POST /api/register`` (404 before accounts)."""
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.http_url("/api/register"), json={"username": username, "password": password}
-        ) as resp:
-            if resp.status == 404:
-                return  # no accounts yet: any signed token is a user
-            body = await resp.text()
-            assert resp.status in (200, 201), f"register answered {resp.status}: {body}"
 
 
 @contextlib.asynccontextmanager

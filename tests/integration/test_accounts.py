@@ -10,121 +10,30 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
 
 import aiohttp
 import jwt
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
+from tests.integration.users import (
+    PASSWORD,
+    SECRET,
+    auth,
+    bearer,
+    call,
+    closed_with,
+    expect_pong,
+    login,
+    mint,
+    register,
+)
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
 
-SECRET = "accounts-tests-secret-" + "0123456789abcdef" * 3
-PASSWORD = "correct horse battery"
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-
-
-# -- helpers (also used by test_rooms_and_direct.py) ----------------------------------
-
-
-def mint(user: str, *, key: str = SECRET, algorithm: str = "HS256", **over: Any) -> str:
-    """A token for ``user`` signed like the server's, with claims overridden by ``over``."""
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "sub": user,
-        "iss": "roomcast",
-        "aud": "roomcast",
-        "iat": now,
-        "exp": now + 600,
-    }
-    claims.update(over)
-    if algorithm == "none":
-        return jwt.encode(claims, None, algorithm="none")
-    return jwt.encode(claims, key, algorithm=algorithm)
-
-
-async def call(
-    server: ServerProcess,
-    method: str,
-    path: str,
-    *,
-    json: Any = None,
-    data: bytes | None = None,
-    bearer: str | None = None,
-) -> tuple[int, Any]:
-    """One HTTP request to the server: its status and JSON body."""
-    headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
-    timeout = aiohttp.ClientTimeout(total=RECV_TIMEOUT * 2)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        async with http.request(
-            method, server.http_url(path), json=json, data=data, headers=headers
-        ) as resp:
-            assert resp.content_type == "application/json", await resp.text()
-            return resp.status, await resp.json()
-
-
-async def register(server: ServerProcess, name: str, password: str = PASSWORD) -> None:
-    """Register ``name`` (must succeed)."""
-    status, body = await call(
-        server, "POST", "/api/register", json={"username": name, "password": password}
-    )
-    assert status == 201, body
-
-
-async def login(server: ServerProcess, name: str, password: str = PASSWORD) -> str:
-    """Log ``name`` in; its token."""
-    status, body = await call(
-        server, "POST", "/api/login", json={"username": name, "password": password}
-    )
-    assert status == 200, body
-    return str(body["token"])
-
-
-async def sign_up(server: ServerProcess, name: str, password: str = PASSWORD) -> str:
-    """Register ``name``, log it in, and return its token."""
-    await register(server, name, password)
-    return await login(server, name, password)
-
-
-def bearer(token: str) -> dict[str, str]:
-    """The handshake header that signs a WebSocket in with ``token``."""
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def auth(ws: ClientConnection, token: str, fid: str = "auth") -> dict[str, Any]:
-    """Send ``auth`` with ``token``; the ``auth`` or ``error`` frame answering it."""
-    await send_json(ws, "auth", {"token": token}, id=fid)
-    async with asyncio.timeout(RECV_TIMEOUT):
-        while True:
-            frame = await recv_json(ws)
-            if frame["type"] in ("auth", "error") and frame.get("id") == fid:
-                return frame
-
-
-async def closed_with(ws: ClientConnection, timeout: float = RECV_TIMEOUT) -> int:
-    """Read (and drop) frames until the server closes ``ws``; the close code it sent."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as exc:
-        assert exc.rcvd is not None, "the connection ended without a close frame"
-        return exc.rcvd.code
-    raise AssertionError("unreachable")
-
-
-async def expect_pong(ws: ClientConnection, fid: str) -> None:
-    """A ``ping`` gets its ``pong`` (nothing else that matters in between)."""
-    await send_json(ws, "ping", {"n": fid}, id=fid)
-    async with asyncio.timeout(RECV_TIMEOUT):
-        while True:
-            frame = await recv_json(ws)
-            if frame["type"] == "pong" and frame.get("id") == fid:
-                assert frame["payload"] == {"n": fid}
-                return
 
 
 @pytest.fixture
@@ -318,7 +227,7 @@ async def test_third_failed_auth_closes_with_1008(server: ServerProcess) -> None
             failed = await auth(ws, BAD_TOKENS[kind](), fid=f"a{i}")
             assert failed["type"] == "error"
             assert failed["payload"]["code"] == "auth_failed"
-        assert await closed_with(ws) == 1008
+        assert (await closed_with(ws))[0] == 1008
 
 
 async def test_a_guest_cannot_take_a_registered_name(server: ServerProcess) -> None:
@@ -396,7 +305,7 @@ async def test_no_guests_closes_the_unauthenticated_not_the_signed_in(
         joined = await recv_json(member)
         assert joined["type"] == "joined"
         assert joined["payload"]["room"] == "lobby"
-        assert await closed_with(silent, timeout=15.0) == 1008
+        assert (await closed_with(silent, timeout=15.0))[0] == 1008
         waited = time.monotonic() - started
         assert 8.5 <= waited <= 15.0, f"closed after {waited:.1f} s"
         await asyncio.sleep(0.5)

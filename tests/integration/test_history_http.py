@@ -6,28 +6,13 @@ import time
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
+from tests.integration.users import PASSWORD, SECRET, mint
 from tests.integration.wsclient import recv_type, send_json, welcome
-
-SECRET = "integration-secret-" + "0123456789abcdef" * 3
-
-
-def token(user: str = "alice", *, key: str = SECRET, **over: Any) -> str:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "sub": user,
-        "iss": "roomcast",
-        "aud": "roomcast",
-        "iat": now,
-        "exp": now + 600,
-    }
-    claims.update(over)
-    return jwt.encode(claims, key, algorithm="HS256")
 
 
 @pytest.fixture
@@ -36,7 +21,7 @@ async def server(server_factory: ServerFactory) -> ServerProcess:
     server = server_factory("--secret", SECRET)
     async with aiohttp.ClientSession() as http:
         for name in ("alice", "carol"):
-            body = {"username": name, "password": "correct horse battery"}
+            body = {"username": name, "password": PASSWORD}
             async with http.post(server.http_url("/api/register"), json=body) as resp:
                 assert resp.status == 201, await resp.text()
     return server
@@ -66,24 +51,26 @@ async def get(
 async def test_pages_of_history_with_a_token(server: ServerProcess) -> None:
     """GET /api/rooms/r/messages pages with before/limit, oldest first, has_more."""
     await fill(server, "books", 7)
-    status, body, _ = await get(server, "/api/rooms/books/messages?limit=3", token())
+    status, body, _ = await get(server, "/api/rooms/books/messages?limit=3", mint("alice"))
     assert status == 200
     assert body["room"] == "books" and body["has_more"] is True
     assert [m["seq"] for m in body["messages"]] == [5, 6, 7]
     first = body["messages"][0]
     assert first["message"] == "m5" and first["type"] == "chat"
     assert first["timestamp"].endswith("Z") and first["message_id"]
-    status, body, _ = await get(server, "/api/rooms/books/messages?before=5&limit=10", token())
+    status, body, _ = await get(
+        server, "/api/rooms/books/messages?before=5&limit=10", mint("alice")
+    )
     assert [m["seq"] for m in body["messages"]] == [1, 2, 3, 4]
     assert body["has_more"] is False
-    status, body, _ = await get(server, "/api/rooms/empty-room/messages", token())
+    status, body, _ = await get(server, "/api/rooms/empty-room/messages", mint("alice"))
     assert (status, body["messages"], body["has_more"]) == (200, [], False)
 
 
 async def test_same_history_over_http_and_websocket(server: ServerProcess) -> None:
     """The HTTP page equals the WebSocket history page for the same query."""
     await fill(server, "same", 4)
-    _, http_body, _ = await get(server, "/api/rooms/same/messages?limit=10", token())
+    _, http_body, _ = await get(server, "/api/rooms/same/messages?limit=10", mint("alice"))
     async with connect(server.ws_url()) as ws:
         await welcome(ws)
         await send_json(ws, "history", {"room": "same", "limit": 10}, id="h")
@@ -96,11 +83,11 @@ async def test_same_history_over_http_and_websocket(server: ServerProcess) -> No
     "bearer",
     [
         None,
-        token("nobody-registered"),
+        mint("nobody-registered"),
         "not-a-jwt",
-        token(key="some-other-secret-" + "x" * 40),
-        token(exp=int(time.time()) - 10),
-        token(aud="elsewhere"),
+        mint("alice", key="some-other-secret-" + "x" * 40),
+        mint("alice", exp=int(time.time()) - 10),
+        mint("alice", aud="elsewhere"),
     ],
     ids=["missing", "unknown-user", "garbage", "forged", "expired", "audience"],
 )
@@ -118,14 +105,14 @@ async def test_history_needs_a_valid_token(server: ServerProcess, bearer: str | 
 )
 async def test_bad_paging_is_400(server: ServerProcess, query: str) -> None:
     """before/limit out of range or not integers: 400 JSON invalid_message."""
-    status, body, _ = await get(server, f"/api/rooms/lobby/messages?{query}", token())
+    status, body, _ = await get(server, f"/api/rooms/lobby/messages?{query}", mint("alice"))
     assert status == 400
     assert body["error"]["code"] == "invalid_message"
 
 
 async def test_bad_room_name_is_400(server: ServerProcess) -> None:
     """A room name outside [a-z0-9][a-z0-9_-]{0,63} is 400 invalid_message."""
-    status, body, _ = await get(server, "/api/rooms/Not%20A%20Room/messages", token())
+    status, body, _ = await get(server, "/api/rooms/Not%20A%20Room/messages", mint("alice"))
     assert status == 400
     assert body["error"]["code"] == "invalid_message"
 
@@ -134,10 +121,10 @@ async def test_websocket_auth_with_a_token(server: ServerProcess) -> None:
     """auth with a valid token makes the connection that registered user; a forged one fails."""
     async with connect(server.ws_url()) as ws:
         await welcome(ws)
-        await send_json(ws, "auth", {"token": token(key="wrong-" + "k" * 40)}, id="a1")
+        await send_json(ws, "auth", {"token": mint("alice", key="wrong-" + "k" * 40)}, id="a1")
         failed = await recv_type(ws, "error")
         assert failed["id"] == "a1" and failed["payload"]["code"] == "auth_failed"
-        await send_json(ws, "auth", {"token": token("carol")}, id="a2")
+        await send_json(ws, "auth", {"token": mint("carol")}, id="a2")
         ok = await recv_type(ws, "auth")
         assert ok["id"] == "a2"
         assert ok["payload"] == {"ok": True, "user": {"name": "carol", "guest": False}}
@@ -157,7 +144,7 @@ async def test_password_guessing_is_throttled(server: ServerProcess) -> None:
                 if resp.status == 429:
                     assert int(resp.headers["Retry-After"]) >= 1
                     assert (await resp.json())["error"]["code"] == "rate_limited"
-        body = {"username": "carol", "password": "correct horse battery"}
+        body = {"username": "carol", "password": PASSWORD}
         async with http.post(server.http_url("/api/login"), json=body) as resp:
             assert resp.status == 200, "another user is not throttled"
     assert statuses == [401] * 5 + [429] * 2

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
-from tests.integration.test_accounts import SECRET, bearer, call, sign_up
+from tests.integration.users import SECRET, bearer, call, sign_up
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
 
 USERS = ("alice", "bob", "carol")

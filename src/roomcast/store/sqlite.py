@@ -461,30 +461,13 @@ class SQLiteStore:
         self, owner: str, *, before: int | None = None, limit: int = 50
     ) -> tuple[list[DirectMessage], bool]:
         bound = before if before is not None else 2**62
-
-        def query(conn: sqlite3.Connection) -> tuple[list[DirectMessage], bool]:
-            rows = conn.execute(
-                f"SELECT {_DIRECT_COLUMNS} FROM inbox i"
-                " JOIN direct_messages d ON d.message_id = i.message_id"
-                " WHERE i.owner = ? AND i.seq < ? ORDER BY i.seq DESC LIMIT ?",
-                (owner, bound, limit + 1),
-            ).fetchall()
-            return [DirectMessage(*row) for row in reversed(rows[:limit])], len(rows) > limit
-
+        query = functools.partial(_inbox_page, owner=owner, seq=bound, after=False, limit=limit)
         return await self._read(query)
 
     async def direct_since(
         self, owner: str, seq: int, *, limit: int
     ) -> tuple[list[DirectMessage], bool]:
-        def query(conn: sqlite3.Connection) -> tuple[list[DirectMessage], bool]:
-            rows = conn.execute(
-                f"SELECT {_DIRECT_COLUMNS} FROM inbox i"
-                " JOIN direct_messages d ON d.message_id = i.message_id"
-                " WHERE i.owner = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
-                (owner, seq, limit + 1),
-            ).fetchall()
-            return [DirectMessage(*row) for row in rows[:limit]], len(rows) > limit
-
+        query = functools.partial(_inbox_page, owner=owner, seq=seq, after=True, limit=limit)
         return await self._read(query)
 
     # -- users and rooms ---------------------------------------------------------
@@ -628,6 +611,21 @@ class SQLiteStore:
         while True:
             await asyncio.sleep(PRUNE_INTERVAL)
             await self._prune_logged()
+
+
+def _inbox_page(
+    conn: sqlite3.Connection, *, owner: str, seq: int, after: bool, limit: int
+) -> tuple[list[DirectMessage], bool]:
+    """Up to ``limit`` of ``owner``'s direct messages after (or before) ``seq``, oldest first."""
+    where, order = ("i.seq > ?", "") if after else ("i.seq < ?", " DESC")
+    rows = conn.execute(
+        f"SELECT {_DIRECT_COLUMNS} FROM inbox i"
+        " JOIN direct_messages d ON d.message_id = i.message_id"
+        f" WHERE i.owner = ? AND {where} ORDER BY i.seq{order} LIMIT ?",
+        (owner, seq, limit + 1),
+    ).fetchall()
+    page = rows[:limit] if after else list(reversed(rows[:limit]))
+    return [DirectMessage(*row) for row in page], len(rows) > limit
 
 
 def _room_access(conn: sqlite3.Connection, name: str) -> RoomAccess | None:
