@@ -66,7 +66,28 @@ class LoginThrottle:
         return bucket.take(time.monotonic())
 
 
+class PostThrottle:
+    """The WebSocket message rate limit, per user, for ``POST .../messages``."""
+
+    __slots__ = ("_buckets", "burst", "rate")
+
+    MAX_KEYS: Final = 10_000
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def wait(self, user: str) -> float:
+        """Seconds until ``user`` may post (0: go ahead, counted)."""
+        bucket = self._buckets.pop(user, None) or TokenBucket(self.rate, self.burst)
+        self._buckets[user] = bucket
+        if len(self._buckets) > self.MAX_KEYS:
+            del self._buckets[next(iter(self._buckets))]
+        return bucket.take(time.monotonic())
+
+
 _THROTTLE: Final = web.AppKey("login_throttle", LoginThrottle)
+_POSTS: Final = web.AppKey("post_throttle", PostThrottle)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,6 +108,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     """Register the ``/api`` routes on ``app``."""
     app[NODE] = node
     app[_THROTTLE] = LoginThrottle()
+    app[_POSTS] = PostThrottle(node.limits.rate_limit, node.limits.rate_burst)
     app.router.add_post("/api/register", _register)
     app.router.add_post("/api/login", _login)
     app.router.add_get("/api/rooms", _list_rooms)
@@ -332,6 +354,9 @@ async def _post_message(request: web.Request) -> web.Response:
         raise HTTPError(413, "too_large", f"message is longer than {limit} characters")
     if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_ID_LENGTH):
         raise HTTPError(400, "invalid_message", f"id must be a string of at most {MAX_ID_LENGTH}")
+    wait = request.app[_POSTS].wait(user.name)
+    if wait > 0:
+        raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
     try:
         message = await node.post(user, room, text, client_id=client_id)
     except ProtocolError as exc:

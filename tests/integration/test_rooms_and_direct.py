@@ -409,3 +409,20 @@ async def test_missed_directs_come_back_from_direct_history(
     assert (status, body["error"]["code"]) == (400, "invalid_message")
     status, body = await call(server, "GET", "/api/direct/messages?since=0")
     assert (status, body["error"]["code"]) == (401, "auth_failed")
+
+
+async def test_posting_over_http_has_the_websocket_rate_limit(
+    server_factory: ServerFactory,
+) -> None:
+    """A bot posting over HTTP faster than the per-connection limit gets 429 with Retry-After."""
+    server = server_factory("--secret", SECRET, "--rate-limit", "1", "--rate-burst", "3")
+    token = await sign_up(server, "botty")
+    statuses = []
+    for i in range(5):
+        status, body = await call(
+            server, "POST", "/api/rooms/lobby/messages", json={"message": f"m{i}"}, bearer=token
+        )
+        statuses.append(status)
+        if status == 429:
+            assert body["error"]["code"] == "rate_limited"
+    assert statuses == [201, 201, 201, 429, 429]
