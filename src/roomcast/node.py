@@ -511,11 +511,13 @@ class Node:
             if GUEST_NAME.fullmatch(name) is None or name.lower().startswith("guest-"):
                 self._auth_failed(peer, "nickname must be 1-32 letters, digits, _ or -", cmd.id)
                 return
-            if old_name != name and self.hub.name_in_use(name):
-                self._auth_failed(peer, "that name is in use", cmd.id)
-                return
             if await self.store.get_user(name) is not None:
                 self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
+                return
+            # Checked after the store read: another connection may have taken
+            # the name while this one waited.
+            if old_name != name and self.hub.name_in_use(name):
+                self._auth_failed(peer, "that name is in use", cmd.id)
                 return
             user = UserInfo(name, True)
         if old_name != user.name and self._too_many_connections(user.name):
