@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 FANOUT_KEYS = {
@@ -21,6 +22,10 @@ ECHO_KEYS = {
 }
 
 
+def _mb(kb: int | None) -> float | None:
+    return None if kb is None else kb / 1024
+
+
 def _per_ack_us(step: dict[str, Any] | None) -> float | None:
     if not step or step.get("server_cpu") is None or not step["acked_per_s"]:
         return None
@@ -34,6 +39,22 @@ PERSIST_KEYS = {
     "srv_us": lambda r: _per_ack_us(r["max_ok_step"]),
     "lg_cpu": lambda r: (r["max_ok_step"] or {}).get("loadgen_cpu"),
 }
+IDLE_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "kb": lambda r: r["kb_per_connection"],
+    "conn_per_s": lambda r: r["connections_per_s"],
+    "connect_s": lambda r: r["connect_s"],
+    "connect_p99": lambda r: r["connect_p99_ms"],
+    "rss_before_mb": lambda r: _mb(r["rss_before_kb"]),
+    "rss_after_mb": lambda r: _mb(r["rss_after_kb"]),
+    "ping_p50": lambda r: r["ping_p50_ms"],
+    "ping_max": lambda r: r["ping_max_ms"],
+    "late_ms": lambda r: r["late_connect_ms"],
+    "srv_us": lambda r: r["server_us_per_connection"],
+    "frames": lambda r: r["frames"],
+    "lg_cpu": lambda r: r["loadgen_cpu"],
+}
+#: The issue's target for idle connections: server RSS per connection.
+IDLE_TARGET_KB = 12
 STEP_KEYS = ["acked_per_s", "p50_ms", "p99_ms", "max_ms", "errors", "unacked"]
 
 
@@ -43,6 +64,8 @@ def keys_for(scenario: str | None) -> dict[str, Any]:
         return ECHO_KEYS
     if scenario == "persist":
         return PERSIST_KEYS
+    if scenario and scenario.startswith("idle"):
+        return IDLE_KEYS
     return FANOUT_KEYS
 
 
@@ -119,8 +142,22 @@ def summarize(
             if scenario == "persist":
                 cell["stopped_by"] = [stopped_by(r) for r in rows]
                 cell["steps"] = persist_steps(rows)
+            if scenario.startswith("idle"):
+                cell["every"] = [idle_run(r) for r in rows]
             summary[scenario][target] = cell
     return summary
+
+
+def idle_run(r: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one idle run kept in the summary (for the every-run table)."""
+    keys = ("run", "clients", "connected", "connect_s", "connections_per_s", "connect_p99_ms")
+    out = {k: r.get(k) for k in keys}
+    out.update({name: get(r) for name, get in IDLE_KEYS.items()})
+    out["presence"] = r["frame_types"].get("presence", 0)
+    out["failures"] = sum(r["failures"].values())
+    out["disconnects"] = r["disconnects"]
+    out["other_cpu"] = r.get("other_cpu")
+    return out
 
 
 def ratio(value: float | None, reference: float | None) -> str:
@@ -150,6 +187,9 @@ def markdown(
         if scenario == "persist":
             lines += persist_tables(cells, targets, (notes or {}).get(scenario))
             continue
+        if scenario.startswith("idle"):
+            lines += idle_tables(scenario, cells, targets)
+            continue
         ref = cells.get("node", {}).get("max")
         if scenario == "echo":
             head = (
@@ -172,7 +212,60 @@ def markdown(
                 f"| {fmt(c['lg_cpu'], 'ms')} | {every} |"
             )
         lines.append("")
+    for scenario, note in (notes or {}).items():
+        if scenario not in scenarios:
+            lines += [f"### {scenario}", "", note, ""]
     return "\n".join(lines)
+
+
+def fmt1(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def idle_tables(scenario: str, cells: dict[str, dict[str, Any]], targets: list[str]) -> list[str]:
+    """The idle headline table (medians), then every run."""
+    ref = cells.get("node", {}).get("kb")
+    lines = [
+        f"### {scenario}",
+        "",
+        "| target | connections | connect s | conn/s | connect p99 ms | RSS before MB "
+        f"| RSS after MB | KB per connection | vs node | ≤ {IDLE_TARGET_KB} KB "
+        "| ping p50 ms (all connected) | ping max ms | late connect ms "
+        "| server µs CPU per connection | frames to idle clients | runs (KB/conn) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for target in targets:
+        c = cells[target]
+        every = ", ".join(fmt1(v) for v in c["kb_all"]) or f"{c['errors']} error(s)"
+        connected = ", ".join(sorted({fmt(e["connected"]) for e in c.get("every", [])}))
+        met = "-" if c["kb"] is None else ("yes" if c["kb"] <= IDLE_TARGET_KB else "**no**")
+        lines.append(
+            f"| {target} | {connected or '-'} | {fmt1(c['connect_s'])} | {fmt(c['conn_per_s'])} "
+            f"| {fmt(c['connect_p99'])} | {fmt1(c['rss_before_mb'])} "
+            f"| {fmt1(c['rss_after_mb'])} | {fmt1(c['kb'])} | {ratio(c['kb'], ref)} | {met} "
+            f"| {fmt(c['ping_p50'], 'ms')} | {fmt(c['ping_max'], 'ms')} "
+            f"| {fmt(c['late_ms'], 'ms')} | {fmt(c['srv_us'])} | {fmt(c['frames'])} | {every} |"
+        )
+    lines += [
+        "",
+        "Every run:",
+        "",
+        "| target | run | connected/clients | connect s | conn/s | connect p99 ms "
+        "| RSS before MB | RSS after MB | KB per connection | ping p50 ms | presence frames "
+        "| failures | drops | other CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for target in targets:
+        for e in cells[target].get("every", []):
+            lines.append(
+                f"| {target} | {e['run']} | {fmt(e['connected'])}/{fmt(e['clients'])} "
+                f"| {fmt1(e['connect_s'])} | {fmt(e['conn_per_s'])} | {fmt(e['connect_p99'])} "
+                f"| {fmt1(e['rss_before_mb'])} | {fmt1(e['rss_after_mb'])} | {fmt1(e['kb'])} "
+                f"| {fmt(e['ping_p50'], 'ms')} | {fmt(e['presence'])} | {e['failures']} "
+                f"| {e['disconnects']} | {fmt(e['other_cpu'], 'ms')} |"
+            )
+    lines.append("")
+    return lines
 
 
 def persist_tables(

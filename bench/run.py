@@ -12,12 +12,18 @@ p99 under --bound-ms, plus p50/p99 at a fixed 20,000 deliveries/s), ``echo``
 each in its own room, sending chat with ids at rising offered rates: the most
 acked msgs/s with every message acked and ack p99 under 50 ms). ``persist``
 runs against roomcast only: the other targets store nothing, so they are
-skipped for it (noted in the report).
+skipped for it (noted in the report). ``idle`` (10,000 clients connect, 200
+at a time, and stay idle in the lobby: connect rate, server RSS per
+connection, a late client's ping round trip), ``idle-noroom`` (the same, each
+client leaving the lobby after its welcome: no room, no presence events) and
+``idle50k`` (50,000 in the lobby; not run by default, and skipped when the
+open-files hard limit is too low for it).
 
     .venv/bin/python bench/run.py                      # roomcast vs node, 3 runs
     .venv/bin/python bench/run.py --targets all --runs 1
     .venv/bin/python bench/run.py --compare-loadgens   # picows vs Node ws client
     .venv/bin/python bench/run.py --targets roomcast --scenarios persist --runs 1
+    .venv/bin/python bench/run.py --scenarios idle,idle-noroom
 """
 
 from __future__ import annotations
@@ -42,9 +48,16 @@ SCENARIOS: dict[str, list[str]] = {
     "fanout1000": ["fanout", "--clients", "1000"],
     "echo": ["echo", "--clients", "50"],
     "persist": ["persist", "--clients", "50"],
+    "idle": ["idle", "--clients", "10000"],
+    "idle-noroom": ["idle", "--clients", "10000", "--leave-lobby"],
+    "idle50k": ["idle", "--clients", "50000"],
 }
+# Run only when asked for by name.
+OPT_IN = {"idle50k"}
 # Scenarios that only roomcast can run, and why the other targets are skipped.
 ROOMCAST_ONLY = {"persist": "they store no messages (no acks)"}
+# Open files a scenario needs in the server and in the load generator each.
+FDS_NEEDED = {"idle": 10_300, "idle-noroom": 10_300, "idle50k": 50_300}
 LOADGEN_TIMEOUT = 300
 
 
@@ -180,7 +193,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="roomcast,node",
         help=f"comma list or 'all' ({','.join(servers.TARGETS)})",
     )
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(s for s in SCENARIOS if s not in OPT_IN),
+        help=f"comma list of {', '.join(SCENARIOS)} (default: all but {', '.join(OPT_IN)})",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=servers.BENCH / "results")
     parser.add_argument(
@@ -218,6 +235,10 @@ def main(argv: list[str]) -> int:
         return 0
     targets = servers.TARGETS if opts.targets == "all" else opts.targets.split(",")
     scenarios = opts.scenarios.split(",")
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
     if "roomcast" in targets and not servers.roomcast_available():
         print("roomcast is not installed in .venv; skipping it", file=sys.stderr)
         targets = [t for t in targets if t != "roomcast"]
@@ -238,7 +259,16 @@ def main(argv: list[str]) -> int:
             print(md)
             return 0
         notes: dict[str, str] = {}
-        for scenario in scenarios:
+        fd_limit = servers.fd_hard_limit()
+        for scenario in list(scenarios):
+            if FDS_NEEDED.get(scenario, 0) > fd_limit:
+                notes[scenario] = (
+                    f"Not run: it needs {FDS_NEEDED[scenario]:,} open files per process, "
+                    f"the hard limit (ulimit -Hn) is {fd_limit:,}."
+                )
+                print(f"{scenario}: {notes[scenario]}", file=sys.stderr)
+                scenarios.remove(scenario)
+                continue
             skipped = [t for t in targets if t != "roomcast"]
             if scenario in ROOMCAST_ONLY and skipped:
                 notes[scenario] = f"Skipped {', '.join(skipped)}: {ROOMCAST_ONLY[scenario]}."

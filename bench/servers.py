@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -68,6 +69,23 @@ def roomcast_available() -> bool:
     return (VENV_BIN / "roomcast").exists()
 
 
+def fd_hard_limit() -> int:
+    """This process's hard RLIMIT_NOFILE: the most open files a server started here gets."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1 << 30 if hard == resource.RLIM_INFINITY else hard
+
+
+def raise_fd_limit() -> None:
+    """In the server's process before exec: soft RLIMIT_NOFILE up to the hard limit.
+
+    Python keeps the inherited soft limit (often 1024), too low for the idle
+    scenarios; Node raises its own, this makes sure of it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -111,6 +129,7 @@ def start(
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=tmp,
+            preexec_fn=raise_fd_limit,
         )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from roomcast.cli import build_parser, config_from_args
+from roomcast.cli import build_parser, config_from_args, main
 from roomcast.config import load_secret, make_ssl_context, prepare_data_dir
 from roomcast.exceptions import ConfigError
 
@@ -104,3 +104,25 @@ def test_secret_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     assert os.stat(tmp_path / "secret").st_mode & 0o777 == 0o600
     assert load_secret(tmp_path, None) == first
     assert load_secret(tmp_path, "given") == "given"
+
+
+def test_log_format_from_flag_and_environment() -> None:
+    """--log-format defaults to text; ROOMCAST_LOG_FORMAT sets it (any case); the flag wins."""
+    assert build_parser({}).parse_args(["serve"]).log_format == "text"
+    env = {"ROOMCAST_LOG_FORMAT": "JSON"}
+    assert build_parser(env).parse_args(["serve"]).log_format == "json"
+    assert build_parser(env).parse_args(["serve", "--log-format", "text"]).log_format == "text"
+
+
+@pytest.mark.parametrize("variable", ["ROOMCAST_LOG_FORMAT", "ROOMCAST_LOG_LEVEL"])
+def test_bad_log_setting_in_the_environment_is_one_line_and_exit_2(
+    variable: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """argparse checks choices only on the command line; the environment is checked too."""
+    monkeypatch.setenv(variable, "xml")
+    assert main(["serve", "--port", "0", "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("roomcast: error: --log-"), err

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, logs
 from .accounts import Accounts
 from .auth import Tokens
 from .broker import open_broker
@@ -31,6 +30,7 @@ from .exceptions import BackendError, ConfigError
 from .node import Node
 from .server import RoomcastServer
 from .store import open_store
+from .store.sqlite import SQLiteStore
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -150,6 +150,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         choices=["debug", "info", "warning", "error"],
         type=str.lower,
     )
+    add(
+        "--log-format",
+        "text",
+        "text (for people) or json (one object per line, for machines) (default: %(default)s)",
+        choices=list(logs.FORMATS),
+        type=str.lower,
+    )
     return parser
 
 
@@ -211,12 +218,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _configure_logging(level: str, fmt: str) -> None:
+    # argparse checks choices on the command line only, not on ROOMCAST_* defaults.
+    if level not in logs.LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(logs.LEVELS)}, not {level!r}")
+    if fmt not in logs.FORMATS:
+        raise ConfigError(f"--log-format must be one of {', '.join(logs.FORMATS)}, not {fmt!r}")
+    logs.configure(level, fmt, sys.stderr)
 
 
 async def _serve(config: ServerConfig) -> None:
@@ -234,6 +242,8 @@ async def _serve(config: ServerConfig) -> None:
         guests=config.guests,
         accounts=Accounts(store, tokens),
     )
+    if isinstance(store, SQLiteStore):
+        store.on_batch = node.metrics.observe_batch
     server = RoomcastServer(node, config)
     try:
         await server.serve_until_signalled(ssl_context)
@@ -258,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        _configure_logging(args.log_level)
+        _configure_logging(args.log_level, args.log_format)
         with asyncio.Runner(loop_factory=_new_loop) as runner:
             runner.run(_serve(config))
     except ConfigError as exc:

@@ -24,6 +24,7 @@ from .broker.base import Broker, Publication
 from .config import DEFAULT_LIMITS, Limits
 from .exceptions import AuthError, BackendError, ProtocolError
 from .hub import Hub, Peer
+from .metrics import Metrics
 from .protocol.codes import CloseCode, ErrorCode
 from .protocol.messages import (
     DEFAULT_ROOM,
@@ -88,6 +89,7 @@ class Node:
         accounts: registered users and their tokens; None accepts no token.
         auth_timeout: seconds a connection has to ``auth`` when guests are off.
         reauth_timeout: seconds a connection whose token expired has to send a new one.
+        metrics: where to count; a new registry of its own by default.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Node:
         accounts: Accounts | None = None,
         auth_timeout: float = AUTH_TIMEOUT,
         reauth_timeout: float = REAUTH_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.hub = Hub()
@@ -110,6 +113,8 @@ class Node:
         self.heartbeat = heartbeat
         self.guests = guests
         self.accounts = accounts
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self.hub)
         self.auth_timeout = auth_timeout
         self.reauth_timeout = reauth_timeout
         #: Per connection: the timer of its token's expiry or its auth deadline.
@@ -228,12 +233,16 @@ class Node:
     async def receive_text(self, peer: Peer, data: str | bytes) -> None:
         """Carry out one text frame from ``peer``."""
         now = asyncio.get_running_loop().time()
-        await self._dispatch(peer, peer.session.receive_text(data, now))
+        outcome = peer.session.receive_text(data, now)
+        self.metrics.frame_in(_kind(outcome))
+        await self._dispatch(peer, outcome)
 
     async def receive_binary(self, peer: Peer, data: bytes) -> None:
         """Carry out one binary frame from ``peer``."""
         now = asyncio.get_running_loop().time()
-        await self._dispatch(peer, peer.session.receive_binary(data, now))
+        outcome = peer.session.receive_binary(data, now)
+        self.metrics.frame_in(_kind(outcome))
+        await self._dispatch(peer, outcome)
 
     async def _dispatch(self, peer: Peer, outcome: Outcome) -> None:
         try:
@@ -241,7 +250,7 @@ class Node:
                 case Chat():
                     self._chat(peer, outcome)
                 case Reply(frame=frame, id=fid):
-                    peer.send(text_frame(encode(frame, id=fid)))
+                    self._reply(peer, frame, fid)
                 case Close(code=code, reason=reason):
                     peer.close(code, reason)
                 case Join():
@@ -285,10 +294,15 @@ class Node:
         user = peer.session.user
         assert user is not None
         stored = self.store.append(cmd.room, user.name, cmd.message, client_id=cmd.id)
-        stored.add_done_callback(functools.partial(self._chat_stored, peer, cmd.id))
+        received = asyncio.get_running_loop().time()
+        stored.add_done_callback(functools.partial(self._chat_stored, peer, cmd.id, received))
 
     def _chat_stored(
-        self, peer: Peer, frame_id: str | None, stored: asyncio.Future[AppendResult]
+        self,
+        peer: Peer,
+        frame_id: str | None,
+        received: float,
+        stored: asyncio.Future[AppendResult],
     ) -> None:
         try:
             result = stored.result()
@@ -309,6 +323,7 @@ class Node:
             self._publish(message.room, text_frame(encode(message)), message.seq)
         if frame_id is not None:
             self._reply(peer, Ack(message.message_id, message.room, message.seq), frame_id)
+        self.metrics.ack_seconds.observe(asyncio.get_running_loop().time() - received)
 
     async def _join(self, peer: Peer, cmd: Join) -> None:
         user = peer.session.user
@@ -453,11 +468,12 @@ class Node:
         message = result.message
         if not result.duplicate:
             to_sender = text_frame(encode(replace(message, seq=result.sender_seq)))
-            self.hub.send_to_user(message.sender, to_sender)
+            self.metrics.direct_out.inc()
+            self.metrics.deliveries.inc(self.hub.send_to_user(message.sender, to_sender))
             self.broker.publish(Publication(self.id, None, message.sender, to_sender))
             if message.to != message.sender:
                 to_recipient = text_frame(encode(replace(message, seq=result.recipient_seq)))
-                self.hub.send_to_user(message.to, to_recipient)
+                self.metrics.deliveries.inc(self.hub.send_to_user(message.to, to_recipient))
                 self.broker.publish(Publication(self.id, None, message.to, to_recipient))
         if frame_id is not None:
             self._reply(peer, Ack(message.message_id, None, result.sender_seq), frame_id)
@@ -557,6 +573,8 @@ class Node:
     # -- output ------------------------------------------------------------------
 
     def _reply(self, peer: Peer, frame: ServerFrame, frame_id: str | None = None) -> None:
+        if type(frame) is ErrorReply:
+            self.metrics.error(frame.code)
         peer.send(text_frame(encode(frame, id=frame_id)))
 
     def _error(self, peer: Peer, code: ErrorCode, message: str, frame_id: str | None) -> None:
@@ -571,8 +589,12 @@ class Node:
 
     def _publish(self, room: str, frame: bytes, seq: int | None = None) -> None:
         """Deliver a room frame here, then hand it to the other nodes."""
-        self.hub.deliver(room, frame, seq=seq)
+        metrics = self.metrics
+        metrics.deliveries.inc(self.hub.deliver(room, frame, seq=seq))
+        metrics.chat_out.inc()
+        started = time.perf_counter()
         self.broker.publish(Publication(self.id, room, None, frame, seq=seq))
+        metrics.broker_publish_seconds.observe(time.perf_counter() - started)
 
     def _on_publication(self, publication: Publication) -> None:
         if publication.node_id == self.id:
@@ -586,3 +608,18 @@ class Node:
             )
         elif publication.user is not None:
             self.hub.send_to_user(publication.user, publication.frame)
+
+
+#: What a refused frame counts as in ``roomcast_frames_received``.
+_REPLY_KINDS: Final = {"pong": "ping", "echo": "echo"}
+
+
+def _kind(outcome: Outcome) -> str:
+    """The frame type an outcome came from, for the metrics."""
+    if isinstance(outcome, Reply):
+        return _REPLY_KINDS.get(outcome.frame.TYPE, "refused")
+    if isinstance(outcome, Close):
+        return "refused"
+    if isinstance(outcome, FileHeader):
+        return "file"
+    return outcome.TYPE

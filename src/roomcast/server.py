@@ -11,9 +11,11 @@ heartbeat and shuts the server down in order.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import math
+import secrets
 import signal
 import ssl
 from collections import Counter
@@ -28,6 +30,8 @@ from . import api
 from .auth import bearer_token
 from .config import ServerConfig
 from .exceptions import AuthError, BackendError
+from .logs import CONN_ID, REQUEST_ID
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .node import Node
 from .protocol.codes import CloseCode, ErrorCode
 from .protocol.messages import (
@@ -72,7 +76,9 @@ class Flusher:
         self._dirty.append(peer)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            # In a context of its own: not in the context (the connection id)
+            # of whichever connection happened to send first.
+            self._loop.call_soon(self.flush, context=contextvars.Context())
 
     def flush(self) -> None:
         self._scheduled = False
@@ -150,6 +156,7 @@ class WebSocketPeer:
                 "closing slow consumer %s: more than %d bytes unsent",
                 self.session.id,
                 self.max_queue,
+                extra={"conn": self.session.id},
             )
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
 
@@ -234,7 +241,8 @@ class _MaskGuard:
         offset = self._checker.feed(data)
         if offset >= 0:
             self._failed = True
-            logger.info("connection %s sent an unmasked frame", self._peer.session.id)
+            peer_id = self._peer.session.id
+            logger.info("connection %s sent an unmasked frame", peer_id, extra={"conn": peer_id})
             self._peer.fail(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
         return offset
 
@@ -296,10 +304,11 @@ class RoomcastServer:
     # -- application -------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[_json_errors], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=[_request_ids, _json_errors], client_max_size=1024 * 1024)
         app[_NODE] = self.node
         app.router.add_get("/health", _health)
         app.router.add_get("/ready", _ready)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ws", self._websocket)
         api.add_routes(app, self.node)
         app.router.add_get("/", self._index)
@@ -309,6 +318,12 @@ class RoomcastServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
         return web.Response(body=_page(), content_type="text/html", charset="utf-8")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: Prometheus text format."""
+        return web.Response(
+            body=self.node.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
 
     def _origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -367,6 +382,10 @@ class RoomcastServer:
             flusher=self._get_flusher(),
             tasks=self._tasks,
         )
+        # Every line logged in this task from here on (and in the tasks and
+        # callbacks it starts) names the connection. aiohttp runs each request
+        # in a task of its own, so the id ends with the handler.
+        CONN_ID.set(peer.session.id)
         _MaskGuard.install(request, tail, peer)
         self.peers.add(peer)
         task = asyncio.current_task()
@@ -415,6 +434,10 @@ class RoomcastServer:
             if task is not None:
                 self._handlers.discard(task)
             logger.info("connection %s closed (%s)", peer.session.id, ws.close_code)
+            metrics = self.node.metrics
+            metrics.closes.labels(str(ws.close_code)).inc()
+            if ws.close_code == CloseCode.TRY_AGAIN_LATER:  # only slow consumers get 1013
+                metrics.slow_consumers.inc()
         return ws
 
     def _get_flusher(self) -> Flusher:
@@ -432,7 +455,11 @@ class RoomcastServer:
                 if peer.closed:
                     continue
                 if not peer.alive:
-                    logger.info("connection %s missed a heartbeat; dropping", peer.session.id)
+                    logger.info(
+                        "connection %s missed a heartbeat; dropping",
+                        peer.session.id,
+                        extra={"conn": peer.session.id},
+                    )
                     peer.terminate()
                     continue
                 peer.alive = False
@@ -526,6 +553,30 @@ _STATUS_CODES: Final = {
     405: "method_not_allowed",
     413: "too_large",
 }
+
+
+@web.middleware
+async def _request_ids(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Each plain HTTP request gets an id: on its log lines, and as ``X-Request-Id``.
+
+    A WebSocket handshake gets none; its lines carry the connection id instead.
+    """
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handler(request)
+    request_id = secrets.token_hex(6)
+    reset = REQUEST_ID.set(request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # a redirect (``_json_errors`` answers errors)
+        exc.headers["X-Request-Id"] = request_id
+        raise
+    finally:
+        REQUEST_ID.reset(reset)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response
 
 
 @web.middleware

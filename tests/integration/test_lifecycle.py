@@ -143,6 +143,7 @@ BAD_CONFIGS: dict[str, tuple[list[str], str]] = {
     "database is not SQLite": (["--database-url", "sqlite:{tmp}/garbage.pem"], "garbage.pem"),
     "history days -3": (["--history-days", "-3"], "--history-days"),
     "secret too short": (["--secret", "hunter2"], "--secret"),
+    "log format xml": (["--log-format", "xml"], "--log-format"),
 }
 
 

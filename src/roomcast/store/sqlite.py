@@ -17,6 +17,7 @@ writer writes), so a history page never waits behind a commit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -130,6 +131,9 @@ class SQLiteStore:
         self._seqs: dict[str, int] = {}  # writer thread only
         self._inbox_seqs: dict[str, int] = {}  # writer thread only
         self._pruner: asyncio.Task[None] | None = None
+        #: Called with (messages, seconds) after each batch is written (metrics).
+        self.on_batch: Callable[[int, float], None] | None = None
+        self._batch_started = 0.0
 
     # -- life cycle ----------------------------------------------------------
 
@@ -241,7 +245,9 @@ class SQLiteStore:
         self._queue.append(_Pending(room, recipient, sender, text, client_id, future))
         if not self._writing and not self._kick_scheduled:
             self._kick_scheduled = True
-            loop.call_soon(self._kick)
+            # A batch holds many connections' messages: its callbacks (and
+            # log lines) run in a context of their own, not in the sender's.
+            loop.call_soon(self._kick, context=contextvars.Context())
         return future
 
     def _kick(self) -> None:
@@ -250,6 +256,7 @@ class SQLiteStore:
             return
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._writing = True
+        self._batch_started = time.perf_counter()
         job = self._loop.run_in_executor(self._writer, self._write, batch)
         job.add_done_callback(functools.partial(self._written, batch))
 
@@ -359,6 +366,8 @@ class SQLiteStore:
     ) -> None:
         """The writer thread finished ``batch``: resolve its futures in order."""
         self._writing = False
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - self._batch_started)
         for item in batch:
             if item.client_id is not None:
                 key = (item.sender, item.client_id, item.room is None)

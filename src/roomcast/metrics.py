@@ -1,0 +1,174 @@
+"""Prometheus metrics (``prometheus-client``), served at ``GET /metrics``.
+
+Every server has its own :class:`~prometheus_client.CollectorRegistry`, so
+several servers in one process (tests) do not share counters. Counters on
+the hot path are bound to their labels once (``labels()`` costs a dict
+lookup and a lock); a fan-out adds its whole delivery count with one
+``inc(n)``, never one call per member. What can be read off the hub at
+scrape time (connections by state, rooms, room memberships) is computed
+then, by a collector, instead of being kept up to date on every change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+#: Latency buckets in seconds: 0.1 ms to 2.5 s.
+LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class Metrics:
+    """The server's counters and histograms, on a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames_in = Counter(
+            "roomcast_frames_received",
+            "Client frames received, by type (invalid: not a valid frame)",
+            ["type"],
+            registry=r,
+        )
+        self.messages_out = Counter(
+            "roomcast_messages_sent",
+            "Stored messages broadcast or delivered, by type",
+            ["type"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "roomcast_deliveries",
+            "Frames written to local members by fan-out (one per member per message)",
+            registry=r,
+        )
+        self.errors = Counter(
+            "roomcast_errors", "Error frames sent to clients, by code", ["code"], registry=r
+        )
+        self.rate_limited = Counter(
+            "roomcast_rate_limited", "Frames refused by the rate limit", registry=r
+        )
+        self.slow_consumers = Counter(
+            "roomcast_slow_consumers_dropped",
+            "Connections closed with 1013 because too much was queued for them",
+            registry=r,
+        )
+        self.closes = Counter(
+            "roomcast_connections_closed", "Connections ended, by close code", ["code"], registry=r
+        )
+        self.ack_seconds = Histogram(
+            "roomcast_ack_seconds",
+            "From receiving a message to acking it (it is stored by then)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_write_seconds = Histogram(
+            "roomcast_store_write_seconds",
+            "Time to store one batch of messages (one transaction)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_batch_size = Histogram(
+            "roomcast_store_batch_size",
+            "Messages per stored batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.broker_publish_seconds = Histogram(
+            "roomcast_broker_publish_seconds",
+            "Time to hand one publication to the broker",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._frames_in: dict[str, Counter] = {}
+        self.chat_out = self.messages_out.labels("chat")
+        self.direct_out = self.messages_out.labels("direct")
+        self._errors: dict[str, Counter] = {}
+
+    def frame_in(self, kind: str) -> None:
+        """Count one client frame of type ``kind``."""
+        child = self._frames_in.get(kind)
+        if child is None:
+            child = self._frames_in[kind] = self.frames_in.labels(kind)
+        child.inc()
+
+    def error(self, code: str) -> None:
+        """Count one error frame with ``code``."""
+        child = self._errors.get(code)
+        if child is None:
+            child = self._errors[code] = self.errors.labels(code)
+        child.inc()
+        if code == "rate_limited":
+            self.rate_limited.inc()
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """One stored batch: its size and how long it took."""
+        self.store_batch_size.observe(size)
+        self.store_write_seconds.observe(seconds)
+
+    def watch(self, hub: Hub) -> None:
+        """Report ``hub``'s connections, rooms and memberships at every scrape."""
+        self.registry.register(_HubCollector(hub))
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class _HubCollector(Collector):
+    """Gauges read off the hub when Prometheus scrapes."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        states = {"guest": 0, "user": 0, "unauthenticated": 0}
+        for peer in list(self._hub.peers.values()):
+            user = peer.session.user
+            state = "unauthenticated" if user is None else "guest" if user.guest else "user"
+            states[state] += 1
+        connections = GaugeMetricFamily(
+            "roomcast_connections", "Open WebSocket connections, by state", labels=["state"]
+        )
+        for state, count in states.items():
+            connections.add_metric([state], count)
+        yield connections
+        rooms = self._hub.rooms()
+        yield GaugeMetricFamily("roomcast_rooms", "Rooms with a local member", value=len(rooms))
+        yield GaugeMetricFamily(
+            "roomcast_room_members",
+            "Users in rooms, summed over rooms (presence size)",
+            value=sum(rooms.values()),
+        )
+        yield GaugeMetricFamily(
+            "roomcast_largest_room_members",
+            "Users in the largest room",
+            value=max(rooms.values(), default=0),
+        )
