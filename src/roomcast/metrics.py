@@ -54,7 +54,7 @@ class Metrics:
         r = self.registry
         self.frames_in = Counter(
             "roomcast_frames_received",
-            "Client frames received, by type (invalid: not a valid frame)",
+            "Client frames received, by type (refused: answered with an error instead)",
             ["type"],
             registry=r,
         )

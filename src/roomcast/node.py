@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Final
+from typing import Final, TypeVar
 
 from .accounts import Accounts
 from .broker.base import Broker, Publication
@@ -61,6 +61,8 @@ from .store.base import AppendResult, DirectResult, Store
 __all__ = ["GUEST_NAME", "Node"]
 
 logger = logging.getLogger("roomcast.node")
+
+T = TypeVar("T")
 
 #: Nicknames a guest may choose: letters, digits, ``_`` and ``-``, 1 to 32.
 GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
@@ -304,19 +306,8 @@ class Node:
         received: float,
         stored: asyncio.Future[AppendResult],
     ) -> None:
-        try:
-            result = stored.result()
-        except BackendError as exc:
-            logger.error("message from %s not stored: %s", peer.session.id, exc)
-            self._error(
-                peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id
-            )
-            return
-        except Exception:
-            logger.exception("message from %s not stored", peer.session.id)
-            self._error(
-                peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id
-            )
+        result = self._stored(peer, frame_id, stored)
+        if result is None:
             return
         message = result.message
         if not result.duplicate:
@@ -324,6 +315,17 @@ class Node:
         if frame_id is not None:
             self._reply(peer, Ack(message.message_id, message.room, message.seq), frame_id)
         self.metrics.ack_seconds.observe(asyncio.get_running_loop().time() - received)
+
+    def _stored(self, peer: Peer, frame_id: str | None, stored: asyncio.Future[T]) -> T | None:
+        """What the store returned, or None once the sender is told it was not stored."""
+        try:
+            return stored.result()
+        except BackendError as exc:
+            logger.error("message from %s not stored: %s", peer.session.id, exc)
+        except Exception:
+            logger.exception("message from %s not stored", peer.session.id)
+        self._error(peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id)
+        return None
 
     async def _join(self, peer: Peer, cmd: Join) -> None:
         user = peer.session.user
@@ -457,13 +459,8 @@ class Node:
     def _direct_stored(
         self, peer: Peer, frame_id: str | None, stored: asyncio.Future[DirectResult]
     ) -> None:
-        try:
-            result = stored.result()
-        except Exception as exc:
-            logger.error("direct message from %s not stored: %s", peer.session.id, exc)
-            self._error(
-                peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id
-            )
+        result = self._stored(peer, frame_id, stored)
+        if result is None:
             return
         message = result.message
         if not result.duplicate:
