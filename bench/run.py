@@ -19,6 +19,10 @@ client leaving the lobby after its welcome: no room, no presence events) and
 ``idle50k`` (50,000 in the lobby; not run by default, and skipped when the
 open-files hard limit is too low for it).
 
+At the end it also draws PNG plots of the run into docs/img/bench/ (--plots),
+named by scenario and overwriting the previous ones, with bench/plots.py; that
+needs matplotlib (the ``bench`` extra) and is skipped with a note without it.
+
     .venv/bin/python bench/run.py                      # roomcast vs node, 3 runs
     .venv/bin/python bench/run.py --targets all --runs 1
     .venv/bin/python bench/run.py --compare-loadgens   # picows vs Node ws client
@@ -29,6 +33,7 @@ open-files hard limit is too low for it).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -59,6 +64,8 @@ ROOMCAST_ONLY = {"persist": "they store no messages (no acks)"}
 # Open files a scenario needs in the server and in the load generator each.
 FDS_NEEDED = {"idle": 10_300, "idle-noroom": 10_300, "idle50k": 50_300}
 LOADGEN_TIMEOUT = 300
+# Where the PNGs of the latest run go (docs/benchmarks.md links them).
+PLOTS_DIR = servers.REPO / "docs" / "img" / "bench"
 
 
 def loadgen(cmd: list[str], cpu: int = 1) -> dict[str, Any]:
@@ -174,6 +181,22 @@ def compare_loadgens(opts: argparse.Namespace, tmp: Path, node: Path) -> list[di
     return rows
 
 
+def render_plots(results: Path, out: Path) -> None:
+    """PNGs of a results JSON (bench/plots.py); optional: needs matplotlib."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib is not installed: no plots (pip install -e '.[bench]')", flush=True)
+        return
+    import plots  # imports matplotlib
+
+    try:
+        paths = plots.render(results, out)
+    except Exception as exc:  # the results are saved; a plotting bug must not fail the run
+        print(f"plots failed ({exc!r}); retry: bench/plots.py {results}", file=sys.stderr)
+        return
+    for path in paths:
+        print(f"plot: {path}")
+
+
 def ensure_node_client() -> None:
     if not (servers.BENCH / "node_modules" / "ws").exists():
         subprocess.run(
@@ -200,6 +223,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=servers.BENCH / "results")
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=PLOTS_DIR,
+        help="directory for the PNGs of the run, overwritten (default: docs/img/bench)",
+    )
     parser.add_argument(
         "--roomcast-arg",
         action="append",
@@ -285,10 +314,12 @@ def main(argv: list[str]) -> int:
                     raw.append(result)
     summary = report.summarize(raw, targets, scenarios)
     doc = {"machine": machine(), "argv": argv, "summary": summary, "notes": notes, "raw": raw}
-    (opts.out / f"{stamp}.json").write_text(json.dumps(doc, indent=1))
+    results = opts.out / f"{stamp}.json"
+    results.write_text(json.dumps(doc, indent=1))
     md = report.markdown(summary, targets, scenarios, opts.runs, notes)
     (opts.out / f"{stamp}.md").write_text(md)
     print(md)
+    render_plots(results, opts.plots)
     return 0
 
 
