@@ -419,15 +419,20 @@ async def test_without_guests_an_unauthenticated_connection_is_closed_after_the_
     assert peer.closed is not None and peer.closed[0] is CloseCode.POLICY_VIOLATION
 
 
-async def test_expired_token_asks_for_a_new_one_then_closes() -> None:
-    """When a connection's token expires it gets token_expired, then 1008 if nothing comes."""
+async def signed_in_alice() -> tuple[Node, FakePeer, str]:
+    """A node whose re-auth window is 50 ms, a connection, and a token for registered alice."""
     store = MemoryStore()
     accounts = fast_accounts(store)
     await accounts.register("alice", "long enough password")
     node = Node(store=store, broker=MemoryBroker(), accounts=accounts, reauth_timeout=0.05)
     await node.start()
-    peer = await connected(node)
     token, _ = accounts.tokens.issue("alice")
+    return node, await connected(node), token
+
+
+async def test_expired_token_asks_for_a_new_one_then_closes() -> None:
+    """When a connection's token expires it gets token_expired, then 1008 if nothing comes."""
+    node, peer, token = await signed_in_alice()
     await node.receive_text(peer, text("auth", {"token": token}, id="a"))
     assert peer.of_type("auth")[0]["payload"]["user"] == {"name": "alice", "guest": False}
     node.set_token_expiry(peer, time.time())  # as if it expired now
@@ -441,13 +446,7 @@ async def test_expired_token_asks_for_a_new_one_then_closes() -> None:
 
 async def test_a_new_token_cancels_the_expiry_close() -> None:
     """Sending auth with a fresh token after token_expired keeps the connection open."""
-    store = MemoryStore()
-    accounts = fast_accounts(store)
-    await accounts.register("alice", "long enough password")
-    node = Node(store=store, broker=MemoryBroker(), accounts=accounts, reauth_timeout=0.05)
-    await node.start()
-    peer = await connected(node)
-    token, _ = accounts.tokens.issue("alice")
+    node, peer, token = await signed_in_alice()
     await node.receive_text(peer, text("auth", {"token": token}))
     node.set_token_expiry(peer, time.time())
     await asyncio.sleep(0.01)
