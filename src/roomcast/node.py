@@ -15,9 +15,9 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from .accounts import Accounts
 from .broker.base import Broker, Publication
@@ -185,7 +185,9 @@ class Node:
             ),
         )
         if session.user is not None:
-            await self._dispatch(peer, Join(None, DEFAULT_ROOM))
+            pending = self.dispatch(peer, Join(None, DEFAULT_ROOM))
+            if pending is not None:
+                await pending
         else:
             self._set_deadline(peer, self.auth_timeout, self._auth_timed_out)
 
@@ -232,21 +234,39 @@ class Node:
 
     # -- input -------------------------------------------------------------------
 
-    async def receive_text(self, peer: Peer, data: str | bytes) -> None:
-        """Carry out one text frame from ``peer``."""
-        now = asyncio.get_running_loop().time()
-        outcome = peer.session.receive_text(data, now)
+    def handle_text(self, peer: Peer, data: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """Carry out one text frame from ``peer`` as far as it can without waiting.
+
+        Most frames (chat, typing, ping, leave, refusals) are done when this
+        returns None. A frame that must wait for the store (join, history,
+        auth, direct) returns the coroutine that finishes it: the transport
+        awaits it before it hands this connection's next frame in, so each
+        connection's frames are carried out in order.
+        """
+        outcome = peer.session.receive_text(data, asyncio.get_running_loop().time())
         self.metrics.frame_in(_kind(outcome))
-        await self._dispatch(peer, outcome)
+        return self.dispatch(peer, outcome)
+
+    def handle_binary(self, peer: Peer, data: bytes) -> Coroutine[Any, Any, None] | None:
+        """Carry out one binary frame from ``peer``; like :meth:`handle_text`."""
+        outcome = peer.session.receive_binary(data, asyncio.get_running_loop().time())
+        self.metrics.frame_in(_kind(outcome))
+        return self.dispatch(peer, outcome)
+
+    async def receive_text(self, peer: Peer, data: str | bytes) -> None:
+        """Carry out one text frame from ``peer`` completely."""
+        pending = self.handle_text(peer, data)
+        if pending is not None:
+            await pending
 
     async def receive_binary(self, peer: Peer, data: bytes) -> None:
-        """Carry out one binary frame from ``peer``."""
-        now = asyncio.get_running_loop().time()
-        outcome = peer.session.receive_binary(data, now)
-        self.metrics.frame_in(_kind(outcome))
-        await self._dispatch(peer, outcome)
+        """Carry out one binary frame from ``peer`` completely."""
+        pending = self.handle_binary(peer, data)
+        if pending is not None:
+            await pending
 
-    async def _dispatch(self, peer: Peer, outcome: Outcome) -> None:
+    def dispatch(self, peer: Peer, outcome: Outcome) -> Coroutine[Any, Any, None] | None:
+        """Do what a session decided; a coroutine for the part that must wait."""
         try:
             match outcome:
                 case Chat():
@@ -256,21 +276,21 @@ class Node:
                 case Close(code=code, reason=reason):
                     peer.close(code, reason)
                 case Join():
-                    await self._join(peer, outcome)
+                    return self._finish(peer, outcome, self._join(peer, outcome))
                 case Leave():
                     self._leave(peer, outcome)
                 case Typing():
                     self._typing(peer, outcome)
                 case HistoryRequest():
-                    await self._history(peer, outcome)
+                    return self._finish(peer, outcome, self._history(peer, outcome))
                 case PresenceRequest():
                     self._presence_list(peer, outcome)
                 case AuthFrame():
-                    await self._auth(peer, outcome)
+                    return self._finish(peer, outcome, self._auth(peer, outcome))
                 case Direct():
-                    await self._direct(peer, outcome)
+                    return self._finish(peer, outcome, self._direct(peer, outcome))
                 case DirectHistoryRequest():
-                    await self._direct_history(peer, outcome)
+                    return self._finish(peer, outcome, self._direct_history(peer, outcome))
                 case FileHeader():
                     # Sessions refuse files from guests; for users they are
                     # not built yet. Refuse, never drop.
@@ -280,13 +300,25 @@ class Node:
                         "files are not available on this server yet",
                         outcome.id,
                     )
-        except ProtocolError as exc:
+        except (ProtocolError, BackendError) as exc:
+            self._refused(peer, outcome, exc)
+        return None
+
+    async def _finish(self, peer: Peer, outcome: Outcome, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except (ProtocolError, BackendError) as exc:
+            self._refused(peer, outcome, exc)
+
+    def _refused(self, peer: Peer, outcome: Outcome, exc: ProtocolError | BackendError) -> None:
+        """Answer a frame that failed with an ``error`` frame."""
+        if isinstance(exc, ProtocolError):
             fid = exc.frame_id or getattr(outcome, "id", None)
             self._reply(peer, ErrorReply(exc.code, exc.message, exc.extra), fid)
-        except BackendError as exc:
-            logger.error("backend failure: %s", exc)
-            fid = getattr(outcome, "id", None)
-            self._error(peer, ErrorCode.INTERNAL, "the server could not do that; retry", fid)
+            return
+        logger.error("backend failure: %s", exc)
+        fid = getattr(outcome, "id", None)
+        self._error(peer, ErrorCode.INTERNAL, "the server could not do that; retry", fid)
 
     # -- commands ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import asyncio
 
 from roomcast.protocol.messages import UserInfo
 from roomcast.protocol.session import Session
-from roomcast.server import Flusher, WebSocketPeer
+from roomcast.websocket import Flusher, WebSocketPeer
 
 
 class RecordingTransport:
@@ -33,14 +33,17 @@ class RecordingTransport:
 
 
 def make_peer(transport: RecordingTransport, flusher: Flusher) -> WebSocketPeer:
-    return WebSocketPeer(
-        None,  # type: ignore[arg-type]
-        transport,  # type: ignore[arg-type]
+    peer = WebSocketPeer(
+        None,  # type: ignore[arg-type]  # no frames come in here
         Session("s", UserInfo("a", True)),
-        max_queue=1024,
+        owner=None,  # type: ignore[arg-type]
         flusher=flusher,
-        tasks=set(),
+        max_queue=1024,
+        max_message=1024,
+        close_timeout=1.0,
     )
+    peer.transport = transport  # type: ignore[assignment]
+    return peer
 
 
 async def test_frames_of_one_turn_are_written_together() -> None:

@@ -1,0 +1,430 @@
+"""WebSocket connections: picows reads the frames, roomcast writes them.
+
+picows (a Cython WebSocket parser) checks each client frame against RFC 6455
+(masking, opcodes, control frame sizes, the frame size limit, close codes)
+and answers pings; it calls :class:`WebSocketPeer` once per frame, with no
+task and no queue in between. What picows leaves to its user is done here:
+joining fragmented messages, checking that text is UTF-8, the close
+handshake, and keeping each connection's frames in order when one of them
+has to wait for the store.
+
+Writing does not go through picows: the node builds each frame once
+(:func:`~roomcast.protocol.wsframe.text_frame`) and :meth:`WebSocketPeer.send`
+queues those bytes for the :class:`Flusher`, which writes each connection's
+frames of one loop turn with one ``write`` on the asyncio transport. A
+broadcast to 1,000 members is 1,000 ``write`` calls and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
+
+from .logs import CONN_ID
+from .protocol.codes import CloseCode, ErrorCode
+from .protocol.messages import ErrorReply, encode
+from .protocol.session import Session
+from .protocol.wsframe import close_frame, text_frame
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["DRAIN_TIMEOUT", "Flusher", "PeerOwner", "WebSocketPeer"]
+
+logger = logging.getLogger("roomcast.websocket")
+
+#: Seconds a connection may leave a replay unread before it is dropped.
+DRAIN_TIMEOUT: Final = 10.0
+#: Frames kept for a connection while one of its frames waits for the store;
+#: past this many the connection's socket is not read until they are done.
+BACKLOG_PAUSE: Final = 64
+#: The close code recorded when a connection ended without a close frame.
+ABNORMAL_CLOSURE: Final = 1006
+
+_TEXT: Final = WSMsgType.TEXT
+_BINARY: Final = WSMsgType.BINARY
+_CONTINUATION: Final = WSMsgType.CONTINUATION
+_PONG: Final = WSMsgType.PONG
+_CLOSE: Final = WSMsgType.CLOSE
+
+
+class PeerOwner(Protocol):
+    """What a peer tells the server about its life (the server implements it)."""
+
+    def peer_opened(self, peer: WebSocketPeer) -> str | None:
+        """A handshake finished; return a reason to refuse the connection, or None."""
+
+    def peer_closed(self, peer: WebSocketPeer, code: int) -> None:
+        """The connection is gone; ``code`` is the close code it ended with."""
+
+
+class Flusher:
+    """Writes each connection's frames of one loop turn with one ``write``.
+
+    A burst of messages handled in one event-loop turn (a sender's frames
+    often arrive together) would cost every member one system call per
+    message; instead :meth:`WebSocketPeer.send` queues the frame, and the
+    flusher, scheduled once per turn, writes each member's queue joined.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[WebSocketPeer] = []
+        self._scheduled = False
+
+    def add(self, peer: WebSocketPeer) -> None:
+        self._dirty.append(peer)
+        if not self._scheduled:
+            self._scheduled = True
+            # In a context of its own: not in the context (the connection id)
+            # of whichever connection happened to send first.
+            self._loop.call_soon(self.flush, context=contextvars.Context())
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for peer in dirty:
+            peer.flush()
+
+
+class WebSocketPeer(WSListener):
+    """One WebSocket connection, as picows' listener and as the node's peer.
+
+    ``send`` never waits: it queues a pre-built frame, and the flusher writes
+    the queue at the end of the loop turn. When more than ``max_queue``
+    bytes are waiting in the transport (the client does not read fast
+    enough) the connection is closed with 1013 and nothing more is written
+    to it; the other members never notice.
+
+    Args:
+        node: the node that carries out this connection's frames.
+        session: the connection's protocol state.
+        owner: the server, told when the connection opens and ends.
+        flusher: the loop's write coalescer.
+        max_queue: unsent bytes past which the client is a slow consumer.
+        max_message: the longest message, in bytes, also when fragmented.
+        close_timeout: seconds to wait for the client's close frame.
+        expires_at: when the handshake's token expires (epoch seconds), if any.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_busy",
+        "_close_code",
+        "_closer",
+        "_flusher",
+        "_fragments",
+        "_fragments_size",
+        "_paused",
+        "_pending",
+        "alive",
+        "close_timeout",
+        "closed",
+        "expires_at",
+        "max_message",
+        "max_queue",
+        "node",
+        "owner",
+        "remote",
+        "session",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        node: Node,
+        session: Session,
+        *,
+        owner: PeerOwner,
+        flusher: Flusher,
+        max_queue: int,
+        max_message: int,
+        close_timeout: float,
+        expires_at: float | None = None,
+    ) -> None:
+        self.node = node
+        self.session = session
+        self.owner = owner
+        self.max_queue = max_queue
+        self.max_message = max_message
+        self.close_timeout = close_timeout
+        self.expires_at = expires_at
+        self.transport: asyncio.Transport | None = None
+        #: The client's address while the server counts it (``peer_opened``).
+        self.remote: str | None = None
+        #: No more frames go out (a close was sent, or the connection is gone).
+        self.closed = False
+        #: The client answered the last heartbeat ping.
+        self.alive = True
+        self._flusher = flusher
+        self._pending: list[bytes] = []
+        #: The code of the close frame sent or received first.
+        self._close_code: int | None = None
+        self._closer: asyncio.TimerHandle | None = None
+        #: The task finishing a frame that waits for the store, if any.
+        self._busy: asyncio.Task[None] | None = None
+        self._backlog: deque[tuple[bool, str | bytes]] | None = None
+        self._paused = False
+        #: The parts of a fragmented message: its type, then its payloads.
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+
+    # -- picows callbacks ------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport.underlying_transport
+        reset = CONN_ID.set(self.session.id)
+        try:
+            refusal = self.owner.peer_opened(self)
+            if refusal is not None:
+                self.close(CloseCode.POLICY_VIOLATION, refusal)
+                return
+            self._start(self._connect())
+        finally:
+            CONN_ID.reset(reset)
+
+    async def _connect(self) -> None:
+        await self.node.connect(self)
+        if self.expires_at is not None and not self.closed:
+            self.node.set_token_expiry(self, self.expires_at)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is _TEXT and frame.fin and self._fragments is None:
+            try:
+                text = frame.get_payload_as_utf8_text()
+            except UnicodeDecodeError:
+                self.fail(CloseCode.INVALID_DATA, "text frames must be UTF-8")
+                return
+            self._received(False, text)
+        elif kind is _PONG:
+            self.alive = True
+        elif kind is _CLOSE:
+            self._close_received(frame)
+        elif kind is _TEXT or kind is _BINARY or kind is _CONTINUATION:
+            self._fragment(kind, frame)
+        # PING: picows has answered it.
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        self._pending = []
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        if self._backlog is not None:
+            self._backlog.clear()
+        code = self._close_code if self._close_code is not None else ABNORMAL_CLOSURE
+        busy = self._busy
+        if busy is None:
+            self.owner.peer_closed(self, code)
+        else:
+            # The node forgets the connection after the frame it is carrying
+            # out (a join could otherwise put it back in a room).
+            busy.add_done_callback(lambda _: self.owner.peer_closed(self, code))
+
+    # -- incoming frames -------------------------------------------------------
+
+    def _fragment(self, kind: WSMsgType, frame: WSFrame) -> None:
+        """A part of a fragmented message (RFC 6455 section 5.4)."""
+        parts = self._fragments
+        if kind is _CONTINUATION:
+            if parts is None:
+                self.fail(CloseCode.PROTOCOL_ERROR, "continuation frame without a message")
+                return
+        elif parts is not None:
+            self.fail(CloseCode.PROTOCOL_ERROR, "new message before the last one ended")
+            return
+        else:
+            parts = self._fragments = [b"t" if kind is _TEXT else b"b"]
+            self._fragments_size = 0
+        self._fragments_size += frame.payload_size
+        if self._fragments_size > self.max_message:
+            self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        parts.append(frame.get_payload_as_bytes())
+        if not frame.fin:
+            return
+        self._fragments = None
+        data = b"".join(parts[1:])
+        if parts[0] == b"b":
+            self._received(True, data)
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(CloseCode.INVALID_DATA, "text frames must be UTF-8")
+            return
+        self._received(False, text)
+
+    def _received(self, binary: bool, data: str | bytes) -> None:
+        if self.closed:
+            return  # after a close frame, data is ignored (RFC 6455 section 5.5.1)
+        if self._busy is not None:
+            backlog = self._backlog
+            if backlog is None:
+                backlog = self._backlog = deque()
+            backlog.append((binary, data))
+            if len(backlog) >= BACKLOG_PAUSE and not self._paused and self.transport:
+                self._paused = True
+                self.transport.pause_reading()
+            return
+        reset = CONN_ID.set(self.session.id)
+        try:
+            self._start(self._handle(binary, data))
+        finally:
+            CONN_ID.reset(reset)
+
+    def _handle(self, binary: bool, data: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """Carry out one message; the coroutine that finishes it, if it must wait."""
+        try:
+            if binary:
+                assert isinstance(data, bytes)
+                return self.node.handle_binary(self, data)
+            return self.node.handle_text(self, data)
+        except Exception:
+            self._internal_error()
+            return None
+
+    def _start(self, pending: Coroutine[Any, Any, None] | None) -> None:
+        if pending is not None:
+            self._busy = asyncio.get_running_loop().create_task(self._finish(pending))
+
+    async def _finish(self, pending: Coroutine[Any, Any, None] | None) -> None:
+        """Finish a waiting frame, then the frames that came meanwhile, in order."""
+        try:
+            while True:
+                if pending is not None:
+                    try:
+                        await pending
+                    except Exception:
+                        self._internal_error()
+                backlog = self._backlog
+                if not backlog or self.closed:
+                    break
+                pending = self._handle(*backlog.popleft())
+        finally:
+            self._busy = None
+            if self._paused:
+                self._paused = False
+                if self.transport is not None and not self.closed:
+                    self.transport.resume_reading()
+
+    def _internal_error(self) -> None:
+        logger.exception("internal error on connection %s", self.session.id)
+        self.send(text_frame(encode(ErrorReply(ErrorCode.INTERNAL, "internal error"))))
+
+    def _close_received(self, frame: WSFrame) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._close_code is None:
+            # The client closes: answer with its code (RFC 6455 section 5.5.1),
+            # after what was queued for it.
+            payload = frame.get_payload_as_bytes()
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            self._close_code = code if code is not None else CloseCode.NORMAL
+            self.flush()
+            self.closed = True
+            self._pending = []
+            if not transport.is_closing():
+                transport.write(close_frame(code) if code is not None else b"\x88\x00")
+        # Either way the handshake is complete: the server closes TCP first.
+        transport.close()
+
+    # -- the node's side -------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        pending = self._pending
+        pending.append(frame)
+        if len(pending) == 1:
+            self._flusher.add(self)
+
+    def flush(self) -> None:
+        """Write the queued frames now (the flusher calls this once per turn)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            self.closed = True
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if transport.get_write_buffer_size() > self.max_queue:
+            logger.warning(
+                "closing slow consumer %s: more than %d bytes unsent",
+                self.session.id,
+                self.max_queue,
+                extra={"conn": self.session.id},
+            )
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+
+    async def drain(self) -> bool:
+        """Wait until at most a quarter of ``max_queue`` is unsent.
+
+        A client that reads nothing for :data:`DRAIN_TIMEOUT` seconds is
+        closed with 1013, like any slow consumer. Returns False once the
+        connection is closed.
+        """
+        self.flush()
+        transport = self.transport
+        if transport is None:
+            return False
+        low = self.max_queue // 4
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        while not self.closed and transport.get_write_buffer_size() > low:
+            if transport.is_closing():
+                self.closed = True
+                break
+            if loop.time() > deadline:
+                self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+                break
+            await asyncio.sleep(0.005)
+        return not self.closed
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Send a close frame; close TCP on the client's answer or after ``close_timeout``."""
+        if self.closed:
+            return
+        self.flush()  # what was sent before the close goes out before it
+        if self.closed:
+            return
+        self.closed = True
+        self._close_code = code
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(close_frame(code, reason))
+        # A client that stopped reading never answers, nor reads our buffer.
+        self._closer = asyncio.get_running_loop().call_later(self.close_timeout, transport.abort)
+
+    def fail(self, code: CloseCode, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): a close frame, then close TCP."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self._close_code = code
+        self._pending = []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            logger.info("failing connection %s: %s", self.session.id, reason)
+            transport.write(close_frame(code, reason))
+            transport.close()
+
+    def terminate(self) -> None:
+        """Drop the connection at once (a dead peer: no close handshake)."""
+        self.closed = True
+        self._pending = []
+        if self.transport is not None:
+            self.transport.abort()
