@@ -3,7 +3,8 @@
 Every server has its own :class:`~prometheus_client.CollectorRegistry`, so
 several servers in one process (tests) do not share counters. Counters on
 the hot path are bound to their labels once (``labels()`` costs a dict
-lookup and a lock); a fan-out adds its whole delivery count with one
+lookup and a lock), and frames received, counted once per frame, are plain
+ints reported by a collector; a fan-out adds its whole delivery count with one
 ``inc(n)``, never one call per member. What can be read off the hub at
 scrape time (connections by state, rooms, room memberships) is computed
 then, by a collector, instead of being kept up to date on every change.
@@ -11,11 +12,12 @@ then, by a collector, instead of being kept up to date on every change.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -52,12 +54,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.frames_in = Counter(
-            "roomcast_frames_received",
-            "Client frames received, by type (refused: answered with an error instead)",
-            ["type"],
-            registry=r,
-        )
+        #: Client frames by type: plain ints (a frame costs one dict
+        #: increment, not a prometheus-client lock), reported at scrape time.
+        self.frames_in: collections.Counter[str] = collections.Counter()
+        r.register(_FramesCollector(self.frames_in))
         self.messages_out = Counter(
             "roomcast_messages_sent",
             "Stored messages broadcast or delivered, by type",
@@ -107,17 +107,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self._frames_in: dict[str, Counter] = {}
         self.chat_out = self.messages_out.labels("chat")
         self.direct_out = self.messages_out.labels("direct")
         self._errors: dict[str, Counter] = {}
 
     def frame_in(self, kind: str) -> None:
         """Count one client frame of type ``kind``."""
-        child = self._frames_in.get(kind)
-        if child is None:
-            child = self._frames_in[kind] = self.frames_in.labels(kind)
-        child.inc()
+        self.frames_in[kind] += 1
 
     def error(self, code: str) -> None:
         """Count one error frame with ``code``."""
@@ -140,6 +136,23 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _FramesCollector(Collector):
+    """``roomcast_frames_received_total`` from a plain counter of ints."""
+
+    def __init__(self, counts: collections.Counter[str]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "roomcast_frames_received",
+            "Client frames received, by type (refused: answered with an error instead)",
+            labels=["type"],
+        )
+        for kind, count in sorted(self._counts.items()):
+            family.add_metric([kind], count)
+        yield family
 
 
 class _HubCollector(Collector):

@@ -72,16 +72,21 @@ def mask(payload: bytes, key: bytes = MASK_KEY) -> bytes:
 
 
 def client_frame(
-    opcode: int, payload: bytes = b"", *, masked: bool = True, length: int | None = None
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    masked: bool = True,
+    length: int | None = None,
+    fin: bool = True,
 ) -> bytes:
-    """One final frame as a client sends it: masked unless told otherwise.
+    """One frame as a client sends it: final and masked unless told otherwise.
 
     ``length`` declares a payload length other than ``len(payload)`` (a
     header announcing more than is sent).
     """
     n = len(payload) if length is None else length
     bit = 0x80 if masked else 0
-    head = bytes((0x80 | opcode,))
+    head = bytes(((0x80 if fin else 0) | opcode,))
     if n < 126:
         head += bytes((bit | n,))
     elif n < 65536:
@@ -174,10 +179,16 @@ class RawWebSocket:
         await asyncio.wait_for(self.writer.drain(), RECV_TIMEOUT)
 
     async def send_frame(
-        self, opcode: int, payload: bytes = b"", *, masked: bool = True, length: int | None = None
+        self,
+        opcode: int,
+        payload: bytes = b"",
+        *,
+        masked: bool = True,
+        length: int | None = None,
+        fin: bool = True,
     ) -> None:
         """Send one frame (see :func:`client_frame`)."""
-        await self.send_raw(client_frame(opcode, payload, masked=masked, length=length))
+        await self.send_raw(client_frame(opcode, payload, masked=masked, length=length, fin=fin))
 
     async def read_frame(self, timeout: float = RECV_TIMEOUT) -> tuple[int, bytes]:
         """The next frame from the server: ``(opcode, payload)``.
