@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -26,6 +27,7 @@ from .protocol.messages import (
     DEFAULT_ROOM,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
+    ChatMessage,
     UserInfo,
     format_timestamp,
     valid_room,
@@ -117,6 +119,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_get("/api/rooms/{room}/messages", _room_messages)
     app.router.add_post("/api/rooms/{room}/messages", _post_message)
     app.router.add_get("/api/direct/messages", _direct_messages)
+    app.router.add_get("/files/{file_id}", _file)
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -374,6 +377,81 @@ async def _direct_messages(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
     reply = await request.app[NODE].direct_history(user, before=before, since=since, limit=limit)
     return _json(reply.payload())
+
+
+#: Media types a browser may show inline from this origin: raster images,
+#: audio, video, plain text and PDF. Anything else (HTML, SVG, XML, scripts)
+#: is a download, so a file can never run as a page of roomcast's origin.
+INLINE_TYPES: Final = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/wav",
+        "video/mp4",
+        "video/webm",
+        "text/plain",
+        "application/pdf",
+    }
+)
+
+
+async def _file(request: web.Request) -> web.StreamResponse:
+    """``GET /files/{file_id}``: a file, for whoever may read the message it came in.
+
+    A signed link (``expires`` and ``signature`` from the message's ``url``)
+    needs no token; otherwise a bearer token names the user, who must be
+    allowed in the room, or be one side of the direct message. Ranges,
+    ``HEAD`` and conditional requests are aiohttp's ``FileResponse``.
+    """
+    node = request.app[NODE]
+    file_id = request.match_info["file_id"]
+    if len(file_id) > 64 or not file_id.isalnum():
+        raise HTTPError(404, "not_found", "no such file")
+    expires, signature = request.query.get("expires"), request.query.get("signature")
+    signed = False
+    if expires is not None or signature is not None:
+        links = node.links
+        if links is None or not links.check(file_id, expires or "", signature or ""):
+            raise HTTPError(403, "forbidden", "the link is not valid, or it has expired")
+        signed = True
+    message = await node.store.message_by_id(file_id)
+    if message is None or message.file is None or node.files is None:
+        raise HTTPError(404, "not_found", "no such file")
+    if not signed:
+        user = await _user(request)
+        if isinstance(message, ChatMessage):
+            try:
+                await node.check_access(user, message.room)
+            except ProtocolError as exc:
+                raise _from_protocol(exc) from None
+        elif user.name not in (message.sender, message.to):
+            raise HTTPError(403, "forbidden", "this file was sent to someone else")
+    info = message.file
+    try:
+        path = node.files.path(info.sha256)
+    except ValueError:
+        raise HTTPError(404, "not_found", "no such file") from None
+    if not path.is_file():
+        logger.error("file %s of message %s is missing", info.sha256, file_id)
+        raise HTTPError(404, "not_found", "the file is missing")
+    inline = info.mime in INLINE_TYPES
+    disposition = "inline" if inline else "attachment"
+    quoted = urllib.parse.quote(info.name, safe="")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": info.mime,
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quoted}",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, max-age=3600",
+        },
+    )
 
 
 def backend_failure(exc: BackendError) -> HTTPError:

@@ -27,6 +27,7 @@ from .config import (
     prepare_data_dir,
 )
 from .exceptions import BackendError, ConfigError
+from .files import FileLinks, FileStore
 from .node import Node
 from .server import RoomcastServer
 from .store import open_store
@@ -144,6 +145,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "shared proxy (default: %(default)s)",
     )
     add(
+        "--max-file-size",
+        8 * 1024 * 1024,
+        "largest file a binary frame may carry, in bytes; a bigger frame closes the "
+        "connection with 1009 (default: %(default)s)",
+    )
+    add(
         "--log-level",
         "info",
         "debug, info, warning or error (default: %(default)s)",
@@ -193,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_ip=_number(
             args.max_connections_per_ip, "--max-connections-per-ip", int, 0, 1_000_000
         ),
+        max_file_size=_number(args.max_file_size, "--max-file-size", int, 1, 1024**3),
     )
     if args.secret and len(args.secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(f"--secret must be at least {MIN_SECRET_BYTES} bytes long")
@@ -229,7 +237,8 @@ def _configure_logging(level: str, fmt: str) -> None:
 
 async def _serve(config: ServerConfig) -> None:
     data_dir = prepare_data_dir(config.data_dir)
-    tokens = Tokens(load_secret(data_dir, config.secret))
+    secret = load_secret(data_dir, config.secret)
+    tokens = Tokens(secret)
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
         ssl_context = make_ssl_context(config.tls_cert, config.tls_key)
@@ -241,6 +250,8 @@ async def _serve(config: ServerConfig) -> None:
         heartbeat=config.heartbeat,
         guests=config.guests,
         accounts=Accounts(store, tokens),
+        files=FileStore(data_dir / "files"),
+        links=FileLinks(secret),
     )
     if isinstance(store, SQLiteStore):
         store.on_batch = node.metrics.observe_batch

@@ -28,6 +28,9 @@ class Limits:
 
     #: Largest text frame, in bytes; a bigger one closes the connection with 1009.
     max_text_frame: int = 64 * 1024
+    #: Largest file a binary frame may carry, in bytes; a bigger frame closes
+    #: the connection with 1009 before it is read whole.
+    max_file_size: int = 8 * 1024 * 1024
     #: Largest chat or direct message text, in characters (``too_large`` past it).
     max_message_chars: int = 4000
     #: Unsent bytes queued to one connection before it is closed with 1013.

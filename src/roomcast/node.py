@@ -22,7 +22,8 @@ from typing import Any, Final, TypeVar
 from .accounts import Accounts
 from .broker.base import Broker, Publication
 from .config import DEFAULT_LIMITS, Limits
-from .exceptions import AuthError, BackendError, ProtocolError
+from .exceptions import AuthError, BackendError, ProtocolError, StoreError
+from .files import FileLinks, FileStore, safe_file_name
 from .hub import Hub, Peer
 from .metrics import Metrics
 from .protocol.codes import CloseCode, ErrorCode
@@ -36,8 +37,10 @@ from .protocol.messages import (
     Direct,
     DirectHistoryReply,
     DirectHistoryRequest,
+    DirectMessage,
     ErrorReply,
     FileHeader,
+    FileInfo,
     HistoryReply,
     HistoryRequest,
     Join,
@@ -63,6 +66,14 @@ __all__ = ["GUEST_NAME", "Node"]
 logger = logging.getLogger("roomcast.node")
 
 T = TypeVar("T")
+M = TypeVar("M", ChatMessage, DirectMessage)
+
+#: A media type as a file header may give it (``type/subtype``, no parameters).
+MEDIA_TYPE: Final = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+)
+#: The media type of a file whose header gave none that is valid.
+OCTET_STREAM: Final = "application/octet-stream"
 
 #: Nicknames a guest may choose: letters, digits, ``_`` and ``-``, 1 to 32.
 GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
@@ -92,6 +103,8 @@ class Node:
         auth_timeout: seconds a connection has to ``auth`` when guests are off.
         reauth_timeout: seconds a connection whose token expired has to send a new one.
         metrics: where to count; a new registry of its own by default.
+        files: where files sent in binary frames are kept; None refuses files.
+        links: signs the links to files in file messages; None sends none.
     """
 
     def __init__(
@@ -106,6 +119,8 @@ class Node:
         auth_timeout: float = AUTH_TIMEOUT,
         reauth_timeout: float = REAUTH_TIMEOUT,
         metrics: Metrics | None = None,
+        files: FileStore | None = None,
+        links: FileLinks | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.hub = Hub()
@@ -116,6 +131,8 @@ class Node:
         self.guests = guests
         self.accounts = accounts
         self.metrics = metrics or Metrics()
+        self.files = files
+        self.links = links
         self.metrics.watch(self.hub)
         self.auth_timeout = auth_timeout
         self.reauth_timeout = reauth_timeout
@@ -251,6 +268,8 @@ class Node:
         """Carry out one binary frame from ``peer``; like :meth:`handle_text`."""
         outcome = peer.session.receive_binary(data, asyncio.get_running_loop().time())
         self.metrics.frame_in(_kind(outcome))
+        if isinstance(outcome, FileHeader):
+            return self._finish(peer, outcome, self._file(peer, outcome, data))
         return self.dispatch(peer, outcome)
 
     async def receive_text(self, peer: Peer, data: str | bytes) -> None:
@@ -292,13 +311,9 @@ class Node:
                 case DirectHistoryRequest():
                     return self._finish(peer, outcome, self._direct_history(peer, outcome))
                 case FileHeader():
-                    # Sessions refuse files from guests; for users they are
-                    # not built yet. Refuse, never drop.
+                    # A file needs its bytes: handle_binary carries them out.
                     self._error(
-                        peer,
-                        ErrorCode.FORBIDDEN,
-                        "files are not available on this server yet",
-                        outcome.id,
+                        peer, ErrorCode.INVALID_MESSAGE, "a file needs its bytes", outcome.id
                     )
         except (ProtocolError, BackendError) as exc:
             self._refused(peer, outcome, exc)
@@ -343,7 +358,7 @@ class Node:
             return
         message = result.message
         if not result.duplicate:
-            self._publish(message.room, text_frame(encode(message)), message.seq)
+            self._publish(message.room, text_frame(encode(self._linked(message))), message.seq)
         if frame_id is not None:
             self._reply(peer, Ack(message.message_id, message.room, message.seq), frame_id)
         self.metrics.ack_seconds.observe(asyncio.get_running_loop().time() - received)
@@ -413,7 +428,7 @@ class Node:
             if not page:
                 break
             for message in page:
-                peer.send(text_frame(encode(message)))
+                peer.send(text_frame(encode(self._linked(message))))
             after = page[-1].seq
             if not await peer.drain():
                 break
@@ -449,7 +464,7 @@ class Node:
         """
         await self.check_access(user, room)
         messages, has_more = await self.store.history(room, before=before, limit=limit)
-        return HistoryReply(room, messages, has_more)
+        return HistoryReply(room, [self._linked(m) for m in messages], has_more)
 
     async def check_access(self, user: UserInfo, room: str) -> None:
         """Raise ``forbidden`` unless ``user`` may join, read and post in ``room``.
@@ -494,7 +509,7 @@ class Node:
         result = self._stored(peer, frame_id, stored)
         if result is None:
             return
-        message = result.message
+        message = self._linked(result.message)
         if not result.duplicate:
             to_sender = text_frame(encode(replace(message, seq=result.sender_seq)))
             self.metrics.direct_out.inc()
@@ -506,6 +521,49 @@ class Node:
                 self.broker.publish(Publication(self.id, None, message.to, to_recipient))
         if frame_id is not None:
             self._reply(peer, Ack(message.message_id, None, result.sender_seq), frame_id)
+
+    async def _file(self, peer: Peer, header: FileHeader, data: bytes) -> None:
+        """Keep a file, then store and send its message like a chat or direct message."""
+        user = peer.session.user
+        assert user is not None and not user.guest
+        if self.files is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "this server does not keep files")
+        body = data[header.body_offset :]
+        if len(body) > self.limits.max_file_size:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE, f"files are at most {self.limits.max_file_size} bytes"
+            )
+        recipient = None
+        if header.to is not None:
+            recipient = await self.store.get_user(header.to)
+            if recipient is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_USER, f"there is no user {header.to}")
+        mime = header.mime.lower() if MEDIA_TYPE.fullmatch(header.mime) else OCTET_STREAM
+        try:
+            digest = await self.files.put(body)
+        except OSError as exc:
+            logger.error("cannot keep a file from %s: %s", peer.session.id, exc)
+            raise StoreError("the file could not be stored") from exc
+        info = FileInfo(safe_file_name(header.name), mime, len(body), digest)
+        if recipient is None:
+            assert header.room is not None
+            stored = self.store.append(header.room, user.name, "", client_id=header.id, file=info)
+            received = asyncio.get_running_loop().time()
+            stored.add_done_callback(
+                functools.partial(self._chat_stored, peer, header.id, received)
+            )
+        else:
+            direct = self.store.append_direct(
+                user.name, recipient.name, "", client_id=header.id, file=info
+            )
+            direct.add_done_callback(functools.partial(self._direct_stored, peer, header.id))
+
+    def _linked(self, message: M) -> M:
+        """``message`` with a signed link to its file, if it carries one."""
+        file = message.file
+        if file is None or self.links is None:
+            return message
+        return replace(message, file=replace(file, url=self.links.url(message.message_id)))
 
     async def _direct_history(self, peer: Peer, cmd: DirectHistoryRequest) -> None:
         user = peer.session.user
@@ -524,7 +582,7 @@ class Node:
             messages, more = await self.store.direct_since(user.name, since, limit=limit)
         else:
             messages, more = await self.store.direct_history(user.name, before=before, limit=limit)
-        return DirectHistoryReply(messages, more, last)
+        return DirectHistoryReply([self._linked(m) for m in messages], more, last)
 
     def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
         limit = self.limits.presence_limit

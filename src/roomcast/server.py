@@ -27,7 +27,7 @@ from yarl import URL
 
 from . import api
 from .auth import bearer_token
-from .config import ServerConfig
+from .config import Limits, ServerConfig
 from .exceptions import AuthError, BackendError
 from .frontdoor import FrontDoor, RequestHead, refusal
 from .logs import REQUEST_ID
@@ -45,6 +45,8 @@ logger = logging.getLogger("roomcast.server")
 _NODE: Final = web.AppKey("node", Node)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
+#: The largest JSON header of a binary frame (``parse_binary_frame``'s limit).
+MAX_FILE_HEADER: Final = 4096
 #: The first read buffer of a WebSocket connection (picows grows it for big frames).
 READ_BUFFER: Final = 2048
 #: Seconds shutdown waits for messages being stored to be acked.
@@ -123,7 +125,8 @@ class RoomcastServer:
         return self._runner.server()
 
     def websocket_limits(self) -> tuple[int, int]:
-        return self.config.limits.max_text_frame, READ_BUFFER
+        limits = self.config.limits
+        return max(limits.max_text_frame, max_binary_frame(limits)), READ_BUFFER
 
     def admit(self, door: FrontDoor, head: RequestHead) -> None:
         if not self._origin_allowed(head.headers):
@@ -163,6 +166,7 @@ class RoomcastServer:
             flusher=self._get_flusher(),
             max_queue=limits.max_queue_bytes,
             max_message=limits.max_text_frame,
+            max_binary=max_binary_frame(limits),
             close_timeout=self.config.close_timeout,
             expires_at=expires_at,
         )
@@ -298,6 +302,11 @@ class RoomcastServer:
             logger.info("shutting down")
         finally:
             await self.stop()
+
+
+def max_binary_frame(limits: Limits) -> int:
+    """The largest binary frame: the 4-byte length, the largest header, the file."""
+    return 4 + MAX_FILE_HEADER + limits.max_file_size
 
 
 @functools.cache

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
 import logging
+import mmap
+import sys
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
@@ -44,6 +47,8 @@ DRAIN_TIMEOUT: Final = 10.0
 #: Frames kept for a connection while one of its frames waits for the store;
 #: past this many the connection's socket is not read until they are done.
 BACKLOG_PAUSE: Final = 64
+#: A frame larger than this makes the peer give back its read buffer's pages.
+BIG_FRAME: Final = 256 * 1024
 #: The close code recorded when a connection ended without a close frame.
 ABNORMAL_CLOSURE: Final = 1006
 
@@ -52,6 +57,42 @@ _BINARY: Final = WSMsgType.BINARY
 _CONTINUATION: Final = WSMsgType.CONTINUATION
 _PONG: Final = WSMsgType.PONG
 _CLOSE: Final = WSMsgType.CLOSE
+
+
+def _madvise() -> Callable[[int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.madvise
+    except (OSError, AttributeError):  # pragma: no cover - no libc madvise
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int], int], function)
+
+
+_MADVISE: Final = _madvise()
+_MADV_DONTNEED: Final = 4  # Linux
+
+
+def release_pages(buffer: memoryview) -> int:
+    """Tell the kernel the whole pages inside ``buffer`` hold nothing needed.
+
+    They stay mapped and read as zeros. Returns the bytes given back (0
+    where ``madvise`` is not available).
+    """
+    if _MADVISE is None or buffer.readonly or len(buffer) < mmap.PAGESIZE:
+        return 0
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    page = mmap.PAGESIZE
+    first = (start + page - 1) // page * page
+    end = (start + len(buffer)) // page * page
+    if end <= first:
+        return 0
+    if _MADVISE(first, end - first, _MADV_DONTNEED) != 0:  # pragma: no cover - EINVAL etc.
+        return 0
+    return end - first
 
 
 class PeerOwner(Protocol):
@@ -110,7 +151,8 @@ class WebSocketPeer(WSListener):
         owner: the server, told when the connection opens and ends.
         flusher: the loop's write coalescer.
         max_queue: unsent bytes past which the client is a slow consumer.
-        max_message: the longest message, in bytes, also when fragmented.
+        max_message: the longest text message, in bytes, also when fragmented.
+        max_binary: the longest binary message (a file and its header), in bytes.
         close_timeout: seconds to wait for the client's close frame.
         expires_at: when the handshake's token expires (epoch seconds), if any.
     """
@@ -125,10 +167,12 @@ class WebSocketPeer(WSListener):
         "_fragments_size",
         "_paused",
         "_pending",
+        "_trim_scheduled",
         "alive",
         "close_timeout",
         "closed",
         "expires_at",
+        "max_binary",
         "max_message",
         "max_queue",
         "node",
@@ -148,6 +192,7 @@ class WebSocketPeer(WSListener):
         max_queue: int,
         max_message: int,
         close_timeout: float,
+        max_binary: int = 0,
         expires_at: float | None = None,
     ) -> None:
         self.node = node
@@ -155,6 +200,7 @@ class WebSocketPeer(WSListener):
         self.owner = owner
         self.max_queue = max_queue
         self.max_message = max_message
+        self.max_binary = max_binary
         self.close_timeout = close_timeout
         self.expires_at = expires_at
         self.transport: asyncio.Transport | None = None
@@ -173,6 +219,7 @@ class WebSocketPeer(WSListener):
         self._busy: asyncio.Task[None] | None = None
         self._backlog: deque[tuple[bool, str | bytes]] | None = None
         self._paused = False
+        self._trim_scheduled = False
         #: The parts of a fragmented message: its type, then its payloads.
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
@@ -199,6 +246,10 @@ class WebSocketPeer(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
         if kind is _TEXT and frame.fin and self._fragments is None:
+            if frame.payload_size > self.max_message:
+                # picows' frame limit is the file limit, the larger one.
+                self.fail(CloseCode.MESSAGE_TOO_BIG, "text frame too big")
+                return
             try:
                 text = frame.get_payload_as_utf8_text()
             except UnicodeDecodeError:
@@ -209,9 +260,14 @@ class WebSocketPeer(WSListener):
             self.alive = True
         elif kind is _CLOSE:
             self._close_received(frame)
+        elif kind is _BINARY and frame.fin and self._fragments is None:
+            self._received(True, frame.get_payload_as_bytes())
         elif kind is _TEXT or kind is _BINARY or kind is _CONTINUATION:
             self._fragment(kind, frame)
         # PING: picows has answered it.
+        if frame.payload_size > BIG_FRAME and not self._trim_scheduled:
+            self._trim_scheduled = True
+            asyncio.get_running_loop().call_soon(self._trim_read_buffer, transport)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
@@ -246,7 +302,8 @@ class WebSocketPeer(WSListener):
             parts = self._fragments = [b"t" if kind is _TEXT else b"b"]
             self._fragments_size = 0
         self._fragments_size += frame.payload_size
-        if self._fragments_size > self.max_message:
+        limit = self.max_message if parts[0] == b"t" else self.max_binary
+        if self._fragments_size > limit:
             self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
             return
         parts.append(frame.get_payload_as_bytes())
@@ -316,6 +373,24 @@ class WebSocketPeer(WSListener):
                 self._paused = False
                 if self.transport is not None and not self.closed:
                     self.transport.resume_reading()
+
+    def _trim_read_buffer(self, transport: WSTransport) -> None:
+        """Give back the pages of picows' read buffer after a big frame.
+
+        picows grows a connection's read buffer to hold its largest frame
+        and never shrinks it: one 8 MiB file would pin 8 MiB for the rest
+        of the connection. The part of the buffer past the unread bytes is
+        scratch space (``get_buffer`` hands it to the next read), so its
+        whole pages are returned to the kernel; they read as zeros if used
+        again. The buffer's size is kept.
+        """
+        self._trim_scheduled = False
+        if self.closed or self.transport is None:
+            return
+        protocol = self.transport.get_protocol()
+        get_buffer = getattr(protocol, "get_buffer", None)
+        if get_buffer is not None:
+            release_pages(get_buffer(-1))
 
     def _internal_error(self) -> None:
         logger.exception("internal error on connection %s", self.session.id)

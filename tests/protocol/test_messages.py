@@ -17,9 +17,12 @@ from roomcast.protocol.messages import (
     Chat,
     ChatMessage,
     Direct,
+    DirectHistoryReply,
+    DirectMessage,
     Echo,
     EchoReply,
     ErrorReply,
+    FileInfo,
     HistoryReply,
     HistoryRequest,
     Join,
@@ -338,3 +341,86 @@ class TestEncode:
         assert format_timestamp(1_999) == "1970-01-01T00:00:01.999Z"
         assert format_timestamp(2_000) == "1970-01-01T00:00:02.000Z"
         assert format_timestamp(61_005) == "1970-01-01T00:01:01.005Z"
+
+
+PHOTO = FileInfo("cat.png", "image/png", 1234, "ab" * 32, url="/files/m1?sig=s")
+
+
+class TestFileMessages:
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.builds(
+            FileInfo,
+            name=st.text(min_size=1, max_size=255),
+            mime=st.text(min_size=1, max_size=255),
+            size=st.integers(min_value=0, max_value=2**63 - 1),
+            sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
+            url=st.none() | st.text(max_size=50),
+        )
+    )
+    def test_file_info_round_trip(self, info: FileInfo) -> None:
+        """FileInfo.from_json(to_json()) gives back everything but the url, which is never kept."""
+        text = info.to_json()
+        assert set(orjson.loads(text)) == {"name", "mime", "size", "sha256"}
+        back = FileInfo.from_json(text)
+        assert back.url is None
+        assert back == FileInfo(info.name, info.mime, info.size, info.sha256)
+
+    def test_room_file_message_is_type_file(self) -> None:
+        """A ChatMessage with a file is sent as type file with its metadata, url and no text."""
+        message = ChatMessage("lobby", "", "ann", 4, "m1", 0, PHOTO)
+        out = orjson.loads(encode(message))
+        assert out["type"] == "file"
+        assert out["payload"] == {
+            "room": "lobby",
+            "from": "ann",
+            "name": "cat.png",
+            "mime": "image/png",
+            "size": 1234,
+            "url": "/files/m1?sig=s",
+            "seq": 4,
+            "message_id": "m1",
+        }
+
+    def test_file_without_url_omits_it(self) -> None:
+        """A file message whose url is not set yet has no url key."""
+        stored = FileInfo("a.txt", "text/plain", 3, "cd" * 32)
+        payload = ChatMessage("r", "", "ann", 1, "m1", 0, stored).payload()
+        assert "url" not in payload and "message" not in payload
+        payload = DirectMessage("ann", "bob", "", "m2", 0, file=stored).payload()
+        assert set(payload) == {"from", "to", "name", "mime", "size", "message_id"}
+
+    def test_direct_file_message_is_type_file(self) -> None:
+        """A DirectMessage with a file is sent as type file, with its seq when it has one."""
+        message = DirectMessage("ann", "bob", "", "m2", 0, 7, PHOTO)
+        out = orjson.loads(encode(message))
+        assert out["type"] == "file"
+        assert out["payload"] == {
+            "from": "ann",
+            "to": "bob",
+            "name": "cat.png",
+            "mime": "image/png",
+            "size": 1234,
+            "url": "/files/m1?sig=s",
+            "message_id": "m2",
+            "seq": 7,
+        }
+        plain = orjson.loads(encode(DirectMessage("ann", "bob", "hi", "m3", 0)))
+        assert plain["type"] == "direct" and plain["payload"]["message"] == "hi"
+
+    def test_history_items_of_file_messages_are_type_file(self) -> None:
+        """History lists file messages as type file among chat and direct messages."""
+        room = [
+            ChatMessage("r", "hi", "ann", 1, "m1", 0),
+            ChatMessage("r", "", "ann", 2, "m2", 0, PHOTO),
+        ]
+        items = orjson.loads(encode(HistoryReply("r", room, False)))["payload"]["messages"]
+        assert [i["type"] for i in items] == ["chat", "file"]
+        assert items[1]["name"] == "cat.png" and "message" not in items[1]
+        direct = [
+            DirectMessage("ann", "bob", "hi", "d1", 0, 1),
+            DirectMessage("ann", "bob", "", "d2", 0, 2, PHOTO),
+        ]
+        reply = DirectHistoryReply(direct, False, 2)
+        items = orjson.loads(encode(reply))["payload"]["messages"]
+        assert [(i["type"], i["seq"]) for i in items] == [("direct", 1), ("file", 2)]

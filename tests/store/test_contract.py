@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from roomcast.protocol.messages import ChatMessage, DirectMessage, FileInfo
 from roomcast.store.base import DEDUPE_SECONDS, Store
 from roomcast.store.memory import MemoryStore
 from roomcast.store.sqlite import SQLiteStore
 from tests.fakes import Clock
+
+PHOTO = FileInfo("cat.png", "image/png", 1234, "ab" * 32)
+NOTES = FileInfo("notes.txt", "text/plain", 5, "cd" * 32)
 
 
 @pytest.fixture
@@ -206,3 +210,67 @@ async def test_room_messages_continue_after_creating_a_room(store: Store) -> Non
     await store.create_room("made", owner="ann", private=False, members=frozenset())
     assert await store.last_seq("made") == 0
     assert (await store.append("made", "ann", "first")).message.seq == 1
+
+
+async def test_file_message_takes_the_next_seq_and_keeps_its_file(store: Store) -> None:
+    """A file message is stored between chats in seq order and read back with its FileInfo."""
+    await store.append("r", "ann", "before")
+    signed = FileInfo(PHOTO.name, PHOTO.mime, PHOTO.size, PHOTO.sha256, url="/files/x?sig=1")
+    stored = await store.append("r", "bob", "", client_id="f1", file=signed)
+    await store.append("r", "ann", "after")
+    message = stored.message
+    assert not stored.duplicate
+    assert (message.seq, message.sender, message.message, message.file) == (2, "bob", "", PHOTO)
+    page, more = await store.history("r")
+    assert [(m.seq, m.message, m.file) for m in page] == [
+        (1, "before", None),
+        (2, "", PHOTO),
+        (3, "after", None),
+    ]
+    assert not more and page[1] == message
+    assert await store.since("r", 1, limit=1) == [message]
+    assert await store.last_seq("r") == 3
+
+
+async def test_resent_file_message_is_the_first(store: Store) -> None:
+    """A file resent with the same (sender, client_id) resolves to the first, file and all."""
+    first = await store.append("r", "ann", "", client_id="f1", file=PHOTO)
+    again = await store.append("r", "ann", "", client_id="f1", file=NOTES)
+    assert again.duplicate and again.message == first.message
+    assert again.message.file == PHOTO
+    assert await store.last_seq("r") == 1
+
+
+async def test_direct_file_message_is_in_both_inboxes(store: Store) -> None:
+    """A direct file message takes a seq in both inboxes and is listed there with its FileInfo."""
+    for name in ("ann", "bob"):
+        await store.create_user(name, "h")
+    await store.append_direct("ann", "bob", "hi")
+    sent = await store.append_direct("ann", "bob", "", client_id="f1", file=NOTES)
+    assert (sent.sender_seq, sent.recipient_seq) == (2, 2)
+    assert sent.message.file == NOTES and sent.message.message == ""
+    for owner in ("ann", "bob"):
+        page, _ = await store.direct_history(owner)
+        assert [(m.seq, m.message, m.file) for m in page] == [(1, "hi", None), (2, "", NOTES)]
+        since, more = await store.direct_since(owner, 1, limit=5)
+        assert [(m.seq, m.file) for m in since] == [(2, NOTES)] and not more
+    again = await store.append_direct("ann", "bob", "", client_id="f1", file=PHOTO)
+    assert again.duplicate and again.message == sent.message
+    assert (again.sender_seq, again.recipient_seq) == (2, 2)
+
+
+async def test_message_by_id(store: Store) -> None:
+    """message_by_id finds a room message or a direct one (without a seq), else None."""
+    for name in ("ann", "bob"):
+        await store.create_user(name, "h")
+    await store.append("r", "ann", "text")
+    room_file = (await store.append("r", "ann", "", file=PHOTO)).message
+    direct_file = (await store.append_direct("ann", "bob", "", file=NOTES)).message
+    found = await store.message_by_id(room_file.message_id)
+    assert isinstance(found, ChatMessage) and found == room_file
+    found = await store.message_by_id(direct_file.message_id)
+    assert isinstance(found, DirectMessage) and found == direct_file
+    assert found.seq is None and (found.sender, found.to, found.file) == ("ann", "bob", NOTES)
+    text = (await store.append_direct("bob", "ann", "plain")).message
+    assert await store.message_by_id(text.message_id) == text
+    assert await store.message_by_id("no-such-id") is None

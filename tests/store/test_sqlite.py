@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from roomcast.exceptions import StoreError
+from roomcast.protocol.messages import DirectMessage, FileInfo
 from roomcast.store.base import open_store
 from roomcast.store.memory import MemoryStore
-from roomcast.store.schema import LATEST_VERSION
+from roomcast.store.schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 from roomcast.store.sqlite import SQLiteStore
 from tests.fakes import Clock
 
@@ -78,6 +79,66 @@ async def test_schema_version_is_recorded(store: SQLiteStore, path: Path) -> Non
     with sqlite3.connect(path) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
     assert versions == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_version_2_database_gains_file_columns(path: Path) -> None:
+    """A database from before file messages migrates to 3; its messages come back as text."""
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute(VERSION_TABLE)
+        for migration in MIGRATIONS[:2]:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, description, applied_ms) VALUES (?, ?, 0)",
+                (migration.version, migration.description),
+            )
+        conn.execute(
+            "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms)"
+            " VALUES ('r', 1, 'old1', 'ann', 'from v2', NULL, 5)"
+        )
+        conn.execute("INSERT INTO rooms (name, last_seq, created_ms) VALUES ('r', 1, 5)")
+    conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        [old], _ = await store.history("r")
+        assert (old.seq, old.message, old.file) == (1, "from v2", None)
+        added = await store.append("r", "bob", "", file=FileInfo("a.txt", "text/plain", 1, "0f"))
+        assert added.message.seq == 2
+        assert await store.message_by_id("old1") == old
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
+    conn.close()
+    assert versions == [1, 2, 3] == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_reopened_store_keeps_file_messages(path: Path) -> None:
+    """Room and direct file messages, and their dedupe, outlive a close and reopen."""
+    photo = FileInfo("cat.png", "image/png", 1234, "ab" * 32)
+    first = SQLiteStore(path)
+    await first.open()
+    for name in ("ann", "bob"):
+        await first.create_user(name, "h")
+    room = await first.append("r", "ann", "", client_id="f1", file=photo)
+    direct = await first.append_direct("ann", "bob", "", client_id="f2", file=photo)
+    await first.close()
+
+    second = SQLiteStore(path)
+    await second.open()
+    try:
+        again = await second.append("r", "ann", "", client_id="f1", file=photo)
+        assert again.duplicate and again.message == room.message
+        resent = await second.append_direct("ann", "bob", "", client_id="f2", file=photo)
+        assert resent.duplicate and resent.message == direct.message
+        assert (await second.since("r", 0, limit=5)) == [room.message]
+        [listed], _ = await second.direct_history("bob")
+        assert listed.file == photo and listed.seq == 1
+        found = await second.message_by_id(direct.message.message_id)
+        assert isinstance(found, DirectMessage) and found.file == photo
+    finally:
+        await second.close()
 
 
 async def test_newer_schema_is_refused(path: Path) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "EchoReply",
     "ErrorReply",
     "FileHeader",
+    "FileInfo",
     "HistoryReply",
     "HistoryRequest",
     "Join",
@@ -493,8 +494,44 @@ class AuthOk:
 
 
 @dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A stored file's metadata, as carried by a file message."""
+
+    name: str
+    mime: str
+    size: int
+    #: Hex SHA-256 digest of the bytes, under which the file store keeps them.
+    sha256: str
+    #: A signed URL, set by the node just before sending; never stored.
+    url: str | None = None
+
+    def to_json(self) -> str:
+        """The stored form: name, mime, size and sha256 as a JSON object (no url)."""
+        return _dumps(
+            {"name": self.name, "mime": self.mime, "size": self.size, "sha256": self.sha256}
+        ).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> FileInfo:
+        """The FileInfo :meth:`to_json` stored (its url is None)."""
+        obj = _loads(text)
+        return cls(obj["name"], obj["mime"], obj["size"], obj["sha256"])
+
+    def _into(self, out: dict[str, Any]) -> None:
+        out["name"] = self.name
+        out["mime"] = self.mime
+        out["size"] = self.size
+        if self.url is not None:
+            out["url"] = self.url
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """A stored room message, as broadcast and as listed in history."""
+    """A stored room message, as broadcast and as listed in history.
+
+    A file message has ``file`` set and an empty ``message``; it goes out as
+    type ``file`` with the file's name, mime, size and url instead of a text.
+    """
 
     TYPE: ClassVar[str] = "chat"
     room: str
@@ -503,26 +540,33 @@ class ChatMessage:
     seq: int
     message_id: str
     ts_ms: int
+    file: FileInfo | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {
-            "room": self.room,
-            "message": self.message,
-            "from": self.sender,
-            "seq": self.seq,
-            "message_id": self.message_id,
-        }
+        if self.file is None:
+            return {
+                "room": self.room,
+                "message": self.message,
+                "from": self.sender,
+                "seq": self.seq,
+                "message_id": self.message_id,
+            }
+        out: dict[str, Any] = {"room": self.room, "from": self.sender}
+        self.file._into(out)
+        out["seq"] = self.seq
+        out["message_id"] = self.message_id
+        return out
 
     def history_item(self) -> dict[str, Any]:
         item = self.payload()
-        item["type"] = self.TYPE
+        item["type"] = self.TYPE if self.file is None else "file"
         item["timestamp"] = format_timestamp(self.ts_ms)
         return item
 
 
 @dataclass(frozen=True, slots=True)
 class DirectMessage:
-    """A direct message between two users."""
+    """A direct message between two users (a file message when ``file`` is set)."""
 
     TYPE: ClassVar[str] = "direct"
     sender: str
@@ -532,21 +576,22 @@ class DirectMessage:
     ts_ms: int
     #: The seq in the direct-message stream of the user receiving this copy.
     seq: int | None = None
+    file: FileInfo | None = None
 
     def payload(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "from": self.sender,
-            "to": self.to,
-            "message": self.message,
-            "message_id": self.message_id,
-        }
+        out: dict[str, Any] = {"from": self.sender, "to": self.to}
+        if self.file is None:
+            out["message"] = self.message
+        else:
+            self.file._into(out)
+        out["message_id"] = self.message_id
         if self.seq is not None:
             out["seq"] = self.seq
         return out
 
     def history_item(self) -> dict[str, Any]:
         item = self.payload()
-        item["type"] = self.TYPE
+        item["type"] = self.TYPE if self.file is None else "file"
         item["timestamp"] = format_timestamp(self.ts_ms)
         return item
 
@@ -729,6 +774,9 @@ ServerFrame = (
     | ErrorReply
 )
 
+#: The frames that may carry a file (and are then sent as type ``file``).
+_MESSAGES: Final = (ChatMessage, DirectMessage)
+
 
 def now_ms() -> int:
     """Milliseconds since the epoch, from the wall clock."""
@@ -758,7 +806,10 @@ def encode(frame: ServerFrame, *, id: str | None = None, ts_ms: int | None = Non
     """
     if ts_ms is None:
         ts_ms = getattr(frame, "ts_ms", None) or now_ms()
-    obj: dict[str, Any] = {"type": frame.TYPE}
+    kind = frame.TYPE
+    if isinstance(frame, _MESSAGES) and frame.file is not None:
+        kind = "file"
+    obj: dict[str, Any] = {"type": kind}
     if id is not None:
         obj["id"] = id
     obj["payload"] = frame.payload()

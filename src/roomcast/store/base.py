@@ -18,7 +18,7 @@ from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ..exceptions import ConfigError
-from ..protocol.messages import ChatMessage, DirectMessage
+from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 
 __all__ = [
     "DEDUPE_SECONDS",
@@ -91,9 +91,19 @@ class Store(Protocol):
         """Raise :class:`~roomcast.exceptions.StoreError` unless the store answers."""
 
     def append(
-        self, room: str, sender: str, text: str, *, client_id: str | None = None
+        self,
+        room: str,
+        sender: str,
+        text: str,
+        *,
+        client_id: str | None = None,
+        file: FileInfo | None = None,
     ) -> asyncio.Future[AppendResult]:
         """Queue a message; the future resolves once it is stored.
+
+        A file message has ``file`` set (and ``text`` empty); it takes the
+        room's next seq like any message, and the stored message keeps the
+        file's metadata (never its ``url``).
 
         A repeated ``(sender, client_id)`` within :data:`DEDUPE_SECONDS`
         resolves to the first message with ``duplicate`` set. A failure is a
@@ -120,12 +130,19 @@ class Store(Protocol):
     # -- direct messages -------------------------------------------------------
 
     def append_direct(
-        self, sender: str, recipient: str, text: str, *, client_id: str | None = None
+        self,
+        sender: str,
+        recipient: str,
+        text: str,
+        *,
+        client_id: str | None = None,
+        file: FileInfo | None = None,
     ) -> asyncio.Future[DirectResult]:
         """Queue a direct message between two registered users (names as registered).
 
         Queued with the room messages, in one order; a resend resolves to the
-        first copy like :meth:`append`.
+        first copy like :meth:`append`, and ``file`` makes it a file message
+        likewise.
         """
 
     async def direct_last_seq(self, owner: str) -> int:
@@ -140,6 +157,12 @@ class Store(Protocol):
         self, owner: str, seq: int, *, limit: int
     ) -> tuple[list[DirectMessage], bool]:
         """``owner``'s direct messages with seq > ``seq``, oldest first, and ``has_more``."""
+
+    async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
+        """The room or direct message with ``message_id``, or None (unknown or pruned).
+
+        A direct message comes without a seq: it has one per inbox.
+        """
 
     # -- users and rooms ---------------------------------------------------------
 

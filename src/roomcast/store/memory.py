@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..protocol.messages import ChatMessage, DirectMessage
+from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
 
 __all__ = ["MemoryStore"]
@@ -29,6 +29,7 @@ class MemoryStore:
         self._seen: dict[tuple[str, str], tuple[float, ChatMessage]] = {}
         self._seen_direct: dict[tuple[str, str], tuple[float, DirectResult]] = {}
         self._inboxes: dict[str, list[DirectMessage]] = {}
+        self._by_id: dict[str, ChatMessage | DirectMessage] = {}
         self._users: dict[str, StoredUser] = {}
         self._access: dict[str, RoomAccess] = {}
         self._clock = clock
@@ -46,13 +47,21 @@ class MemoryStore:
         pass
 
     def append(
-        self, room: str, sender: str, text: str, *, client_id: str | None = None
+        self,
+        room: str,
+        sender: str,
+        text: str,
+        *,
+        client_id: str | None = None,
+        file: FileInfo | None = None,
     ) -> asyncio.Future[AppendResult]:
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        future.set_result(self._append(room, sender, text, client_id))
+        future.set_result(self._append(room, sender, text, client_id, file))
         return future
 
-    def _append(self, room: str, sender: str, text: str, client_id: str | None) -> AppendResult:
+    def _append(
+        self, room: str, sender: str, text: str, client_id: str | None, file: FileInfo | None
+    ) -> AppendResult:
         now = self._clock()
         if client_id is not None:
             seen = self._seen.get((sender, client_id))
@@ -60,8 +69,11 @@ class MemoryStore:
                 return AppendResult(seen[1], True)
         messages = self._rooms.setdefault(room, [])
         seq = len(messages) + 1
-        message = ChatMessage(room, text, sender, seq, uuid.uuid4().hex, int(now * 1000))
+        message = ChatMessage(
+            room, text, sender, seq, uuid.uuid4().hex, int(now * 1000), _unsigned(file)
+        )
         messages.append(message)
+        self._by_id[message.message_id] = message
         if client_id is not None:
             self._seen[(sender, client_id)] = (now, message)
             if len(self._seen) % 4096 == 0:
@@ -94,14 +106,25 @@ class MemoryStore:
     # -- direct messages -------------------------------------------------------
 
     def append_direct(
-        self, sender: str, recipient: str, text: str, *, client_id: str | None = None
+        self,
+        sender: str,
+        recipient: str,
+        text: str,
+        *,
+        client_id: str | None = None,
+        file: FileInfo | None = None,
     ) -> asyncio.Future[DirectResult]:
         future: asyncio.Future[DirectResult] = asyncio.get_running_loop().create_future()
-        future.set_result(self._append_direct(sender, recipient, text, client_id))
+        future.set_result(self._append_direct(sender, recipient, text, client_id, file))
         return future
 
     def _append_direct(
-        self, sender: str, recipient: str, text: str, client_id: str | None
+        self,
+        sender: str,
+        recipient: str,
+        text: str,
+        client_id: str | None,
+        file: FileInfo | None,
     ) -> DirectResult:
         now = self._clock()
         if client_id is not None:
@@ -109,7 +132,10 @@ class MemoryStore:
             if seen is not None and now - seen[0] < DEDUPE_SECONDS:
                 first = seen[1]
                 return DirectResult(first.message, first.sender_seq, first.recipient_seq, True)
-        message = DirectMessage(sender, recipient, text, uuid.uuid4().hex, int(now * 1000))
+        message = DirectMessage(
+            sender, recipient, text, uuid.uuid4().hex, int(now * 1000), file=_unsigned(file)
+        )
+        self._by_id[message.message_id] = message
         seqs = []
         for owner in dict.fromkeys((sender, recipient)):
             inbox = self._inboxes.setdefault(owner, [])
@@ -138,6 +164,9 @@ class MemoryStore:
         start = max(seq, 0)
         end = min(start + limit, len(inbox))
         return _numbered(inbox, start, end), end < len(inbox)
+
+    async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
+        return self._by_id.get(message_id)
 
     # -- users and rooms ---------------------------------------------------------
 
@@ -179,6 +208,11 @@ class MemoryStore:
             if access is not None and (not access.private or (user and access.allows(user))):
                 rooms.append(access)
         return rooms
+
+
+def _unsigned(file: FileInfo | None) -> FileInfo | None:
+    """``file`` as stored: without the url, which is only ever set for sending."""
+    return file if file is None or file.url is None else replace(file, url=None)
 
 
 def _numbered(inbox: list[DirectMessage], start: int, end: int) -> list[DirectMessage]:

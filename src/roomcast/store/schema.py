@@ -95,6 +95,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX inbox_message_id ON inbox (message_id)",
         ),
     ),
+    Migration(
+        3,
+        "file messages: a file's metadata on room and direct messages",
+        (
+            # NULL for a text message; for a file message, FileInfo.to_json()
+            # (name, mime, size, sha256), with an empty body.
+            "ALTER TABLE messages ADD COLUMN file TEXT",
+            "ALTER TABLE direct_messages ADD COLUMN file TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

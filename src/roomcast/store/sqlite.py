@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..exceptions import StoreError
-from ..protocol.messages import ChatMessage, DirectMessage
+from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
 from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 
@@ -48,10 +48,11 @@ PRUNE_CHUNK: Final = 5000
 #: Seconds between retention passes.
 PRUNE_INTERVAL: Final = 3600.0
 
-_COLUMNS: Final = "room, body, sender, seq, message_id, ts_ms"
+#: A room message's columns, in the order :func:`_chat` reads them.
+_COLUMNS: Final = "room, body, sender, seq, message_id, ts_ms, file"
 _INSERT: Final = (
-    "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms, file)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DEDUPE: Final = (
     f"SELECT {_COLUMNS} FROM messages"
@@ -61,17 +62,31 @@ _SAVE_SEQ: Final = (
     "INSERT INTO rooms (name, last_seq, created_ms) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq"
 )
-_DIRECT_COLUMNS: Final = "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq"
+#: A direct message's columns, in the order :func:`_direct` reads them.
+_DIRECT_COLUMNS: Final = "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file"
 _DIRECT_DEDUPE: Final = (
-    "SELECT message_id, recipient, body, ts_ms FROM direct_messages"
+    "SELECT message_id, recipient, body, ts_ms, file FROM direct_messages"
     " WHERE sender = ? AND client_id = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT 1"
+)
+_DIRECT_INSERT: Final = (
+    "INSERT INTO direct_messages (message_id, sender, recipient, body, client_id, ts_ms, file)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+#: A message by id, from either table: a room message has a room, a direct
+#: one a recipient (the last column). Each half is one primary-key or unique
+#: index lookup.
+_BY_ID: Final = (
+    f"SELECT {_COLUMNS}, NULL FROM messages WHERE message_id = ?"
+    " UNION ALL"
+    " SELECT NULL, body, sender, NULL, message_id, ts_ms, file, recipient"
+    " FROM direct_messages WHERE message_id = ?"
 )
 
 
 class _Pending:
     """A queued message: for a room (``room``) or a direct one (``recipient``)."""
 
-    __slots__ = ("client_id", "future", "recipient", "room", "sender", "text")
+    __slots__ = ("client_id", "file", "file_json", "future", "recipient", "room", "sender", "text")
 
     def __init__(
         self,
@@ -80,6 +95,7 @@ class _Pending:
         sender: str,
         text: str,
         client_id: str | None,
+        file: FileInfo | None,
         future: asyncio.Future[Any],
     ) -> None:
         self.room = room
@@ -87,6 +103,11 @@ class _Pending:
         self.sender = sender
         self.text = text
         self.client_id = client_id
+        # The file as stored (no url), and its column value.
+        if file is not None and file.url is not None:
+            file = replace(file, url=None)
+        self.file = file
+        self.file_json = file.to_json() if file is not None else None
         self.future = future
 
 
@@ -212,14 +233,26 @@ class SQLiteStore:
     # -- writes --------------------------------------------------------------
 
     def append(
-        self, room: str, sender: str, text: str, *, client_id: str | None = None
+        self,
+        room: str,
+        sender: str,
+        text: str,
+        *,
+        client_id: str | None = None,
+        file: FileInfo | None = None,
     ) -> asyncio.Future[AppendResult]:
-        return self._enqueue(room, None, sender, text, client_id)
+        return self._enqueue(room, None, sender, text, client_id, file)
 
     def append_direct(
-        self, sender: str, recipient: str, text: str, *, client_id: str | None = None
+        self,
+        sender: str,
+        recipient: str,
+        text: str,
+        *,
+        client_id: str | None = None,
+        file: FileInfo | None = None,
     ) -> asyncio.Future[DirectResult]:
-        return self._enqueue(None, recipient, sender, text, client_id)
+        return self._enqueue(None, recipient, sender, text, client_id, file)
 
     def _enqueue(
         self,
@@ -228,6 +261,7 @@ class SQLiteStore:
         sender: str,
         text: str,
         client_id: str | None,
+        file: FileInfo | None,
     ) -> asyncio.Future[Any]:
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -242,7 +276,7 @@ class SQLiteStore:
                 first.add_done_callback(functools.partial(_as_duplicate, future))
                 return future
             self._inflight[key] = future
-        self._queue.append(_Pending(room, recipient, sender, text, client_id, future))
+        self._queue.append(_Pending(room, recipient, sender, text, client_id, file, future))
         if not self._writing and not self._kick_scheduled:
             self._kick_scheduled = True
             # A batch holds many connections' messages: its callbacks (and
@@ -280,7 +314,7 @@ class SQLiteStore:
                 if item.client_id is not None:
                     row = execute(_DEDUPE, (item.sender, item.client_id, cutoff)).fetchone()
                     if row is not None:
-                        results.append(AppendResult(ChatMessage(*row), True))
+                        results.append(AppendResult(_chat(row), True))
                         continue
                 seq = touched.get(room)
                 if seq is None:
@@ -292,13 +326,21 @@ class SQLiteStore:
                 message_id = uuid.uuid4().hex
                 execute(
                     _INSERT,
-                    (room, seq, message_id, item.sender, item.text, item.client_id, now_ms),
+                    (
+                        room,
+                        seq,
+                        message_id,
+                        item.sender,
+                        item.text,
+                        item.client_id,
+                        now_ms,
+                        item.file_json,
+                    ),
                 )
-                results.append(
-                    AppendResult(
-                        ChatMessage(room, item.text, item.sender, seq, message_id, now_ms), False
-                    )
+                message = ChatMessage(
+                    room, item.text, item.sender, seq, message_id, now_ms, item.file
                 )
+                results.append(AppendResult(message, False))
             for room, seq in touched.items():
                 execute(_SAVE_SEQ, (room, seq, now_ms))
             for owner, seq in inboxes.items():
@@ -331,19 +373,18 @@ class SQLiteStore:
         if item.client_id is not None:
             row = conn.execute(_DIRECT_DEDUPE, (sender, item.client_id, cutoff)).fetchone()
             if row is not None:
-                message_id, to, body, ts_ms = row
+                message_id, to, body, ts_ms, file = row
                 seqs = dict(
                     conn.execute(
                         "SELECT owner, seq FROM inbox WHERE message_id = ?", (message_id,)
                     ).fetchall()
                 )
-                message = DirectMessage(sender, to, body, message_id, ts_ms)
+                message = DirectMessage(sender, to, body, message_id, ts_ms, file=_file(file))
                 return DirectResult(message, seqs.get(sender, 0), seqs.get(to, 0), True)
         message_id = uuid.uuid4().hex
         conn.execute(
-            "INSERT INTO direct_messages"
-            " (message_id, sender, recipient, body, client_id, ts_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            (message_id, sender, recipient, item.text, item.client_id, now_ms),
+            _DIRECT_INSERT,
+            (message_id, sender, recipient, item.text, item.client_id, now_ms, item.file_json),
         )
         seqs = {}
         for owner in dict.fromkeys((sender, recipient)):
@@ -358,7 +399,7 @@ class SQLiteStore:
                 "INSERT INTO inbox (owner, seq, message_id) VALUES (?, ?, ?)",
                 (owner, seq, message_id),
             )
-        message = DirectMessage(sender, recipient, item.text, message_id, now_ms)
+        message = DirectMessage(sender, recipient, item.text, message_id, now_ms, file=item.file)
         return DirectResult(message, seqs[sender], seqs[recipient], False)
 
     def _written(
@@ -443,7 +484,7 @@ class SQLiteStore:
                 (room, bound, limit + 1),
             ).fetchall()
             more = len(rows) > limit
-            return [ChatMessage(*row) for row in reversed(rows[:limit])], more
+            return [_chat(row) for row in reversed(rows[:limit])], more
 
         return await self._read(query)
 
@@ -453,7 +494,7 @@ class SQLiteStore:
                 f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (room, seq, limit),
             ).fetchall()
-            return [ChatMessage(*row) for row in rows]
+            return [_chat(row) for row in rows]
 
         return await self._read(query)
 
@@ -477,6 +518,18 @@ class SQLiteStore:
         self, owner: str, seq: int, *, limit: int
     ) -> tuple[list[DirectMessage], bool]:
         query = functools.partial(_inbox_page, owner=owner, seq=seq, after=True, limit=limit)
+        return await self._read(query)
+
+    async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
+        def query(conn: sqlite3.Connection) -> ChatMessage | DirectMessage | None:
+            row = conn.execute(_BY_ID, (message_id, message_id)).fetchone()
+            if row is None:
+                return None
+            room, body, sender, _seq, found_id, ts_ms, file, recipient = row
+            if room is None:
+                return DirectMessage(sender, recipient, body, found_id, ts_ms, file=_file(file))
+            return _chat(row[:7])
+
         return await self._read(query)
 
     # -- users and rooms ---------------------------------------------------------
@@ -634,7 +687,24 @@ def _inbox_page(
         (owner, seq, limit + 1),
     ).fetchall()
     page = rows[:limit] if after else list(reversed(rows[:limit]))
-    return [DirectMessage(*row) for row in page], len(rows) > limit
+    return [_direct(row) for row in page], len(rows) > limit
+
+
+def _file(column: str | None) -> FileInfo | None:
+    """The FileInfo stored in a ``file`` column (None for a text message)."""
+    return FileInfo.from_json(column) if column else None
+
+
+def _chat(row: tuple[Any, ...]) -> ChatMessage:
+    """A room message from a row of :data:`_COLUMNS`."""
+    room, body, sender, seq, message_id, ts_ms, file = row
+    return ChatMessage(room, body, sender, seq, message_id, ts_ms, _file(file))
+
+
+def _direct(row: tuple[Any, ...]) -> DirectMessage:
+    """A direct message from a row of :data:`_DIRECT_COLUMNS`."""
+    sender, recipient, body, message_id, ts_ms, seq, file = row
+    return DirectMessage(sender, recipient, body, message_id, ts_ms, seq, _file(file))
 
 
 def _room_access(conn: sqlite3.Connection, name: str) -> RoomAccess | None:

@@ -1,0 +1,130 @@
+"""Stored files: content-addressed blobs, and the signed links that serve them.
+
+A file sent in a binary frame is kept once per content: its SHA-256 names
+it, under ``<root>/<first two hex digits>/<digest>``, so the same file sent
+twice (or to two rooms) is stored once, and nothing a client sends (its file
+name least of all) ever becomes part of a path. The bytes are written to a
+temporary file, flushed to disk and renamed into place before the message
+that names them is stored, so an acked file message always has its file.
+
+Who may read a file is decided by the message it came in (the room's rules,
+or the two sides of a direct message). :class:`FileLinks` signs short-lived
+URLs, so a browser's ``<img>`` can fetch a file without a token: anyone
+who receives the message may fetch its file for :data:`LINK_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+__all__ = ["LINK_SECONDS", "FileLinks", "FileStore", "safe_file_name"]
+
+#: How long a signed file link is valid.
+LINK_SECONDS: Final = 3600
+_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
+#: Characters kept in a file name as it is shown and downloaded.
+_UNSAFE_NAME: Final = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+
+
+def safe_file_name(name: str) -> str:
+    """A file name fit to show and to offer as a download name.
+
+    Path separators, control characters and the characters Windows refuses
+    become ``_``, and leading dots and spaces go: ``../../etc/passwd``
+    becomes ``_.._etc_passwd``. Never empty; at most 255 characters. It is
+    never used as a path on the server.
+    """
+    cleaned = _UNSAFE_NAME.sub("_", name).strip().lstrip(". ")
+    return cleaned[:255] or "file"
+
+
+class FileStore:
+    """Files under ``root``, named by the SHA-256 of their bytes.
+
+    Args:
+        root: the directory (created, mode 0700, when the first file comes).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, digest: str) -> Path:
+        """Where the file with this SHA-256 (64 lower-case hex digits) is kept.
+
+        Raises:
+            ValueError: ``digest`` is not a SHA-256 hex digest.
+        """
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError("not a SHA-256 hex digest")
+        return self.root / digest[:2] / digest
+
+    async def put(self, data: bytes) -> str:
+        """Keep ``data`` (on disk, flushed) and return its SHA-256 hex digest."""
+        return await asyncio.to_thread(self._put, data)
+
+    def _put(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.path(digest)
+        if target.exists():
+            return digest
+        folder = target.parent
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return digest
+
+
+class FileLinks:
+    """Signs and checks ``/files/{file_id}?expires=...&signature=...`` links.
+
+    Args:
+        secret: the server's secret; the signing key is derived from it, so a
+            link signature is never a token signature.
+        seconds: how long a link is valid.
+    """
+
+    def __init__(self, secret: str, *, seconds: int = LINK_SECONDS) -> None:
+        self._key = hmac.digest(secret.encode(), b"roomcast file links", "sha256")
+        self.seconds = seconds
+
+    def _signature(self, file_id: str, expires: int) -> str:
+        mac = hmac.digest(self._key, f"{file_id}:{expires}".encode(), "sha256")
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def url(self, file_id: str, *, now: float | None = None) -> str:
+        """A link to the file, valid for :attr:`seconds` from ``now``."""
+        expires = int(now if now is not None else time.time()) + self.seconds
+        return f"/files/{file_id}?expires={expires}&signature={self._signature(file_id, expires)}"
+
+    def check(
+        self, file_id: str, expires: str, signature: str, *, now: float | None = None
+    ) -> bool:
+        """Whether ``signature`` signs ``file_id`` until ``expires``, and that is not past."""
+        if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
+            return False
+        deadline = int(expires)
+        if deadline < (now if now is not None else time.time()):
+            return False
+        return hmac.compare_digest(signature, self._signature(file_id, deadline))

@@ -1,0 +1,86 @@
+"""The file store, file names and signed file links, without a server."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from roomcast.files import FileLinks, FileStore, safe_file_name
+from roomcast.websocket import release_pages
+
+SECRET = "file-links-test-secret-" + "x" * 20
+
+
+async def test_put_keeps_a_file_once_under_its_digest(tmp_path: Path) -> None:
+    """put returns the SHA-256 and keeps the bytes once, under root/ab/<digest>, private."""
+    store = FileStore(tmp_path / "files")
+    data = bytes(range(256)) * 10
+    digest = await store.put(data)
+    assert digest == hashlib.sha256(data).hexdigest()
+    path = store.path(digest)
+    assert path == tmp_path / "files" / digest[:2] / digest
+    assert path.read_bytes() == data
+    assert await store.put(data) == digest
+    assert [p.name for p in path.parent.iterdir()] == [digest]  # no temporary file left
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_path_refuses_anything_but_a_digest(tmp_path: Path) -> None:
+    """A digest that is not 64 hex digits (a path, upper case) is refused, never joined."""
+    store = FileStore(tmp_path)
+    for bad in ("../../etc/passwd", "A" * 64, "a" * 63, "", "a" * 63 + "/"):
+        with pytest.raises(ValueError):
+            store.path(bad)
+
+
+def test_a_link_is_valid_until_it_expires() -> None:
+    """A signed link checks for its file until its expiry, not after, nor for another file."""
+    links = FileLinks(SECRET, seconds=60)
+    url = links.url("abc123", now=1000.0)
+    path, query = url.split("?")
+    assert path == "/files/abc123"
+    params = dict(part.split("=", 1) for part in query.split("&"))
+    assert params["expires"] == "1060"
+    assert links.check("abc123", params["expires"], params["signature"], now=1059.0)
+    assert not links.check("abc123", params["expires"], params["signature"], now=1061.0)
+    assert not links.check("abc124", params["expires"], params["signature"], now=1000.0)
+    assert not links.check("abc123", "1061", params["signature"], now=1000.0)
+    assert not FileLinks(SECRET + "!").check(
+        "abc123", params["expires"], params["signature"], now=1000.0
+    )
+
+
+@given(st.text(max_size=40), st.text(max_size=60))
+def test_forged_links_never_check(expires: str, signature: str) -> None:
+    """Whatever expires and signature say, only the server's own signature passes."""
+    assert not FileLinks(SECRET).check("file1", expires, signature, now=0.0)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=300))
+def test_safe_file_names_have_no_path_or_control_characters(name: str) -> None:
+    """Any name becomes 1-255 characters without separators, controls or a leading dot."""
+    safe = safe_file_name(name)
+    assert 1 <= len(safe) <= 255
+    assert not any(c in safe for c in '/\\:*?"<>|') and not any(ord(c) < 32 for c in safe)
+    assert not safe.startswith((".", " "))
+
+
+def test_release_pages_gives_back_whole_pages_only() -> None:
+    """release_pages covers only the whole pages inside a writable buffer; they read as zeros."""
+    page = mmap.PAGESIZE
+    private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # like the heap picows' buffer is on
+    with mmap.mmap(-1, 4 * page, flags=private) as area:
+        area.write(b"\xff" * (4 * page))
+        view = memoryview(area)[10 : 3 * page + 10]
+        released = release_pages(view)
+        assert released == 2 * page
+        assert area[page : 3 * page] == b"\0" * (2 * page)
+        assert area[:10] == b"\xff" * 10 and area[3 * page : 3 * page + 10] == b"\xff" * 10
+        view.release()
+    assert release_pages(memoryview(b"read only" * 1000)) == 0
