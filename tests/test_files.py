@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,17 @@ def test_release_pages_gives_back_whole_pages_only() -> None:
         assert area[:10] == b"\xff" * 10 and area[3 * page : 3 * page + 10] == b"\xff" * 10
         view.release()
     assert release_pages(memoryview(b"read only" * 1000)) == 0
+
+
+async def test_sweep_deletes_only_old_files_no_message_names(tmp_path: Path) -> None:
+    """sweep keeps named files and recent ones; it deletes old unnamed files and leftovers."""
+    store = FileStore(tmp_path)
+    kept, dropped, recent = [await store.put(data) for data in (b"kept", b"dropped", b"recent")]
+    leftover = store.path(kept).parent / ".incoming-x"
+    leftover.write_bytes(b"half")
+    old = time.time() - 2 * 3600
+    for path in (store.path(kept), store.path(dropped), leftover):
+        os.utime(path, (old, old))
+    assert await store.sweep({kept}) == 2
+    assert store.path(kept).exists() and store.path(recent).exists()
+    assert not store.path(dropped).exists() and not leftover.exists()

@@ -145,6 +145,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "shared proxy (default: %(default)s)",
     )
     add(
+        "--files-dir",
+        None,
+        "where files sent over WebSocket are kept; several nodes must share one "
+        "(default: files in the data dir)",
+    )
+    add(
         "--max-file-size",
         8 * 1024 * 1024,
         "largest file a binary frame may carry, in bytes; a bigger frame closes the "
@@ -221,6 +227,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         guests=not _flag(args.no_guests, "ROOMCAST_NO_GUESTS"),
         database_url=args.database_url or None,
         history_days=history_days,
+        files_dir=Path(args.files_dir) if args.files_dir else None,
         heartbeat=heartbeat,
         limits=limits,
     )
@@ -250,7 +257,7 @@ async def _serve(config: ServerConfig) -> None:
         heartbeat=config.heartbeat,
         guests=config.guests,
         accounts=Accounts(store, tokens),
-        files=FileStore(data_dir / "files"),
+        files=FileStore(config.files_dir or data_dir / "files"),
         links=FileLinks(secret),
     )
     if isinstance(store, SQLiteStore):

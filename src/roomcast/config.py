@@ -72,6 +72,9 @@ class ServerConfig:
     database_url: str | None = None
     #: Delete messages older than this many days; 0 keeps them all.
     history_days: int = 0
+    #: Where files sent in binary frames are kept; None is ``data_dir/files``.
+    #: Several nodes must share one (a network file system).
+    files_dir: Path | None = None
     #: Whether a connection that has not signed in is a guest; without
     #: guests it must ``auth`` within 10 s.
     guests: bool = True

@@ -7,6 +7,9 @@ name least of all) ever becomes part of a path. The bytes are written to a
 temporary file, flushed to disk and renamed into place before the message
 that names them is stored, so an acked file message always has its file.
 
+With ``--history-days``, files whose messages have all been pruned are
+deleted by :meth:`FileStore.sweep`, run by the server after each prune.
+
 Who may read a file is decided by the message it came in (the room's rules,
 or the two sides of a direct message). :class:`FileLinks` signs short-lived
 URLs, so a browser's ``<img>`` can fetch a file without a token: anyone
@@ -26,10 +29,12 @@ import time
 from pathlib import Path
 from typing import Final
 
-__all__ = ["LINK_SECONDS", "FileLinks", "FileStore", "safe_file_name"]
+__all__ = ["LINK_SECONDS", "SWEEP_GRACE", "FileLinks", "FileStore", "safe_file_name"]
 
 #: How long a signed file link is valid.
 LINK_SECONDS: Final = 3600
+#: A file younger than this is never swept (its message may not be stored yet).
+SWEEP_GRACE: Final = 3600.0
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 #: Characters kept in a file name as it is shown and downloaded.
 _UNSAFE_NAME: Final = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
@@ -95,6 +100,28 @@ class FileStore:
             os.close(directory)
         return digest
 
+    async def sweep(self, keep: set[str], *, grace: float = SWEEP_GRACE) -> int:
+        """Delete the files not in ``keep`` older than ``grace`` seconds; return how many.
+
+        ``grace`` spares a file kept just now whose message is not stored yet.
+        """
+        return await asyncio.to_thread(self._sweep, keep, time.time() - grace)
+
+    def _sweep(self, keep: set[str], cutoff: float) -> int:
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for folder in self.root.iterdir():
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                name = path.name
+                stale = path.stat().st_mtime < cutoff
+                if stale and (name not in keep or not _DIGEST.fullmatch(name)):
+                    path.unlink(missing_ok=True)  # a leftover ``.incoming-`` file too
+                    removed += 1
+        return removed
+
 
 class FileLinks:
     """Signs and checks ``/files/{file_id}?expires=...&signature=...`` links.
@@ -127,4 +154,5 @@ class FileLinks:
         deadline = int(expires)
         if deadline < (now if now is not None else time.time()):
             return False
-        return hmac.compare_digest(signature, self._signature(file_id, deadline))
+        expected = self._signature(file_id, deadline).encode()
+        return hmac.compare_digest(signature.encode("utf-8", "replace"), expected)

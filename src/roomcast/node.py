@@ -558,6 +558,12 @@ class Node:
             )
             direct.add_done_callback(functools.partial(self._direct_stored, peer, header.id))
 
+    async def sweep_files(self) -> int:
+        """Delete kept files that no stored message names any more; return how many."""
+        if self.files is None:
+            return 0
+        return await self.files.sweep(await self.store.file_digests())
+
     def _linked(self, message: M) -> M:
         """``message`` with a signed link to its file, if it carries one."""
         file = message.file

@@ -47,6 +47,9 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 #: The largest JSON header of a binary frame (``parse_binary_frame``'s limit).
 MAX_FILE_HEADER: Final = 4096
+#: Seconds after start, then between, file sweeps (with --history-days).
+SWEEP_FIRST: Final = 60.0
+SWEEP_INTERVAL: Final = 3600.0
 #: The first read buffer of a WebSocket connection (picows grows it for big frames).
 READ_BUFFER: Final = 2048
 #: Seconds shutdown waits for messages being stored to be acked.
@@ -71,6 +74,7 @@ class RoomcastServer:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._flusher: Flusher | None = None
         #: Open WebSocket connections per client address.
         self._per_ip: Counter[str] = Counter()
@@ -229,6 +233,19 @@ class RoomcastServer:
                 peer.alive = False
                 peer.send(PING_FRAME)
 
+    async def _sweep_files(self) -> None:
+        """With retention on: delete files whose messages were all pruned, hourly."""
+        await asyncio.sleep(SWEEP_FIRST)
+        while True:
+            try:
+                removed = await self.node.sweep_files()
+            except (BackendError, OSError) as exc:
+                logger.error("cannot sweep files: %s", exc)
+            else:
+                if removed:
+                    logger.info("deleted %d files no message names any more", removed)
+            await asyncio.sleep(SWEEP_INTERVAL)
+
     # -- life cycle --------------------------------------------------------------
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
@@ -258,14 +275,17 @@ class RoomcastServer:
         self.url = f"{self.config.scheme}://{host}:{port}"
         if self.config.heartbeat > 0:
             self._heartbeat = asyncio.ensure_future(self._beat(self.config.heartbeat))
+        if self.config.history_days > 0 and self.node.files is not None:
+            self._sweeper = asyncio.ensure_future(self._sweep_files())
         return self.url
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001, flush the store."""
         if self._listener is not None:
             self._listener.close()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._sweeper):
+            if task is not None:
+                task.cancel()
         try:
             # Messages received before the stop are stored and acked first.
             await asyncio.wait_for(self.node.flush(), FLUSH_TIMEOUT)

@@ -274,3 +274,15 @@ async def test_message_by_id(store: Store) -> None:
     text = (await store.append_direct("bob", "ann", "plain")).message
     assert await store.message_by_id(text.message_id) == text
     assert await store.message_by_id("no-such-id") is None
+
+
+async def test_file_digests_name_every_kept_file_once(store: Store) -> None:
+    """file_digests lists the digest of each room and direct file message, chat adds none."""
+    for name in ("ann", "bob"):
+        await store.create_user(name, "h")
+    assert await store.file_digests() == set()
+    await store.append("r", "ann", "text")
+    await store.append("r", "ann", "", file=PHOTO)
+    await store.append("s", "bob", "", file=PHOTO)
+    await store.append_direct("ann", "bob", "", file=NOTES)
+    assert await store.file_digests() == {PHOTO.sha256, NOTES.sha256}

@@ -164,6 +164,9 @@ class Store(Protocol):
         A direct message comes without a seq: it has one per inbox.
         """
 
+    async def file_digests(self) -> set[str]:
+        """The SHA-256 digests of every file a kept message names (for sweeping files)."""
+
     # -- users and rooms ---------------------------------------------------------
 
     async def create_user(self, name: str, password_hash: str) -> bool:

@@ -168,6 +168,9 @@ class MemoryStore:
     async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
         return self._by_id.get(message_id)
 
+    async def file_digests(self) -> set[str]:
+        return {m.file.sha256 for m in self._by_id.values() if m.file is not None}
+
     # -- users and rooms ---------------------------------------------------------
 
     async def create_user(self, name: str, password_hash: str) -> bool:

@@ -532,6 +532,16 @@ class SQLiteStore:
 
         return await self._read(query)
 
+    async def file_digests(self) -> set[str]:
+        def query(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT file FROM messages WHERE file IS NOT NULL"
+                " UNION SELECT file FROM direct_messages WHERE file IS NOT NULL"
+            )
+            return {FileInfo.from_json(text).sha256 for (text,) in rows}
+
+        return await self._read(query)
+
     # -- users and rooms ---------------------------------------------------------
 
     async def _write_now(self, job: Callable[[sqlite3.Connection], T]) -> T:
