@@ -1,0 +1,47 @@
+"""roomcast's Python client: ``Client`` keeps one connection alive and loses nothing.
+
+    async with Client("ws://127.0.0.1:8765/ws", username="ann", password="...") as chat:
+        await chat.send_chat("hello")          # returns once the server stored it
+        async for event in chat:                # every message once, in order
+            print(event)
+
+It imports only :mod:`roomcast.protocol`'s neighbours it needs (nothing of
+the server), :mod:`websockets` and :mod:`orjson`. See docs/client.md.
+"""
+
+from .backoff import Backoff
+from .core import AuthRefused, Client, ClientClosed, ClientError, QueueFull, SendError
+from .events import (
+    ConnectionState,
+    DirectMessage,
+    Event,
+    FileRef,
+    Presence,
+    Reply,
+    RoomMessage,
+    ServerError,
+    StateChange,
+    Typing,
+    parse_server_frame,
+)
+
+__all__ = [
+    "AuthRefused",
+    "Backoff",
+    "Client",
+    "ClientClosed",
+    "ClientError",
+    "ConnectionState",
+    "DirectMessage",
+    "Event",
+    "FileRef",
+    "Presence",
+    "QueueFull",
+    "Reply",
+    "RoomMessage",
+    "SendError",
+    "ServerError",
+    "StateChange",
+    "Typing",
+    "parse_server_frame",
+]

@@ -1,0 +1,701 @@
+"""The asyncio client: one connection kept alive, nothing lost, nothing repeated.
+
+A :class:`Client` runs one task that connects, signs in, resumes, reads,
+and reconnects with backoff when the connection goes, until the application
+closes it or the server refuses it for good. Around that task:
+
+- **Sends are queued.** Every frame that expects an answer gets a random
+  ``id`` and waits in the outbox until the server answers it; it is written
+  at once when connected, and written again, in order and with the same
+  ``id``, after every reconnect. The server recognises a resent ``id``, so a
+  message is stored and broadcast once however often it was sent. The
+  outbox is bounded (:class:`QueueFull` past ``max_queue``).
+- **Deliveries are ordered.** Room messages carry the room's ``seq``,
+  direct messages the user's stream seq. The client delivers each stream
+  in seq order, exactly once: a seq already delivered is dropped, one that
+  comes early waits for the gap to fill. After a reconnect it joins every
+  room again with ``since`` = the last seq delivered, and asks for the
+  direct messages after its last one; the server replays what was missed.
+- **Errors that cannot heal stop it**: a refused handshake (401, 403), a
+  refused ``auth``, a close with 1008. Everything else (1001 going away,
+  1013, a reset, a refused connection, a server that stopped answering
+  pings) is retried.
+
+Logging goes to the ``roomcast.client`` logger; no handler is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import mimetypes
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from .backoff import Backoff
+from .events import (
+    ConnectionState,
+    DirectMessage,
+    Event,
+    FileRef,
+    Reply,
+    RoomMessage,
+    ServerError,
+    StateChange,
+    direct_message,
+    parse_server_frame,
+    room_message,
+)
+
+__all__ = ["AuthRefused", "Client", "ClientClosed", "ClientError", "QueueFull", "SendError"]
+
+logger = logging.getLogger("roomcast.client")
+
+LOBBY: Final = "lobby"
+#: The key of the direct-message stream among the rooms' streams.
+_DIRECT: Final = "@direct"
+
+
+class ClientError(Exception):
+    """Base of the client's errors."""
+
+
+class SendError(ClientError):
+    """The server answered a frame with ``error``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class QueueFull(ClientError):
+    """More frames wait for the server than ``max_queue``; the new one is refused."""
+
+
+class AuthRefused(ClientError):
+    """The server refused who this client says it is; the client has stopped."""
+
+
+class ClientClosed(ClientError):
+    """The client is closed (by the application, or for good by the server)."""
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    id: str
+    data: str | bytes
+    future: asyncio.Future[Reply]
+    #: Frames that only make sense on the connection they were sent on
+    #: (resume joins, catch-up requests) are not sent again after a reconnect.
+    once: bool = False
+    sent_on: int = -1
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One ordered stream: a room's seqs, or the user's direct messages."""
+
+    expected: int | None = None
+    early: dict[int, Event] = field(default_factory=dict)
+
+
+def _new_id() -> str:
+    return base64.urlsafe_b64encode(os.urandom(12)).decode()
+
+
+class Client:
+    """A roomcast connection that survives the network.
+
+    Args:
+        url: the WebSocket URL, ``ws://host:port/ws`` or ``wss://...``.
+        token: a token from ``POST /api/login``, sent on the handshake.
+        username, password: log in over HTTP first (and again when the
+            token expires).
+        guest: a guest nickname (``auth`` with ``guest`` after connecting).
+        backoff: reconnect delays (0.5 s first, doubling, 30 s cap, reset
+            after a connection that lasted a minute).
+        max_queue: frames that may wait for an answer at once.
+        ping_interval, ping_timeout: the client's own keepalive: a server
+            that does not answer a ping within ``ping_timeout`` is taken as
+            gone and the client reconnects.
+        open_timeout: seconds a connection attempt may take.
+        rooms: rooms to join on connect, besides the lobby.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        guest: str | None = None,
+        backoff: Backoff | None = None,
+        max_queue: int = 1000,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float = 10.0,
+        rooms: tuple[str, ...] = (),
+    ) -> None:
+        if (username is None) != (password is None):
+            raise ValueError("give username and password together")
+        self.url = url
+        self.token = token
+        self.username = username
+        self._password = password
+        self.guest = guest
+        self.backoff = backoff or Backoff()
+        self.max_queue = max_queue
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.state = ConnectionState.DISCONNECTED
+        #: Who the server says this connection is (set on each connect).
+        self.user: str | None = None
+        #: Why the client stopped for good, once it has.
+        self.closed_reason: str | None = None
+        self._streams: dict[str, _Stream] = {LOBBY: _Stream()}
+        for room in rooms:
+            self._streams.setdefault(room, _Stream())
+        self._outbox: dict[str, _Outgoing] = {}
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._callbacks: list[tuple[type[Any] | None, Callable[[Any], object]]] = []
+        self._ws: ClientConnection | None = None
+        self._connection = 0  # counts connections, to tell sends apart
+        self._runner: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._stop = False
+        self._ready_once: asyncio.Future[None] | None = None
+        self._iterating = False
+        #: When each of the last 100 connection attempts began (``time.monotonic()``).
+        self.attempts: deque[float] = deque(maxlen=100)
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Start, and return once connected the first time.
+
+        Raises:
+            AuthRefused: the server refused the token, login or guest name.
+            ClientClosed: the client stopped for another reason that cannot heal.
+        """
+        if self._runner is None:
+            loop = asyncio.get_running_loop()
+            self._ready_once = loop.create_future()
+            self._runner = loop.create_task(self._run(), name="roomcast-client")
+        assert self._ready_once is not None
+        await asyncio.shield(self._ready_once)
+
+    async def close(self) -> None:
+        """Close the connection and stop; pending sends fail with :class:`ClientClosed`."""
+        self._stop = True
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        self._finish("closed by the application")
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _finish(self, reason: str, error: type[ClientError] = ClientClosed) -> None:
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.closed_reason = reason
+        self._set_state(ConnectionState.CLOSED, reason)
+        for out in self._outbox.values():
+            if not out.future.done():
+                out.future.set_exception(ClientClosed(reason))
+        self._outbox.clear()
+        self._iterating = True  # the end marker below must reach an iterator
+        if self._ready_once is not None and not self._ready_once.done():
+            self._ready_once.set_exception(error(reason))
+            self._ready_once.exception()  # connect() may never be awaited
+        self._events.put_nowait(None)
+
+    # -- events ----------------------------------------------------------------
+
+    def on(self, kind: type[Any] | None, callback: Callable[[Any], object]) -> None:
+        """Call ``callback(event)`` for every event of class ``kind`` (None: all)."""
+        self._callbacks.append((kind, callback))
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        self._iterating = True
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            yield event
+
+    def _emit(self, event: Event) -> None:
+        if self._iterating:  # kept only for an application that iterates
+            self._events.put_nowait(event)
+        for kind, callback in list(self._callbacks):
+            if kind is None or isinstance(event, kind):
+                try:
+                    callback(event)
+                except Exception:
+                    logger.exception("event callback failed")
+
+    def _set_state(self, new: ConnectionState, reason: str | None = None) -> None:
+        old, self.state = self.state, new
+        if old is not new:
+            logger.info(
+                "connection %s -> %s%s", old.value, new.value, f" ({reason})" if reason else ""
+            )
+            self._emit(StateChange(old, new, reason))
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send_chat(
+        self, text: str, room: str = LOBBY, *, timeout: float | None = 30.0
+    ) -> Reply:
+        """Send a chat message; return the server's ``ack`` (it is stored by then)."""
+        return await self.request("chat", {"room": room, "message": text}, timeout=timeout)
+
+    async def send_direct(self, to: str, text: str, *, timeout: float | None = 30.0) -> Reply:
+        """Send a direct message to the user ``to``; return the ``ack``."""
+        return await self.request("direct", {"to": to, "message": text}, timeout=timeout)
+
+    async def send_file(
+        self,
+        file: bytes | str | Path,
+        *,
+        room: str | None = None,
+        to: str | None = None,
+        name: str | None = None,
+        mime: str | None = None,
+        timeout: float | None = 60.0,
+    ) -> Reply:
+        """Send a file (its bytes, or a path) to a room or a user; return the ``ack``."""
+        if (room is None) == (to is None):
+            raise ValueError("give exactly one of room, to")
+        if isinstance(file, bytes):
+            data, name = file, name or "file"
+        else:
+            path = Path(file)
+            data, name = path.read_bytes(), name or path.name
+        mime = mime or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        fid = _new_id()
+        header: dict[str, Any] = {"name": name, "mime": mime, "id": fid}
+        header["room" if room is not None else "to"] = room if room is not None else to
+        encoded = orjson.dumps(header)
+        frame = len(encoded).to_bytes(4, "big") + encoded + data
+        return await self._queue(fid, frame, timeout=timeout)
+
+    async def download(self, file: FileRef | str) -> bytes:
+        """The bytes of a file from a message (its signed link), over HTTP."""
+        url = file.url if isinstance(file, FileRef) else file
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        status, body = await asyncio.to_thread(_http, "GET", self._http_url(url), None, headers)
+        if status != 200:
+            raise SendError(str(status), body.decode("utf-8", "replace")[:200])
+        return body
+
+    async def join(self, room: str, *, timeout: float | None = 30.0) -> Reply:
+        """Join ``room``; return the ``joined`` reply. Messages from now on are delivered."""
+        self._streams.setdefault(room, _Stream())
+        return await self.request("join", {"room": room}, timeout=timeout)
+
+    async def leave(self, room: str, *, timeout: float | None = 30.0) -> Reply:
+        """Leave ``room``; its messages are no longer delivered."""
+        self._streams.pop(room, None)
+        return await self.request("leave", {"room": room}, timeout=timeout)
+
+    async def history(
+        self, room: str, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[RoomMessage], bool]:
+        """A page of ``room``'s history, oldest first, and whether there is more."""
+        payload: dict[str, Any] = {"room": room, "limit": limit}
+        if before is not None:
+            payload["before"] = before
+        reply = await self.request("history", payload)
+        items = reply.payload.get("messages", [])
+        return [room_message(item) for item in items], bool(reply.payload.get("has_more"))
+
+    async def presence(self, room: str = LOBBY) -> list[str]:
+        """Who is in ``room``."""
+        reply = await self.request("presence", {"room": room})
+        return [str(name) for name in reply.payload.get("members", [])]
+
+    async def typing(self, room: str = LOBBY) -> None:
+        """Tell ``room`` this user is typing (not queued: dropped while offline)."""
+        ws = self._ws
+        if ws is not None and self.state is ConnectionState.CONNECTED:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(_frame("typing", {"room": room}))
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms this client is in (and resumes after a reconnect)."""
+        return [key for key in self._streams if key != _DIRECT]
+
+    def last_seq(self, room: str) -> int | None:
+        """The last seq delivered from ``room`` (None before the first)."""
+        stream = self._streams.get(room)
+        if stream is None or stream.expected is None:
+            return None
+        return stream.expected - 1
+
+    async def request(
+        self, kind: str, payload: dict[str, Any], *, timeout: float | None = 30.0
+    ) -> Reply:
+        """Send any frame that the server answers; return the answer.
+
+        Raises:
+            SendError: the server answered ``error``.
+            QueueFull: too many frames wait already.
+            ClientClosed: the client stopped before an answer came.
+            TimeoutError: no answer within ``timeout`` (the frame may still
+                have been carried out; it is not sent again).
+        """
+        fid = _new_id()
+        return await self._queue(fid, _frame(kind, payload, fid), timeout=timeout)
+
+    async def _queue(
+        self, fid: str, data: str | bytes, *, timeout: float | None, once: bool = False
+    ) -> Reply:
+        if self.state is ConnectionState.CLOSED:
+            raise ClientClosed(self.closed_reason or "closed")
+        if len(self._outbox) >= self.max_queue:
+            raise QueueFull(f"{len(self._outbox)} frames are waiting for the server already")
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        out = _Outgoing(fid, data, future, once=once)
+        self._outbox[fid] = out
+        if self.state is ConnectionState.CONNECTED:
+            await self._write(out)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._outbox.pop(fid, None)
+            raise
+        finally:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: no "never retrieved" warning
+
+    async def _write(self, out: _Outgoing) -> None:
+        ws = self._ws
+        if ws is None or out.sent_on == self._connection:
+            return
+        out.sent_on = self._connection
+        try:
+            await ws.send(out.data)
+        except ConnectionClosed:
+            pass  # the reader sees it and reconnects; the frame waits in the outbox
+
+    # -- the connection task ---------------------------------------------------
+
+    async def _run(self) -> None:
+        first = True
+        while not self._stop:
+            self._set_state(ConnectionState.CONNECTING if first else ConnectionState.RECONNECTING)
+            started = time.monotonic()
+            reason = await self._connection_once()
+            if self.state is ConnectionState.CLOSED or self._stop:
+                return
+            first = False
+            self.backoff.connected_for(time.monotonic() - started)
+            delay = self.backoff.next_delay()
+            logger.info("connection lost (%s); reconnecting in %.2f s", reason, delay)
+            self._set_state(ConnectionState.RECONNECTING, reason)
+            await asyncio.sleep(delay)
+
+    async def _connection_once(self) -> str:
+        """One connection from handshake to its end; the reason it ended."""
+        self.attempts.append(time.monotonic())
+        try:
+            if self.username is not None and self.token is None:
+                await self._login()
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            ws = await connect(
+                self.url,
+                additional_headers=headers,
+                open_timeout=self.open_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                max_size=32 * 1024 * 1024,
+                close_timeout=2.0,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status == 401 and self._password is not None and self.token is not None:
+                self.token = None  # expired: log in again on the next attempt
+                return "token refused; logging in again"
+            if status in (401, 403):
+                self._finish(f"handshake refused with {status}", AuthRefused)
+            return f"handshake answered {status}"
+        except AuthRefused as exc:
+            self._finish(str(exc), AuthRefused)
+            return str(exc)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            return f"cannot connect: {exc!r}"
+        self._ws = ws
+        self._connection += 1
+        started = time.monotonic()
+        reader = asyncio.create_task(self._read(ws))
+        try:
+            await self._resume(ws, reader)
+            await reader
+        except ConnectionClosed:
+            pass
+        except AuthRefused as exc:
+            self._finish(str(exc), AuthRefused)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            self._ws = None
+            with contextlib.suppress(Exception):
+                await ws.close()
+        self.backoff.connected_for(time.monotonic() - started)
+        close = ws.protocol.close_rcvd
+        if close is not None and close.code == 1008 and not self._stop:
+            self._finish(f"closed by the server with 1008: {close.reason}")
+        if close is not None:
+            return f"closed with {close.code} {close.reason}".strip()
+        return "connection lost"
+
+    async def _resume(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
+        """Sign in, join the rooms again from where they were, send what waits."""
+        this = self._connection
+        if self.guest is not None:
+            reply = await self._ask(ws, reader, "auth", {"guest": self.guest})
+            if reply.type == "error":
+                raise AuthRefused(f"guest name refused: {reply.payload.get('message')}")
+        for room, stream in list(self._streams.items()):
+            if room == _DIRECT:
+                continue
+            payload: dict[str, Any] = {"room": room}
+            if stream.expected is not None:
+                payload["since"] = stream.expected - 1
+            reply = await self._ask(ws, reader, "join", payload)
+            if reply.type == "joined":
+                self._joined(reply.payload, resumed=stream.expected is not None)
+        if self.token is not None:
+            await self._catch_up_direct(ws, reader)
+        # What waits goes out in order; sends made meanwhile join the end of
+        # the outbox and are picked up by the next pass.
+        while True:
+            waiting = [o for o in self._outbox.values() if o.sent_on != this and not o.once]
+            if not waiting:
+                break
+            for out in waiting:
+                await self._write(out)
+        self._set_state(ConnectionState.CONNECTED)
+        if self._ready_once is not None and not self._ready_once.done():
+            self._ready_once.set_result(None)
+
+    async def _ask(
+        self, ws: ClientConnection, reader: asyncio.Task[None], kind: str, payload: dict[str, Any]
+    ) -> Reply:
+        """A request on this connection only (not queued, not resent)."""
+        fid = _new_id()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        out = _Outgoing(fid, _frame(kind, payload, fid), future, once=True)
+        self._outbox[fid] = out
+        await self._write(out)
+        waiters: set[asyncio.Future[Any]] = {future, reader}
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if future not in done:
+            self._outbox.pop(fid, None)
+            reader.result()  # raises ConnectionClosed
+            raise ConnectionClosed(None, None)
+        return future.result()
+
+    async def _catch_up_direct(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
+        stream = self._streams.setdefault(_DIRECT, _Stream())
+        if stream.expected is None:
+            reply = await self._ask(ws, reader, "direct_history", {"limit": 1})
+            if reply.type == "direct_history" and stream.expected is None:
+                stream.expected = int(reply.payload.get("last_seq", 0)) + 1
+                self._flush(stream)
+            return
+        while True:
+            since = stream.expected - 1
+            reply = await self._ask(ws, reader, "direct_history", {"since": since, "limit": 100})
+            if reply.type != "direct_history":
+                return
+            for item in reply.payload.get("messages", []):
+                message = direct_message(item)
+                self._deliver(_DIRECT, message.seq, message)
+            if not reply.payload.get("has_more") or stream.expected - 1 == since:
+                return
+
+    async def _login(self) -> None:
+        assert self.username is not None and self._password is not None
+        body = json.dumps({"username": self.username, "password": self._password}).encode()
+        url = self._http_url("/api/login")
+        status, answer = await asyncio.to_thread(
+            _http, "POST", url, body, {"Content-Type": "application/json"}
+        )
+        if status == 200:
+            self.token = str(json.loads(answer)["token"])
+            return
+        if status in (400, 401, 403):
+            raise AuthRefused(f"login refused ({status})")
+        raise OSError(f"login answered {status}")
+
+    def _http_url(self, path: str) -> str:
+        parts = urllib.parse.urlsplit(self.url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        if path.startswith(("http://", "https://")):
+            return path
+        return urllib.parse.urlunsplit((scheme, parts.netloc, path.split("?")[0], "", "")) + (
+            "?" + path.split("?", 1)[1] if "?" in path else ""
+        )
+
+    # -- reading ---------------------------------------------------------------
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for data in ws:
+            if isinstance(data, bytes):
+                continue
+            try:
+                event = parse_server_frame(data)
+            except ValueError as exc:
+                logger.warning("ignored a frame the client cannot read: %s", exc)
+                continue
+            self._handle(event)
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, RoomMessage):
+            if event.room in self._streams:
+                self._deliver(event.room, event.seq, event)
+            return
+        if isinstance(event, DirectMessage):
+            self._deliver(_DIRECT, event.seq, event)
+            return
+        if isinstance(event, Reply):
+            if event.type == "system":
+                user = event.payload.get("user") or {}
+                self.user = str(user.get("name") or "") or None
+            elif event.type == "auth" and event.payload.get("ok"):
+                self.user = str((event.payload.get("user") or {}).get("name") or self.user)
+            elif event.type == "joined" and event.id is None:
+                self._joined(event.payload, resumed=False)  # the lobby on connect
+            if event.id is not None:
+                self._answer(event)
+                return
+        if isinstance(event, ServerError) and event.code == "token_expired":
+            self._token_expired()
+        self._emit(event)
+
+    def _answer(self, reply: Reply) -> None:
+        out = self._outbox.get(reply.id or "")
+        if out is None:
+            self._emit(reply)
+            return
+        if reply.type == "error":
+            code = str(reply.payload.get("code", ""))
+            if code == "rate_limited":
+                retry = float(reply.payload.get("retry_after", 1000)) / 1000
+                asyncio.get_running_loop().call_later(retry, self._resend, out)
+                return
+            del self._outbox[out.id]
+            if not out.future.done():
+                if out.once:
+                    out.future.set_result(reply)
+                else:
+                    out.future.set_exception(SendError(code, str(reply.payload.get("message", ""))))
+            return
+        del self._outbox[out.id]
+        if not out.future.done():
+            out.future.set_result(reply)
+
+    def _resend(self, out: _Outgoing) -> None:
+        if out.id in self._outbox and self.state is ConnectionState.CONNECTED:
+            out.sent_on = -1
+            asyncio.ensure_future(self._write(out))
+
+    def _token_expired(self) -> None:
+        if self._password is None or self._ws is None:
+            return
+
+        async def renew() -> None:
+            self.token = None
+            await self._login()
+            assert self.token is not None
+            await self.request("auth", {"token": self.token})
+
+        task = asyncio.ensure_future(renew())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _joined(self, payload: dict[str, Any], *, resumed: bool) -> None:
+        room = str(payload.get("room", ""))
+        stream = self._streams.get(room)
+        if stream is None:
+            return
+        if stream.expected is None:
+            stream.expected = int(payload.get("seq", 0)) + 1
+            stream.early = {s: e for s, e in stream.early.items() if s >= stream.expected}
+            self._flush(stream)
+        elif resumed and payload.get("recovered") is False:
+            # Some missed messages are gone (retention): take the replay from its start.
+            logger.warning("room %s: messages after seq %d were pruned", room, stream.expected - 1)
+            stream.expected = None
+
+    def _deliver(self, key: str, seq: int, event: Event) -> None:
+        stream = self._streams.get(key)
+        if stream is None:
+            return
+        if stream.expected is None:
+            if key == _DIRECT:
+                stream.early[seq] = event
+                return
+            stream.expected = seq
+        if seq < stream.expected:
+            return  # delivered already
+        if seq > stream.expected:
+            stream.early[seq] = event  # wait for the gap to fill
+            return
+        self._emit(event)
+        stream.expected = seq + 1
+        self._flush(stream)
+
+    def _flush(self, stream: _Stream) -> None:
+        assert stream.expected is not None
+        while stream.expected in stream.early:
+            self._emit(stream.early.pop(stream.expected))
+            stream.expected += 1
+
+
+def _frame(kind: str, payload: dict[str, Any], fid: str | None = None) -> str:
+    frame: dict[str, Any] = {"type": kind, "payload": payload}
+    if fid is not None:
+        frame["id"] = fid
+    return orjson.dumps(frame).decode()
+
+
+def _http(method: str, url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), bytes(exc.read())
