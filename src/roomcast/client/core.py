@@ -39,7 +39,7 @@ import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,7 +62,15 @@ from .events import (
     room_message,
 )
 
-__all__ = ["AuthRefused", "Client", "ClientClosed", "ClientError", "QueueFull", "SendError"]
+__all__ = [
+    "AuthRefused",
+    "Client",
+    "ClientClosed",
+    "ClientError",
+    "QueueFull",
+    "SendError",
+    "SeqStream",
+]
 
 logger = logging.getLogger("roomcast.client")
 
@@ -107,12 +115,44 @@ class _Outgoing:
     sent_on: int = -1
 
 
-@dataclass(slots=True)
-class _Stream:
-    """One ordered stream: a room's seqs, or the user's direct messages."""
+class SeqStream:
+    """One ordered stream (a room's seqs, or the user's direct messages). Pure.
 
-    expected: int | None = None
-    early: dict[int, Event] = field(default_factory=dict)
+    :meth:`offer` takes events in any order, repeated or not, and returns
+    the ones that can be delivered now: each seq once, in order, none
+    skipped. ``expected`` is the next seq to deliver (None: not known yet).
+    """
+
+    __slots__ = ("early", "expected")
+
+    def __init__(self, expected: int | None = None) -> None:
+        self.expected = expected
+        #: Events that came before the seqs in front of them.
+        self.early: dict[int, Event] = {}
+
+    def start_at(self, expected: int) -> list[Event]:
+        """Deliver from ``expected`` on (earlier events are dropped); what is ready."""
+        self.expected = expected
+        self.early = {s: e for s, e in self.early.items() if s >= expected}
+        return self._ready()
+
+    def offer(self, seq: int, event: Event) -> list[Event]:
+        """Take one event; return the events deliverable now, in order."""
+        if self.expected is None or seq > self.expected:
+            self.early.setdefault(seq, event)
+            return []
+        if seq < self.expected:
+            return []  # delivered already
+        self.expected = seq + 1
+        return [event, *self._ready()]
+
+    def _ready(self) -> list[Event]:
+        ready: list[Event] = []
+        assert self.expected is not None
+        while self.expected in self.early:
+            ready.append(self.early.pop(self.expected))
+            self.expected += 1
+        return ready
 
 
 def _new_id() -> str:
@@ -170,9 +210,9 @@ class Client:
         self.user: str | None = None
         #: Why the client stopped for good, once it has.
         self.closed_reason: str | None = None
-        self._streams: dict[str, _Stream] = {LOBBY: _Stream()}
+        self._streams: dict[str, SeqStream] = {LOBBY: SeqStream()}
         for room in rooms:
-            self._streams.setdefault(room, _Stream())
+            self._streams.setdefault(room, SeqStream())
         self._outbox: dict[str, _Outgoing] = {}
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._callbacks: list[tuple[type[Any] | None, Callable[[Any], object]]] = []
@@ -183,6 +223,8 @@ class Client:
         self._stop = False
         self._ready_once: asyncio.Future[None] | None = None
         self._iterating = False
+        #: Rooms whose missed messages were partly pruned: deliver from the replay's start.
+        self._pruned: set[str] = set()
         #: When each of the last 100 connection attempts began (``time.monotonic()``).
         self.attempts: deque[float] = deque(maxlen=100)
 
@@ -320,7 +362,7 @@ class Client:
 
     async def join(self, room: str, *, timeout: float | None = 30.0) -> Reply:
         """Join ``room``; return the ``joined`` reply. Messages from now on are delivered."""
-        self._streams.setdefault(room, _Stream())
+        self._streams.setdefault(room, SeqStream())
         return await self.request("join", {"room": room}, timeout=timeout)
 
     async def leave(self, room: str, *, timeout: float | None = 30.0) -> Reply:
@@ -529,12 +571,12 @@ class Client:
         return future.result()
 
     async def _catch_up_direct(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
-        stream = self._streams.setdefault(_DIRECT, _Stream())
+        stream = self._streams.setdefault(_DIRECT, SeqStream())
         if stream.expected is None:
             reply = await self._ask(ws, reader, "direct_history", {"limit": 1})
             if reply.type == "direct_history" and stream.expected is None:
-                stream.expected = int(reply.payload.get("last_seq", 0)) + 1
-                self._flush(stream)
+                for event in stream.start_at(int(reply.payload.get("last_seq", 0)) + 1):
+                    self._emit(event)
             return
         while True:
             since = stream.expected - 1
@@ -652,37 +694,25 @@ class Client:
         if stream is None:
             return
         if stream.expected is None:
-            stream.expected = int(payload.get("seq", 0)) + 1
-            stream.early = {s: e for s, e in stream.early.items() if s >= stream.expected}
-            self._flush(stream)
+            for event in stream.start_at(int(payload.get("seq", 0)) + 1):
+                self._emit(event)
         elif resumed and payload.get("recovered") is False:
-            # Some missed messages are gone (retention): take the replay from its start.
+            # Some missed messages are gone (retention): the replay starts at
+            # the first one kept, whatever it is.
             logger.warning("room %s: messages after seq %d were pruned", room, stream.expected - 1)
             stream.expected = None
+            self._pruned.add(room)
 
     def _deliver(self, key: str, seq: int, event: Event) -> None:
         stream = self._streams.get(key)
         if stream is None:
             return
-        if stream.expected is None:
-            if key == _DIRECT:
-                stream.early[seq] = event
-                return
-            stream.expected = seq
-        if seq < stream.expected:
-            return  # delivered already
-        if seq > stream.expected:
-            stream.early[seq] = event  # wait for the gap to fill
-            return
-        self._emit(event)
-        stream.expected = seq + 1
-        self._flush(stream)
-
-    def _flush(self, stream: _Stream) -> None:
-        assert stream.expected is not None
-        while stream.expected in stream.early:
-            self._emit(stream.early.pop(stream.expected))
-            stream.expected += 1
+        if stream.expected is None and key in self._pruned:
+            self._pruned.discard(key)
+            for ready in stream.start_at(min([seq, *stream.early])):
+                self._emit(ready)
+        for ready in stream.offer(seq, event):
+            self._emit(ready)
 
 
 def _frame(kind: str, payload: dict[str, Any], fid: str | None = None) -> str:
