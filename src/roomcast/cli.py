@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,6 +30,7 @@ from .config import (
 from .exceptions import BackendError, ConfigError
 from .files import FileLinks, FileStore
 from .node import Node
+from .protocol.messages import valid_room
 from .server import RoomcastServer
 from .store import open_store
 from .store.sqlite import SQLiteStore
@@ -170,7 +172,30 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         choices=list(logs.FORMATS),
         type=str.lower,
     )
+    _add_chat(commands)
     return parser
+
+
+def _add_chat(commands: Any) -> None:
+    chat = commands.add_parser(
+        "chat",
+        help="chat in a terminal",
+        description=(
+            "Chat in a terminal: plain lines go to the current room; /help lists the "
+            "commands. --user asks for the password, or reads ROOMCAST_PASSWORD."
+        ),
+    )
+    chat.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8765/ws",
+        help="the server's WebSocket URL (default: %(default)s)",
+    )
+    who = chat.add_mutually_exclusive_group()
+    who.add_argument("--user", metavar="NAME", help="sign in as this registered user")
+    who.add_argument("--guest", metavar="NAME", help="chat as a guest with this nickname")
+    chat.add_argument(
+        "--room", default="lobby", help="join this room and talk there (default: %(default)s)"
+    )
 
 
 def _number(value: Any, flag: str, kind: type[int] | type[float], low: float, high: float) -> Any:
@@ -281,9 +306,35 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _chat(args: argparse.Namespace) -> int:
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme not in ("ws", "wss") or not url.hostname:
+        raise ConfigError(f"--url must look like ws://host:port/ws, not {args.url!r}")
+    if not valid_room(args.room):
+        raise ConfigError(f"--room must match [a-z0-9][a-z0-9_-]{{0,63}}, not {args.room!r}")
+    if not sys.stdin.isatty():
+        raise ConfigError("roomcast chat needs a terminal")
+    try:
+        from .client.terminal import run_chat
+    except ImportError as exc:
+        raise ConfigError(f"roomcast chat cannot load {exc.name}: reinstall roomcast") from None
+    password = os.environ.get("ROOMCAST_PASSWORD") if args.user else None
+    return asyncio.run(
+        run_chat(args.url, user=args.user, password=password, guest=args.guest, room=args.room)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``roomcast`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        try:
+            return _chat(args)
+        except ConfigError as exc:
+            print(f"roomcast: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 0
     try:
         config = config_from_args(args)
         _configure_logging(args.log_level, args.log_format)

@@ -26,6 +26,7 @@ from roomcast.client import (
     DirectMessage,
     QueueFull,
     RoomMessage,
+    SendError,
     StateChange,
 )
 from tests.integration.netproxy import TcpProxy
@@ -210,8 +211,7 @@ async def test_it_reconnects_after_the_server_went_away(node: Restartable, fault
 async def test_100_network_cuts_and_5_restarts_lose_and_repeat_nothing(
     node: Restartable,
 ) -> None:
-    """Two clients behind a proxy cut 100 times, then 5 SIGKILL restarts: each got every
-    message exactly once in seq order, and each of its own sends was acked exactly once."""
+    """100 proxy cuts, 5 SIGKILL restarts: every message once, in order; every send acked once."""
     tokens = {name: await sign_up(node.server, name) for name in ("gil", "hal", "ivy")}
     proxy = TcpProxy(node.port)
     await proxy.start()
@@ -270,8 +270,7 @@ async def test_100_network_cuts_and_5_restarts_lose_and_repeat_nothing(
 
 
 async def test_500_clients_spread_their_reconnects(node: Restartable) -> None:
-    """After a restart, 500 clients arrive at the new server spread out: at most a tenth
-    of them in any 100 ms (arrival = the server's "connection opened" log line)."""
+    """After a restart, at most a tenth of 500 clients arrive in any 100 ms (server log times)."""
     clients = [Client(node.url(), open_timeout=5.0) for _ in range(500)]
     for start in range(0, 500, 50):
         await asyncio.gather(*(c.connect() for c in clients[start : start + 50]))
@@ -292,3 +291,29 @@ async def test_500_clients_spread_their_reconnects(node: Restartable) -> None:
     print(f"500 reconnects over {spread:.2f} s; densest 100 ms: {densest}")
     assert densest <= 50, f"{densest} arrivals within 100 ms (spread over {spread:.1f} s)"
     await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_joined_rooms_deliver_and_a_refused_join_is_forgotten(node: Restartable) -> None:
+    """After join() a room's messages are delivered; a refused join leaves no room to resume."""
+    tokens = {name: await sign_up(node.server, name) for name in ("joe", "kim")}
+    status, _ = await call(
+        node.server,
+        "POST",
+        "/api/rooms",
+        json={"name": "inner", "private": True},
+        bearer=tokens["joe"],
+    )
+    assert status == 201
+    async with (
+        Client(node.url(), token=tokens["joe"]) as joe,
+        Client(node.url(), token=tokens["kim"]) as kim,
+    ):
+        seen = collect(kim)
+        await joe.join("dev")
+        await kim.join("dev")
+        await joe.send_chat("in dev", room="dev")
+        await wait_for(lambda: room_texts(seen, "dev") == ["in dev"])
+        with pytest.raises(SendError) as refused:
+            await kim.join("inner")
+        assert refused.value.code == "forbidden"
+        assert kim.rooms == ["lobby", "dev"]

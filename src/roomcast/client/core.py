@@ -362,8 +362,14 @@ class Client:
 
     async def join(self, room: str, *, timeout: float | None = 30.0) -> Reply:
         """Join ``room``; return the ``joined`` reply. Messages from now on are delivered."""
+        new = room not in self._streams
         self._streams.setdefault(room, SeqStream())
-        return await self.request("join", {"room": room}, timeout=timeout)
+        try:
+            return await self.request("join", {"room": room}, timeout=timeout)
+        except (SendError, TimeoutError):
+            if new:
+                self._streams.pop(room, None)
+            raise
 
     async def leave(self, room: str, *, timeout: float | None = 30.0) -> Reply:
         """Leave ``room``; its messages are no longer delivered."""
@@ -639,8 +645,10 @@ class Client:
                 self.user = str(user.get("name") or "") or None
             elif event.type == "auth" and event.payload.get("ok"):
                 self.user = str((event.payload.get("user") or {}).get("name") or self.user)
-            elif event.type == "joined" and event.id is None:
-                self._joined(event.payload, resumed=False)  # the lobby on connect
+            elif event.type == "joined":
+                # The lobby on connect, or an answer to join: the stream starts
+                # after the room's last seq (a resume join is checked in _resume).
+                self._joined(event.payload, resumed=False)
             if event.id is not None:
                 self._answer(event)
                 return

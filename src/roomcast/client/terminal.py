@@ -466,17 +466,22 @@ class TerminalChat:
         assert self._ended is not None
         if self._ended.is_set():
             return None
-        typed = asyncio.ensure_future(session.prompt_async(self._prompt))
+        typed = asyncio.ensure_future(self._prompt_once(session))
         ended = asyncio.ensure_future(self._ended.wait())
         await asyncio.wait({typed, ended}, return_when=asyncio.FIRST_COMPLETED)
         ended.cancel()
-        if not typed.done():
-            typed.cancel()
-            with contextlib.suppress(BaseException):
-                await typed
-            return None
-        try:
+        if typed.done():
             return typed.result()
+        typed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await typed
+        return None
+
+    async def _prompt_once(self, session: PromptSession[str]) -> str:
+        # Caught here, inside the task: a KeyboardInterrupt leaving a task
+        # would stop the event loop.
+        try:
+            return await session.prompt_async(self._prompt)
         except (EOFError, KeyboardInterrupt):
             return "/quit"
 
