@@ -34,7 +34,7 @@ from .logs import REQUEST_ID
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .node import Node
 from .protocol.codes import CloseCode
-from .protocol.messages import UserInfo
+from .protocol.messages import MAX_FILE_HEADER, UserInfo
 from .protocol.wsframe import PING_FRAME
 from .websocket import Flusher, WebSocketPeer
 
@@ -45,8 +45,6 @@ logger = logging.getLogger("roomcast.server")
 _NODE: Final = web.AppKey("node", Node)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
-#: The largest JSON header of a binary frame (``parse_binary_frame``'s limit).
-MAX_FILE_HEADER: Final = 4096
 #: Seconds after start, then between, file sweeps (with --history-days).
 SWEEP_FIRST: Final = 60.0
 SWEEP_INTERVAL: Final = 3600.0

@@ -14,12 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
-from tests.integration.users import SECRET, bearer, call, sign_up
-from tests.integration.wsclient import RECV_TIMEOUT, recv_json, send_json, welcome
+from tests.integration.users import SECRET, call, sign_up, user_ws
+from tests.integration.wsclient import RECV_TIMEOUT, recv_json, send_json
 
 USERS = ("alice", "bob", "carol")
 ALL_BYTES = bytes(range(256)) * 4096  # 1 MiB with every byte value
@@ -35,14 +35,6 @@ async def server(server_factory: ServerFactory) -> ServerProcess:
 async def tokens(server: ServerProcess) -> dict[str, str]:
     """alice, bob and carol registered and logged in: their tokens by name."""
     return {name: await sign_up(server, name) for name in USERS}
-
-
-async def user_ws(server: ServerProcess, token: str) -> ClientConnection:
-    ws = await connect(
-        server.ws_url(), additional_headers=bearer(token), open_timeout=5, max_size=None
-    )
-    await welcome(ws)
-    return ws
 
 
 def file_frame(header: dict[str, Any], body: bytes) -> bytes:

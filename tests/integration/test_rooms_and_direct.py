@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
-from tests.integration.users import SECRET, bearer, call, sign_up
+from tests.integration.users import SECRET, bearer, call, sign_up, user_ws
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
 
 USERS = ("alice", "bob", "carol")
@@ -32,13 +32,6 @@ async def server(server_factory: ServerFactory) -> ServerProcess:
 async def tokens(server: ServerProcess) -> dict[str, str]:
     """alice, bob and carol registered and logged in: their tokens by name."""
     return {name: await sign_up(server, name) for name in USERS}
-
-
-async def user_ws(server: ServerProcess, token: str) -> ClientConnection:
-    """A connection signed in with ``token`` on the handshake, past its welcome."""
-    ws = await connect(server.ws_url(), additional_headers=bearer(token), open_timeout=5)
-    await welcome(ws)
-    return ws
 
 
 async def answer(ws: ClientConnection, fid: str) -> dict[str, Any]:

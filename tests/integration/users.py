@@ -12,11 +12,11 @@ from typing import Any
 
 import aiohttp
 import jwt
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.serverproc import ServerProcess
-from tests.integration.wsclient import RECV_TIMEOUT, recv_json, send_json
+from tests.integration.wsclient import RECV_TIMEOUT, recv_json, send_json, welcome
 
 #: The secret test servers are started with (``--secret``).
 SECRET = "integration-tests-secret-" + "0123456789abcdef" * 3
@@ -80,6 +80,16 @@ async def sign_up(server: ServerProcess, name: str, password: str = PASSWORD) ->
     """Register ``name``, log it in, and return its token."""
     await register(server, name, password)
     return await login(server, name, password)
+
+
+async def user_ws(server: ServerProcess, token: str, **options: Any) -> ClientConnection:
+    """A connection signed in with ``token`` on the handshake, past its welcome.
+
+    ``options`` go to ``websockets``' ``connect`` (``max_size=None`` for big frames).
+    """
+    ws = await connect(server.ws_url(), additional_headers=bearer(token), open_timeout=5, **options)
+    await welcome(ws)
+    return ws
 
 
 def bearer(token: str) -> dict[str, str]:

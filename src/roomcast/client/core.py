@@ -219,7 +219,6 @@ class Client:
         self._ws: ClientConnection | None = None
         self._connection = 0  # counts connections, to tell sends apart
         self._runner: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
         self._stop = False
         self._ready_once: asyncio.Future[None] | None = None
         self._iterating = False
@@ -463,12 +462,10 @@ class Client:
         first = True
         while not self._stop:
             self._set_state(ConnectionState.CONNECTING if first else ConnectionState.RECONNECTING)
-            started = time.monotonic()
             reason = await self._connection_once()
             if self.state is ConnectionState.CLOSED or self._stop:
                 return
             first = False
-            self.backoff.connected_for(time.monotonic() - started)
             delay = self.backoff.next_delay()
             logger.info("connection lost (%s); reconnecting in %.2f s", reason, delay)
             self._set_state(ConnectionState.RECONNECTING, reason)

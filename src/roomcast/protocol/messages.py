@@ -26,6 +26,7 @@ from .codes import ErrorCode
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "DEFAULT_ROOM",
+    "MAX_FILE_HEADER",
     "MAX_HISTORY_LIMIT",
     "MAX_ID_LENGTH",
     "ROOM_NAME",
@@ -70,6 +71,8 @@ __all__ = [
 
 DEFAULT_ROOM: Final = "lobby"
 MAX_ID_LENGTH: Final = 64
+#: The largest JSON header of a binary (file) frame, in bytes.
+MAX_FILE_HEADER: Final = 4096
 MAX_HISTORY_LIMIT: Final = 100
 DEFAULT_HISTORY_LIMIT: Final = 50
 MAX_NAME_LENGTH: Final = 64
@@ -402,7 +405,7 @@ class FileHeader:
 _HEADER_LENGTH = struct.Struct(">I")
 
 
-def parse_binary_frame(data: bytes, *, max_header: int = 4096) -> FileHeader:
+def parse_binary_frame(data: bytes, *, max_header: int = MAX_FILE_HEADER) -> FileHeader:
     """Parse the header of a binary frame: 4-byte length, JSON header, bytes.
 
     Raises:
