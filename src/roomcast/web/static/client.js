@@ -1,0 +1,639 @@
+// The roomcast browser client: one WebSocket kept alive, nothing lost, nothing repeated.
+//
+// No DOM here: the page (app.js) listens to events. The semantics follow the
+// Python client (docs/client.md):
+// - every frame that expects an answer gets a random id and waits in the
+//   outbox until the server answers it; it is written at once when connected
+//   and written again, in order and with the same id, after every reconnect
+//   (the server recognises a resent id, so nothing is stored twice);
+// - room messages (by room seq) and direct messages (by the user's stream seq)
+//   are delivered in order, exactly once; after a reconnect every room is
+//   joined again with `since` = the last seq delivered, and the direct
+//   messages after the last one are fetched with `direct_history`;
+// - reconnects wait a uniform random time in [0, min(cap, first * 2^n)]
+//   (full jitter; 0.5 s first, 30 s cap), reset after a stable minute;
+// - `rate_limited` is retried after `retry_after`; a close with 1008 or a
+//   refused sign-in stops the client for good.
+
+export const LOBBY = "lobby";
+const DIRECT = "@direct";
+const SENDABLE = new Set(["chat", "direct", "file"]);
+
+/** Exponential backoff with full jitter (times in milliseconds). */
+export class Backoff {
+  constructor({ first = 500, factor = 2, cap = 30000, stable = 60000, random = Math.random } = {}) {
+    Object.assign(this, { first, factor, cap, stable, random });
+    this.attempt = 0;
+  }
+
+  /** The delay before the next attempt; counts the attempt. */
+  next() {
+    const ceiling = Math.min(this.cap, this.first * this.factor ** Math.min(this.attempt, 64));
+    this.attempt += 1;
+    return this.random() * ceiling;
+  }
+
+  /** A connection that lasted `ms` ended: start again from `first` if it was stable. */
+  connectedFor(ms) {
+    if (ms >= this.stable) this.attempt = 0;
+  }
+}
+
+/** One ordered stream: offer() takes items in any order, returns those deliverable now. */
+export class SeqStream {
+  constructor(expected = null) {
+    this.expected = expected;
+    this.early = new Map();
+  }
+
+  startAt(expected) {
+    this.expected = expected;
+    for (const seq of [...this.early.keys()]) if (seq < expected) this.early.delete(seq);
+    return this.ready();
+  }
+
+  offer(seq, item) {
+    if (this.expected === null || seq > this.expected) {
+      if (!this.early.has(seq)) this.early.set(seq, item);
+      return [];
+    }
+    if (seq < this.expected) return []; // delivered already
+    this.expected = seq + 1;
+    return [item, ...this.ready()];
+  }
+
+  ready() {
+    const out = [];
+    while (this.early.has(this.expected)) {
+      out.push(this.early.get(this.expected));
+      this.early.delete(this.expected);
+      this.expected += 1;
+    }
+    return out;
+  }
+}
+
+/** A random frame id (16 url-safe characters), unique per user for a day. */
+export function newId() {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_");
+}
+
+/** A binary file frame: 4-byte big-endian header length, JSON header, the bytes. */
+export function fileFrame(header, bytes) {
+  const head = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(4 + head.length + bytes.byteLength);
+  new DataView(out.buffer).setUint32(0, head.length, false);
+  out.set(head, 4);
+  out.set(new Uint8Array(bytes), 4 + head.length);
+  return out.buffer;
+}
+
+/** An error the server answered a frame with. */
+export class SendError extends Error {
+  constructor(code, message) {
+    super(`${code}: ${message}`);
+    this.code = code;
+    this.serverMessage = message;
+  }
+}
+
+function fileOf(p) {
+  return { name: String(p.name ?? "file"), mime: String(p.mime ?? ""), size: Number(p.size ?? 0), url: String(p.url ?? "") };
+}
+
+/** A chat or file item (live frame payload or history item) as the page sees it. */
+export function roomItem(type, p, timestamp) {
+  return {
+    kind: type === "file" ? "file" : "chat",
+    room: String(p.room),
+    from: String(p.from ?? ""),
+    text: type === "file" ? "" : String(p.message ?? ""),
+    seq: Number(p.seq),
+    messageId: String(p.message_id ?? ""),
+    timestamp: timestamp ?? p.timestamp ?? null,
+    file: type === "file" ? fileOf(p) : null,
+  };
+}
+
+/** A direct message or direct file as the page sees it. */
+export function directItem(type, p, timestamp) {
+  return {
+    kind: type === "file" ? "file" : "direct",
+    from: String(p.from ?? ""),
+    to: String(p.to ?? ""),
+    text: type === "file" ? "" : String(p.message ?? ""),
+    seq: Number(p.seq),
+    messageId: String(p.message_id ?? ""),
+    timestamp: timestamp ?? p.timestamp ?? null,
+    file: type === "file" ? fileOf(p) : null,
+  };
+}
+
+/**
+ * The connection. States: "idle", "connecting" (never connected yet),
+ * "connected", "reconnecting" (waiting `retryAt`, or trying when it is null),
+ * "closed" (for good: `closedReason`).
+ *
+ * Events (client.on(name, fn)): state, user, joined, left, message, direct,
+ * presence, typing, servererror, expired, outbox, acked, failed.
+ */
+export class ChatClient {
+  constructor({ url, token = null, guest = null, backoff = null, refreshToken = null,
+    pingInterval = 20000, pingTimeout = 20000, openTimeout = 10000, maxQueue = 1000 } = {}) {
+    Object.assign(this, { url, token, guest, refreshToken, pingInterval, pingTimeout, openTimeout, maxQueue });
+    this.backoff = backoff ?? new Backoff();
+    this.state = "idle";
+    this.retryAt = null;
+    this.closedReason = null;
+    this.user = null;
+    this.streams = new Map([[LOBBY, new SeqStream()]]);
+    this.outbox = new Map();
+    this.asks = new Map();
+    this.listeners = new Map();
+    this.ws = null;
+    this.conn = 0;
+    this.everConnected = false;
+    this.timers = {};
+  }
+
+  on(name, fn) {
+    if (!this.listeners.has(name)) this.listeners.set(name, new Set());
+    this.listeners.get(name).add(fn);
+    return () => this.listeners.get(name).delete(fn);
+  }
+
+  emit(name, detail) {
+    for (const fn of this.listeners.get(name) ?? []) {
+      try {
+        fn(detail);
+      } catch (err) {
+        console.warn("roomcast: a listener failed", err); // eslint-disable-line no-console
+      }
+    }
+  }
+
+  /** Messages (chat, direct, file) waiting for the server's ack. */
+  get queued() {
+    let n = 0;
+    for (const out of this.outbox.values()) if (SENDABLE.has(out.kind)) n += 1;
+    return n;
+  }
+
+  get rooms() {
+    return [...this.streams.keys()].filter((key) => key !== DIRECT);
+  }
+
+  lastSeq(room) {
+    const stream = this.streams.get(room);
+    return stream && stream.expected !== null ? stream.expected - 1 : null;
+  }
+
+  // -- life cycle -----------------------------------------------------------
+
+  start() {
+    if (this.state === "idle") this._connect();
+  }
+
+  /** Try now instead of waiting out the backoff (the "Retry now" button, `online`). */
+  reconnectNow() {
+    if (this.state === "reconnecting" && this.retryAt !== null) this._connect();
+  }
+
+  close(reason = "closed by the page") {
+    const ws = this.ws;
+    this._detach();
+    if (ws) {
+      try { ws.close(1000); } catch { /* closing anyway */ }
+    }
+    this._finish(reason);
+  }
+
+  _setState(state, extra = {}) {
+    this.state = state;
+    this.emit("state", { state, retryAt: this.retryAt, reason: extra.reason ?? null, queued: this.queued });
+  }
+
+  _finish(reason) {
+    if (this.state === "closed") return;
+    this._clearTimers();
+    this.closedReason = reason;
+    this.retryAt = null;
+    for (const out of this.outbox.values()) out.reject(new SendError("closed", reason));
+    this.outbox.clear();
+    this._setState("closed", { reason });
+  }
+
+  _clearTimers() {
+    for (const key of Object.keys(this.timers)) {
+      clearTimeout(this.timers[key]);
+      clearInterval(this.timers[key]);
+    }
+    this.timers = {};
+  }
+
+  _connect() {
+    this._clearTimers();
+    this.retryAt = null;
+    this._setState(this.everConnected ? "reconnecting" : "connecting");
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      this._retry(`cannot connect: ${err.message}`);
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    const conn = ++this.conn;
+    ws.onopen = () => this._opened(ws, conn);
+    ws.onmessage = (event) => this._frame(ws, event.data);
+    ws.onclose = (event) => this._closed(ws, event.code, event.reason);
+    ws.onerror = () => {}; // a close event follows
+    this.timers.open = setTimeout(() => {
+      if (this.ws === ws && ws.readyState === WebSocket.CONNECTING) this._lost(ws, "connecting timed out");
+    }, this.openTimeout);
+  }
+
+  _detach() {
+    const ws = this.ws;
+    if (ws) ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    this.ws = null;
+    for (const ask of this.asks.values()) ask.reject(new Error("connection lost"));
+    this.asks.clear();
+  }
+
+  /** Give up on a connection without waiting for its close event (a dead peer). */
+  _lost(ws, reason) {
+    if (ws !== this.ws) return;
+    try { ws.close(); } catch { /* gone anyway */ }
+    this._closed(ws, null, reason);
+  }
+
+  _closed(ws, code, reason) {
+    if (ws !== this.ws) return;
+    this._detach();
+    if (this.openedAt) this.backoff.connectedFor(Date.now() - this.openedAt);
+    this.openedAt = null;
+    if (code === 1008) {
+      this._finish(`closed by the server: ${reason || "policy violation"}`);
+      return;
+    }
+    if (code === 1009) {
+      // A frame too big for the server: sending it again would only repeat this.
+      for (const out of [...this.outbox.values()]) {
+        if (out.kind === "file" && out.sentOn === this.conn) this._fail(out, "too_large", "the file is larger than the server accepts");
+      }
+    }
+    this._retry(code ? `closed with ${code}${reason ? ` ${reason}` : ""}` : reason);
+  }
+
+  _retry(reason) {
+    if (this.state === "closed") return;
+    this._clearTimers();
+    const delay = this.backoff.next();
+    this.retryAt = Date.now() + delay;
+    this.timers.retry = setTimeout(() => this._connect(), delay);
+    this._setState(this.everConnected ? "reconnecting" : "connecting", { reason });
+  }
+
+  _opened(ws, conn) {
+    clearTimeout(this.timers.open);
+    this.openedAt = Date.now();
+    this.timers.ping = setInterval(() => this._ping(ws), this.pingInterval);
+    this._resume(ws, conn).catch((err) => {
+      if (err instanceof SendError && err.code === "auth") {
+        this.close(err.serverMessage);
+      } else if (this.ws === ws) {
+        this._lost(ws, err.message);
+      }
+    });
+  }
+
+  _ping(ws) {
+    if (this.ws !== ws || this.timers.pong) return;
+    const id = `ping-${newId()}`;
+    this.pingId = id;
+    ws.send(JSON.stringify({ type: "ping", id, payload: {} }));
+    this.timers.pong = setTimeout(() => this._lost(ws, "the server stopped answering"), this.pingTimeout);
+  }
+
+  /** A request on this connection only (not queued, not resent). */
+  _ask(ws, type, payload) {
+    const id = newId();
+    return new Promise((resolve, reject) => {
+      this.asks.set(id, { resolve, reject });
+      ws.send(JSON.stringify({ type, id, payload }));
+    });
+  }
+
+  async _resume(ws, conn) {
+    if (this.token !== null) {
+      let reply = await this._ask(ws, "auth", { token: this.token });
+      if (reply.type === "error" && this.refreshToken) {
+        const token = await this.refreshToken().catch(() => null);
+        if (token) {
+          this.token = token;
+          reply = await this._ask(ws, "auth", { token });
+        }
+      }
+      if (reply.type === "error") {
+        this.emit("expired", reply.payload);
+        throw new SendError("auth", `Your sign-in is no longer valid (${reply.payload.message}). Sign in again.`);
+      }
+      this._setUser(reply.payload.user);
+    } else if (this.guest !== null) {
+      const reply = await this._ask(ws, "auth", { guest: this.guest });
+      if (reply.type === "error") {
+        const why = `The nickname ${this.guest} was refused: ${reply.payload.message}`;
+        // On a reconnect the old connection may still hold the name: try again later.
+        if (this.everConnected) throw new Error(why);
+        throw new SendError("auth", why);
+      }
+      this._setUser(reply.payload.user);
+    }
+    for (const [room, stream] of [...this.streams]) {
+      if (room === DIRECT) continue;
+      const payload = { room };
+      const resumed = stream.expected !== null;
+      if (resumed) payload.since = stream.expected - 1;
+      const reply = await this._ask(ws, "join", payload);
+      if (reply.type === "joined") {
+        this._joined(reply.payload, resumed);
+        this.emit("joined", reply.payload);
+      } else if (reply.type === "error") {
+        this.streams.delete(room);
+        this.emit("left", { room, error: reply.payload });
+      }
+    }
+    if (this.token !== null) await this._catchUpDirect(ws);
+    while (true) {
+      const waiting = [...this.outbox.values()].filter((o) => o.sentOn !== conn);
+      if (!waiting.length) break;
+      for (const out of waiting) this._write(out);
+    }
+    this.everConnected = true;
+    this._setState("connected");
+  }
+
+  async _catchUpDirect(ws) {
+    let stream = this.streams.get(DIRECT);
+    if (!stream) {
+      stream = new SeqStream();
+      this.streams.set(DIRECT, stream);
+    }
+    if (stream.expected === null) {
+      const reply = await this._ask(ws, "direct_history", { limit: 1 });
+      if (reply.type === "direct_history" && stream.expected === null) {
+        for (const item of stream.startAt(Number(reply.payload.last_seq ?? 0) + 1)) this.emit("direct", item);
+      }
+      return;
+    }
+    while (true) {
+      const since = stream.expected - 1;
+      const reply = await this._ask(ws, "direct_history", { since, limit: 100 });
+      if (reply.type !== "direct_history") return;
+      for (const m of reply.payload.messages ?? []) this._deliver(DIRECT, directItem(m.type, m, m.timestamp));
+      if (!reply.payload.has_more || stream.expected - 1 === since) return;
+    }
+  }
+
+  _setUser(user) {
+    if (!user) return;
+    this.user = { name: String(user.name ?? ""), guest: Boolean(user.guest) };
+    this.emit("user", this.user);
+  }
+
+  _joined(payload, resumed) {
+    const stream = this.streams.get(String(payload.room));
+    if (!stream) return;
+    if (stream.expected === null) {
+      for (const item of stream.startAt(Number(payload.seq ?? 0) + 1)) this._emitItem(item);
+    } else if (resumed && payload.recovered === false) {
+      // Some missed messages were pruned: take the replay from its first item.
+      stream.expected = null;
+      stream.pruned = true;
+    }
+  }
+
+  _deliver(key, item) {
+    const stream = this.streams.get(key);
+    if (!stream) return;
+    if (stream.expected === null && stream.pruned) {
+      stream.pruned = false;
+      for (const ready of stream.startAt(Math.min(item.seq, ...stream.early.keys()))) this._emitItem(ready);
+    }
+    for (const ready of stream.offer(item.seq, item)) this._emitItem(ready);
+  }
+
+  _emitItem(item) {
+    this.emit(item.room !== undefined ? "message" : "direct", item);
+  }
+
+  // -- reading --------------------------------------------------------------
+
+  _frame(ws, data) {
+    if (ws !== this.ws || typeof data !== "string") return;
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      console.warn("roomcast: a frame that is not JSON was ignored"); // eslint-disable-line no-console
+      return;
+    }
+    if (!frame || typeof frame.type !== "string") return;
+    const p = frame.payload && typeof frame.payload === "object" ? frame.payload : {};
+    const id = typeof frame.id === "string" ? frame.id : null;
+    if (frame.type === "pong" && id !== null && id === this.pingId) {
+      clearTimeout(this.timers.pong);
+      delete this.timers.pong;
+      return;
+    }
+    if (id !== null && this.asks.has(id)) {
+      const ask = this.asks.get(id);
+      this.asks.delete(id);
+      ask.resolve({ type: frame.type, payload: p });
+      return;
+    }
+    switch (frame.type) {
+      case "system":
+        this._setUser(p.user);
+        break;
+      case "auth":
+        if (p.ok) this._setUser(p.user);
+        break;
+      case "joined":
+        this._joined(p, false);
+        this.emit("joined", p);
+        break;
+      case "left":
+        this.emit("left", p);
+        break;
+      case "chat":
+        this._deliver(String(p.room), roomItem("chat", p, frame.timestamp));
+        break;
+      case "file":
+        if (p.room !== undefined) this._deliver(String(p.room), roomItem("file", p, frame.timestamp));
+        else this._deliver(DIRECT, directItem("file", p, frame.timestamp));
+        break;
+      case "direct":
+        this._deliver(DIRECT, directItem("direct", p, frame.timestamp));
+        break;
+      case "presence":
+        if (id === null) this.emit("presence", p);
+        break;
+      case "typing":
+        this.emit("typing", p);
+        break;
+      case "error":
+        if (id === null || !this.outbox.has(id)) {
+          if (p.code === "token_expired") this._tokenExpired();
+          this.emit("servererror", p);
+        }
+        break;
+      default:
+        break;
+    }
+    if (id !== null) this._answer(id, frame.type, p);
+  }
+
+  _answer(id, type, p) {
+    const out = this.outbox.get(id);
+    if (!out) return;
+    if (type === "error") {
+      if (p.code === "rate_limited") {
+        const wait = Number(p.retry_after ?? 1000);
+        this.timers[`rate-${id}`] = setTimeout(() => {
+          delete this.timers[`rate-${id}`];
+          out.sentOn = -1;
+          if (this.state === "connected") this._write(out);
+        }, wait);
+        return;
+      }
+      this._fail(out, String(p.code ?? "error"), String(p.message ?? ""));
+      return;
+    }
+    this.outbox.delete(id);
+    out.resolve({ type, payload: p });
+    if (SENDABLE.has(out.kind)) {
+      this.emit("acked", { id, kind: out.kind, meta: out.meta, payload: p });
+      this.emit("outbox", this.queued);
+    }
+  }
+
+  _fail(out, code, message) {
+    this.outbox.delete(out.id);
+    out.reject(new SendError(code, message));
+    if (SENDABLE.has(out.kind)) {
+      this.emit("failed", { id: out.id, kind: out.kind, meta: out.meta, code, message });
+      this.emit("outbox", this.queued);
+    }
+  }
+
+  _tokenExpired() {
+    if (!this.refreshToken) {
+      this.emit("expired", { code: "token_expired" });
+      return;
+    }
+    this.refreshToken()
+      .then((token) => (token ? this.setToken(token) : this.emit("expired", { code: "token_expired" })))
+      .catch(() => this.emit("expired", { code: "token_expired" }));
+  }
+
+  // -- sending --------------------------------------------------------------
+
+  /** Queue a frame the server answers; returns {id, promise} (the answer, or a SendError). */
+  send(type, payload, meta = null, data = null) {
+    if (this.state === "closed") throw new SendError("closed", this.closedReason ?? "closed");
+    if (this.outbox.size >= this.maxQueue) throw new SendError("queue_full", "too many messages are waiting already");
+    const id = meta?.id ?? newId();
+    let resolve;
+    let reject;
+    const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+    promise.catch(() => {}); // callers that do not wait are told by the "failed" event
+    const out = {
+      id, kind: type, meta, sentOn: -1, resolve, reject,
+      data: data ?? JSON.stringify({ type, id, payload }),
+    };
+    this.outbox.set(id, out);
+    if (this.state === "connected") this._write(out);
+    if (SENDABLE.has(type)) this.emit("outbox", this.queued);
+    return { id, promise };
+  }
+
+  _write(out) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || out.sentOn === this.conn) return;
+    out.sentOn = this.conn;
+    ws.send(out.data);
+  }
+
+  sendChat(room, text, meta = {}) {
+    return this.send("chat", { room, message: text }, meta);
+  }
+
+  sendDirect(to, text, meta = {}) {
+    return this.send("direct", { to, message: text }, meta);
+  }
+
+  /** Send a file (ArrayBuffer) to {room} or {to}. */
+  sendFile(target, name, mime, bytes, meta = {}) {
+    const id = newId();
+    const header = { ...target, name, mime: mime || "application/octet-stream", id };
+    return this.send("file", null, { ...meta, id }, fileFrame(header, bytes));
+  }
+
+  join(room) {
+    const fresh = !this.streams.has(room);
+    if (fresh) this.streams.set(room, new SeqStream());
+    const { promise } = this.send("join", { room });
+    return promise.catch((err) => {
+      if (fresh) this.streams.delete(room);
+      throw err;
+    });
+  }
+
+  leave(room) {
+    this.streams.delete(room);
+    return this.send("leave", { room }).promise;
+  }
+
+  /** A page of a room's history, oldest first: {messages, hasMore}. */
+  async history(room, before = null, limit = 50) {
+    const payload = { room, limit };
+    if (before !== null) payload.before = before;
+    const reply = await this.send("history", payload).promise;
+    const items = (reply.payload.messages ?? []).map((m) => roomItem(m.type, m, m.timestamp));
+    return { messages: items, hasMore: Boolean(reply.payload.has_more) };
+  }
+
+  /** A page of the user's direct messages, oldest first: {messages, hasMore, lastSeq}. */
+  async directHistory({ before = null, limit = 50 } = {}) {
+    const payload = { limit };
+    if (before !== null) payload.before = before;
+    const reply = await this.send("direct_history", payload).promise;
+    const items = (reply.payload.messages ?? []).map((m) => directItem(m.type, m, m.timestamp));
+    return { messages: items, hasMore: Boolean(reply.payload.has_more), lastSeq: reply.payload.last_seq };
+  }
+
+  async presence(room) {
+    const reply = await this.send("presence", { room }).promise;
+    return (reply.payload.members ?? []).map(String);
+  }
+
+  /** Tell a room this user is typing (dropped while offline). */
+  typing(room) {
+    if (this.state === "connected" && this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ type: "typing", payload: { room } }));
+    }
+  }
+
+  /** Use a new token from now on (sent at once when connected). */
+  setToken(token) {
+    this.token = token;
+    if (this.state === "connected") {
+      this.send("auth", { token }).promise.catch((err) => this.emit("servererror", { code: err.code, message: err.serverMessage }));
+    }
+  }
+}
