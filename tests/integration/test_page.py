@@ -334,6 +334,25 @@ async def test_direct_messages_in_their_own_pane(browser: Browser, server: Serve
     assert ivy_log.problems() == [] and jon_log.problems() == []
 
 
+async def test_direct_messages_from_before_the_page_opened_are_listed(
+    browser: Browser, server: ServerProcess
+) -> None:
+    """Direct messages sent before signing in show in their conversation, not as unread news."""
+    await sign_up(server, "lea")
+    kai_token = await sign_up(server, "kai")
+    async with Client(server.ws_url(), token=kai_token) as kai:
+        await kai.send_direct("lea", "are you there?")
+        await kai.send_direct("lea", "call me")
+    page, log = await open_page(browser, server.http_url("/"))
+    await page.get_by_test_id("login-name").fill("lea")
+    await page.get_by_test_id("login-password").fill(PASSWORD)
+    await page.get_by_test_id("login-go").click()
+    await connected(page)
+    await page.get_by_test_id("nav-@kai").click()
+    await expect(bodies(page, "@kai")).to_have_text(["are you there?", "call me"])
+    assert log.problems() == []
+
+
 async def test_refused_nickname_is_shown(browser: Browser, server: ServerProcess) -> None:
     """A nickname the server refuses brings back the sign-in form with the server's reason."""
     page, log = await open_page(browser, server.http_url("/"))

@@ -363,6 +363,25 @@ async function loadOlder(c) {
   }
 }
 
+// The newest page of the user's direct messages, once after signing in, so
+// conversations from before this page was opened are listed.
+async function loadRecentDirect() {
+  try {
+    const page = await client.directHistory({ limit: 100 });
+    for (const item of page.messages) addDirect(item, false);
+    for (const x of convs.values()) {
+      if (x.type === "dm") {
+        x.hasMore = page.hasMore;
+        x.loaded = true;
+      }
+    }
+    renderNav();
+    renderOlder();
+  } catch (err) {
+    showError(`Could not load your direct messages: ${err.message}`);
+  }
+}
+
 function renderOlder() {
   const button = $("older");
   button.hidden = !current || !current.hasMore;
@@ -623,9 +642,14 @@ function start() {
     backoff: backoffFromQuery(),
     refreshToken: password ? () => renewToken() : null,
   });
+  let directLoaded = false;
   client.on("state", () => {
     updateBanner();
     if (client.state === "connected") refreshRoomsSoon();
+    if (client.state === "connected" && me && !me.guest && !directLoaded) {
+      directLoaded = true;
+      loadRecentDirect();
+    }
     if (client.state === "closed" && !client.everConnected) {
       const reason = client.closedReason;
       signOut(true);
