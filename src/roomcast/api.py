@@ -278,8 +278,11 @@ async def _list_rooms(request: web.Request) -> web.Response:
     user = await _user(request) if "Authorization" in request.headers else None
     stored = await node.store.list_rooms(user.name if user is not None else None)
     rooms = {access.name: access for access in stored}
-    for name in node.hub.rooms():  # public rooms joined but with no message yet
-        rooms.setdefault(name, RoomAccess(name, False, None, frozenset()))
+    for name in node.hub.rooms():
+        # A room with local members that the store did not list is a public
+        # room with no message yet, or a private room the caller is not in.
+        if name not in rooms and await node.store.room_access(name) is None:
+            rooms[name] = RoomAccess(name, False, None, frozenset())
     rooms.setdefault(DEFAULT_ROOM, RoomAccess(DEFAULT_ROOM, False, None, frozenset()))
     listed = [_room_json(rooms[name], node, with_members=True) for name in sorted(rooms)]
     return _json({"rooms": listed})

@@ -362,3 +362,32 @@ async def test_refused_nickname_is_shown(browser: Browser, server: ServerProcess
     await expect(page.get_by_test_id("signin-error")).to_contain_text("guest-1234 was refused")
     await expect(page.get_by_test_id("guest-name")).to_have_value("guest-1234")
     assert log.problems() == []
+
+
+async def test_private_rooms_and_scroll_back(browser: Browser, server: ServerProcess) -> None:
+    """A private room made with a member is listed for that member only; history pages back."""
+    await sign_up(server, "nia")
+    await sign_up(server, "oli")
+    out_token = await sign_up(server, "pat")
+    nia, nia_log = await open_page(browser, server.http_url("/"))
+    await register(nia, "ned")
+    await nia.get_by_test_id("room-private").check()
+    await nia.get_by_test_id("room-members").fill("oli")
+    await join(nia, "backstage")
+    status, body = await call(server, "GET", "/api/rooms", bearer=out_token)
+    assert status == 200 and "backstage" not in [r["name"] for r in body["rooms"]]
+    # 120 messages in the lobby, sent before the page opens: 50 shown, then pages of 50.
+    async with Client(server.ws_url(), token=out_token) as pat:
+        for i in range(120):
+            await pat.send_chat(f"old {i}")
+    page, log = await open_page(browser, server.http_url("/"))
+    await register(page, "quin")
+    await expect(bodies(page)).to_have_count(50)
+    await expect(bodies(page).last).to_have_text("old 119")
+    await page.get_by_test_id("older").click()
+    await expect(bodies(page)).to_have_count(100)
+    await page.get_by_test_id("older").click()
+    await expect(bodies(page)).to_have_count(120)
+    await expect(bodies(page).first).to_have_text("old 0")
+    await expect(page.get_by_test_id("older")).to_be_hidden()
+    assert nia_log.problems() == [] and log.problems() == []

@@ -193,7 +193,7 @@ async def test_only_the_owner_adds_members(server: ServerProcess, tokens: dict[s
 async def test_room_list_shows_private_rooms_to_members_only(
     server: ServerProcess, tokens: dict[str, str]
 ) -> None:
-    """GET /api/rooms hides team from the anonymous and outsiders, shows it to a new member."""
+    """GET /api/rooms hides team from the anonymous and outsiders (also while in use)."""
     await create_team(server, tokens)
     status, body = await call(server, "GET", "/api/rooms")
     assert status == 200
@@ -213,6 +213,9 @@ async def test_room_list_shows_private_rooms_to_members_only(
         await welcome(bob)
         await send_json(bob, "join", {"room": "team"}, id="j")
         assert (await answer(bob, "j"))["type"] == "joined"
+        # With a member in it the room stays hidden from the anonymous.
+        status, listed = await call(server, "GET", "/api/rooms")
+        assert "team" not in [r["name"] for r in listed["rooms"]]
         status, body = await call(server, "GET", "/api/rooms", bearer=tokens["carol"])
     assert status == 200
     rooms = {r["name"]: r for r in body["rooms"]}
