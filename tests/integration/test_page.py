@@ -276,8 +276,19 @@ async def test_image_file_inline_and_screenshot(
             "() => document.querySelector('[data-testid=file-image]')?.naturalWidth === 240"
         )
     await expect(messages(fay, "#design").last).to_have_attribute("data-state", "acked")
+    # A file dropped on the messages is sent too; not an image, so a download link.
+    dropped = await fay.evaluate_handle(
+        "() => { const d = new DataTransfer();"
+        " d.items.add(new File(['plain words'], 'notes.txt', {type: 'text/plain'}));"
+        " return d; }"
+    )
+    await fay.dispatch_event('[data-testid="scroller"]', "drop", {"dataTransfer": dropped})
+    link = gus.locator('[data-conv="#design"] a', has_text="notes.txt")
+    await expect(link).to_have_count(1)
+    download = await gus.request.get(server.http_url(await link.get_attribute("href") or ""))
+    assert download.ok and await download.body() == b"plain words"
     await say(fay, "here it is, the header is bigger now")
-    await expect(bodies(gus, "#design")).to_have_count(3)
+    await expect(bodies(gus, "#design")).to_have_count(4)
     # Guests cannot send files: the attach control is not offered.
     await expect(gus.locator("#attach-label")).to_be_hidden()
     if os.environ.get("ROOMCAST_SCREENSHOT") == "1":
