@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
-from tests.integration.users import SECRET, call, sign_up, user_ws
+from tests.integration.users import SECRET, call, create_team, sign_up, user_ws
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, send_json
 
 USERS = ("alice", "bob", "carol")
@@ -144,14 +144,7 @@ async def test_a_private_rooms_file_is_403_for_an_outsider(
     server: ServerProcess, tokens: dict[str, str]
 ) -> None:
     """A file in a private room: a member downloads it; an outsider's token gets 403, none 401."""
-    status, body = await call(
-        server,
-        "POST",
-        "/api/rooms",
-        json={"name": "team", "private": True, "members": ["bob"]},
-        bearer=tokens["alice"],
-    )
-    assert status == 201, body
+    await create_team(server, tokens)
     alice = await user_ws(server, tokens["alice"])
     await send_json(alice, "join", {"room": "team"}, id="j")
     await until(alice, "joined")

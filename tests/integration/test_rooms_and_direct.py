@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
-from tests.integration.users import SECRET, bearer, call, sign_up, user_ws
+from tests.integration.users import SECRET, bearer, call, create_team, sign_up, user_ws
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
 
 USERS = ("alice", "bob", "carol")
@@ -52,19 +52,6 @@ async def nothing_of(ws: ClientConnection, kind: str) -> None:
                 assert frame["type"] != kind, frame
     except TimeoutError:
         pass
-
-
-async def create_team(server: ServerProcess, tokens: dict[str, str]) -> dict[str, Any]:
-    """alice creates the private room team with member bob; the 201 body."""
-    status, body = await call(
-        server,
-        "POST",
-        "/api/rooms",
-        json={"name": "team", "private": True, "members": ["bob"]},
-        bearer=tokens["alice"],
-    )
-    assert status == 201, body
-    return body  # type: ignore[no-any-return]
 
 
 # -- private rooms ------------------------------------------------------------------

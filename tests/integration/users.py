@@ -92,6 +92,19 @@ async def user_ws(server: ServerProcess, token: str, **options: Any) -> ClientCo
     return ws
 
 
+async def create_team(server: ServerProcess, tokens: dict[str, str]) -> dict[str, Any]:
+    """alice creates the private room team with member bob; the 201 body."""
+    status, body = await call(
+        server,
+        "POST",
+        "/api/rooms",
+        json={"name": "team", "private": True, "members": ["bob"]},
+        bearer=tokens["alice"],
+    )
+    assert status == 201, body
+    return body  # type: ignore[no-any-return]
+
+
 def bearer(token: str) -> dict[str, str]:
     """The handshake header that signs a WebSocket in with ``token``."""
     return {"Authorization": f"Bearer {token}"}

@@ -561,10 +561,7 @@ class ChatMessage:
         return out
 
     def history_item(self) -> dict[str, Any]:
-        item = self.payload()
-        item["type"] = self.TYPE if self.file is None else "file"
-        item["timestamp"] = format_timestamp(self.ts_ms)
-        return item
+        return _history_item(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,10 +590,7 @@ class DirectMessage:
         return out
 
     def history_item(self) -> dict[str, Any]:
-        item = self.payload()
-        item["type"] = self.TYPE if self.file is None else "file"
-        item["timestamp"] = format_timestamp(self.ts_ms)
-        return item
+        return _history_item(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -798,6 +792,21 @@ def format_timestamp(ms: int) -> str:
     return f"{_ts_cache[1]}.{millis:03d}Z"
 
 
+def _wire_type(frame: ServerFrame) -> str:
+    """The frame's ``type`` on the wire: ``file`` for a message that carries one."""
+    if isinstance(frame, _MESSAGES) and frame.file is not None:
+        return "file"
+    return frame.TYPE
+
+
+def _history_item(message: ChatMessage | DirectMessage) -> dict[str, Any]:
+    """A stored message as an item of a history page: its payload, type and time."""
+    item = message.payload()
+    item["type"] = _wire_type(message)
+    item["timestamp"] = format_timestamp(message.ts_ms)
+    return item
+
+
 def encode(frame: ServerFrame, *, id: str | None = None, ts_ms: int | None = None) -> bytes:
     """Serialize a server frame to the JSON bytes of one text frame.
 
@@ -809,10 +818,7 @@ def encode(frame: ServerFrame, *, id: str | None = None, ts_ms: int | None = Non
     """
     if ts_ms is None:
         ts_ms = getattr(frame, "ts_ms", None) or now_ms()
-    kind = frame.TYPE
-    if isinstance(frame, _MESSAGES) and frame.file is not None:
-        kind = "file"
-    obj: dict[str, Any] = {"type": kind}
+    obj: dict[str, Any] = {"type": _wire_type(frame)}
     if id is not None:
         obj["id"] = id
     obj["payload"] = frame.payload()
