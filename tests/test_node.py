@@ -11,11 +11,14 @@ from argon2 import PasswordHasher
 
 from roomcast.accounts import Accounts
 from roomcast.auth import Tokens
+from roomcast.broker.base import Publication
 from roomcast.broker.memory import MemoryBroker, MemoryBus
 from roomcast.config import Limits
 from roomcast.exceptions import StoreError
 from roomcast.node import Node
 from roomcast.protocol.codes import CloseCode
+from roomcast.protocol.messages import encode
+from roomcast.protocol.wsframe import text_frame
 from roomcast.store.base import AppendResult
 from roomcast.store.memory import MemoryStore
 from tests.fakes import FakePeer
@@ -487,3 +490,45 @@ async def test_direct_message_reaches_both_sides_with_their_own_seqs() -> None:
     await node.receive_text(peers["alice"], text("direct", {"to": "nobody", "message": "x"}))
     [error] = peers["alice"].received()
     assert error["payload"]["code"] == "unknown_user"
+
+
+async def test_another_nodes_messages_are_delivered_in_seq_order() -> None:
+    """A publication that overtakes another waits for it; a lost one is read from the store."""
+    store = MemoryStore()
+    node = await started(store=store)
+    member = await connected(node)
+    await node.receive_text(member, text("join", {"room": "r"}))
+    member.received()
+    # Another node stored seqs 1..3; its publications arrive as 2, 3 (1 never comes).
+    stored = [(await store.append("r", "ann", f"m{i}")).message for i in range(3)]
+    frames = [text_frame(encode(message)) for message in stored]
+    for message, frame in list(zip(stored, frames, strict=True))[1:]:
+        node.on_publication(Publication("elsewhere", "r", None, frame, seq=message.seq))
+    assert member.received() == []
+    async with asyncio.timeout(5):
+        while len(member.frames) < 3:
+            await asyncio.sleep(0.01)
+    got = member.of_type("chat")
+    assert [f["payload"]["seq"] for f in got] == [1, 2, 3]
+    # Repeats (a publication resent after a Redis outage) are dropped.
+    node.on_publication(Publication("elsewhere", "r", None, frames[2], seq=3))
+    assert member.received() == []
+
+
+async def test_two_nodes_announce_a_user_on_both_once() -> None:
+    """A user connected to two nodes joins and leaves a room once for the other members."""
+    bus, store = MemoryBus(), MemoryStore()
+    one = await started(store=store, broker=MemoryBroker(bus))
+    two = await started(store=store, broker=MemoryBroker(bus))
+    watcher = await connected(one)
+    first = FakePeer.named("ann")
+    second = FakePeer.named("ann")
+    await one.connect(first)
+    await two.connect(second)
+    await two.receive_text(second, text("leave", {"room": "lobby"}))
+    await one.receive_text(first, text("leave", {"room": "lobby"}))
+    events = [f["payload"] for f in watcher.of_type("presence") if f["payload"]["user"] == "ann"]
+    assert events == [
+        {"room": "lobby", "user": "ann", "event": "join"},
+        {"room": "lobby", "user": "ann", "event": "leave"},
+    ]

@@ -212,11 +212,11 @@ async def _registered(node: Node, names: list[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _room_json(access: RoomAccess, node: Node, *, with_members: bool) -> dict[str, Any]:
+async def _room_json(access: RoomAccess, node: Node, *, with_members: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": access.name,
         "private": access.private,
-        "member_count": node.hub.member_count(access.name),
+        "member_count": await node.member_count(access.name),
     }
     if access.owner is not None:
         out["owner"] = access.owner
@@ -284,7 +284,7 @@ async def _list_rooms(request: web.Request) -> web.Response:
         if name not in rooms and await node.store.room_access(name) is None:
             rooms[name] = RoomAccess(name, False, None, frozenset())
     rooms.setdefault(DEFAULT_ROOM, RoomAccess(DEFAULT_ROOM, False, None, frozenset()))
-    listed = [_room_json(rooms[name], node, with_members=True) for name in sorted(rooms)]
+    listed = [await _room_json(rooms[name], node, with_members=True) for name in sorted(rooms)]
     return _json({"rooms": listed})
 
 
@@ -301,13 +301,13 @@ async def _create_room(request: web.Request) -> web.Response:
     if not isinstance(private, bool):
         raise HTTPError(400, "invalid_message", "private must be true or false")
     members = await _registered(node, _names(body.get("members"), "members"))
-    if name == DEFAULT_ROOM or node.hub.member_count(name) > 0:
+    if name == DEFAULT_ROOM or await node.member_count(name) > 0:
         raise HTTPError(409, "room_exists", f"{name} exists already")
     if not await node.store.create_room(name, owner=user.name, private=private, members=members):
         raise HTTPError(409, "room_exists", f"{name} exists already")
     access = RoomAccess(name, private, user.name, members)
     logger.info("%s created %s room %s", user.name, "private" if private else "public", name)
-    return _json({"room": _room_json(access, node, with_members=True)}, status=201)
+    return _json({"room": await _room_json(access, node, with_members=True)}, status=201)
 
 
 async def _add_members(request: web.Request) -> web.Response:
@@ -327,7 +327,7 @@ async def _add_members(request: web.Request) -> web.Response:
     members = await _registered(node, names)
     await node.store.add_room_members(room, members)
     updated = RoomAccess(room, True, access.owner, access.members | members)
-    return _json({"room": _room_json(updated, node, with_members=True)})
+    return _json({"room": await _room_json(updated, node, with_members=True)})
 
 
 # -- messages ----------------------------------------------------------------------
@@ -354,11 +354,13 @@ async def _post_message(request: web.Request) -> web.Response:
     body = await _body(request)
     text, client_id = body.get("message"), body.get("id")
     limit = node.limits.max_message_chars
-    if not isinstance(text, str) or not text.strip():
-        raise HTTPError(400, "invalid_message", "message must be a non-empty string")
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise HTTPError(400, "invalid_message", "message must be a non-empty string without U+0000")
     if len(text) > limit:
         raise HTTPError(413, "too_large", f"message is longer than {limit} characters")
-    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_ID_LENGTH):
+    if client_id is not None and (
+        not isinstance(client_id, str) or len(client_id) > MAX_ID_LENGTH or "\x00" in client_id
+    ):
         raise HTTPError(400, "invalid_message", f"id must be a string of at most {MAX_ID_LENGTH}")
     wait = request.app[_POSTS].wait(user.name)
     if wait > 0:

@@ -39,6 +39,9 @@ __all__ = ["build_parser", "config_from_args", "main"]
 
 #: Shortest ``--secret`` accepted: HS256 wants a key as long as its hash.
 MIN_SECRET_BYTES = 32
+#: Seconds within which a node refreshes its presence in Redis when the
+#: heartbeat is off (otherwise the heartbeat interval).
+DEFAULT_PRESENCE_TTL = 30.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,8 +84,20 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     add(
         "--database-url",
         None,
-        "where messages are kept: sqlite:PATH, or memory: (lost at exit); "
-        "default: roomcast.db in the data dir",
+        "where messages are kept: postgresql://USER@HOST/DB, sqlite:PATH, or memory: "
+        "(lost at exit); default: roomcast.db in the data dir",
+    )
+    add(
+        "--redis-url",
+        None,
+        "redis://HOST:PORT/DB: fan messages and presence out through Redis so several "
+        "servers sharing one --database-url act as one; default: this process only",
+    )
+    add(
+        "--redis-prefix",
+        "roomcast:",
+        "what this service's Redis keys and channel start with, to share a Redis with "
+        "others (default: %(default)s)",
     )
     add(
         "--history-days",
@@ -235,6 +250,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
     if args.secret and len(args.secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(f"--secret must be at least {MIN_SECRET_BYTES} bytes long")
+    database_url, redis_url = args.database_url or None, args.redis_url or None
+    if redis_url is not None and not _shared_database(database_url):
+        raise ConfigError(
+            "--redis-url joins this server to others, which must share its database: "
+            "add --database-url postgresql://..."
+        )
+    if not args.redis_prefix or any(c.isspace() for c in args.redis_prefix):
+        raise ConfigError("--redis-prefix must be a non-empty word, such as roomcast:")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
     origins = tuple(args.allowed_origin or args.env_allowed_origins)
@@ -250,12 +273,19 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allowed_origins=origins,
         secret=args.secret,
         guests=not _flag(args.no_guests, "ROOMCAST_NO_GUESTS"),
-        database_url=args.database_url or None,
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=args.redis_prefix,
         history_days=history_days,
         files_dir=Path(args.files_dir) if args.files_dir else None,
         heartbeat=heartbeat,
         limits=limits,
     )
+
+
+def _shared_database(url: str | None) -> bool:
+    """Whether ``url`` is a database several servers can share (PostgreSQL)."""
+    return url is not None and url.split(":", 1)[0].lower() in {"postgres", "postgresql"}
 
 
 def _configure_logging(level: str, fmt: str) -> None:
@@ -275,9 +305,14 @@ async def _serve(config: ServerConfig) -> None:
     if config.tls_cert is not None and config.tls_key is not None:
         ssl_context = make_ssl_context(config.tls_cert, config.tls_key)
     store = open_store(config.database_url, data_dir=data_dir, history_days=config.history_days)
+    broker = open_broker(
+        config.redis_url,
+        prefix=config.redis_prefix,
+        presence_ttl=config.heartbeat or DEFAULT_PRESENCE_TTL,
+    )
     node = Node(
         store=store,
-        broker=open_broker(None),
+        broker=broker,
         limits=config.limits,
         heartbeat=config.heartbeat,
         guests=config.guests,
@@ -285,7 +320,9 @@ async def _serve(config: ServerConfig) -> None:
         files=FileStore(config.files_dir or data_dir / "files"),
         links=FileLinks(secret),
     )
-    if isinstance(store, SQLiteStore):
+    from .store.postgres import PostgresStore  # asyncpg is imported only when needed
+
+    if isinstance(store, SQLiteStore | PostgresStore):
         store.on_batch = node.metrics.observe_batch
     server = RoomcastServer(node, config)
     try:

@@ -68,8 +68,13 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     secret: str | None = None
     #: Where messages are kept: ``None`` for ``roomcast.db`` in ``data_dir``,
-    #: ``sqlite:PATH`` or ``memory:``.
+    #: ``postgresql://...``, ``sqlite:PATH`` or ``memory:``.
     database_url: str | None = None
+    #: How nodes reach each other: ``redis://...``, or None for this process
+    #: only. Needs a ``database_url`` every node shares (PostgreSQL).
+    redis_url: str | None = None
+    #: What this service's Redis keys and channel names start with.
+    redis_prefix: str = "roomcast:"
     #: Delete messages older than this many days; 0 keeps them all.
     history_days: int = 0
     #: Where files sent in binary frames are kept; None is ``data_dir/files``.

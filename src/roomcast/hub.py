@@ -206,6 +206,19 @@ class Hub:
         names = self._room_names.get(room)
         return len(names) if names else 0
 
+    def has_members(self, room: str) -> bool:
+        """Whether any local connection is in ``room``."""
+        return room in self._rooms
+
+    def connections_in(self, room: str, name: str) -> int:
+        """How many local connections of user ``name`` are in ``room``."""
+        names = self._room_names.get(room)
+        return names.get(name, 0) if names else 0
+
+    def presence(self) -> list[tuple[str, str]]:
+        """Every ``(room, user)`` with a local connection."""
+        return [(room, name) for room, names in self._room_names.items() for name in names]
+
     def rooms(self) -> dict[str, int]:
         """Every room with a local member, with its number of users."""
         return {room: len(names) for room, names in self._room_names.items()}

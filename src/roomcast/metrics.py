@@ -107,6 +107,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.catch_ups = Counter(
+            "roomcast_catch_ups",
+            "Store reads for messages other nodes' publications did not bring: "
+            "gap (a seq overdue) or resync (Redis was away)",
+            ["reason"],
+            registry=r,
+        )
         self.chat_out = self.messages_out.labels("chat")
         self.direct_out = self.messages_out.labels("direct")
         self._errors: dict[str, Counter] = {}

@@ -4,11 +4,17 @@ The node turns what sessions decide into effects: it stores messages (the
 store assigns seqs), delivers frames to local members through the hub and
 publishes them to other nodes through the broker. It never touches a socket;
 the transport (``server.py``) feeds it frames and gives it peers to write to.
+
+Frames that carry a seq (room and direct messages) reach the hub through a
+:class:`~roomcast.sequencer.Sequencer`, whether they were stored here or on
+another node, so members see each room in seq order with no gap even when
+several nodes write to it at once; a gap is read from the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import re
@@ -22,7 +28,7 @@ from typing import Any, Final, TypeVar
 from .accounts import Accounts
 from .broker.base import Broker, Publication
 from .config import DEFAULT_LIMITS, Limits
-from .exceptions import AuthError, BackendError, ProtocolError, StoreError
+from .exceptions import AuthError, BackendError, BrokerError, ProtocolError, StoreError
 from .files import FileLinks, FileStore, safe_file_name
 from .hub import Hub, Peer
 from .metrics import Metrics
@@ -59,6 +65,7 @@ from .protocol.messages import (
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .protocol.wsframe import text_frame
+from .sequencer import Sequencer
 from .store.base import AppendResult, DirectResult, Store
 
 __all__ = ["GUEST_NAME", "Node"]
@@ -138,11 +145,20 @@ class Node:
         self.reauth_timeout = reauth_timeout
         #: Per connection: the timer of its token's expiry or its auth deadline.
         self._deadlines: dict[Peer, asyncio.TimerHandle] = {}
+        #: Rooms with a local member, and the inboxes of local users.
+        self._rooms = Sequencer(self._deliver_room, self._fetch_room)
+        self._inboxes = Sequencer(self._deliver_inbox, self._fetch_inbox)
+        #: Store reads in flight for gaps and catch-ups (kept from the GC).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Open the store and start receiving other nodes' publications."""
         await self.store.open()
-        await self.broker.start(self.id, self._on_publication)
+        try:
+            await self.broker.start(self.id, self)
+        except BaseException:
+            await self.store.close()
+            raise
 
     async def flush(self) -> None:
         """Wait until every message received so far is stored (or failed) and acked."""
@@ -152,6 +168,9 @@ class Node:
     async def close(self) -> None:
         """Stop the broker, then flush and close the store."""
         await self.broker.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
 
     async def ready(self) -> dict[str, str]:
@@ -247,7 +266,10 @@ class Node:
         user = peer.session.user
         for room, user_left in self.hub.remove(peer):
             if user_left and user is not None:
-                self._presence(room, user.name, "leave")
+                self.broker.presence_changed(room, user.name, False)
+            self._forget_room(room)
+        if user is not None and not self.hub.name_in_use(user.name):
+            self._inboxes.close(user.name)
 
     # -- input -------------------------------------------------------------------
 
@@ -303,7 +325,7 @@ class Node:
                 case HistoryRequest():
                     return self._finish(peer, outcome, self._history(peer, outcome))
                 case PresenceRequest():
-                    self._presence_list(peer, outcome)
+                    return self._finish(peer, outcome, self._presence_list(peer, outcome))
                 case AuthFrame():
                     return self._finish(peer, outcome, self._auth(peer, outcome))
                 case Direct():
@@ -382,21 +404,24 @@ class Node:
         if room != DEFAULT_ROOM and not was_member:
             await self.check_access(user, room)
         first = self.hub.join(room, peer)
+        self._rooms.open(room)
         # From here on the room's live frames are kept aside for this peer,
         # so none can overtake ``joined`` or the replay, and none is lost.
         self.hub.hold(room, peer, self.limits.max_queue_bytes)
         held = None
         try:
             if first:
-                self._presence(room, user.name, "join")
-            last = await self.store.last_seq(room)
+                self.broker.presence_changed(room, user.name, True)
+            stored_last = await self.store.last_seq(room)
+            # Live frames go out from the room's position on: the replay
+            # covers everything up to there (which may be past the read).
+            last = max(stored_last, self._rooms.start(room, stored_last))
             after, recovered = last, None
             if cmd.since is not None:
                 kept = await self.store.first_seq(room)
                 recovered = kept - 1 <= cmd.since <= last
                 after = min(max(cmd.since, kept - 1), last)
-            count = self.hub.member_count(room)
-            members = self.hub.members(room, self.limits.presence_limit)
+            members, count = await self._members(room)
             self._reply(peer, Joined(room, last, members, count, recovered), cmd.id)
             while True:
                 after = await self._replay(peer, room, after, last)
@@ -406,12 +431,13 @@ class Node:
                 # Too much arrived while replaying: read it from the store too.
                 self.hub.hold(room, peer, self.limits.max_queue_bytes)
                 held = None
-                last = await self.store.last_seq(room)
+                last = max(await self.store.last_seq(room), self._rooms.position(room) or 0)
         except BaseException:
             held = self.hub.release(room, peer)
             if not was_member:
                 if self.hub.leave(room, peer):
-                    self._presence(room, user.name, "leave")
+                    self.broker.presence_changed(room, user.name, False)
+                self._forget_room(room)
             elif held is not None:
                 for _, frame in held.frames:  # it stays a member: keep it live
                     peer.send(frame)
@@ -438,7 +464,8 @@ class Node:
         user = peer.session.user
         assert user is not None
         if self.hub.leave(cmd.room, peer):
-            self._presence(cmd.room, user.name, "leave")
+            self.broker.presence_changed(cmd.room, user.name, False)
+        self._forget_room(cmd.room)
         self._reply(peer, Left(cmd.room), cmd.id)
 
     def _typing(self, peer: Peer, cmd: Typing) -> None:
@@ -446,6 +473,7 @@ class Node:
         assert user is not None
         frame = text_frame(encode(TypingEvent(cmd.room, user.name)))
         self.hub.deliver(cmd.room, frame, skip_user=user.name)
+        self.broker.publish(Publication(self.id, cmd.room, None, frame, skip_user=user.name))
 
     async def _history(self, peer: Peer, cmd: HistoryRequest) -> None:
         user = peer.session.user
@@ -511,14 +539,14 @@ class Node:
             return
         message = self._linked(result.message)
         if not result.duplicate:
-            to_sender = text_frame(encode(replace(message, seq=result.sender_seq)))
             self.metrics.direct_out.inc()
-            self.metrics.deliveries.inc(self.hub.send_to_user(message.sender, to_sender))
-            self.broker.publish(Publication(self.id, None, message.sender, to_sender))
+            inboxes = [(message.sender, result.sender_seq)]
             if message.to != message.sender:
-                to_recipient = text_frame(encode(replace(message, seq=result.recipient_seq)))
-                self.metrics.deliveries.inc(self.hub.send_to_user(message.to, to_recipient))
-                self.broker.publish(Publication(self.id, None, message.to, to_recipient))
+                inboxes.append((message.to, result.recipient_seq))
+            for owner, seq in inboxes:
+                frame = text_frame(encode(replace(message, seq=seq)))
+                self.metrics.deliveries.inc(self._to_inbox(owner, seq, frame))
+                self.broker.publish(Publication(self.id, None, owner, frame, seq=seq))
         if frame_id is not None:
             self._reply(peer, Ack(message.message_id, None, result.sender_seq), frame_id)
 
@@ -590,10 +618,34 @@ class Node:
             messages, more = await self.store.direct_history(user.name, before=before, limit=limit)
         return DirectHistoryReply([self._linked(m) for m in messages], more, last)
 
-    def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
+    async def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
+        members, count = await self._members(cmd.room)
+        self._reply(peer, MemberList(cmd.room, members, count), cmd.id)
+
+    async def _members(self, room: str) -> tuple[list[str], int]:
+        """The users in ``room`` on every node (at most ``presence_limit`` names), and how many.
+
+        This node's own members count even before the broker has them, and
+        are all that is listed while the broker is unreachable.
+        """
         limit = self.limits.presence_limit
-        members = self.hub.members(cmd.room, limit)
-        self._reply(peer, MemberList(cmd.room, members, self.hub.member_count(cmd.room)), cmd.id)
+        local = self.hub.members(room)
+        try:
+            found = await self.broker.members(room, limit)
+        except BrokerError as exc:
+            # Chat goes on without the broker: list who is here.
+            logger.warning("presence of %s from this node only: %s", room, exc)
+            return local[:limit], len(local)
+        if all(name in found.names for name in local) or found.count > len(found.names):
+            names, count = found.names, found.count
+        else:
+            merged = dict.fromkeys([*found.names, *local])
+            names, count = list(merged), len(merged)
+        return names[:limit], max(count, len(local))
+
+    async def member_count(self, room: str) -> int:
+        """How many users are in ``room`` on every node."""
+        return (await self._members(room))[1]
 
     async def _auth(self, peer: Peer, cmd: AuthFrame) -> None:
         session = peer.session
@@ -634,12 +686,22 @@ class Node:
             peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
             return
         if old_name != user.name:
-            if old_name is not None:
-                for room in session.rooms:
-                    self._presence(room, old_name, "leave")
+            old_present = {
+                room
+                for room in session.rooms
+                if old_name is not None and self.hub.connections_in(room, old_name) == 1
+            }
+            new_present = {
+                room for room in session.rooms if self.hub.connections_in(room, user.name) == 0
+            }
             self.hub.rename(peer, old_name, user.name)
-            for room in session.rooms:
-                self._presence(room, user.name, "join")
+            if old_name is not None:
+                for room in sorted(old_present):
+                    self.broker.presence_changed(room, old_name, False)
+                if not self.hub.name_in_use(old_name):
+                    self._inboxes.close(old_name)
+            for room in sorted(new_present):
+                self.broker.presence_changed(room, user.name, True)
         session.authenticated(user)
         if expires_at is not None:
             self.set_token_expiry(peer, expires_at)
@@ -673,34 +735,145 @@ class Node:
     def _error(self, peer: Peer, code: ErrorCode, message: str, frame_id: str | None) -> None:
         self._reply(peer, ErrorReply(code, message), frame_id)
 
-    def _presence(self, room: str, name: str, event: str) -> None:
-        """Tell a room's other members that ``name`` joined or left."""
-        if self.hub.member_count(room) > self.limits.presence_limit:
-            return
-        frame = text_frame(encode(PresenceEvent(room, name, event)))
-        self.hub.deliver(room, frame, skip_user=name)
-
-    def _publish(self, room: str, frame: bytes, seq: int | None = None) -> None:
-        """Deliver a room frame here, then hand it to the other nodes."""
+    def _publish(self, room: str, frame: bytes, seq: int) -> None:
+        """Deliver a stored room message here, then hand it to the other nodes."""
         metrics = self.metrics
-        metrics.deliveries.inc(self.hub.deliver(room, frame, seq=seq))
+        metrics.deliveries.inc(self._rooms.offer(room, seq, frame))
         metrics.chat_out.inc()
         started = time.perf_counter()
         self.broker.publish(Publication(self.id, room, None, frame, seq=seq))
         metrics.broker_publish_seconds.observe(time.perf_counter() - started)
 
-    def _on_publication(self, publication: Publication) -> None:
+    def _deliver_room(self, room: str, seq: int, frame: bytes) -> int:
+        return self.hub.deliver(room, frame, seq=seq)
+
+    def _to_inbox(self, user: str, seq: int, frame: bytes) -> int:
+        """Deliver a direct message to ``user``'s local connections, in inbox order."""
+        if user not in self._inboxes:
+            if not self.hub.name_in_use(user):
+                return 0
+            # The first direct message since the user connected here sets
+            # the inbox's position (earlier ones come from direct_history).
+            self._inboxes.start(user, seq - 1)
+        return self._inboxes.offer(user, seq, frame)
+
+    def _deliver_inbox(self, user: str, seq: int, frame: bytes) -> int:
+        return self.hub.send_to_user(user, frame)
+
+    def _forget_room(self, room: str) -> None:
+        """Stop ordering ``room``'s frames once it has no local member."""
+        if not self.hub.has_members(room):
+            self._rooms.close(room)
+
+    # -- gaps --------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # Store reads for many rooms: not in any connection's log context.
+        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fetch_room(self, room: str, after: int, before: int) -> None:
+        self.metrics.catch_ups.labels("gap").inc()
+        self._spawn(self._fill_room(room, after, before))
+
+    async def _fill_room(self, room: str, after: int, before: int) -> None:
+        """Read ``room``'s messages ``after < seq < before`` and offer them in order."""
+        complete = False
+        try:
+            while after < before - 1:
+                limit = min(REPLAY_PAGE, before - 1 - after)
+                page = await self.store.since(room, after, limit=limit)
+                if not page:
+                    break
+                for message in page:
+                    frame = text_frame(encode(self._linked(message)))
+                    self.metrics.deliveries.inc(self._rooms.offer(room, message.seq, frame))
+                after = page[-1].seq
+            complete = True
+        except BackendError as exc:
+            logger.error("cannot read %s's missed messages: %s", room, exc)
+        finally:
+            self._rooms.filled(room, before, complete=complete)
+
+    def _fetch_inbox(self, user: str, after: int, before: int) -> None:
+        self.metrics.catch_ups.labels("gap").inc()
+        self._spawn(self._fill_inbox(user, after, before))
+
+    async def _fill_inbox(self, user: str, after: int, before: int) -> None:
+        """Read ``user``'s direct messages ``after < seq < before`` and offer them in order."""
+        complete = False
+        try:
+            while after < before - 1:
+                limit = min(REPLAY_PAGE, before - 1 - after)
+                page, _ = await self.store.direct_since(user, after, limit=limit)
+                if not page:
+                    break
+                for message in page:
+                    assert message.seq is not None
+                    frame = text_frame(encode(self._linked(message)))
+                    self.metrics.deliveries.inc(self._inboxes.offer(user, message.seq, frame))
+                    after = message.seq
+            complete = True
+        except BackendError as exc:
+            logger.error("cannot read %s's missed direct messages: %s", user, exc)
+        finally:
+            self._inboxes.filled(user, before, complete=complete)
+
+    async def _catch_up(self) -> None:
+        """After the broker was cut off: deliver what was stored meanwhile, from the store."""
+        for attempt in range(10):
+            try:
+                for room in self._rooms.streams():
+                    last = await self.store.last_seq(room)
+                    position = self._rooms.position(room)
+                    if position is not None and last > position:
+                        await self._fill_room(room, position, last + 1)
+                for user in self._inboxes.streams():
+                    last = await self.store.direct_last_seq(user)
+                    position = self._inboxes.position(user)
+                    if position is not None and last > position:
+                        await self._fill_inbox(user, position, last + 1)
+                return
+            except BackendError as exc:
+                logger.error("cannot catch up from the store: %s", exc)
+                await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+
+    # -- broker events (BrokerEvents) ----------------------------------------------
+
+    def on_publication(self, publication: Publication) -> None:
+        """Deliver another node's publication to the local members it is for."""
         if publication.node_id == self.id:
             return
-        if publication.room is not None:
-            self.hub.deliver(
-                publication.room,
-                publication.frame,
-                seq=publication.seq,
-                skip_user=publication.skip_user,
-            )
+        room, seq, frame = publication.room, publication.seq, publication.frame
+        if room is not None:
+            if seq is not None:
+                self.metrics.deliveries.inc(self._rooms.offer(room, seq, frame))
+            else:
+                self.hub.deliver(room, frame, skip_user=publication.skip_user)
         elif publication.user is not None:
-            self.hub.send_to_user(publication.user, publication.frame)
+            if seq is not None:
+                self.metrics.deliveries.inc(self._to_inbox(publication.user, seq, frame))
+            else:
+                self.hub.send_to_user(publication.user, frame)
+
+    def on_presence(self, room: str, user: str, joined: bool, count: int) -> None:
+        """Tell ``room``'s members on every node that ``user`` joined or left it."""
+        if count > self.limits.presence_limit:
+            return
+        event = PresenceEvent(room, user, "join" if joined else "leave")
+        frame = text_frame(encode(event))
+        self.hub.deliver(room, frame, skip_user=user)
+        self.broker.publish(Publication(self.id, room, None, frame, skip_user=user))
+
+    def on_resync(self) -> None:
+        """The broker may have missed publications: catch up from the store."""
+        self.metrics.catch_ups.labels("resync").inc()
+        self._spawn(self._catch_up())
+
+    def local_presence(self) -> list[tuple[str, str]]:
+        """Every ``(room, user)`` with a connection on this node."""
+        return self.hub.presence()
 
 
 #: What a refused frame counts as in ``roomcast_frames_received``.

@@ -4,7 +4,9 @@ Clients connect to the proxy's port; each connection is piped to the server
 over a second real socket. :meth:`TcpProxy.cut` ends every piped connection
 the way a network fault does: ``reset`` aborts both sockets (RST, as when a
 NAT entry or a Wi-Fi link dies), ``close`` closes them (FIN without a
-WebSocket close frame, as when a server process exits).
+WebSocket close frame, as when a server process exits). While
+:attr:`TcpProxy.refusing` is set, new connections are reset at once, as by a
+server that is down.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class TcpProxy:
         self.target_port = target_port
         self.port = 0
         self.cuts = 0
+        #: Reset new connections at once (the server behind is "down").
+        self.refusing = False
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
 
@@ -28,6 +32,9 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -53,6 +60,15 @@ class TcpProxy:
                     w.transport.close()
         self.cuts += 1
         return len(pairs)
+
+    def down(self) -> None:
+        """Act as a server that went away: cut every connection and refuse new ones."""
+        self.refusing = True
+        self.cut()
+
+    def up(self) -> None:
+        """Accept connections again."""
+        self.refusing = False
 
     async def stop(self) -> None:
         self.cut()

@@ -424,3 +424,15 @@ class TestFileMessages:
         reply = DirectHistoryReply(direct, False, 2)
         items = orjson.loads(encode(reply))["payload"]["messages"]
         assert [(i["type"], i["seq"]) for i in items] == [("direct", 1), ("file", 2)]
+
+
+def test_nul_characters_are_refused_in_text_and_ids() -> None:
+    """U+0000 in a chat or direct text, or in a frame id, is refused as invalid_message."""
+    for frame in (
+        b'{"type":"chat","payload":{"message":"a\\u0000b"}}',
+        b'{"type":"direct","payload":{"to":"bob","message":"\\u0000"}}',
+        b'{"type":"chat","id":"x\\u0000","payload":{"message":"hi"}}',
+    ):
+        with pytest.raises(ProtocolError) as caught:
+            parse_client_frame(frame)
+        assert caught.value.code is ErrorCode.INVALID_MESSAGE

@@ -13,6 +13,7 @@ from roomcast.exceptions import StoreError
 from roomcast.protocol.messages import DirectMessage, FileInfo
 from roomcast.store.base import open_store
 from roomcast.store.memory import MemoryStore
+from roomcast.store.postgres import PostgresStore
 from roomcast.store.schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 from roomcast.store.sqlite import SQLiteStore
 from tests.fakes import Clock
@@ -240,6 +241,8 @@ async def test_append_after_close_fails(path: Path) -> None:
         ("sqlite:other.db", SQLiteStore, "other.db"),
         ("sqlite:///abs/x.db", SQLiteStore, "/abs/x.db"),
         ("memory:", MemoryStore, None),
+        ("postgresql://u@h/db", PostgresStore, None),
+        ("postgres://u@h/db", PostgresStore, None),
     ],
 )
 def test_open_store_urls(url: str | None, kind: type, where: str | None) -> None:
@@ -251,9 +254,9 @@ def test_open_store_urls(url: str | None, kind: type, where: str | None) -> None
         assert store.path == Path(where)
 
 
-@pytest.mark.parametrize("url", ["mysql://x", "sqlite://host/x.db", "sqlite:", "postgresql://h/db"])
+@pytest.mark.parametrize("url", ["mysql://x", "sqlite://host/x.db", "sqlite:"])
 def test_open_store_refuses_unusable_urls(url: str) -> None:
-    """Unknown schemes, malformed SQLite URLs and not-yet-supported engines are ConfigErrors."""
+    """Unknown schemes and malformed SQLite URLs are ConfigErrors."""
     from roomcast.exceptions import ConfigError
 
     with pytest.raises(ConfigError):

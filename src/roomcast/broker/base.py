@@ -1,20 +1,35 @@
-"""The Broker interface: carry publications between nodes.
+"""The Broker interface: carry publications and presence between nodes.
 
 A node delivers its own publications to its local members at once and
 publishes them so the *other* nodes deliver them to theirs. Every
 publication is stamped with the publishing node's id; a node ignores its
 own echo (python-socketio's ``host_id``).
+
+Presence is the broker's too: a node tells it when a user's first local
+connection enters a room, or its last one leaves
+(:meth:`Broker.presence_changed`), and the broker answers with
+:meth:`BrokerEvents.on_presence` only when that makes the user join or leave
+the room *in the whole service*, so each join and leave event is sent once,
+by one node, however many nodes the user is connected to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..exceptions import ConfigError
 
-__all__ = ["Broker", "Handler", "Publication", "open_broker"]
+__all__ = [
+    "Broker",
+    "BrokerEvents",
+    "Members",
+    "Publication",
+    "decode_publication",
+    "encode_publication",
+    "open_broker",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,38 +41,147 @@ class Publication:
     user: str | None
     frame: bytes
     skip_user: str | None = None
-    #: The stored message's seq, when the frame carries one.
+    #: The stored message's seq (in the room, or in ``user``'s inbox), when
+    #: the frame carries one: receivers put such frames back in seq order.
     seq: int | None = None
 
 
-Handler = Callable[[Publication], None]
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Who is in a room across the service: up to ``limit`` names, and how many in all."""
+
+    names: list[str]
+    count: int
+
+
+class BrokerEvents(Protocol):
+    """What a broker tells its node (the node implements it)."""
+
+    def on_publication(self, publication: Publication) -> None:
+        """Another node published ``publication``."""
+
+    def on_presence(self, room: str, user: str, joined: bool, count: int) -> None:
+        """``user`` joined (or left) ``room`` in the service; ``count`` users remain in it.
+
+        Called on exactly one node per change: that node tells the room.
+        """
+
+    def on_resync(self) -> None:
+        """The broker was cut off and is back: publications may have been missed."""
+
+    def local_presence(self) -> list[tuple[str, str]]:
+        """Every ``(room, user)`` with a connection on this node (to rebuild presence)."""
 
 
 class Broker(Protocol):
-    """Moves publications between the nodes of one service."""
+    """Moves publications and presence between the nodes of one service."""
 
-    async def start(self, node_id: str, handler: Handler) -> None:
-        """Begin delivering other nodes' publications to ``handler``."""
+    async def start(self, node_id: str, events: BrokerEvents) -> None:
+        """Begin delivering other nodes' publications and presence to ``events``.
+
+        Raises:
+            BrokerError: the broker cannot be reached.
+        """
 
     def publish(self, publication: Publication) -> None:
         """Send ``publication`` to every other node; never blocks.
 
         The message is already stored when it is published, so a broker
-        that cannot deliver it loses nothing: clients catch up from the
-        store when they resume.
+        that cannot deliver it loses nothing: nodes catch up from the store
+        when the broker is back (:meth:`BrokerEvents.on_resync`).
         """
+
+    def presence_changed(self, room: str, user: str, present: bool) -> None:
+        """``user``'s first connection on this node entered ``room`` (or its last left)."""
+
+    async def members(self, room: str, limit: int) -> Members:
+        """The users in ``room`` on every node."""
 
     async def ping(self) -> None:
         """Raise :class:`~roomcast.exceptions.BrokerError` unless the broker answers."""
 
     async def close(self) -> None:
-        """Stop delivering and release resources."""
+        """Leave presence, stop delivering and release resources."""
 
 
-def open_broker(url: str | None) -> Broker:
-    """The broker for a ``--redis-url`` (``None`` for the in-process broker)."""
+# -- the wire form of a publication ---------------------------------------------
+
+#: kind (``r`` room, ``u`` user), seq (-1 for none), node id, target and
+#: skip-user lengths; then the three strings and the frame.
+_HEADER: Final = struct.Struct("!cqBHH")
+_NO_SEQ: Final = -1
+
+
+def encode_publication(publication: Publication) -> bytes:
+    """The bytes a broker carries for ``publication`` (see :func:`decode_publication`)."""
+    if publication.room is not None:
+        kind, target = b"r", publication.room
+    elif publication.user is not None:
+        kind, target = b"u", publication.user
+    else:
+        raise ValueError("a publication is for a room or a user")
+    node = publication.node_id.encode()
+    name = target.encode()
+    skip = (publication.skip_user or "").encode()
+    seq = _NO_SEQ if publication.seq is None else publication.seq
+    header = _HEADER.pack(kind, seq, len(node), len(name), len(skip))
+    return b"".join((header, node, name, skip, publication.frame))
+
+
+def decode_publication(data: bytes) -> Publication:
+    """The publication :func:`encode_publication` made.
+
+    Raises:
+        ValueError: ``data`` is not one (truncated, or from something else).
+    """
+    try:
+        kind, seq, node_len, name_len, skip_len = _HEADER.unpack_from(data)
+    except struct.error:
+        raise ValueError("publication too short") from None
+    start = _HEADER.size
+    end = start + node_len + name_len + skip_len
+    if kind not in (b"r", b"u") or seq < _NO_SEQ or len(data) < end or not node_len:
+        raise ValueError("not a publication")
+    try:
+        node = data[start : start + node_len].decode()
+        name = data[start + node_len : start + node_len + name_len].decode()
+        skip = data[start + node_len + name_len : end].decode()
+    except UnicodeDecodeError:
+        raise ValueError("publication names are not UTF-8") from None
+    return Publication(
+        node,
+        name if kind == b"r" else None,
+        name if kind == b"u" else None,
+        data[end:],
+        skip or None,
+        None if seq == _NO_SEQ else seq,
+    )
+
+
+def open_broker(
+    url: str | None, *, prefix: str = "roomcast:", presence_ttl: float = 30.0
+) -> Broker:
+    """The broker for a ``--redis-url`` (``None`` for the in-process broker).
+
+    Args:
+        url: ``redis://`` or ``rediss://`` (TLS), or None.
+        prefix: what every Redis key and channel name starts with, so
+            several services (or tests) can share one Redis.
+        presence_ttl: seconds after which a node that stopped refreshing its
+            presence is taken for dead and its users leave their rooms.
+
+    Raises:
+        ConfigError: the URL is not one roomcast can use.
+    """
     from .memory import MemoryBroker
 
     if url is None or url == "memory:":
         return MemoryBroker()
-    raise ConfigError(f"unsupported broker URL scheme: {url.split(':', 1)[0]!r}")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in {"redis", "rediss", "unix"}:
+        from .redis import RedisBroker
+
+        return RedisBroker(url, prefix=prefix, presence_ttl=presence_ttl)
+    raise ConfigError(
+        f"unsupported --redis-url scheme {scheme or url!r}: use redis:// or rediss://"
+    )

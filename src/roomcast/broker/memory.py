@@ -2,11 +2,13 @@
 
 One ``roomcast serve`` has one node, so its broker has nobody to tell; tests
 put several nodes on one bus to check the cross-node path without Redis.
+The bus keeps presence the way Redis does: for each room and user, the
+nodes the user is connected to.
 """
 
 from __future__ import annotations
 
-from .base import Handler, Publication
+from .base import BrokerEvents, Members, Publication
 
 __all__ = ["MemoryBroker", "MemoryBus"]
 
@@ -15,7 +17,9 @@ class MemoryBus:
     """Connects the memory brokers of the nodes in one process."""
 
     def __init__(self) -> None:
-        self.handlers: dict[str, Handler] = {}
+        self.nodes: dict[str, BrokerEvents] = {}
+        #: room -> user -> the nodes where the user is in the room.
+        self.presence: dict[str, dict[str, set[str]]] = {}
 
 
 class MemoryBroker:
@@ -24,19 +28,53 @@ class MemoryBroker:
     def __init__(self, bus: MemoryBus | None = None) -> None:
         self._bus = bus if bus is not None else MemoryBus()
         self._node_id: str | None = None
+        self._events: BrokerEvents | None = None
 
-    async def start(self, node_id: str, handler: Handler) -> None:
+    async def start(self, node_id: str, events: BrokerEvents) -> None:
         self._node_id = node_id
-        self._bus.handlers[node_id] = handler
+        self._events = events
+        self._bus.nodes[node_id] = events
 
     def publish(self, publication: Publication) -> None:
-        for node_id, handler in self._bus.handlers.items():
+        for node_id, events in list(self._bus.nodes.items()):
             if node_id != publication.node_id:
-                handler(publication)
+                events.on_publication(publication)
+
+    def presence_changed(self, room: str, user: str, present: bool) -> None:
+        node, events = self._node_id, self._events
+        if node is None or events is None:
+            return
+        users = self._bus.presence.setdefault(room, {})
+        nodes = users.setdefault(user, set())
+        if present:
+            first = not nodes
+            nodes.add(node)
+            if first:
+                events.on_presence(room, user, True, len(users))
+            return
+        if node not in nodes:
+            return
+        nodes.discard(node)
+        if not nodes:
+            del users[user]
+            if not users:
+                del self._bus.presence[room]
+            events.on_presence(room, user, False, len(users))
+
+    async def members(self, room: str, limit: int) -> Members:
+        users = self._bus.presence.get(room, {})
+        return Members(list(users)[:limit], len(users))
 
     async def ping(self) -> None:
         pass
 
     async def close(self) -> None:
-        if self._node_id is not None:
-            self._bus.handlers.pop(self._node_id, None)
+        node, events = self._node_id, self._events
+        if node is None or events is None:
+            return
+        # The node's users leave their rooms; the node tells the rooms.
+        for room, users in list(self._bus.presence.items()):
+            for user in [user for user, nodes in users.items() if node in nodes]:
+                self.presence_changed(room, user, False)
+        self._bus.nodes.pop(node, None)
+        self._node_id = self._events = None

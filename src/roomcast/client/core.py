@@ -33,6 +33,7 @@ import json
 import logging
 import mimetypes
 import os
+import random
 import time
 import urllib.error
 import urllib.parse
@@ -75,6 +76,10 @@ __all__ = [
 logger = logging.getLogger("roomcast.client")
 
 LOBBY: Final = "lobby"
+#: Seconds before a send the server could not store (``internal``) is sent
+#: again: the first wait, doubling up to the cap (each with jitter).
+INTERNAL_RETRY_FIRST: Final = 0.25
+INTERNAL_RETRY_CAP: Final = 5.0
 #: The key of the direct-message stream among the rooms' streams.
 _DIRECT: Final = "@direct"
 
@@ -113,6 +118,8 @@ class _Outgoing:
     #: (resume joins, catch-up requests) are not sent again after a reconnect.
     once: bool = False
     sent_on: int = -1
+    #: Times the server answered ``internal`` (its store failed) so far.
+    failures: int = 0
 
 
 class SeqStream:
@@ -663,6 +670,16 @@ class Client:
             if code == "rate_limited":
                 retry = float(reply.payload.get("retry_after", 1000)) / 1000
                 asyncio.get_running_loop().call_later(retry, self._resend, out)
+                return
+            if code == "internal" and not out.once:
+                # The server could not store it (its database is away): not
+                # stored, so send it again, later and later, until the send's
+                # timeout. A resend of the same id is stored once.
+                retry = min(INTERNAL_RETRY_FIRST * 2**out.failures, INTERNAL_RETRY_CAP)
+                out.failures += 1
+                asyncio.get_running_loop().call_later(
+                    retry * random.uniform(0.5, 1.0), self._resend, out
+                )
                 return
             del self._outbox[out.id]
             if not out.future.done():

@@ -241,6 +241,9 @@ def _text(payload: dict[str, Any], key: str, frame_id: str | None, max_chars: in
         raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} must be a string", frame_id)
     if not text.strip():
         raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} must not be empty", frame_id)
+    if "\x00" in text:
+        # Legal JSON, but no database keeps it the same way (PostgreSQL refuses it).
+        raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} must not contain U+0000", frame_id)
     if len(text) > max_chars:
         raise _fail(
             ErrorCode.TOO_LARGE,
@@ -295,10 +298,12 @@ def parse_client_frame(data: str | bytes, *, max_message_chars: int = 4000) -> C
         raise _fail(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object", None)
 
     frame_id = obj.get("id")
-    if frame_id is not None and (type(frame_id) is not str or len(frame_id) > MAX_ID_LENGTH):
+    if frame_id is not None and (
+        type(frame_id) is not str or len(frame_id) > MAX_ID_LENGTH or "\x00" in frame_id
+    ):
         raise _fail(
             ErrorCode.INVALID_MESSAGE,
-            f"id must be a string of at most {MAX_ID_LENGTH} characters",
+            f"id must be a string of at most {MAX_ID_LENGTH} characters, without U+0000",
             None,
         )
     kind = obj.get("type")
@@ -423,7 +428,7 @@ def parse_binary_frame(data: bytes, *, max_header: int = MAX_FILE_HEADER) -> Fil
     if type(header) is not dict:
         raise _fail(ErrorCode.INVALID_MESSAGE, "binary frame header must be an object", None)
     fid = header.get("id")
-    if fid is not None and (type(fid) is not str or len(fid) > MAX_ID_LENGTH):
+    if fid is not None and (type(fid) is not str or len(fid) > MAX_ID_LENGTH or "\x00" in fid):
         raise _fail(ErrorCode.INVALID_MESSAGE, "id must be a short string", None)
     name, mime = header.get("name"), header.get("mime")
     if not isinstance(name, str) or not name or len(name) > 255:

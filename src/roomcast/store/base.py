@@ -195,7 +195,10 @@ def open_store(url: str | None, *, data_dir: Path, history_days: int = 0) -> Sto
 
     ``None`` is the embedded default, a SQLite file ``roomcast.db`` in
     ``data_dir``; ``sqlite:PATH`` (``sqlite:///abs/path.db``) another SQLite
-    file; ``memory:`` keeps messages in memory until the process ends.
+    file; ``memory:`` keeps messages in memory until the process ends;
+    ``postgresql://user:password@host:port/database`` (or ``postgres://``) a
+    PostgreSQL database, which several nodes can share. The store only
+    connects when it is opened.
 
     Raises:
         ConfigError: the URL is not one roomcast can use.
@@ -216,7 +219,10 @@ def open_store(url: str | None, *, data_dir: Path, history_days: int = 0) -> Sto
             )
         return SQLiteStore(Path(unquote(parts.path)), history_days=history_days)
     if scheme in {"postgres", "postgresql"}:
-        raise ConfigError("this version of roomcast cannot store in PostgreSQL yet")
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, history_days=history_days)
     raise ConfigError(
-        f"unsupported --database-url scheme {scheme or url!r}: use sqlite: or memory:"
+        f"unsupported --database-url scheme {scheme or url!r}:"
+        " use postgresql://, sqlite: or memory:"
     )

@@ -1,0 +1,301 @@
+"""Several real nodes on one PostgreSQL database and one Redis act as one server.
+
+Each test gets its own database and Redis key prefix (dropped afterwards),
+and starts real ``roomcast serve`` processes with ``--database-url`` and
+``--redis-url``; clients are real WebSocket connections to different nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.integration.netproxy import TcpProxy
+from tests.integration.serverproc import ServerProcess, start_server
+from tests.integration.users import SECRET, call, sign_up, user_ws
+from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
+from tests.services import REDIS_URL, fresh_database, redis_prefix
+
+#: Heartbeat of the test nodes, in seconds: a dead node's users leave
+#: presence within two of these.
+HEARTBEAT = 1.0
+
+
+class Cluster:
+    """Starts nodes sharing one fresh database and one Redis prefix."""
+
+    def __init__(self, tmp_path: Path, database_url: str, prefix: str) -> None:
+        self.tmp_path = tmp_path
+        self.database_url = database_url
+        self.prefix = prefix
+        self.nodes: list[ServerProcess] = []
+        self.clients: list[ClientConnection] = []
+
+    def start(self, *extra: str) -> ServerProcess:
+        node = start_server(
+            self.tmp_path,
+            "--database-url",
+            self.database_url,
+            "--redis-url",
+            REDIS_URL,
+            "--redis-prefix",
+            self.prefix,
+            "--secret",
+            SECRET,
+            "--heartbeat",
+            str(HEARTBEAT),
+            *extra,
+        )
+        self.nodes.append(node)
+        return node
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Nodes on a fresh database and Redis prefix; all stopped and dropped afterwards."""
+    with redis_prefix() as prefix, fresh_database() as url:
+        group = Cluster(tmp_path, url, prefix)
+        try:
+            yield group
+        finally:
+            for ws in group.clients:
+                await ws.close()
+            for node in group.nodes:
+                await asyncio.to_thread(node.stop)
+
+
+async def tracked(cluster: Cluster, ws: ClientConnection) -> ClientConnection:
+    """``ws``, closed when the test ends."""
+    cluster.clients.append(ws)
+    return ws
+
+
+async def guest(cluster: Cluster, node: ServerProcess) -> ClientConnection:
+    """A guest connection to ``node``, past its welcome."""
+    return (await named_guest(cluster, node))[0]
+
+
+async def named_guest(cluster: Cluster, node: ServerProcess) -> tuple[ClientConnection, str]:
+    """A guest connection to ``node``, past its welcome, and the guest's name."""
+    ws = await tracked(cluster, await connect(node.ws_url(), open_timeout=5))
+    system, _ = await welcome(ws)
+    return ws, system["payload"]["user"]["name"]
+
+
+async def member(cluster: Cluster, node: ServerProcess, token: str) -> ClientConnection:
+    """A connection to ``node`` signed in with ``token``, past its welcome."""
+    return await tracked(cluster, await user_ws(node, token))
+
+
+async def join(ws: ClientConnection, room: str, since: int | None = None) -> dict[str, Any]:
+    """Join ``room``; the ``joined`` frame."""
+    payload: dict[str, Any] = {"room": room}
+    if since is not None:
+        payload["since"] = since
+    await send_json(ws, "join", payload, id=f"join-{room}")
+    return await recv_type(ws, "joined")
+
+
+async def ack_of(ws: ClientConnection, fid: str) -> int:
+    """The seq in the ``ack`` of frame ``fid`` (other frames skipped)."""
+    async with asyncio.timeout(10.0):
+        while True:
+            frame = await recv_json(ws)
+            if frame["type"] == "ack" and frame.get("id") == fid:
+                return int(frame["payload"]["seq"])
+
+
+async def chats(ws: ClientConnection, room: str, count: int, timeout: float = 15.0) -> list[Any]:
+    """The next ``count`` chat frames of ``room`` (other frames skipped)."""
+    got: list[Any] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            frame = await recv_json(ws, timeout)
+            if frame["type"] == "chat" and frame["payload"]["room"] == room:
+                got.append(frame["payload"])
+    return got
+
+
+async def test_three_nodes_concurrent_chat_one_gapless_order(cluster: Cluster) -> None:
+    """Clients on three nodes chatting at once in one room all see seqs 1..N in one order."""
+    nodes = [cluster.start() for _ in range(3)]
+    clients = [await guest(cluster, node) for node in nodes for _ in range(2)]
+    for ws in clients:
+        await join(ws, "town")
+    per_client = 15
+
+    async def talk(index: int, ws: ClientConnection) -> None:
+        for n in range(per_client):
+            await send_json(ws, "chat", {"room": "town", "message": f"{index}-{n}"}, id=f"{n}")
+
+    total = per_client * len(clients)
+    readers = [asyncio.ensure_future(chats(ws, "town", total)) for ws in clients]
+    await asyncio.gather(*(talk(i, ws) for i, ws in enumerate(clients)))
+    seen = await asyncio.gather(*readers)
+    orders = [[(m["seq"], m["message_id"]) for m in got] for got in seen]
+    assert [seq for seq, _ in orders[0]] == list(range(1, total + 1))
+    assert all(order == orders[0] for order in orders)
+    assert sorted(m["message"] for m in seen[0]) == sorted(
+        f"{i}-{n}" for i in range(len(clients)) for n in range(per_client)
+    )
+    # History is the same whichever node answers it.
+    token = await sign_up(nodes[0], "reader")
+    pages = []
+    for node in nodes:
+        status, body = await call(node, "GET", "/api/rooms/town/messages?limit=100", bearer=token)
+        assert status == 200, body
+        pages.append([(m["seq"], m["message_id"]) for m in body["messages"]])
+    assert pages == [orders[0]] * 3
+
+
+async def test_presence_and_direct_messages_across_nodes(cluster: Cluster) -> None:
+    """Members are the union over nodes, join events come once, and DMs cross nodes."""
+    a, b, c = cluster.start(), cluster.start(), cluster.start()
+    tokens = {name: await sign_up(a, name) for name in ("ann", "bob", "cat")}
+    ann = await member(cluster, a, tokens["ann"])
+    ann_too = await member(cluster, c, tokens["ann"])  # ann on a second node
+    bob = await member(cluster, b, tokens["bob"])
+    await join(ann, "club")
+    await join(ann_too, "club")
+    joined = await join(bob, "club")
+    assert sorted(joined["payload"]["members"]) == ["ann", "bob"]
+    event = await recv_type(ann, "presence")
+    assert event["payload"] == {"room": "club", "user": "bob", "event": "join"}
+    cat = await member(cluster, c, tokens["cat"])
+    await send_json(cat, "presence", {"room": "club"}, id="p")
+    listing = await recv_type(cat, "presence")
+    assert sorted(listing["payload"]["members"]) == ["ann", "bob"]
+    assert listing["payload"]["member_count"] == 2
+    # ann's second connection joining did not announce her again.
+    await send_json(bob, "ping", id="marker")
+    frame = await recv_json(bob)
+    while frame["type"] != "pong":
+        assert frame["type"] != "presence" or frame["payload"]["room"] != "club", frame
+        frame = await recv_json(bob)
+    # A direct message from a to b reaches bob on b, and both of ann's connections.
+    await send_json(ann, "direct", {"to": "bob", "message": "psst"}, id="d1")
+    got = await recv_type(bob, "direct")
+    assert (got["payload"]["from"], got["payload"]["message"]) == ("ann", "psst")
+    mine = await recv_type(ann_too, "direct")
+    assert mine["payload"]["message_id"] == got["payload"]["message_id"]
+    # ann leaves from one node: still present; from both: bob sees one leave.
+    await send_json(ann, "leave", {"room": "club"}, id="l1")
+    await send_json(ann_too, "leave", {"room": "club"}, id="l2")
+    left = await recv_type(bob, "presence")
+    assert left["payload"] == {"room": "club", "user": "ann", "event": "leave"}
+
+
+async def test_a_killed_node_leaves_presence_and_the_others_carry_on(cluster: Cluster) -> None:
+    """SIGKILL one node: the others keep chatting; its users leave within two heartbeats."""
+    a, b, doomed = cluster.start(), cluster.start(), cluster.start()
+    one, two = await guest(cluster, a), await guest(cluster, b)
+    gone, gone_name = await named_guest(cluster, doomed)
+    for ws in (one, two, gone):
+        await join(ws, "room")
+    doomed.stop(signal.SIGKILL)
+    wanted = {"room": "room", "user": gone_name, "event": "leave"}
+    async with asyncio.timeout(2 * HEARTBEAT + 2.0):
+        while (await recv_type(one, "presence"))["payload"] != wanted:
+            pass
+    await send_json(one, "chat", {"room": "room", "message": "still here"}, id="s")
+    got = await chats(two, "room", 1)
+    assert got[0]["message"] == "still here"
+    await send_json(two, "presence", {"room": "room"}, id="p")
+    listing = await recv_type(two, "presence")
+    while "members" not in listing["payload"]:
+        listing = await recv_type(two, "presence")
+    assert gone_name not in listing["payload"]["members"]
+
+
+async def test_redis_connections_killed_mid_conversation(cluster: Cluster) -> None:
+    """Redis drops every connection: fan-out resumes and a resuming client misses nothing."""
+    a, b = cluster.start(), cluster.start()
+    sender, receiver = await guest(cluster, a), await guest(cluster, b)
+    for ws in (sender, receiver):
+        await join(ws, "talk")
+    for n in range(5):
+        await send_json(sender, "chat", {"room": "talk", "message": f"before-{n}"}, id=f"b{n}")
+    before = await chats(receiver, "talk", 5)
+    raw = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        # As a Redis restart does: our keys go, and every node's connections drop.
+        async for key in raw.scan_iter(match=f"{cluster.prefix}*"):
+            await raw.delete(key)
+        await raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    finally:
+        await raw.aclose()
+    acked = []
+    for n in range(20):
+        await send_json(sender, "chat", {"room": "talk", "message": f"during-{n}"}, id=f"d{n}")
+        acked.append(await ack_of(sender, f"d{n}"))
+        await asyncio.sleep(0.05)
+    # Fan-out resumes within 5 s: the receiver gets everything, live or caught up.
+    during = await chats(receiver, "talk", 20, timeout=5.0)
+    assert [m["seq"] for m in during] == acked == list(range(6, 26))
+    # A client that resumes from its last seen seq has every acked message.
+    late = await guest(cluster, b)
+    await join(late, "talk", since=before[-1]["seq"])
+    replay = await chats(late, "talk", 20)
+    assert [m["seq"] for m in replay] == acked
+    # Presence was rebuilt: both nodes' users are listed again.
+    await send_json(late, "presence", {"room": "talk"}, id="p")
+    frame = await recv_type(late, "presence")
+    while "members" not in frame["payload"]:
+        frame = await recv_type(late, "presence")
+    assert frame["payload"]["member_count"] == 3
+    # The receiving node counted its catch-up from the store.
+    async with aiohttp.ClientSession() as http, http.get(b.http_url("/metrics")) as resp:
+        metrics = await resp.text()
+    resyncs = re.search(r'^roomcast_catch_ups_total\{reason="resync"\} (\S+)$', metrics, re.M)
+    assert resyncs is not None and float(resyncs.group(1)) >= 1
+
+
+async def test_ready_is_503_while_redis_is_cut_off(cluster: Cluster) -> None:
+    """/ready says 503 while a node cannot reach Redis and 200 once it has reconnected."""
+    port = urlsplit(REDIS_URL).port or 6379
+    proxy = TcpProxy(port)
+    await proxy.start()
+    try:
+        via_proxy = urlsplit(REDIS_URL)._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+        node = await asyncio.to_thread(cluster.start, "--redis-url", via_proxy)
+        assert (await call(node, "GET", "/ready"))[0] == 200
+        proxy.down()
+        status, body = await call(node, "GET", "/ready")
+        assert status == 503 and body["broker"] != "ok", body
+        proxy.up()
+        for _ in range(100):
+            status, body = await call(node, "GET", "/ready")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, body
+    finally:
+        await proxy.stop()
+
+
+def test_redis_without_a_shared_database_is_refused(tmp_path: Path) -> None:
+    """--redis-url with the embedded SQLite store exits 2 with one clear line."""
+    import subprocess
+
+    from tests.integration.serverproc import serve_command
+
+    result = subprocess.run(
+        serve_command("--port", "0", "--data-dir", str(tmp_path), "--redis-url", REDIS_URL),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--database-url postgresql://" in lines[0], result.stderr
