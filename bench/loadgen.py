@@ -8,6 +8,11 @@ Measures, against a server URL:
   a step loses a message, drops a client, misses the p99 bound or the sender
   cannot keep up, and bisects between the last pass and the first failure.
   A delivery is one chat frame received by one client (the sender included).
+  With ``--receiver-url`` (repeatable) the sender connects to ``--url`` and
+  the other clients to the receiver URLs, round robin: several nodes of one
+  service (cross-node fan-out). Each step then also reports deliveries/s and
+  losses per URL, p90/p99.9, messages/s, and the CPU of ``--watch-pid``
+  processes (the nodes, Redis).
 * ``echo``: C clients, each sending one ``ping`` at a time and waiting for the
   ``pong`` before the next; round trips/s and p50/p99 over a fixed window.
 * ``rate``: a single fan-out step at a given deliveries/s, reporting the load
@@ -22,6 +27,7 @@ Measures, against a server URL:
   drain wait. Stepping stops at the first step that loses a message, misses
   the p99 bound (default 50 ms) or whose sender cannot keep up;
   ``max_acked_per_s_within_p99`` is the best passing step's acked rate.
+  With ``--watch-pid`` each step also reports those processes' CPU.
 * ``idle``: N clients (default 10,000) connect, at most ``--concurrency``
   (200) at a time, and stay connected doing nothing. A connection counts once
   it has read its welcome frames: the types a first probe connection received
@@ -114,6 +120,7 @@ class ChatClient(WSListener):  # type: ignore[misc]
         self.tally = tally
         self.transport: WSTransport | None = None
         self.frames = 0
+        self.chats = 0  # chat frames with a timestamp: this client's deliveries
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -135,6 +142,7 @@ class ChatClient(WSListener):  # type: ignore[misc]
         tally = self.tally
         tally.latencies.append(time.monotonic_ns() - int(data[start:end]))
         tally.received += 1
+        self.chats += 1
 
 
 class EchoClient(WSListener):  # type: ignore[misc]
@@ -497,6 +505,72 @@ async def settle(tally: Tally, quiet: float = 0.3, max_wait: float = 10.0) -> No
         await asyncio.sleep(quiet)
 
 
+@dataclass
+class Split:
+    """Where the fan-out clients are: the sender's URL and the receivers' URLs.
+
+    ``urls[i]`` is client i's server (client 0 sends); ``watch`` names
+    processes (server nodes, Redis) whose CPU each step reports.
+    """
+
+    urls: list[str]
+    watch: dict[str, list[int]] = field(default_factory=dict)
+
+
+#: PostgreSQL's background processes that work for every database (WAL, checkpoints).
+PG_SHARED = ("walwriter", "checkpointer", "background writer")
+
+
+def postgres_cpu(database: str = "") -> float:
+    """CPU seconds so far of the local PostgreSQL's processes (from /proc).
+
+    With ``database``: the backends (and autovacuum workers) on that
+    database plus the shared WAL writer, checkpointer and background
+    writer, so other databases' work on the same server is left out.
+    Without: the postmaster with its reaped children and every live child.
+    """
+    procs: dict[int, tuple[list[str], str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as stat:
+                text = stat.read()
+            if "(postgres)" not in text:
+                continue
+            with open(f"/proc/{name}/cmdline", "rb") as cmd:
+                title = cmd.read().decode(errors="replace")
+        except OSError:
+            continue
+        procs[int(name)] = (text.rsplit(")", 1)[1].split(), title)
+    ticks = 0
+    for fields, title in procs.values():
+        master = int(fields[1]) not in procs
+        if database:
+            if master or not (f" {database} " in title or any(k in title for k in PG_SHARED)):
+                continue
+        ticks += int(fields[11]) + int(fields[12])
+        if master:
+            ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+#: --postgres-db: the database the ``postgres`` watch is about ("": all of them).
+POSTGRES_DB = {"name": ""}
+
+
+def watched_cpu(watch: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each watched name (``postgres``: the local PostgreSQL)."""
+    return {
+        name: (
+            postgres_cpu(POSTGRES_DB["name"])
+            if name == "postgres"
+            else sum(process_cpu(pid) for pid in pids)
+        )
+        for name, pids in watch.items()
+    }
+
+
 async def fanout_step(
     clients: list[ChatClient],
     tally: Tally,
@@ -504,18 +578,26 @@ async def fanout_step(
     seconds: float,
     bound_ms: float,
     server_pid: int = 0,
+    split: Split | None = None,
 ) -> dict[str, Any]:
-    """One constant-rate step at ``target`` deliveries/s; returns its measurements."""
+    """One constant-rate step at ``target`` deliveries/s; returns its measurements.
+
+    With ``split`` (clients on several servers) it also reports deliveries/s
+    per server URL, p90/p99.9 and the CPU of the watched processes.
+    """
     n = len(clients)
     sender = clients[0].transport
     assert sender is not None
     await settle(tally)
     tally.reset()
+    chats0 = [c.chats for c in clients]
     drops_before = tally.disconnects
+    watch0 = watched_cpu(split.watch) if split else {}
     cpu0, server0, t0 = cpu_seconds(), process_cpu(server_pid), time.monotonic()
     sent = await send_paced(sender, target / n, seconds)
     send_time = time.monotonic() - t0
     cpu1, server1 = cpu_seconds(), process_cpu(server_pid)
+    watch1 = watched_cpu(split.watch) if split else {}
     received_in_window = tally.received
     await drain(tally, sent * n, max_wait=max(2.0, 2 * bound_ms / 1000))
     lat = sorted(tally.latencies)
@@ -539,13 +621,41 @@ async def fanout_step(
     result["ok"] = bool(
         result["send_rate_ok"] and lost == 0 and result["disconnects"] == 0 and p99 <= bound_ms
     )
+    if split is not None:
+        result["msgs_per_s"] = round(sent / send_time)
+        result["p90_ms"] = round(percentile(lat, 0.90), 3)
+        result["p999_ms"] = round(percentile(lat, 0.999), 3)
+        by_url: dict[str, int] = {}
+        lost_by_url: dict[str, int] = {}
+        for client, url, before in zip(clients, split.urls, chats0, strict=True):
+            by_url[url] = by_url.get(url, 0) + client.chats - before
+            lost_by_url[url] = lost_by_url.get(url, 0) + sent - (client.chats - before)
+        result["delivered_per_s_by_url"] = {u: round(k / send_time) for u, k in by_url.items()}
+        result["lost_by_url"] = lost_by_url
+        result["cpu_by_process"] = {
+            name: round((watch1[name] - watch0[name]) / send_time, 3) for name in watch0
+        }
     return result
 
 
-async def open_room(url: str, n: int) -> tuple[list[ChatClient], Tally]:
-    """Connect n clients and wait until a warm-up chat message reaches all of them."""
+async def open_room(
+    url: str, n: int, receiver_urls: list[str] | None = None
+) -> tuple[list[ChatClient], Tally]:
+    """Connect n clients and wait until a warm-up chat message reaches all of them.
+
+    Client 0 (the sender) connects to ``url``; with ``receiver_urls`` the
+    other n - 1 connect to those, round robin, instead.
+    """
     tally = Tally()
-    clients: list[ChatClient] = await connect_all(url, n, lambda: ChatClient(tally))
+    if receiver_urls:
+        urls = client_urls(url, n, receiver_urls)
+        groups: dict[str, Any] = {}
+        for where in dict.fromkeys(urls):  # the sender's server first
+            opened = await connect_all(where, urls.count(where), lambda: ChatClient(tally))
+            groups[where] = iter(opened)
+        clients: list[ChatClient] = [next(groups[where]) for where in urls]
+    else:
+        clients = await connect_all(url, n, lambda: ChatClient(tally))
     for _ in range(50):  # joins may complete after the handshake: retry up to 5 s
         tally.reset()
         sender = clients[0].transport
@@ -558,6 +668,11 @@ async def open_room(url: str, n: int) -> tuple[list[ChatClient], Tally]:
         raise RuntimeError(f"warm-up reached {tally.received}/{n} clients")
     await drain(tally, 10**12, max_wait=0.2)
     return clients, tally
+
+
+def client_urls(url: str, n: int, receiver_urls: list[str]) -> list[str]:
+    """The server URL of each of n clients: the sender on ``url``, the rest round robin."""
+    return [url] + [receiver_urls[i % len(receiver_urls)] for i in range(n - 1)]
 
 
 async def wait_until(done: Callable[[], bool], max_wait: float, what: str) -> None:
@@ -609,16 +724,19 @@ async def persist_step(
     seconds: float,
     bound_ms: float,
     server_pid: int = 0,
+    watch: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """One constant-rate step at ``rate`` offered msgs/s; returns its measurements."""
     for client in clients:
         client.pending.clear()
     tally.reset()
     drops_before = tally.disconnects
+    watch0 = watched_cpu(watch) if watch else {}
     cpu0, server0, t0 = cpu_seconds(), process_cpu(server_pid), time.monotonic()
     sent = await send_spread(clients, rate, seconds)
     send_time = time.monotonic() - t0
     cpu1, server1 = cpu_seconds(), process_cpu(server_pid)
+    watch1 = watched_cpu(watch) if watch else {}
     acked_in_window = tally.acked
     deadline = time.monotonic() + max(2.0, 2 * bound_ms / 1000)
     while any(c.pending for c in clients) and time.monotonic() < deadline:
@@ -655,6 +773,10 @@ async def persist_step(
         fail.append(f"p99 {p99:.1f} ms > {bound_ms:g}")
     result["fail"] = fail
     result["ok"] = not fail
+    if watch:
+        result["cpu_by_process"] = {
+            name: round((watch1[name] - watch0[name]) / send_time, 3) for name in watch0
+        }
     return result
 
 
@@ -665,9 +787,14 @@ def close_all(listeners: list[Any]) -> None:
 
 
 async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
-    clients, tally = await open_room(args.url, args.clients)
+    clients, tally = await open_room(args.url, args.clients, args.receiver_url)
+    split = (
+        Split(client_urls(args.url, args.clients, args.receiver_url), args.watch_pid)
+        if args.receiver_url
+        else None
+    )
     fixed = await fanout_step(
-        clients, tally, args.fixed_rate, args.step_seconds, args.bound_ms, args.server_pid
+        clients, tally, args.fixed_rate, args.step_seconds, args.bound_ms, args.server_pid, split
     )
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -675,7 +802,7 @@ async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
     rate = args.start_rate
     while rate <= args.max_rate and len(steps) < 30:
         step = await fanout_step(
-            clients, tally, rate, args.step_seconds, args.bound_ms, args.server_pid
+            clients, tally, rate, args.step_seconds, args.bound_ms, args.server_pid, split
         )
         steps.append(step)
         if not step["ok"]:
@@ -688,7 +815,7 @@ async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
             break
         mid = (low * high) ** 0.5
         step = await fanout_step(
-            clients, tally, mid, args.step_seconds, args.bound_ms, args.server_pid
+            clients, tally, mid, args.step_seconds, args.bound_ms, args.server_pid, split
         )
         steps.append(step)
         if step["ok"]:
@@ -696,7 +823,7 @@ async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
         else:
             high = mid
     close_all(clients)
-    return {
+    result = {
         "scenario": "fanout",
         "clients": args.clients,
         "bound_ms": args.bound_ms,
@@ -707,6 +834,19 @@ async def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
         "ceiling_hit": not high,
         "steps": steps,
     }
+    if split is not None:
+        result["sender_url"] = args.url
+        result["clients_by_url"] = {u: split.urls.count(u) for u in dict.fromkeys(split.urls)}
+        result["max_ok_msgs_per_s"] = best["msgs_per_s"] if best else 0
+    return result
+
+
+def watch_pid(text: str) -> tuple[str, list[int]]:
+    """``NAME=PID[,PID...]`` (for --watch-pid)."""
+    name, _, pids = text.partition("=")
+    if not name or not pids:
+        raise argparse.ArgumentTypeError(f"expected NAME=PID[,PID...], got {text!r}")
+    return name, [int(x) for x in pids.split(",")]
 
 
 async def run_rate(args: argparse.Namespace) -> dict[str, Any]:
@@ -723,7 +863,7 @@ async def run_persist(args: argparse.Namespace) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     for rate in args.rates[:30]:
         step = await persist_step(
-            clients, tally, rate, args.step_seconds, args.bound_ms, args.server_pid
+            clients, tally, rate, args.step_seconds, args.bound_ms, args.server_pid, args.watch_pid
         )
         steps.append(step)
         if not step["ok"]:
@@ -890,7 +1030,30 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("scenario", choices=["fanout", "echo", "rate", "persist", "idle"])
-    parser.add_argument("--url", required=True, help="e.g. ws://127.0.0.1:8080/ws")
+    parser.add_argument(
+        "--url", required=True, help="e.g. ws://127.0.0.1:8080/ws (fanout: the sender's)"
+    )
+    parser.add_argument(
+        "--receiver-url",
+        action="append",
+        default=[],
+        help="fanout: the other clients connect here instead, round robin (repeatable); "
+        "then each step also reports deliveries/s per URL",
+    )
+    parser.add_argument(
+        "--watch-pid",
+        action="append",
+        type=watch_pid,
+        default=[],
+        help="fanout with --receiver-url, persist: NAME=PID[,PID...], report its CPU per step "
+        "(repeatable); NAME postgres (any PID): the local PostgreSQL's processes",
+    )
+    parser.add_argument(
+        "--postgres-db",
+        default="",
+        help="the postgres watch counts only this database's backends and the WAL writer, "
+        "checkpointer and background writer (default: the whole server)",
+    )
     parser.add_argument("--clients", type=int, help="default 100; persist: 50")
     parser.add_argument("--step-seconds", type=float, help="default 2; persist: 5")
     parser.add_argument("--fixed-rate", type=float, default=20_000, help="deliveries/s")
@@ -933,6 +1096,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--pings", type=int, default=20, help="idle: late client's pings")
     args = parser.parse_args(argv)
+    args.watch_pid = dict(args.watch_pid)
+    POSTGRES_DB["name"] = args.postgres_db
     defaults = {"persist": PERSIST_DEFAULTS, "idle": IDLE_DEFAULTS}.get(args.scenario, DEFAULTS)
     for name, value in defaults.items():
         if getattr(args, name) is None:

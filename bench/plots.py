@@ -12,7 +12,13 @@ the JSON is skipped:
 - ``fanout100-latency.png``, ``fanout1000-latency.png``: p50 and p99 vs
   offered rate (log y), with the p99 bound.
 - ``persist-throughput.png``, ``persist-latency.png``: the same for acked
-  msgs/s and ack latency, with the 50 ms bound.
+  msgs/s and ack latency, with the 50 ms bound (``persist-pg-*.png`` for
+  the same scenario on PostgreSQL).
+- ``crossnode-throughput.png``: delivered vs offered deliveries/s, one node
+  vs three nodes (sender on A, receivers on B and C), as the fan-out plots.
+- ``crossnode-latency.png``: p50/p90/p99/p99.9 delivery latency at the fixed
+  20,000 deliveries/s step, one node vs three nodes (bar: median of runs,
+  dots: each run).
 - ``echo.png``: median round trips/s per target (every run as a dot).
 - ``idle.png``: median server RSS per idle connection per target and idle
   scenario (every run as a dot), with the 12 KB target.
@@ -38,7 +44,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
 import report
 
@@ -217,6 +223,7 @@ def latency_plot(
     ax.set_xlim(left=0)
     ax.xaxis.set_major_formatter(FuncFormatter(thousands))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # 20, 30 (not 2×10¹)
     ax.grid(True, which="minor", axis="y", alpha=0.12)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
@@ -270,7 +277,7 @@ def fanout_plots(
 
 
 def persist_plots(
-    out: Path, rows: dict[str, list[dict[str, Any]]], targets: list[str]
+    out: Path, rows: dict[str, list[dict[str, Any]]], targets: list[str], name: str = "persist"
 ) -> list[Path]:
     per_target = {t: [persist_steps(r) for r in rs] for t, rs in rows.items()}
     first = next(r for rs in rows.values() for r in rs)
@@ -287,8 +294,8 @@ def persist_plots(
 
     return [
         throughput_plot(
-            out / "persist-throughput.png",
-            f"persist: acked vs offered msgs/s\n{about}",
+            out / f"{name}-throughput.png",
+            f"{name}: acked vs offered msgs/s\n{about}",
             per_target,
             targets,
             x,
@@ -298,8 +305,8 @@ def persist_plots(
             "acked = offered",
         ),
         latency_plot(
-            out / "persist-latency.png",
-            f"persist: ack latency vs offered rate\n{about}",
+            out / f"{name}-latency.png",
+            f"{name}: ack latency vs offered rate\n{about}",
             per_target,
             targets,
             x,
@@ -416,6 +423,79 @@ def idle_plot(
     return save(fig, out / "idle.png")
 
 
+CROSS_VARIANTS = {"single": "one node (all on A)", "cross": "three nodes (A → B, C)"}
+CROSS_PERCENTILES = [("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9")]
+
+
+def crossnode_plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """Throughput vs offered rate and the fixed step's latency percentiles, 1 vs 3 nodes."""
+    labels = list(CROSS_VARIANTS.values())
+    per_variant = {
+        label: [fanout_steps(r["variants"][key]) for r in rows]
+        for key, label in CROSS_VARIANTS.items()
+    }
+    first = rows[0]["variants"]["cross"]
+    about = (
+        f"1 sender + {rows[0]['receivers']:,} receivers in one room, "
+        f"{first.get('step_seconds', 0):g} s steps, {len(rows)} runs (faint: each run)\n"
+        "PostgreSQL + Redis in both; all nodes share CPU 0"
+    )
+
+    def x(s: Step) -> float:
+        return float(s["target_deliveries_per_s"])
+
+    def delivered(s: Step) -> float | None:
+        value: float | None = s.get("delivered_per_s")
+        return value
+
+    paths = [
+        throughput_plot(
+            out / "crossnode-throughput.png",
+            f"crossnode: delivered vs offered deliveries/s\n{about}",
+            per_variant,
+            labels,
+            x,
+            delivered,
+            "offered deliveries/s (messages/s × clients)",
+            "delivered deliveries/s",
+            "delivered = offered",
+        )
+    ]
+    fig, ax = new_figure()
+    ax.grid(False)
+    ax.grid(True, axis="y", alpha=0.3)
+    width = 0.8 / len(labels)
+    handles: list[Any] = []
+    top = 0.0
+    for i, (key, label) in enumerate(CROSS_VARIANTS.items()):
+        xs, meds, runs = [], [], []
+        for j, (field, _) in enumerate(CROSS_PERCENTILES):
+            values = [float(r["variants"][key]["fixed"][field]) for r in rows]
+            xs.append(j + (i - (len(labels) - 1) / 2) * width)
+            meds.append(statistics.median(values))
+            runs.append(values)
+            top = max(top, *values)
+        bars = ax.bar(xs, meds, width=width * 0.92, color=color(label, labels), alpha=0.85)
+        bars.set_label(label)
+        handles.append(bars)
+        for centre, values in zip(xs, runs, strict=True):
+            run_dots(ax, centre, values)
+        bar_labels(ax, bars, meds, "{:.1f}")
+    rate = rows[0]["variants"]["cross"]["fixed"]["target_deliveries_per_s"]
+    ax.set_xticks(range(len(CROSS_PERCENTILES)), [name for _, name in CROSS_PERCENTILES])
+    ax.set_ylim(0, top * 1.15)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    ax.set_title(
+        f"crossnode: delivery latency at {rate:,} deliveries/s (bar: median of runs)\n{about}",
+        fontsize=10,
+    )
+    ax.set_xlabel("percentile of send → receive latency")
+    ax.set_ylabel("ms")
+    fig.legend(handles=[*handles, dots_handle()], loc="outside lower center", ncol=3, fontsize=9)
+    paths.append(save(fig, out / "crossnode-latency.png"))
+    return paths
+
+
 def render(results_json_path: Path | str, out_dir: Path | str) -> list[Path]:
     """Write the PNGs for the scenarios in a run.py results JSON; return their paths."""
     doc = json.loads(Path(results_json_path).read_text())
@@ -428,8 +508,11 @@ def render(results_json_path: Path | str, out_dir: Path | str) -> list[Path]:
     for scenario in ("fanout100", "fanout1000"):
         if scenario in rows:
             paths += fanout_plots(out, scenario, rows[scenario], targets)
-    if "persist" in rows:
-        paths += persist_plots(out, rows["persist"], targets)
+    for scenario in ("persist", "persist-pg"):
+        if scenario in rows:
+            paths += persist_plots(out, rows[scenario], targets, scenario)
+    if "crossnode" in rows:
+        paths += crossnode_plots(out, rows["crossnode"]["roomcast"])
     if "echo" in rows:
         paths.append(echo_plot(out, rows["echo"], targets))
     if any(s in rows for s in IDLE_SCENARIOS):

@@ -19,6 +19,22 @@ client leaving the lobby after its welcome: no room, no presence events) and
 ``idle50k`` (50,000 in the lobby; not run by default, and skipped when the
 open-files hard limit is too low for it).
 
+Scale-out scenarios, roomcast only and run only when named (they need the
+local PostgreSQL, --pg-url, and Redis, --redis-url; a scenario whose service
+does not answer is skipped with a note): ``persist-pg`` is ``persist`` with
+roomcast on a fresh PostgreSQL database (``CREATE DATABASE
+roomcast_bench_<hex>`` before, ``DROP DATABASE ... WITH (FORCE)`` after;
+with --pg-prefill N it is first given N messages and ANALYZEd).
+``crossnode`` runs the fan-out ramp (one sender, --crossnode-receivers
+receivers, one room) twice per run, in alternating order: on three nodes A,
+B, C sharing one fresh database and one fresh Redis prefix (the sender on A,
+the receivers split between B and C), and on one node with the same flags
+(PostgreSQL and Redis), all clients on it. All nodes are pinned to CPU 0 like
+every server here. Afterwards the prefix's keys are deleted (SCAN + UNLINK)
+and the database dropped. Each result also has the CPU of each node, of Redis
+and of PostgreSQL (read from /proc), the nodes' memory and any warning or
+error lines in their logs.
+
 At the end it also draws PNG plots of the run into docs/img/bench/ (--plots),
 named by scenario and overwriting the previous ones, with bench/plots.py; that
 needs matplotlib (the ``bench`` extra) and is skipped with a note without it.
@@ -28,11 +44,13 @@ needs matplotlib (the ``bench`` extra) and is skipped with a note without it.
     .venv/bin/python bench/run.py --compare-loadgens   # picows vs Node ws client
     .venv/bin/python bench/run.py --targets roomcast --scenarios persist --runs 1
     .venv/bin/python bench/run.py --scenarios idle,idle-noroom
+    .venv/bin/python bench/run.py --targets roomcast --scenarios persist-pg,crossnode --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -45,7 +63,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 import report
+import scaleout
 import servers
 
 SCENARIOS: dict[str, list[str]] = {
@@ -56,11 +77,19 @@ SCENARIOS: dict[str, list[str]] = {
     "idle": ["idle", "--clients", "10000"],
     "idle-noroom": ["idle", "--clients", "10000", "--leave-lobby"],
     "idle50k": ["idle", "--clients", "50000"],
+    "persist-pg": ["persist", "--clients", "50"],
+    "crossnode": ["fanout"],  # --clients: 1 + --crossnode-receivers
 }
 # Run only when asked for by name.
-OPT_IN = {"idle50k"}
+OPT_IN = {"idle50k", "persist-pg", "crossnode"}
 # Scenarios that only roomcast can run, and why the other targets are skipped.
-ROOMCAST_ONLY = {"persist": "they store no messages (no acks)"}
+ROOMCAST_ONLY = {
+    "persist": "they store no messages (no acks)",
+    "persist-pg": "they store no messages (no acks)",
+    "crossnode": "they have no multi-node mode",
+}
+# The services a scale-out scenario needs (see bench/scaleout.py).
+SERVICES = {"persist-pg": ("postgres",), "crossnode": ("postgres", "redis")}
 # Open files a scenario needs in the server and in the load generator each.
 FDS_NEEDED = {"idle": 10_300, "idle-noroom": 10_300, "idle50k": 50_300}
 LOADGEN_TIMEOUT = 300
@@ -101,16 +130,28 @@ def python_loadgen(args: list[str]) -> list[str]:
 
 
 def measure(
-    target: str, scenario: list[str], opts: argparse.Namespace, tmp: Path, node: Path | None
+    target: str,
+    scenario: list[str],
+    opts: argparse.Namespace,
+    tmp: Path,
+    node: Path | None,
+    extra_args: list[str] | None = None,
+    database: str = "",
 ) -> dict[str, Any]:
-    """Fresh server, one scenario, server stopped; adds the server's CPU use."""
-    server = servers.start(target, tmp, node, opts.roomcast_arg)
+    """Fresh server, one scenario, server stopped; adds the server's CPU use.
+
+    ``extra_args`` (roomcast only) go to ``roomcast serve``; with them the
+    result also has PostgreSQL's CPU, the server's memory and log problems.
+    """
+    server = servers.start(target, tmp, node, [*opts.roomcast_arg, *(extra_args or [])])
+    watch = ["--watch-pid", "postgres=0", "--postgres-db", database] if database else []
+    result: dict[str, Any] = {}
     try:
         cpu0, busy0, t0 = server.cpu_seconds(), machine_busy(), time.monotonic()
-        child0 = children_cpu()
+        child0, pg0 = children_cpu(), scaleout.postgres_cpu(database)
         result = loadgen(
             python_loadgen(
-                [*scenario, "--url", server.url, "--server-pid", str(server.proc.pid)]
+                [*scenario, "--url", server.url, "--server-pid", str(server.proc.pid), *watch]
                 + opts.loadgen_arg
             )
         )
@@ -119,10 +160,157 @@ def measure(
         result["server_cpu"] = round(server_cpu, 3)
         # Everything else the machine did meanwhile (other processes, interrupts): noise.
         other = (machine_busy() - busy0) / wall - server_cpu - (children_cpu() - child0) / wall
+        if extra_args:
+            pg1 = scaleout.postgres_cpu(database)
+            if pg0 is not None and pg1 is not None:
+                result["postgres_cpu"] = round((pg1 - pg0) / wall, 3)
+                other -= (pg1 - pg0) / wall
+            result["server_memory_kb"] = scaleout.memory_kb(server.proc.pid)
         result["other_cpu"] = round(other, 3)
     finally:
         servers.stop(server)
+        if extra_args:
+            result["log_problems"] = scaleout.log_problems(server.log)
     return result
+
+
+def measure_persist_pg(scenario: list[str], opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """``persist`` with roomcast on a fresh PostgreSQL database, dropped afterwards."""
+    try:
+        db = scaleout.Database.create(opts.pg_url)
+    except Exception as exc:  # recorded as this run's error, like a failed load generator
+        return {"error": f"cannot create the database: {exc!r}"}
+    try:
+        if opts.pg_prefill:
+            # The schema first (a server migrates the database at start), then the rows.
+            servers.stop(servers.start("roomcast", tmp, None, ["--database-url", db.url]))
+            db.prefill(opts.pg_prefill)
+        result = measure("roomcast", scenario, opts, tmp, None, ["--database-url", db.url], db.name)
+        result["prefilled_rows"] = opts.pg_prefill
+        result["database_mb"] = db.size_mb()
+    except (RuntimeError, subprocess.TimeoutExpired, asyncpg.PostgresError) as exc:
+        result = {"error": repr(exc)[-1500:]}
+    finally:
+        db.drop()
+    result["database"] = scaleout.where(opts.pg_url)
+    return result
+
+
+def crossnode_variant(nodes: int, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The fan-out ramp with the sender on node A and the receivers on the other nodes
+    (all on A when ``nodes`` is 1); a fresh database and Redis prefix, cleaned after."""
+    receivers = opts.crossnode_receivers
+    db = scaleout.Database.create(opts.pg_url)
+    prefix = scaleout.Prefix.create(opts.redis_url)
+    secret = os.urandom(24).hex()  # one secret, as the nodes of one service share
+    args = [
+        *opts.roomcast_arg,
+        "--database-url",
+        db.url,
+        "--redis-url",
+        opts.redis_url,
+        "--redis-prefix",
+        prefix.prefix,
+        "--secret",
+        secret,
+    ]
+    started: list[servers.Server] = []
+    result: dict[str, Any] = {}
+    names = "ABCDEFGH"[:nodes]
+    try:
+        for _ in range(nodes):
+            started.append(servers.start("roomcast", tmp, None, args))
+        sender = started[0]
+        urls = [s.url for s in started[1:]] or [sender.url]
+        redis_pid = scaleout.redis_pid(opts.redis_url)
+        watch = [f"{name}={s.proc.pid}" for name, s in zip(names, started, strict=True)]
+        watch.append("nodes=" + ",".join(str(s.proc.pid) for s in started))
+        if redis_pid:
+            watch.append(f"redis={redis_pid}")
+        watch.append("postgres=0")
+        cmd_pg = ["--postgres-db", db.name]
+        cmd = [
+            *SCENARIOS["crossnode"],
+            "--clients",
+            str(receivers + 1),
+            "--url",
+            sender.url,
+            "--server-pid",
+            str(sender.proc.pid),
+        ]
+        for url in urls:
+            cmd += ["--receiver-url", url]
+        for item in watch:
+            cmd += ["--watch-pid", item]
+        cmd += cmd_pg
+        cpu0 = [s.cpu_seconds() for s in started]
+        redis0, pg0 = scaleout.process_cpu(redis_pid), scaleout.postgres_cpu(db.name)
+        busy0, child0, t0 = machine_busy(), children_cpu(), time.monotonic()
+        try:
+            result = loadgen(python_loadgen(cmd + opts.loadgen_arg))
+        except subprocess.TimeoutExpired as exc:
+            result = {"error": repr(exc)}
+        wall = time.monotonic() - t0
+        node_cpu = [(s.cpu_seconds() - c) / wall for s, c in zip(started, cpu0, strict=True)]
+        result["node_cpu"] = {n: round(c, 3) for n, c in zip(names, node_cpu, strict=True)}
+        result["server_cpu"] = round(sum(node_cpu), 3)
+        other = (machine_busy() - busy0) / wall - sum(node_cpu) - (children_cpu() - child0) / wall
+        redis1, pg1 = scaleout.process_cpu(redis_pid), scaleout.postgres_cpu(db.name)
+        if redis0 is not None and redis1 is not None:
+            result["redis_cpu"] = round((redis1 - redis0) / wall, 3)
+            other -= (redis1 - redis0) / wall
+        if pg0 is not None and pg1 is not None:
+            result["postgres_cpu"] = round((pg1 - pg0) / wall, 3)
+            other -= (pg1 - pg0) / wall
+        result["other_cpu"] = round(other, 3)
+        result["node_memory_kb"] = {
+            n: scaleout.memory_kb(s.proc.pid) for n, s in zip(names, started, strict=True)
+        }
+        result["node_urls"] = {n: s.url for n, s in zip(names, started, strict=True)}
+    except RuntimeError as exc:  # a node did not start
+        result = {"error": repr(exc)[-1500:]}
+    finally:
+        for server in started:
+            servers.stop(server)
+        result["log_problems"] = {
+            n: scaleout.log_problems(s.log) for n, s in zip(names, started, strict=False)
+        }
+        result["database_mb"] = db.size_mb()
+        db.drop()
+        result["redis_keys_left"] = prefix.clear()
+    result["nodes"] = nodes
+    result["receivers"] = receivers
+    return result
+
+
+def measure_crossnode(opts: argparse.Namespace, tmp: Path, run: int) -> dict[str, Any]:
+    """One run of ``crossnode``: three nodes and the one-node baseline, alternating order."""
+    order = [1, 3] if run % 2 == 0 else [3, 1]
+    variants: dict[str, dict[str, Any]] = {}
+    for nodes in order:
+        try:
+            variants["single" if nodes == 1 else "cross"] = crossnode_variant(nodes, opts, tmp)
+        except Exception as exc:  # database or Redis set-up: this run's error, not a traceback
+            variants["single" if nodes == 1 else "cross"] = {"error": repr(exc)[-1500:]}
+    result: dict[str, Any] = {
+        "scenario": "crossnode",
+        "receivers": opts.crossnode_receivers,
+        "order": ["single" if n == 1 else "cross" for n in order],
+        "variants": variants,
+    }
+    errors = [f"{k}: {v['error']}" for k, v in variants.items() if "error" in v]
+    if errors:
+        result["error"] = "; ".join(errors)
+    return result
+
+
+def src_digest() -> str:
+    """A digest of src/ (the tree under test, which others may edit between runs)."""
+    digest = hashlib.sha256()
+    for path in sorted((servers.REPO / "src").rglob("*.py")):
+        digest.update(path.relative_to(servers.REPO).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def machine() -> dict[str, Any]:
@@ -136,6 +324,7 @@ def machine() -> dict[str, Any]:
     )
     node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
     return {
+        "src_sha256": src_digest(),
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
@@ -241,6 +430,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         help="extra argument for loadgen.py (repeatable), e.g. --step-seconds=3",
     )
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("ROOMCAST_BENCH_PG_URL", scaleout.DEFAULT_PG_URL),
+        help="PostgreSQL to create the scale-out scenarios' databases in "
+        f"(env ROOMCAST_BENCH_PG_URL; default {scaleout.DEFAULT_PG_URL})",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("ROOMCAST_BENCH_REDIS_URL", scaleout.DEFAULT_REDIS_URL),
+        help="Redis for crossnode (env ROOMCAST_BENCH_REDIS_URL; "
+        f"default {scaleout.DEFAULT_REDIS_URL})",
+    )
+    parser.add_argument(
+        "--pg-prefill",
+        type=int,
+        default=0,
+        help="persist-pg: first fill the fresh database with this many messages and ANALYZE "
+        "it (a database with history and statistics; default 0: empty)",
+    )
+    parser.add_argument(
+        "--crossnode-receivers",
+        type=int,
+        default=100,
+        help="crossnode: receivers, split between nodes B and C (default 100)",
+    )
     parser.add_argument("--compare-loadgens", action="store_true")
     parser.add_argument("--report", type=Path, help="re-render the markdown of a results JSON")
     parser.add_argument(
@@ -273,6 +487,7 @@ def main(argv: list[str]) -> int:
         targets = [t for t in targets if t != "roomcast"]
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    src_at_start = src_digest()
     with tempfile.TemporaryDirectory(prefix="roomcast-bench-") as tmpdir:
         tmp = Path(tmpdir)
         node_runs = "node" in targets and any(s not in ROOMCAST_ONLY for s in scenarios)
@@ -298,6 +513,20 @@ def main(argv: list[str]) -> int:
                 print(f"{scenario}: {notes[scenario]}", file=sys.stderr)
                 scenarios.remove(scenario)
                 continue
+            problems = [
+                problem
+                for service in SERVICES.get(scenario, ())
+                if (
+                    problem := scaleout.pg_problem(opts.pg_url)
+                    if service == "postgres"
+                    else scaleout.redis_problem(opts.redis_url)
+                )
+            ]
+            if problems:
+                notes[scenario] = f"Not run: {'; '.join(problems)}."
+                print(f"{scenario}: {notes[scenario]}", file=sys.stderr)
+                scenarios.remove(scenario)
+                continue
             skipped = [t for t in targets if t != "roomcast"]
             if scenario in ROOMCAST_ONLY and skipped:
                 notes[scenario] = f"Skipped {', '.join(skipped)}: {ROOMCAST_ONLY[scenario]}."
@@ -308,12 +537,23 @@ def main(argv: list[str]) -> int:
                 for target in targets:  # interleaved, so drift hits every target alike
                     if scenario in ROOMCAST_ONLY and target != "roomcast":
                         continue
-                    result = measure(target, SCENARIOS[scenario], opts, tmp, node)
+                    if scenario == "persist-pg":
+                        result = measure_persist_pg(SCENARIOS[scenario], opts, tmp)
+                    elif scenario == "crossnode":
+                        result = measure_crossnode(opts, tmp, run)
+                    else:
+                        result = measure(target, SCENARIOS[scenario], opts, tmp, node)
                     result.update(run=run, scenario_name=scenario, target=target)
                     print(json.dumps(report.brief(result)), flush=True)
                     raw.append(result)
     summary = report.summarize(raw, targets, scenarios)
-    doc = {"machine": machine(), "argv": argv, "summary": summary, "notes": notes, "raw": raw}
+    doc = {
+        "machine": {**machine(), "src_sha256_at_start": src_at_start},
+        "argv": argv,
+        "summary": summary,
+        "notes": notes,
+        "raw": raw,
+    }
     results = opts.out / f"{stamp}.json"
     results.write_text(json.dumps(doc, indent=1))
     md = report.markdown(summary, targets, scenarios, opts.runs, notes)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 __all__ = [
     "DATABASE_URL",
@@ -183,3 +184,23 @@ def redis_prefix() -> Iterator[str]:
         yield prefix
     finally:
         redis_cleanup(prefix)
+
+
+async def kill_redis_clients(prefix: str, *, subscribers_only: bool = False) -> int:
+    """Drop the Redis connections of the nodes using ``prefix`` (as a Redis restart would).
+
+    roomcast names its connections ``PREFIX NODE`` (commands) and
+    ``PREFIX NODE:sub`` (the subscriber), so only this test's nodes are
+    cut, never another test's or a benchmark's. Returns how many were cut.
+    """
+    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=CONNECT_TIMEOUT)
+    try:
+        killed = 0
+        for entry in await client.client_list():
+            name = str(entry.get("name", ""))
+            if not name.startswith(prefix) or (subscribers_only and not name.endswith(":sub")):
+                continue
+            killed += int(await client.execute_command("CLIENT", "KILL", "ID", entry["id"]))
+        return killed
+    finally:
+        await client.aclose()

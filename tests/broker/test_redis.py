@@ -13,7 +13,7 @@ from roomcast.broker.redis import RedisBroker
 from roomcast.exceptions import BrokerError
 from tests.broker.test_contract import Recorder, eventually, settle
 from tests.integration.netproxy import TcpProxy
-from tests.services import REDIS_URL, redis_prefix
+from tests.services import REDIS_URL, kill_redis_clients, redis_prefix
 
 
 @pytest.fixture
@@ -59,16 +59,14 @@ async def test_a_dead_nodes_users_leave_once(prefix: str, raw: aioredis.Redis) -
             await broker.close()
 
 
-async def test_killed_subscription_resubscribes_and_asks_to_catch_up(
-    prefix: str, raw: aioredis.Redis
-) -> None:
+async def test_killed_subscription_resubscribes_and_asks_to_catch_up(prefix: str) -> None:
     """A broker whose subscription Redis killed resubscribes, asks to catch up, delivers again."""
     (a, _), (b, got_b) = (
         await started(REDIS_URL, prefix, "a"),
         await started(REDIS_URL, prefix, "b"),
     )
     try:
-        await raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert await kill_redis_clients(prefix, subscribers_only=True) == 2
         await eventually(lambda: got_b.resyncs >= 1)
         await b.ping()
         a.publish(Publication("a", "r", None, b"after", seq=1))

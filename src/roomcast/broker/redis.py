@@ -45,7 +45,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
 from ..exceptions import BrokerError
 from .base import BrokerEvents, Members, Publication, decode_publication, encode_publication
@@ -192,10 +192,12 @@ class RedisBroker:
         try:
             # Commands get one quick retry on a fresh connection (a pooled one
             # may have been dropped); the loops here do the rest.
-            self._redis = _client(self.url, retries=1)
+            # Named after the service and node (CLIENT LIST shows who is who).
+            name = f"{self.prefix}{node_id}"
+            self._redis = _client(self.url, name=name, retries=1)
             # The subscriber gets none: redis-py would resubscribe by itself,
             # and the node must know when it has to catch up.
-            self._subscriber = _client(self.url, retries=0)
+            self._subscriber = _client(self.url, name=f"{name}:sub", retries=0)
         except ValueError as exc:
             raise BrokerError(f"bad --redis-url: {exc}") from None
         redis = self._redis
@@ -322,8 +324,8 @@ class RedisBroker:
                 await pubsub.subscribe(self._channel)
                 # Wait for Redis to confirm: from here on nothing is missed,
                 # so catching up from the store now leaves no gap.
-                while await pubsub.get_message(timeout=COMMAND_TIMEOUT) is None:
-                    pass
+                if await pubsub.get_message(timeout=COMMAND_TIMEOUT) is None:
+                    raise RedisTimeoutError("Redis did not confirm the subscription")
                 self._subscribed = True
                 delay = RETRY_FIRST
                 if first:
@@ -357,7 +359,10 @@ class RedisBroker:
             return
         for publication in publications:
             if publication.node_id != own:
-                events.on_publication(publication)
+                try:
+                    events.on_publication(publication)
+                except Exception:  # a bug must not stop the subscriber
+                    logger.exception("delivering a publication failed")
 
     # -- presence ----------------------------------------------------------------
 
@@ -419,7 +424,7 @@ class RedisBroker:
             results = await pipe.execute()
         for (room, user, present), (changed, count) in zip(ops, results, strict=True):
             if changed:
-                self._events.on_presence(room, user, present, int(count))
+                _tell(self._events, room, user, present, int(count))
 
     async def _sync_presence(self) -> None:
         """Make this node's presence in Redis match its connections.
@@ -479,7 +484,7 @@ class RedisBroker:
             for i in range(0, len(left), 3):
                 room, user = left[i].decode(), left[i + 1].decode()
                 logger.info("%s left %s: its node stopped answering", user, room)
-                events.on_presence(room, user, False, int(left[i + 2]))
+                _tell(events, room, user, False, int(left[i + 2]))
 
     async def _leave_service(self) -> None:
         """Take this node and whatever presence it still holds out of Redis."""
@@ -495,9 +500,18 @@ class RedisBroker:
             await pipe.execute()
 
 
-def _client(url: str, *, retries: int) -> aioredis.Redis:
+def _tell(events: BrokerEvents, room: str, user: str, joined: bool, count: int) -> None:
+    """Pass a presence change to the node; a bug there must not stop the broker's loops."""
+    try:
+        events.on_presence(room, user, joined, count)
+    except Exception:
+        logger.exception("telling %s about %s failed", room, user)
+
+
+def _client(url: str, *, name: str, retries: int) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         url,
+        client_name="".join(c if c.isprintable() and not c.isspace() else "_" for c in name),
         socket_connect_timeout=COMMAND_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
         retry=Retry(NoBackoff(), retries),
