@@ -266,14 +266,14 @@ HOSTILE_TEXTS = [
     "'; DROP TABLE messages;-- \" OR 1=1 --",
     "\u202egnp.exe (right-to-left override)",
     "4-byte emoji \U0001f600\U0001f680\U0001f9d1\u200d\U0001f4bb",
-    "nul \u0000 in the middle",
+    "control \u0001 and escape \u001b[31m characters",
 ]
 
 
 async def test_hostile_content_is_delivered_byte_identical(
     x: ClientConnection, b: ClientConnection
 ) -> None:
-    """Markup, SQL, RTL override, 4-byte emoji and NUL arrive and are stored unchanged."""
+    """Markup, SQL, RTL override, 4-byte emoji and control characters arrive and stay unchanged."""
     for i, text in enumerate(HOSTILE_TEXTS):
         chats = await chat_and_collect(x, text, f"h{i}")
         assert chats[-1]["payload"]["message"].encode() == text.encode()
@@ -284,6 +284,13 @@ async def test_hostile_content_is_delivered_byte_identical(
     assert history["id"] == "hist"
     stored = [m["message"] for m in history["payload"]["messages"]]
     assert [s.encode() for s in stored] == [t.encode() for t in HOSTILE_TEXTS]
+    await prove_unaffected(b, x)
+
+
+async def test_nul_in_a_message_is_refused(x: ClientConnection, b: ClientConnection) -> None:
+    """U+0000 in a chat is invalid_message (no store keeps it), and reaches no one."""
+    await send_json(x, "chat", {"message": "nul \u0000 in the middle"}, id="nul")
+    await expect_error(x, "invalid_message", "nul")
     await prove_unaffected(b, x)
 
 

@@ -235,10 +235,13 @@ class RedisBroker:
         self._closing = True
         # Leave the service's presence (telling the rooms), send what is
         # queued (briefly), then stop.
+        # Every step is bounded: a Redis that does not answer must not keep
+        # the node from exiting (the others reap it).
         if self._redis is not None and self._events is not None:
             try:
-                await self._leave_service()
-            except (RedisError, OSError) as exc:
+                async with asyncio.timeout(COMMAND_TIMEOUT * 2):
+                    await self._leave_service()
+            except (RedisError, OSError, TimeoutError) as exc:
                 logger.warning("cannot leave presence in Redis: %s", _reason(exc))
         deadline = time.monotonic() + COMMAND_TIMEOUT
         while self._outbox and self._publishing_ok and time.monotonic() < deadline:
@@ -246,14 +249,18 @@ class RedisBroker:
         tasks = [*self._tasks, *([self._listener] if self._listener else [])]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=COMMAND_TIMEOUT)
+            if stuck:
+                logger.warning("%d Redis tasks did not stop in time", len(stuck))
         await self._disconnect()
 
     async def _disconnect(self) -> None:
         for client in (self._redis, self._subscriber):
             if client is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await client.aclose()
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(COMMAND_TIMEOUT):
+                        await client.aclose()
         self._redis = self._subscriber = None
 
     async def ping(self) -> None:
@@ -321,10 +328,12 @@ class RedisBroker:
         while True:
             pubsub = redis.pubsub()
             try:
-                await pubsub.subscribe(self._channel)
-                # Wait for Redis to confirm: from here on nothing is missed,
-                # so catching up from the store now leaves no gap.
-                if await pubsub.get_message(timeout=COMMAND_TIMEOUT) is None:
+                async with asyncio.timeout(COMMAND_TIMEOUT * 2):
+                    await pubsub.subscribe(self._channel)
+                    # Wait for Redis to confirm: from here on nothing is
+                    # missed, so catching up from the store leaves no gap.
+                    confirmed = await pubsub.get_message(timeout=COMMAND_TIMEOUT)
+                if confirmed is None:
                     raise RedisTimeoutError("Redis did not confirm the subscription")
                 self._subscribed = True
                 delay = RETRY_FIRST
@@ -340,13 +349,14 @@ class RedisBroker:
                     if message.get("type") != "message":
                         continue
                     self._receive(message["data"], own, events)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 if self._subscribed or first:
                     logger.warning("Redis subscription lost: %s; resubscribing", _reason(exc))
             finally:
                 self._subscribed = False
-                with contextlib.suppress(RedisError, OSError, RuntimeError):
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+                    async with asyncio.timeout(COMMAND_TIMEOUT):
+                        await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
             await asyncio.sleep(_jitter(delay))
             delay = min(delay * 2, RETRY_MAX)
 
