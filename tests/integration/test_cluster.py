@@ -282,20 +282,3 @@ async def test_ready_is_503_while_redis_is_cut_off(cluster: Cluster) -> None:
         assert status == 200, body
     finally:
         await proxy.stop()
-
-
-def test_redis_without_a_shared_database_is_refused(tmp_path: Path) -> None:
-    """--redis-url with the embedded SQLite store exits 2 with one clear line."""
-    import subprocess
-
-    from tests.integration.serverproc import serve_command
-
-    result = subprocess.run(
-        serve_command("--port", "0", "--data-dir", str(tmp_path), "--redis-url", REDIS_URL),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--database-url postgresql://" in lines[0], result.stderr

@@ -144,6 +144,18 @@ BAD_CONFIGS: dict[str, tuple[list[str], str]] = {
     "history days -3": (["--history-days", "-3"], "--history-days"),
     "secret too short": (["--secret", "hunter2"], "--secret"),
     "log format xml": (["--log-format", "xml"], "--log-format"),
+    "redis without a shared database": (
+        ["--redis-url", "redis://127.0.0.1:6379/0"],
+        "--database-url postgresql://",
+    ),
+    "postgresql unreachable": (
+        ["--database-url", "postgresql://postgres@127.0.0.1:1/roomcast"],
+        "127.0.0.1:1",
+    ),
+    "redis URL scheme": (
+        ["--database-url", "postgresql://postgres@127.0.0.1:1/x", "--redis-url", "http://x"],
+        "--redis-url",
+    ),
 }
 
 

@@ -7,9 +7,7 @@ puts a real TCP proxy between the server and PostgreSQL and cuts it.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,10 +17,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from roomcast.client import Client
 from tests.conftest import ServerFactory
 from tests.integration.netproxy import TcpProxy
-from tests.integration.serverproc import serve_command
 from tests.integration.users import SECRET, call, sign_up
 from tests.integration.wsclient import recv_json, send_json, welcome
-from tests.services import DATABASE_URL, fresh_database
+from tests.services import fresh_database
 
 
 @pytest.fixture
@@ -124,19 +121,3 @@ async def test_client_library_sends_again_until_the_database_is_back(
             assert [m.text for m in messages] == ["one", "two"]
     finally:
         await proxy.stop()
-
-
-def test_unreachable_database_at_start_exits_2(tmp_path: Path) -> None:
-    """A --database-url nobody answers at is one clear line on stderr and exit status 2."""
-    parts = urlsplit(DATABASE_URL)
-    nowhere = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:1").geturl()
-    result = subprocess.run(
-        serve_command("--port", "0", "--data-dir", str(tmp_path), "--database-url", nowhere),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "127.0.0.1:1" in lines[0], result.stderr
-    assert "Traceback" not in result.stderr

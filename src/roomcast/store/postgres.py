@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import contextvars
 import errno
-import functools
 import hashlib
 import inspect
 import logging
@@ -52,7 +51,6 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -61,6 +59,14 @@ import asyncpg
 from ..exceptions import StoreError
 from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
+from .batch import (
+    BatchedAppends,
+    Pending,
+    WriteQueue,
+    chat_from_row,
+    direct_from_row,
+    file_from_column,
+)
 from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 
 __all__ = ["PostgresStore"]
@@ -69,8 +75,6 @@ logger = logging.getLogger("roomcast.store.postgres")
 
 T = TypeVar("T")
 
-#: Most messages stored in one transaction.
-MAX_BATCH: Final = 2000
 #: Rows deleted per transaction when old history is pruned.
 PRUNE_CHUNK: Final = 5000
 #: Seconds between retention passes.
@@ -105,7 +109,7 @@ def _sender_lock(sender: str) -> int:
     return _lock_key("sender:" + sender)
 
 
-#: A room message's columns, in the order :func:`_chat` reads them.
+#: A room message's columns, in the order :func:`~.batch.chat_from_row` reads them.
 _COLUMNS: Final = "room, body, sender, seq, message_id, ts_ms, file"
 #: The earlier copies of a batch's resent room messages: ``$1``, ``$2`` are
 #: the senders and client ids, ``$3`` the oldest time that still counts.
@@ -162,7 +166,7 @@ _INSERT_BATCH: Final = (
     " SELECT owner, seq, message_id FROM unnest($16::text[], $17::bigint[], $18::text[])"
     " AS t(owner, seq, message_id)"
 )
-#: A direct message's columns, in the order :func:`_direct` reads them.
+#: A direct message's columns, in the order :func:`~.batch.direct_from_row` reads them.
 _DIRECT_COLUMNS: Final = "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file"
 #: A message by id, from either table: a room message has a room, a direct
 #: one a recipient (the last column).
@@ -191,34 +195,6 @@ _PRUNE: Final = (
 )
 
 
-class _Pending:
-    """A queued message: for a room (``room``) or a direct one (``recipient``)."""
-
-    __slots__ = ("client_id", "file", "file_json", "future", "recipient", "room", "sender", "text")
-
-    def __init__(
-        self,
-        room: str | None,
-        recipient: str | None,
-        sender: str,
-        text: str,
-        client_id: str | None,
-        file: FileInfo | None,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self.room = room
-        self.recipient = recipient
-        self.sender = sender
-        self.text = text
-        self.client_id = client_id
-        # The file as stored (no url), and its column value.
-        if file is not None and file.url is not None:
-            file = replace(file, url=None)
-        self.file = file
-        self.file_json = file.to_json() if file is not None else None
-        self.future = future
-
-
 class _BatchError(Exception):
     """A batch cannot be stored for a reason of its own (not the driver's)."""
 
@@ -234,12 +210,12 @@ class _Rows:
     def __bool__(self) -> bool:
         return bool(self.messages[0] or self.direct[0])
 
-    def add_message(self, item: _Pending, room: str, seq: int, message_id: str) -> None:
+    def add_message(self, item: Pending, room: str, seq: int, message_id: str) -> None:
         row = (room, seq, message_id, item.sender, item.text, item.client_id, item.file_json)
         for column, value in zip(self.messages, row, strict=True):
             column.append(value)
 
-    def add_direct(self, item: _Pending, message_id: str, seqs: dict[str, int]) -> None:
+    def add_direct(self, item: Pending, message_id: str, seqs: dict[str, int]) -> None:
         row = (message_id, item.sender, item.recipient, item.text, item.client_id, item.file_json)
         for column, value in zip(self.direct, row, strict=True):
             column.append(value)
@@ -269,7 +245,7 @@ _POOL_OPTIONS: Final[dict[str, Any]] = (
 )
 
 
-class PostgresStore:
+class PostgresStore(BatchedAppends):
     """Room messages in PostgreSQL, shared by every node that uses the database.
 
     Args:
@@ -304,11 +280,8 @@ class PostgresStore:
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
         self._where, self._password = _location(url)
-        self._queue: list[_Pending] = []
-        self._inflight: dict[tuple[str, str, bool], asyncio.Future[Any]] = {}
-        self._writing = False
+        self._queue = WriteQueue()
         self._wakeup = asyncio.Event()
-        self._idle: list[asyncio.Future[None]] = []
         self._write_error: str | None = None
         self._closed = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -418,28 +391,6 @@ class PostgresStore:
 
     # -- writes --------------------------------------------------------------
 
-    def append(
-        self,
-        room: str,
-        sender: str,
-        text: str,
-        *,
-        client_id: str | None = None,
-        file: FileInfo | None = None,
-    ) -> asyncio.Future[AppendResult]:
-        return self._enqueue(room, None, sender, text, client_id, file)
-
-    def append_direct(
-        self,
-        sender: str,
-        recipient: str,
-        text: str,
-        *,
-        client_id: str | None = None,
-        file: FileInfo | None = None,
-    ) -> asyncio.Future[DirectResult]:
-        return self._enqueue(None, recipient, sender, text, client_id, file)
-
     def _enqueue(
         self,
         room: str | None,
@@ -450,43 +401,32 @@ class PostgresStore:
         file: FileInfo | None,
     ) -> asyncio.Future[Any]:
         loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
-            future.set_exception(StoreError("the store is closed"))
-            return future
+            refused: asyncio.Future[Any] = loop.create_future()
+            refused.set_exception(StoreError("the store is closed"))
+            return refused
         if "\x00" in text or (client_id is not None and "\x00" in client_id):
             # PostgreSQL text cannot hold U+0000: refuse this message alone
             # rather than fail the batch, and everyone else's messages in it.
-            future.set_exception(
+            refused = loop.create_future()
+            refused.set_exception(
                 StoreError("the message was not stored: PostgreSQL cannot store U+0000")
             )
-            return future
-        if client_id is not None:
-            key = (sender, client_id, room is None)
-            first = self._inflight.get(key)
-            if first is not None:
-                # A resend while the first is still being written.
-                first.add_done_callback(functools.partial(_as_duplicate, future))
-                return future
-            self._inflight[key] = future
-        self._queue.append(_Pending(room, recipient, sender, text, client_id, file, future))
+            return refused
+        future = self._queue.add(loop, room, recipient, sender, text, client_id, file)
         self._wakeup.set()
         return future
 
     async def _write_forever(self) -> None:
         """The writer: store what is queued, a batch at a time, until cancelled."""
+        queue = self._queue
         while True:
-            if not self._queue:
-                self._writing = False
-                idle, self._idle = self._idle, []
-                for waiter in idle:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            if not queue.items:
+                queue.wake_idle()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            self._writing = True
+            batch = queue.take()
             started = time.perf_counter()
             try:
                 results = await self._write(batch)
@@ -498,7 +438,7 @@ class PostgresStore:
             else:
                 self._written(batch, results, started)
 
-    async def _write(self, batch: list[_Pending]) -> list[AppendResult | DirectResult]:
+    async def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult]:
         """Store ``batch`` in one transaction on the writer's connection."""
         conn = self._wconn
         if conn is not None and _is_gone(conn):
@@ -514,7 +454,7 @@ class PostgresStore:
             raise
 
     async def _store_batch(
-        self, conn: Any, batch: list[_Pending]
+        self, conn: Any, batch: list[Pending]
     ) -> list[AppendResult | DirectResult]:
         now_ms = int(self._clock() * 1000)
         cutoff = now_ms - DEDUPE_SECONDS * 1000
@@ -548,8 +488,8 @@ class PostgresStore:
     async def _fill_batch(
         self,
         conn: Any,
-        batch: list[_Pending],
-        keyed: list[_Pending],
+        batch: list[Pending],
+        keyed: list[Pending],
         now_ms: int,
         cutoff: int,
     ) -> list[AppendResult | DirectResult]:
@@ -562,7 +502,7 @@ class PostgresStore:
                 _DEDUPE, [s for s, _ in room_keys], [c for _, c in room_keys], cutoff
             )
             for row in rows:
-                earlier_rooms[(row[0], row[1])] = _chat(row[2:])
+                earlier_rooms[(row[0], row[1])] = chat_from_row(row[2:])
         direct_keys = [(i.sender, i.client_id) for i in keyed if i.room is None]
         if direct_keys:
             rows = await conn.fetch(
@@ -570,7 +510,9 @@ class PostgresStore:
             )
             for row in rows:
                 sender, client_id, to, body, message_id, ts_ms, file, sender_seq, to_seq = row
-                copy = DirectMessage(sender, to, body, message_id, ts_ms, file=_file(file))
+                copy = DirectMessage(
+                    sender, to, body, message_id, ts_ms, file=file_from_column(file)
+                )
                 earlier_direct[(sender, client_id)] = DirectResult(
                     copy, sender_seq or 0, to_seq or 0, True
                 )
@@ -645,7 +587,7 @@ class PostgresStore:
 
     def _written(
         self,
-        batch: list[_Pending],
+        batch: list[Pending],
         outcome: list[AppendResult | DirectResult] | BaseException,
         started: float,
     ) -> None:
@@ -655,37 +597,22 @@ class PostgresStore:
                 self.on_batch(len(batch), time.perf_counter() - started)
             except Exception:  # a metrics hook must not stop the writer
                 logger.exception("on_batch failed")
-        for item in batch:
-            if item.client_id is not None:
-                key = (item.sender, item.client_id, item.room is None)
-                if self._inflight.get(key) is item.future:
-                    del self._inflight[key]
         if not isinstance(outcome, BaseException):
             if self._write_error is not None:
                 logger.warning("writes to PostgreSQL at %s work again", self._where)
                 self._write_error = None
-            for item, result in zip(batch, outcome, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+            self._queue.finish(batch, outcome)
             return
         reason = self._reason(outcome)
         if self._write_error != reason:
             logger.error("cannot write to PostgreSQL at %s: %s", self._where, reason)
         self._write_error = reason
-        for item in batch:
-            if not item.future.done():
-                failure = StoreError(f"the message was not stored: {reason}")
-                failure.__cause__ = outcome
-                item.future.set_exception(failure)
+        self._queue.finish(batch, outcome, reason)
 
     async def flush(self) -> None:
-        if not self._writing and not self._queue:
-            return
         if self._writer is None or self._writer.done():
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._idle.append(waiter)
-        await waiter
+        await self._queue.wait_idle()
 
     # -- errors ----------------------------------------------------------------
 
@@ -787,7 +714,7 @@ class PostgresStore:
             )
         )
         more = len(rows) > limit
-        return [_chat(row) for row in reversed(rows[:limit])], more
+        return [chat_from_row(row) for row in reversed(rows[:limit])], more
 
     async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
         rows = await self._read(
@@ -799,7 +726,7 @@ class PostgresStore:
                 limit,
             )
         )
-        return [_chat(row) for row in rows]
+        return [chat_from_row(row) for row in rows]
 
     # -- direct messages -------------------------------------------------------
 
@@ -836,7 +763,7 @@ class PostgresStore:
             )
         )
         page = rows[:limit] if after else list(reversed(rows[:limit]))
-        return [_direct(row) for row in page], len(rows) > limit
+        return [direct_from_row(row) for row in page], len(rows) > limit
 
     async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
         row = await self._read(lambda conn: conn.fetchrow(_BY_ID, message_id))
@@ -844,8 +771,10 @@ class PostgresStore:
             return None
         room, body, sender, _seq, found_id, ts_ms, file, recipient = row
         if room is None:
-            return DirectMessage(sender, recipient, body, found_id, ts_ms, file=_file(file))
-        return _chat(tuple(row)[:7])
+            return DirectMessage(
+                sender, recipient, body, found_id, ts_ms, file=file_from_column(file)
+            )
+        return chat_from_row(tuple(row)[:7])
 
     async def file_digests(self) -> set[str]:
         rows = await self._read(
@@ -1058,35 +987,7 @@ def _rowcount(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _file(column: str | None) -> FileInfo | None:
-    """The FileInfo stored in a ``file`` column (None for a text message)."""
-    return FileInfo.from_json(column) if column else None
-
-
-def _chat(row: Sequence[Any]) -> ChatMessage:
-    """A room message from a row of :data:`_COLUMNS`."""
-    room, body, sender, seq, message_id, ts_ms, file = row
-    return ChatMessage(room, body, sender, seq, message_id, ts_ms, _file(file))
-
-
-def _direct(row: Sequence[Any]) -> DirectMessage:
-    """A direct message from a row of :data:`_DIRECT_COLUMNS`."""
-    sender, recipient, body, message_id, ts_ms, seq, file = row
-    return DirectMessage(sender, recipient, body, message_id, ts_ms, seq, _file(file))
-
-
 def _access(row: Sequence[Any]) -> RoomAccess:
     """A room's access rules from a row of :data:`_ACCESS`."""
     name, private, owner, members = row
     return RoomAccess(name, bool(private), owner, frozenset(members))
-
-
-def _as_duplicate(future: asyncio.Future[Any], first: asyncio.Future[Any]) -> None:
-    if future.done():
-        return
-    if first.cancelled():
-        future.set_exception(StoreError("the first copy of this message was not stored"))
-    elif (error := first.exception()) is not None:
-        future.set_exception(StoreError(f"the message was not stored: {error}"))
-    else:
-        future.set_result(replace(first.result(), duplicate=True))

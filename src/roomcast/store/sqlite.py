@@ -26,13 +26,20 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..exceptions import StoreError
 from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
+from .batch import (
+    BatchedAppends,
+    Pending,
+    WriteQueue,
+    chat_from_row,
+    direct_from_row,
+    file_from_column,
+)
 from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 
 __all__ = ["SQLiteStore"]
@@ -41,14 +48,12 @@ logger = logging.getLogger("roomcast.store.sqlite")
 
 T = TypeVar("T")
 
-#: Most messages stored in one transaction.
-MAX_BATCH: Final = 2000
 #: Rows deleted per transaction when old history is pruned.
 PRUNE_CHUNK: Final = 5000
 #: Seconds between retention passes.
 PRUNE_INTERVAL: Final = 3600.0
 
-#: A room message's columns, in the order :func:`_chat` reads them.
+#: A room message's columns, in the order :func:`~.batch.chat_from_row` reads them.
 _COLUMNS: Final = "room, body, sender, seq, message_id, ts_ms, file"
 _INSERT: Final = (
     "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms, file)"
@@ -62,7 +67,7 @@ _SAVE_SEQ: Final = (
     "INSERT INTO rooms (name, last_seq, created_ms) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq"
 )
-#: A direct message's columns, in the order :func:`_direct` reads them.
+#: A direct message's columns, in the order :func:`~.batch.direct_from_row` reads them.
 _DIRECT_COLUMNS: Final = "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file"
 _DIRECT_DEDUPE: Final = (
     "SELECT message_id, recipient, body, ts_ms, file FROM direct_messages"
@@ -83,35 +88,7 @@ _BY_ID: Final = (
 )
 
 
-class _Pending:
-    """A queued message: for a room (``room``) or a direct one (``recipient``)."""
-
-    __slots__ = ("client_id", "file", "file_json", "future", "recipient", "room", "sender", "text")
-
-    def __init__(
-        self,
-        room: str | None,
-        recipient: str | None,
-        sender: str,
-        text: str,
-        client_id: str | None,
-        file: FileInfo | None,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self.room = room
-        self.recipient = recipient
-        self.sender = sender
-        self.text = text
-        self.client_id = client_id
-        # The file as stored (no url), and its column value.
-        if file is not None and file.url is not None:
-            file = replace(file, url=None)
-        self.file = file
-        self.file_json = file.to_json() if file is not None else None
-        self.future = future
-
-
-class SQLiteStore:
+class SQLiteStore(BatchedAppends):
     """Room messages in a SQLite file.
 
     Args:
@@ -137,11 +114,8 @@ class SQLiteStore:
         self.history_days = history_days
         self._clock = clock
         self._busy_timeout = busy_timeout
-        self._queue: list[_Pending] = []
-        self._inflight: dict[tuple[str, str, bool], asyncio.Future[Any]] = {}
-        self._writing = False
+        self._queue = WriteQueue()
         self._kick_scheduled = False
-        self._idle: list[asyncio.Future[None]] = []
         self._write_error: str | None = None
         self._closed = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -232,28 +206,6 @@ class SQLiteStore:
 
     # -- writes --------------------------------------------------------------
 
-    def append(
-        self,
-        room: str,
-        sender: str,
-        text: str,
-        *,
-        client_id: str | None = None,
-        file: FileInfo | None = None,
-    ) -> asyncio.Future[AppendResult]:
-        return self._enqueue(room, None, sender, text, client_id, file)
-
-    def append_direct(
-        self,
-        sender: str,
-        recipient: str,
-        text: str,
-        *,
-        client_id: str | None = None,
-        file: FileInfo | None = None,
-    ) -> asyncio.Future[DirectResult]:
-        return self._enqueue(None, recipient, sender, text, client_id, file)
-
     def _enqueue(
         self,
         room: str | None,
@@ -264,20 +216,12 @@ class SQLiteStore:
         file: FileInfo | None,
     ) -> asyncio.Future[Any]:
         loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
+            future: asyncio.Future[Any] = loop.create_future()
             future.set_exception(StoreError("the store is closed"))
             return future
-        if client_id is not None:
-            key = (sender, client_id, room is None)
-            first = self._inflight.get(key)
-            if first is not None:
-                # A resend while the first is still being written.
-                first.add_done_callback(functools.partial(_as_duplicate, future))
-                return future
-            self._inflight[key] = future
-        self._queue.append(_Pending(room, recipient, sender, text, client_id, file, future))
-        if not self._writing and not self._kick_scheduled:
+        future = self._queue.add(loop, room, recipient, sender, text, client_id, file)
+        if not self._queue.busy and not self._kick_scheduled:
             self._kick_scheduled = True
             # A batch holds many connections' messages: its callbacks (and
             # log lines) run in a context of their own, not in the sender's.
@@ -286,15 +230,15 @@ class SQLiteStore:
 
     def _kick(self) -> None:
         self._kick_scheduled = False
-        if self._writing or not self._queue or self._writer is None or self._loop is None:
+        queue = self._queue
+        if queue.busy or not queue.items or self._writer is None or self._loop is None:
             return
-        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        self._writing = True
+        batch = queue.take()
         self._batch_started = time.perf_counter()
         job = self._loop.run_in_executor(self._writer, self._write, batch)
         job.add_done_callback(functools.partial(self._written, batch))
 
-    def _write(self, batch: list[_Pending]) -> list[AppendResult | DirectResult]:
+    def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult]:
         """Store ``batch`` in one transaction (writer thread)."""
         conn = self._wconn
         assert conn is not None
@@ -314,7 +258,7 @@ class SQLiteStore:
                 if item.client_id is not None:
                     row = execute(_DEDUPE, (item.sender, item.client_id, cutoff)).fetchone()
                     if row is not None:
-                        results.append(AppendResult(_chat(row), True))
+                        results.append(AppendResult(chat_from_row(row), True))
                         continue
                 seq = touched.get(room)
                 if seq is None:
@@ -362,7 +306,7 @@ class SQLiteStore:
     def _write_direct(
         self,
         conn: sqlite3.Connection,
-        item: _Pending,
+        item: Pending,
         now_ms: int,
         cutoff: int,
         inboxes: dict[str, int],
@@ -379,7 +323,9 @@ class SQLiteStore:
                         "SELECT owner, seq FROM inbox WHERE message_id = ?", (message_id,)
                     ).fetchall()
                 )
-                message = DirectMessage(sender, to, body, message_id, ts_ms, file=_file(file))
+                message = DirectMessage(
+                    sender, to, body, message_id, ts_ms, file=file_from_column(file)
+                )
                 return DirectResult(message, seqs.get(sender, 0), seqs.get(to, 0), True)
         message_id = uuid.uuid4().hex
         conn.execute(
@@ -403,49 +349,30 @@ class SQLiteStore:
         return DirectResult(message, seqs[sender], seqs[recipient], False)
 
     def _written(
-        self, batch: list[_Pending], job: asyncio.Future[list[AppendResult | DirectResult]]
+        self, batch: list[Pending], job: asyncio.Future[list[AppendResult | DirectResult]]
     ) -> None:
         """The writer thread finished ``batch``: resolve its futures in order."""
-        self._writing = False
         if self.on_batch is not None:
             self.on_batch(len(batch), time.perf_counter() - self._batch_started)
-        for item in batch:
-            if item.client_id is not None:
-                key = (item.sender, item.client_id, item.room is None)
-                if self._inflight.get(key) is item.future:
-                    del self._inflight[key]
         error = job.exception() if not job.cancelled() else StoreError("write cancelled")
         if error is None:
             if self._write_error is not None:
                 logger.warning("writes to %s work again", self.path)
                 self._write_error = None
-            for item, result in zip(batch, job.result(), strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+            self._queue.finish(batch, job.result())
         else:
             reason = str(error) or type(error).__name__
             if self._write_error != reason:
                 logger.error("cannot write to %s: %s", self.path, reason)
             self._write_error = reason
-            for item in batch:
-                if not item.future.done():
-                    failure = StoreError(f"the message was not stored: {reason}")
-                    failure.__cause__ = error
-                    item.future.set_exception(failure)
-        if self._queue:
+            self._queue.finish(batch, error, reason)
+        if self._queue.items:
             self._kick()
         else:
-            idle, self._idle = self._idle, []
-            for waiter in idle:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._queue.wake_idle()
 
     async def flush(self) -> None:
-        if not self._writing and not self._queue:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._idle.append(waiter)
-        await waiter
+        await self._queue.wait_idle()
 
     # -- reads ---------------------------------------------------------------
 
@@ -484,7 +411,7 @@ class SQLiteStore:
                 (room, bound, limit + 1),
             ).fetchall()
             more = len(rows) > limit
-            return [_chat(row) for row in reversed(rows[:limit])], more
+            return [chat_from_row(row) for row in reversed(rows[:limit])], more
 
         return await self._read(query)
 
@@ -494,7 +421,7 @@ class SQLiteStore:
                 f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (room, seq, limit),
             ).fetchall()
-            return [_chat(row) for row in rows]
+            return [chat_from_row(row) for row in rows]
 
         return await self._read(query)
 
@@ -527,8 +454,10 @@ class SQLiteStore:
                 return None
             room, body, sender, _seq, found_id, ts_ms, file, recipient = row
             if room is None:
-                return DirectMessage(sender, recipient, body, found_id, ts_ms, file=_file(file))
-            return _chat(row[:7])
+                return DirectMessage(
+                    sender, recipient, body, found_id, ts_ms, file=file_from_column(file)
+                )
+            return chat_from_row(row[:7])
 
         return await self._read(query)
 
@@ -697,24 +626,7 @@ def _inbox_page(
         (owner, seq, limit + 1),
     ).fetchall()
     page = rows[:limit] if after else list(reversed(rows[:limit]))
-    return [_direct(row) for row in page], len(rows) > limit
-
-
-def _file(column: str | None) -> FileInfo | None:
-    """The FileInfo stored in a ``file`` column (None for a text message)."""
-    return FileInfo.from_json(column) if column else None
-
-
-def _chat(row: tuple[Any, ...]) -> ChatMessage:
-    """A room message from a row of :data:`_COLUMNS`."""
-    room, body, sender, seq, message_id, ts_ms, file = row
-    return ChatMessage(room, body, sender, seq, message_id, ts_ms, _file(file))
-
-
-def _direct(row: tuple[Any, ...]) -> DirectMessage:
-    """A direct message from a row of :data:`_DIRECT_COLUMNS`."""
-    sender, recipient, body, message_id, ts_ms, seq, file = row
-    return DirectMessage(sender, recipient, body, message_id, ts_ms, seq, _file(file))
+    return [direct_from_row(row) for row in page], len(rows) > limit
 
 
 def _room_access(conn: sqlite3.Connection, name: str) -> RoomAccess | None:
@@ -737,17 +649,6 @@ def _insert_members(
 def _last_seq(conn: sqlite3.Connection, room: str) -> int:
     row = conn.execute("SELECT last_seq FROM rooms WHERE name = ?", (room,)).fetchone()
     return int(row[0]) if row is not None else 0
-
-
-def _as_duplicate(future: asyncio.Future[Any], first: asyncio.Future[Any]) -> None:
-    if future.done():
-        return
-    if first.cancelled():
-        future.set_exception(StoreError("the first copy of this message was not stored"))
-    elif (error := first.exception()) is not None:
-        future.set_exception(StoreError(f"the message was not stored: {error}"))
-    else:
-        future.set_result(replace(first.result(), duplicate=True))
 
 
 def _dm_seq(conn: sqlite3.Connection, owner: str) -> int:
