@@ -636,7 +636,7 @@ class Node:
             # Chat goes on without the broker: list who is here.
             logger.warning("presence of %s from this node only: %s", room, exc)
             return local[:limit], len(local)
-        if all(name in found.names for name in local) or found.count > len(found.names):
+        if found.count > len(found.names) or set(found.names).issuperset(local):
             names, count = found.names, found.count
         else:
             merged = dict.fromkeys([*found.names, *local])

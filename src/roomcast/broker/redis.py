@@ -386,14 +386,19 @@ class RedisBroker:
             raise BrokerError("the broker is not started")
         key = f"{self.prefix}room:{room}"
         try:
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.hlen(key)
-                pipe.hkeys(key)
-                count, names = await pipe.execute()
+            count = int(await redis.hlen(key))
+            if count <= limit:
+                names = list(await redis.hkeys(key))
+            else:
+                # A big room lists only ``limit`` names: scan, do not read all.
+                names = []
+                async for name, _ in redis.hscan_iter(key, count=limit):
+                    names.append(name)
+                    if len(names) >= limit:
+                        break
         except (RedisError, OSError) as exc:
             raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
-        decoded = sorted(name.decode() for name in names)
-        return Members(decoded[:limit], int(count))
+        return Members(sorted(_text(name) for name in names), count)
 
     async def _presence_forever(self) -> None:
         delay = RETRY_FIRST
