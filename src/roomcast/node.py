@@ -88,6 +88,9 @@ GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
 #: Messages replayed per store read when a join asks for ``since``.
 REPLAY_PAGE: Final = 500
 
+#: Seconds a join waits for live delivery to reach what it replayed.
+CATCH_UP_WAIT: Final = 2.0
+
 #: Seconds an unauthenticated connection has to ``auth`` when guests are off.
 AUTH_TIMEOUT: Final = 10.0
 #: Seconds a connection whose token expired has to send a fresh one.
@@ -425,6 +428,7 @@ class Node:
             self._reply(peer, Joined(room, last, members, count, recovered), cmd.id)
             while True:
                 after = await self._replay(peer, room, after, last)
+                await self._caught_up(room, after)
                 held = self.hub.release(room, peer)
                 if held is None or not held.overflowed:
                     break
@@ -446,6 +450,20 @@ class Node:
             for seq, frame in held.frames:
                 if seq is None or seq > after:
                     peer.send(frame)
+
+    async def _caught_up(self, room: str, seq: int) -> None:
+        """Wait (briefly) until live delivery in ``room`` has reached ``seq``.
+
+        The store can show a message before the callbacks that deliver it
+        have run (the commit is visible at once; its delivery is a few loop
+        turns later). Releasing a joining member before then would send it
+        live a message its replay already sent. Bounded: a gap the
+        sequencer is still fetching must not hold a join for long.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_WAIT
+        while (self._rooms.position(room) or 0) < seq and loop.time() < deadline:
+            await asyncio.sleep(0.001)
 
     async def _replay(self, peer: Peer, room: str, after: int, last: int) -> int:
         """Send ``room``'s stored messages with ``after < seq <= last``; return the last sent."""
