@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from roomcast.protocol.messages import encode
 from roomcast.protocol.wsframe import text_frame
 from roomcast.store.base import AppendResult
 from roomcast.store.memory import MemoryStore
+from roomcast.store.sqlite import SQLiteStore
 from tests.fakes import FakePeer
 
 
@@ -220,6 +222,33 @@ async def test_store_failure_is_an_internal_error_without_ack() -> None:
     assert error["id"] == "c"
     assert error["payload"]["code"] == "internal"
     assert b.received() == []
+
+
+async def test_a_full_store_answers_rate_limited_and_stores_the_rest(tmp_path: Path) -> None:
+    """Chats past the store's queue bound get rate_limited with retry_after; the rest are acked."""
+    store = SQLiteStore(tmp_path / "full.db", max_queued=3)
+    node = await started(store=store, limits=Limits(rate_limit=0))
+    a, b = await connected(node), await connected(node)
+    a.received(), b.received()
+    for i in range(10):  # one burst: all queued in the same loop turn
+        assert node.handle_text(a, text("chat", {"message": f"m{i}"}, id=f"c{i}")) is None
+    await store.flush()
+    await node.flush()
+    frames = a.received()
+    acks = [f["id"] for f in frames if f["type"] == "ack"]
+    refused = [f for f in frames if f["type"] == "error"]
+    assert acks == ["c0", "c1", "c2"]
+    assert [f["id"] for f in refused] == [f"c{i}" for i in range(3, 10)]
+    for error in refused:
+        assert error["payload"]["code"] == "rate_limited"
+        assert 500 <= error["payload"]["retry_after"] <= 1500
+    assert [f["payload"]["message"] for f in b.of_type("chat")] == ["m0", "m1", "m2"]
+    # Sent again once the queue has drained, a refused message is stored.
+    await node.receive_text(a, text("chat", {"message": "m3"}, id="c3"))
+    await store.flush()
+    await node.flush()
+    assert [f["payload"]["seq"] for f in a.of_type("ack")] == [4]
+    await node.close()
 
 
 async def test_guest_nickname_auth() -> None:

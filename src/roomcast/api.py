@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from .auth import bearer_token
-from .exceptions import AuthError, BackendError, ProtocolError
+from .exceptions import AuthError, BackendError, ProtocolError, StoreBusy
 from .node import Node
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
@@ -460,6 +460,13 @@ async def _file(request: web.Request) -> web.StreamResponse:
 
 
 def backend_failure(exc: BackendError) -> HTTPError:
-    """The 503 answer when the store or broker failed."""
+    """The 503 answer when the store or broker failed, or is full (then ``rate_limited``)."""
+    if isinstance(exc, StoreBusy):
+        return HTTPError(
+            503,
+            "rate_limited",
+            "the server is busy storing messages; send it again later",
+            retry_after=exc.retry_after,
+        )
     logger.error("backend failure: %s", exc)
     return HTTPError(503, "internal", "the server could not do that now; retry")

@@ -10,7 +10,10 @@
     │                        prints it as one line and exits with status 2)
     └── BackendError         a store or broker failed; raised at the backend
         ├── StoreError       boundary from the driver's own exception, which is
-        └── BrokerError      kept as ``__cause__``
+        │   │                kept as ``__cause__``
+        │   └── StoreBusy    the store's write queue is full: nothing was
+        │                    stored, send it again after ``retry_after`` s
+        └── BrokerError
 
 Nothing above ``store/`` and ``broker/`` sees a driver's exception types.
 """
@@ -28,6 +31,7 @@ __all__ = [
     "ConfigError",
     "ProtocolError",
     "RoomcastError",
+    "StoreBusy",
     "StoreError",
 ]
 
@@ -76,6 +80,18 @@ class BackendError(RoomcastError):
 
 class StoreError(BackendError):
     """The message store failed."""
+
+
+class StoreBusy(StoreError):
+    """The store has more messages queued than it may hold: this one was refused.
+
+    Nothing was stored; the sender may send it again after
+    :attr:`retry_after` seconds (the node answers ``rate_limited``).
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BrokerError(BackendError):

@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import math
 import re
 import secrets
 import time
@@ -28,7 +29,14 @@ from typing import Any, Final, TypeVar
 from .accounts import Accounts
 from .broker.base import Broker, Publication
 from .config import DEFAULT_LIMITS, Limits
-from .exceptions import AuthError, BackendError, BrokerError, ProtocolError, StoreError
+from .exceptions import (
+    AuthError,
+    BackendError,
+    BrokerError,
+    ProtocolError,
+    StoreBusy,
+    StoreError,
+)
 from .files import FileLinks, FileStore, safe_file_name
 from .hub import Hub, Peer
 from .metrics import Metrics
@@ -99,6 +107,9 @@ REAUTH_TIMEOUT: Final = 30.0
 #: The error and close reason when a user is over ``max_connections_per_user``.
 TOO_MANY_CONNECTIONS: Final = "too many connections for this user"
 
+#: Seconds between two warnings that the store refuses messages (it is full).
+BUSY_WARN_EVERY: Final = 10.0
+
 
 class Node:
     """Orchestrates sessions, the hub, the store and the broker.
@@ -141,6 +152,8 @@ class Node:
         self.guests = guests
         self.accounts = accounts
         self.metrics = metrics or Metrics()
+        #: When the last "store busy" warning was logged (loop time).
+        self._busy_warned = -BUSY_WARN_EVERY
         self.files = files
         self.links = links
         self.metrics.watch(self.hub)
@@ -392,12 +405,29 @@ class Node:
         """What the store returned, or None once the sender is told it was not stored."""
         try:
             return stored.result()
+        except StoreBusy as exc:
+            self._store_busy(peer, frame_id, exc)
+            return None
         except BackendError as exc:
             logger.error("message from %s not stored: %s", peer.session.id, exc)
         except Exception:
             logger.exception("message from %s not stored", peer.session.id)
         self._error(peer, ErrorCode.INTERNAL, "the message was not stored; send it again", frame_id)
         return None
+
+    def _store_busy(self, peer: Peer, frame_id: str | None, exc: StoreBusy) -> None:
+        """The store refused a message (its queue is full): ``rate_limited``, retry later."""
+        now = asyncio.get_running_loop().time()
+        if now - self._busy_warned >= BUSY_WARN_EVERY:
+            self._busy_warned = now
+            logger.warning("the store is saturated, refusing messages: %s", exc)
+        retry_after = max(1, math.ceil(exc.retry_after * 1000))
+        reply = ErrorReply(
+            ErrorCode.RATE_LIMITED,
+            "the server is busy storing messages; send it again later",
+            {"retry_after": retry_after},
+        )
+        self._reply(peer, reply, frame_id)
 
     async def _join(self, peer: Peer, cmd: Join) -> None:
         user = peer.session.user

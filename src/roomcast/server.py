@@ -425,6 +425,16 @@ async def _request_ids(
     return response
 
 
+def _http_error(exc: api.HTTPError) -> web.Response:
+    """The JSON response for ``exc``, with ``Retry-After`` and ``WWW-Authenticate`` if due."""
+    response = _json_error(exc.status, exc.code, exc.message)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="roomcast"'
+    return response
+
+
 @web.middleware
 async def _json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -433,15 +443,9 @@ async def _json_errors(
     try:
         return await handler(request)
     except BackendError as exc:
-        failure = api.backend_failure(exc)
-        return _json_error(failure.status, failure.code, failure.message)
+        return _http_error(api.backend_failure(exc))
     except api.HTTPError as exc:
-        response = _json_error(exc.status, exc.code, exc.message)
-        if exc.retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="roomcast"'
-        return response
+        return _http_error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

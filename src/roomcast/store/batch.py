@@ -5,8 +5,12 @@
 future at once, and store what is queued in batches, one transaction each,
 resolving the futures in order. :class:`WriteQueue` is that queue: it folds a
 resend that arrives while its first copy is still queued into the first
-copy's future, hands the writer batches, resolves a finished batch, and
-tells :meth:`WriteQueue.wait_idle` callers when nothing is left.
+copy's future, refuses a message when :data:`MAX_QUEUED` are already waiting
+(:class:`~roomcast.exceptions.StoreBusy`: when more arrives than the database
+can take, senders are told to come back instead of waiting ever longer for
+their acks while the server's memory grows), hands the writer batches,
+resolves a finished batch, and tells :meth:`WriteQueue.wait_idle` callers
+when nothing is left.
 :class:`BatchedAppends` gives a store ``append`` and ``append_direct`` on top
 of one ``_enqueue``. How a batch is written is each store's own.
 """
@@ -15,16 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final
 
-from ..exceptions import StoreError
+from ..exceptions import StoreBusy, StoreError
 from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 from .base import AppendResult, DirectResult
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_QUEUED",
     "BatchedAppends",
     "Pending",
     "WriteQueue",
@@ -35,6 +41,15 @@ __all__ = [
 
 #: Most messages stored in one transaction.
 MAX_BATCH: Final = 2000
+
+#: Most messages waiting for the writer (not counting the batch being
+#: written): about one to three seconds of a store's throughput here
+#: (docs/benchmarks.md). Past it an append fails with StoreBusy.
+MAX_QUEUED: Final = 10_000
+
+#: A refused sender is told to retry after this many seconds, spread by
+#: ±50 % so that refused senders do not all come back at once.
+BUSY_RETRY_AFTER: Final = 1.0
 
 
 class Pending:
@@ -73,11 +88,17 @@ class Pending:
 
 
 class WriteQueue:
-    """Appends waiting for a store's writer, in append order."""
+    """Appends waiting for a store's writer, in append order.
 
-    __slots__ = ("_idle", "_inflight", "busy", "items")
+    Args:
+        limit: most messages waiting; past it :meth:`add` refuses with
+            :class:`~roomcast.exceptions.StoreBusy`.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_idle", "_inflight", "busy", "items", "limit")
+
+    def __init__(self, limit: int = MAX_QUEUED) -> None:
+        self.limit = limit
         self.items: list[Pending] = []
         #: A batch taken by the writer is being stored.
         self.busy = False
@@ -94,7 +115,11 @@ class WriteQueue:
         client_id: str | None,
         file: FileInfo | None,
     ) -> asyncio.Future[Any]:
-        """Queue a message; its future, or the first copy's when it is a resend of one queued."""
+        """Queue a message; its future, or the first copy's when it is a resend of one queued.
+
+        The future fails at once with :class:`~roomcast.exceptions.StoreBusy`
+        when :attr:`limit` messages are already waiting.
+        """
         future: asyncio.Future[Any] = loop.create_future()
         item = Pending(room, recipient, sender, text, client_id, file, future)
         key = item.key
@@ -104,6 +129,12 @@ class WriteQueue:
                 # A resend while the first is still being written.
                 first.add_done_callback(functools.partial(_as_duplicate, future))
                 return future
+        if len(self.items) >= self.limit:
+            retry_after = BUSY_RETRY_AFTER * random.uniform(0.5, 1.5)
+            message = f"{self.limit} messages are waiting to be stored"
+            future.set_exception(StoreBusy(message, retry_after=retry_after))
+            return future
+        if key is not None:
             self._inflight[key] = future
         self.items.append(item)
         return future

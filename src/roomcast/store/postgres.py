@@ -60,6 +60,7 @@ from ..exceptions import StoreError
 from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
 from .batch import (
+    MAX_QUEUED,
     BatchedAppends,
     Pending,
     WriteQueue,
@@ -257,6 +258,8 @@ class PostgresStore(BatchedAppends):
         command_timeout: seconds a statement may take before it fails.
         connect_timeout: seconds to connect (or get a pooled connection)
             before the operation fails.
+        max_queued: most messages waiting for the writer; past it an
+            append fails with :class:`~roomcast.exceptions.StoreBusy`.
     """
 
     def __init__(
@@ -268,6 +271,7 @@ class PostgresStore(BatchedAppends):
         pool_size: int = 8,
         command_timeout: float = 5.0,
         connect_timeout: float = 5.0,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         if history_days < 0:
             raise ValueError("history_days must be 0 (keep everything) or more")
@@ -280,7 +284,7 @@ class PostgresStore(BatchedAppends):
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
         self._where, self._password = _location(url)
-        self._queue = WriteQueue()
+        self._queue = WriteQueue(max_queued)
         self._wakeup = asyncio.Event()
         self._write_error: str | None = None
         self._closed = True

@@ -33,6 +33,7 @@ from ..exceptions import StoreError
 from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
 from .batch import (
+    MAX_QUEUED,
     BatchedAppends,
     Pending,
     WriteQueue,
@@ -98,6 +99,8 @@ class SQLiteStore(BatchedAppends):
         clock: wall-clock seconds, for message times and retention.
         busy_timeout: seconds a write waits for a lock held by another
             process before the batch fails.
+        max_queued: most messages waiting for the writer; past it an
+            append fails with :class:`~roomcast.exceptions.StoreBusy`.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class SQLiteStore(BatchedAppends):
         history_days: int = 0,
         clock: Callable[[], float] = time.time,
         busy_timeout: float = 2.0,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         if history_days < 0:
             raise ValueError("history_days must be 0 (keep everything) or more")
@@ -114,7 +118,7 @@ class SQLiteStore(BatchedAppends):
         self.history_days = history_days
         self._clock = clock
         self._busy_timeout = busy_timeout
-        self._queue = WriteQueue()
+        self._queue = WriteQueue(max_queued)
         self._kick_scheduled = False
         self._write_error: str | None = None
         self._closed = True
