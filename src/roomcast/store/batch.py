@@ -43,9 +43,10 @@ __all__ = [
 MAX_BATCH: Final = 2000
 
 #: Most messages waiting for the writer (not counting the batch being
-#: written): about one to three seconds of a store's throughput here
-#: (docs/benchmarks.md). Past it an append fails with StoreBusy.
-MAX_QUEUED: Final = 10_000
+#: written): what SQLite or PostgreSQL store here in 0.3-1 s
+#: (docs/benchmarks.md), so an accepted message is acked within about a
+#: second even when more arrives. Past it an append fails with StoreBusy.
+MAX_QUEUED: Final = 4_000
 
 #: A refused sender is told to retry after this many seconds, spread by
 #: ±50 % so that refused senders do not all come back at once.
