@@ -17,7 +17,7 @@ from roomcast.exceptions import StoreBusy, StoreError
 from roomcast.store.batch import BUSY_RETRY_AFTER
 from roomcast.store.postgres import PostgresStore
 from roomcast.store.sqlite import SQLiteStore
-from tests.services import afresh_database
+from tests.store.backends import opened
 
 LIMIT = 5
 
@@ -26,18 +26,9 @@ LIMIT = 5
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[SQLiteStore | PostgresStore]:
-    backend: SQLiteStore | PostgresStore
-    if request.param == "postgres":
-        async with afresh_database() as url:
-            backend = PostgresStore(url, max_queued=LIMIT)
-            await backend.open()
-            yield backend
-            await backend.close()
-        return
-    backend = SQLiteStore(tmp_path / "bound.db", max_queued=LIMIT)
-    await backend.open()
-    yield backend
-    await backend.close()
+    async with opened(request.param, tmp_path, max_queued=LIMIT) as backend:
+        assert isinstance(backend, SQLiteStore | PostgresStore)
+        yield backend
 
 
 async def test_appends_past_the_bound_are_refused_and_the_rest_stored(

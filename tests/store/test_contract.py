@@ -16,11 +16,8 @@ import pytest
 
 from roomcast.protocol.messages import ChatMessage, DirectMessage, FileInfo
 from roomcast.store.base import DEDUPE_SECONDS, Store
-from roomcast.store.memory import MemoryStore
-from roomcast.store.postgres import PostgresStore
-from roomcast.store.sqlite import SQLiteStore
 from tests.fakes import Clock
-from tests.services import afresh_database
+from tests.store.backends import opened
 
 PHOTO = FileInfo("cat.png", "image/png", 1234, "ab" * 32)
 NOTES = FileInfo("notes.txt", "text/plain", 5, "cd" * 32)
@@ -35,21 +32,8 @@ def clock() -> Clock:
 async def store(
     request: pytest.FixtureRequest, clock: Clock, tmp_path: Path
 ) -> AsyncIterator[Store]:
-    backend: Store
-    if request.param == "postgres":
-        async with afresh_database() as url:
-            backend = PostgresStore(url, clock=clock)
-            await backend.open()
-            yield backend
-            await backend.close()
-        return
-    if request.param == "memory":
-        backend = MemoryStore(clock=clock)
-    else:
-        backend = SQLiteStore(tmp_path / "contract.db", clock=clock)
-    await backend.open()
-    yield backend
-    await backend.close()
+    async with opened(request.param, tmp_path, clock=clock) as backend:
+        yield backend
 
 
 async def test_seqs_are_per_room_and_gapless(store: Store) -> None:
