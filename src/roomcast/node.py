@@ -17,7 +17,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import math
 import re
 import secrets
 import time
@@ -421,13 +420,8 @@ class Node:
         if now - self._busy_warned >= BUSY_WARN_EVERY:
             self._busy_warned = now
             logger.warning("the store is saturated, refusing messages: %s", exc)
-        retry_after = max(1, math.ceil(exc.retry_after * 1000))
-        reply = ErrorReply(
-            ErrorCode.RATE_LIMITED,
-            "the server is busy storing messages; send it again later",
-            {"retry_after": retry_after},
-        )
-        self._reply(peer, reply, frame_id)
+        message = "the server is busy storing messages; send it again later"
+        self._reply(peer, ErrorReply.rate_limited(message, exc.retry_after), frame_id)
 
     async def _join(self, peer: Peer, cmd: Join) -> None:
         user = peer.session.user

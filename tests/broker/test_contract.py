@@ -107,6 +107,20 @@ async def test_publications_keep_their_order(cluster: Cluster) -> None:
     assert [p.seq for p in got_b.publications] == list(range(1, 1001))
 
 
+async def test_a_big_room_lists_limit_distinct_names_and_counts_all(cluster: Cluster) -> None:
+    """A room of 300 (past one scan's worth) lists at most ``limit`` distinct names, counts all."""
+    (a, got_a), (b, _) = await cluster("a"), await cluster("b")
+    users = [f"user{i:03d}" for i in range(300)]
+    for user in users:
+        a.presence_changed("big", user, True)
+    await eventually(lambda: len(got_a.presence) == 300)
+    found = await b.members("big", 50)
+    assert found.count == 300
+    assert len(found.names) == len(set(found.names)) == 50
+    assert found.names == sorted(found.names) and set(found.names) <= set(users)
+    assert await b.members("big", 1000) == Members(users, 300)
+
+
 async def test_join_and_leave_are_told_once_across_nodes(cluster: Cluster) -> None:
     """A user on two nodes joins a room once (first node) and leaves it once (last node)."""
     (a, got_a), (b, got_b) = await cluster("a"), await cluster("b")

@@ -386,19 +386,19 @@ class RedisBroker:
             raise BrokerError("the broker is not started")
         key = f"{self.prefix}room:{room}"
         try:
-            count = int(await redis.hlen(key))
-            if count <= limit:
-                names = list(await redis.hkeys(key))
-            else:
-                # A big room lists only ``limit`` names: scan, do not read all.
-                names = []
-                async for name, _ in redis.hscan_iter(key, count=limit):
-                    names.append(name)
-                    if len(names) >= limit:
-                        break
+            # One round trip for a room that fits in one scan (most rooms);
+            # a big room is scanned only until ``limit`` names are found.
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.hlen(key)
+                pipe.hscan(key, 0, count=limit)
+                count, (cursor, found) = await pipe.execute()
+            names = dict.fromkeys(found)  # a scan may return a field twice
+            while cursor and len(names) < limit:
+                cursor, found = await redis.hscan(key, cursor, count=limit)
+                names.update(dict.fromkeys(found))
         except (RedisError, OSError) as exc:
             raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
-        return Members(sorted(_text(name) for name in names), count)
+        return Members(sorted(_text(name) for name in list(names)[:limit]), int(count))
 
     async def _presence_forever(self) -> None:
         delay = RETRY_FIRST

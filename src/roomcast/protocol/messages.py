@@ -11,6 +11,7 @@ This module does no I/O.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import time
@@ -751,6 +752,11 @@ class ErrorReply:
     @classmethod
     def from_exception(cls, exc: ProtocolError) -> ErrorReply:
         return cls(exc.code, exc.message, exc.extra)
+
+    @classmethod
+    def rate_limited(cls, message: str, wait: float) -> ErrorReply:
+        """``rate_limited``, telling the client to retry after ``wait`` seconds (at least 1 ms)."""
+        return cls(ErrorCode.RATE_LIMITED, message, {"retry_after": max(1, math.ceil(wait * 1000))})
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"code": str(self.code), "message": self.message}

@@ -13,7 +13,6 @@ it is in, how many times it failed to authenticate, and its rate limits
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -174,13 +173,7 @@ class Session:
             return None
         if limiter.abusive(now):
             return Close(CloseCode.POLICY_VIOLATION, f"rate limit exceeded for {ABUSE_AFTER:g} s")
-        retry_after = max(1, math.ceil(wait * 1000))
-        reply = ErrorReply(
-            ErrorCode.RATE_LIMITED,
-            "too many frames; slow down",
-            {"retry_after": retry_after},
-        )
-        return Reply(reply, frame_id)
+        return Reply(ErrorReply.rate_limited("too many frames; slow down", wait), frame_id)
 
     def _check(self, frame: ClientFrame) -> Outcome:
         fid = frame.id
