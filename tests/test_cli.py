@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from roomcast.cli import build_parser, config_from_args, main
 from roomcast.config import load_secret, make_ssl_context, prepare_data_dir
 from roomcast.exceptions import ConfigError
+from tests.integration.serverproc import serve_command
 
 
 def config(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -59,7 +61,8 @@ def test_abuse_limits_from_flags_and_environment() -> None:
         (["--tls-cert", "c.pem"], "must be given together"),
         (["--allowed-origin", "example.org"], "--allowed-origin must look like"),
         (["--history-days", "1.5"], "--history-days must be a number"),
-        (["--secret", "x" * 31], "--secret must be at least 32 bytes"),
+        (["--secret", "x" * 31], r"--secret \(or ROOMCAST_SECRET\) must be at least 32 bytes"),
+        (["--secret", ""], "must be at least 32 bytes long, not 0"),
         (["--rate-limit", "-1"], "--rate-limit must be between"),
         (["--rate-limit", "nan"], "--rate-limit must be between"),
         (["--rate-burst", "0"], "--rate-burst must be between"),
@@ -103,7 +106,7 @@ def test_secret_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     assert len(first) >= 32
     assert os.stat(tmp_path / "secret").st_mode & 0o777 == 0o600
     assert load_secret(tmp_path, None) == first
-    assert load_secret(tmp_path, "given") == "given"
+    assert load_secret(tmp_path, "given" * 7) == "given" * 7
 
 
 def test_log_format_from_flag_and_environment() -> None:
@@ -126,3 +129,33 @@ def test_bad_log_setting_in_the_environment_is_one_line_and_exit_2(
     assert main(["serve", "--port", "0", "--data-dir", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("roomcast: error: --log-"), err
+
+
+def test_short_secrets_exit_2_with_one_line(tmp_path: Path) -> None:
+    """A truncated secret file, or a short ROOMCAST_SECRET, is one error line and exit 2."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret").write_text("truncated\n")
+    runs = {
+        "secret is damaged": run_serve("--data-dir", str(data)),
+        "ROOMCAST_SECRET": run_serve(
+            "--data-dir", str(tmp_path / "other"), env={"ROOMCAST_SECRET": "x" * 31}
+        ),
+    }
+    for mention, result in runs.items():
+        assert result.returncode == 2, (result.returncode, result.stderr)
+        assert "Traceback" not in result.stderr and "roomcast listening" not in result.stdout
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("roomcast: error: ") and mention in result.stderr
+    assert (data / "secret").read_text() == "truncated\n"
+
+
+def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``roomcast serve --port 0 ARGS`` in a process of its own (killed after 20 s)."""
+    return subprocess.run(
+        serve_command("--port", "0", *args),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, **(env or {})},
+    )

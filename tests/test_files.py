@@ -7,12 +7,15 @@ import mmap
 import os
 import stat
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from roomcast.client.terminal import clean
 from roomcast.files import FileLinks, FileStore, safe_file_name
+from roomcast.textsafe import CONTROLS, FORMAT
 from roomcast.websocket import release_pages
 
 SECRET = "file-links-test-secret-" + "x" * 20
@@ -70,7 +73,37 @@ def test_safe_file_names_have_no_path_or_control_characters(name: str) -> None:
     safe = safe_file_name(name)
     assert 1 <= len(safe) <= 255
     assert not any(c in safe for c in '/\\:*?"<>|') and not any(ord(c) < 32 for c in safe)
+    assert not any(ord(c) in CONTROLS | FORMAT for c in safe)
     assert not safe.startswith((".", " "))
+
+
+#: Every bidi control: embeddings, overrides, isolates and marks.
+BIDI = [*map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
+BIDI += ["\u200e", "\u200f", "\u061c"]
+
+
+@pytest.mark.parametrize("bidi", BIDI, ids=lambda c: f"U+{ord(c):04X}")
+def test_safe_file_names_lose_bidi_controls(bidi: str) -> None:
+    """Bidi controls are removed from file names, and the terminal chat shows them as U+FFFD."""
+    assert safe_file_name(f"invoice{bidi}fdp.exe") == "invoicefdp.exe"
+    assert safe_file_name(f"{bidi}.bashrc") == "bashrc"  # no leading dot hidden behind one
+    assert clean(f"a{bidi}b") == "a\ufffdb"
+
+
+def test_safe_file_names_lose_invisible_format_characters_and_keep_joiners() -> None:
+    """Zero-width and tag characters go; emoji joiners, accents and scripts stay."""
+    assert safe_file_name("pay\u200broll\u00ad\ufeff\u2060.pdf\U000e0041") == "payroll.pdf"
+    assert safe_file_name("a\x85b\x9bc\u2028d") == "a_b_c_d"
+    kept = "caf\u00e9 \U0001f469\u200d\U0001f4bb \u0645\u06cc\u200c\u062e\u0648\u0627\u0645.txt"
+    assert safe_file_name(kept) == kept
+
+
+def test_format_set_covers_every_format_character_but_the_joiners() -> None:
+    """textsafe.FORMAT holds every Unicode Cf character but ZWNJ and ZWJ, and nothing visible."""
+    cf = {c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"}
+    assert cf - FORMAT == {0x200C, 0x200D}
+    assert all(unicodedata.category(chr(c)) in ("Cf", "Cn") for c in FORMAT)
+    assert not FORMAT & CONTROLS
 
 
 def test_release_pages_gives_back_whole_pages_only() -> None:
@@ -100,3 +133,24 @@ async def test_sweep_deletes_only_old_files_no_message_names(tmp_path: Path) -> 
     assert await store.sweep({kept}) == 2
     assert store.path(kept).exists() and store.path(recent).exists()
     assert not store.path(dropped).exists() and not leftover.exists()
+
+
+async def test_the_files_quota_counts_new_contents_and_what_a_sweep_frees(tmp_path: Path) -> None:
+    """fits() measures the folder once; a repeat costs nothing; a sweep gives room back."""
+    files = FileStore(tmp_path / "files", quota=100)
+    assert await files.fits(100) and not await files.fits(101)
+    first = await files.put(b"a" * 60)
+    await files.put(b"a" * 60)  # the same content: kept once, counted once
+    assert await files.fits(40) and not await files.fits(41)
+    assert await files.sweep({first}, grace=0) == 0
+    assert await files.sweep(set(), grace=0) == 1
+    assert await files.fits(100)
+    # A new store over the same folder measures what is there.
+    await files.put(b"b" * 30)
+    again = FileStore(tmp_path / "files", quota=100)
+    assert await again.fits(70) and not await again.fits(71)
+
+
+async def test_no_files_quota_fits_anything(tmp_path: Path) -> None:
+    """A quota of 0 is no quota."""
+    assert await FileStore(tmp_path, quota=0).fits(2**60)

@@ -84,12 +84,14 @@ def test_members_are_capped() -> None:
 def test_rename_moves_the_user_in_every_room() -> None:
     """After an auth changes the name, rooms and the name index follow."""
     hub = Hub()
-    peer = FakePeer.named("guest-1")
+    peer = FakePeer.named("guest-1", guest=True)
     hub.add(peer)
     hub.join("lobby", peer)
-    hub.rename(peer, "guest-1", "ann")
+    hub.rename(peer, UserInfo("guest-1", True), UserInfo("ann", False))
+    peer.session.authenticated(UserInfo("ann", False))
     assert hub.members("lobby") == ["ann"]
     assert hub.name_in_use("ann") and not hub.name_in_use("guest-1")
+    assert hub.guests_named("guest-1") == []
     assert hub.send_to_user("ann", b"\x81\x00") == 1
 
 
@@ -141,12 +143,30 @@ def test_leaving_drops_a_hold() -> None:
     assert hub.release("r", a) is None
 
 
-def test_name_kind() -> None:
-    """name_kind tells a guest's name from a registered user's, or None when unused."""
+def test_what_is_addressed_to_a_user_never_reaches_a_guest_with_the_name() -> None:
+    """send_to_user and user_online count registered connections only."""
     hub = Hub()
-    hub.add(FakePeer.named("g", guest=True))
-    hub.add(FakePeer.named("u", guest=False))
-    assert (hub.name_kind("g"), hub.name_kind("u"), hub.name_kind("x")) == (True, False, None)
+    guest = FakePeer.named("carol", guest=True)
+    hub.add(guest)
+    assert not hub.user_online("carol")
+    assert hub.send_to_user("carol", b"\x81\x00") == 0
+    assert guest.frames == []
+    user = FakePeer.named("carol", guest=False)
+    hub.add(user)
+    assert hub.user_online("carol")
+    assert hub.send_to_user("carol", b"\x81\x00") == 1
+    assert guest.frames == [] and len(user.frames) == 1
+
+
+def test_guests_named_matches_any_case() -> None:
+    """A registered name is unique in any case: guest Carol is found for carol."""
+    hub = Hub()
+    guest = FakePeer.named("Carol", guest=True)
+    hub.add(guest)
+    hub.add(FakePeer.named("carol", guest=False))
+    assert hub.guests_named("carol") == [guest]
+    hub.remove(guest)
+    assert hub.guests_named("CAROL") == []
 
 
 def test_connections_of_counts_a_names_local_connections() -> None:
@@ -158,7 +178,7 @@ def test_connections_of_counts_a_names_local_connections() -> None:
     for peer in (a1, a2, guest):
         hub.add(peer)
     assert (hub.connections_of("ann"), hub.connections_of("bob")) == (2, 0)
-    hub.rename(guest, "guest-1", "ann")
+    hub.rename(guest, UserInfo("guest-1", True), UserInfo("ann", False))
     assert hub.connections_of("ann") == 3
     assert hub.connections_of("guest-1") == 0
     hub.remove(a1)

@@ -249,3 +249,62 @@ def test_bearer_tokens_and_jwts_are_redacted() -> None:
         line = formatter.format(record("bad header from %s", TOKEN, exc_info=exc_info))
         assert TOKEN not in line and TOKEN.rsplit(".", 1)[1] not in line
         assert "[redacted]" in line
+
+
+# -- injection (CWE-117) --------------------------------------------------------------
+
+#: A header value a client could send: a bare LF and CR, ESC, NEL, a line
+#: separator and a right-to-left override.
+FORGED = (
+    "https://evil\n2024-05-01 12:00:00,000 INFO roomcast.server: forged\r\x1b[2J\x85\u2028\u202e"
+)
+
+
+def test_escape_shows_every_control_line_break_and_bidi_character() -> None:
+    """C0, DEL, C1, U+2028/9 and bidi controls become escapes; other text is kept as it is."""
+    assert logs.escape("a\nb\rc\td") == "a\\nb\\rc\\td"
+    assert logs.escape("\x00\x1b\x7f\x85\x9f") == "\\x00\\x1b\\x7f\\x85\\x9f"
+    assert logs.escape("\u2028\u2029\u202e\u2066\u200f\u061c") == (
+        "\\u2028\\u2029\\u202e\\u2066\\u200f\\u061c"
+    )
+    kept = "Zoë 😀 \u200d C:\\path b'\\x01' 名前"
+    assert logs.escape(kept) == kept
+
+
+def test_text_lines_cannot_be_forged_by_a_message_argument() -> None:
+    """Interpolated text with LF, CR and controls stays on its record's one line, escaped."""
+    line = TextFormatter().format(record("refused handshake from origin %s", FORGED))
+    assert line.splitlines() == [line]
+    assert "\r" not in line and "\x1b" not in line and "\u202e" not in line
+    assert line.endswith(
+        "origin https://evil\\n2024-05-01 12:00:00,000 INFO roomcast.server: "
+        "forged\\r\\x1b[2J\\x85\\u2028\\u202e"
+    )
+
+
+def test_text_tracebacks_are_indented_so_no_line_passes_for_a_record() -> None:
+    """Every traceback line starts with two spaces; a forged line in an exception stays inside."""
+    try:
+        raise ValueError(FORGED)
+    except ValueError:
+        exc_info = sys.exc_info()
+    formatter = TextFormatter()
+    made = record("internal error on %s", "c1", exc_info=exc_info, level=logging.ERROR)
+    JsonFormatter().format(made)  # caches an unindented exc_text on the record
+    first, *rest = formatter.format(made).split("\n")
+    assert first.endswith(": internal error on c1")
+    assert rest and all(line.startswith("  ") for line in rest), rest
+    assert rest[0] == "  Traceback (most recent call last):"
+    assert "\r" not in "".join(rest) and "\u2028" not in "".join(rest)
+    stacked_record = record()
+    stacked_record.stack_info = "Stack (most recent call last):\n  here"
+    stacked = formatter.format(stacked_record)
+    assert [line[:2] for line in stacked.split("\n")[1:]] == ["  ", "  "]
+
+
+def test_json_lines_escape_what_line_readers_split_on_and_decode_the_same() -> None:
+    """JSON lines hold no raw control, U+0085, U+2028/9 or bidi character; the value is exact."""
+    line = JsonFormatter().format(record("refused handshake from origin %s", FORGED))
+    assert len(line.splitlines()) == 1
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u202e" for c in line)
+    assert orjson.loads(line)["message"] == f"refused handshake from origin {FORGED}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from roomcast.hub import Hub
-from roomcast.metrics import Metrics
+from roomcast.metrics import CLOSE_CODE_LABELS, Metrics
 from roomcast.protocol.session import Session
 from tests.fakes import FakePeer
 
@@ -62,3 +62,21 @@ def test_two_servers_do_not_share_counters() -> None:
     one, two = Metrics(), Metrics()
     one.frame_in("chat")
     assert ("roomcast_frames_received_total", (("type", "chat"),)) not in samples(two)
+
+
+def test_close_codes_are_a_fixed_set_of_labels() -> None:
+    """Known close codes count under their own label, any other under other; no new series."""
+    metrics = Metrics()
+    series = set(samples(metrics))
+    closes = {key for key in series if key[0] == "roomcast_connections_closed_total"}
+    assert {dict(labels)["code"] for _, labels in closes} == CLOSE_CODE_LABELS | {"other"}
+    assert CLOSE_CODE_LABELS == {
+        "1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011", "1013",
+    }  # fmt: skip
+    for code in (1000, 1006, 1013, 4321, 3999, 1005, 0, 65535, 1000):
+        metrics.closed(code)
+    got = samples(metrics)
+    assert set(got) == series
+    assert got[("roomcast_connections_closed_total", (("code", "1000"),))] == 2
+    assert got[("roomcast_connections_closed_total", (("code", "1013"),))] == 1
+    assert got[("roomcast_connections_closed_total", (("code", "other"),))] == 5

@@ -9,6 +9,8 @@ WebSocket (signature, expiry, and that its user exists).
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import time
 import urllib.parse
@@ -18,8 +20,10 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from .accounts import MAX_PASSWORD, MIN_PASSWORD, username_problem
 from .auth import bearer_token
 from .exceptions import AuthError, BackendError, ProtocolError, StoreBusy
+from .frontdoor import TrustedProxies
 from .node import Node
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
@@ -42,30 +46,179 @@ logger = logging.getLogger("roomcast.api")
 NODE: Final = web.AppKey("node", Node)
 #: Most members named in one request.
 MAX_MEMBERS: Final = 1000
-#: Login attempts per client address and username: a burst, then one per 12 s.
-LOGIN_BURST: Final = 5
-LOGIN_RATE: Final = 1 / 12
+#: Failed logins an account may have before its next attempts must wait: typos
+#: and a forgotten caps lock.
+ACCOUNT_FREE_FAILURES: Final = 5
+#: The wait after the next failure; each further failure doubles it ...
+ACCOUNT_FIRST_DELAY: Final = 1.0
+#: ... up to this. A guesser spread over any number of addresses gets one
+#: attempt a minute at an account (after the first five: about 70 in the
+#: first hour, then 60 an hour), and someone failing on purpose can make its
+#: owner wait at most this long, never lock it (nor at all from an address
+#: it signed in from, :attr:`LoginThrottle.KNOWN_PER_ACCOUNT`).
+ACCOUNT_MAX_DELAY: Final = 60.0
+#: An account with no failed login for this long starts afresh.
+ACCOUNT_FORGET: Final = 15 * 60.0
+#: Login attempts per client address: a burst (a class or an office behind one
+#: NAT signing in at once), then one every 2 s. Each costs an argon2id hash
+#: (about 0.1 s of a core), so one address keeps at most 5 % of a core busy,
+#: and spraying one password over many accounts goes at 1,800 names an hour.
+ADDRESS_LOGIN_BURST: Final = 30
+ADDRESS_LOGIN_RATE: Final = 1 / 2
+#: Registrations per client address: a household or a class signs up at
+#: once, then one every 10 s (6 a minute). Each is an argon2id hash (64 MiB,
+#: about 0.1 s of a core), and each makes a name that costs nothing to hold.
+REGISTER_BURST: Final = 10
+REGISTER_RATE: Final = 1 / 10
+#: Longest user name a login is counted under: a longer one cannot exist
+#: (``Accounts.login`` refuses it without hashing), and the tables keep no
+#: key a client made big.
+MAX_LOGIN_NAME: Final = 64
+
+
+def address_key(address: str) -> str:
+    """What per-address limits count under: the address; for IPv6 its /64.
+
+    One IPv6 host usually holds a whole /64 (64 bits of addresses to choose from).
+    """
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    except ValueError:
+        return address
+
+
+class AddressBuckets:
+    """A token bucket per client address (:func:`address_key`), the least recent forgotten.
+
+    Forgetting an address only gives it a fresh burst; an attacker with many
+    addresses has many buckets anyway, so the bound costs nothing in safety.
+    """
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, address: str, now: float) -> float:
+        """Seconds until ``address`` may go on (0: go ahead, counted)."""
+        key = address_key(address)
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst)
+        self._buckets[key] = bucket  # most recent last
+        if len(self._buckets) > self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        return bucket.take(now)
+
+
+class _Failures:
+    """An account's (or a name's) failed logins since its last success."""
+
+    __slots__ = ("count", "last", "next_try")
+
+    def __init__(self) -> None:
+        self.count = 0
+        #: When the last one was counted.
+        self.last = 0.0
+        #: The next attempt may not start before this.
+        self.next_try = 0.0
 
 
 class LoginThrottle:
-    """Slows password guessing: attempts per (address, username) through a token bucket."""
+    """Slows password guessing per account and per address; a lockout stays short.
 
-    __slots__ = ("_buckets",)
+    - **Per account**: failures are counted per lower-cased name, whatever
+      address they come from. Past :data:`ACCOUNT_FREE_FAILURES`, the next
+      attempt waits :data:`ACCOUNT_FIRST_DELAY`, doubling with each failure
+      up to :data:`ACCOUNT_MAX_DELAY`; a success starts afresh. Names that
+      exist are kept in a table only they enter (so no flood of other names
+      can push them out); names that do not are throttled alike in a
+      bounded table (so a 429 does not tell which names exist).
+    - **Known addresses**: an address an account signed in from recently
+      is not held up by that account's delay, so failing on purpose cannot
+      lock its owner out. An attempt from it that fails makes it unknown.
+    - **Per address**: :data:`ADDRESS_LOGIN_BURST` attempts, then
+      :data:`ADDRESS_LOGIN_RATE` a second, over all names.
 
-    #: Buckets kept before the oldest are forgotten.
-    MAX_KEYS: Final = 10_000
+    An attempt counts as failed from when it starts (:meth:`attempt`) until
+    it succeeds (:meth:`succeeded`), so parallel guesses are counted before
+    the password hashes finish. Times are the caller's monotonic seconds.
+    """
+
+    __slots__ = ("_accounts", "_addresses", "_known", "_sweep_at", "_unknown")
+
+    #: Names that do not exist, kept before the least recent is forgotten.
+    MAX_UNKNOWN: Final = 10_000
+    #: Addresses remembered per account, and accounts remembered.
+    KNOWN_PER_ACCOUNT: Final = 4
+    MAX_KNOWN: Final = 100_000
 
     def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._accounts: dict[str, _Failures] = {}
+        self._unknown: dict[str, _Failures] = {}
+        self._known: dict[str, list[str]] = {}
+        self._addresses = AddressBuckets(ADDRESS_LOGIN_RATE, ADDRESS_LOGIN_BURST)
+        #: Size of ``_accounts`` at which quiet accounts are swept out.
+        self._sweep_at = 1024
 
-    def wait(self, address: str, username: str) -> float:
-        """Seconds until this attempt may be made (0: go ahead, counted)."""
-        key = (address, username.lower())
-        bucket = self._buckets.pop(key, None) or TokenBucket(LOGIN_RATE, LOGIN_BURST)
-        self._buckets[key] = bucket  # most recent last
-        if len(self._buckets) > self.MAX_KEYS:
-            del self._buckets[next(iter(self._buckets))]
-        return bucket.take(time.monotonic())
+    def attempt(self, address: str, name: str, *, exists: bool, now: float) -> float:
+        """Seconds until this login may be tried; 0: go ahead (counted as failed until it works)."""
+        key = name.lower()
+        where = address_key(address)
+        table = self._accounts if exists else self._unknown
+        failures = table.get(key)
+        if failures is not None and now - failures.last >= ACCOUNT_FORGET:
+            del table[key]
+            failures = None
+        known = self._known.get(key)
+        trusted = exists and known is not None and where in known
+        if failures is not None and not trusted and failures.next_try > now:
+            return failures.next_try - now
+        wait = self._addresses.take(address, now)
+        if wait > 0:
+            return wait
+        if trusted and known is not None:
+            known.remove(where)  # until this attempt succeeds
+        if failures is None:
+            failures = table[key] = _Failures()
+        elif not exists:
+            table[key] = table.pop(key)  # most recent last
+        failures.count += 1
+        failures.last = now
+        past = failures.count - ACCOUNT_FREE_FAILURES
+        if past >= 0:
+            delay = min(ACCOUNT_FIRST_DELAY * 2 ** min(past, 16), ACCOUNT_MAX_DELAY)
+            failures.next_try = now + delay
+            if past == 0 and exists:
+                logger.warning("%d failed logins for %s; later attempts wait", failures.count, key)
+        if exists:
+            self._sweep(now)
+        elif len(table) > self.MAX_UNKNOWN:
+            del table[next(iter(table))]
+        return 0.0
+
+    def succeeded(self, address: str, name: str) -> None:
+        """The attempt for ``name`` worked: forget its failures, remember the address."""
+        key = name.lower()
+        self._accounts.pop(key, None)
+        self._unknown.pop(key, None)
+        known = self._known.pop(key, None) or []
+        where = address_key(address)
+        if where in known:
+            known.remove(where)
+        known.append(where)
+        self._known[key] = known[-self.KNOWN_PER_ACCOUNT :]  # most recent last
+        if len(self._known) > self.MAX_KNOWN:
+            del self._known[next(iter(self._known))]
+
+    def _sweep(self, now: float) -> None:
+        """Drop accounts quiet for :data:`ACCOUNT_FORGET`, once the table doubled."""
+        if len(self._accounts) < self._sweep_at:
+            return
+        for key in [k for k, f in self._accounts.items() if now - f.last >= ACCOUNT_FORGET]:
+            del self._accounts[key]
+        self._sweep_at = max(1024, 2 * len(self._accounts))
 
 
 class PostThrottle:
@@ -89,6 +242,10 @@ class PostThrottle:
 
 
 _THROTTLE: Final = web.AppKey("login_throttle", LoginThrottle)
+_REGISTRATIONS: Final = web.AppKey("register_throttle", AddressBuckets)
+_PROXIES: Final = web.AppKey("trusted_proxies", TrustedProxies)
+#: Untrusted peers seen sending X-Forwarded-For (one is enough to say so once).
+_FORWARDERS: Final = web.AppKey[set[str]]("untrusted_forwarders")
 _POSTS: Final = web.AppKey("post_throttle", PostThrottle)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -106,10 +263,13 @@ class HTTPError(Exception):
         self.retry_after = retry_after
 
 
-def add_routes(app: web.Application, node: Node) -> None:
-    """Register the ``/api`` routes on ``app``."""
+def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None = None) -> None:
+    """Register the ``/api`` routes on ``app``; ``proxies`` name who forwards for clients."""
     app[NODE] = node
+    app[_PROXIES] = proxies if proxies is not None else TrustedProxies()
+    app[_FORWARDERS] = set()
     app[_THROTTLE] = LoginThrottle()
+    app[_REGISTRATIONS] = AddressBuckets(REGISTER_RATE, REGISTER_BURST)
     app[_POSTS] = PostThrottle(node.limits.rate_limit, node.limits.rate_burst)
     app.router.add_post("/api/register", _register)
     app.router.add_post("/api/login", _login)
@@ -228,18 +388,51 @@ async def _room_json(access: RoomAccess, node: Node, *, with_members: bool) -> d
 # -- accounts ----------------------------------------------------------------------
 
 
+def client_address(request: web.Request) -> str:
+    """The client's address: the peer's, or behind a trusted proxy its ``X-Forwarded-For``."""
+    proxies, peer = request.app[_PROXIES], request.remote or ""
+    forwarded = request.headers.getall("X-Forwarded-For", ())
+    if forwarded and peer not in proxies and not request.app[_FORWARDERS]:
+        # Once: a proxy left out of --trusted-proxy makes all its clients one address.
+        request.app[_FORWARDERS].add(peer)
+        logger.warning(
+            "a request from %s carries X-Forwarded-For: if that is a reverse proxy, give it "
+            "--trusted-proxy, or per-address limits count all its clients as one",
+            peer,
+        )
+    return proxies.client(peer, forwarded)
+
+
+def _hashed(username: object, password: object) -> bool:
+    """Whether registering this name and password goes as far as hashing the password."""
+    return (
+        username_problem(username) is None
+        and isinstance(password, str)
+        and MIN_PASSWORD <= len(password) <= MAX_PASSWORD
+    )
+
+
 async def _register(request: web.Request) -> web.Response:
     """``POST /api/register`` ``{"username","password"}``: 201, 400 invalid, 409 taken."""
     body = await _body(request)
     accounts = request.app[NODE].accounts
     if accounts is None:
         raise HTTPError(403, "forbidden", "this server has no accounts")
+    username, password = body.get("username"), body.get("password")
+    if _hashed(username, password):  # a request refused as invalid costs nothing
+        wait = request.app[_REGISTRATIONS].take(client_address(request), time.monotonic())
+        if wait > 0:
+            raise HTTPError(
+                429, "rate_limited", "too many sign-ups from your address", retry_after=wait
+            )
     try:
-        name = await accounts.register(body.get("username"), body.get("password"))
+        name = await accounts.register(username, password)
     except ProtocolError as exc:
         if exc.extra.get("taken"):
             raise HTTPError(409, "name_taken", exc.message) from None
         raise _from_protocol(exc) from None
+    # A guest using the name (on any node) loses it now.
+    request.app[NODE].claim_name(name)
     return _json({"user": {"name": name}}, status=201)
 
 
@@ -250,8 +443,17 @@ async def _login(request: web.Request) -> web.Response:
     if accounts is None:
         raise HTTPError(403, "forbidden", "this server has no accounts")
     username = body.get("username")
-    if isinstance(username, str):
-        wait = request.app[_THROTTLE].wait(request.remote or "", username)
+    throttle = request.app[_THROTTLE]
+    address = client_address(request)
+    # A name that is not a string or longer than any can be is refused unhashed.
+    counted = isinstance(username, str) and len(username) <= MAX_LOGIN_NAME
+    if counted:
+        assert isinstance(username, str)
+        # Asked of every name, so that this takes as long whether it exists or not.
+        exists = username_problem(username) is None and (
+            await request.app[NODE].store.get_user(username) is not None
+        )
+        wait = throttle.attempt(address, username, exists=exists, now=time.monotonic())
         if wait > 0:
             raise HTTPError(
                 429, "rate_limited", "too many login attempts; wait and retry", retry_after=wait
@@ -260,6 +462,9 @@ async def _login(request: web.Request) -> web.Response:
         token, expires, name = await accounts.login(username, body.get("password"))
     except AuthError as exc:
         raise HTTPError(401, "auth_failed", str(exc)) from None
+    if counted:
+        throttle.succeeded(address, name)
+    request.app[NODE].claim_name(name)
     return _json(
         {
             "token": token,
@@ -278,13 +483,19 @@ async def _list_rooms(request: web.Request) -> web.Response:
     user = await _user(request) if "Authorization" in request.headers else None
     stored = await node.store.list_rooms(user.name if user is not None else None)
     rooms = {access.name: access for access in stored}
-    for name in node.hub.rooms():
-        # A room with local members that the store did not list is a public
-        # room with no message yet, or a private room the caller is not in.
-        if name not in rooms and await node.store.room_access(name) is None:
+    # A room with local members that the store did not list is a public
+    # room with no message yet, or a private room the caller is not in:
+    # the store tells which in one read for all of them.
+    unlisted = [name for name in node.hub.rooms() if name not in rooms]
+    known = await node.store.known_rooms(unlisted)
+    for name in unlisted:
+        if name not in known:
             rooms[name] = RoomAccess(name, False, None, frozenset())
     rooms.setdefault(DEFAULT_ROOM, RoomAccess(DEFAULT_ROOM, False, None, frozenset()))
-    listed = [await _room_json(rooms[name], node, with_members=True) for name in sorted(rooms)]
+    # Member counts are read together (one round trip to the broker's server).
+    listed = await asyncio.gather(
+        *(_room_json(rooms[name], node, with_members=True) for name in sorted(rooms))
+    )
     return _json({"rooms": listed})
 
 

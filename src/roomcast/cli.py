@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import sys
 import urllib.parse
@@ -21,6 +22,8 @@ from .accounts import Accounts
 from .auth import Tokens
 from .broker import open_broker
 from .config import (
+    DEFAULT_LIMITS,
+    MIN_SECRET_BYTES,
     Limits,
     ServerConfig,
     load_secret,
@@ -37,8 +40,6 @@ from .store.sqlite import SQLiteStore
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
-#: Shortest ``--secret`` accepted: HS256 wants a key as long as its hash.
-MIN_SECRET_BYTES = 32
 #: Seconds within which a node refreshes its presence in Redis when the
 #: heartbeat is off (otherwise the heartbeat interval).
 DEFAULT_PRESENCE_TTL = 30.0
@@ -119,6 +120,18 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         ),
     )
     serve.set_defaults(env_allowed_origins=origins.split() if origins else [])
+    proxies = env.get("ROOMCAST_TRUSTED_PROXY")
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=None,
+        metavar="ADDR",
+        help=(
+            "a reverse proxy (address, or network such as 10.0.0.0/8) whose X-Forwarded-For "
+            "names the client, for per-address limits; repeat for more (env: space-separated)"
+        ),
+    )
+    serve.set_defaults(env_trusted_proxies=proxies.split() if proxies else [])
     serve.add_argument(
         "--no-guests",
         action="store_const",
@@ -162,6 +175,19 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "shared proxy (default: %(default)s)",
     )
     add(
+        "--max-http-connections-per-ip",
+        DEFAULT_LIMITS.max_http_connections_per_ip,
+        "connections one IP address may have open that are not WebSockets (page loads, API "
+        "calls); past it 429; 0 is no cap; trusted proxies are not counted "
+        "(default: %(default)s)",
+    )
+    add(
+        "--body-timeout",
+        ServerConfig().body_timeout,
+        "seconds an HTTP request's body may take to arrive; past it 408 and the connection "
+        "is closed (default: %(default)s)",
+    )
+    add(
         "--files-dir",
         None,
         "where files sent over WebSocket are kept; several nodes must share one "
@@ -172,6 +198,16 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         8 * 1024 * 1024,
         "largest file a binary frame may carry, in bytes; a bigger frame closes the "
         "connection with 1009 (default: %(default)s)",
+    )
+    add(
+        "--upload-quota",
+        DEFAULT_LIMITS.upload_quota,
+        "bytes of files one user may send in 24 hours; 0 is no quota (default: %(default)s)",
+    )
+    add(
+        "--files-quota",
+        DEFAULT_LIMITS.files_quota,
+        "bytes all kept files may take together; 0 is no quota (default: %(default)s)",
     )
     add(
         "--log-level",
@@ -247,9 +283,26 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             args.max_connections_per_ip, "--max-connections-per-ip", int, 0, 1_000_000
         ),
         max_file_size=_number(args.max_file_size, "--max-file-size", int, 1, 1024**3),
+        upload_quota=_number(args.upload_quota, "--upload-quota", int, 0, 2**50),
+        files_quota=_number(args.files_quota, "--files-quota", int, 0, 2**50),
+        max_http_connections_per_ip=_number(
+            args.max_http_connections_per_ip, "--max-http-connections-per-ip", int, 0, 1_000_000
+        ),
     )
-    if args.secret and len(args.secret.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"--secret must be at least {MIN_SECRET_BYTES} bytes long")
+    body_timeout = _number(args.body_timeout, "--body-timeout", float, 0.1, 3600)
+    trusted_proxies = tuple(args.trusted_proxy or args.env_trusted_proxies)
+    for proxy in trusted_proxies:
+        if not _is_network(proxy):
+            raise ConfigError(
+                f"--trusted-proxy must be an IP address or network (10.0.0.0/8), not {proxy!r}"
+            )
+    # An empty ROOMCAST_SECRET is a mistake too, not "generate one": nodes
+    # that each generated their own would refuse each other's tokens.
+    if args.secret is not None and len(args.secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"--secret (or ROOMCAST_SECRET) must be at least {MIN_SECRET_BYTES} bytes long, "
+            f"not {len(args.secret.encode())}"
+        )
     database_url, redis_url = args.database_url or None, args.redis_url or None
     if redis_url is not None and not _shared_database(database_url):
         raise ConfigError(
@@ -279,8 +332,19 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         history_days=history_days,
         files_dir=Path(args.files_dir) if args.files_dir else None,
         heartbeat=heartbeat,
+        body_timeout=body_timeout,
+        trusted_proxies=trusted_proxies,
         limits=limits,
     )
+
+
+def _is_network(text: str) -> bool:
+    """Whether ``text`` is an IP address or network (what ``--trusted-proxy`` takes)."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _shared_database(url: str | None) -> bool:
@@ -317,7 +381,7 @@ async def _serve(config: ServerConfig) -> None:
         heartbeat=config.heartbeat,
         guests=config.guests,
         accounts=Accounts(store, tokens),
-        files=FileStore(config.files_dir or data_dir / "files"),
+        files=FileStore(config.files_dir or data_dir / "files", quota=config.limits.files_quota),
         links=FileLinks(secret),
     )
     from .store.postgres import PostgresStore  # asyncpg is imported only when needed

@@ -8,18 +8,27 @@ users build them directly.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "ServerConfig", "load_secret", "make_ssl_context"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MIN_SECRET_BYTES",
+    "Limits",
+    "ServerConfig",
+    "load_secret",
+    "make_ssl_context",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,22 @@ class Limits:
     #: Connections from one IP address; 0, the default, is no cap (many
     #: people may share an address behind a proxy).
     max_connections_per_ip: int = 0
+    #: Bytes of files one registered user may send in 24 hours (0: no quota).
+    #: 256 MiB is 32 files at the largest size a day: far beyond what people
+    #: share in a chat, yet a flood of 8 MiB files at the rate limit stops
+    #: after 1.6 s instead of filling the disk at 160 MiB/s.
+    upload_quota: int = 256 * 1024 * 1024
+    #: Bytes all kept files may take together (0: no quota): a full disk
+    #: would stop the database too, so files stop first.
+    files_quota: int = 10 * 1024**3
+    #: Connections from one address that are not WebSockets (page loads, API
+    #: calls, handshakes not read yet); past it a new one is answered 429 and
+    #: closed. A browser opens at most 6 to a host, so 128 serves 20 people
+    #: behind one NAT loading the page at once, and holds one address to
+    #: about 1 MiB of the server's memory (7 KiB per idle keep-alive
+    #: connection, 1.2 KiB per one yet to send its head, measured) and 128
+    #: file descriptors. 0 is no cap; trusted proxies are not counted.
+    max_http_connections_per_ip: int = 128
 
 
 DEFAULT_LIMITS = Limits()
@@ -87,6 +112,12 @@ class ServerConfig:
     heartbeat: float = 30.0
     #: Seconds to wait for a client's close frame before dropping it.
     close_timeout: float = 5.0
+    #: Seconds an HTTP request's body may take to arrive, from when its head
+    #: did; past it the answer is 408 and the connection is closed.
+    body_timeout: float = 10.0
+    #: Reverse proxies (addresses, or networks such as ``10.0.0.0/8``) whose
+    #: ``X-Forwarded-For`` names the client; nobody else's is believed.
+    trusted_proxies: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -132,28 +163,109 @@ def prepare_data_dir(path: Path) -> Path:
     return path
 
 
+#: Shortest secret accepted, in bytes: HS256 wants a key as long as its
+#: hash (RFC 7518 section 3.2). A generated one is 64 characters.
+MIN_SECRET_BYTES: Final = 32
+#: What link() fails with where the file system has no hard links.
+_NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
 def load_secret(data_dir: Path, given: str | None) -> str:
     """The signing secret: ``given``, or one kept in ``data_dir/secret`` (mode 0600).
 
     A generated secret is written once and read back on every later start,
-    so tokens survive a restart.
+    so tokens survive a restart. It is written to a temporary file, fsynced,
+    linked into place (so of two servers starting at once the first wins and
+    the second reads it) and the directory fsynced: a crash leaves no secret
+    file or a whole one.
+
+    An *empty* ``secret`` file is what a crash left before this was so (an
+    unsynced write): it is replaced by a new secret. No token was ever signed
+    with an empty secret (such a server could not start), so none is lost.
+    A non-empty secret shorter than :data:`MIN_SECRET_BYTES` is damaged or
+    mistyped, and using or replacing it could sign everyone out or sign with
+    a weak key: that is a ConfigError, like a file that cannot be read.
+
+    Raises:
+        ConfigError: ``given`` or the kept secret is too short, or the file
+            cannot be read or written.
     """
-    if given:
+    if given is not None:
+        if len(given.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"the secret must be at least {MIN_SECRET_BYTES} bytes long")
         return given
     path = data_dir / "secret"
+    existing = _read_secret(path)
+    if existing is not None and existing != "":
+        return existing
+    value = secrets.token_urlsafe(48)
+    return _write_secret(path, value, replace=existing == "")
+
+
+def _read_secret(path: Path) -> str | None:
+    """The secret kept in ``path``; None if there is none, "" if the file is empty."""
     try:
-        return path.read_text().strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
-        pass
+        return None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    value = secrets.token_urlsafe(48)
+    if not raw:
+        return ""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+        value = raw.decode().strip()
+    except UnicodeDecodeError:
+        value = ""
+    if len(value.encode()) < MIN_SECRET_BYTES or not value.isprintable():
+        raise ConfigError(
+            f"{path} is damaged (not a secret of at least {MIN_SECRET_BYTES} bytes): "
+            "restore it, or delete it to have a new one generated (every token is then revoked)"
+        )
+    return value
+
+
+def _write_secret(path: Path, value: str, *, replace: bool) -> str:
+    """Put ``value`` in ``path`` durably; the secret ``path`` then holds.
+
+    A temporary file is written and fsynced, then linked to ``path`` (which
+    never overwrites: of two servers starting at once, the second gets the
+    first's secret) or, to replace an empty file or where the file system
+    has no hard links, renamed over it; then the directory is fsynced.
+    """
+    folder = path.parent
+    try:
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".secret-")  # mode 0600
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(value + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        linked = False
+        if not replace:
+            try:
+                os.link(temp, path)
+                linked = True
+            except FileExistsError:
+                existing = _read_secret(path)
+                if not existing:  # empty: another server is writing it right now
+                    raise ConfigError(
+                        f"cannot write {path}: another process is writing it"
+                    ) from None
+                return existing
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+        if not linked:
+            os.replace(temp, path)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        Path(temp).unlink(missing_ok=True)
     return value

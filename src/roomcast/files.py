@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from .textsafe import strip_format
+
 __all__ = ["LINK_SECONDS", "SWEEP_GRACE", "FileLinks", "FileStore", "safe_file_name"]
 
 #: How long a signed file link is valid.
@@ -36,19 +38,24 @@ LINK_SECONDS: Final = 3600
 #: A file younger than this is never swept (its message may not be stored yet).
 SWEEP_GRACE: Final = 3600.0
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
-#: Characters kept in a file name as it is shown and downloaded.
-_UNSAFE_NAME: Final = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+#: Characters replaced by ``_`` in a file name as it is shown and downloaded:
+#: controls (C0, DEL, C1), line and paragraph separators, path separators
+#: and the characters Windows refuses in a name.
+_UNSAFE_NAME: Final = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029/\\:*?"<>|]+')
 
 
 def safe_file_name(name: str) -> str:
     """A file name fit to show and to offer as a download name.
 
-    Path separators, control characters and the characters Windows refuses
+    Invisible format characters go first (the bidi controls among them:
+    ``invoice\\u202efdp.exe`` would show as ``invoiceexe.pdf``; see
+    :mod:`roomcast.textsafe`, shared with the terminal chat). Then path
+    separators, control characters and the characters Windows refuses
     become ``_``, and leading dots and spaces go: ``../../etc/passwd``
     becomes ``_.._etc_passwd``. Never empty; at most 255 characters. It is
     never used as a path on the server.
     """
-    cleaned = _UNSAFE_NAME.sub("_", name).strip().lstrip(". ")
+    cleaned = _UNSAFE_NAME.sub("_", strip_format(name)).strip().lstrip(". ")
     return cleaned[:255] or "file"
 
 
@@ -57,10 +64,28 @@ class FileStore:
 
     Args:
         root: the directory (created, mode 0700, when the first file comes).
+        quota: the most bytes all files may take together; 0 is no quota.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, quota: int = 0) -> None:
         self.root = root
+        self.quota = quota
+        #: Bytes the kept files take: counted once, on the first :meth:`fits`,
+        #: then kept up to date by :meth:`put` and :meth:`sweep`.
+        self._usage: int | None = None
+
+    async def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes stay within the quota."""
+        if self.quota <= 0:
+            return True
+        if self._usage is None:
+            self._usage = await asyncio.to_thread(self._measure)
+        return self._usage + size <= self.quota
+
+    def _measure(self) -> int:
+        if not self.root.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.root.glob("??/*") if p.is_file())
 
     def path(self, digest: str) -> Path:
         """Where the file with this SHA-256 (64 lower-case hex digits) is kept.
@@ -74,13 +99,16 @@ class FileStore:
 
     async def put(self, data: bytes) -> str:
         """Keep ``data`` (on disk, flushed) and return its SHA-256 hex digest."""
-        return await asyncio.to_thread(self._put, data)
+        digest, added = await asyncio.to_thread(self._put, data)
+        if added and self._usage is not None:
+            self._usage += len(data)
+        return digest
 
-    def _put(self, data: bytes) -> str:
+    def _put(self, data: bytes) -> tuple[str, bool]:
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
         if target.exists():
-            return digest
+            return digest, False
         folder = target.parent
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
@@ -98,29 +126,33 @@ class FileStore:
             os.fsync(directory)
         finally:
             os.close(directory)
-        return digest
+        return digest, True
 
     async def sweep(self, keep: set[str], *, grace: float = SWEEP_GRACE) -> int:
         """Delete the files not in ``keep`` older than ``grace`` seconds; return how many.
 
         ``grace`` spares a file kept just now whose message is not stored yet.
         """
-        return await asyncio.to_thread(self._sweep, keep, time.time() - grace)
+        removed, freed = await asyncio.to_thread(self._sweep, keep, time.time() - grace)
+        if self._usage is not None:
+            self._usage = max(0, self._usage - freed)
+        return removed
 
-    def _sweep(self, keep: set[str], cutoff: float) -> int:
-        removed = 0
+    def _sweep(self, keep: set[str], cutoff: float) -> tuple[int, int]:
+        removed = freed = 0
         if not self.root.is_dir():
-            return 0
+            return 0, 0
         for folder in self.root.iterdir():
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
                 name = path.name
-                stale = path.stat().st_mtime < cutoff
-                if stale and (name not in keep or not _DIGEST.fullmatch(name)):
+                stat = path.stat()
+                if stat.st_mtime < cutoff and (name not in keep or not _DIGEST.fullmatch(name)):
                     path.unlink(missing_ok=True)  # a leftover ``.incoming-`` file too
                     removed += 1
-        return removed
+                    freed += stat.st_size
+        return removed, freed
 
 
 class FileLinks:

@@ -13,14 +13,25 @@ The hand-over uses ``transport.set_protocol``, so it works the same under
 TLS (the front door sees decrypted bytes). What to do with a WebSocket
 handshake (check its origin, its token, build the listener) is the
 server's decision, taken through :class:`Router`.
+
+The front door also refuses, itself, what neither library should see: a
+head with a CR or LF that is not part of a CRLF (400: aiohttp and picows
+could read it differently from roomcast, and a bare LF in a header could
+forge a log line), and a connection past its address's cap on
+connections that are not WebSockets (429, :class:`ConnectionCounts`).
+Which address a request comes from, behind a reverse proxy, is
+:class:`TrustedProxies`' answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 import logging
-from collections.abc import Callable
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final, Protocol, cast
@@ -28,7 +39,20 @@ from typing import Any, Final, Protocol, cast
 import orjson
 from picows import WSAutoPingStrategy, WSListener, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-__all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "FrontDoor", "RequestHead", "Router", "parse_head"]
+__all__ = [
+    "HEAD_TIMEOUT",
+    "MAX_HEAD",
+    "ConnectionCounts",
+    "FrontDoor",
+    "RequestHead",
+    "Router",
+    "TrustedProxies",
+    "bare_line_break",
+    "canonical_address",
+    "parse_head",
+    "peer_address",
+    "websocket_client",
+]
 
 logger = logging.getLogger("roomcast.frontdoor")
 
@@ -65,12 +89,28 @@ class RequestHead:
         )
 
 
+def bare_line_break(data: bytes | bytearray, start: int = 0, stop: int | None = None) -> bool:
+    """Whether ``data[start:stop]`` has a CR or LF that is not part of a CRLF.
+
+    ``start`` must not split a CRLF. A CR that ends the range is not bare
+    yet: its LF may come with the next read.
+    """
+    stop = len(data) if stop is None else stop
+    pairs = data.count(b"\r\n", start, stop)
+    if data.count(b"\n", start, stop) != pairs:
+        return True
+    return data.count(b"\r", start, stop) - data.endswith(b"\r", start, stop) != pairs
+
+
 def parse_head(head: bytes) -> RequestHead | None:
     """Parse a request head (without its final blank line); None if it is not HTTP/1.x.
 
     Only what routing needs is read; aiohttp or picows parse the request
-    again, strictly, and answer a malformed one with 400.
+    again, strictly, and answer a malformed one with 400. A head with a bare
+    CR or LF is None too (the front door refuses it before parsing).
     """
+    if bare_line_break(head) or head.endswith(b"\r"):
+        return None
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
@@ -97,6 +137,44 @@ def refusal(status: int, code: str, message: str) -> WSUpgradeResponseWithListen
 #: What the router gives the front door for a WebSocket handshake.
 Admission = WSListener | WSUpgradeResponseWithListener
 
+#: The WebSocket subprotocol a browser offers, and the server selects, when it
+#: signs in at the handshake (a browser cannot set ``Authorization`` there).
+SUBPROTOCOL: Final = "roomcast"
+#: How the token is offered next to it: ``roomcast.bearer.TOKEN``. Never
+#: selected, so the token is not sent back.
+BEARER_SUBPROTOCOL: Final = "roomcast.bearer."
+
+
+def subprotocol_offer(header: str | None) -> tuple[str | None, str | None]:
+    """Read a ``Sec-WebSocket-Protocol`` offer: the subprotocol to select, and a token.
+
+    :data:`SUBPROTOCOL` is selected when it is offered; a
+    ``roomcast.bearer.TOKEN`` item carries a token (the first, if several).
+    Other items are ignored. Names are compared exactly (RFC 6455 section 4.1).
+    """
+    if not header:
+        return None, None
+    selected = token = None
+    for item in header.split(","):
+        name = item.strip()
+        if name == SUBPROTOCOL:
+            selected = SUBPROTOCOL
+        elif token is None and name.startswith(BEARER_SUBPROTOCOL):
+            token = name[len(BEARER_SUBPROTOCOL) :] or None
+    return selected, token
+
+
+def accept(listener: WSListener, subprotocol: str | None = None) -> Admission:
+    """A ``101`` answer for ``listener``, naming ``subprotocol`` if the client offered it.
+
+    A browser fails a handshake whose answer selects none of the
+    subprotocols it offered, so the one offered is always named.
+    """
+    if subprotocol is None:
+        return listener  # picows builds the plain 101
+    response = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": subprotocol})
+    return WSUpgradeResponseWithListener(response, listener)
+
 
 class Router(Protocol):
     """The server's side of the front door."""
@@ -104,11 +182,209 @@ class Router(Protocol):
     def http_protocol(self) -> asyncio.Protocol:
         """A new aiohttp request handler for one connection."""
 
-    def websocket_limits(self) -> tuple[int, int]:
-        """The largest frame picows accepts, and its first read buffer size."""
+    def websocket_limits(self, registered: bool) -> tuple[int, int]:
+        """The largest frame picows reads on a connection, and its first read buffer size.
+
+        ``registered``: the connection signed in with a token at the
+        handshake, so it may send files, the largest frames. picows refuses
+        a bigger frame from its header, unread, and its limit cannot change
+        once the connection is built: it is decided here, at the handshake.
+        """
 
     def admit(self, door: FrontDoor, head: RequestHead) -> None:
         """Decide on a WebSocket handshake; call ``door.to_websocket`` with the answer."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    """The address at the other end of ``transport`` ("" when there is none, e.g. a Unix socket)."""
+    peername = transport.get_extra_info("peername")
+    return str(peername[0]) if isinstance(peername, tuple) and peername else ""
+
+
+def websocket_client(transport: asyncio.BaseTransport, proxies: TrustedProxies) -> str:
+    """Who an open WebSocket connection is from, behind ``proxies`` too.
+
+    Only a connection from a trusted proxy has its handshake's
+    ``X-Forwarded-For`` read (picows keeps the request on its transport).
+    """
+    peer = peer_address(transport)
+    if peer not in proxies:
+        return peer
+    ws_transport = getattr(transport.get_protocol(), "transport", None)
+    request = getattr(ws_transport, "request", None)
+    headers = getattr(request, "headers", None)
+    forwarded: list[str] = headers.getall("X-Forwarded-For", []) if headers is not None else []
+    return proxies.client(peer, forwarded)
+
+
+def canonical_address(text: str) -> str | None:
+    """``text`` as an IP address in its usual form (IPv4-mapped IPv6 as IPv4), or None."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class TrustedProxies:
+    """The reverse proxies whose ``X-Forwarded-For`` is believed (``--trusted-proxy``).
+
+    Each proxy appends the address it got the request from, so the client is
+    the right-most address that is not itself a trusted proxy; everything to
+    its left was sent by the client and could be anything. Behind no trusted
+    proxy the header is ignored: anyone can send it.
+
+    Args:
+        entries: addresses (``127.0.0.1``) or networks (``10.0.0.0/8``).
+
+    Raises:
+        ValueError: an entry is neither.
+    """
+
+    __slots__ = ("_addresses", "_networks")
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        addresses: set[str] = set()
+        networks: list[IPNetwork] = []
+        for entry in entries:
+            network = ipaddress.ip_network(entry.strip(), strict=False)
+            if network.num_addresses == 1:
+                addresses.add(canonical_address(str(network.network_address)) or "")
+            else:
+                networks.append(network)
+        self._addresses = frozenset(addresses)
+        self._networks = tuple(networks)
+
+    def __bool__(self) -> bool:
+        return bool(self._addresses or self._networks)
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, str) or not (self._addresses or self._networks):
+            return False
+        if address in self._addresses:
+            return True
+        canonical = canonical_address(address)
+        if canonical is None:
+            return False
+        if canonical in self._addresses:
+            return True
+        ip = ipaddress.ip_address(canonical)
+        return any(ip in network for network in self._networks)
+
+    def client(self, peer: str, forwarded: Iterable[str]) -> str:
+        """The client's address: ``peer``, or the right-most untrusted ``X-Forwarded-For`` hop.
+
+        ``forwarded`` is every ``X-Forwarded-For`` header, in order. A hop
+        that is not an IP address ends the walk: the request is then taken
+        to come from the last trusted hop.
+        """
+        if peer not in self:
+            return peer
+        client = peer
+        hops = [hop for value in forwarded for hop in value.split(",")]
+        for hop in reversed(hops):
+            address = canonical_address(hop)
+            if address is None:
+                break
+            client = address
+            if address not in self:
+                break
+        return client
+
+
+class ConnectionCounts:
+    """Connections open per client address that are not WebSockets, with a cap.
+
+    The front door counts a connection from its start, and gives the count
+    back when it becomes a WebSocket (those have their own cap,
+    ``max_connections_per_ip``) or closes. Trusted proxies are not counted:
+    every client behind one shares its address (limit per client there).
+
+    Args:
+        cap: most such connections from one address; 0 is no cap.
+        exempt: addresses never counted.
+    """
+
+    __slots__ = ("_open", "cap", "exempt")
+
+    def __init__(self, cap: int, exempt: TrustedProxies | None = None) -> None:
+        self.cap = cap
+        self.exempt = exempt if exempt is not None else TrustedProxies()
+        self._open: Counter[str] = Counter()
+
+    def open(self, address: str) -> bool | None:
+        """Count a new connection: True if counted, None if not counted, False if over the cap."""
+        if self.cap <= 0 or address in self.exempt:
+            return None
+        if self._open[address] >= self.cap:
+            return False
+        self._open[address] += 1
+        return True
+
+    def close(self, address: str) -> None:
+        """A counted connection from ``address`` ended, or became a WebSocket."""
+        left = self._open[address] - 1
+        if left > 0:
+            self._open[address] = left
+        else:
+            del self._open[address]
+
+    def __getitem__(self, address: str) -> int:
+        """Connections counted for ``address`` now."""
+        return self._open.get(address, 0)
+
+
+def error_bytes(status: HTTPStatus, code: str, message: str, *headers: str) -> bytes:
+    """A whole JSON HTTP error response that closes the connection, as bytes to write."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = "".join(
+        (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\n",
+            "Content-Type: application/json\r\n",
+            f"Content-Length: {len(body)}\r\n",
+            f"X-Request-Id: {secrets.token_hex(6)}\r\n",
+            *(f"{header}\r\n" for header in headers),
+            "Connection: close\r\n\r\n",
+        )
+    )
+    return head.encode("latin-1") + body
+
+
+class _CountedHTTP(asyncio.Protocol):
+    """aiohttp's handler of one connection, which gives its address's count back at the end.
+
+    The front door is no longer the transport's protocol once aiohttp has
+    the connection; this thin layer is, so that the end is seen.
+    """
+
+    __slots__ = ("_counts", "_handler", "address")
+
+    def __init__(self, handler: asyncio.Protocol, counts: ConnectionCounts, address: str) -> None:
+        self._handler, self._counts, self.address = handler, counts, address
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._counts.close(self.address)
+        self._handler.connection_lost(exc)
 
 
 class _QuietLogger(logging.LoggerAdapter[logging.Logger]):
@@ -123,12 +399,21 @@ _PICOWS_LOGGER: Final = _QuietLogger(logging.getLogger("roomcast.picows"), None)
 
 
 class FrontDoor(asyncio.Protocol):
-    """Reads a connection's first request head and hands the connection over."""
+    """Reads a connection's first request head and hands the connection over.
 
-    __slots__ = ("_buffer", "_router", "_timer", "transport")
+    Args:
+        router: the server, which decides on WebSocket handshakes.
+        counts: connections per address that are not WebSockets, and their
+            cap; None counts nothing.
+    """
 
-    def __init__(self, router: Router) -> None:
+    __slots__ = ("_address", "_buffer", "_counts", "_router", "_timer", "transport")
+
+    def __init__(self, router: Router, counts: ConnectionCounts | None = None) -> None:
         self._router = router
+        self._counts = counts
+        #: The address this connection is counted under in ``counts``, while it is.
+        self._address: str | None = None
         self._buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
@@ -136,13 +421,42 @@ class FrontDoor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        counts = self._counts
+        if counts is not None:
+            address = peer_address(transport)
+            counted = counts.open(address)
+            if counted is False:
+                logger.debug("refused a connection from %s: %d open already", address, counts.cap)
+                self._refuse(
+                    HTTPStatus.TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many connections from your address",
+                    "Retry-After: 1",
+                )
+                return
+            if counted:
+                self._address = address
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(HEAD_TIMEOUT, self.transport.abort)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
+        seen = len(buffer)
         buffer += data
-        end = buffer.find(b"\r\n\r\n")
+        # Only the new bytes are searched (a slow client sends one at a time),
+        # from the last three, which may begin the blank line or a CRLF.
+        end = buffer.find(b"\r\n\r\n", max(seen - 3, 0))
+        stop = len(buffer) if end < 0 else end + 4
+        start = seen - 1 if buffer.endswith(b"\r", 0, seen) else seen
+        if bare_line_break(buffer, start, stop):
+            address = peer_address(self.transport) if self.transport else ""
+            logger.info("refused a request head with a bare CR or LF from %s", address)
+            self._refuse(
+                HTTPStatus.BAD_REQUEST,
+                "bad_request",
+                "a line of the request head ends without CRLF",
+            )
+            return
         if end < 0:
             if len(buffer) > MAX_HEAD:
                 self.to_http()  # aiohttp answers 431 or 400
@@ -153,6 +467,7 @@ class FrontDoor(asyncio.Protocol):
             self.to_http()
             return
         assert self.transport is not None
+        self._uncount()  # WebSockets have their own cap (the server's)
         self.transport.pause_reading()  # until the router has decided
         self._router.admit(self, head)
 
@@ -161,6 +476,21 @@ class FrontDoor(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        self._uncount()
+
+    def _uncount(self) -> None:
+        address, self._address = self._address, None
+        if address is not None and self._counts is not None:
+            self._counts.close(address)
+
+    def _refuse(self, status: HTTPStatus, code: str, message: str, *headers: str) -> None:
+        """Answer a JSON error and close, handing the connection to no library."""
+        self._stop_timer()
+        self._buffer = bytearray()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(error_bytes(status, code, message, *headers))
+            transport.close()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -168,17 +498,26 @@ class FrontDoor(asyncio.Protocol):
             self._timer = None
 
     def to_http(self) -> None:
-        """Hand the connection to aiohttp."""
+        """Hand the connection to aiohttp (through :class:`_CountedHTTP` when counted)."""
         self._stop_timer()
-        self._switch(self._router.http_protocol())
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # its connection_lost comes here
+        handler = self._router.http_protocol()
+        address, self._address = self._address, None
+        if address is not None and self._counts is not None:
+            handler = _CountedHTTP(handler, self._counts, address)
+        self._switch(handler)
 
-    def to_websocket(self, admission: Admission) -> None:
+    def to_websocket(self, admission: Admission, *, registered: bool = False) -> None:
         """Hand the connection to picows, which answers the handshake with ``admission``.
 
         A listener gets ``101 Switching Protocols`` (after picows validated the
         handshake); a refusal is sent as it is, and the connection closed.
+        ``registered`` (signed in at the handshake) sets the largest frame
+        picows reads (:meth:`Router.websocket_limits`).
         """
-        max_frame, read_buffer = self._router.websocket_limits()
+        max_frame, read_buffer = self._router.websocket_limits(registered)
         protocol = _WSProtocol(
             None,  # host and port: client side only
             None,  # path: client side only
@@ -191,7 +530,7 @@ class FrontDoor(asyncio.Protocol):
             20.0,  # (auto ping idle timeout, unused)
             20.0,  # (auto ping reply timeout, unused)
             WSAutoPingStrategy.PING_WHEN_IDLE,  # (unused)
-            True,  # answer pings with pongs
+            False,  # pings are answered by the listener, after it checks their reserved bits
             max_frame,
             None,  # no extra response headers
             read_buffer,

@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Protocol
 
 from .protocol.codes import CloseCode
+from .protocol.messages import UserInfo
 from .protocol.session import Session
 
 __all__ = ["Held", "Hub", "Peer"]
@@ -76,13 +77,17 @@ class Held:
 class Hub:
     """Local connections, room membership and fan-out."""
 
-    __slots__ = ("_held", "_names", "_room_names", "_rooms", "peers")
+    __slots__ = ("_guests", "_held", "_names", "_room_names", "_rooms", "peers")
 
     def __init__(self) -> None:
         self.peers: dict[str, Peer] = {}
         self._rooms: dict[str, dict[Peer, None]] = {}
         self._room_names: dict[str, Counter[str]] = {}
+        #: Connections by the exact name they use, guests and users alike.
         self._names: dict[str, dict[Peer, None]] = {}
+        #: Guest connections by lower-cased name: a registered name is
+        #: unique in any case, so registering ``Carol`` evicts guest ``carol``.
+        self._guests: dict[str, dict[Peer, None]] = {}
         self._held: dict[str, dict[Peer, Held]] = {}
 
     # -- connections ---------------------------------------------------------
@@ -90,15 +95,16 @@ class Hub:
     def add(self, peer: Peer) -> None:
         """Register a new connection (its session must have a user or none yet)."""
         self.peers[peer.session.id] = peer
-        if peer.session.user is not None:
-            self._names.setdefault(peer.session.user.name, {})[peer] = None
+        user = peer.session.user
+        if user is not None:
+            self._add_name(user, peer)
 
     def remove(self, peer: Peer) -> list[tuple[str, bool]]:
         """Forget a connection; return ``(room, user_left_room)`` for each room it was in."""
         self.peers.pop(peer.session.id, None)
         user = peer.session.user
         if user is not None:
-            self._drop_name(user.name, peer)
+            self._drop_name(user, peer)
         return [(room, self.leave(room, peer)) for room in peer.session.closed()]
 
     def name_in_use(self, name: str) -> bool:
@@ -110,33 +116,41 @@ class Hub:
         conns = self._names.get(name)
         return 0 if conns is None else len(conns)
 
-    def name_kind(self, name: str) -> bool | None:
-        """Whether local connections named ``name`` are a guest (True), a user (False), or none."""
+    def user_online(self, name: str) -> bool:
+        """Whether registered user ``name`` has a local connection (guests do not count)."""
         conns = self._names.get(name)
-        if not conns:
-            return None
-        user = next(iter(conns)).session.user
-        return None if user is None else user.guest
+        return conns is not None and any(_registered(peer) for peer in conns)
 
-    def rename(self, peer: Peer, old: str | None, new: str) -> None:
-        """A connection changed user (``auth``); keep the name index right."""
+    def guests_named(self, name: str) -> list[Peer]:
+        """The local guest connections whose name is ``name`` in any case."""
+        conns = self._guests.get(name.lower())
+        return list(conns) if conns else []
+
+    def rename(self, peer: Peer, old: UserInfo | None, new: UserInfo) -> None:
+        """A connection changes user (``auth``): call before its session does."""
         if old is not None:
             self._drop_name(old, peer)
-        self._names.setdefault(new, {})[peer] = None
+        self._add_name(new, peer)
         for room in peer.session.rooms:
             names = self._room_names[room]
             if old is not None:
-                names[old] -= 1
-                if names[old] <= 0:
-                    del names[old]
-            names[new] += 1
+                names[old.name] -= 1
+                if names[old.name] <= 0:
+                    del names[old.name]
+            names[new.name] += 1
 
-    def _drop_name(self, name: str, peer: Peer) -> None:
-        conns = self._names.get(name)
-        if conns is not None:
-            conns.pop(peer, None)
-            if not conns:
-                del self._names[name]
+    def _add_name(self, user: UserInfo, peer: Peer) -> None:
+        self._names.setdefault(user.name, {})[peer] = None
+        if user.guest:
+            self._guests.setdefault(user.name.lower(), {})[peer] = None
+
+    def _drop_name(self, user: UserInfo, peer: Peer) -> None:
+        for index, key in ((self._names, user.name), (self._guests, user.name.lower())):
+            conns = index.get(key)
+            if conns is not None:
+                conns.pop(peer, None)
+                if not conns:
+                    del index[key]
 
     # -- rooms -----------------------------------------------------------------
 
@@ -256,10 +270,22 @@ class Hub:
         return sent
 
     def send_to_user(self, name: str, frame: bytes) -> int:
-        """Write ``frame`` to every local connection of user ``name``."""
+        """Write ``frame`` to every local connection signed in as registered user ``name``.
+
+        A guest using the same name gets nothing: what is addressed to a
+        user (direct messages, their files) is that user's alone.
+        """
         conns = self._names.get(name)
         if not conns:
             return 0
+        sent = 0
         for peer in conns:
-            peer.send(frame)
-        return len(conns)
+            if _registered(peer):
+                peer.send(frame)
+                sent += 1
+        return sent
+
+
+def _registered(peer: Peer) -> bool:
+    user = peer.session.user
+    return user is not None and not user.guest

@@ -13,6 +13,14 @@ Both formats pass the finished line through :func:`redact`: a bearer token
 or anything shaped like a JWT becomes ``[redacted]``. roomcast's own log
 calls never include tokens, passwords or message text; this catches other
 libraries' lines (aiohttp logs a malformed request's header line whole).
+
+Log lines quote what clients send (an ``Origin``, a user name, a header
+aiohttp could not parse), so neither format lets that text forge a line
+(CWE-117): the text format shows every control character of a message as
+an escape (:func:`escape`: ``\n``, ``\x1b``, ``\u202e``) and indents a
+traceback's lines, so every line that starts in column 0 is a record; the
+JSON format escapes them inside its strings, including the line breaks
+JSON allows raw (U+0085, U+2028, U+2029) that some line readers split on.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "configure",
+    "escape",
     "redact",
 ]
 
@@ -53,6 +62,41 @@ _SECRET: Final = re.compile(
     r"(\b(?i:bearer)\s+)[A-Za-z0-9._~+/=-]+"  # RFC 6750 b64token
     r"|\beyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)*"  # a JWT: base64url('{"') ...
 )
+
+
+#: What a log message may not carry as it is: C0 controls (LF and CR forge
+#: lines, ESC starts terminal escape sequences), DEL, C1 controls (U+0085 is
+#: a line break to some readers), the Unicode line and paragraph separators,
+#: and the bidirectional controls, which make a viewer show text in another
+#: order than it was written (U+061C, U+200E/F, U+202A-E, U+2066-9).
+_UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+#: The same, less what JSON strings escape by themselves (code points below U+0020).
+_JSON_UNSAFE: Final = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_SHORT_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with each control, line-breaking or bidi character as an escape.
+
+    ``\\n``, ``\\r``, ``\\t``, else ``\\xNN`` or ``\\uNNNN``, as Python writes
+    them: whatever a client put in a quoted header, the line stays one line
+    and reads in order. A backslash is left as it is (a message could already
+    contain ``\\n`` as two characters); what matters is that a record is one line.
+    """
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def _redacted(match: re.Match[str]) -> str:
@@ -96,17 +140,45 @@ class ContextFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``TIME LEVEL LOGGER [conn=ID]: MESSAGE``, the traceback on the lines below."""
+    """``TIME LEVEL LOGGER [conn=ID]: MESSAGE``, the traceback on the lines below.
+
+    The message is one line (:func:`escape`); the traceback's lines are
+    indented by two spaces and their other control characters escaped, so a
+    line that starts in column 0 is always a record, never text a client sent.
+    """
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         ids = "".join(f" [{key}={value}]" for key, value in _ids(record).items())
-        return f"{record.asctime} {record.levelname} {record.name}{ids}: {record.message}"
+        message = escape(record.message)
+        return f"{record.asctime} {record.levelname} {record.name}{ids}: {message}"
+
+    def formatException(self, ei: logging._SysExcInfoType) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        # Not logging.Formatter.format: it would reuse a traceback another
+        # formatter cached on the record (``exc_text``) without indenting it.
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        parts = [self.formatMessage(record)]
+        if record.exc_info:
+            parts.append(self.formatException(record.exc_info))
+        elif record.exc_text:
+            parts.append(_indented(record.exc_text))
+        if record.stack_info:
+            parts.append(self.formatStack(record.stack_info))
+        return redact("\n".join(parts))
+
+
+def _indented(text: str) -> str:
+    """A traceback's lines, each escaped and indented: none can pass for a record."""
+    return "\n".join("  " + escape(line) for line in text.split("\n"))
 
 
 class JsonFormatter(logging.Formatter):
@@ -133,14 +205,16 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = redact(self.formatStack(record.stack_info))
         try:
-            return orjson.dumps(entry).decode()
+            line = orjson.dumps(entry).decode()
         except orjson.JSONEncodeError:  # a lone surrogate, e.g. from a file name
-            return orjson.dumps(
+            line = orjson.dumps(
                 {
                     key: value.encode("utf-8", "backslashreplace").decode()
                     for key, value in entry.items()
                 }
             ).decode()
+        # orjson writes these raw (valid JSON); as \uNNNN they decode the same.
+        return _JSON_UNSAFE.sub(_json_escaped, line)
 
 
 def configure(level: str, fmt: str, stream: TextIO | None = None) -> logging.Handler:

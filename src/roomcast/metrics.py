@@ -21,10 +21,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from .protocol.codes import CloseCode
+
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CLOSE_CODE_LABELS", "CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
@@ -46,6 +48,12 @@ LATENCY_BUCKETS: Final = (
     2.5,
 )
 BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+#: The close codes ``roomcast_connections_closed_total`` names: those roomcast
+#: sends, plus 1006 (no close frame). The code in a client's close frame is
+#: the client's to choose (any of 1000-4999), and every label value is a new
+#: series kept for the life of the process, so any other code counts as
+#: ``other``: clients cannot grow /metrics.
+CLOSE_CODE_LABELS: Final = frozenset({str(int(code)) for code in CloseCode} | {"1006"})
 
 
 class Metrics:
@@ -117,6 +125,11 @@ class Metrics:
         self.chat_out = self.messages_out.labels("chat")
         self.direct_out = self.messages_out.labels("direct")
         self._errors: dict[str, Counter] = {}
+        # Every label up front: the series are the same from the first scrape.
+        self._closes: dict[str, Counter] = {
+            code: self.closes.labels(code) for code in sorted(CLOSE_CODE_LABELS)
+        }
+        self._other_closes = self.closes.labels("other")
 
     def frame_in(self, kind: str) -> None:
         """Count one client frame of type ``kind``."""
@@ -130,6 +143,10 @@ class Metrics:
         child.inc()
         if code == "rate_limited":
             self.rate_limited.inc()
+
+    def closed(self, code: int) -> None:
+        """Count one ended connection under its close code, or ``other`` if not a known one."""
+        self._closes.get(str(code), self._other_closes).inc()
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One stored batch: its size and how long it took."""

@@ -95,6 +95,16 @@ GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
 #: Messages replayed per store read when a join asks for ``since``.
 REPLAY_PAGE: Final = 500
 
+#: Most messages one ``join`` with ``since`` replays: a client away for long
+#: gets the newest ones at once and pages back with ``history`` (100 a
+#: request) instead of making one request read a room's whole history.
+#: 1,000 frames of a typical 200 bytes is 200 KB, a fifth of a connection's
+#: send queue, so a replay drains in a few round trips.
+MAX_REPLAY: Final = 1000
+
+#: The window of the upload quota (``Limits.upload_quota``), in seconds.
+UPLOAD_WINDOW: Final = 24 * 3600.0
+
 #: Seconds a join waits for live delivery to reach what it replayed.
 CATCH_UP_WAIT: Final = 2.0
 
@@ -105,6 +115,9 @@ REAUTH_TIMEOUT: Final = 30.0
 
 #: The error and close reason when a user is over ``max_connections_per_user``.
 TOO_MANY_CONNECTIONS: Final = "too many connections for this user"
+
+#: The close reason for a guest whose name a registered user took.
+NAME_CLAIMED: Final = "your name now belongs to a registered user"
 
 #: Seconds between two warnings that the store refuses messages (it is full).
 BUSY_WARN_EVERY: Final = 10.0
@@ -226,6 +239,9 @@ class Node:
         if session.user is not None and self._too_many_connections(session.user.name):
             peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
             return
+        if session.user is not None and not session.user.guest:
+            # A token at the handshake follows the same rule as ``auth``.
+            self.claim_name(session.user.name)
         self.hub.add(peer)
         self._reply(
             peer,
@@ -283,12 +299,36 @@ class Node:
             if user_left and user is not None:
                 self.broker.presence_changed(room, user.name, False)
             self._forget_room(room)
-        if user is not None and not self.hub.name_in_use(user.name):
+        if user is not None and not self.hub.user_online(user.name):
             self._inboxes.close(user.name)
+
+    def claim_name(self, name: str) -> None:
+        """``name`` is a registered user's: close the guests using it, on every node.
+
+        Called when the user registers, signs in, or connects with a token.
+        What is addressed to the user never reaches a guest anyway (the hub
+        sends to registered connections only); this ends the impersonation
+        in the rooms too.
+        """
+        self._evict_guests(name)
+        self.broker.publish(Publication(self.id, None, name, b"", name_claim=True))
+
+    def _evict_guests(self, name: str) -> None:
+        for peer in self.hub.guests_named(name):
+            self._reply(
+                peer,
+                ErrorReply(
+                    ErrorCode.AUTH_FAILED,
+                    f"the name {name} now belongs to a registered user; connect with another",
+                ),
+            )
+            peer.close(CloseCode.POLICY_VIOLATION, NAME_CLAIMED)
 
     # -- input -------------------------------------------------------------------
 
-    def handle_text(self, peer: Peer, data: str | bytes) -> Coroutine[Any, Any, None] | None:
+    def handle_text(
+        self, peer: Peer, data: str | bytes, arrived: Outcome | None = None
+    ) -> Coroutine[Any, Any, None] | None:
         """Carry out one text frame from ``peer`` as far as it can without waiting.
 
         Most frames (chat, typing, ping, leave, refusals) are done when this
@@ -296,14 +336,31 @@ class Node:
         auth, direct) returns the coroutine that finishes it: the transport
         awaits it before it hands this connection's next frame in, so each
         connection's frames are carried out in order.
+
+        A frame that came while an earlier one waited was parsed and rate
+        limited when it arrived (``Session.arrive_text``): ``arrived`` is
+        that result, and ``data`` is not read again.
         """
-        outcome = peer.session.receive_text(data, asyncio.get_running_loop().time())
+        session = peer.session
+        if arrived is None:
+            outcome = session.receive_text(data, asyncio.get_running_loop().time())
+        else:
+            outcome = session.decide(arrived)
         self.metrics.frame_in(_kind(outcome))
         return self.dispatch(peer, outcome)
 
-    def handle_binary(self, peer: Peer, data: bytes) -> Coroutine[Any, Any, None] | None:
-        """Carry out one binary frame from ``peer``; like :meth:`handle_text`."""
-        outcome = peer.session.receive_binary(data, asyncio.get_running_loop().time())
+    def handle_binary(
+        self, peer: Peer, data: bytes, arrived: Outcome | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        """Carry out one binary frame from ``peer``; like :meth:`handle_text`.
+
+        ``data`` is needed even when ``arrived`` is given: it holds the file.
+        """
+        session = peer.session
+        if arrived is None:
+            outcome = session.receive_binary(data, asyncio.get_running_loop().time())
+        else:
+            outcome = session.decide(arrived)
         self.metrics.frame_in(_kind(outcome))
         if isinstance(outcome, FileHeader):
             return self._finish(peer, outcome, self._file(peer, outcome, data))
@@ -381,17 +438,19 @@ class Node:
         assert user is not None
         stored = self.store.append(cmd.room, user.name, cmd.message, client_id=cmd.id)
         received = asyncio.get_running_loop().time()
-        stored.add_done_callback(functools.partial(self._chat_stored, peer, cmd.id, received))
+        sent = (cmd.message, None)
+        stored.add_done_callback(functools.partial(self._chat_stored, peer, cmd.id, received, sent))
 
     def _chat_stored(
         self,
         peer: Peer,
         frame_id: str | None,
         received: float,
+        sent: Sent,
         stored: asyncio.Future[AppendResult],
     ) -> None:
         result = self._stored(peer, frame_id, stored)
-        if result is None:
+        if result is None or self._id_reused(peer, frame_id, result, sent):
             return
         message = result.message
         if not result.duplicate:
@@ -399,6 +458,15 @@ class Node:
         if frame_id is not None:
             self._reply(peer, Ack(message.message_id, message.room, message.seq), frame_id)
         self.metrics.ack_seconds.observe(asyncio.get_running_loop().time() - received)
+
+    def _id_reused(
+        self, peer: Peer, frame_id: str | None, result: AppendResult | DirectResult, sent: Sent
+    ) -> bool:
+        """Whether a resend's id names another message: then the sender is told so."""
+        if not result.duplicate or same_message(result.message, sent):
+            return False
+        self._error(peer, ErrorCode.INVALID_MESSAGE, id_reused(frame_id), frame_id)
+        return True
 
     def _stored(self, peer: Peer, frame_id: str | None, stored: asyncio.Future[T]) -> T | None:
         """What the store returned, or None once the sender is told it was not stored."""
@@ -443,13 +511,19 @@ class Node:
             # Live frames go out from the room's position on: the replay
             # covers everything up to there (which may be past the read).
             last = max(stored_last, self._rooms.start(room, stored_last))
-            after, recovered = last, None
+            after, recovered, replay_from = last, None, None
             if cmd.since is not None:
                 kept = await self.store.first_seq(room)
                 recovered = kept - 1 <= cmd.since <= last
                 after = min(max(cmd.since, kept - 1), last)
+                if last - after > MAX_REPLAY:
+                    # The newest part goes now, joined to the live stream;
+                    # the client pages back through the rest with history.
+                    after = last - MAX_REPLAY
+                    replay_from = after + 1
             members, count = await self._members(room)
-            self._reply(peer, Joined(room, last, members, count, recovered), cmd.id)
+            joined = Joined(room, last, members, count, recovered, replay_from)
+            self._reply(peer, joined, cmd.id)
             while True:
                 after = await self._replay(peer, room, after, last)
                 await self._caught_up(room, after)
@@ -503,12 +577,15 @@ class Node:
         return after
 
     def _leave(self, peer: Peer, cmd: Leave) -> None:
+        self._leave_room(peer, cmd.room)
+        self._reply(peer, Left(cmd.room), cmd.id)
+
+    def _leave_room(self, peer: Peer, room: str) -> None:
         user = peer.session.user
         assert user is not None
-        if self.hub.leave(cmd.room, peer):
-            self.broker.presence_changed(cmd.room, user.name, False)
-        self._forget_room(cmd.room)
-        self._reply(peer, Left(cmd.room), cmd.id)
+        if self.hub.leave(room, peer):
+            self.broker.presence_changed(room, user.name, False)
+        self._forget_room(room)
 
     def _typing(self, peer: Peer, cmd: Typing) -> None:
         user = peer.session.user
@@ -542,11 +619,15 @@ class Node:
         Public rooms are open to everyone; a private room to its owner and
         members, who are registered users.
         """
+        if not await self.may_access(user, room):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{room} is a private room")
+
+    async def may_access(self, user: UserInfo, room: str) -> bool:
+        """Whether ``user`` may join, read and post in ``room`` (see :meth:`check_access`)."""
         access = await self.store.room_access(room)
         if access is None or not access.private:
-            return
-        if user.guest or not access.allows(user.name):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{room} is a private room")
+            return True
+        return not user.guest and access.allows(user.name)
 
     async def post(
         self, user: UserInfo, room: str, text: str, *, client_id: str | None = None
@@ -560,6 +641,8 @@ class Node:
         await self.check_access(user, room)
         result = await self.store.append(room, user.name, text, client_id=client_id)
         message = result.message
+        if result.duplicate and not same_message(message, (text, None)):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, id_reused(client_id))
         if not result.duplicate:
             self._publish(room, text_frame(encode(message)), message.seq)
         return message
@@ -571,13 +654,18 @@ class Node:
         if recipient is None:
             raise ProtocolError(ErrorCode.UNKNOWN_USER, f"there is no user {cmd.to}")
         stored = self.store.append_direct(user.name, recipient.name, cmd.message, client_id=cmd.id)
-        stored.add_done_callback(functools.partial(self._direct_stored, peer, cmd.id))
+        sent = (cmd.message, None)
+        stored.add_done_callback(functools.partial(self._direct_stored, peer, cmd.id, sent))
 
     def _direct_stored(
-        self, peer: Peer, frame_id: str | None, stored: asyncio.Future[DirectResult]
+        self,
+        peer: Peer,
+        frame_id: str | None,
+        sent: Sent,
+        stored: asyncio.Future[DirectResult],
     ) -> None:
         result = self._stored(peer, frame_id, stored)
-        if result is None:
+        if result is None or self._id_reused(peer, frame_id, result, sent):
             return
         message = self._linked(result.message)
         if not result.duplicate:
@@ -608,6 +696,7 @@ class Node:
             recipient = await self.store.get_user(header.to)
             if recipient is None:
                 raise ProtocolError(ErrorCode.UNKNOWN_USER, f"there is no user {header.to}")
+        await self._check_quotas(user, len(body))
         mime = header.mime.lower() if MEDIA_TYPE.fullmatch(header.mime) else OCTET_STREAM
         try:
             digest = await self.files.put(body)
@@ -620,13 +709,32 @@ class Node:
             stored = self.store.append(header.room, user.name, "", client_id=header.id, file=info)
             received = asyncio.get_running_loop().time()
             stored.add_done_callback(
-                functools.partial(self._chat_stored, peer, header.id, received)
+                functools.partial(self._chat_stored, peer, header.id, received, ("", digest))
             )
         else:
             direct = self.store.append_direct(
                 user.name, recipient.name, "", client_id=header.id, file=info
             )
-            direct.add_done_callback(functools.partial(self._direct_stored, peer, header.id))
+            direct.add_done_callback(
+                functools.partial(self._direct_stored, peer, header.id, ("", digest))
+            )
+
+    async def _check_quotas(self, user: UserInfo, size: int) -> None:
+        """Refuse a file past the sender's daily upload quota or the server's files quota."""
+        assert self.files is not None
+        quota = self.limits.upload_quota
+        if quota > 0:
+            since_ms = int((time.time() - UPLOAD_WINDOW) * 1000)
+            sent = await self.store.file_bytes_since(user.name, since_ms)
+            if sent + size > quota:
+                raise ProtocolError(
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"you may send {quota} bytes of files in 24 hours; "
+                    f"{max(0, quota - sent)} are left",
+                )
+        if not await self.files.fits(size):
+            logger.warning("files quota of %d bytes reached: refusing files", self.files.quota)
+            raise ProtocolError(ErrorCode.QUOTA_EXCEEDED, "the server keeps no more files for now")
 
     async def sweep_files(self) -> int:
         """Delete kept files that no stored message names any more; return how many."""
@@ -661,6 +769,9 @@ class Node:
         return DirectHistoryReply([self._linked(m) for m in messages], more, last)
 
     async def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
+        user = peer.session.user
+        assert user is not None
+        await self.check_access(user, cmd.room)
         members, count = await self._members(cmd.room)
         self._reply(peer, MemberList(cmd.room, members, count), cmd.id)
 
@@ -692,7 +803,6 @@ class Node:
     async def _auth(self, peer: Peer, cmd: AuthFrame) -> None:
         session = peer.session
         old = session.user
-        old_name = old.name if old is not None else None
         expires_at: float | None = None
         if cmd.guest is None:
             if self.accounts is None or cmd.token is None:
@@ -702,9 +812,6 @@ class Node:
                 user, expires_at = await self.accounts.user_for_token(cmd.token)
             except AuthError as exc:
                 self._auth_failed(peer, str(exc), cmd.id)
-                return
-            if old_name != user.name and self.hub.name_kind(user.name) is True:
-                self._auth_failed(peer, "a guest is using that name", cmd.id)
                 return
         else:
             if not self.guests:
@@ -719,42 +826,58 @@ class Node:
                 return
             # Checked after the store read: another connection may have taken
             # the name while this one waited.
-            if old_name != name and self.hub.name_in_use(name):
+            if (old is None or old.name != name) and self.hub.name_in_use(name):
                 self._auth_failed(peer, "that name is in use", cmd.id)
                 return
             user = UserInfo(name, True)
-        if old_name != user.name and self._too_many_connections(user.name):
+        if (old is None or old.name != user.name) and self._too_many_connections(user.name):
             self._error(peer, ErrorCode.FORBIDDEN, TOO_MANY_CONNECTIONS, cmd.id)
             peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
             return
-        if old_name != user.name:
-            old_present = {
-                room
-                for room in session.rooms
-                if old_name is not None and self.hub.connections_in(room, old_name) == 1
-            }
-            new_present = {
-                room for room in session.rooms if self.hub.connections_in(room, user.name) == 0
-            }
-            self.hub.rename(peer, old_name, user.name)
-            if old_name is not None:
-                for room in sorted(old_present):
-                    self.broker.presence_changed(room, old_name, False)
-                if not self.hub.name_in_use(old_name):
-                    self._inboxes.close(old_name)
-            for room in sorted(new_present):
-                self.broker.presence_changed(room, user.name, True)
+        refused: list[str] = []
+        if old is not None and old != user:
+            # A new identity keeps only the rooms it may be in itself. Read
+            # before anything changes, so the switch below has no await in it.
+            for room in sorted(session.rooms):
+                if room != DEFAULT_ROOM and not await self.may_access(user, room):
+                    refused.append(room)
+        for room in refused:
+            self._leave_room(peer, room)
+        if old != user:
+            self._rename(peer, old, user)
         session.authenticated(user)
+        if not user.guest:
+            self.claim_name(user.name)
         if expires_at is not None:
             self.set_token_expiry(peer, expires_at)
         else:
+            # A guest has no credential that expires.
             deadline = self._deadlines.pop(peer, None)
             if deadline is not None:
                 deadline.cancel()
         self._reply(peer, AuthOk(user), cmd.id)
+        for room in refused:
+            self._reply(peer, Left(room, f"{user.name} may not be in {room}"))
         if old is None:
             # A connection that had to authenticate first now enters the lobby.
             await self._join(peer, Join(None, DEFAULT_ROOM))
+
+    def _rename(self, peer: Peer, old: UserInfo | None, new: UserInfo) -> None:
+        """Move ``peer`` from ``old`` to ``new`` in the hub, with the presence events due."""
+        rooms = peer.session.rooms
+        old_name = old.name if old is not None else None
+        old_present = set()
+        if old_name is not None and old_name != new.name:
+            old_present = {r for r in rooms if self.hub.connections_in(r, old_name) == 1}
+        new_present = {r for r in rooms if self.hub.connections_in(r, new.name) == 0}
+        self.hub.rename(peer, old, new)
+        if old_name is not None and old_name != new.name:
+            for room in sorted(old_present):
+                self.broker.presence_changed(room, old_name, False)
+        if old_name is not None and not self.hub.user_online(old_name):
+            self._inboxes.close(old_name)
+        for room in sorted(new_present):
+            self.broker.presence_changed(room, new.name, True)
 
     def _too_many_connections(self, name: str) -> bool:
         """Whether one more local connection for ``name`` would pass the per-user cap."""
@@ -792,7 +915,7 @@ class Node:
     def _to_inbox(self, user: str, seq: int, frame: bytes) -> int:
         """Deliver a direct message to ``user``'s local connections, in inbox order."""
         if user not in self._inboxes:
-            if not self.hub.name_in_use(user):
+            if not self.hub.user_online(user):
                 return 0
             # The first direct message since the user connected here sets
             # the inbox's position (earlier ones come from direct_history).
@@ -887,6 +1010,10 @@ class Node:
         """Deliver another node's publication to the local members it is for."""
         if publication.node_id == self.id:
             return
+        if publication.name_claim:
+            if publication.user is not None:
+                self._evict_guests(publication.user)
+            return
         room, seq, frame = publication.room, publication.seq, publication.frame
         if room is not None:
             if seq is not None:
@@ -916,6 +1043,26 @@ class Node:
     def local_presence(self) -> list[tuple[str, str]]:
         """Every ``(room, user)`` with a connection on this node."""
         return self.hub.presence()
+
+
+#: What a message sent with an id was: its text, and its file's SHA-256 if any.
+Sent = tuple[str, str | None]
+
+
+def same_message(stored: ChatMessage | DirectMessage, sent: Sent) -> bool:
+    """Whether ``stored`` (found under a resent id) is the message ``sent`` again.
+
+    A client resending after a reconnect sends the same text (or file); a
+    different one under the same id is another message, never to be
+    dropped as a resend.
+    """
+    digest = stored.file.sha256 if stored.file is not None else None
+    return stored.message == sent[0] and digest == sent[1]
+
+
+def id_reused(frame_id: str | None) -> str:
+    """The error text for an id already used for another message."""
+    return f"id {frame_id} was used for another message in the last 24 h; use a new id"
 
 
 #: What a refused frame counts as in ``roomcast_frames_received``.

@@ -23,13 +23,23 @@ from importlib import resources
 from typing import Final
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from . import api
 from .auth import bearer_token
 from .config import Limits, ServerConfig
 from .exceptions import AuthError, BackendError
-from .frontdoor import FrontDoor, RequestHead, refusal
+from .frontdoor import (
+    ConnectionCounts,
+    FrontDoor,
+    RequestHead,
+    TrustedProxies,
+    accept,
+    refusal,
+    subprotocol_offer,
+    websocket_client,
+)
 from .logs import REQUEST_ID
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .node import Node
@@ -45,13 +55,18 @@ logger = logging.getLogger("roomcast.server")
 _NODE: Final = web.AppKey("node", Node)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
-#: Seconds after start, then between, file sweeps (with --history-days).
+#: Seconds after start, then between, file sweeps.
 SWEEP_FIRST: Final = 60.0
 SWEEP_INTERVAL: Final = 3600.0
 #: The first read buffer of a WebSocket connection (picows grows it for big frames).
 READ_BUFFER: Final = 2048
 #: Seconds shutdown waits for messages being stored to be acked.
 FLUSH_TIMEOUT: Final = 2.0
+#: Seconds aiohttp reads and drops the rest of a body it refused (too large,
+#: or late: ``body_timeout``) before closing, so that the client reads the
+#: answer rather than a reset; short, so a slow client gains little by it
+#: (aiohttp's default is 10 s).
+LINGERING_TIME: Final = 2.0
 #: The close reason past ``max_connections_per_ip``.
 TOO_MANY_FROM_ADDRESS: Final = "too many connections from your address"
 
@@ -76,20 +91,26 @@ class RoomcastServer:
         self._flusher: Flusher | None = None
         #: Open WebSocket connections per client address.
         self._per_ip: Counter[str] = Counter()
+        #: Whose X-Forwarded-For names the client (``--trusted-proxy``).
+        self.proxies = TrustedProxies(config.trusted_proxies)
         self.url: str = ""
         self.app = self._make_app()
 
     # -- application -------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[_request_ids, _json_errors], client_max_size=1024 * 1024)
+        app = web.Application(
+            middlewares=[_request_ids, _json_errors, _body_deadline(self.config.body_timeout)],
+            client_max_size=1024 * 1024,
+        )
         app[_NODE] = self.node
         app.router.add_get("/health", _health)
         app.router.add_get("/ready", _ready)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ws", self._websocket_elsewhere)
-        api.add_routes(app, self.node)
+        api.add_routes(app, self.node, self.proxies)
         app.router.add_get("/", self._index)
+        app[_ASSETS] = _assets()  # read once: a name not in it costs a dict lookup
         app.router.add_get("/static/{name}", _static)
         return app
 
@@ -127,40 +148,68 @@ class RoomcastServer:
         assert self._runner is not None and self._runner.server is not None
         return self._runner.server()
 
-    def websocket_limits(self) -> tuple[int, int]:
+    def websocket_limits(self, registered: bool) -> tuple[int, int]:
         limits = self.config.limits
-        return max(limits.max_text_frame, max_binary_frame(limits)), READ_BUFFER
+        if registered:
+            return max(limits.max_text_frame, max_binary_frame(limits)), READ_BUFFER
+        # Files need a registered user: anyone else's big frame is refused unread.
+        return limits.max_text_frame, READ_BUFFER
 
     def admit(self, door: FrontDoor, head: RequestHead) -> None:
-        if not self._origin_allowed(head.headers):
-            logger.info("refused handshake from origin %s", head.headers.get("origin"))
+        headers = head.headers
+        if not self._origin_allowed(headers):
+            logger.info("refused handshake from origin %s", headers.get("origin"))
             door.to_websocket(refusal(403, "forbidden", "origin not allowed"))
             return
-        token = bearer_token(head.headers.get("authorization"))
+        # A client may sign in with the handshake itself: with Authorization,
+        # or, from a browser (which cannot set it), in the subprotocol offer.
+        subprotocol, offered = subprotocol_offer(headers.get("sec-websocket-protocol"))
+        token = bearer_token(headers.get("authorization"))
+        strict = token is not None  # Authorization wins over the offer
         if token is None:
-            door.to_websocket(self._new_peer(None, None))
+            token = offered
+        if token is None:
+            door.to_websocket(accept(self._new_peer(None, None), subprotocol))
             return
-        # Non-browser clients may sign in with the handshake itself.
-        task = asyncio.ensure_future(self._admit_token(door, token))
+        task = asyncio.ensure_future(self._admit_token(door, token, subprotocol, strict=strict))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _admit_token(self, door: FrontDoor, token: str) -> None:
+    async def _admit_token(
+        self, door: FrontDoor, token: str, subprotocol: str | None, *, strict: bool
+    ) -> None:
+        """Open a connection signed in as ``token``'s user, or refuse it.
+
+        A refused ``Authorization`` token (``strict``) is answered 401, which
+        a program reads (and logs in again). A refused token in the
+        subprotocol offer is not: a browser cannot read a refused handshake,
+        only retry it. That connection opens unsigned (with the text frame
+        limit), and the page's ``auth`` frame, which it sends anyway, gets
+        the error it acts on (it renews the token, or asks to sign in).
+        """
         accounts = self.node.accounts
-        if accounts is None:
-            door.to_websocket(refusal(401, "auth_failed", "this server accepts no tokens"))
-            return
         try:
+            if accounts is None:
+                raise AuthError("this server accepts no tokens")
             user, expires_at = await accounts.user_for_token(token)
         except AuthError as exc:
-            door.to_websocket(refusal(401, "auth_failed", str(exc)))
+            if strict:
+                door.to_websocket(refusal(401, "auth_failed", str(exc)))
+            else:
+                door.to_websocket(accept(self._new_peer(None, None), subprotocol))
         except BackendError:
             logger.exception("could not check a handshake's token")
             door.to_websocket(refusal(503, "internal", "the server could not check the token"))
         else:
-            door.to_websocket(self._new_peer(user, expires_at))
+            peer = self._new_peer(user, expires_at)
+            door.to_websocket(accept(peer, subprotocol), registered=True)
 
     def _new_peer(self, user: UserInfo | None, expires_at: float | None) -> WebSocketPeer:
+        """A connection's listener; ``user`` is who signed in at the handshake, if anyone.
+
+        Only such a connection may send frames past the text limit (files):
+        its fragmented binary messages get the same limit as its frames.
+        """
         limits = self.config.limits
         return WebSocketPeer(
             self.node,
@@ -169,15 +218,14 @@ class RoomcastServer:
             flusher=self._get_flusher(),
             max_queue=limits.max_queue_bytes,
             max_message=limits.max_text_frame,
-            max_binary=max_binary_frame(limits),
+            max_binary=max_binary_frame(limits) if user is not None else limits.max_text_frame,
             close_timeout=self.config.close_timeout,
             expires_at=expires_at,
         )
 
     def peer_opened(self, peer: WebSocketPeer) -> str | None:
         assert peer.transport is not None
-        peername = peer.transport.get_extra_info("peername")
-        remote = str(peername[0]) if peername else ""
+        remote = websocket_client(peer.transport, self.proxies)
         # Upgraded first, then closed: a browser can read the close reason,
         # never the body of a refused handshake.
         ip_cap = self.config.limits.max_connections_per_ip
@@ -203,7 +251,7 @@ class RoomcastServer:
             "connection %s closed (%s)", peer.session.id, code, extra={"conn": peer.session.id}
         )
         metrics = self.node.metrics
-        metrics.closes.labels(str(code)).inc()
+        metrics.closed(code)  # a fixed set of labels: a client picks its close code
         if code == CloseCode.TRY_AGAIN_LATER:  # only slow consumers get 1013
             metrics.slow_consumers.inc()
 
@@ -233,7 +281,11 @@ class RoomcastServer:
                 peer.send(PING_FRAME)
 
     async def _sweep_files(self) -> None:
-        """With retention on: delete files whose messages were all pruned, hourly."""
+        """Hourly: delete files no kept message names.
+
+        Those are files whose messages were pruned (``--history-days``) and
+        orphans: a file kept whose message was then refused or failed.
+        """
         await asyncio.sleep(SWEEP_FIRST)
         while True:
             try:
@@ -256,12 +308,14 @@ class RoomcastServer:
             handle_signals=False,
             keepalive_timeout=10.0,
             shutdown_timeout=2.0,
+            lingering_time=LINGERING_TIME,
         )
         await runner.setup()
         self._runner = runner
         loop = asyncio.get_running_loop()
+        counts = ConnectionCounts(self.config.limits.max_http_connections_per_ip, self.proxies)
         self._listener = await loop.create_server(
-            functools.partial(FrontDoor, self),
+            functools.partial(FrontDoor, self, counts),
             self.config.host,
             self.config.port,
             ssl=ssl_context,
@@ -274,7 +328,7 @@ class RoomcastServer:
         self.url = f"{self.config.scheme}://{host}:{port}"
         if self.config.heartbeat > 0:
             self._heartbeat = asyncio.ensure_future(self._beat(self.config.heartbeat))
-        if self.config.history_days > 0 and self.node.files is not None:
+        if self.node.files is not None:  # orphans (a file whose message failed) too
             self._sweeper = asyncio.ensure_future(self._sweep_files())
         return self.url
 
@@ -362,22 +416,32 @@ def _page() -> bytes:
     return resources.files("roomcast.web").joinpath("static/index.html").read_bytes()
 
 
-@functools.cache
-def _asset(name: str) -> bytes | None:
-    """One of the page's files (``/static/NAME``), read once; None if there is none."""
-    if "/" in name or name.startswith(".") or not name.endswith(tuple(STATIC_TYPES)):
-        return None
-    path = resources.files("roomcast.web").joinpath("static", name)
-    return path.read_bytes() if path.is_file() else None
+#: The page's files by name: their bytes and media type (:func:`_assets`).
+_ASSETS: Final = web.AppKey[dict[str, tuple[bytes, str]]]("static_assets")
+
+
+def _assets() -> dict[str, tuple[bytes, str]]:
+    """The files ``/static/NAME`` serves: the package's ``static`` folder, read once.
+
+    Only files with a type in :data:`STATIC_TYPES` (not the page itself,
+    nor hidden ones). Built at start, so whatever name a client makes up,
+    a miss is one dict lookup: no file system call, and nothing kept.
+    """
+    assets = {}
+    for entry in resources.files("roomcast.web").joinpath("static").iterdir():
+        name = entry.name
+        content_type = STATIC_TYPES.get(name[name.rfind(".") :]) if "." in name else None
+        if content_type is not None and not name.startswith(".") and entry.is_file():
+            assets[name] = (entry.read_bytes(), content_type)
+    return assets
 
 
 async def _static(request: web.Request) -> web.Response:
     """``GET /static/{name}``: the page's scripts, styles and icons."""
-    name = request.match_info["name"]
-    body = _asset(name)
-    if body is None:
+    asset = request.app[_ASSETS].get(request.match_info["name"])
+    if asset is None:
         raise web.HTTPNotFound()
-    content_type = STATIC_TYPES[name[name.rindex(".") :]]
+    body, content_type = asset
     return web.Response(body=body, headers=_page_headers(content_type))
 
 
@@ -399,6 +463,40 @@ _STATUS_CODES: Final = {
     405: "method_not_allowed",
     413: "too_large",
 }
+
+
+def _body_deadline(seconds: float) -> Middleware:
+    """A middleware that reads each request's body within ``seconds`` of its head.
+
+    aiohttp waits for a body as long as the client keeps sending it: one
+    byte every few seconds held a connection for good. The body (at most
+    ``client_max_size``) is read here, whole, so handlers have it at once;
+    when it is late the answer is 408 and the connection is closed.
+    """
+
+    @web.middleware
+    async def body_deadline(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(seconds):
+                    await request.read()
+            except TimeoutError:
+                logger.info("request body from %s not in within %g s", request.remote, seconds)
+                response = _json_error(
+                    408, "timeout", f"the request body did not arrive within {seconds:g} s"
+                )
+                response.force_close()
+                return response
+            except ConnectionError:
+                # The client left halfway: nobody reads this, and it is no server error.
+                response = _json_error(400, "bad_request", "the request body was cut off")
+                response.force_close()
+                return response
+        return await handler(request)
+
+    return body_deadline
 
 
 @web.middleware

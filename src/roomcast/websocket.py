@@ -1,12 +1,17 @@
 """WebSocket connections: picows reads the frames, roomcast writes them.
 
 picows (a Cython WebSocket parser) checks each client frame against RFC 6455
-(masking, opcodes, control frame sizes, the frame size limit, close codes)
-and answers pings; it calls :class:`WebSocketPeer` once per frame, with no
-task and no queue in between. What picows leaves to its user is done here:
-joining fragmented messages, checking that text is UTF-8, the close
-handshake, and keeping each connection's frames in order when one of them
-has to wait for the store.
+(masking, opcodes, control frame sizes, the frame size limit, close codes);
+it calls :class:`WebSocketPeer` once per frame, with no task and no queue in
+between. What picows leaves to its user is done here: refusing reserved
+bits, answering pings, joining fragmented messages, checking that text is
+UTF-8, the close handshake, and keeping each connection's frames in order
+when one of them has to wait for the store.
+
+picows' frame size limit is set per connection when the handshake is
+answered (``FrontDoor.to_websocket``): the file limit for a connection that
+signed in with a token at the handshake, the text limit for every other, so
+a big frame from anyone else is refused from its header, unread.
 
 Writing does not go through picows: the node builds each frame once
 (:func:`~roomcast.protocol.wsframe.text_frame`) and :meth:`WebSocketPeer.send`
@@ -31,8 +36,8 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from .logs import CONN_ID
 from .protocol.codes import CloseCode, ErrorCode
-from .protocol.messages import ErrorReply, encode
-from .protocol.session import Session
+from .protocol.messages import ErrorReply, FileHeader, encode
+from .protocol.session import Arrival, Session
 from .protocol.wsframe import close_frame, text_frame
 
 if TYPE_CHECKING:
@@ -47,6 +52,24 @@ DRAIN_TIMEOUT: Final = 10.0
 #: Frames kept for a connection while one of its frames waits for the store;
 #: past this many the connection's socket is not read until they are done.
 BACKLOG_PAUSE: Final = 64
+#: Bytes of frames (as received) kept so; past this the socket is not read
+#: either. One largest text frame: chat traffic (~150-byte frames) reaches
+#: BACKLOG_PAUSE first, so this only stops big frames piling up. A kept text
+#: frame is held parsed, and parsed JSON can take 24 times its text
+#: (measured: 64 KiB of ``[{},{},...]`` is 1.5 MB of Python objects; plain
+#: strings about 1x), so this bounds a connection's backlog to about 1.5 MB
+#: of text frames. What picows has read already when reading pauses still
+#: arrives (at most one read buffer), and a single file frame is kept
+#: whole: a file is never more than one frame past the bound.
+BACKLOG_BYTES: Final = 64 * 1024
+#: Frames one fragmented message may come in; past it the connection is
+#: closed with 1009. Each fragment is one callback and one kept ``bytes``
+#: (measured: 1,024 one-byte fragments hold 34 KiB and take about a
+#: millisecond), and without a cap empty fragments, which do not count
+#: toward the size limit, could be sent forever. The page and the Python
+#: client never fragment; 1,024 still lets the largest file (8 MiB) come in
+#: 8 KiB pieces.
+MAX_FRAGMENTS: Final = 1024
 #: A frame larger than this makes the peer give back its read buffer's pages.
 BIG_FRAME: Final = 256 * 1024
 #: The close code recorded when a connection ended without a close frame.
@@ -55,6 +78,7 @@ ABNORMAL_CLOSURE: Final = 1006
 _TEXT: Final = WSMsgType.TEXT
 _BINARY: Final = WSMsgType.BINARY
 _CONTINUATION: Final = WSMsgType.CONTINUATION
+_PING: Final = WSMsgType.PING
 _PONG: Final = WSMsgType.PONG
 _CLOSE: Final = WSMsgType.CLOSE
 
@@ -152,13 +176,16 @@ class WebSocketPeer(WSListener):
         flusher: the loop's write coalescer.
         max_queue: unsent bytes past which the client is a slow consumer.
         max_message: the longest text message, in bytes, also when fragmented.
-        max_binary: the longest binary message (a file and its header), in bytes.
+        max_binary: the longest binary message, also when fragmented: a file
+            and its header on a connection signed in at the handshake (picows
+            reads frames that big on it), else the text limit.
         close_timeout: seconds to wait for the client's close frame.
         expires_at: when the handshake's token expires (epoch seconds), if any.
     """
 
     __slots__ = (
         "_backlog",
+        "_backlog_bytes",
         "_busy",
         "_close_code",
         "_closer",
@@ -217,7 +244,10 @@ class WebSocketPeer(WSListener):
         self._closer: asyncio.TimerHandle | None = None
         #: The task finishing a frame that waits for the store, if any.
         self._busy: asyncio.Task[None] | None = None
-        self._backlog: deque[tuple[bool, str | bytes]] | None = None
+        #: Frames that came while ``_busy`` runs: whether binary, the bytes a
+        #: file still needs, the first step's result, the size received.
+        self._backlog: deque[tuple[bool, bytes, Arrival, int]] | None = None
+        self._backlog_bytes = 0
         self._paused = False
         self._trim_scheduled = False
         #: The parts of a fragmented message: its type, then its payloads.
@@ -244,10 +274,16 @@ class WebSocketPeer(WSListener):
             self.node.set_token_expiry(self, self.expires_at)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # No extension is ever negotiated (RFC 6455 section 5.2).
+            self.fail(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+            return
         kind = frame.msg_type
+        size = frame.payload_size
         if kind is _TEXT and frame.fin and self._fragments is None:
-            if frame.payload_size > self.max_message:
-                # picows' frame limit is the file limit, the larger one.
+            if size > self.max_message:
+                # On a connection signed in at the handshake picows' frame
+                # limit is the file limit, the larger one.
                 self.fail(CloseCode.MESSAGE_TOO_BIG, "text frame too big")
                 return
             try:
@@ -262,10 +298,13 @@ class WebSocketPeer(WSListener):
             self._close_received(frame)
         elif kind is _BINARY and frame.fin and self._fragments is None:
             self._received(True, frame.get_payload_as_bytes())
-        elif kind is _TEXT or kind is _BINARY or kind is _CONTINUATION:
+        elif kind is _PING:
+            # Answered here, not by picows, so that its reserved bits are checked.
+            if not self.closed:
+                transport.send_pong(frame.get_payload_as_bytes())
+        else:  # TEXT, BINARY or CONTINUATION: a part of a fragmented message
             self._fragment(kind, frame)
-        # PING: picows has answered it.
-        if frame.payload_size > BIG_FRAME and not self._trim_scheduled:
+        if size > BIG_FRAME and not self._trim_scheduled:
             self._trim_scheduled = True
             asyncio.get_running_loop().call_soon(self._trim_read_buffer, transport)
 
@@ -277,6 +316,7 @@ class WebSocketPeer(WSListener):
             self._closer = None
         if self._backlog is not None:
             self._backlog.clear()
+            self._backlog_bytes = 0
         code = self._close_code if self._close_code is not None else ABNORMAL_CLOSURE
         busy = self._busy
         if busy is None:
@@ -301,6 +341,9 @@ class WebSocketPeer(WSListener):
         else:
             parts = self._fragments = [b"t" if kind is _TEXT else b"b"]
             self._fragments_size = 0
+        if len(parts) > MAX_FRAGMENTS:  # parts[0] is the type: this is one fragment more
+            self.fail(CloseCode.MESSAGE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
+            return
         self._fragments_size += frame.payload_size
         limit = self.max_message if parts[0] == b"t" else self.max_binary
         if self._fragments_size > limit:
@@ -325,19 +368,51 @@ class WebSocketPeer(WSListener):
         if self.closed:
             return  # after a close frame, data is ignored (RFC 6455 section 5.5.1)
         if self._busy is not None:
-            backlog = self._backlog
-            if backlog is None:
-                backlog = self._backlog = deque()
-            backlog.append((binary, data))
-            if len(backlog) >= BACKLOG_PAUSE and not self._paused and self.transport:
-                self._paused = True
-                self.transport.pause_reading()
+            self._keep(binary, data)
             return
         reset = CONN_ID.set(self.session.id)
         try:
             self._start(self._handle(binary, data))
         finally:
             CONN_ID.reset(reset)
+
+    def _keep(self, binary: bool, data: str | bytes) -> None:
+        """Keep a message that came while an earlier one waits; take its first step now.
+
+        It is parsed and rate limited as it arrives, so a flood is refused
+        as it comes rather than when the store lets it through; the checks
+        that depend on the frames before it wait for its turn. A refusal
+        waits in the queue too: the replies keep the order of the frames.
+        Past :data:`BACKLOG_PAUSE` messages or :data:`BACKLOG_BYTES` the
+        socket is not read until the queue is done.
+        """
+        session = self.session
+        now = asyncio.get_running_loop().time()
+        size = len(data)
+        kept = b""  # a text frame is kept parsed; a refused frame not at all
+        try:
+            if binary:
+                assert isinstance(data, bytes)
+                arrived = session.arrive_binary(data, now)
+                if isinstance(arrived, FileHeader):
+                    kept = data  # a file needs its bytes
+            else:
+                arrived = session.arrive_text(data, now)
+        except Exception:
+            self._internal_error()
+            return
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+        backlog.append((binary, kept, arrived, size))
+        self._backlog_bytes += size
+        if (
+            len(backlog) >= BACKLOG_PAUSE or self._backlog_bytes >= BACKLOG_BYTES
+        ) and not self._paused:
+            transport = self.transport
+            if transport is not None:
+                self._paused = True
+                transport.pause_reading()
 
     def _handle(self, binary: bool, data: str | bytes) -> Coroutine[Any, Any, None] | None:
         """Carry out one message; the coroutine that finishes it, if it must wait."""
@@ -346,6 +421,18 @@ class WebSocketPeer(WSListener):
                 assert isinstance(data, bytes)
                 return self.node.handle_binary(self, data)
             return self.node.handle_text(self, data)
+        except Exception:
+            self._internal_error()
+            return None
+
+    def _handle_kept(
+        self, binary: bool, data: bytes, arrived: Arrival
+    ) -> Coroutine[Any, Any, None] | None:
+        """Carry out a kept message, whose first step was taken on arrival."""
+        try:
+            if binary:
+                return self.node.handle_binary(self, data, arrived)
+            return self.node.handle_text(self, "", arrived)
         except Exception:
             self._internal_error()
             return None
@@ -366,7 +453,9 @@ class WebSocketPeer(WSListener):
                 backlog = self._backlog
                 if not backlog or self.closed:
                     break
-                pending = self._handle(*backlog.popleft())
+                binary, data, arrived, size = backlog.popleft()
+                self._backlog_bytes -= size
+                pending = self._handle_kept(binary, data, arrived)
         finally:
             self._busy = None
             if self._paused:

@@ -3,7 +3,9 @@
 A flooding client gets ``rate_limited`` errors and, after 10 s of it, a 1008
 close, while a bystander's pings stay fast; a client within the limit is
 never refused; ``--rate-limit 0`` turns the limit off; per-user and per-IP
-caps close the connection past them with 1008 and a readable reason.
+caps close the connection past them with 1008 and a readable reason. Frames
+that queue behind one that waits are rate limited as they arrive and stop
+the reading of the connection past 64 KiB.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import statistics
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,8 +24,18 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
-from tests.integration.users import SECRET, closed_with, mint, register
-from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
+from tests.integration.users import SECRET, closed_with, mint, register, sign_up
+from tests.integration.wsclient import (
+    OP_BINARY,
+    OP_TEXT,
+    RECV_TIMEOUT,
+    RawWebSocket,
+    client_frame,
+    recv_json,
+    recv_type,
+    send_json,
+    welcome,
+)
 
 #: The most frames the flood test sends, and for how long at most.
 FLOOD_MAX_FRAMES, FLOOD_MAX_SECONDS = 5000, 15.0
@@ -250,3 +264,161 @@ async def test_connections_past_the_per_ip_cap_are_closed_with_1008(
         for ws in open_[1:]:
             await send_json(ws, "ping", id="still")
             assert (await recv_type(ws, "pong"))["id"] == "still"
+
+
+# -- frames that queue behind one that waits ---------------------------------------
+#
+# A join waits (up to 2 s, the node's CATCH_UP_WAIT) until live delivery in
+# its room has reached the store's last seq. A message stored through a
+# second server on the same database, with no broker between the two, never
+# reaches the first server live: a join of that room there then holds its
+# connection for those 2 s, and every frame sent behind it queues. That is
+# a frame waiting on the store, on demand.
+
+#: How long a join of the stalled room holds its connection (node.CATCH_UP_WAIT).
+STALL = 2.0
+#: The room the second server writes to behind the first one's back.
+STALL_ROOM = "stall"
+JOIN_STALL = json.dumps({"type": "join", "id": "stall", "payload": {"room": STALL_ROOM}})
+
+
+def two_servers(server_factory: ServerFactory, *args: str) -> tuple[ServerProcess, ServerProcess]:
+    """Two servers on one data directory (one database) and no broker between them."""
+    return server_factory(*args), server_factory(*args)
+
+
+async def store_behind_its_back(other: ServerProcess) -> None:
+    """Store a message in the stalled room through ``other``: the first server never sees it."""
+    async with connect(other.ws_url()) as ws:
+        await welcome(ws)
+        await send_json(ws, "join", {"room": STALL_ROOM}, id="j")
+        await recv_type(ws, "joined")
+        await send_json(ws, "chat", {"message": "elsewhere", "room": STALL_ROOM}, id="e")
+        await recv_type(ws, "ack")
+
+
+async def raw_with_small_send_buffer(port: int, headers: dict[str, str]) -> RawWebSocket:
+    """A bare WebSocket whose kernel send buffer is small, so what the server leaves unread
+    stays in the test's own writer, where it can be seen."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), RECV_TIMEOUT
+        )
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    except BaseException:
+        sock.close()
+        raise
+    raw = RawWebSocket(reader, writer)
+    await raw.handshake(port, headers=headers)
+    assert raw.status == 101
+    return raw
+
+
+async def test_files_behind_a_waiting_frame_stop_the_reading_past_64_kib(
+    server_factory: ServerFactory,
+) -> None:
+    """32 files of 1 MiB behind a join that waits 2 s: under half are taken meanwhile; all acked.
+
+    Frames that come while one waits are kept, in order; past 64 KiB of them
+    the connection is not read until they are done, and TCP holds the rest
+    back in the client. Before, the server read up to 64 whole frames (64
+    files of 8 MiB: 512 MiB for one connection) whatever their size.
+    """
+    first, second = two_servers(server_factory, "--secret", SECRET)
+    token = await sign_up(first, "ann")
+    raw = await raw_with_small_send_buffer(first.port, {"Authorization": f"Bearer {token}"})
+    try:
+        assert (await raw.read_json())["type"] == "system"
+        assert (await raw.read_json())["type"] == "joined"
+        await raw.send_frame(OP_TEXT, JOIN_STALL.encode())
+        assert (await raw.read_json())["id"] == "stall"
+        await store_behind_its_back(second)
+
+        def upload(i: int) -> bytes:
+            header = json.dumps({"room": "lobby", "name": "f", "mime": "x/y", "id": f"f{i}"})
+            data = len(header).to_bytes(4, "big") + header.encode() + os.urandom(1 << 20)
+            return client_frame(OP_BINARY, data)
+
+        files = [upload(i) for i in range(32)]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await raw.send_frame(OP_TEXT, JOIN_STALL.encode())
+        written = taken = 0  # handed to the writer; and gone from it
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STALL - 0.5):
+                for data in files:
+                    raw.writer.write(data)
+                    written += 1
+                    await raw.writer.drain()
+                    taken += 1
+        assert taken < len(files) // 2, f"{taken} MiB taken while a frame waited"
+        assert (await raw.read_json())["id"] == "stall"  # joined, before the wait
+        rest = asyncio.ensure_future(raw.send_raw(b"".join(files[written:])))
+        acks: list[str] = []
+        async with asyncio.timeout(STALL + RECV_TIMEOUT * 2):
+            while len(acks) < len(files):
+                frame = await raw.read_json()
+                assert frame["type"] != "error", frame
+                if frame["type"] == "ack":
+                    if not acks:
+                        waited = loop.time() - started
+                        assert waited >= STALL - 0.3, "the join did not wait: no stall to test"
+                    acks.append(frame["id"])
+        await rest
+        assert acks == [f"f{i}" for i in range(len(files))]
+    finally:
+        await raw.close()
+
+
+async def test_frames_behind_a_waiting_one_are_rate_limited_as_they_arrive(
+    server_factory: ServerFactory,
+) -> None:
+    """Chats at 10/s (limit 20/s, burst 5) behind a join that waits 2 s are all acked, in turn.
+
+    Each frame is taken from the rate limit when it arrives. Before, the
+    frames kept behind the join were taken when it let them through, all at
+    one instant, and past the burst of 5 they were refused. A refusal made
+    on arrival (the malformed frame here) is answered in its turn: the
+    replies keep the order of the frames.
+    """
+    first, second = two_servers(server_factory, "--rate-burst", "5")
+    loop = asyncio.get_running_loop()
+    async with connect(first.ws_url()) as ws:
+        await welcome(ws)
+        await ws.send(JOIN_STALL)
+        await recv_type(ws, "joined")
+        await store_behind_its_back(second)
+        started = loop.time()
+        await ws.send(JOIN_STALL)
+        sent: list[str] = []
+        for i in range(15):
+            await send_json(ws, "chat", {"message": f"m{i}"}, id=f"c{i}")
+            if i == 4:
+                await send_json(ws, "chat", {}, id="bad")  # no message: invalid_message
+                await send_json(ws, "echo", {"n": 1}, id="e1")
+                sent += ["bad", "e1"]
+            await asyncio.sleep(0.1)
+        await send_json(ws, "ping", id="after")
+        sent.append("after")
+        answered: list[str] = []
+        acked: list[str] = []
+        async with asyncio.timeout(STALL + RECV_TIMEOUT):
+            while "after" not in answered:
+                frame = await recv_json(ws)
+                if frame["type"] == "error":
+                    assert frame["payload"]["code"] == "invalid_message", frame
+                if frame["type"] == "ack":
+                    acked.append(frame["id"])
+                elif frame.get("id") in sent:
+                    answered.append(frame["id"])
+            assert loop.time() - started >= STALL - 0.3, "the join did not wait: no stall"
+            while len(acked) < 15:
+                frame = await recv_json(ws)
+                assert frame["type"] != "error", frame
+                if frame["type"] == "ack":
+                    acked.append(frame["id"])
+    assert answered == sent
+    assert acked == [f"c{i}" for i in range(15)]

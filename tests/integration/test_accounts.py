@@ -349,3 +349,113 @@ async def test_tokens_and_passwords_are_never_logged(server_factory: ServerFacto
         assert secret not in log
     # Nor the signature part alone (the part that makes a token usable).
     assert token.rsplit(".", 1)[1] not in log
+
+
+# -- throttles: per account, per address, behind a trusted proxy ----------------------
+
+
+async def post_from(
+    server: ServerProcess, path: str, body: dict[str, str], forwarded_for: str | None = None
+) -> tuple[int, str, str | None]:
+    """POST ``body`` as JSON, forwarded for ``forwarded_for``: status, error code, Retry-After."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for is not None else {}
+    timeout = aiohttp.ClientTimeout(total=RECV_TIMEOUT * 2)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with http.post(server.http_url(path), json=body, headers=headers) as resp:
+            answer = await resp.json()
+            code = answer["error"]["code"] if "error" in answer else ""
+            return resp.status, code, resp.headers.get("Retry-After")
+
+
+async def test_guesses_from_many_addresses_are_throttled_yet_the_owner_gets_in(
+    server_factory: ServerFactory,
+) -> None:
+    """Failures count per account over all addresses; the owner's address is not locked out."""
+    server = server_factory("--secret", SECRET, "--trusted-proxy", "127.0.0.1")
+    await register(server, "Alice")
+    own, right = "198.51.100.1", {"username": "alice", "password": PASSWORD}
+    assert (await post_from(server, "/api/login", right, own))[0] == 200
+    guesses = [
+        await post_from(server, "/api/login", {"username": "ALICE", "password": f"guess {i}"}, ip)
+        for i, ip in enumerate(f"203.0.113.{n}" for n in range(1, 8))
+    ]
+    assert [status for status, _, _ in guesses] == [401] * 5 + [429] * 2
+    assert all(code == "rate_limited" and int(retry or 0) >= 1 for _, code, retry in guesses[5:])
+    # The owner, from where she signed in before, is not held up by the guesser ...
+    assert (await post_from(server, "/api/login", right, own))[0] == 200
+    # ... and her success starts the count afresh for everyone.
+    wrong = {"username": "alice", "password": "one more guess"}
+    assert (await post_from(server, "/api/login", wrong, "203.0.113.99"))[0] == 401
+
+
+async def test_a_flood_of_cheap_logins_does_not_reset_an_accounts_throttle(
+    server: ServerProcess,
+) -> None:
+    """10,001 logins with names no account can have do not wipe an account's failure count."""
+    wrong = {"username": "Alice", "password": "not the password"}
+    statuses = [(await post_from(server, "/api/login", wrong))[0] for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+    throttled_at = time.monotonic()
+    body = b'{"username":"%s","password":"x"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for batch in range(11):  # pipelined, 1,000 requests a write
+            requests = []
+            for i in range(batch * 1000, min((batch + 1) * 1000, 10_001)):
+                payload = body % (b"n%064d" % i)  # 65 characters: refused unhashed
+                requests.append(
+                    b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+                )
+            writer.write(b"".join(requests))
+            await writer.drain()
+            for _ in requests:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), RECV_TIMEOUT)
+                assert head.startswith(b"HTTP/1.1 401"), head
+                length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+                await reader.readexactly(length)
+    finally:
+        writer.close()
+    # Past the first wait (1 s) one more attempt is let through; the count,
+    # had it been forgotten, would let five through.
+    await asyncio.sleep(max(0.0, throttled_at + 1.1 - time.monotonic()))
+    statuses = [(await post_from(server, "/api/login", wrong))[0] for _ in range(2)]
+    assert statuses == [401, 429]
+
+
+async def test_sign_ups_are_limited_per_address(server_factory: ServerFactory) -> None:
+    """10 sign-ups an address, then 429 with Retry-After; others unaffected, invalid ones free."""
+    server = server_factory("--trusted-proxy", "127.0.0.1")
+    here, there = "198.51.100.20", "2001:db8:1:2::7"
+    for n in range(10):
+        body = {"username": f"user{n}", "password": PASSWORD}
+        assert (await post_from(server, "/api/register", body, here))[0] == 201
+    status, code, retry = await post_from(
+        server, "/api/register", {"username": "user10", "password": PASSWORD}, here
+    )
+    assert (status, code) == (429, "rate_limited") and int(retry or 0) >= 1
+    bad = {"username": "user11", "password": "short"}
+    assert (await post_from(server, "/api/register", bad, here))[:2] == (400, "invalid_message")
+    body = {"username": "user12", "password": PASSWORD}
+    assert (await post_from(server, "/api/register", body, there))[0] == 201
+
+
+async def test_x_forwarded_for_from_an_untrusted_peer_changes_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    """Without --trusted-proxy a made-up X-Forwarded-For does not escape the sign-up limit."""
+    server = server_factory()
+    statuses = [
+        (
+            await post_from(
+                server,
+                "/api/register",
+                {"username": f"spoof{n}", "password": PASSWORD},
+                f"192.0.2.{n}",
+            )
+        )[0]
+        for n in range(11)
+    ]
+    assert statuses == [201] * 10 + [429]
+    assert server.stop() == 0
+    assert "give it --trusted-proxy" in server.stderr()  # the operator is told, once

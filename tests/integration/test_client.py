@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
 from roomcast.client import (
     AuthRefused,
@@ -29,9 +30,11 @@ from roomcast.client import (
     SendError,
     StateChange,
 )
+from roomcast.node import MAX_REPLAY
 from tests.integration.netproxy import TcpProxy
 from tests.integration.serverproc import start_server
 from tests.integration.users import PASSWORD, SECRET, call, mint, sign_up
+from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
 
 #: Fast reconnects for tests (the defaults are 0.5 s first, 30 s cap).
 FAST = dict(first=0.05, cap=0.4, stable=60.0)
@@ -317,3 +320,54 @@ async def test_joined_rooms_deliver_and_a_refused_join_is_forgotten(node: Restar
             await kim.join("inner")
         assert refused.value.code == "forbidden"
         assert kim.rooms == ["lobby", "dev"]
+
+
+async def flood(url: str, room: str, count: int) -> None:
+    """Send ``count`` chats to ``room`` on one guest connection; wait for the last ack."""
+    async with connect(url, open_timeout=5) as ws:
+        await welcome(ws)
+        await send_json(ws, "join", {"room": room}, id="j")
+        await recv_type(ws, "joined")
+        for i in range(count):
+            await send_json(ws, "chat", {"room": room, "message": f"m{i}"}, id=f"f{i}")
+        async with asyncio.timeout(30):
+            while True:
+                frame = await recv_json(ws)
+                if frame["type"] == "ack" and frame.get("id") == f"f{count - 1}":
+                    return
+
+
+async def test_a_capped_replay_is_paged_back_and_nothing_is_missed(tmp_path: Path) -> None:
+    """Away for more than one join replays (``replay_from``): the client pages back with history."""
+    # The server replays the newest MAX_REPLAY messages after ``since`` and
+    # says where it started; the client reads the rest, so every missed
+    # message is delivered once, in order.
+    server = Restartable(tmp_path, "--rate-limit", "0")
+    proxy = TcpProxy(server.port)
+    await proxy.start()
+    try:
+        client = Client(f"ws://127.0.0.1:{proxy.port}/ws", guest="rip", backoff=fast_backoff())
+        events = collect(client)
+        await client.connect()
+        await client.join("big")
+        await client.send_chat("before", room="big")
+        await wait_for(lambda: room_texts(events, "big") == ["before"])
+        proxy.down()
+        await wait_for(lambda: client.state is ConnectionState.RECONNECTING)
+        missed = MAX_REPLAY + 250
+        await flood(server.url(), "big", missed)
+        # The cap itself, seen by a bare client joining from the same point.
+        async with connect(server.url(), open_timeout=5) as probe:
+            await welcome(probe)
+            await send_json(probe, "join", {"room": "big", "since": 1}, id="j")
+            joined = await recv_type(probe, "joined")
+            assert joined["payload"]["replay_from"] == 1 + missed - MAX_REPLAY + 1
+            first = await recv_type(probe, "chat")
+            assert first["payload"]["seq"] == joined["payload"]["replay_from"]
+        proxy.up()
+        await wait_for(lambda: len(room_texts(events, "big")) == missed + 1, timeout=30)
+        assert room_texts(events, "big") == ["before", *(f"m{i}" for i in range(missed))]
+        await client.close()
+    finally:
+        await proxy.stop()
+        server.server.stop(signal.SIGKILL)

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.integration.netproxy import TcpProxy
 from tests.integration.serverproc import ServerProcess, start_server
@@ -193,6 +194,23 @@ async def test_presence_and_direct_messages_across_nodes(cluster: Cluster) -> No
     await send_json(ann_too, "leave", {"room": "club"}, id="l2")
     left = await recv_type(bob, "presence")
     assert left["payload"] == {"room": "club", "user": "ann", "event": "leave"}
+
+
+async def test_registering_on_one_node_takes_the_name_from_a_guest_on_another(
+    cluster: Cluster,
+) -> None:
+    """A guest named dan on node a is closed when dan registers on node b."""
+    a, b = cluster.start(), cluster.start()
+    guest = await tracked(cluster, await connect(a.ws_url(), open_timeout=5))
+    await welcome(guest)
+    await send_json(guest, "auth", {"guest": "Dan"}, id="nick")
+    assert (await recv_type(guest, "auth"))["payload"]["user"]["name"] == "Dan"
+    await sign_up(b, "dan")
+    refused = await recv_type(guest, "error")
+    assert refused["payload"]["code"] == "auth_failed"
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(guest.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
 async def test_a_killed_node_leaves_presence_and_the_others_carry_on(cluster: Cluster) -> None:

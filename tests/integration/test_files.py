@@ -245,3 +245,79 @@ async def test_a_joiner_with_since_replays_file_messages(
     assert chat["payload"]["seq"] + 1 == file["payload"]["seq"]
     assert (await fetch(server, file["payload"]["url"]))[2] == b"in between"
     await bob.close()
+
+
+#: A name with every bidi control (embeddings, overrides, isolates, marks) between its letters.
+BIDI_NAME = "".join(
+    f"{letter}{control}"
+    for letter, control in zip(
+        "abcdefghijklm",
+        "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c\u200b",
+        strict=True,
+    )
+)
+
+
+async def test_bidi_controls_in_a_file_name_never_reach_anyone(
+    server: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """A name full of bidi and zero-width characters arrives, is kept and downloads without them."""
+    alice, bob = await user_ws(server, tokens["alice"]), await user_ws(server, tokens["bob"])
+    message, _ = await send_file(
+        alice, b"looks like a pdf", "b1", room="lobby", name=f"invoice\u202efdp.{BIDI_NAME}.exe"
+    )
+    expected = "invoicefdp.abcdefghijklm.exe"
+    assert message["payload"]["name"] == expected
+    received = await until(bob, "file")
+    assert received["payload"]["name"] == expected
+    _, headers, _ = await fetch(server, received["payload"]["url"])
+    disposition = headers["Content-Disposition"]
+    assert expected in disposition and "%E2%80" not in disposition and "%D8%9C" not in disposition
+    await send_json(bob, "history", {"room": "lobby"}, id="h")
+    page = await until(bob, "history", "h")
+    assert [m["name"] for m in page["payload"]["messages"] if "name" in m] == [expected]
+    await alice.close()
+    await bob.close()
+
+
+async def refusal(ws: ClientConnection, fid: str) -> dict[str, Any]:
+    """The error frame answering ``fid`` (anything else for it fails the test)."""
+    async with asyncio.timeout(RECV_TIMEOUT):
+        while True:
+            frame = await recv_json(ws)
+            if frame.get("id") == fid:
+                assert frame["type"] == "error", frame
+                return frame
+
+
+async def test_the_upload_quota_refuses_what_passes_it(server_factory: ServerFactory) -> None:
+    """Past ``--upload-quota`` bytes in 24 h a user's file is ``quota_exceeded``; others go on."""
+    server = server_factory("--secret", SECRET, "--rate-limit", "0", "--upload-quota", "50000")
+    alice = await user_ws(server, await sign_up(server, "alice"), max_size=None)
+    bob = await user_ws(server, await sign_up(server, "bob"), max_size=None)
+    header = {"room": "lobby", "name": "a.bin", "mime": "application/octet-stream"}
+    await alice.send(file_frame({**header, "id": "f1"}, b"a" * 30000))
+    await until(alice, "ack", "f1")
+    await alice.send(file_frame({**header, "id": "f2"}, b"b" * 30000))
+    refused = await refusal(alice, "f2")
+    assert refused["payload"]["code"] == "quota_exceeded", refused
+    # The quota is alice's: bob still sends.
+    await bob.send(file_frame({**header, "id": "g1"}, b"c" * 30000))
+    await until(bob, "ack", "g1")
+    for ws in (alice, bob):
+        await ws.close()
+
+
+async def test_the_files_quota_refuses_new_files_for_everyone(
+    server_factory: ServerFactory,
+) -> None:
+    """Past ``--files-quota`` bytes kept in all, a new file is ``quota_exceeded``."""
+    server = server_factory("--secret", SECRET, "--rate-limit", "0", "--files-quota", "50000")
+    alice = await user_ws(server, await sign_up(server, "alice"), max_size=None)
+    header = {"room": "lobby", "name": "a.bin", "mime": "application/octet-stream"}
+    await alice.send(file_frame({**header, "id": "f1"}, b"a" * 40000))
+    await until(alice, "ack", "f1")
+    await alice.send(file_frame({**header, "id": "f2"}, b"b" * 40000))
+    refused = await refusal(alice, "f2")
+    assert refused["payload"]["code"] == "quota_exceeded", refused
+    await alice.close()

@@ -12,8 +12,16 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
+
+from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
+from tests.integration.users import SECRET, mint, sign_up
 from tests.integration.wsclient import (
+    OP_BINARY,
+    OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
@@ -140,5 +148,207 @@ async def test_upgrade_to_another_path_is_a_json_404(server: ServerProcess) -> N
         await raw.handshake(server.port, "/elsewhere")
         assert raw.status == 404
         assert raw.response_headers["content-type"].startswith("application/json")
+    finally:
+        await raw.close()
+
+
+# -- fragments, reserved bits ----------------------------------------------------
+
+
+async def test_a_message_in_1024_fragments_is_read_and_one_more_closes_1009(
+    server: ServerProcess,
+) -> None:
+    """1,024 frames make one message (a ping, ponged); a 1,025th fragment closes with 1009.
+
+    Empty continuations add nothing to a message's size: without a count,
+    a client could send them forever and the server would keep every one.
+    """
+    ping = json.dumps({"type": "ping", "id": "many"}).encode()
+    empty = client_frame(OP_CONT, b"", fin=False)
+    async with await RawWebSocket.connect(server.port) as raw:
+        await read_welcome(raw)
+        await raw.send_raw(
+            client_frame(OP_TEXT, ping[:5], fin=False)
+            + empty * 1022
+            + client_frame(OP_CONT, ping[5:])
+        )
+        pong = await raw.read_json()
+        assert (pong["type"], pong["id"]) == ("pong", "many")
+        await raw.send_raw(client_frame(OP_TEXT, ping[:5], fin=False) + empty * 1024)
+        frames, code = await raw.read_until_closed()
+    assert code == 1009, frames
+    assert frames[-1] == (
+        OP_CLOSE,
+        (1009).to_bytes(2, "big") + b"message in more than 1024 fragments",
+    )
+
+
+def reserved(frame: bytes, bit: int) -> bytes:
+    """``frame`` with reserved bit ``bit`` (1, 2 or 3) of its first byte set."""
+    return bytes((frame[0] | (0x80 >> bit),)) + frame[1:]
+
+
+async def test_reserved_bits_fail_the_connection_with_1002(server: ServerProcess) -> None:
+    """RSV1, RSV2 or RSV3 set on a data or control frame closes with 1002 (no extension).
+
+    RFC 6455 section 5.2: with no extension negotiated that gives them a
+    meaning, a frame with a reserved bit set fails the connection.
+    """
+    ping = json.dumps({"type": "ping", "id": "r"}).encode()
+    cases = {
+        "text, RSV1": reserved(client_frame(OP_TEXT, ping), 1),
+        "ping, RSV2": reserved(client_frame(OP_PING, b"hi"), 2),
+        "binary, RSV1": reserved(client_frame(OP_BINARY, b"\x00\x00\x00\x02{}"), 1),
+        "continuation, RSV3": client_frame(OP_TEXT, ping[:5], fin=False)
+        + reserved(client_frame(OP_CONT, ping[5:]), 3),
+        "pong, RSV3": reserved(client_frame(OP_PONG, b""), 3),
+    }
+    for case, data in cases.items():
+        async with await RawWebSocket.connect(server.port) as raw:
+            await read_welcome(raw)
+            await raw.send_raw(data)
+            frames, code = await raw.read_until_closed(timeout=3)
+        assert code == 1002, f"{case}: {frames}"
+        assert (OP_TEXT, b"") not in frames
+        assert not any(op == OP_PONG for op, _ in frames), f"{case}: answered {frames}"
+
+
+# -- frame size: decided at the handshake -------------------------------------------
+
+
+@pytest.fixture
+def accounts(server_factory: ServerFactory) -> ServerProcess:
+    """A server that issues and accepts tokens (signed with SECRET)."""
+    return server_factory("--secret", SECRET)
+
+
+def file_frame(fid: str, body: bytes, room: str = "lobby") -> bytes:
+    header = json.dumps({"room": room, "name": "f.bin", "mime": "x/y", "id": fid}).encode()
+    return len(header).to_bytes(4, "big") + header + body
+
+
+async def until_id(raw: RawWebSocket, fid: str) -> dict[str, Any]:
+    """The next text frame answering ``fid`` (others skipped)."""
+    while True:
+        frame = await raw.read_json()
+        if frame.get("id") == fid:
+            return frame
+
+
+async def test_a_big_frame_is_refused_from_its_header_unless_signed_in_on_the_handshake(
+    accounts: ServerProcess,
+) -> None:
+    """A 1 MiB binary header closes with 1009 at once, unless the handshake carried a token.
+
+    Anonymous, a guest, and a user who signed in with ``auth`` after
+    connecting all get picows' text limit (64 KiB); only the handshake's
+    token sets the file limit, which cannot change once the connection is
+    built. No payload is sent: the refusal comes from the header.
+    """
+    token = await sign_up(accounts, "ann")
+    sign_ins = {
+        "anonymous": None,
+        "guest": {"guest": "gil"},
+        "auth after connecting": {"token": token},
+    }
+    for case, auth in sign_ins.items():
+        async with await RawWebSocket.connect(accounts.port) as raw:
+            await read_welcome(raw)
+            if auth is not None:
+                await raw.send_frame(
+                    OP_TEXT, json.dumps({"type": "auth", "id": "a", "payload": auth}).encode()
+                )
+                assert (await until_id(raw, "a"))["type"] == "auth"
+            await raw.send_frame(OP_BINARY, b"", length=1 << 20)
+            frames, code = await raw.read_until_closed(timeout=3)
+        assert code == 1009, f"{case}: {frames}"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with await RawWebSocket.connect(accounts.port, headers=headers) as raw:
+        await read_welcome(raw)
+        await raw.send_frame(OP_BINARY, file_frame("big", bytes(300_000)))
+        assert (await until_id(raw, "big"))["type"] == "ack"
+
+
+async def test_fragmented_binary_follows_the_same_rule(accounts: ServerProcess) -> None:
+    """Binary in two 40 KB fragments: 1009 unsigned; a file when signed in on the handshake."""
+    token = await sign_up(accounts, "ann")
+    body = bytes(80_000)
+    data = file_frame("frag", body)
+    fragments = client_frame(OP_BINARY, data[:40_000], fin=False) + client_frame(
+        OP_CONT, data[40_000:]
+    )
+    async with await RawWebSocket.connect(accounts.port) as raw:
+        await read_welcome(raw)
+        await raw.send_raw(fragments)
+        frames, code = await raw.read_until_closed(timeout=3)
+    assert code == 1009, frames
+    headers = {"Authorization": f"Bearer {token}"}
+    async with await RawWebSocket.connect(accounts.port, headers=headers) as raw:
+        await read_welcome(raw)
+        await raw.send_raw(fragments)
+        assert (await until_id(raw, "frag"))["type"] == "ack"
+
+
+async def test_text_over_64_kib_closes_1009_on_a_connection_signed_in_on_the_handshake(
+    accounts: ServerProcess,
+) -> None:
+    """Files may be big there; text frames may not: 100 KB of text closes with 1009."""
+    token = await sign_up(accounts, "ann")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with await RawWebSocket.connect(accounts.port, headers=headers) as raw:
+        await read_welcome(raw)
+        echo = json.dumps({"type": "echo", "payload": "x" * 100_000}).encode()
+        await raw.send_frame(OP_TEXT, echo)
+        frames, code = await raw.read_until_closed()
+    assert code == 1009, frames
+    assert not any(op == OP_TEXT for op, _ in frames[1:]), "the text frame was answered"
+
+
+async def test_a_browser_signs_in_with_the_subprotocol_offer(accounts: ServerProcess) -> None:
+    """``roomcast, roomcast.bearer.TOKEN``: 101 selecting ``roomcast`` only; signed in, files pass.
+
+    Browsers cannot set Authorization on a WebSocket; the offer is how the
+    page signs in on the handshake. The token is never sent back.
+    """
+    token = await sign_up(accounts, "ann")
+    offer = {"Sec-WebSocket-Protocol": f"roomcast, roomcast.bearer.{token}"}
+    async with await RawWebSocket.connect(accounts.port, headers=offer) as raw:
+        assert raw.response_headers["sec-websocket-protocol"] == "roomcast"
+        system = await raw.read_json()
+        assert system["payload"]["user"] == {"name": "ann", "guest": False}
+        assert (await raw.read_json())["type"] == "joined"
+        await raw.send_frame(OP_BINARY, file_frame("f1", bytes(200_000)))
+        assert (await until_id(raw, "f1"))["type"] == "ack"
+    assert not any(token in value for value in raw.response_headers.values())
+    # A standard client checks the answer names a subprotocol it offered.
+    async with connect(
+        accounts.ws_url(),
+        subprotocols=[Subprotocol("roomcast"), Subprotocol(f"roomcast.bearer.{token}")],
+    ) as ws:
+        assert ws.subprotocol == "roomcast"
+        first = json.loads(await ws.recv())
+        assert first["payload"]["user"]["name"] == "ann"
+
+
+async def test_a_refused_subprotocol_token_opens_unsigned_with_the_text_limit(
+    accounts: ServerProcess,
+) -> None:
+    """A forged token in the offer is no 401 (a browser cannot read one): a guest, 64 KiB frames."""
+    forged = mint("ann", key="another secret entirely " * 3)
+    for offer in (f"roomcast, roomcast.bearer.{forged}", "roomcast"):
+        headers = {"Sec-WebSocket-Protocol": offer}
+        async with await RawWebSocket.connect(accounts.port, headers=headers) as raw:
+            assert raw.response_headers["sec-websocket-protocol"] == "roomcast"
+            system = await raw.read_json()
+            assert system["payload"]["user"]["guest"] is True, offer
+            assert (await raw.read_json())["type"] == "joined"
+            await raw.send_frame(OP_BINARY, b"", length=1 << 20)
+            frames, code = await raw.read_until_closed(timeout=3)
+        assert code == 1009, f"{offer}: {frames}"
+    # Authorization stays strict: a program reads the 401 and logs in again.
+    raw = await RawWebSocket.open(accounts.port)
+    try:
+        await raw.handshake(accounts.port, headers={"Authorization": f"Bearer {forged}"})
+        assert raw.status == 401
     finally:
         await raw.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -10,7 +11,9 @@ from websockets.asyncio.client import connect
 
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
-from tests.integration.wsclient import recv_type, send_json, welcome
+from tests.integration.wsclient import RECV_TIMEOUT, recv_type, send_json, welcome
+
+CLOSED = "roomcast_connections_closed_total"
 
 
 async def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -67,3 +70,24 @@ async def test_counters_move_with_traffic(server_factory: ServerFactory) -> None
     assert value(after, "roomcast_broker_publish_seconds_count") >= 1
     assert value(after, "roomcast_connections_closed_total", code="1000") == 2
     assert value(after, "roomcast_connections", state="guest") == 0
+
+
+def closes(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    """Connections ended, whatever their close code."""
+    return sum(count for (name, _), count in samples.items() if name == CLOSED)
+
+
+async def test_client_close_codes_add_no_series(server: ServerProcess) -> None:
+    """Closing with codes 4321 and 3999 counts them as other; /metrics gains no series."""
+    before = await scrape(server)
+    for code in (4321, 3999):
+        async with connect(server.ws_url()) as ws:
+            await welcome(ws)
+            await ws.close(code, "mine")
+    async with asyncio.timeout(RECV_TIMEOUT):  # the server counts a close once TCP is gone
+        while closes(after := await scrape(server)) < closes(before) + 2:
+            await asyncio.sleep(0.02)
+    assert value(after, CLOSED, code="other") == 2
+    assert set(after) == set(before), set(after) ^ set(before)
+    codes = {dict(labels)["code"] for name, labels in after if name == CLOSED}
+    assert "4321" not in codes and "3999" not in codes

@@ -52,3 +52,20 @@ async def test_nothing_else_is_served_from_static(server: ServerProcess) -> None
             async with http.get(server.http_url(path)) as resp:
                 assert resp.status == 404, path
                 assert (await resp.json())["error"]["code"] == "not_found", path
+
+
+async def test_names_of_any_length_are_404_json_and_never_a_server_error(
+    server: ServerProcess,
+) -> None:
+    """Names too long for a file system (255+ bytes), odd or many: each a JSON 404, no traceback."""
+    names = ["a" * 300 + ".js", "b" * 255 + ".css", "%00.js", "%E2%80%AE.svg", "x.js%0Ay"]
+    names += [f"miss-{i}.js" for i in range(500)]
+    async with aiohttp.ClientSession() as http:
+        for name in names:
+            async with http.get(server.http_url(f"/static/{name}")) as resp:
+                assert resp.status == 404, name
+                assert (await resp.json())["error"]["code"] == "not_found", name
+        async with http.get(server.http_url("/static/app.js")) as resp:
+            assert resp.status == 200, "the page's own files are still served"
+    assert server.stop() == 0
+    assert "Traceback" not in server.stderr() and "internal error" not in server.stderr()

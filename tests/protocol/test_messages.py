@@ -12,12 +12,14 @@ from hypothesis import given, settings, strategies as st
 from roomcast.exceptions import ProtocolError
 from roomcast.protocol.codes import ErrorCode
 from roomcast.protocol.messages import (
+    MAX_SEQ,
     Ack,
     AuthFrame,
     Chat,
     ChatMessage,
     Direct,
     DirectHistoryReply,
+    DirectHistoryRequest,
     DirectMessage,
     Echo,
     EchoReply,
@@ -182,6 +184,76 @@ class TestParseRefused:
             ErrorCode.INVALID_MESSAGE
         )
 
+    @pytest.mark.parametrize(
+        ("kind", "payload", "field"),
+        [
+            # JSON decodes up to 2**64 - 1 as an int (past 2**63 no store binds it),
+            # and from 2**64 on as a float.
+            ("history", {"room": "a", "before": 2**64 - 1}, "before"),
+            ("join", {"room": "a", "since": 2**63}, "since"),
+            ("direct_history", {"before": 2**63}, "before"),
+            ("direct_history", {"since": 2**64 - 1}, "since"),
+            ("join", {"room": "a", "since": MAX_SEQ + 1}, "since"),
+            ("join", {"room": "a", "since": 2**64}, "since"),
+            ("history", {"room": "a", "before": -(2**63)}, "before"),
+        ],
+    )
+    def test_seqs_past_the_bound_name_their_field(
+        self, kind: str, payload: dict[str, object], field: str
+    ) -> None:
+        """A before/since outside [0, 2**62] is invalid_message naming the field, id kept."""
+        exc = refused(frame(type=kind, id="s", payload=payload))
+        assert (exc.code, exc.frame_id) == (ErrorCode.INVALID_MESSAGE, "s")
+        assert f"payload.{field}" in exc.message and str(MAX_SEQ) in exc.message
+
+    def test_seqs_at_the_bound_are_accepted(self) -> None:
+        """2**62, the HTTP API's bound too, is still a valid before/since."""
+        assert MAX_SEQ == 2**62
+        history = frame(type="history", payload={"room": "a", "before": MAX_SEQ})
+        assert parse_client_frame(history) == HistoryRequest(None, "a", MAX_SEQ, 50)
+        join = frame(type="join", payload={"room": "a", "since": MAX_SEQ})
+        assert parse_client_frame(join) == Join(None, "a", MAX_SEQ)
+        direct = frame(type="direct_history", payload={"since": MAX_SEQ})
+        assert parse_client_frame(direct) == DirectHistoryRequest(None, None, MAX_SEQ, 50)
+
+    def test_a_huge_history_limit_is_still_lowered(self) -> None:
+        """limit is no seq: the largest JSON integer is lowered to 100, as any large limit."""
+        limit = 2**64 - 1
+        parsed = parse_client_frame(frame(type="history", payload={"room": "a", "limit": limit}))
+        assert parsed == HistoryRequest(None, "a", None, 100)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.integers() | st.sampled_from([-1, 0, 2**62, 2**62 + 1, 2**63, 2**64 - 1]),
+        st.sampled_from(["join", "direct_history"]),
+    )
+    def test_since_parses_exactly_within_its_bounds(self, since: int, kind: str) -> None:
+        """Any integer since parses iff it is in [0, 2**62]; otherwise it is refused by name."""
+        payload = {"room": "a", "since": since}
+        try:
+            parsed = parse_client_frame(frame(type=kind, payload=payload))
+        except ProtocolError as exc:
+            assert not 0 <= since <= MAX_SEQ
+            assert exc.code is ErrorCode.INVALID_MESSAGE and "payload.since" in exc.message
+        else:
+            assert 0 <= since <= MAX_SEQ
+            assert isinstance(parsed, Join | DirectHistoryRequest) and parsed.since == since
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers() | st.sampled_from([0, 1, 2**62, 2**62 + 1, 2**63, 2**64 - 1]))
+    def test_before_parses_exactly_within_its_bounds(self, before: int) -> None:
+        """Any integer before parses iff it is in [1, 2**62]; otherwise it is refused by name."""
+        try:
+            parsed = parse_client_frame(
+                frame(type="history", payload={"room": "a", "before": before})
+            )
+        except ProtocolError as exc:
+            assert not 1 <= before <= MAX_SEQ
+            assert exc.code is ErrorCode.INVALID_MESSAGE and "payload.before" in exc.message
+        else:
+            assert isinstance(parsed, HistoryRequest) and parsed.before == before
+            assert 1 <= before <= MAX_SEQ
+
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -194,7 +266,18 @@ frame_like = st.fixed_dictionaries(
     {},
     optional={
         "type": st.sampled_from(
-            ["chat", "ping", "join", "leave", "auth", "direct", "typing", "history", "presence"]
+            [
+                "chat",
+                "ping",
+                "join",
+                "leave",
+                "auth",
+                "direct",
+                "typing",
+                "history",
+                "direct_history",
+                "presence",
+            ]
         )
         | json_values,
         "id": st.text(max_size=70) | json_values,

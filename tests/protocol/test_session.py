@@ -268,3 +268,101 @@ def test_rate_zero_is_unlimited() -> None:
     assert session.limiter is None
     for _ in range(10_000):
         assert isinstance(chat_at(session, NOW), Chat)
+
+
+# -- two steps: on arrival, then in turn ----------------------------------------------
+
+
+def file_frame(room: str, fid: str | None = None) -> bytes:
+    header: dict[str, object] = {"room": room, "name": "a", "mime": "text/plain"}
+    if fid is not None:
+        header["id"] = fid
+    encoded = json.dumps(header).encode()
+    return struct.pack(">I", len(encoded)) + encoded + b"body"
+
+
+def test_the_two_steps_together_are_receive() -> None:
+    """decide(arrive_*(frame)) is what receive_text/receive_binary answer, frame by frame."""
+    texts = [
+        "{nope",
+        "[]",
+        json.dumps({"type": "ping", "id": "p", "payload": {"a": 1}}),
+        json.dumps({"type": "what", "payload": [1]}),
+        json.dumps({"type": "chat", "id": "c", "payload": {"message": "hi"}}),
+        json.dumps({"type": "chat", "id": "x", "payload": {"message": "hi", "room": "x"}}),
+        json.dumps({"type": "join", "payload": {"room": "b", "since": 3}}),
+        json.dumps({"type": "leave", "payload": {"room": "x"}}),
+        json.dumps({"type": "direct", "payload": {"to": "b", "message": "m"}}),
+        json.dumps({"type": "auth", "payload": {"guest": "ann"}}),
+    ]
+    binaries = [b"\x00\x01", file_frame("lobby", "f"), file_frame("x", "g")]
+    for user in (UserInfo("guest-1", True), UserInfo("ann", False), None):
+        one, two = Session("a", user, rate_burst=5), Session("b", user, rate_burst=5)
+        for session in (one, two):
+            session.joined("lobby")
+        for step, text in enumerate(texts * 3):  # past the burst: refusals too
+            now = NOW + step * 0.01
+            assert two.decide(two.arrive_text(text, now)) == one.receive_text(text, now), text
+        for binary in binaries * 4:
+            assert two.decide(two.arrive_binary(binary, NOW)) == one.receive_binary(binary, NOW)
+
+
+def test_the_rate_limit_is_taken_when_frames_arrive_not_when_decided() -> None:
+    """60 chats arriving at 15/s are all allowed though decided at one instant, 4 s later."""
+    session = limited_session()
+    frame = json.dumps({"type": "chat", "payload": {"message": "m"}})
+    arrived = [session.arrive_text(frame, NOW + i / 15) for i in range(60)]
+    assert all(isinstance(a, Chat) for a in arrived)
+    decided = [session.decide(a) for a in arrived]
+    assert decided == [Chat(None, "lobby", "m")] * 60
+    # Taken all at once instead, past the burst of 40 they are refused.
+    late = limited_session()
+    outcomes = [late.receive_text(frame, NOW + 4) for _ in range(60)]
+    assert sum(isinstance(o, Reply) for o in outcomes) == 20
+
+
+def test_a_flood_is_refused_on_arrival_and_the_refusal_is_kept_for_its_turn() -> None:
+    """Past the burst, arrive_text refuses; decide passes the refusal on unchanged."""
+    session = limited_session(burst=2)
+    arrived = [
+        session.arrive_text(json.dumps({"type": "chat", "id": f"c{i}", "payload": {}}), NOW)
+        for i in range(3)
+    ]
+    assert_error(arrived[0], ErrorCode.INVALID_MESSAGE, "c0")  # malformed: still counted
+    assert isinstance(arrived[1], Reply)
+    assert_error(arrived[2], ErrorCode.RATE_LIMITED, "c2")
+    assert [session.decide(a) for a in arrived] == arrived
+    close = Close(CloseCode.POLICY_VIOLATION, "rate limit exceeded for 10 s")
+    assert session.decide(close) is close
+
+
+def test_membership_is_checked_in_turn_after_a_pending_join() -> None:
+    """A chat and a file for a room arrive while its join waits: decided after it, they pass."""
+    session = limited_session()
+    join = session.arrive_text(json.dumps({"type": "join", "payload": {"room": "new"}}), NOW)
+    chat = session.arrive_text(
+        json.dumps({"type": "chat", "payload": {"message": "m", "room": "new"}}), NOW
+    )
+    upload = session.arrive_binary(file_frame("new", "f"), NOW)
+    assert session.decide(join) == Join(None, "new")
+    session.joined("new")  # what the node reports once the join is done
+    assert session.decide(chat) == Chat(None, "new", "m")
+    assert isinstance(session.decide(upload), FileHeader)
+    # Without the join the same frames are refused in their turn.
+    other = limited_session()
+    assert_error(other.decide(chat), ErrorCode.NOT_MEMBER)
+    assert_error(other.decide(upload), ErrorCode.NOT_MEMBER, "f")
+
+
+def test_identity_is_checked_in_turn_after_a_pending_auth() -> None:
+    """With no user yet, a chat behind an auth is decided after the auth signs the user in."""
+    session = Session("s", None)
+    session.joined("lobby")
+    auth = session.arrive_text(json.dumps({"type": "auth", "payload": {"token": "t"}}), NOW)
+    chat = session.arrive_text(json.dumps({"type": "chat", "payload": {"message": "m"}}), NOW)
+    upload = session.arrive_binary(file_frame("lobby"), NOW)
+    assert session.decide(auth) == AuthFrame(None, token="t")
+    session.authenticated(UserInfo("ann", False))
+    assert session.decide(chat) == Chat(None, "lobby", "m")
+    assert isinstance(session.decide(upload), FileHeader)
+    assert_error(Session("t", None).decide(chat), ErrorCode.FORBIDDEN)

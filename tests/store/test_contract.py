@@ -73,6 +73,47 @@ async def test_dedupe_by_sender_and_client_id(store: Store, clock: Clock) -> Non
     assert not later.duplicate and later.message.seq == 3
 
 
+async def test_one_id_in_two_rooms_is_two_messages(store: Store) -> None:
+    """The dedupe key names the room: an id reused in another room never collides."""
+    lobby = await store.append("lobby", "ann", "x", client_id="1")
+    dev = await store.append("dev", "ann", "x", client_id="1")
+    assert not lobby.duplicate and not dev.duplicate
+    assert (lobby.message.room, dev.message.room) == ("lobby", "dev")
+    assert (await store.append("dev", "ann", "x", client_id="1")).duplicate
+    assert await store.last_seq("dev") == 1
+
+
+async def test_one_id_to_two_users_is_two_direct_messages(store: Store) -> None:
+    """Likewise a direct message's id is keyed by its recipient."""
+    for name in ("ann", "bob", "cid"):
+        await store.create_user(name, "hash")
+    to_bob = await store.append_direct("ann", "bob", "hi", client_id="1")
+    to_cid = await store.append_direct("ann", "cid", "hi", client_id="1")
+    assert not to_bob.duplicate and not to_cid.duplicate
+    assert to_cid.message.message_id != to_bob.message.message_id
+    again = await store.append_direct("ann", "cid", "hi", client_id="1")
+    assert again.duplicate and again.message.message_id == to_cid.message.message_id
+
+
+async def test_resends_queued_together_for_two_rooms_are_two_messages(store: Store) -> None:
+    """The in-flight dedupe (a resend while the first is queued) keys the room too."""
+    one, two, again = await asyncio.gather(
+        store.append("a", "ann", "x", client_id="c1"),
+        store.append("b", "ann", "x", client_id="c1"),
+        store.append("a", "ann", "x", client_id="c1"),
+    )
+    assert (one.duplicate, two.duplicate, again.duplicate) == (False, False, True)
+    assert again.message.message_id == one.message.message_id
+
+
+async def test_known_rooms_answers_for_many_rooms_at_once(store: Store) -> None:
+    """Rooms created or with a message are known; others are not."""
+    await store.create_room("made", owner="ann", private=True, members=frozenset())
+    await store.append("used", "ann", "x")
+    assert await store.known_rooms(["made", "used", "never"]) == {"made", "used"}
+    assert await store.known_rooms([]) == set()
+
+
 async def test_history_pages(store: Store) -> None:
     """history returns up to limit messages before a seq, oldest first, with has_more."""
     for i in range(1, 8):

@@ -44,6 +44,9 @@ class Publication:
     #: The stored message's seq (in the room, or in ``user``'s inbox), when
     #: the frame carries one: receivers put such frames back in seq order.
     seq: int | None = None
+    #: Not a frame but an order: ``user`` is a registered name now, so every
+    #: node closes the guest connections using it (``frame`` is empty).
+    name_claim: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ class Broker(Protocol):
 
 # -- the wire form of a publication ---------------------------------------------
 
-#: kind (``r`` room, ``u`` user), seq (-1 for none), node id, target and
+#: kind (``r`` room, ``u`` user, ``n`` name claim), seq (-1 for none), node id, target and
 #: skip-user lengths; then the three strings and the frame.
 _HEADER: Final = struct.Struct("!cqBHH")
 _NO_SEQ: Final = -1
@@ -116,6 +119,8 @@ def encode_publication(publication: Publication) -> bytes:
     """The bytes a broker carries for ``publication`` (see :func:`decode_publication`)."""
     if publication.room is not None:
         kind, target = b"r", publication.room
+    elif publication.user is not None and publication.name_claim:
+        kind, target = b"n", publication.user
     elif publication.user is not None:
         kind, target = b"u", publication.user
     else:
@@ -140,7 +145,7 @@ def decode_publication(data: bytes) -> Publication:
         raise ValueError("publication too short") from None
     start = _HEADER.size
     end = start + node_len + name_len + skip_len
-    if kind not in (b"r", b"u") or seq < _NO_SEQ or len(data) < end or not node_len:
+    if kind not in (b"r", b"u", b"n") or seq < _NO_SEQ or len(data) < end or not node_len:
         raise ValueError("not a publication")
     try:
         node = data[start : start + node_len].decode()
@@ -151,10 +156,11 @@ def decode_publication(data: bytes) -> Publication:
     return Publication(
         node,
         name if kind == b"r" else None,
-        name if kind == b"u" else None,
+        None if kind == b"r" else name,
         data[end:],
         skip or None,
         None if seq == _NO_SEQ else seq,
+        name_claim=kind == b"n",
     )
 
 

@@ -549,6 +549,7 @@ class Client:
             reply = await self._ask(ws, reader, "join", payload)
             if reply.type == "joined":
                 self._joined(reply.payload, resumed=stream.expected is not None)
+                await self._page_back(ws, reader, room, reply.payload)
         if self.token is not None:
             await self._catch_up_direct(ws, reader)
         # What waits goes out in order; sends made meanwhile join the end of
@@ -579,6 +580,36 @@ class Client:
             reader.result()  # raises ConnectionClosed
             raise ConnectionClosed(None, None)
         return future.result()
+
+    async def _page_back(
+        self,
+        ws: ClientConnection,
+        reader: asyncio.Task[None],
+        room: str,
+        joined: dict[str, Any],
+    ) -> None:
+        """Read what a capped replay left out (``replay_from``) with ``history``.
+
+        The server replays at most its newest messages after ``since``; the
+        stream holds those until the older ones read here fill the gap, so
+        every missed message is still delivered once, in order.
+        """
+        stream = self._streams.get(room)
+        replay_from = joined.get("replay_from")
+        if stream is None or stream.expected is None or not isinstance(replay_from, int):
+            return
+        before = replay_from
+        while before > stream.expected:
+            limit = min(100, before - stream.expected)
+            page = {"room": room, "before": before, "limit": limit}
+            reply = await self._ask(ws, reader, "history", page)
+            items = reply.payload.get("messages", []) if reply.type == "history" else []
+            if not items:
+                return
+            for item in items:
+                message = room_message({"room": room, **item})
+                self._deliver(room, message.seq, message)
+            before = min(int(item["seq"]) for item in items)
 
     async def _catch_up_direct(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
         stream = self._streams.setdefault(_DIRECT, SeqStream())

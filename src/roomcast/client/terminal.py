@@ -28,6 +28,7 @@ from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from ..protocol.messages import MAX_HISTORY_LIMIT, valid_room
+from ..textsafe import CONTROLS, FORMAT, LINE_BREAKS
 from .core import Client, ClientClosed, QueueFull, SendError
 from .events import (
     ConnectionState,
@@ -198,13 +199,11 @@ def parse_command(line: str) -> Command:
 
 # -- rendering -----------------------------------------------------------------
 
-#: C0 controls, DEL, C1 controls (ESC and CSI among them), and the Unicode
-#: bidirectional overrides and isolates, which reorder what follows them.
-_CONTROLS: Final = [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F)]
-_CONTROLS.extend(range(0x2066, 0x206A))
-_CLEAN: Final = {c: "\ufffd" for c in _CONTROLS} | {
-    c: " " for c in (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x2028, 0x2029)
-}
+#: Controls (ESC and CSI among them) and invisible format characters (the
+#: bidi controls among them, which reorder what follows) show as U+FFFD, so
+#: a reader sees that something was there; line breaks and tabs as a space.
+#: The sets are shared with the server's file names (:mod:`roomcast.textsafe`).
+_CLEAN: Final = {c: "\ufffd" for c in CONTROLS | FORMAT} | {c: " " for c in LINE_BREAKS}
 
 
 def clean(text: str) -> str:

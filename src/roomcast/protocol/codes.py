@@ -37,4 +37,6 @@ class ErrorCode(enum.StrEnum):
     TOKEN_EXPIRED = "token_expired"
     RATE_LIMITED = "rate_limited"
     TOO_LARGE = "too_large"
+    #: A file would pass the sender's upload quota or the server's files quota.
+    QUOTA_EXCEEDED = "quota_exceeded"
     INTERNAL = "internal"

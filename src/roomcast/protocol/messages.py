@@ -30,6 +30,7 @@ __all__ = [
     "MAX_FILE_HEADER",
     "MAX_HISTORY_LIMIT",
     "MAX_ID_LENGTH",
+    "MAX_SEQ",
     "ROOM_NAME",
     "Ack",
     "AuthFrame",
@@ -75,6 +76,10 @@ MAX_ID_LENGTH: Final = 64
 #: The largest JSON header of a binary (file) frame, in bytes.
 MAX_FILE_HEADER: Final = 4096
 MAX_HISTORY_LIMIT: Final = 100
+#: The largest seq a client may name (``before``, ``since``): far past any
+#: real stream, yet inside the signed 64-bit integers SQLite and PostgreSQL
+#: bind (2**64 raised OverflowError in the store), and the HTTP API's bound.
+MAX_SEQ: Final = 2**62
 DEFAULT_HISTORY_LIMIT: Final = 50
 MAX_NAME_LENGTH: Final = 64
 ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -265,15 +270,27 @@ def _name(payload: dict[str, Any], key: str, frame_id: str | None) -> str:
     return name
 
 
-def _seq(payload: dict[str, Any], key: str, frame_id: str | None, *, minimum: int) -> int | None:
+def _seq(
+    payload: dict[str, Any],
+    key: str,
+    frame_id: str | None,
+    *,
+    minimum: int,
+    maximum: int | None = MAX_SEQ,
+) -> int | None:
+    """An optional integer field in ``[minimum, maximum]`` (no upper bound when None).
+
+    The bound is checked here, where the frame is refused with a message
+    naming the field, rather than by the store, which cannot bind a number
+    past 64 bits.
+    """
     value = payload.get(key)
     if value is None:
         return None
-    if type(value) is not int or value < minimum:
+    if type(value) is not int or value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise _fail(
-            ErrorCode.INVALID_MESSAGE,
-            f"payload.{key} must be an integer >= {minimum}",
-            frame_id,
+            ErrorCode.INVALID_MESSAGE, f"payload.{key} must be an integer {bound}", frame_id
         )
     return value
 
@@ -362,7 +379,7 @@ def _parse_typing(payload: dict[str, Any], fid: str | None, max_chars: int) -> C
 def _parse_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
     room = _room(payload, fid)
     before = _seq(payload, "before", fid, minimum=1)
-    limit = _seq(payload, "limit", fid, minimum=1)
+    limit = _seq(payload, "limit", fid, minimum=1, maximum=None)  # lowered below
     limit = DEFAULT_HISTORY_LIMIT if limit is None else min(limit, MAX_HISTORY_LIMIT)
     return HistoryRequest(fid, room, before, limit)
 
@@ -374,7 +391,7 @@ def _parse_direct_history(payload: dict[str, Any], fid: str | None, max_chars: i
         raise _fail(
             ErrorCode.INVALID_MESSAGE, "give payload.before or payload.since, not both", fid
         )
-    limit = _seq(payload, "limit", fid, minimum=1)
+    limit = _seq(payload, "limit", fid, minimum=1, maximum=None)  # lowered below
     limit = DEFAULT_HISTORY_LIMIT if limit is None else min(limit, MAX_HISTORY_LIMIT)
     return DirectHistoryRequest(fid, before, since, limit)
 
@@ -629,6 +646,9 @@ class Joined:
     members: list[str]
     member_count: int
     recovered: bool | None = None
+    #: The first seq the replay sends, when a ``since`` asked for more than
+    #: one join replays: the older ones are read with ``history``.
+    replay_from: int | None = None
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -639,6 +659,8 @@ class Joined:
         }
         if self.recovered is not None:
             out["recovered"] = self.recovered
+        if self.replay_from is not None:
+            out["replay_from"] = self.replay_from
         return out
 
 
@@ -648,9 +670,13 @@ class Left:
 
     TYPE: ClassVar[str] = "left"
     room: str
+    #: Why the server took the connection out of the room (none for ``leave``).
+    reason: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {"room": self.room}
+        if self.reason is None:
+            return {"room": self.room}
+        return {"room": self.room, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)

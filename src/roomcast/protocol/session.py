@@ -8,6 +8,16 @@ The session keeps what is known about one connection: who it is, which rooms
 it is in, how many times it failed to authenticate, and its rate limits
 (the time is passed in, so the session still reads no clock). Like websockets'
 ``Protocol``, it is tested by feeding it bytes, with no socket and no loop.
+
+A frame is decided in two steps, because a connection's frames may wait:
+while one of its frames waits for the store, the frames behind it are kept
+until it is done. :meth:`Session.arrive_text` (or ``arrive_binary``) is the
+step taken when the frame arrives: parse it and take it from its rate limit,
+so a flood is refused as it comes, not when it reaches the front of the
+queue. :meth:`Session.decide` is the step taken when the frame's turn comes:
+the checks that depend on what the frames before it did (a join still
+pending, an ``auth`` not yet answered). ``receive_text``/``receive_binary``
+take both steps at once, for a frame that waits behind nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +50,15 @@ from .messages import (
     parse_client_frame,
 )
 
-__all__ = ["MAX_AUTH_FAILURES", "Close", "Outcome", "Reply", "Session", "State"]
+__all__ = [
+    "MAX_AUTH_FAILURES",
+    "Arrival",
+    "Close",
+    "Outcome",
+    "Reply",
+    "Session",
+    "State",
+]
 
 #: Failed ``auth`` frames after which the connection is closed with 1008.
 MAX_AUTH_FAILURES: Final = 3
@@ -80,6 +98,9 @@ class Close:
 
 
 Outcome = Reply | Close | ClientFrame | FileHeader
+#: What the first step makes of a frame: the parsed frame (or file header) to
+#: decide in its turn, or a refusal (an error reply, a close for abuse).
+Arrival = Reply | Close | ClientFrame | FileHeader
 
 
 def _error(code: ErrorCode, message: str, frame_id: str | None) -> Reply:
@@ -134,12 +155,16 @@ class Session:
     # -- input ---------------------------------------------------------------
 
     def receive_text(self, data: str | bytes, now: float) -> Outcome:
-        """Handle one text frame received at ``now`` (seconds); return what to do about it."""
+        """Handle one text frame received at ``now`` (seconds); return what to do about it.
+
+        Both steps at once: ``decide(arrive_text(data, now))``, written out
+        because this is every chat frame's path and the call between the
+        steps would cost each one.
+        """
         try:
             frame = parse_client_frame(data, max_message_chars=self.max_message_chars)
         except ProtocolError as exc:
-            limited = self._limit(Bucket.MESSAGES, now, exc.frame_id)
-            return limited or Reply(ErrorReply.from_exception(exc), exc.frame_id)
+            return self._malformed(exc, now)
         if self.limiter is not None:
             bucket = Bucket.COMMANDS if frame.TYPE in COMMAND_TYPES else Bucket.MESSAGES
             limited = self._limit(bucket, now, frame.id)
@@ -149,14 +174,53 @@ class Session:
 
     def receive_binary(self, data: bytes, now: float) -> Outcome:
         """Handle one binary frame (a file) received at ``now``: check its header and sender."""
+        return self.decide(self.arrive_binary(data, now))
+
+    def arrive_text(self, data: str | bytes, now: float) -> Arrival:
+        """The first step for a text frame that arrived at ``now``: parse it, rate limit it.
+
+        Returns the parsed frame, for :meth:`decide` in its turn, or the
+        refusal (``invalid_json``, ``rate_limited``, ... or a close for abuse).
+        """
+        try:
+            frame = parse_client_frame(data, max_message_chars=self.max_message_chars)
+        except ProtocolError as exc:
+            return self._malformed(exc, now)
+        if self.limiter is not None:
+            bucket = Bucket.COMMANDS if frame.TYPE in COMMAND_TYPES else Bucket.MESSAGES
+            limited = self._limit(bucket, now, frame.id)
+            if limited is not None:
+                return limited
+        return frame
+
+    def arrive_binary(self, data: bytes, now: float) -> Arrival:
+        """The first step for a binary frame: parse its header, rate limit it (a message)."""
         try:
             header = parse_binary_frame(data)
         except ProtocolError as exc:
-            limited = self._limit(Bucket.MESSAGES, now, exc.frame_id)
-            return limited or Reply(ErrorReply.from_exception(exc), exc.frame_id)
+            return self._malformed(exc, now)
         limited = self._limit(Bucket.MESSAGES, now, header.id)
-        if limited is not None:
-            return limited
+        return header if limited is None else limited
+
+    def decide(self, arrived: Arrival) -> Outcome:
+        """The second step, in the frame's turn: the checks on who may do what, where.
+
+        They read the session as the frames before this one left it (rooms
+        joined, the user signed in), so they wait for those frames. A
+        refusal from the first step is passed on as it is.
+        """
+        if isinstance(arrived, Reply | Close):
+            return arrived
+        if isinstance(arrived, FileHeader):
+            return self._check_file(arrived)
+        return self._check(arrived)
+
+    def _malformed(self, exc: ProtocolError, now: float) -> Reply | Close:
+        """A frame that does not parse: it still costs a message, then it is refused."""
+        limited = self._limit(Bucket.MESSAGES, now, exc.frame_id)
+        return limited or Reply(ErrorReply.from_exception(exc), exc.frame_id)
+
+    def _check_file(self, header: FileHeader) -> Outcome:
         if self.user is None or self.user.guest:
             return _error(ErrorCode.FORBIDDEN, "files need a registered user", header.id)
         if header.room is not None and header.room not in self.rooms:

@@ -164,6 +164,9 @@ class Store(Protocol):
         A direct message comes without a seq: it has one per inbox.
         """
 
+    async def file_bytes_since(self, sender: str, since_ms: int) -> int:
+        """The bytes of the files ``sender`` sent at ``since_ms`` or later (upload quota)."""
+
     async def file_digests(self) -> set[str]:
         """The SHA-256 digests of every file a kept message names (for sweeping files)."""
 
@@ -182,6 +185,9 @@ class Store(Protocol):
 
     async def room_access(self, name: str) -> RoomAccess | None:
         """The room's access rules, or None for a room never created or used."""
+
+    async def known_rooms(self, names: list[str]) -> set[str]:
+        """Which of ``names`` the store has rules for (created, or with a message): one read."""
 
     async def add_room_members(self, name: str, members: frozenset[str]) -> None:
         """Add users to a room's members."""

@@ -81,11 +81,17 @@ class Pending:
         self.future = future
 
     @property
-    def key(self) -> tuple[str, str, bool] | None:
-        """What makes a resend a resend: sender, frame id, direct or not."""
+    def key(self) -> tuple[str, str, bool, str] | None:
+        """What makes a resend a resend: sender, frame id, and where it goes.
+
+        The same id sent to two rooms (or two users) is two messages.
+        """
         if self.client_id is None:
             return None
-        return (self.sender, self.client_id, self.room is None)
+        if self.room is not None:
+            return (self.sender, self.client_id, False, self.room)
+        assert self.recipient is not None
+        return (self.sender, self.client_id, True, self.recipient)
 
 
 class WriteQueue:
@@ -103,7 +109,7 @@ class WriteQueue:
         self.items: list[Pending] = []
         #: A batch taken by the writer is being stored.
         self.busy = False
-        self._inflight: dict[tuple[str, str, bool], asyncio.Future[Any]] = {}
+        self._inflight: dict[tuple[str, str, bool, str], asyncio.Future[Any]] = {}
         self._idle: list[asyncio.Future[None]] = []
 
     def add(

@@ -26,8 +26,10 @@ class MemoryStore:
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._rooms: dict[str, list[ChatMessage]] = {}
-        self._seen: dict[tuple[str, str], tuple[float, ChatMessage]] = {}
-        self._seen_direct: dict[tuple[str, str], tuple[float, DirectResult]] = {}
+        #: Resendable ids by (sender, frame id, room): one id per destination.
+        self._seen: dict[tuple[str, str, str], tuple[float, ChatMessage]] = {}
+        #: The same for direct messages, by (sender, frame id, recipient).
+        self._seen_direct: dict[tuple[str, str, str], tuple[float, DirectResult]] = {}
         self._inboxes: dict[str, list[DirectMessage]] = {}
         self._by_id: dict[str, ChatMessage | DirectMessage] = {}
         self._users: dict[str, StoredUser] = {}
@@ -64,7 +66,7 @@ class MemoryStore:
     ) -> AppendResult:
         now = self._clock()
         if client_id is not None:
-            seen = self._seen.get((sender, client_id))
+            seen = self._seen.get((sender, client_id, room))
             if seen is not None and now - seen[0] < DEDUPE_SECONDS:
                 return AppendResult(seen[1], True)
         messages = self._rooms.setdefault(room, [])
@@ -75,7 +77,7 @@ class MemoryStore:
         messages.append(message)
         self._by_id[message.message_id] = message
         if client_id is not None:
-            self._seen[(sender, client_id)] = (now, message)
+            self._seen[(sender, client_id, room)] = (now, message)
             if len(self._seen) % 4096 == 0:
                 self._expire(now)
         return AppendResult(message, False)
@@ -128,7 +130,7 @@ class MemoryStore:
     ) -> DirectResult:
         now = self._clock()
         if client_id is not None:
-            seen = self._seen_direct.get((sender, client_id))
+            seen = self._seen_direct.get((sender, client_id, recipient))
             if seen is not None and now - seen[0] < DEDUPE_SECONDS:
                 first = seen[1]
                 return DirectResult(first.message, first.sender_seq, first.recipient_seq, True)
@@ -143,7 +145,7 @@ class MemoryStore:
             seqs.append(len(inbox))
         result = DirectResult(message, seqs[0], seqs[-1], False)
         if client_id is not None:
-            self._seen_direct[(sender, client_id)] = (now, result)
+            self._seen_direct[(sender, client_id, recipient)] = (now, result)
         return result
 
     async def direct_last_seq(self, owner: str) -> int:
@@ -197,6 +199,16 @@ class MemoryStore:
         if access is None and name in self._rooms:
             return RoomAccess(name, False, None, frozenset())
         return access
+
+    async def file_bytes_since(self, sender: str, since_ms: int) -> int:
+        return sum(
+            m.file.size
+            for m in self._by_id.values()
+            if m.file is not None and m.sender == sender and m.ts_ms >= since_ms
+        )
+
+    async def known_rooms(self, names: list[str]) -> set[str]:
+        return {name for name in names if name in self._access or name in self._rooms}
 
     async def add_room_members(self, name: str, members: frozenset[str]) -> None:
         access = self._access[name]

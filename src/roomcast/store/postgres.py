@@ -112,26 +112,30 @@ def _sender_lock(sender: str) -> int:
 
 #: A room message's columns, in the order :func:`~.batch.chat_from_row` reads them.
 _COLUMNS: Final = "room, body, sender, seq, message_id, ts_ms, file"
-#: The earlier copies of a batch's resent room messages: ``$1``, ``$2`` are
-#: the senders and client ids, ``$3`` the oldest time that still counts.
+#: The earlier copies of a batch's resent room messages: ``$1``, ``$2``,
+#: ``$3`` are the senders, client ids and rooms, ``$4`` the oldest time
+#: that still counts.
 _DEDUPE: Final = (
-    "SELECT DISTINCT ON (m.sender, m.client_id) m.sender, m.client_id,"
+    "SELECT DISTINCT ON (m.sender, m.client_id, m.room) m.sender, m.client_id,"
     " m.room, m.body, m.sender, m.seq, m.message_id, m.ts_ms, m.file"
-    " FROM unnest($1::text[], $2::text[]) AS k(sender, client_id)"
+    " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(sender, client_id, room)"
     " JOIN messages m ON m.sender = k.sender AND m.client_id = k.client_id"
-    " WHERE m.client_id IS NOT NULL AND m.ts_ms >= $3"
-    " ORDER BY m.sender, m.client_id, m.ts_ms DESC, m.seq DESC"
+    " AND m.room = k.room"
+    " WHERE m.client_id IS NOT NULL AND m.ts_ms >= $4"
+    " ORDER BY m.sender, m.client_id, m.room, m.ts_ms DESC, m.seq DESC"
 )
-#: The same for direct messages, with their seqs in both inboxes.
+#: The same for direct messages (``$3``: the recipients), with their seqs
+#: in both inboxes.
 _DIRECT_DEDUPE: Final = (
-    "SELECT DISTINCT ON (d.sender, d.client_id) d.sender, d.client_id,"
+    "SELECT DISTINCT ON (d.sender, d.client_id, d.recipient) d.sender, d.client_id,"
     " d.recipient, d.body, d.message_id, d.ts_ms, d.file, s.seq, r.seq"
-    " FROM unnest($1::text[], $2::text[]) AS k(sender, client_id)"
+    " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(sender, client_id, recipient)"
     " JOIN direct_messages d ON d.sender = k.sender AND d.client_id = k.client_id"
+    " AND d.recipient = k.recipient"
     " LEFT JOIN inbox s ON s.message_id = d.message_id AND s.owner = d.sender"
     " LEFT JOIN inbox r ON r.message_id = d.message_id AND r.owner = d.recipient"
-    " WHERE d.client_id IS NOT NULL AND d.ts_ms >= $3"
-    " ORDER BY d.sender, d.client_id, d.ts_ms DESC"
+    " WHERE d.client_id IS NOT NULL AND d.ts_ms >= $4"
+    " ORDER BY d.sender, d.client_id, d.recipient, d.ts_ms DESC"
 )
 #: Reserve ``$2[i]`` seqs in room ``$1[i]`` (names sorted: the lock order);
 #: returns each room's new last seq.
@@ -498,26 +502,26 @@ class PostgresStore(BatchedAppends):
         cutoff: int,
     ) -> list[AppendResult | DirectResult]:
         """Look up resends, reserve seqs and insert ``batch`` (inside its transaction)."""
-        earlier_rooms: dict[tuple[str, str], ChatMessage] = {}
-        earlier_direct: dict[tuple[str, str], DirectResult] = {}
-        room_keys = [(i.sender, i.client_id) for i in keyed if i.room is not None]
+        earlier_rooms: dict[tuple[str, str, str], ChatMessage] = {}
+        earlier_direct: dict[tuple[str, str, str], DirectResult] = {}
+        room_keys = [(i.sender, i.client_id, i.room) for i in keyed if i.room is not None]
         if room_keys:
-            rows = await conn.fetch(
-                _DEDUPE, [s for s, _ in room_keys], [c for _, c in room_keys], cutoff
-            )
+            senders, ids, rooms = zip(*room_keys, strict=True)
+            rows = await conn.fetch(_DEDUPE, list(senders), list(ids), list(rooms), cutoff)
             for row in rows:
-                earlier_rooms[(row[0], row[1])] = chat_from_row(row[2:])
-        direct_keys = [(i.sender, i.client_id) for i in keyed if i.room is None]
+                earlier_rooms[(row[0], row[1], row[2])] = chat_from_row(row[2:])
+        direct_keys = [(i.sender, i.client_id, i.recipient) for i in keyed if i.room is None]
         if direct_keys:
+            senders, ids, recipients = zip(*direct_keys, strict=True)
             rows = await conn.fetch(
-                _DIRECT_DEDUPE, [s for s, _ in direct_keys], [c for _, c in direct_keys], cutoff
+                _DIRECT_DEDUPE, list(senders), list(ids), list(recipients), cutoff
             )
             for row in rows:
                 sender, client_id, to, body, message_id, ts_ms, file, sender_seq, to_seq = row
                 copy = DirectMessage(
                     sender, to, body, message_id, ts_ms, file=file_from_column(file)
                 )
-                earlier_direct[(sender, client_id)] = DirectResult(
+                earlier_direct[(sender, client_id, to)] = DirectResult(
                     copy, sender_seq or 0, to_seq or 0, True
                 )
 
@@ -529,10 +533,10 @@ class PostgresStore(BatchedAppends):
         for item in batch:
             first: AppendResult | DirectResult | None = None
             if item.client_id is not None:
-                key = (item.sender, item.client_id)
                 if item.room is None:
-                    first = earlier_direct.get(key)
-                elif (found := earlier_rooms.get(key)) is not None:
+                    assert item.recipient is not None
+                    first = earlier_direct.get((item.sender, item.client_id, item.recipient))
+                elif found := earlier_rooms.get((item.sender, item.client_id, item.room)):
                     first = AppendResult(found, True)
             earlier.append(first)
             if first is not None:
@@ -837,6 +841,28 @@ class PostgresStore(BatchedAppends):
     async def room_access(self, name: str) -> RoomAccess | None:
         row = await self._read(lambda conn: conn.fetchrow(f"{_ACCESS} WHERE r.name = $1", name))
         return _access(row) if row is not None else None
+
+    async def file_bytes_since(self, sender: str, since_ms: int) -> int:
+        total = await self._read(
+            lambda conn: conn.fetchval(
+                "SELECT COALESCE(SUM((file::json->>'size')::bigint), 0) FROM ("
+                " SELECT file FROM messages"
+                " WHERE sender = $1 AND ts_ms >= $2 AND file IS NOT NULL"
+                " UNION ALL SELECT file FROM direct_messages"
+                " WHERE sender = $1 AND ts_ms >= $2 AND file IS NOT NULL) AS f",
+                sender,
+                since_ms,
+            )
+        )
+        return int(total)
+
+    async def known_rooms(self, names: list[str]) -> set[str]:
+        if not names:
+            return set()
+        rows = await self._read(
+            lambda conn: conn.fetch("SELECT name FROM rooms WHERE name = ANY($1::text[])", names)
+        )
+        return {row[0] for row in rows}
 
     async def add_room_members(self, name: str, members: frozenset[str]) -> None:
         now_ms = int(self._clock() * 1000)

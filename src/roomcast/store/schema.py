@@ -105,6 +105,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE direct_messages ADD COLUMN file TEXT",
         ),
     ),
+    Migration(
+        4,
+        "a sender's file messages by time, for the upload quota",
+        (
+            "CREATE INDEX messages_files ON messages (sender, ts_ms) WHERE file IS NOT NULL",
+            "CREATE INDEX direct_messages_files ON direct_messages (sender, ts_ms)"
+            " WHERE file IS NOT NULL",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -62,7 +63,8 @@ _INSERT: Final = (
 )
 _DEDUPE: Final = (
     f"SELECT {_COLUMNS} FROM messages"
-    " WHERE sender = ? AND client_id = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT 1"
+    " WHERE sender = ? AND client_id = ? AND room = ? AND ts_ms >= ?"
+    " ORDER BY ts_ms DESC LIMIT 1"
 )
 _SAVE_SEQ: Final = (
     "INSERT INTO rooms (name, last_seq, created_ms) VALUES (?, ?, ?)"
@@ -72,7 +74,8 @@ _SAVE_SEQ: Final = (
 _DIRECT_COLUMNS: Final = "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file"
 _DIRECT_DEDUPE: Final = (
     "SELECT message_id, recipient, body, ts_ms, file FROM direct_messages"
-    " WHERE sender = ? AND client_id = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT 1"
+    " WHERE sender = ? AND client_id = ? AND recipient = ? AND ts_ms >= ?"
+    " ORDER BY ts_ms DESC LIMIT 1"
 )
 _DIRECT_INSERT: Final = (
     "INSERT INTO direct_messages (message_id, sender, recipient, body, client_id, ts_ms, file)"
@@ -260,7 +263,7 @@ class SQLiteStore(BatchedAppends):
                     continue
                 room = item.room
                 if item.client_id is not None:
-                    row = execute(_DEDUPE, (item.sender, item.client_id, cutoff)).fetchone()
+                    row = execute(_DEDUPE, (item.sender, item.client_id, room, cutoff)).fetchone()
                     if row is not None:
                         results.append(AppendResult(chat_from_row(row), True))
                         continue
@@ -319,7 +322,8 @@ class SQLiteStore(BatchedAppends):
         sender, recipient = item.sender, item.recipient
         assert recipient is not None
         if item.client_id is not None:
-            row = conn.execute(_DIRECT_DEDUPE, (sender, item.client_id, cutoff)).fetchone()
+            key = (sender, item.client_id, recipient, cutoff)
+            row = conn.execute(_DIRECT_DEDUPE, key).fetchone()
             if row is not None:
                 message_id, to, body, ts_ms, file = row
                 seqs = dict(
@@ -543,6 +547,30 @@ class SQLiteStore(BatchedAppends):
 
     async def room_access(self, name: str) -> RoomAccess | None:
         return await self._read(functools.partial(_room_access, name=name))
+
+    async def file_bytes_since(self, sender: str, since_ms: int) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            total = 0
+            for table in ("messages", "direct_messages"):
+                row = conn.execute(
+                    f"SELECT COALESCE(SUM(json_extract(file, '$.size')), 0) FROM {table}"
+                    " WHERE sender = ? AND ts_ms >= ? AND file IS NOT NULL",
+                    (sender, since_ms),
+                ).fetchone()
+                total += int(row[0])
+            return total
+
+        return await self._read(query)
+
+    async def known_rooms(self, names: list[str]) -> set[str]:
+        def query(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT name FROM rooms WHERE name IN (SELECT value FROM json_each(?))",
+                (json.dumps(names),),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._read(query) if names else set()
 
     async def add_room_members(self, name: str, members: frozenset[str]) -> None:
         now_ms = int(self._clock() * 1000)

@@ -84,6 +84,20 @@ function showError(message) {
   setTimeout(() => item.remove(), 15000);
 }
 
+// Names (of people, conversations and files) are shown without controls and
+// invisible format characters: a bidi override (U+202E) would show
+// "invoice<U+202E>fdp.exe" as "invoiceexe.pdf", and zero-width characters make
+// two names look alike. The server strips them from file names and allows no
+// such user names, but names from another server or from old stored messages
+// may still carry them. ZWNJ and ZWJ stay (emoji and some scripts need them).
+// The same rule as roomcast/textsafe.py. Only what is shown changes: who a
+// message goes to is still the name the server sent.
+const HIDDEN_CHARS = /(?![\u200c\u200d])[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+
+function visibleName(name, fallback = "?") {
+  return String(name ?? "").replace(HIDDEN_CHARS, "") || fallback;
+}
+
 function plural(n, one, many) {
   return `${n} ${n === 1 ? one : many}`;
 }
@@ -129,13 +143,14 @@ function richText(text) {
 function fileBody(file) {
   const box = el("div", { class: "file" });
   const url = file.url.startsWith("/files/") ? file.url : null;
+  const name = visibleName(file.name, "file");
   if (url && INLINE_IMAGES.has(file.mime)) {
-    const img = el("img", { src: url, alt: file.name, loading: "lazy", class: "thumb", dataTestid: "file-image" });
+    const img = el("img", { src: url, alt: name, loading: "lazy", class: "thumb", dataTestid: "file-image" });
     const link = el("a", { href: url, target: "_blank", rel: "noopener noreferrer", class: "thumb-link" }, img);
     box.append(link);
   }
-  const label = `${file.name} (${formatSize(file.size)})`;
-  if (url) box.append(el("a", { href: url, download: file.name, class: "download", dataTestid: "file-link", text: label }));
+  const label = `${name} (${formatSize(file.size)})`;
+  if (url) box.append(el("a", { href: url, download: name, class: "download", dataTestid: "file-link", text: label }));
   else box.append(el("span", { text: label }));
   return box;
 }
@@ -152,7 +167,7 @@ function conv(key) {
     dataConv: key,
     ariaLive: "polite",
     ariaRelevant: "additions",
-    ariaLabel: `Messages in ${type === "room" ? key : `conversation with ${key.slice(1)}`}`,
+    ariaLabel: `Messages in ${type === "room" ? key : `conversation with ${visibleName(key.slice(1))}`}`,
     hidden: true,
   });
   $("lists").append(list);
@@ -177,7 +192,7 @@ function conv(key) {
 function messageLi(item, mine) {
   const li = el("li", { class: `msg${mine ? " mine" : ""}`, dataTestid: "msg", dataFrom: item.from });
   const meta = el("div", { class: "meta" });
-  meta.append(el("span", { class: "from", text: item.from }));
+  meta.append(el("span", { class: "from", text: visibleName(item.from) }));
   const when = item.timestamp ? new Date(item.timestamp) : new Date();
   li.dataset.day = when.toDateString();
   li.dataset.dayLabel = dayLabel(when);
@@ -281,7 +296,7 @@ function addPending(c, id, kind, text, fileName = null) {
   const item = { from: me.name, text, file: null, timestamp: null };
   const li = messageLi(item, true);
   if (fileName) {
-    li.querySelector(".body").replaceChildren(el("span", { class: "file-pending download", text: fileName }));
+    li.querySelector(".body").replaceChildren(el("span", { class: "file-pending download", text: visibleName(fileName, "file") }));
   }
   li.dataset.pending = id;
   setStatus(li, "sending");
@@ -406,8 +421,8 @@ function show(c) {
   current = c;
   c.list.hidden = false;
   c.unread = 0;
-  $("title").textContent = c.type === "room" ? `#${c.name}` : `@${c.name}`;
-  $("text").placeholder = c.type === "room" ? `Message #${c.name}` : `Message ${c.name}`;
+  $("title").textContent = c.type === "room" ? `#${c.name}` : `@${visibleName(c.name)}`;
+  $("text").placeholder = c.type === "room" ? `Message #${c.name}` : `Message ${visibleName(c.name)}`;
   $("leave").hidden = c.type !== "room" || c.name === LOBBY;
   $("members-pane").classList.toggle("none", c.type !== "room");
   $("members-toggle").hidden = c.type !== "room";
@@ -427,10 +442,10 @@ function renderMembers() {
   const names = [...current.members].sort((a, b) => a.localeCompare(b));
   for (const name of names) {
     const li = el("li", { dataTestid: "member" });
-    li.append(el("span", { class: "dot on", ariaHidden: "true" }), el("span", { text: name }));
+    li.append(el("span", { class: "dot on", ariaHidden: "true" }), el("span", { text: visibleName(name) }));
     if (me && name === me.name) li.append(el("span", { class: "you", text: " (you)" }));
     if (me && !me.guest && !name.startsWith("guest-") && name !== me.name) {
-      const dm = el("button", { type: "button", class: "quiet small", text: "Message", ariaLabel: `Message ${name}` });
+      const dm = el("button", { type: "button", class: "quiet small", text: "Message", ariaLabel: `Message ${visibleName(name)}` });
       dm.addEventListener("click", () => openDm(name));
       li.append(dm);
     }
@@ -442,7 +457,7 @@ function renderMembers() {
 
 function renderTyping() {
   const now = Date.now();
-  const names = current ? [...current.typing].filter(([, until]) => until > now).map(([n]) => n) : [];
+  const names = current ? [...current.typing].filter(([, until]) => until > now).map(([n]) => visibleName(n)) : [];
   let text = "";
   if (names.length === 1) text = `${names[0]} is typing…`;
   else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
@@ -481,7 +496,7 @@ function renderNav() {
   const dms = $("dms");
   dms.replaceChildren();
   for (const c of [...convs.values()].filter((x) => x.type === "dm").sort((a, b) => a.name.localeCompare(b.name))) {
-    const [li, button] = navButton(`@ ${c.name}`, c.key, null);
+    const [li, button] = navButton(`@ ${visibleName(c.name)}`, c.key, null);
     button.addEventListener("click", () => show(c));
     dms.append(li);
   }
@@ -562,7 +577,7 @@ function updateBanner() {
   $("retry").hidden = true;
   $("resign").hidden = true;
   if (state === "connected") {
-    message = `Connected as ${me?.name ?? "…"}.`;
+    message = `Connected as ${me ? visibleName(me.name) : "…"}.`;
   } else if (state === "closed") {
     message = `Disconnected: ${client.closedReason}`;
     $("resign").hidden = false;
@@ -659,7 +674,7 @@ function start() {
   client.on("outbox", updateBanner);
   client.on("user", (user) => {
     me = user;
-    $("me").textContent = `${user.name}${user.guest ? " (guest)" : ""}`;
+    $("me").textContent = `${visibleName(user.name)}${user.guest ? " (guest)" : ""}`;
     $("dm-section").hidden = user.guest;
     $("private-fields").hidden = user.guest;
     $("attach-label").hidden = user.guest;
@@ -777,7 +792,7 @@ async function sendFiles(files) {
   }
   for (const file of files) {
     if (file.size > MAX_FILE) {
-      showError(`${file.name} is larger than ${formatSize(MAX_FILE)}.`);
+      showError(`${visibleName(file.name, "file")} is larger than ${formatSize(MAX_FILE)}.`);
       continue;
     }
     try {
@@ -786,7 +801,7 @@ async function sendFiles(files) {
       const { id } = client.sendFile(target, file.name, file.type, bytes);
       addPending(c, id, "file", "", file.name);
     } catch (err) {
-      showError(`${file.name} not sent: ${err.serverMessage ?? err.message}`);
+      showError(`${visibleName(file.name, "file")} not sent: ${err.serverMessage ?? err.message}`);
     }
   }
   updateBanner();

@@ -239,7 +239,7 @@ export class ChatClient {
     this._setState(this.everConnected ? "reconnecting" : "connecting");
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this.url, this._subprotocols());
     } catch (err) {
       this._retry(`cannot connect: ${err.message}`);
       return;
@@ -254,6 +254,17 @@ export class ChatClient {
     this.timers.open = setTimeout(() => {
       if (this.ws === ws && ws.readyState === WebSocket.CONNECTING) this._lost(ws, "connecting timed out");
     }, this.openTimeout);
+  }
+
+  /**
+   * With a token, sign in on the handshake too: a browser cannot set
+   * Authorization, so the token rides in the subprotocol offer (the server
+   * selects "roomcast", never echoing the token). Only a connection signed in
+   * on its handshake may send frames over 64 KiB (files); `auth` still follows
+   * once connected, as before, for the expiry and renewal flow.
+   */
+  _subprotocols() {
+    return this.token !== null ? ["roomcast", `roomcast.bearer.${this.token}`] : [];
   }
 
   _detach() {
@@ -362,6 +373,7 @@ export class ChatClient {
       if (reply.type === "joined") {
         this._joined(reply.payload, resumed);
         this.emit("joined", reply.payload);
+        await this._pageBack(ws, room, reply.payload);
       } else if (reply.type === "error") {
         this.streams.delete(room);
         this.emit("left", { room, error: reply.payload });
@@ -375,6 +387,25 @@ export class ChatClient {
     }
     this.everConnected = true;
     this._setState("connected");
+  }
+
+  /**
+   * Read what a capped replay left out (`replay_from`) with `history`: the
+   * stream holds the replayed messages until these older ones fill the gap,
+   * so every missed message is still shown once, in order.
+   */
+  async _pageBack(ws, room, joined) {
+    const stream = this.streams.get(room);
+    if (!stream || stream.expected === null || !Number.isInteger(joined.replay_from)) return;
+    let before = joined.replay_from;
+    while (before > stream.expected) {
+      const limit = Math.min(100, before - stream.expected);
+      const reply = await this._ask(ws, "history", { room, before, limit });
+      const items = reply.type === "history" ? reply.payload.messages ?? [] : [];
+      if (!items.length) return;
+      for (const m of items) this._deliver(room, roomItem(m.type, { room, ...m }, m.timestamp));
+      before = Math.min(...items.map((m) => Number(m.seq)));
+    }
   }
 
   async _catchUpDirect(ws) {
