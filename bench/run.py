@@ -304,6 +304,13 @@ def measure_crossnode(opts: argparse.Namespace, tmp: Path, run: int) -> dict[str
     return result
 
 
+def roomcast_runs(target: str, scenario: str) -> bool:
+    """Whether ``target`` runs a roomcast-only scenario (the base tree: not the scale-out ones)."""
+    if target == "roomcast":
+        return True
+    return target == "roomcast-base" and scenario not in ("persist-pg", "crossnode")
+
+
 def src_digest() -> str:
     """A digest of src/ (the tree under test, which others may edit between runs)."""
     digest = hashlib.sha256()
@@ -527,7 +534,7 @@ def main(argv: list[str]) -> int:
                 print(f"{scenario}: {notes[scenario]}", file=sys.stderr)
                 scenarios.remove(scenario)
                 continue
-            skipped = [t for t in targets if t != "roomcast"]
+            skipped = [t for t in targets if not roomcast_runs(t, scenario)]
             if scenario in ROOMCAST_ONLY and skipped:
                 notes[scenario] = f"Skipped {', '.join(skipped)}: {ROOMCAST_ONLY[scenario]}."
                 print(f"{scenario}: {notes[scenario]}", file=sys.stderr)
@@ -535,7 +542,7 @@ def main(argv: list[str]) -> int:
         for run in range(opts.runs):
             for scenario in scenarios:
                 for target in targets:  # interleaved, so drift hits every target alike
-                    if scenario in ROOMCAST_ONLY and target != "roomcast":
+                    if scenario in ROOMCAST_ONLY and not roomcast_runs(target, scenario):
                         continue
                     if scenario == "persist-pg":
                         result = measure_persist_pg(SCENARIOS[scenario], opts, tmp)

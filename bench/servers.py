@@ -28,7 +28,11 @@ CANDIDATES = {
     "websockets": "websockets_bcast.py",
     "picows": "picows_server.py",
 }
-TARGETS = ["roomcast", "node", *CANDIDATES]
+#: ``roomcast-base`` is roomcast from another tree (``$ROOMCAST_BASE_SRC``, the
+#: ``src`` folder of a ``git worktree`` of the base commit), run with this
+#: venv: the A/B of a change in one run.
+TARGETS = ["roomcast", "roomcast-base", "node", *CANDIDATES]
+ROOMCAST_TARGETS = frozenset({"roomcast", "roomcast-base"})
 LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)|running on port (\d+)")
 
 
@@ -93,11 +97,13 @@ def free_port() -> int:
 
 
 def command(name: str, tmp: Path, node_dir: Path | None, roomcast_args: list[str]) -> list[str]:
-    if name == "roomcast":
+    if name in ROOMCAST_TARGETS:
         data = tmp / f"roomcast-data-{time.monotonic_ns()}"
         # The load generator sends far more than a client may: limits off.
         return [
-            str(VENV_BIN / "roomcast"),
+            str(VENV_BIN / "python"),
+            "-m",
+            "roomcast",
             "serve",
             "--port",
             "0",
@@ -117,9 +123,16 @@ def start(
 ) -> Server:
     """Start target ``name`` pinned to ``cpu``; wait (max 20 s) for its listening line."""
     cmd = command(name, tmp, node_dir, roomcast_args)
-    if name == "roomcast":
+    if name in ROOMCAST_TARGETS:
         cmd += roomcast_args
     env = dict(os.environ, QUIET="1", PORT=str(free_port()))
+    if name == "roomcast-base":
+        base = os.environ.get("ROOMCAST_BASE_SRC")
+        if not base:
+            raise RuntimeError(
+                "roomcast-base needs ROOMCAST_BASE_SRC: the src folder of a base tree"
+            )
+        env["PYTHONPATH"] = base
     log = tmp / f"{name}-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -103,3 +103,20 @@ def test_ipv6_addresses_count_per_64() -> None:
     assert buckets.take("2001:db8:1:2::1", 0) == 0.0
     assert buckets.take("2001:db8:1:2::2", 0) > 0
     assert buckets.take("2001:db8:1:3::1", 0) == 0.0
+
+
+def test_check_refuses_what_attempt_would_without_the_store() -> None:
+    """check() finds a delayed name or an empty address bucket, and takes nothing itself."""
+    throttle = api.LoginThrottle()
+    assert throttle.check("192.0.2.1", "alice", 0) == 0.0
+    for _ in range(api.ACCOUNT_FREE_FAILURES):
+        fail(throttle, "192.0.2.1", "alice", 0)
+    assert throttle.check("203.0.113.5", "ALICE", 0.25) == 0.75
+    assert throttle.check("192.0.2.1", "bob", 0) == 0.0  # another name: free
+    throttle.succeeded("198.51.100.1", "alice")
+    for _ in range(api.ACCOUNT_FREE_FAILURES + 1):
+        fail(throttle, "192.0.2.1", "alice", 1)
+    assert throttle.check("198.51.100.1", "alice", 1) == 0.0  # the owner: attempt decides
+    for n in range(api.ADDRESS_LOGIN_BURST):
+        throttle.attempt("192.0.2.9", f"n{n}", exists=False, now=5)
+    assert throttle.check("192.0.2.9", "zed", 5) == throttle.check("192.0.2.9", "zed", 5) == 2.0

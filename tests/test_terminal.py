@@ -170,6 +170,9 @@ def test_render_presence_typing_errors_and_states() -> None:
     assert render(StateChange(s.RECONNECTING, s.CONNECTED)) == "* connected"
     assert render(StateChange(s.CONNECTED, s.CLOSED, "closed by the application")) is None
     assert render(Reply("joined", {"room": "lobby"}, None)) is None
+    taken_out = Reply("left", {"room": "team", "reason": "ann may not be in team"}, None)
+    assert render(taken_out) == "! you are no longer in team: ann may not be in team"
+    assert render(Reply("left", {"room": "team"}, "l1")) is None
 
 
 def test_typing_throttle() -> None:

@@ -111,6 +111,16 @@ class AddressBuckets:
             del self._buckets[next(iter(self._buckets))]
         return bucket.take(now)
 
+    def wait(self, address: str, now: float) -> float:
+        """Seconds until ``address`` may go on, taking nothing (0: it may now)."""
+        bucket = self._buckets.get(address_key(address))
+        if bucket is None or bucket.rate == 0:
+            return 0.0
+        tokens, updated = bucket.tokens, bucket.updated
+        if updated is not None and now > updated:
+            tokens = min(bucket.burst, tokens + (now - updated) * bucket.rate)
+        return 0.0 if tokens >= 1.0 - 1e-9 else (1.0 - tokens) / bucket.rate
+
 
 class _Failures:
     """An account's (or a name's) failed logins since its last success."""
@@ -161,6 +171,23 @@ class LoginThrottle:
         self._addresses = AddressBuckets(ADDRESS_LOGIN_RATE, ADDRESS_LOGIN_BURST)
         #: Size of ``_accounts`` at which quiet accounts are swept out.
         self._sweep_at = 1024
+
+    def check(self, address: str, name: str, now: float) -> float:
+        """Seconds this attempt will wait, as far as is known without the store (0: ask it).
+
+        A refused attempt is answered before the store is asked whether the
+        name exists, so a flood of refused attempts costs no read;
+        :meth:`attempt` decides.
+        """
+        key = name.lower()
+        wait = 0.0
+        for table in (self._accounts, self._unknown):
+            failures = table.get(key)
+            if failures is not None and now - failures.last < ACCOUNT_FORGET:
+                wait = max(wait, failures.next_try - now)
+        if wait > 0 and address_key(address) in self._known.get(key, ()):
+            wait = 0.0  # the owner's address: :meth:`attempt` lets it in
+        return max(wait, self._addresses.wait(address, now))
 
     def attempt(self, address: str, name: str, *, exists: bool, now: float) -> float:
         """Seconds until this login may be tried; 0: go ahead (counted as failed until it works)."""
@@ -449,11 +476,13 @@ async def _login(request: web.Request) -> web.Response:
     counted = isinstance(username, str) and len(username) <= MAX_LOGIN_NAME
     if counted:
         assert isinstance(username, str)
-        # Asked of every name, so that this takes as long whether it exists or not.
-        exists = username_problem(username) is None and (
-            await request.app[NODE].store.get_user(username) is not None
-        )
-        wait = throttle.attempt(address, username, exists=exists, now=time.monotonic())
+        wait = throttle.check(address, username, time.monotonic())
+        if wait <= 0:
+            # Asked of every name, so that this takes as long whether it exists or not.
+            exists = username_problem(username) is None and (
+                await request.app[NODE].store.get_user(username) is not None
+            )
+            wait = throttle.attempt(address, username, exists=exists, now=time.monotonic())
         if wait > 0:
             raise HTTPError(
                 429, "rate_limited", "too many login attempts; wait and retry", retry_after=wait

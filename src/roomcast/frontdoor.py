@@ -40,17 +40,21 @@ import orjson
 from picows import WSAutoPingStrategy, WSListener, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 __all__ = [
+    "BEARER_SUBPROTOCOL",
     "HEAD_TIMEOUT",
     "MAX_HEAD",
+    "SUBPROTOCOL",
     "ConnectionCounts",
     "FrontDoor",
     "RequestHead",
     "Router",
     "TrustedProxies",
+    "accept",
     "bare_line_break",
     "canonical_address",
     "parse_head",
     "peer_address",
+    "subprotocol_offer",
     "websocket_client",
 ]
 
@@ -392,6 +396,15 @@ class _QuietLogger(logging.LoggerAdapter[logging.Logger]):
 
     def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
         self.debug(msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        # A client's framing error is the client's fault, not the server's:
+        # INFO, like roomcast's own "failing connection" line, so no client
+        # can fill the log with ERROR lines. Anything else stays ERROR.
+        if isinstance(msg, str) and msg.startswith("WS parser error"):
+            super().info(msg, *args, **kwargs)
+        else:
+            super().error(msg, *args, **kwargs)
 
 
 # Not a logging.Logger, so picows does not make a child logger per connection.

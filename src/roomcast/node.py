@@ -565,13 +565,24 @@ class Node:
 
     async def _replay(self, peer: Peer, room: str, after: int, last: int) -> int:
         """Send ``room``'s stored messages with ``after < seq <= last``; return the last sent."""
+        # Drained each half of the send queue's bound, not each page: 500
+        # messages of 4,000 three-byte characters are 6 MB, which one write
+        # would put over the bound and close the reader as a slow consumer.
+        pace = self.limits.max_queue_bytes // 2
         while after < last:
             page = await self.store.since(room, after, limit=min(REPLAY_PAGE, last - after))
             if not page:
                 break
+            queued = 0
             for message in page:
-                peer.send(text_frame(encode(self._linked(message))))
-            after = page[-1].seq
+                frame = text_frame(encode(self._linked(message)))
+                peer.send(frame)
+                after = message.seq
+                queued += len(frame)
+                if queued >= pace:
+                    if not await peer.drain():
+                        return after
+                    queued = 0
             if not await peer.drain():
                 break
         return after
@@ -895,7 +906,15 @@ class Node:
     def _reply(self, peer: Peer, frame: ServerFrame, frame_id: str | None = None) -> None:
         if type(frame) is ErrorReply:
             self.metrics.error(frame.code)
-        peer.send(text_frame(encode(frame, id=frame_id)))
+        try:
+            data = encode(frame, id=frame_id)
+        except TypeError:
+            # A pong or echo carries the client's own JSON back; orjson reads
+            # 1,024 levels of nesting but writes only 254.
+            frame = ErrorReply(ErrorCode.INVALID_MESSAGE, "the payload is nested too deeply")
+            self.metrics.error(frame.code)
+            data = encode(frame, id=frame_id)
+        peer.send(text_frame(data))
 
     def _error(self, peer: Peer, code: ErrorCode, message: str, frame_id: str | None) -> None:
         self._reply(peer, ErrorReply(code, message), frame_id)

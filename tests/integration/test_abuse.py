@@ -298,8 +298,10 @@ async def store_behind_its_back(other: ServerProcess) -> None:
 
 
 async def raw_with_small_send_buffer(port: int, headers: dict[str, str]) -> RawWebSocket:
-    """A bare WebSocket whose kernel send buffer is small, so what the server leaves unread
-    stays in the test's own writer, where it can be seen."""
+    """A bare WebSocket with a small kernel send buffer: what the server leaves unread stays here.
+
+    So whether the server reads on shows in how much the test could write.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     sock.setblocking(False)
@@ -320,13 +322,11 @@ async def raw_with_small_send_buffer(port: int, headers: dict[str, str]) -> RawW
 async def test_files_behind_a_waiting_frame_stop_the_reading_past_64_kib(
     server_factory: ServerFactory,
 ) -> None:
-    """32 files of 1 MiB behind a join that waits 2 s: under half are taken meanwhile; all acked.
-
-    Frames that come while one waits are kept, in order; past 64 KiB of them
-    the connection is not read until they are done, and TCP holds the rest
-    back in the client. Before, the server read up to 64 whole frames (64
-    files of 8 MiB: 512 MiB for one connection) whatever their size.
-    """
+    """32 files of 1 MiB behind a join that waits 2 s: under half are taken meanwhile; all acked."""
+    # Frames that come while one waits are kept, in order; past 64 KiB of them
+    # the connection is not read until they are done, and TCP holds the rest
+    # back in the client. Before, the server read up to 64 whole frames (64
+    # files of 8 MiB: 512 MiB for one connection) whatever their size.
     first, second = two_servers(server_factory, "--secret", SECRET)
     token = await sign_up(first, "ann")
     raw = await raw_with_small_send_buffer(first.port, {"Authorization": f"Bearer {token}"})
@@ -342,7 +342,8 @@ async def test_files_behind_a_waiting_frame_stop_the_reading_past_64_kib(
             data = len(header).to_bytes(4, "big") + header.encode() + os.urandom(1 << 20)
             return client_frame(OP_BINARY, data)
 
-        files = [upload(i) for i in range(32)]
+        count = 32
+        files = [upload(i) for i in range(count)]
         loop = asyncio.get_running_loop()
         started = loop.time()
         await raw.send_frame(OP_TEXT, JOIN_STALL.encode())
@@ -354,12 +355,12 @@ async def test_files_behind_a_waiting_frame_stop_the_reading_past_64_kib(
                     written += 1
                     await raw.writer.drain()
                     taken += 1
-        assert taken < len(files) // 2, f"{taken} MiB taken while a frame waited"
+        assert taken < count // 2, f"{taken} MiB taken while a frame waited"
         assert (await raw.read_json())["id"] == "stall"  # joined, before the wait
         rest = asyncio.ensure_future(raw.send_raw(b"".join(files[written:])))
         acks: list[str] = []
         async with asyncio.timeout(STALL + RECV_TIMEOUT * 2):
-            while len(acks) < len(files):
+            while len(acks) < count:
                 frame = await raw.read_json()
                 assert frame["type"] != "error", frame
                 if frame["type"] == "ack":
@@ -368,7 +369,7 @@ async def test_files_behind_a_waiting_frame_stop_the_reading_past_64_kib(
                         assert waited >= STALL - 0.3, "the join did not wait: no stall to test"
                     acks.append(frame["id"])
         await rest
-        assert acks == [f"f{i}" for i in range(len(files))]
+        assert acks == [f"f{i}" for i in range(count)]
     finally:
         await raw.close()
 
@@ -376,14 +377,12 @@ async def test_files_behind_a_waiting_frame_stop_the_reading_past_64_kib(
 async def test_frames_behind_a_waiting_one_are_rate_limited_as_they_arrive(
     server_factory: ServerFactory,
 ) -> None:
-    """Chats at 10/s (limit 20/s, burst 5) behind a join that waits 2 s are all acked, in turn.
-
-    Each frame is taken from the rate limit when it arrives. Before, the
-    frames kept behind the join were taken when it let them through, all at
-    one instant, and past the burst of 5 they were refused. A refusal made
-    on arrival (the malformed frame here) is answered in its turn: the
-    replies keep the order of the frames.
-    """
+    """Chats at 10/s (limit 20/s, burst 5) behind a join that waits 2 s are all acked, in turn."""
+    # Each frame is taken from the rate limit when it arrives. Before, the
+    # frames kept behind the join were taken when it let them through, all at
+    # one instant, and past the burst of 5 they were refused. A refusal made
+    # on arrival (the malformed frame here) is answered in its turn: the
+    # replies keep the order of the frames.
     first, second = two_servers(server_factory, "--rate-burst", "5")
     loop = asyncio.get_running_loop()
     async with connect(first.ws_url()) as ws:

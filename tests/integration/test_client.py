@@ -26,6 +26,7 @@ from roomcast.client import (
     ConnectionState,
     DirectMessage,
     QueueFull,
+    Reply,
     RoomMessage,
     SendError,
     StateChange,
@@ -371,3 +372,24 @@ async def test_a_capped_replay_is_paged_back_and_nothing_is_missed(tmp_path: Pat
     finally:
         await proxy.stop()
         server.server.stop(signal.SIGKILL)
+
+
+async def test_a_room_the_server_takes_away_is_not_joined_again(node: Restartable) -> None:
+    """After auth as a guest, the private room is left (``left`` with a reason) and forgotten."""
+    tokens = {name: await sign_up(node.server, name) for name in ("ola", "pim")}
+    status, _ = await call(
+        node.server,
+        "POST",
+        "/api/rooms",
+        json={"name": "crew", "private": True, "members": ["pim"]},
+        bearer=tokens["ola"],
+    )
+    assert status == 201
+    async with Client(node.url(), token=tokens["pim"], backoff=fast_backoff()) as pim:
+        events = collect(pim)
+        await pim.join("crew")
+        assert "crew" in pim.rooms
+        await pim.request("auth", {"guest": "pimmy"})
+        await wait_for(lambda: "crew" not in pim.rooms)
+        left = [e for e in events if isinstance(e, Reply) and e.type == "left"]
+        assert left and left[0].payload["room"] == "crew" and left[0].payload["reason"]

@@ -158,11 +158,9 @@ async def test_upgrade_to_another_path_is_a_json_404(server: ServerProcess) -> N
 async def test_a_message_in_1024_fragments_is_read_and_one_more_closes_1009(
     server: ServerProcess,
 ) -> None:
-    """1,024 frames make one message (a ping, ponged); a 1,025th fragment closes with 1009.
-
-    Empty continuations add nothing to a message's size: without a count,
-    a client could send them forever and the server would keep every one.
-    """
+    """1,024 frames make one message (a ping, ponged); a 1,025th fragment closes with 1009."""
+    # Empty continuations add nothing to a message's size: without a count,
+    # a client could send them forever and the server would keep every one.
     ping = json.dumps({"type": "ping", "id": "many"}).encode()
     empty = client_frame(OP_CONT, b"", fin=False)
     async with await RawWebSocket.connect(server.port) as raw:
@@ -189,11 +187,9 @@ def reserved(frame: bytes, bit: int) -> bytes:
 
 
 async def test_reserved_bits_fail_the_connection_with_1002(server: ServerProcess) -> None:
-    """RSV1, RSV2 or RSV3 set on a data or control frame closes with 1002 (no extension).
-
-    RFC 6455 section 5.2: with no extension negotiated that gives them a
-    meaning, a frame with a reserved bit set fails the connection.
-    """
+    """RSV1, RSV2 or RSV3 set on a data or control frame closes with 1002 (no extension)."""
+    # RFC 6455 section 5.2: with no extension negotiated that gives them a
+    # meaning, a frame with a reserved bit set fails the connection.
     ping = json.dumps({"type": "ping", "id": "r"}).encode()
     cases = {
         "text, RSV1": reserved(client_frame(OP_TEXT, ping), 1),
@@ -238,13 +234,11 @@ async def until_id(raw: RawWebSocket, fid: str) -> dict[str, Any]:
 async def test_a_big_frame_is_refused_from_its_header_unless_signed_in_on_the_handshake(
     accounts: ServerProcess,
 ) -> None:
-    """A 1 MiB binary header closes with 1009 at once, unless the handshake carried a token.
-
-    Anonymous, a guest, and a user who signed in with ``auth`` after
-    connecting all get picows' text limit (64 KiB); only the handshake's
-    token sets the file limit, which cannot change once the connection is
-    built. No payload is sent: the refusal comes from the header.
-    """
+    """A 1 MiB binary header closes with 1009 at once, unless the handshake carried a token."""
+    # Anonymous, a guest, and a user who signed in with ``auth`` after
+    # connecting all get picows' text limit (64 KiB); only the handshake's
+    # token sets the file limit, which cannot change once the connection is
+    # built. No payload is sent: the refusal comes from the header.
     token = await sign_up(accounts, "ann")
     sign_ins = {
         "anonymous": None,
@@ -305,11 +299,9 @@ async def test_text_over_64_kib_closes_1009_on_a_connection_signed_in_on_the_han
 
 
 async def test_a_browser_signs_in_with_the_subprotocol_offer(accounts: ServerProcess) -> None:
-    """``roomcast, roomcast.bearer.TOKEN``: 101 selecting ``roomcast`` only; signed in, files pass.
-
-    Browsers cannot set Authorization on a WebSocket; the offer is how the
-    page signs in on the handshake. The token is never sent back.
-    """
+    """Offering ``roomcast, roomcast.bearer.TOKEN``: 101 naming ``roomcast``; signed in; files."""
+    # Browsers cannot set Authorization on a WebSocket; the offer is how the
+    # page signs in on the handshake. The token is never sent back.
     token = await sign_up(accounts, "ann")
     offer = {"Sec-WebSocket-Protocol": f"roomcast, roomcast.bearer.{token}"}
     async with await RawWebSocket.connect(accounts.port, headers=offer) as raw:

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
 from tests.integration.wsclient import (
+    OP_CLOSE,
     OP_PING,
     OP_TEXT,
     RECV_TIMEOUT,
@@ -386,6 +387,45 @@ async def test_unmasked_client_frame_closes_1002(
     assert code != -1, f"still open 3 s after an unmasked frame; it received {texts}"
     assert code == 1002, f"close code {code}; frames {raw.frames}"
     await prove_unaffected(b)
+
+
+@pytest.mark.parametrize("code", [0, 999, 1005, 1006, 1015, 2999, 5000])
+async def test_a_close_code_no_peer_may_send_is_answered_1002(
+    server: ServerProcess, code: int
+) -> None:
+    """A close frame with a reserved or unassigned code is a protocol error, not echoed."""
+    async with await RawWebSocket.connect(server.port) as raw:
+        await raw.send_frame(OP_CLOSE, code.to_bytes(2, "big"))
+        _, answered = await raw.read_until_closed(timeout=3)
+    assert answered == 1002
+
+
+async def test_json_nested_too_deep_to_echo_is_invalid_message(
+    server: ServerProcess, b: ClientConnection
+) -> None:
+    """orjson reads 1,024 levels but writes 254: an echo or ping that deep is refused, not 500."""
+    deep = "[" * 600 + "]" * 600
+    for kind in ("echo", "ping", "no-such-type"):
+        async with await RawWebSocket.connect(server.port) as raw:
+            await raw.read_json()  # welcome
+            await raw.read_json()  # joined
+            frame = f'{{"type":"{kind}","id":"deep","payload":{{"x":{deep}}}}}'
+            await raw.send_frame(OP_TEXT, frame.encode())
+            reply = await raw.read_json()
+            assert reply["type"] == "error" and reply["id"] == "deep", reply
+            assert reply["payload"]["code"] == "invalid_message"
+    assert "Traceback" not in server.stderr() and "internal error" not in server.stderr()
+    await prove_unaffected(b)
+
+
+async def test_framing_errors_are_not_logged_as_server_errors(server: ServerProcess) -> None:
+    """A client's framing error (here an unmasked frame) is an INFO line, never ERROR."""
+    async with await RawWebSocket.connect(server.port) as raw:
+        await raw.send_frame(OP_TEXT, b"{}", masked=False)
+        await raw.read_until_closed(timeout=3)
+    await asyncio.sleep(0.2)
+    levels = [line.split()[2] for line in server.stderr().splitlines() if line[:2] == "20"]
+    assert "un-masked" in server.stderr() and "ERROR" not in levels
 
 
 # -- connections that never finish --------------------------------------------

@@ -13,8 +13,12 @@ serve`` subprocess per server configuration.
 Each example is judged against a small model of RFC 6455 and of the
 contract's limits (:func:`expect`): it says whether the sequence must make
 the server close the connection, with which codes, or whether the trailing
-probe ``{"type":"ping","id":"probe-N"}`` must be answered with ``pong``. The
-server must, within :data:`ANSWER_TIMEOUT`:
+probe ``{"type":"ping","id":"probe-N"}`` (sent unless the example has a
+close frame) must be answered with ``pong``. Where RFC 6455 or the contract
+leave a choice (1012-1014 and codes from 5000 echoed or refused, a fail-fast
+UTF-8 check, a cap on fragments past 64, guests' binary frames refused past
+64 KiB, a later frame's header fault reported first) the model allows each.
+The server must, within :data:`ANSWER_TIMEOUT`:
 
 - answer the probe with ``pong`` when the sequence broke no rule, or close
   with a code the model allows (a client close is echoed; a protocol error
@@ -45,6 +49,10 @@ failures are kept in the ``.hypothesis`` example database (and a
 ``@reproduce_failure`` blob is printed) so they replay first next time.
 ``ROOMCAST_FUZZ_EXAMPLES`` scales both runs (e.g. 3000 for a long local
 soak); ``ROOMCAST_FUZZ_SEED`` pins a seed.
+
+A passing run takes about 20 s. A failing one takes longer: Hypothesis
+shrinks the failure (at most 5 minutes), and an example that hangs costs
+:data:`ANSWER_TIMEOUT` each time, hence the 600 s pytest timeout.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, event, given, seed, settings, strategies as st
+from hypothesis import HealthCheck, Phase, event, given, seed, settings, strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.integration.serverproc import ServerProcess, start_server
@@ -82,7 +90,7 @@ from tests.integration.wsclient import (
     send_json,
 )
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Callable[..., Any])
 
 # -- settings ------------------------------------------------------------------
 
@@ -100,6 +108,9 @@ def fuzz_settings(max_examples: int) -> Callable[[T], T]:
         deadline=None,
         derandomize=CI and _SEED is None,
         print_blob=True,
+        # No explain phase: it replays failing examples many times, and a
+        # failing example here can cost seconds (a hang waits out a timeout).
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
         suppress_health_check=[
             HealthCheck.too_slow,
             HealthCheck.data_too_large,
@@ -235,6 +246,23 @@ class Frame:
         return f"Frame({', '.join(parts)})"
 
 
+class Frames(list[Frame]):
+    """An example's frames; the ``repr`` folds runs of alike frames (fragment storms)."""
+
+    def __repr__(self) -> str:
+        runs: list[list[Any]] = []
+        for frame in self:
+            text = repr(frame)
+            if runs and runs[-1][0] == text:
+                runs[-1][1] += 1
+            else:
+                runs.append([text, 1])
+        items = [text if n == 1 else f"{text} * {n}" for text, n in runs]
+        if len(items) > 60:
+            items = [*items[:30], f"... {len(items) - 50} more runs ...", *items[-20:]]
+        return "[" + ",\n ".join(items) + "]"
+
+
 def probe_frame(n: int) -> Frame:
     """The trailing JSON ping of example ``n``."""
     return Frame(OP_TEXT, json.dumps({"type": "ping", "id": f"probe-{n}"}).encode())
@@ -260,6 +288,17 @@ class Expected:
     @property
     def close_codes(self) -> set[int]:
         return set(self.must_close or ()) | self.may_close
+
+    def __str__(self) -> str:
+        if self.must_close is None:
+            wanted = "the probe's pong"
+            if self.may_close:
+                wanted += f" (or a close with {sorted(self.may_close)})"
+            return wanted
+        wanted = f"a close with {sorted(self.must_close)}"
+        if self.may_close - self.must_close:
+            wanted += f" (or {sorted(self.may_close - self.must_close)})"
+        return f"{wanted}, for {self.why}"
 
 
 def _valid_close_code(code: int) -> bool | None:
@@ -303,9 +342,9 @@ def violations(f: Frame, kind: str | None, size: int, file_size: int) -> dict[st
         # may read the length before the rest of the header.
         this = kind if f.opcode == OP_CONT else "text" if f.opcode == OP_TEXT else "binary"
         total = f.length + (size if f.opcode == OP_CONT else 0)
-        limit = {"text": TEXT_LIMIT, "binary": file_size + HEADER_SLACK}.get(
-            this or "", max(TEXT_LIMIT, file_size + HEADER_SLACK)
-        )
+        # No fuzzed connection presents a token at the handshake, so every
+        # frame, a file's included, is held to the text limit (PROTOCOL 4).
+        limit = TEXT_LIMIT
         if total > limit:
             broken[f"{this or 'data'} message of {total} bytes > {limit}"] = {1009}
     return broken
@@ -326,6 +365,8 @@ def read_ahead(later: list[Frame]) -> set[int]:
             codes.add(1002)
         if not control and f.length > TEXT_LIMIT:
             codes.add(1009)
+        if f.opcode == OP_CLOSE and _close_answer(f.payload) <= {1002, 1007}:
+            codes |= _close_answer(f.payload)  # picows checks close frames as it parses
     return codes
 
 
@@ -354,6 +395,8 @@ def expect(frames: list[Frame], file_size: int) -> Expected:
         if f.opcode == OP_PING:
             exp.pings.append(f.payload)
         elif f.opcode == OP_CLOSE:
+            if index + 1 < len(frames):  # frames after a close may count as an error
+                exp.may_close.add(1002)
             return stop(index, _close_answer(f.payload), "client close")
         elif f.opcode in (OP_TEXT, OP_BINARY, OP_CONT):
             if kind is None:
@@ -468,6 +511,10 @@ ROOMCAST_TYPES = [
     "system",
     "file",
 ]
+#: Types whose payload carries a sequence number or a count (the first three twice as often).
+SEQ_TYPES = ["history", "join", "direct_history"] * 2 + ["read", "search"]
+#: Numbers at the edges of 64 bits, negative, or not integers.
+SEQ_NUMBERS: list[Any] = [2**63, 2**64 - 1, 2**64, 2**63 - 1, -1, -(2**63) - 1, 0, 1.5, 10**40]
 FIELDS = [
     "room",
     "message",
@@ -540,23 +587,45 @@ BAD_UTF8 = [
 TEXT_SIZES = [0, 1, 2, 125, 126, 127, 65535, 65536, 65537]
 
 
+def rarely(draw: st.DrawFn, n: int) -> bool:
+    """True one time in ``n``; False in shrunk examples, unless the failure needs it."""
+    return draw(st.integers(0, n - 1)) == n - 1
+
+
 def draw_json(draw: st.DrawFn) -> bytes:
     """A JSON text (or nearly: NaN, Infinity, lone surrogates) of a roomcast-like frame."""
     choice = draw(st.integers(0, 9))
-    if choice == 0:
+    obj: Any
+    if choice <= 5:
+        obj = draw(roomcast_objects)
+    elif choice == 6:
+        obj = draw(json_values)
+    elif choice <= 8:  # a sequence number or count at or past 64 bits, or negative
+        key = draw(st.sampled_from(["since", "before", "limit", "around"]))
+        obj = {
+            "type": draw(st.sampled_from(SEQ_TYPES)),
+            "id": "seq",
+            "payload": {
+                "room": draw(st.sampled_from(["lobby", "fuzz-room"])),
+                key: draw(st.sampled_from(SEQ_NUMBERS)),
+            },
+        }
+    else:  # nested deeper than JSON libraries like
         depth = draw(st.sampled_from([2, 64, 254, 255, 256, 1000, 1024, 1025, 4096]))
         kind = draw(st.sampled_from(["echo", "ping", "chat", "join", "whatever"]))
         open_, close = draw(st.sampled_from([("[", "]"), ('{"a":', "}")]))
         inner = open_ * depth + ("1" if open_ != "[" else "") + close * depth
         return f'{{"type":"{kind}","id":"deep","payload":{{"x":{inner}}}}}'.encode()
-    obj = draw(json_values) if choice == 1 else draw(roomcast_objects)
     text = json.dumps(obj, ensure_ascii=draw(st.booleans()))
     return text.encode("utf-8", "surrogatepass")
 
 
-def draw_text_payload(draw: st.DrawFn, budget: int) -> bytes:
-    """The payload of a text message: mostly JSON, sometimes junk or bad UTF-8."""
-    choice = draw(st.integers(0, 7))
+def draw_text_payload(draw: st.DrawFn, budget: int, *, clean: bool = False) -> bytes:
+    """The payload of a text message: mostly JSON, sometimes junk or bad UTF-8.
+
+    ``clean``: valid UTF-8 of at most 64 KiB (the frame reaches the application).
+    """
+    choice = draw(st.integers(0, 5 if clean else 7))
     if choice <= 4:
         data = draw_json(draw)
     elif choice == 5:
@@ -567,10 +636,13 @@ def draw_text_payload(draw: st.DrawFn, budget: int) -> bytes:
         data = data[:cut] + draw(st.sampled_from(BAD_UTF8)) + data[cut:]
     else:
         data = draw(st.binary(max_size=60))
-    if draw(st.integers(0, 3)) == 0:
-        n = draw(st.sampled_from(TEXT_SIZES))
+    if rarely(draw, 4):
+        n = draw(st.sampled_from(TEXT_SIZES[:-1] if clean else TEXT_SIZES))
         if n <= budget:
             data = resize(data, n, spaces=draw(st.booleans()))
+    if clean:
+        data = data.decode("utf-8", "replace").encode()[:TEXT_LIMIT]
+        data = data.decode("utf-8", "ignore").encode()  # the cut may split a character
     return data
 
 
@@ -588,9 +660,14 @@ def resize(data: bytes, n: int, *, spaces: bool) -> bytes:
     return ((data or b"x") * (n // max(1, len(data)) + 1))[:n]
 
 
-def draw_binary_payload(draw: st.DrawFn, budget: int, file_size: int) -> bytes:
-    """A binary message: a file frame (4-byte header length, JSON header, bytes) or noise."""
-    if draw(st.integers(0, 2)) == 0:
+def draw_binary_payload(
+    draw: st.DrawFn, budget: int, file_size: int, *, clean: bool = False
+) -> bytes:
+    """A binary message: a file frame (4-byte header length, JSON header, bytes) or noise.
+
+    ``clean``: at most 64 KiB (and the file size), so the application reads it.
+    """
+    if rarely(draw, 3):
         data = draw(st.binary(max_size=80))
     else:
         header = draw(
@@ -605,7 +682,7 @@ def draw_binary_payload(draw: st.DrawFn, budget: int, file_size: int) -> bytes:
                 },
             )
         )
-        if draw(st.integers(0, 4)) == 0:
+        if rarely(draw, 5):
             encoded = draw_json(draw)
         else:
             encoded = json.dumps(header, ensure_ascii=draw(st.booleans())).encode(
@@ -617,9 +694,14 @@ def draw_binary_payload(draw: st.DrawFn, budget: int, file_size: int) -> bytes:
             )
         )
         data = stated.to_bytes(4, "big") + encoded + draw(st.binary(max_size=40))
-    if draw(st.integers(0, 3)) == 0:
+    if rarely(draw, 4):
         hi = file_size + HEADER_SLACK
-        n = draw(st.sampled_from([0, 3, 4, 125, 126, 65536, file_size, hi, hi + 1]))
+        sizes = [0, 3, 4, 125, 126, 65536, file_size, hi, hi + 1]
+        n = draw(
+            st.sampled_from(
+                [n for n in sizes if n <= min(TEXT_LIMIT, file_size)] if clean else sizes
+            )
+        )
         if n <= budget:
             data = resize(data, n, spaces=False)
     return data
@@ -627,10 +709,10 @@ def draw_binary_payload(draw: st.DrawFn, budget: int, file_size: int) -> bytes:
 
 def draw_mutated(draw: st.DrawFn, frame: Frame) -> Frame:
     """``frame``, now and then with RSV bits, no mask or another masking key."""
-    rsv = draw(st.integers(1, 7)) if draw(st.integers(0, 19)) == 0 else 0
-    if draw(st.integers(0, 24)) == 0:
+    rsv = draw(st.integers(1, 7)) if rarely(draw, 10) else 0
+    if rarely(draw, 25):
         key: bytes | None = None
-    elif draw(st.integers(0, 9)) == 0:
+    elif rarely(draw, 10):
         key = draw(
             st.sampled_from([b"\0\0\0\0", b"\xff\xff\xff\xff"]) | st.binary(min_size=4, max_size=4)
         )
@@ -639,11 +721,13 @@ def draw_mutated(draw: st.DrawFn, frame: Frame) -> Frame:
     return frame.replace(rsv=rsv, mask_key=key)
 
 
-def draw_control(draw: st.DrawFn) -> Frame:
-    opcode = draw(st.sampled_from([OP_PING, OP_PONG, OP_CLOSE]))
+def draw_control(draw: st.DrawFn, *, clean: bool = False) -> Frame:
+    opcode = draw(
+        st.sampled_from([OP_PING, OP_PONG] if clean else [OP_PING, OP_PONG, OP_CLOSE, OP_CLOSE])
+    )
     if opcode != OP_CLOSE:
         payload = draw(st.binary(max_size=20))
-        if draw(st.integers(0, 4)) == 0:
+        if not clean and rarely(draw, 5):
             payload = resize(payload, draw(st.sampled_from([125, 126])), spaces=False)
         return Frame(opcode, payload)
     form = draw(st.integers(0, 5))
@@ -658,23 +742,25 @@ def draw_control(draw: st.DrawFn) -> Frame:
         )
         | st.integers(0, 65535)
     )
-    if draw(st.integers(0, 3)) == 0:
+    if rarely(draw, 4):
         reason = draw(st.sampled_from(BAD_UTF8))
     else:
         reason = draw(st.text(max_size=20)).encode("utf-8", "surrogatepass")
-    if draw(st.integers(0, 4)) == 0:
+    if rarely(draw, 5):
         reason = resize(reason, draw(st.sampled_from([123, 124])), spaces=True)
     return Frame(OP_CLOSE, code.to_bytes(2, "big") + reason)
 
 
-def draw_fragmented(draw: st.DrawFn, budget: int, file_size: int) -> list[Frame]:
+def draw_fragmented(
+    draw: st.DrawFn, budget: int, file_size: int, *, clean: bool = False
+) -> list[Frame]:
     """One message in pieces, maybe with pings between them, maybe never finished."""
     text = draw(st.booleans())
     if text:
-        data = draw_text_payload(draw, budget)
+        data = draw_text_payload(draw, budget, clean=clean)
     else:
-        data = draw_binary_payload(draw, budget, file_size)
-    if draw(st.integers(0, 9)) == 0:  # a storm of tiny fragments
+        data = draw_binary_payload(draw, budget, file_size, clean=clean)
+    if rarely(draw, 10):  # a storm of tiny fragments
         count = draw(st.sampled_from([FRAGMENT_SOFT_CAP + 1, 200, 1000, 3000]))
         step = max(1, len(data) // count)
         pieces = [data[i * step : (i + 1) * step] for i in range(count - 1)]
@@ -683,13 +769,13 @@ def draw_fragmented(draw: st.DrawFn, budget: int, file_size: int) -> list[Frame]
         cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=4)))
         bounds = [0, *cuts, len(data)]
         pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
-    finished = draw(st.integers(0, 9)) != 0
+    finished = clean or not rarely(draw, 10)
     frames: list[Frame] = []
     for i, piece in enumerate(pieces):
         first = OP_TEXT if text else OP_BINARY
         last = i == len(pieces) - 1
         frames.append(Frame(first if i == 0 else OP_CONT, piece, fin=last and finished))
-        if not last and len(pieces) < 10 and draw(st.integers(0, 4)) == 0:
+        if not last and len(pieces) < 10 and rarely(draw, 5):
             frames.append(Frame(OP_PING, draw(st.binary(max_size=8))))
     return frames
 
@@ -709,27 +795,34 @@ def draw_lie(draw: st.DrawFn, file_size: int) -> Frame:
 
 
 @st.composite
-def frame_sequences(draw: st.DrawFn, file_size: int) -> list[Frame]:
-    """A few frames of every kind, at most :data:`MAX_BYTES` of payload in all."""
+def frame_sequences(draw: st.DrawFn, file_size: int) -> Frames:
+    """A few frames of every kind, at most :data:`MAX_BYTES` of payload in all.
+
+    One example in three frames cleanly (masked, no RSV, UTF-8 text up to
+    64 KiB, fragments finished, no close), so that its JSON reaches the
+    application rather than a protocol error; the others break any rule.
+    """
+    clean = draw(st.integers(0, 2)) == 0  # 0, the shrunk value: clean
     frames: list[Frame] = []
     for _ in range(draw(st.integers(0, 6))):
         budget = MAX_BYTES - sum(len(f.payload) for f in frames)
-        kind = draw(st.sampled_from(["text", "text", "binary", "fragmented", "control", "raw"]))
+        kinds = ["text", "text", "binary", "fragmented", "control"]
+        kind = draw(st.sampled_from(kinds if clean else [*kinds, "raw"]))
         if kind == "text":
-            new = [Frame(OP_TEXT, draw_text_payload(draw, budget))]
+            new = [Frame(OP_TEXT, draw_text_payload(draw, budget, clean=clean))]
         elif kind == "binary":
-            new = [Frame(OP_BINARY, draw_binary_payload(draw, budget, file_size))]
+            new = [Frame(OP_BINARY, draw_binary_payload(draw, budget, file_size, clean=clean))]
         elif kind == "fragmented":
-            new = draw_fragmented(draw, budget, file_size)
+            new = draw_fragmented(draw, budget, file_size, clean=clean)
         elif kind == "control":
-            new = [draw_control(draw)]
+            new = [draw_control(draw, clean=clean)]
         else:
             opcode = draw(st.sampled_from([*OPNAMES, *RESERVED_OPCODES]))
             new = [Frame(opcode, draw(st.binary(max_size=130)), fin=draw(st.booleans()))]
-        frames += [draw_mutated(draw, f) for f in new]
-    if draw(st.integers(0, 7)) == 0:
+        frames += new if clean else [draw_mutated(draw, f) for f in new]
+    if not clean and rarely(draw, 6):
         frames.append(draw_mutated(draw, draw_lie(draw, file_size)))
-    return frames
+    return Frames(frames)
 
 
 # -- the servers, the bystander, one example -------------------------------------
@@ -833,7 +926,9 @@ async def exchange(target: Target, frames: list[Frame]) -> None:
     ]
     n = next(target.examples)
     probe_id = f"probe-{n}"
-    wire = [*frames, probe_frame(n)]
+    # A client that sent a close frame has nothing more to ask: no probe then.
+    closing = any(f.opcode == OP_CLOSE for f in frames)
+    wire = frames if closing else [*frames, probe_frame(n)]
     exp = expect(wire, target.file_size)
 
     raw = await RawWebSocket.connect(target.server.port)
@@ -852,27 +947,21 @@ async def exchange(target: Target, frames: list[Frame]) -> None:
                 outcome = await asyncio.wait_for(asyncio.shield(reader), ANSWER_TIMEOUT)
             except TimeoutError:
                 raise AssertionError(
-                    f"no answer to the probe and no close within {ANSWER_TIMEOUT} s; expected "
-                    f"{'close ' + str(sorted(exp.close_codes)) if exp.must_close else 'pong'}"
-                    f"{' (' + exp.why + ')' if exp.why else ''}; last frames {raw.frames[-3:]}"
+                    f"no answer and no close within {ANSWER_TIMEOUT} s; expected {exp}; "
+                    f"the server sent {raw.frames[2:][-3:]}"
                 ) from None
         finally:
             # The reader's own failure, if any, was raised above: only stop it.
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-        event(f"server: {outcome.kind} {outcome.code or ''}".strip())
+        event(f"server: {outcome.kind} {'' if outcome.code is None else outcome.code}".strip())
         event(f"model: {sorted(exp.must_close) if exp.must_close else 'answer'}")
         if outcome.kind == "answered":
-            assert exp.must_close is None, (
-                f"the server answered the probe although it must have closed with "
-                f"{sorted(exp.must_close)} ({exp.why})"
-            )
+            assert exp.must_close is None, f"the server answered the probe; expected {exp}"
         elif outcome.kind == "closed":
             assert outcome.code in exp.close_codes, (
-                f"closed with {outcome.code} {outcome.reason!r}; allowed "
-                f"{sorted(exp.close_codes) or 'none: the probe must be answered'}"
-                f"{' (' + exp.why + ')' if exp.why else ''}"
+                f"the server closed with {outcome.code} {outcome.reason!r}; expected {exp}"
             )
             assert outcome.code in CONTRACT_CLOSE_CODES | (exp.must_close or set()), outcome.code
             # Complete the close handshake; the server must then end TCP.
@@ -886,10 +975,13 @@ async def exchange(target: Target, frames: list[Frame]) -> None:
                 ) from None
         else:
             raise AssertionError(
-                f"the connection ended without a close frame ({describe(outcome)}); expected "
-                f"{'close ' + str(sorted(exp.close_codes)) if exp.must_close else 'pong'}"
+                f"the connection ended without a close frame ({describe(outcome)}); expected {exp}"
             )
-        if exp.pings_owed:
+        # A close the model only allows (``may_close``) can come at any frame,
+        # so the pings after it are owed nothing; a required close comes at
+        # a known frame, and every ping before it is owed its pong.
+        decided = outcome.kind == "answered" or outcome.code in (exp.must_close or set())
+        if exp.pings_owed and decided:
             missing = collections.Counter(exp.pings) - collections.Counter(outcome.pongs)
             assert not missing, f"pings never answered with a pong: {list(missing)}"
     finally:
@@ -994,8 +1086,9 @@ def serve(
     finally:
         code = server.stop()
     assert code == 0, f"the server exited with {code}"
-    problems = new_log_problems(target)
-    assert not problems, "the server logged a failure:\n" + "\n".join(problems)
+    if target is not None:  # what it logged after the last example, shutdown included
+        problems = new_log_problems(target)
+        assert not problems, "the server logged a failure:\n" + "\n".join(problems)
 
 
 @pytest.fixture(scope="module")
@@ -1024,7 +1117,7 @@ def default_target(
     yield from serve(runner, tmp_path_factory.mktemp("fuzz-default"), DEFAULT_FILE_SIZE, 0.1)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 @fuzz_settings(EXAMPLES)
 @given(frames=frame_sequences(FUZZ_FILE_SIZE))
 def test_fuzzed_frames_are_answered_or_closed_and_others_are_served(
@@ -1034,7 +1127,7 @@ def test_fuzzed_frames_are_answered_or_closed_and_others_are_served(
     run_example(fuzz_target, frames)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 @fuzz_settings(DEFAULT_LIMITS_EXAMPLES)
 @given(frames=frame_sequences(DEFAULT_FILE_SIZE))
 def test_fuzzed_frames_with_default_limits(default_target: Target, frames: list[Frame]) -> None:

@@ -17,8 +17,12 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from roomcast.cli import build_parser, config_from_args
+from roomcast.config import ServerConfig
+from roomcast.exceptions import ConfigError
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess, serve_command
 from tests.integration.users import closed_with
@@ -112,7 +116,7 @@ async def test_a_slow_body_is_answered_408_and_closed_at_the_deadline(
 
 async def test_a_body_in_time_is_still_read_whole(server_factory: ServerFactory) -> None:
     """A body split in slow parts that ends before the deadline is handled as usual (401)."""
-    server = server_factory("--body-timeout", str(BODY_TIMEOUT))
+    server = server_factory("--body-timeout", str(BODY_TIMEOUT * 3))
     body = b'{"username": "nobody", "password": "wrong password"}'
     async with raw(server) as (reader, writer):
         writer.write(
@@ -250,3 +254,26 @@ def test_a_trusted_proxy_that_is_no_address_is_refused_at_start(tmp_path: Path) 
     assert result.returncode == 2
     assert result.stderr.startswith("roomcast: error: --trusted-proxy must be an IP address")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_the_new_flags_read_the_environment_and_flags_win() -> None:
+    """ROOMCAST_TRUSTED_PROXY (space-separated) and the other new variables work; flags win."""
+
+    def config(argv: list[str], env: dict[str, str]) -> ServerConfig:
+        return config_from_args(build_parser(env).parse_args(["serve", *argv]))
+
+    default = config([], {})
+    assert (default.trusted_proxies, default.body_timeout) == ((), 10.0)
+    assert default.limits.max_http_connections_per_ip == 128
+    env = {
+        "ROOMCAST_TRUSTED_PROXY": "127.0.0.1 10.0.0.0/8",
+        "ROOMCAST_BODY_TIMEOUT": "2.5",
+        "ROOMCAST_MAX_HTTP_CONNECTIONS_PER_IP": "0",
+    }
+    from_env = config([], env)
+    assert from_env.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    assert (from_env.body_timeout, from_env.limits.max_http_connections_per_ip) == (2.5, 0)
+    flags = config(["--trusted-proxy", "::1", "--trusted-proxy", "192.0.2.1"], env)
+    assert flags.trusted_proxies == ("::1", "192.0.2.1")
+    with pytest.raises(ConfigError, match="--body-timeout"):
+        config(["--body-timeout", "0"], {})

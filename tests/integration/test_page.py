@@ -26,6 +26,8 @@ from playwright.async_api import (
 )
 
 from roomcast.client import Client
+from roomcast.node import MAX_REPLAY
+from tests.conftest import ServerFactory
 from tests.integration.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -414,3 +416,57 @@ async def test_private_rooms_and_scroll_back(browser: Browser, server: ServerPro
     await expect(bodies(page).first).to_have_text("old 0")
     await expect(page.get_by_test_id("older")).to_be_hidden()
     assert nia_log.problems() == [] and log.problems() == []
+
+
+async def test_a_signed_in_page_sends_a_file_over_64_kib(
+    browser: Browser, server: ServerProcess, tmp_path: Path
+) -> None:
+    """A 300 KB file from a signed-in page arrives whole; a guest downloads the same bytes."""
+    # The server reads frames over 64 KiB only on a connection that showed a
+    # token at its handshake. A page cannot set Authorization there, so it
+    # offers the subprotocols ``roomcast`` and ``roomcast.bearer.TOKEN``.
+    hal, hal_log = await open_page(browser, server.http_url("/"))
+    ivy, ivy_log = await open_page(browser, server.http_url("/"))
+    await register(hal, "hal")
+    await as_guest(ivy, "ivy")
+    body = os.urandom(300_000)
+    upload = tmp_path / "big.bin"
+    upload.write_bytes(body)
+    await hal.get_by_test_id("file-input").set_input_files(str(upload))
+    link = ivy.locator('[data-conv="#lobby"] a', has_text="big.bin")
+    await expect(link).to_have_count(1)
+    await expect(messages(hal).last).to_have_attribute("data-state", "acked")
+    download = await ivy.request.get(server.http_url(await link.get_attribute("href") or ""))
+    assert download.ok and await download.body() == body
+    assert hal_log.problems() == [] and ivy_log.problems() == []
+
+
+async def test_a_long_absence_is_shown_whole_and_in_order(
+    browser: Browser, server_factory: ServerFactory
+) -> None:
+    """Back after more than one join replays, the page pages back and shows every message once."""
+    server = server_factory("--rate-limit", "0")
+    proxy = BlockingProxy(server.port)
+    await proxy.start()
+    try:
+        page, log = await open_page(browser, f"http://127.0.0.1:{proxy.port}/?backoff=50,500")
+        await as_guest(page, "pia")
+        await say(page, "before")
+        await expect(messages(page).last).to_have_attribute("data-state", "acked")
+        proxy.blocked = True
+        proxy.cut()
+        await expect(page.get_by_test_id("banner")).to_have_attribute("data-state", "reconnecting")
+        missed = MAX_REPLAY + 150
+        async with Client(server.ws_url(), guest="flood") as flood:
+            for n in range(missed):
+                await flood.send_chat(f"m{n}")
+        proxy.blocked = False
+        await connected(page)
+        await expect(bodies(page)).to_have_count(missed + 1, timeout=30_000)
+        texts = await bodies(page).all_inner_texts()
+        assert texts == ["before", *(f"m{n}" for n in range(missed))]
+        seqs = [int(s) for s in await messages(page).evaluate_all("l => l.map(m => m.dataset.seq)")]
+        assert seqs == list(range(seqs[0], seqs[0] + missed + 1))
+        assert log.page_errors == [] and log.dialogs == []
+    finally:
+        await proxy.stop()

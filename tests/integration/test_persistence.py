@@ -24,6 +24,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from roomcast.node import MAX_REPLAY
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
@@ -483,15 +484,16 @@ async def test_join_since_zero_during_live_stream_is_contiguous(
 
 async def test_large_replay_is_paced_not_dropped(server_factory: ServerFactory) -> None:
     """A since=0 join replaying far more than the 1 MiB queue limit gets it all, unclosed."""
-    server = server_factory("--rate-limit", "0")  # 6,000 messages written as fast as acked
-    senders, per_sender = 2, 3000
+    server = server_factory("--rate-limit", "0")  # written as fast as acked
+    senders, per_sender = 2, 750
     total = senders * per_sender
+    replayed = range(total - MAX_REPLAY + 1, total + 1)  # one join replays the newest
 
-    # ~1,000 characters a message: the replay (~6.9 MB) must be more than the
-    # kernel's socket buffers on loopback absorb (~4 MB here) plus the 1 MiB
-    # queue, or a server that did not pace the replay would pass too.
+    # 4,000 three-byte characters a message: the replay (~12 MB) must be more
+    # than the kernel's socket buffers on loopback absorb (~4 MB here) plus
+    # the 1 MiB queue, or a server that did not pace the replay would pass too.
     def text(tag: str, i: int) -> str:
-        return f"{tag}-{i}-".ljust(1000, "x")
+        return f"{tag}-{i}-".ljust(4000, "\u20ac")
 
     async with contextlib.AsyncExitStack() as stack:
         clients = [
@@ -523,22 +525,23 @@ async def test_large_replay_is_paced_not_dropped(server_factory: ServerFactory) 
         joined = await join(reader, "big", since=0)
         assert joined["seq"] == total
         assert joined["recovered"] is True
+        assert joined["replay_from"] == replayed[0]
         # Read nothing for a while (well under the server's 10 s drain
         # timeout), then read slowly.
         await asyncio.sleep(2.0)
         seqs: list[int] = []
         size = 0
-        while len(seqs) < total:
+        while len(seqs) < len(replayed):
             data = await asyncio.wait_for(reader.recv(), 15)
-            size += len(data)
+            size += len(data.encode() if isinstance(data, str) else data)
             frame = json.loads(data)
             assert frame["type"] == "chat", frame
             seqs.append(frame["payload"]["seq"])
             if len(seqs) % 250 == 0:
                 await asyncio.sleep(0.05)
         assert await until_pong(reader, "end") == []
-    assert seqs == list(range(1, total + 1))
-    assert size > 5 * 2**20, f"only {size} bytes replayed"
+    assert seqs == list(replayed)
+    assert size > 10 * 2**20, f"only {size} bytes replayed"
 
 
 # -- disk trouble ------------------------------------------------------------------

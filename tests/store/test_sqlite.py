@@ -112,7 +112,7 @@ async def test_version_2_database_gains_file_columns(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
     conn.close()
-    assert versions == [1, 2, 3] == list(range(1, LATEST_VERSION + 1))
+    assert versions == [1, 2, 3, 4] == list(range(1, LATEST_VERSION + 1))
 
 
 async def test_reopened_store_keeps_file_messages(path: Path) -> None:

@@ -684,6 +684,10 @@ class Client:
                 # The lobby on connect, or an answer to join: the stream starts
                 # after the room's last seq (a resume join is checked in _resume).
                 self._joined(event.payload, resumed=False)
+            elif event.type == "left" and event.id is None:
+                # The server took this connection out of the room (a new
+                # identity may not be in it): do not join it again on resume.
+                self._streams.pop(str(event.payload.get("room", "")), None)
             if event.id is not None:
                 self._answer(event)
                 return

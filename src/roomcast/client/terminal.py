@@ -36,6 +36,7 @@ from .events import (
     Event,
     FileRef,
     Presence,
+    Reply,
     RoomMessage,
     ServerError,
     StateChange,
@@ -242,6 +243,9 @@ def render(event: Event, *, now: datetime | None = None) -> str | None:
         return f"* {clean(event.user)} is typing in {clean(event.room)}"
     if isinstance(event, ServerError):
         return f"! {clean(event.code)}: {clean(event.message)}"
+    if isinstance(event, Reply) and event.type == "left" and event.payload.get("reason"):
+        room, reason = str(event.payload.get("room", "")), str(event.payload["reason"])
+        return f"! you are no longer in {clean(room)}: {clean(reason)}"
     if isinstance(event, StateChange):
         reason = f" ({clean(event.reason)})" if event.reason else ""
         if event.new is ConnectionState.CONNECTING:

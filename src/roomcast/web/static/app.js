@@ -695,6 +695,7 @@ function start() {
   });
   client.on("left", (p) => {
     if (p.error) showError(`You are no longer in #${p.room}: ${p.error.message}`);
+    else if (p.reason) showError(`You are no longer in #${p.room}: ${p.reason}`);
   });
   client.on("message", (item) => addItem(conv(`#${item.room}`), item, true));
   client.on("direct", (item) => addDirect(item, true));

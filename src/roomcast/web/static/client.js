@@ -499,6 +499,9 @@ export class ChatClient {
         this.emit("joined", p);
         break;
       case "left":
+        // Unasked (no id): the server took us out (a new identity may not be
+        // in the room), so a reconnect must not join it again.
+        if (id === null) this.streams.delete(String(p.room));
         this.emit("left", p);
         break;
       case "chat":
