@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from roomcast.frontdoor import (
+    HEADS_FACTOR,
     ConnectionCounts,
     RequestHead,
     TrustedProxies,
@@ -157,13 +158,16 @@ def test_a_trusted_proxy_must_be_an_address_or_a_network() -> None:
 
 
 def test_connection_counts_cap_each_address_and_skip_trusted_proxies() -> None:
-    """Up to the cap per address (then False); closing frees a slot; trusted ones uncounted."""
+    """Over the cap is over (HTTP); heads wait up to a multiple; trusted ones uncounted."""
     counts = ConnectionCounts(2, TrustedProxies(["127.0.0.1"]))
-    assert [counts.open("192.0.2.1") for _ in range(3)] == [True, True, False]
+    opened = [counts.open("192.0.2.1") for _ in range(2 * HEADS_FACTOR + 1)]
+    assert opened == [True] * (2 * HEADS_FACTOR) + [False]
+    assert counts.over("192.0.2.1")
+    for _ in range(2 * HEADS_FACTOR - 2):
+        counts.close("192.0.2.1")
+    assert counts["192.0.2.1"] == 2 and not counts.over("192.0.2.1")
     assert counts.open("192.0.2.2") is True
     assert counts.open("127.0.0.1") is None and counts["127.0.0.1"] == 0
-    counts.close("192.0.2.1")
-    assert counts["192.0.2.1"] == 1 and counts.open("192.0.2.1") is True
     for _ in range(2):
         counts.close("192.0.2.1")
     counts.close("192.0.2.2")

@@ -200,6 +200,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "connection with 1009 (default: %(default)s)",
     )
     add(
+        "--max-replay",
+        DEFAULT_LIMITS.max_replay,
+        "most messages one join with since replays (the newest); clients read older ones "
+        "with history (default: %(default)s)",
+    )
+    add(
         "--upload-quota",
         DEFAULT_LIMITS.upload_quota,
         "bytes of files one user may send in 24 hours; 0 is no quota (default: %(default)s)",
@@ -283,6 +289,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             args.max_connections_per_ip, "--max-connections-per-ip", int, 0, 1_000_000
         ),
         max_file_size=_number(args.max_file_size, "--max-file-size", int, 1, 1024**3),
+        max_replay=_number(args.max_replay, "--max-replay", int, 1, 1_000_000),
         upload_quota=_number(args.upload_quota, "--upload-quota", int, 0, 2**50),
         files_quota=_number(args.files_quota, "--files-quota", int, 0, 2**50),
         max_http_connections_per_ip=_number(

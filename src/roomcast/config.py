@@ -60,6 +60,11 @@ class Limits:
     #: Connections from one IP address; 0, the default, is no cap (many
     #: people may share an address behind a proxy).
     max_connections_per_ip: int = 0
+    #: Most messages one ``join`` with ``since`` replays, the newest; a client
+    #: reads older ones with ``history``. 1,000 frames of a typical 200 bytes
+    #: is 200 KB, a fifth of the send queue: a replay drains in a few round
+    #: trips, and no request makes the server read a room's whole history.
+    max_replay: int = 1000
     #: Bytes of files one registered user may send in 24 hours (0: no quota).
     #: 256 MiB is 32 files at the largest size a day: far beyond what people
     #: share in a chat, yet a flood of 8 MiB files at the rate limit stops

@@ -41,6 +41,7 @@ from picows import WSAutoPingStrategy, WSListener, WSUpgradeResponse, WSUpgradeR
 
 __all__ = [
     "BEARER_SUBPROTOCOL",
+    "HEADS_FACTOR",
     "HEAD_TIMEOUT",
     "MAX_HEAD",
     "SUBPROTOCOL",
@@ -301,6 +302,14 @@ class TrustedProxies:
         return client
 
 
+#: Connections from one address that may wait for their request head, as a
+#: multiple of the HTTP cap: a reconnect storm (500 clients behind one NAT
+#: after a restart) opens them all at once, and most become WebSockets, which
+#: the HTTP cap does not count; each waiting one costs 1.2 KiB and at most
+#: HEAD_TIMEOUT seconds.
+HEADS_FACTOR: Final = 8
+
+
 class ConnectionCounts:
     """Connections open per client address that are not WebSockets, with a cap.
 
@@ -322,13 +331,22 @@ class ConnectionCounts:
         self._open: Counter[str] = Counter()
 
     def open(self, address: str) -> bool | None:
-        """Count a new connection: True if counted, None if not counted, False if over the cap."""
+        """Count a new connection: True if counted, None if not counted, False if refused.
+
+        A new connection may still become a WebSocket, so it is refused only
+        past :data:`HEADS_FACTOR` times the cap; the cap itself is applied
+        once its request head shows it is plain HTTP (:meth:`over`).
+        """
         if self.cap <= 0 or address in self.exempt:
             return None
-        if self._open[address] >= self.cap:
+        if self._open[address] >= self.cap * HEADS_FACTOR:
             return False
         self._open[address] += 1
         return True
+
+    def over(self, address: str) -> bool:
+        """Whether ``address`` has more counted connections than the cap."""
+        return self._open.get(address, 0) > self.cap
 
     def close(self, address: str) -> None:
         """A counted connection from ``address`` ended, or became a WebSocket."""
@@ -516,8 +534,18 @@ class FrontDoor(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # its connection_lost comes here
+        address = self._address
+        if address is not None and self._counts is not None and self._counts.over(address):
+            logger.debug("refused HTTP from %s: %d open already", address, self._counts.cap)
+            self._refuse(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many connections from your address",
+                "Retry-After: 1",
+            )
+            return
         handler = self._router.http_protocol()
-        address, self._address = self._address, None
+        self._address = None
         if address is not None and self._counts is not None:
             handler = _CountedHTTP(handler, self._counts, address)
         self._switch(handler)

@@ -95,13 +95,6 @@ GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
 #: Messages replayed per store read when a join asks for ``since``.
 REPLAY_PAGE: Final = 500
 
-#: Most messages one ``join`` with ``since`` replays: a client away for long
-#: gets the newest ones at once and pages back with ``history`` (100 a
-#: request) instead of making one request read a room's whole history.
-#: 1,000 frames of a typical 200 bytes is 200 KB, a fifth of a connection's
-#: send queue, so a replay drains in a few round trips.
-MAX_REPLAY: Final = 1000
-
 #: The window of the upload quota (``Limits.upload_quota``), in seconds.
 UPLOAD_WINDOW: Final = 24 * 3600.0
 
@@ -516,10 +509,11 @@ class Node:
                 kept = await self.store.first_seq(room)
                 recovered = kept - 1 <= cmd.since <= last
                 after = min(max(cmd.since, kept - 1), last)
-                if last - after > MAX_REPLAY:
+                cap = self.limits.max_replay
+                if last - after > cap:
                     # The newest part goes now, joined to the live stream;
                     # the client pages back through the rest with history.
-                    after = last - MAX_REPLAY
+                    after = last - cap
                     replay_from = after + 1
             members, count = await self._members(room)
             joined = Joined(room, last, members, count, recovered, replay_from)

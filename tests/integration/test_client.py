@@ -31,7 +31,6 @@ from roomcast.client import (
     SendError,
     StateChange,
 )
-from roomcast.node import MAX_REPLAY
 from tests.integration.netproxy import TcpProxy
 from tests.integration.serverproc import start_server
 from tests.integration.users import PASSWORD, SECRET, call, mint, sign_up
@@ -323,6 +322,10 @@ async def test_joined_rooms_deliver_and_a_refused_join_is_forgotten(node: Restar
         assert kim.rooms == ["lobby", "dev"]
 
 
+#: A small ``--max-replay`` so that a test misses more than one join replays cheaply.
+MAX_REPLAY = 40
+
+
 async def flood(url: str, room: str, count: int) -> None:
     """Send ``count`` chats to ``room`` on one guest connection; wait for the last ack."""
     async with connect(url, open_timeout=5) as ws:
@@ -340,10 +343,10 @@ async def flood(url: str, room: str, count: int) -> None:
 
 async def test_a_capped_replay_is_paged_back_and_nothing_is_missed(tmp_path: Path) -> None:
     """Away for more than one join replays (``replay_from``): the client pages back with history."""
-    # The server replays the newest MAX_REPLAY messages after ``since`` and
+    # The server replays the newest --max-replay messages after ``since`` and
     # says where it started; the client reads the rest, so every missed
     # message is delivered once, in order.
-    server = Restartable(tmp_path, "--rate-limit", "0")
+    server = Restartable(tmp_path, "--rate-limit", "0", "--max-replay", str(MAX_REPLAY))
     proxy = TcpProxy(server.port)
     await proxy.start()
     try:
@@ -355,7 +358,7 @@ async def test_a_capped_replay_is_paged_back_and_nothing_is_missed(tmp_path: Pat
         await wait_for(lambda: room_texts(events, "big") == ["before"])
         proxy.down()
         await wait_for(lambda: client.state is ConnectionState.RECONNECTING)
-        missed = MAX_REPLAY + 250
+        missed = MAX_REPLAY + 167  # the gap takes two history pages
         await flood(server.url(), "big", missed)
         # The cap itself, seen by a bare client joining from the same point.
         async with connect(server.url(), open_timeout=5) as probe:
@@ -363,8 +366,8 @@ async def test_a_capped_replay_is_paged_back_and_nothing_is_missed(tmp_path: Pat
             await send_json(probe, "join", {"room": "big", "since": 1}, id="j")
             joined = await recv_type(probe, "joined")
             assert joined["payload"]["replay_from"] == 1 + missed - MAX_REPLAY + 1
-            first = await recv_type(probe, "chat")
-            assert first["payload"]["seq"] == joined["payload"]["replay_from"]
+            replay = [(await recv_type(probe, "chat"))["payload"]["seq"] for _ in range(MAX_REPLAY)]
+            assert replay == list(range(joined["payload"]["replay_from"], missed + 2))
         proxy.up()
         await wait_for(lambda: len(room_texts(events, "big")) == missed + 1, timeout=30)
         assert room_texts(events, "big") == ["before", *(f"m{i}" for i in range(missed))]

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from roomcast.cli import build_parser, config_from_args
 from roomcast.config import ServerConfig
 from roomcast.exceptions import ConfigError
+from roomcast.frontdoor import HEADS_FACTOR
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess, serve_command
 from tests.integration.users import closed_with
@@ -136,14 +137,15 @@ async def test_a_body_in_time_is_still_read_whole(server_factory: ServerFactory)
 async def test_http_connections_past_the_per_address_cap_get_429(
     server_factory: ServerFactory,
 ) -> None:
-    """With a cap of 3: a 4th idle connection gets 429 JSON and EOF; WebSockets do not count."""
+    """With a cap of 3: a 4th HTTP request gets 429 JSON and EOF; WebSockets do not count."""
     server = server_factory("--max-http-connections-per-ip", "3")
     async with contextlib.AsyncExitStack() as stack:
         sockets = [await stack.enter_async_context(connect(server.ws_url())) for _ in range(3)]
         for ws in sockets:
             await welcome(ws)
         idle = [await stack.enter_async_context(raw(server)) for _ in range(3)]
-        async with raw(server) as (reader, _):
+        async with raw(server) as (reader, writer):
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             refused = await read_to_eof(reader, RECV_TIMEOUT)
         status, headers, body = response(refused)
         assert (status, headers["retry-after"], headers["connection"]) == (429, "1", "close")
@@ -159,6 +161,19 @@ async def test_http_connections_past_the_per_address_cap_get_429(
                     if response(await read_to_eof(reader, RECV_TIMEOUT))[0] == 200:
                         break
                 await asyncio.sleep(0.05)
+
+
+async def test_connections_waiting_for_a_head_are_capped_at_a_multiple(
+    server_factory: ServerFactory,
+) -> None:
+    """Heads not yet sent count up to HEADS_FACTOR times the cap; one more is refused at once."""
+    server = server_factory("--max-http-connections-per-ip", "2")
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(2 * HEADS_FACTOR):
+            await stack.enter_async_context(raw(server))
+        async with raw(server) as (reader, _):
+            status, _, body = response(await read_to_eof(reader, RECV_TIMEOUT))
+    assert status == 429 and json.loads(body)["error"]["code"] == "rate_limited"
 
 
 async def test_a_trusted_proxy_is_not_capped(server_factory: ServerFactory) -> None:

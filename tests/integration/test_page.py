@@ -26,7 +26,6 @@ from playwright.async_api import (
 )
 
 from roomcast.client import Client
-from roomcast.node import MAX_REPLAY
 from tests.conftest import ServerFactory
 from tests.integration.browser import (
     CHROMIUM,
@@ -445,7 +444,7 @@ async def test_a_long_absence_is_shown_whole_and_in_order(
     browser: Browser, server_factory: ServerFactory
 ) -> None:
     """Back after more than one join replays, the page pages back and shows every message once."""
-    server = server_factory("--rate-limit", "0")
+    server = server_factory("--rate-limit", "0", "--max-replay", "30")
     proxy = BlockingProxy(server.port)
     await proxy.start()
     try:
@@ -456,7 +455,7 @@ async def test_a_long_absence_is_shown_whole_and_in_order(
         proxy.blocked = True
         proxy.cut()
         await expect(page.get_by_test_id("banner")).to_have_attribute("data-state", "reconnecting")
-        missed = MAX_REPLAY + 150
+        missed = 30 + 150  # the gap takes two history pages
         async with Client(server.ws_url(), guest="flood") as flood:
             for n in range(missed):
                 await flood.send_chat(f"m{n}")

@@ -24,7 +24,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from roomcast.node import MAX_REPLAY
+from roomcast.config import DEFAULT_LIMITS
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
@@ -487,7 +487,9 @@ async def test_large_replay_is_paced_not_dropped(server_factory: ServerFactory) 
     server = server_factory("--rate-limit", "0")  # written as fast as acked
     senders, per_sender = 2, 750
     total = senders * per_sender
-    replayed = range(total - MAX_REPLAY + 1, total + 1)  # one join replays the newest
+    replayed = range(
+        total - DEFAULT_LIMITS.max_replay + 1, total + 1
+    )  # one join replays the newest
 
     # 4,000 three-byte characters a message: the replay (~12 MB) must be more
     # than the kernel's socket buffers on loopback absorb (~4 MB here) plus
