@@ -457,13 +457,7 @@ class FrontDoor(asyncio.Protocol):
             address = peer_address(transport)
             counted = counts.open(address)
             if counted is False:
-                logger.debug("refused a connection from %s: %d open already", address, counts.cap)
-                self._refuse(
-                    HTTPStatus.TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many connections from your address",
-                    "Retry-After: 1",
-                )
+                self._refuse_crowded(address, counts.cap)
                 return
             if counted:
                 self._address = address
@@ -523,6 +517,15 @@ class FrontDoor(asyncio.Protocol):
             transport.write(error_bytes(status, code, message, *headers))
             transport.close()
 
+    def _refuse_crowded(self, address: str, cap: int) -> None:
+        logger.debug("refused a connection from %s: %d open already", address, cap)
+        self._refuse(
+            HTTPStatus.TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connections from your address",
+            "Retry-After: 1",
+        )
+
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -536,13 +539,7 @@ class FrontDoor(asyncio.Protocol):
             return  # its connection_lost comes here
         address = self._address
         if address is not None and self._counts is not None and self._counts.over(address):
-            logger.debug("refused HTTP from %s: %d open already", address, self._counts.cap)
-            self._refuse(
-                HTTPStatus.TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many connections from your address",
-                "Retry-After: 1",
-            )
+            self._refuse_crowded(address, self._counts.cap)
             return
         handler = self._router.http_protocol()
         self._address = None

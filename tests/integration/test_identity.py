@@ -30,7 +30,13 @@ from tests.integration.users import (
     sign_up,
     user_ws,
 )
-from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
+from tests.integration.wsclient import (
+    answer,
+    recv_json,
+    recv_type,
+    send_json,
+    welcome,
+)
 
 #: How long a test waits to be sure a frame does not arrive.
 QUIET = 0.5
@@ -50,15 +56,6 @@ async def guest_ws(server: ServerProcess, nickname: str | None = None) -> Client
         frame = await answer(ws, "nick")
         assert frame["type"] == "auth", frame
     return ws
-
-
-async def answer(ws: ClientConnection, fid: str) -> dict[str, Any]:
-    """The next frame answering the client frame ``fid`` (others skipped)."""
-    async with asyncio.timeout(RECV_TIMEOUT):
-        while True:
-            frame = await recv_json(ws)
-            if frame.get("id") == fid:
-                return frame
 
 
 async def frames_for(ws: ClientConnection, seconds: float = QUIET) -> list[dict[str, Any]]:

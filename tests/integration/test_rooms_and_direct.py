@@ -15,7 +15,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.conftest import ServerFactory
 from tests.integration.serverproc import ServerProcess
 from tests.integration.users import SECRET, bearer, call, create_team, sign_up, user_ws
-from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
+from tests.integration.wsclient import (
+    answer,
+    recv_json,
+    recv_type,
+    send_json,
+    welcome,
+)
 
 USERS = ("alice", "bob", "carol")
 #: How long a test waits to be sure a frame does not arrive.
@@ -32,15 +38,6 @@ async def server(server_factory: ServerFactory) -> ServerProcess:
 async def tokens(server: ServerProcess) -> dict[str, str]:
     """alice, bob and carol registered and logged in: their tokens by name."""
     return {name: await sign_up(server, name) for name in USERS}
-
-
-async def answer(ws: ClientConnection, fid: str) -> dict[str, Any]:
-    """The next frame answering the client frame ``fid`` (others skipped)."""
-    async with asyncio.timeout(RECV_TIMEOUT):
-        while True:
-            frame = await recv_json(ws)
-            if frame.get("id") == fid:
-                return frame
 
 
 async def nothing_of(ws: ClientConnection, kind: str) -> None:

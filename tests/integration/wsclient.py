@@ -31,6 +31,15 @@ async def recv_type(
                 return frame
 
 
+async def answer(ws: ClientConnection, fid: str) -> dict[str, Any]:
+    """The next frame answering the client frame ``fid`` (others skipped)."""
+    async with asyncio.timeout(RECV_TIMEOUT):
+        while True:
+            frame = await recv_json(ws)
+            if frame.get("id") == fid:
+                return frame
+
+
 async def send_json(ws: ClientConnection, kind: str, payload: Any = None, **extra: Any) -> None:
     """Send one frame."""
     frame: dict[str, Any] = {"type": kind, **extra}
