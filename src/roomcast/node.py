@@ -109,6 +109,10 @@ REAUTH_TIMEOUT: Final = 30.0
 #: The error and close reason when a user is over ``max_connections_per_user``.
 TOO_MANY_CONNECTIONS: Final = "too many connections for this user"
 
+#: Seconds a claimed name is remembered: longer than any store read a guest
+#: ``auth`` waits on, so a registration it did not see still refuses it.
+CLAIM_MEMORY: Final = 60.0
+
 #: The close reason for a guest whose name a registered user took.
 NAME_CLAIMED: Final = "your name now belongs to a registered user"
 
@@ -169,6 +173,9 @@ class Node:
         #: Rooms with a local member, and the inboxes of local users.
         self._rooms = Sequencer(self._deliver_room, self._fetch_room)
         self._inboxes = Sequencer(self._deliver_inbox, self._fetch_inbox)
+        #: Names claimed lately (lower case -> loop time), for a guest ``auth``
+        #: whose store read was answered before the name was registered.
+        self._claims: dict[str, float] = {}
         #: Store reads in flight for gaps and catch-ups (kept from the GC).
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -306,7 +313,18 @@ class Node:
         self._evict_guests(name)
         self.broker.publish(Publication(self.id, None, name, b"", name_claim=True))
 
+    def _claimed_lately(self, name: str) -> bool:
+        """Whether ``name`` was claimed within :data:`CLAIM_MEMORY` seconds (any case)."""
+        at = self._claims.get(name.lower())
+        return at is not None and asyncio.get_running_loop().time() - at < CLAIM_MEMORY
+
     def _evict_guests(self, name: str) -> None:
+        now = asyncio.get_running_loop().time()
+        claims = self._claims
+        claims[name.lower()] = now
+        if len(claims) > 1024:  # forget the old ones now and then
+            for key in [k for k, at in claims.items() if now - at >= CLAIM_MEMORY]:
+                del claims[key]
         for peer in self.hub.guests_named(name):
             self._reply(
                 peer,
@@ -826,19 +844,7 @@ class Node:
             if GUEST_NAME.fullmatch(name) is None or name.lower().startswith("guest-"):
                 self._auth_failed(peer, "nickname must be 1-32 letters, digits, _ or -", cmd.id)
                 return
-            if await self.store.get_user(name) is not None:
-                self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
-                return
-            # Checked after the store read: another connection may have taken
-            # the name while this one waited.
-            if (old is None or old.name != name) and self.hub.name_in_use(name):
-                self._auth_failed(peer, "that name is in use", cmd.id)
-                return
             user = UserInfo(name, True)
-        if (old is None or old.name != user.name) and self._too_many_connections(user.name):
-            self._error(peer, ErrorCode.FORBIDDEN, TOO_MANY_CONNECTIONS, cmd.id)
-            peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
-            return
         refused: list[str] = []
         if old is not None and old != user:
             # A new identity keeps only the rooms it may be in itself. Read
@@ -846,6 +852,24 @@ class Node:
             for room in sorted(session.rooms):
                 if room != DEFAULT_ROOM and not await self.may_access(user, room):
                     refused.append(room)
+        if user.guest and await self.store.get_user(user.name) is not None:
+            # The last await before the switch: a name registered (and claimed)
+            # while the rooms were read is seen here, and none can be after.
+            self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
+            return
+        # From here to the switch nothing waits: what is checked stays true.
+        if user.guest and self._claimed_lately(user.name):
+            # Registered after the read above answered, before this resumed.
+            self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
+            return
+        renamed = old is None or old.name != user.name
+        if user.guest and renamed and self.hub.name_in_use(user.name):
+            self._auth_failed(peer, "that name is in use", cmd.id)
+            return
+        if renamed and self._too_many_connections(user.name):
+            self._error(peer, ErrorCode.FORBIDDEN, TOO_MANY_CONNECTIONS, cmd.id)
+            peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
+            return
         for room in refused:
             self._leave_room(peer, room)
         if old != user:

@@ -596,20 +596,42 @@ class Client:
         """
         stream = self._streams.get(room)
         replay_from = joined.get("replay_from")
-        if stream is None or stream.expected is None or not isinstance(replay_from, int):
+        if stream is None or not isinstance(replay_from, int):
             return
+        # A stream whose missed messages were partly pruned starts at the
+        # oldest one kept: page back until the server has no more.
+        pruned = stream.expected is None
+        # The replay's frames wait in the stream meanwhile: start it here,
+        # not at the first of them.
+        self._pruned.discard(room)
+        floor = 1 if stream.expected is None else stream.expected
+        pages: list[list[dict[str, Any]]] = []
         before = replay_from
-        while before > stream.expected:
-            limit = min(100, before - stream.expected)
-            page = {"room": room, "before": before, "limit": limit}
-            reply = await self._ask(ws, reader, "history", page)
+        while before > floor:
+            query = {"room": room, "before": before, "limit": min(100, before - floor)}
+            reply = await self._ask(ws, reader, "history", query)
             items = reply.payload.get("messages", []) if reply.type == "history" else []
             if not items:
-                return
-            for item in items:
-                message = room_message({"room": room, **item})
-                self._deliver(room, message.seq, message)
+                break
+            pages.append(items)
             before = min(int(item["seq"]) for item in items)
+            if not reply.payload.get("has_more"):
+                break
+        messages = [
+            room_message({"room": room, **item}) for page in reversed(pages) for item in page
+        ]
+        lowest = messages[0].seq if messages else replay_from
+        if pruned or (stream.expected is not None and stream.expected < lowest):
+            if not pruned:
+                # Pruned or refused while paging: what cannot be read is skipped,
+                # or the room would wait for it for ever.
+                logger.warning(
+                    "room %s: messages %d-%d could not be read", room, stream.expected, lowest - 1
+                )
+            for event in stream.start_at(lowest):
+                self._emit(event)
+        for message in messages:
+            self._deliver(room, message.seq, message)
 
     async def _catch_up_direct(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
         stream = self._streams.setdefault(_DIRECT, SeqStream())

@@ -396,16 +396,30 @@ export class ChatClient {
    */
   async _pageBack(ws, room, joined) {
     const stream = this.streams.get(room);
-    if (!stream || stream.expected === null || !Number.isInteger(joined.replay_from)) return;
+    if (!stream || !Number.isInteger(joined.replay_from)) return;
+    // Partly pruned (expected null): page back to the oldest message kept.
+    const pruned = stream.expected === null;
+    stream.pruned = false; // the replay waits in the stream: it starts here, not at its first
+    const floor = pruned ? 1 : stream.expected;
+    const pages = [];
     let before = joined.replay_from;
-    while (before > stream.expected) {
-      const limit = Math.min(100, before - stream.expected);
+    while (before > floor) {
+      const limit = Math.min(100, before - floor);
       const reply = await this._ask(ws, "history", { room, before, limit });
       const items = reply.type === "history" ? reply.payload.messages ?? [] : [];
-      if (!items.length) return;
-      for (const m of items) this._deliver(room, roomItem(m.type, { room, ...m }, m.timestamp));
+      if (!items.length) break;
+      pages.push(items);
       before = Math.min(...items.map((m) => Number(m.seq)));
+      if (!reply.payload.has_more) break;
     }
+    const items = pages.reverse().flat().map((m) => roomItem(m.type, { room, ...m }, m.timestamp));
+    const lowest = items.length ? items[0].seq : joined.replay_from;
+    if (pruned || stream.expected < lowest) {
+      // What cannot be read (pruned, or refused while paging) is skipped, or
+      // the room would wait for it for ever.
+      for (const ready of stream.startAt(lowest)) this._emitItem(ready);
+    }
+    for (const item of items) this._deliver(room, item);
   }
 
   async _catchUpDirect(ws) {
