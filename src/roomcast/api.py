@@ -31,6 +31,7 @@ from .protocol.messages import (
     DEFAULT_ROOM,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
+    MAX_SEQ,
     ChatMessage,
     UserInfo,
     format_timestamp,
@@ -577,7 +578,7 @@ async def _room_messages(request: web.Request) -> web.Response:
     """``GET /api/rooms/{room}/messages?before=SEQ&limit=N``: a page of history."""
     user = await _user(request)
     room = _room(request)
-    before = query_int(request, "before", 1, 2**62, None)
+    before = query_int(request, "before", 1, MAX_SEQ, None)
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
     try:
         reply = await request.app[NODE].history(user, room, before=before, limit=limit)
@@ -615,8 +616,8 @@ async def _post_message(request: web.Request) -> web.Response:
 async def _direct_messages(request: web.Request) -> web.Response:
     """``GET /api/direct/messages?before=SEQ|since=SEQ&limit=N``: the caller's direct messages."""
     user = await _user(request)
-    before = query_int(request, "before", 1, 2**62, None)
-    since = query_int(request, "since", 0, 2**62, None)
+    before = query_int(request, "before", 1, MAX_SEQ, None)
+    since = query_int(request, "since", 0, MAX_SEQ, None)
     if before is not None and since is not None:
         raise HTTPError(400, "invalid_message", "give before or since, not both")
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
