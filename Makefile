@@ -32,15 +32,18 @@ run: install
 lint: dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 types: dev
 	$(BIN)/mypy
 
+# No network, no services: tests/conftest.py refuses IP sockets under ROOMCAST_TEST_OFFLINE=1.
 unit: dev
-	$(BIN)/pytest tests --ignore=tests/integration
+	ROOMCAST_TEST_OFFLINE=1 $(BIN)/pytest tests --ignore=tests/integration -m "not postgres and not redis"
 
+# One worker per core (pytest-xdist): the end-to-end tests mostly wait on servers.
 test: lint types
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 bench: dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

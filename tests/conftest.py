@@ -1,33 +1,40 @@
-"""Shared fixtures: real servers on port 0, stopped by their own PID."""
+"""For every test: under ``ROOMCAST_TEST_OFFLINE=1`` (``make unit``) no test opens a network socket.
+
+The guard makes the promise of ``make unit`` checked rather than said: a
+unit test that connects to or listens on an IP address fails with a clear
+message. Unix socket pairs (the event loop's self-pipe) are allowed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+import os
+import socket
+from typing import Any
 
 import pytest
 
-from tests.integration.serverproc import ServerProcess, start_server
-
-ServerFactory = Callable[..., ServerProcess]
+_NETWORK = (socket.AF_INET, socket.AF_INET6)
 
 
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start servers with extra flags; every one is stopped after the test."""
-    started: list[ServerProcess] = []
-
-    def factory(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = start_server(tmp_path, *args, env=env)
-        started.append(server)
-        return server
-
-    yield factory
-    for server in started:
-        server.stop()
+class NetworkInUnitTest(RuntimeError):
+    """A unit test reached for the network."""
 
 
-@pytest.fixture
-def server(server_factory: ServerFactory) -> ServerProcess:
-    """A server with default settings."""
-    return server_factory()
+def _guarded(name: str) -> Any:
+    original = getattr(socket.socket, name)
+
+    def guarded(self: socket.socket, *args: Any) -> Any:
+        if self.family in _NETWORK:
+            raise NetworkInUnitTest(
+                f"socket.{name}{args!r} in a unit test: make unit uses no network;"
+                " move the test to tests/integration or mark it postgres/redis"
+            )
+        return original(self, *args)
+
+    return guarded
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("ROOMCAST_TEST_OFFLINE") == "1":
+        for name in ("connect", "connect_ex", "bind"):
+            setattr(socket.socket, name, _guarded(name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,6 @@ import pytest
 from roomcast.cli import build_parser, config_from_args, main
 from roomcast.config import load_secret, make_ssl_context, prepare_data_dir
 from roomcast.exceptions import ConfigError
-from tests.integration.serverproc import serve_command
 
 
 def config(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -153,7 +153,7 @@ def test_short_secrets_exit_2_with_one_line(tmp_path: Path) -> None:
 def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``roomcast serve --port 0 ARGS`` in a process of its own (killed after 20 s)."""
     return subprocess.run(
-        serve_command("--port", "0", *args),
+        [sys.executable, "-m", "roomcast", "serve", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=20,

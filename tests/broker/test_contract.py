@@ -58,7 +58,7 @@ async def settle() -> None:
     await asyncio.sleep(0.2)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     started: list[Broker] = []
     bus = MemoryBus()

@@ -12,8 +12,10 @@ from roomcast.broker.base import Members, Publication
 from roomcast.broker.redis import RedisBroker
 from roomcast.exceptions import BrokerError
 from tests.broker.test_contract import Recorder, eventually, settle
-from tests.integration.netproxy import TcpProxy
+from tests.netproxy import TcpProxy
 from tests.services import REDIS_URL, kill_redis_clients, redis_prefix
+
+pytestmark = pytest.mark.redis
 
 
 @pytest.fixture

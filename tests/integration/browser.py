@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netproxy import TcpProxy
+from tests.netproxy import TcpProxy
 
 CHROMIUM = Path(os.environ.get("ROOMCAST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,3 +88,7 @@ def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) 
             f"server did not start: stdout={line!r} stderr={stderr_path.read_text()!r}"
         )
     return ServerProcess(proc, line.split()[-1], data_dir, stderr_path, [line])
+
+
+#: What the ``server_factory`` fixture gives: start a server with extra flags.
+ServerFactory = Callable[..., ServerProcess]

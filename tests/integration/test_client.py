@@ -12,7 +12,6 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,10 @@ from roomcast.client import (
     SendError,
     StateChange,
 )
-from tests.integration.netproxy import TcpProxy
 from tests.integration.serverproc import start_server
 from tests.integration.users import PASSWORD, SECRET, call, mint, sign_up
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
+from tests.netproxy import TcpProxy
 
 #: Fast reconnects for tests (the defaults are 0.5 s first, 30 s cap).
 FAST = dict(first=0.05, cap=0.4, stable=60.0)
@@ -273,22 +272,18 @@ async def test_100_network_cuts_and_5_restarts_lose_and_repeat_nothing(
 
 
 async def test_500_clients_spread_their_reconnects(node: Restartable) -> None:
-    """After a restart, at most a tenth of 500 clients arrive in any 100 ms (server log times)."""
+    """After a restart, at most a tenth of 500 clients start their reconnect in any 100 ms."""
     clients = [Client(node.url(), open_timeout=5.0) for _ in range(500)]
     for start in range(0, 500, 50):
         await asyncio.gather(*(c.connect() for c in clients[start : start + 50]))
     await asyncio.to_thread(node.restart, signal.SIGKILL, 2.0)  # the clients run meanwhile
     await wait_for(lambda: all(c.state is ConnectionState.CONNECTED for c in clients), timeout=120)
-    arrivals = sorted(
-        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        for line in node.server.stderr().splitlines()
-        if " opened from " in line
-    )
-    assert len(arrivals) == 500, (
-        node.server.stderr_path,
-        node.server.stderr()[:500],
-        {c.state for c in clients},
-    )
+    opened = sum(" opened from " in line for line in node.server.stderr().splitlines())
+    assert opened == 500, (node.server.stderr_path, node.server.stderr()[:500])
+    assert all(len(c.attempts) >= 2 for c in clients)
+    # The client's own clock for the attempt that got through: the server's log
+    # times bunch whenever a busy machine delays its accept loop.
+    arrivals = sorted(c.attempts[-1] for c in clients)
     densest = max(bisect.bisect_left(arrivals, t + 0.1) - i for i, t in enumerate(arrivals))
     spread = arrivals[-1] - arrivals[0]
     print(f"500 reconnects over {spread:.2f} s; densest 100 ms: {densest}")

@@ -21,10 +21,10 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.netproxy import TcpProxy
 from tests.integration.serverproc import ServerProcess, start_server
 from tests.integration.users import SECRET, call, sign_up, user_ws
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
+from tests.netproxy import TcpProxy
 from tests.services import REDIS_URL, fresh_database, kill_redis_clients, redis_prefix
 
 #: Heartbeat of the test nodes, in seconds: a dead node's users leave

@@ -16,8 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, mint, sign_up
 from tests.integration.wsclient import (
     OP_BINARY,

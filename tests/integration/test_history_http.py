@@ -9,8 +9,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import PASSWORD, SECRET, mint
 from tests.integration.wsclient import recv_type, send_json, welcome
 

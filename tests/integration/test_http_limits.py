@@ -24,8 +24,7 @@ from roomcast.cli import build_parser, config_from_args
 from roomcast.config import ServerConfig
 from roomcast.exceptions import ConfigError
 from roomcast.frontdoor import HEADS_FACTOR
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess, serve_command
+from tests.integration.serverproc import ServerFactory, ServerProcess, serve_command
 from tests.integration.users import closed_with
 from tests.integration.wsclient import RECV_TIMEOUT, WS_KEY, welcome
 

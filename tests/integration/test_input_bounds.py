@@ -11,8 +11,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, expect_pong, sign_up, user_ws
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, send_json
 

@@ -18,8 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import START_TIMEOUT, ServerProcess, serve_command
+from tests.integration.serverproc import START_TIMEOUT, ServerFactory, ServerProcess, serve_command
 from tests.integration.wsclient import (
     OP_CLOSE,
     RECV_TIMEOUT,

@@ -26,7 +26,6 @@ from playwright.async_api import (
 )
 
 from roomcast.client import Client
-from tests.conftest import ServerFactory
 from tests.integration.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -36,7 +35,7 @@ from tests.integration.browser import (
     png,
     require_chromium,
 )
-from tests.integration.serverproc import ServerProcess, start_server
+from tests.integration.serverproc import ServerFactory, ServerProcess, start_server
 from tests.integration.users import PASSWORD, call, sign_up
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,8 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from roomcast.config import DEFAULT_LIMITS
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
 
 #: The database file the server keeps in its data directory.

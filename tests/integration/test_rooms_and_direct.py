@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, bearer, call, create_team, sign_up, user_ws
 from tests.integration.wsclient import (
     answer,

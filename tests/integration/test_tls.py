@@ -15,8 +15,7 @@ import trustme
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.wsclient import RECV_TIMEOUT, recv_type, send_json, welcome
 
 

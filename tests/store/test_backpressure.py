@@ -22,7 +22,7 @@ from tests.store.backends import opened
 LIMIT = 5
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[SQLiteStore | PostgresStore]:

@@ -12,7 +12,6 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,12 +21,14 @@ import pytest
 from roomcast.exceptions import StoreError
 from roomcast.protocol.messages import FileInfo
 from roomcast.store import postgres
-from roomcast.store.base import AppendResult, DirectResult, open_store
+from roomcast.store.base import AppendResult, DirectResult
 from roomcast.store.postgres import PostgresStore
 from roomcast.store.schema import LATEST_VERSION, MIGRATIONS
 from tests.fakes import Clock
-from tests.integration.netproxy import TcpProxy
+from tests.netproxy import TcpProxy
 from tests.services import afresh_database
+
+pytestmark = pytest.mark.postgres
 
 DAY = 86400.0
 NODES = 4
@@ -469,14 +470,3 @@ async def test_message_postgres_cannot_hold_fails_alone(url: str) -> None:
         assert [(await f).message.seq for f in (before, after)] == [1, 2]
     finally:
         await store.close()
-
-
-@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "PostgreSQL"])
-def test_open_store_picks_postgres(scheme: str) -> None:
-    """open_store gives a PostgresStore (not yet connected) for postgres:// and postgresql://."""
-    store = open_store(
-        f"{scheme}://u:pw@db.example:5433/chat", data_dir=Path("data"), history_days=7
-    )
-    assert isinstance(store, PostgresStore)
-    assert store.history_days == 7
-    assert "pw" not in repr(store)

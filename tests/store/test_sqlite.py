@@ -11,9 +11,6 @@ import pytest
 
 from roomcast.exceptions import StoreError
 from roomcast.protocol.messages import DirectMessage, FileInfo
-from roomcast.store.base import open_store
-from roomcast.store.memory import MemoryStore
-from roomcast.store.postgres import PostgresStore
 from roomcast.store.schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 from roomcast.store.sqlite import SQLiteStore
 from tests.fakes import Clock
@@ -232,35 +229,6 @@ async def test_append_after_close_fails(path: Path) -> None:
     await store.close()
     with pytest.raises(StoreError, match="closed"):
         await store.append("r", "ann", "x")
-
-
-@pytest.mark.parametrize(
-    ("url", "kind", "where"),
-    [
-        (None, SQLiteStore, "data/roomcast.db"),
-        ("sqlite:other.db", SQLiteStore, "other.db"),
-        ("sqlite:///abs/x.db", SQLiteStore, "/abs/x.db"),
-        ("memory:", MemoryStore, None),
-        ("postgresql://u@h/db", PostgresStore, None),
-        ("postgres://u@h/db", PostgresStore, None),
-    ],
-)
-def test_open_store_urls(url: str | None, kind: type, where: str | None) -> None:
-    """open_store picks the store and file from --database-url."""
-    store = open_store(url, data_dir=Path("data"))
-    assert isinstance(store, kind)
-    if where is not None:
-        assert isinstance(store, SQLiteStore)
-        assert store.path == Path(where)
-
-
-@pytest.mark.parametrize("url", ["mysql://x", "sqlite://host/x.db", "sqlite:"])
-def test_open_store_refuses_unusable_urls(url: str) -> None:
-    """Unknown schemes and malformed SQLite URLs are ConfigErrors."""
-    from roomcast.exceptions import ConfigError
-
-    with pytest.raises(ConfigError):
-        open_store(url, data_dir=Path("data"))
 
 
 async def test_database_file_is_private(store: SQLiteStore, path: Path) -> None:

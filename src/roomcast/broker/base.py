@@ -19,8 +19,6 @@ import struct
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from ..exceptions import ConfigError
-
 __all__ = [
     "Broker",
     "BrokerEvents",
@@ -28,7 +26,6 @@ __all__ = [
     "Publication",
     "decode_publication",
     "encode_publication",
-    "open_broker",
 ]
 
 
@@ -161,33 +158,4 @@ def decode_publication(data: bytes) -> Publication:
         skip or None,
         None if seq == _NO_SEQ else seq,
         name_claim=kind == b"n",
-    )
-
-
-def open_broker(
-    url: str | None, *, prefix: str = "roomcast:", presence_ttl: float = 30.0
-) -> Broker:
-    """The broker for a ``--redis-url`` (``None`` for the in-process broker).
-
-    Args:
-        url: ``redis://`` or ``rediss://`` (TLS), or None.
-        prefix: what every Redis key and channel name starts with, so
-            several services (or tests) can share one Redis.
-        presence_ttl: seconds after which a node that stopped refreshing its
-            presence is taken for dead and its users leave their rooms.
-
-    Raises:
-        ConfigError: the URL is not one roomcast can use.
-    """
-    from .memory import MemoryBroker
-
-    if url is None or url == "memory:":
-        return MemoryBroker()
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme in {"redis", "rediss", "unix"}:
-        from .redis import RedisBroker
-
-        return RedisBroker(url, prefix=prefix, presence_ttl=presence_ttl)
-    raise ConfigError(
-        f"unsupported --redis-url scheme {scheme or url!r}: use redis:// or rediss://"
     )

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Protocol
-from urllib.parse import unquote, urlsplit
 
-from ..exceptions import ConfigError
 from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
 
 __all__ = [
@@ -27,7 +24,6 @@ __all__ = [
     "RoomAccess",
     "Store",
     "StoredUser",
-    "open_store",
 ]
 
 #: How long a resent frame ``id`` from the same sender is recognised (24 h).
@@ -194,41 +190,3 @@ class Store(Protocol):
 
     async def list_rooms(self, user: str | None) -> list[RoomAccess]:
         """Every room ``user`` may see (public rooms, and private ones it belongs to)."""
-
-
-def open_store(url: str | None, *, data_dir: Path, history_days: int = 0) -> Store:
-    """The store for a ``--database-url``.
-
-    ``None`` is the embedded default, a SQLite file ``roomcast.db`` in
-    ``data_dir``; ``sqlite:PATH`` (``sqlite:///abs/path.db``) another SQLite
-    file; ``memory:`` keeps messages in memory until the process ends;
-    ``postgresql://user:password@host:port/database`` (or ``postgres://``) a
-    PostgreSQL database, which several nodes can share. The store only
-    connects when it is opened.
-
-    Raises:
-        ConfigError: the URL is not one roomcast can use.
-    """
-    from .memory import MemoryStore
-    from .sqlite import SQLiteStore
-
-    if url is None:
-        return SQLiteStore(data_dir / "roomcast.db", history_days=history_days)
-    if url == "memory:":
-        return MemoryStore()
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "sqlite":
-        if parts.netloc or not parts.path:
-            raise ConfigError(
-                f"a SQLite URL is sqlite:relative/path.db or sqlite:///absolute/path.db, not {url}"
-            )
-        return SQLiteStore(Path(unquote(parts.path)), history_days=history_days)
-    if scheme in {"postgres", "postgresql"}:
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, history_days=history_days)
-    raise ConfigError(
-        f"unsupported --database-url scheme {scheme or url!r}:"
-        " use postgresql://, sqlite: or memory:"
-    )

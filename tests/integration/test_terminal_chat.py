@@ -16,8 +16,7 @@ import pexpect
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import PASSWORD, register, sign_up
 
 Chat = Callable[..., pexpect.spawn]

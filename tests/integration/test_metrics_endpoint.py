@@ -9,8 +9,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.wsclient import RECV_TIMEOUT, recv_type, send_json, welcome
 
 CLOSED = "roomcast_connections_closed_total"

@@ -15,10 +15,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from roomcast.client import Client
-from tests.conftest import ServerFactory
-from tests.integration.netproxy import TcpProxy
+from tests.integration.serverproc import ServerFactory
 from tests.integration.users import SECRET, call, sign_up
 from tests.integration.wsclient import recv_json, send_json, welcome
+from tests.netproxy import TcpProxy
 from tests.services import fresh_database
 
 

@@ -10,8 +10,7 @@ import aiohttp
 import orjson
 from websockets.asyncio.client import connect
 
-from tests.conftest import ServerFactory
-from tests.integration.serverproc import ServerProcess
+from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, mint
 from tests.integration.wsclient import RECV_TIMEOUT, welcome
 
