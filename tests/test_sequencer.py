@@ -114,3 +114,30 @@ async def test_streams_are_independent_and_closed_streams_drop_frames() -> None:
     assert sequencer.offer("zzz", 1, b"z") == 0
     assert got.delivered == [("b", 11, b"b"), ("a", 1, b"a")]
     assert sequencer.streams() == ["b"]
+
+
+async def test_reached_wakes_when_delivery_gets_there() -> None:
+    """reached() is None once a seq is delivered, else a future done when it is, in order or not."""
+    sequencer, _ = make()
+    sequencer.start("r", 2)
+    assert sequencer.reached("r", 2) is None
+    at_3 = sequencer.reached("r", 3)
+    at_5 = sequencer.reached("r", 5)
+    assert at_3 is not None and at_5 is not None
+    sequencer.offer("r", 3, b"3")
+    assert at_3.done() and not at_5.done()
+    sequencer.offer("r", 5, b"5")  # early: kept aside
+    assert not at_5.done()
+    sequencer.offer("r", 4, b"4")  # fills the gap, delivering 4 and 5
+    assert at_5.done()
+
+
+async def test_reached_before_a_position_and_after_close() -> None:
+    """A stream with no position yet is waited on; closing it releases its waiters."""
+    sequencer, _ = make()
+    sequencer.open("r")
+    waiter = sequencer.reached("r", 1)
+    assert waiter is not None and not waiter.done()
+    sequencer.close("r")
+    assert waiter.done()
+    assert sequencer.reached("gone", 1) is None

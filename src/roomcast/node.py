@@ -14,6 +14,7 @@ several nodes write to it at once; a gap is read from the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -562,18 +563,15 @@ class Node:
                     peer.send(frame)
 
     async def _caught_up(self, room: str, seq: int) -> None:
-        """Wait (briefly) until live delivery in ``room`` has reached ``seq``.
+        """Wait until live delivery in ``room`` has reached ``seq`` (at most ``CATCH_UP_WAIT``).
 
-        The store can show a message before the callbacks that deliver it
-        have run (the commit is visible at once; its delivery is a few loop
-        turns later). Releasing a joining member before then would send it
-        live a message its replay already sent. Bounded: a gap the
-        sequencer is still fetching must not hold a join for long.
+        Bounded: a gap the sequencer is still fetching must not hold a join
+        for long (the held frames then cover it).
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CATCH_UP_WAIT
-        while (self._rooms.position(room) or 0) < seq and loop.time() < deadline:
-            await asyncio.sleep(0.001)
+        reached = self._rooms.reached(room, seq)
+        if reached is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reached, CATCH_UP_WAIT)
 
     async def _replay(self, peer: Peer, room: str, after: int, last: int) -> int:
         """Send ``room``'s stored messages with ``after < seq <= last``; return the last sent."""

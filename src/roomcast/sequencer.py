@@ -36,14 +36,19 @@ MAX_PENDING: Final = 10_000
 
 
 class _Stream:
-    __slots__ = ("expected", "fetching", "pending", "timer")
+    __slots__ = ("expected", "fetching", "pending", "timer", "waiters")
 
     def __init__(self, expected: int | None) -> None:
         #: The next seq to deliver; None until the stream's position is known.
         self.expected = expected
+        #: Frames that arrived early, by seq.
         self.pending: dict[int, bytes] = {}
+        #: The gap timer, armed while frames are pending.
         self.timer: asyncio.TimerHandle | None = None
+        #: True while the owner reads a gap from the store.
         self.fetching = False
+        #: Joins waiting for delivery to reach a seq (see :meth:`Sequencer.reached`).
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
 
 
 class Sequencer:
@@ -102,6 +107,22 @@ class Sequencer:
             return None
         return state.expected - 1
 
+    def reached(self, stream: str, seq: int) -> asyncio.Future[None] | None:
+        """A future done once ``stream`` has delivered ``seq``; None if nothing is left to wait for.
+
+        A joining member's replay can send a message whose live delivery is
+        still a few loop turns away (the store shows a commit before the
+        callbacks that deliver it have run); the join waits on this before
+        it lets the member see live frames, so none arrives twice.
+        """
+        state = self._streams.get(stream)
+        if state is None or (state.expected is not None and state.expected > seq):
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.waiters = [(s, w) for s, w in state.waiters if not w.done()]
+        state.waiters.append((seq, waiter))
+        return waiter
+
     def streams(self) -> list[str]:
         """The streams with a position (to catch up after the broker was cut off)."""
         return [name for name, state in self._streams.items() if state.expected is not None]
@@ -109,8 +130,13 @@ class Sequencer:
     def close(self, stream: str) -> None:
         """Stop tracking ``stream`` (its last local member left)."""
         state = self._streams.pop(stream, None)
-        if state is not None and state.timer is not None:
+        if state is None:
+            return
+        if state.timer is not None:
             state.timer.cancel()
+        for _, waiter in state.waiters:  # nothing more will be delivered
+            if not waiter.done():
+                waiter.set_result(None)
 
     def offer(self, stream: str, seq: int, frame: bytes) -> int:
         """A frame with ``seq``: deliver it (and any it unblocks) or keep it; return deliveries."""
@@ -123,6 +149,8 @@ class Sequencer:
             state.expected = seq + 1
             if state.pending:
                 sent += self._drain(stream, state)
+            elif state.waiters:
+                _wake(state)
             return sent
         if expected is not None and seq < expected:
             return 0  # a repeat: delivered already
@@ -175,6 +203,8 @@ class Sequencer:
         elif state.timer is not None:
             state.timer.cancel()
             state.timer = None
+        if state.waiters:
+            _wake(state)
         return sent
 
     def _arm(self, stream: str, state: _Stream) -> None:
@@ -191,3 +221,16 @@ class Sequencer:
             return
         state.fetching = True
         self._fetch(stream, state.expected - 1, min(state.pending))
+
+
+def _wake(state: _Stream) -> None:
+    """Resolve the waiters whose seq ``state`` has now delivered."""
+    assert state.expected is not None
+    delivered = state.expected - 1
+    waiting = []
+    for seq, waiter in state.waiters:
+        if seq > delivered:
+            waiting.append((seq, waiter))
+        elif not waiter.done():
+            waiter.set_result(None)
+    state.waiters = waiting
