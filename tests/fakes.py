@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from roomcast.node import Node
 from roomcast.protocol.codes import CloseCode
 from roomcast.protocol.messages import UserInfo
 from roomcast.protocol.session import Session
@@ -57,3 +58,17 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def receive_text(node: Node, peer: FakePeer, data: str | bytes) -> None:
+    """Carry out one text frame from ``peer`` completely (the server's reader does it in steps)."""
+    pending = node.handle_text(peer, data)
+    if pending is not None:
+        await pending
+
+
+async def receive_binary(node: Node, peer: FakePeer, data: bytes) -> None:
+    """Carry out one binary frame from ``peer`` completely."""
+    pending = node.handle_binary(peer, data)
+    if pending is not None:
+        await pending

@@ -20,7 +20,7 @@ from roomcast.config import Limits
 from roomcast.logs import CONN_ID, REQUEST_ID, ContextFilter, JsonFormatter, TextFormatter
 from roomcast.node import Node
 from roomcast.store.sqlite import SQLiteStore
-from tests.fakes import FakePeer
+from tests.fakes import FakePeer, receive_text
 
 TOKEN = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbm4ifQ.c2lnbmF0dXJlLXBhcnQtb25seQ"
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -207,7 +207,7 @@ async def test_store_failure_lines_name_the_sender_not_the_batch(
 
         async def handle_frame() -> None:
             CONN_ID.set(peer.session.id)  # as the server's connection handler does
-            await node.receive_text(peer, b'{"type":"chat","payload":{"message":"hi"},"id":"c"}')
+            await receive_text(node, peer, b'{"type":"chat","payload":{"message":"hi"},"id":"c"}')
 
         try:
             await asyncio.create_task(handle_frame())

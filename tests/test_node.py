@@ -23,7 +23,7 @@ from roomcast.protocol.wsframe import text_frame
 from roomcast.store.base import AppendResult
 from roomcast.store.memory import MemoryStore
 from roomcast.store.sqlite import SQLiteStore
-from tests.fakes import FakePeer
+from tests.fakes import FakePeer, receive_text
 
 
 async def started(*, store: Any = None, broker: Any = None, limits: Limits | None = None) -> Node:
@@ -75,9 +75,9 @@ async def test_chat_is_stored_broadcast_then_acked() -> None:
     node = await started()
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
-    await node.receive_text(a, text("chat", {"message": "one"}, id="c1"))
+    await receive_text(node, a, text("chat", {"message": "one"}, id="c1"))
     await node.flush()
-    await node.receive_text(a, text("chat", {"message": "two"}))
+    await receive_text(node, a, text("chat", {"message": "two"}))
     await node.flush()
     frames = a.received()
     assert [f["type"] for f in frames] == ["chat", "ack", "chat"]
@@ -99,7 +99,7 @@ async def test_members_see_one_order() -> None:
     for peer in peers:
         peer.received()
     for i in range(10):
-        await node.receive_text(peers[i % 2], text("chat", {"message": str(i)}))
+        await receive_text(node, peers[i % 2], text("chat", {"message": str(i)}))
         await node.flush()
     orders = [[f["payload"]["seq"] for f in p.of_type("chat")] for p in peers]
     assert orders == [list(range(1, 11))] * 3
@@ -110,11 +110,11 @@ async def test_resent_id_is_acked_again_not_broadcast() -> None:
     node = await started()
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
-    await node.receive_text(a, text("chat", {"message": "hi"}, id="same"))
+    await receive_text(node, a, text("chat", {"message": "hi"}, id="same"))
     await node.flush()
     first_ack = a.of_type("ack")[0]
     b.received()
-    await node.receive_text(a, text("chat", {"message": "hi"}, id="same"))
+    await receive_text(node, a, text("chat", {"message": "hi"}, id="same"))
     await node.flush()
     frames = a.received()
     assert [f["type"] for f in frames] == ["ack"]
@@ -127,20 +127,20 @@ async def test_join_leave_presence_and_typing() -> None:
     node = await started()
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
-    await node.receive_text(a, text("join", {"room": "dev"}, id="j"))
+    await receive_text(node, a, text("join", {"room": "dev"}, id="j"))
     joined = a.of_type("joined")[0]
     assert joined["id"] == "j"
     assert joined["payload"]["members"] == [name_of(a)]
-    await node.receive_text(b, text("join", {"room": "dev"}))
+    await receive_text(node, b, text("join", {"room": "dev"}))
     assert a.of_type("presence")[0]["payload"]["event"] == "join"
-    await node.receive_text(b, text("typing", {"room": "dev"}))
+    await receive_text(node, b, text("typing", {"room": "dev"}))
     assert a.of_type("typing")[0]["payload"] == {"room": "dev", "user": name_of(b)}
     assert b.of_type("typing") == []
-    await node.receive_text(a, text("presence", {"room": "dev"}, id="p"))
+    await receive_text(node, a, text("presence", {"room": "dev"}, id="p"))
     members = a.of_type("presence")[0]
     assert members["id"] == "p"
     assert members["payload"]["members"] == [name_of(a), name_of(b)]
-    await node.receive_text(b, text("leave", {"room": "dev"}))
+    await receive_text(node, b, text("leave", {"room": "dev"}))
     assert b.of_type("left")[0]["payload"] == {"room": "dev"}
     assert a.of_type("presence")[0]["payload"] == {
         "room": "dev",
@@ -154,11 +154,11 @@ async def test_join_since_replays_missed_messages_in_order() -> None:
     node = await started()
     a = await connected(node)
     for i in range(5):
-        await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+        await receive_text(node, a, text("chat", {"message": f"m{i}"}))
         await node.flush()
     late = await connected(node)
     late.received()
-    await node.receive_text(late, text("join", {"room": "lobby", "since": 2}))
+    await receive_text(node, late, text("join", {"room": "lobby", "since": 2}))
     frames = late.received()
     assert frames[0]["type"] == "joined"
     assert frames[0]["payload"]["seq"] == 5
@@ -171,10 +171,10 @@ async def test_history_pages_oldest_first() -> None:
     node = await started()
     a = await connected(node)
     for i in range(5):
-        await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+        await receive_text(node, a, text("chat", {"message": f"m{i}"}))
         await node.flush()
     a.received()
-    await node.receive_text(a, text("history", {"room": "lobby", "before": 5, "limit": 2}))
+    await receive_text(node, a, text("history", {"room": "lobby", "before": 5, "limit": 2}))
     [reply] = a.received()
     assert [m["seq"] for m in reply["payload"]["messages"]] == [3, 4]
     assert reply["payload"]["has_more"] is True
@@ -215,7 +215,7 @@ async def test_store_failure_is_an_internal_error_without_ack() -> None:
     node = await started(store=BrokenStore())
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
-    await node.receive_text(a, text("chat", {"message": "x"}, id="c"))
+    await receive_text(node, a, text("chat", {"message": "x"}, id="c"))
     await node.flush()
     [error] = a.received()
     assert error["type"] == "error"
@@ -244,7 +244,7 @@ async def test_a_full_store_answers_rate_limited_and_stores_the_rest(tmp_path: P
         assert 500 <= error["payload"]["retry_after"] <= 1500
     assert [f["payload"]["message"] for f in b.of_type("chat")] == ["m0", "m1", "m2"]
     # Sent again once the queue has drained, a refused message is stored.
-    await node.receive_text(a, text("chat", {"message": "m3"}, id="c3"))
+    await receive_text(node, a, text("chat", {"message": "m3"}, id="c3"))
     await store.flush()
     await node.flush()
     assert [f["payload"]["seq"] for f in a.of_type("ack")] == [4]
@@ -257,7 +257,7 @@ async def test_guest_nickname_auth() -> None:
     a, b = await connected(node), await connected(node)
     a.received(), b.received()
     old = name_of(a)
-    await node.receive_text(a, text("auth", {"guest": "ann"}, id="a1"))
+    await receive_text(node, a, text("auth", {"guest": "ann"}, id="a1"))
     [ok] = a.of_type("auth")
     assert ok["id"] == "a1"
     assert ok["payload"] == {"ok": True, "user": {"name": "ann", "guest": True}}
@@ -270,11 +270,11 @@ async def test_auth_failures_then_close() -> None:
     """Taken or invalid names and tokens fail; the third failure closes with 1008."""
     node = await started()
     a, b = await connected(node), await connected(node)
-    await node.receive_text(a, text("auth", {"guest": name_of(b)}))
-    await node.receive_text(a, text("auth", {"guest": "guest-abc"}))
+    await receive_text(node, a, text("auth", {"guest": name_of(b)}))
+    await receive_text(node, a, text("auth", {"guest": "guest-abc"}))
     assert [f["payload"]["code"] for f in a.of_type("error")] == ["auth_failed"] * 2
     assert a.closed is None
-    await node.receive_text(a, text("auth", {"token": "not-a-token"}))
+    await receive_text(node, a, text("auth", {"token": "not-a-token"}))
     assert a.closed is not None and a.closed[0] is CloseCode.POLICY_VIOLATION
 
 
@@ -285,12 +285,12 @@ async def test_two_nodes_on_one_bus_share_broadcasts() -> None:
     two = await started(store=store, broker=MemoryBroker(bus))
     a, b = await connected(one), await connected(two)
     a.received(), b.received()
-    await one.receive_text(a, text("chat", {"message": "across"}))
+    await receive_text(one, a, text("chat", {"message": "across"}))
     await one.flush()
     assert [f["payload"]["message"] for f in b.of_type("chat")] == ["across"]
     assert [f["payload"]["message"] for f in a.of_type("chat")] == ["across"]
     await one.close()
-    await two.receive_text(b, text("chat", {"message": "after"}))
+    await receive_text(two, b, text("chat", {"message": "after"}))
     await two.flush()
     assert a.received() == []
 
@@ -316,22 +316,22 @@ async def test_messages_during_a_join_come_after_the_replay_once() -> None:
     node = await started(store=store)
     a, b = await connected(node), await connected(node)
     for p in (a, b):
-        await node.receive_text(p, text("join", {"room": "r"}))
+        await receive_text(node, p, text("join", {"room": "r"}))
     for i in range(3):
-        await node.receive_text(a, text("chat", {"message": f"m{i}", "room": "r"}))
+        await receive_text(node, a, text("chat", {"message": f"m{i}", "room": "r"}))
     await node.flush()
     b.received()
     store.gate.clear()
     store.waiting.clear()
-    joining = asyncio.create_task(node.receive_text(b, text("join", {"room": "r", "since": 1})))
+    joining = asyncio.create_task(receive_text(node, b, text("join", {"room": "r", "since": 1})))
     await store.waiting.wait()
     # Stored before the join read the last seq: the replay covers it.
-    await node.receive_text(a, text("chat", {"message": "m3", "room": "r"}))
+    await receive_text(node, a, text("chat", {"message": "m3", "room": "r"}))
     await node.flush()
     assert b.received() == []
     store.gate.set()
     await joining
-    await node.receive_text(a, text("chat", {"message": "m4", "room": "r"}))
+    await receive_text(node, a, text("chat", {"message": "m4", "room": "r"}))
     await node.flush()
     frames = b.received()
     assert frames[0]["type"] == "joined"
@@ -350,14 +350,14 @@ async def test_join_outlasting_its_hold_reads_the_rest_from_the_store() -> None:
     store.gate.set()
     node = await started(store=store, limits=Limits(max_queue_bytes=600))
     a, b = await connected(node), await connected(node)
-    await node.receive_text(a, text("join", {"room": "r"}))
+    await receive_text(node, a, text("join", {"room": "r"}))
     b.received()
     store.gate.clear()
     store.waiting.clear()
-    joining = asyncio.create_task(node.receive_text(b, text("join", {"room": "r"})))
+    joining = asyncio.create_task(receive_text(node, b, text("join", {"room": "r"})))
     await store.waiting.wait()
     for i in range(20):  # far more than 600 bytes of frames
-        await node.receive_text(a, text("chat", {"message": f"live {i}", "room": "r"}))
+        await receive_text(node, a, text("chat", {"message": f"live {i}", "room": "r"}))
     await node.flush()
     store.gate.set()
     await joining
@@ -377,18 +377,18 @@ async def test_recovered_is_false_when_the_gap_is_not_kept() -> None:
     node = await started(store=PrunedStore())
     a = await connected(node)
     for i in range(5):
-        await node.receive_text(a, text("chat", {"message": f"m{i}"}))
+        await receive_text(node, a, text("chat", {"message": f"m{i}"}))
     await node.flush()
     a.received()
-    await node.receive_text(a, text("join", {"room": "lobby", "since": 0}))
+    await receive_text(node, a, text("join", {"room": "lobby", "since": 0}))
     frames = a.received()
     assert frames[0]["payload"]["recovered"] is False
     assert [f["payload"]["seq"] for f in frames[1:]] == [3, 4, 5]
-    await node.receive_text(a, text("join", {"room": "lobby", "since": 2}))
+    await receive_text(node, a, text("join", {"room": "lobby", "since": 2}))
     frames = a.received()
     assert frames[0]["payload"]["recovered"] is True
     assert [f["payload"]["seq"] for f in frames[1:]] == [3, 4, 5]
-    await node.receive_text(a, text("join", {"room": "lobby", "since": 99}))
+    await receive_text(node, a, text("join", {"room": "lobby", "since": 99}))
     frames = a.received()
     assert frames[0]["payload"]["recovered"] is False
     assert len(frames) == 1
@@ -406,7 +406,7 @@ async def test_failed_join_leaves_no_membership() -> None:
     node = await started(store=FailingReads())
     a = await connected(node)
     a.received()
-    await node.receive_text(a, text("join", {"room": "r"}, id="j"))
+    await receive_text(node, a, text("join", {"room": "r"}, id="j"))
     [error] = a.received()
     assert error["payload"]["code"] == "internal" and error["id"] == "j"
     assert "r" not in a.session.rooms
@@ -465,7 +465,7 @@ async def signed_in_alice() -> tuple[Node, FakePeer, str]:
 async def test_expired_token_asks_for_a_new_one_then_closes() -> None:
     """When a connection's token expires it gets token_expired, then 1008 if nothing comes."""
     node, peer, token = await signed_in_alice()
-    await node.receive_text(peer, text("auth", {"token": token}, id="a"))
+    await receive_text(node, peer, text("auth", {"token": token}, id="a"))
     assert peer.of_type("auth")[0]["payload"]["user"] == {"name": "alice", "guest": False}
     node.set_token_expiry(peer, time.time())  # as if it expired now
     await asyncio.sleep(0.01)
@@ -479,10 +479,10 @@ async def test_expired_token_asks_for_a_new_one_then_closes() -> None:
 async def test_a_new_token_cancels_the_expiry_close() -> None:
     """Sending auth with a fresh token after token_expired keeps the connection open."""
     node, peer, token = await signed_in_alice()
-    await node.receive_text(peer, text("auth", {"token": token}))
+    await receive_text(node, peer, text("auth", {"token": token}))
     node.set_token_expiry(peer, time.time())
     await asyncio.sleep(0.01)
-    await node.receive_text(peer, text("auth", {"token": token}))
+    await receive_text(node, peer, text("auth", {"token": token}))
     await asyncio.sleep(0.1)
     assert peer.closed is None
     node.disconnect(peer)
@@ -500,12 +500,13 @@ async def test_direct_message_reaches_both_sides_with_their_own_seqs() -> None:
     for name in ("alice", "bob", "carol"):
         peer = await connected(node)
         token, _ = accounts.tokens.issue(name)
-        await node.receive_text(peer, text("auth", {"token": token}))
+        await receive_text(node, peer, text("auth", {"token": token}))
         peers[name] = peer
     for peer in peers.values():
         peer.received()  # welcome, presence of the later ones
-    await node.receive_text(peers["carol"], text("direct", {"to": "bob", "message": "first"}))
-    await node.receive_text(peers["alice"], text("direct", {"to": "BOB", "message": "hi"}, id="d1"))
+    await receive_text(node, peers["carol"], text("direct", {"to": "bob", "message": "first"}))
+    hi = text("direct", {"to": "BOB", "message": "hi"}, id="d1")
+    await receive_text(node, peers["alice"], hi)
     await node.flush()
     alice = peers["alice"].received()
     assert [f["type"] for f in alice] == ["direct", "ack"]
@@ -516,7 +517,7 @@ async def test_direct_message_reaches_both_sides_with_their_own_seqs() -> None:
         ("carol", 1),
         ("alice", 2),
     ]
-    await node.receive_text(peers["alice"], text("direct", {"to": "nobody", "message": "x"}))
+    await receive_text(node, peers["alice"], text("direct", {"to": "nobody", "message": "x"}))
     [error] = peers["alice"].received()
     assert error["payload"]["code"] == "unknown_user"
 
@@ -526,7 +527,7 @@ async def test_another_nodes_messages_are_delivered_in_seq_order() -> None:
     store = MemoryStore()
     node = await started(store=store)
     member = await connected(node)
-    await node.receive_text(member, text("join", {"room": "r"}))
+    await receive_text(node, member, text("join", {"room": "r"}))
     member.received()
     # Another node stored seqs 1..3; its publications arrive as 2, 3 (1 never comes).
     stored = [(await store.append("r", "ann", f"m{i}")).message for i in range(3)]
@@ -554,8 +555,8 @@ async def test_two_nodes_announce_a_user_on_both_once() -> None:
     second = FakePeer.named("ann")
     await one.connect(first)
     await two.connect(second)
-    await two.receive_text(second, text("leave", {"room": "lobby"}))
-    await one.receive_text(first, text("leave", {"room": "lobby"}))
+    await receive_text(two, second, text("leave", {"room": "lobby"}))
+    await receive_text(one, first, text("leave", {"room": "lobby"}))
     events = [f["payload"] for f in watcher.of_type("presence") if f["payload"]["user"] == "ann"]
     assert events == [
         {"room": "lobby", "user": "ann", "event": "join"},

@@ -28,7 +28,7 @@ from .node import Node
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
     DEFAULT_HISTORY_LIMIT,
-    DEFAULT_ROOM,
+    LOBBY,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
     MAX_SEQ,
@@ -521,7 +521,7 @@ async def _list_rooms(request: web.Request) -> web.Response:
     for name in unlisted:
         if name not in known:
             rooms[name] = RoomAccess(name, False, None, frozenset())
-    rooms.setdefault(DEFAULT_ROOM, RoomAccess(DEFAULT_ROOM, False, None, frozenset()))
+    rooms.setdefault(LOBBY, RoomAccess(LOBBY, False, None, frozenset()))
     # Member counts are read together (one round trip to the broker's server).
     listed = await asyncio.gather(
         *(_room_json(rooms[name], node, with_members=True) for name in sorted(rooms))
@@ -542,7 +542,7 @@ async def _create_room(request: web.Request) -> web.Response:
     if not isinstance(private, bool):
         raise HTTPError(400, "invalid_message", "private must be true or false")
     members = await _registered(node, _names(body.get("members"), "members"))
-    if name == DEFAULT_ROOM or await node.member_count(name) > 0:
+    if name == LOBBY or await node.member_count(name) > 0:
         raise HTTPError(409, "room_exists", f"{name} exists already")
     if not await node.store.create_room(name, owner=user.name, private=private, members=members):
         raise HTTPError(409, "room_exists", f"{name} exists already")

@@ -33,7 +33,7 @@ from .config import (
 from .exceptions import BackendError, ConfigError
 from .files import FileLinks, FileStore
 from .node import Node
-from .protocol.messages import valid_room
+from .protocol.messages import LOBBY, valid_room
 from .server import RoomcastServer
 from .store import open_store
 from .store.sqlite import SQLiteStore
@@ -251,7 +251,7 @@ def _add_chat(commands: Any) -> None:
     who.add_argument("--user", metavar="NAME", help="sign in as this registered user")
     who.add_argument("--guest", metavar="NAME", help="chat as a guest with this nickname")
     chat.add_argument(
-        "--room", default="lobby", help="join this room and talk there (default: %(default)s)"
+        "--room", default=LOBBY, help="join this room and talk there (default: %(default)s)"
     )
 
 

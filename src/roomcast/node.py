@@ -42,7 +42,7 @@ from .hub import Hub, Peer
 from .metrics import Metrics
 from .protocol.codes import CloseCode, ErrorCode
 from .protocol.messages import (
-    DEFAULT_ROOM,
+    LOBBY,
     Ack,
     AuthFrame,
     AuthOk,
@@ -65,10 +65,10 @@ from .protocol.messages import (
     PresenceEvent,
     PresenceRequest,
     ServerFrame,
-    System,
     Typing,
     TypingEvent,
     UserInfo,
+    Welcome,
     encode,
 )
 from .protocol.session import Close, Outcome, Reply, Session
@@ -172,8 +172,8 @@ class Node:
         #: Per connection: the timer of its token's expiry or its auth deadline.
         self._deadlines: dict[Peer, asyncio.TimerHandle] = {}
         #: Rooms with a local member, and the inboxes of local users.
-        self._rooms = Sequencer(self._deliver_room, self._fetch_room)
-        self._inboxes = Sequencer(self._deliver_inbox, self._fetch_inbox)
+        self._room_order = Sequencer(self._deliver_room, self._fetch_room)
+        self._inbox_order = Sequencer(self._deliver_inbox, self._fetch_inbox)
         #: Names claimed lately (lower case -> loop time), for a guest ``auth``
         #: whose store read was answered before the name was registered.
         self._claims: dict[str, float] = {}
@@ -246,14 +246,14 @@ class Node:
         self.hub.add(peer)
         self._reply(
             peer,
-            System(
+            Welcome(
                 session.id,
                 session.user or UserInfo("", False),
                 self.heartbeat,
             ),
         )
         if session.user is not None:
-            pending = self.dispatch(peer, Join(None, DEFAULT_ROOM))
+            pending = self.dispatch(peer, Join(None, LOBBY))
             if pending is not None:
                 await pending
         else:
@@ -301,7 +301,7 @@ class Node:
                 self.broker.presence_changed(room, user.name, False)
             self._forget_room(room)
         if user is not None and not self.hub.user_online(user.name):
-            self._inboxes.close(user.name)
+            self._inbox_order.close(user.name)
 
     def claim_name(self, name: str) -> None:
         """``name`` is a registered user's: close the guests using it, on every node.
@@ -377,18 +377,6 @@ class Node:
         if isinstance(outcome, FileHeader):
             return self._finish(peer, outcome, self._file(peer, outcome, data))
         return self.dispatch(peer, outcome)
-
-    async def receive_text(self, peer: Peer, data: str | bytes) -> None:
-        """Carry out one text frame from ``peer`` completely."""
-        pending = self.handle_text(peer, data)
-        if pending is not None:
-            await pending
-
-    async def receive_binary(self, peer: Peer, data: bytes) -> None:
-        """Carry out one binary frame from ``peer`` completely."""
-        pending = self.handle_binary(peer, data)
-        if pending is not None:
-            await pending
 
     def dispatch(self, peer: Peer, outcome: Outcome) -> Coroutine[Any, Any, None] | None:
         """Do what a session decided; a coroutine for the part that must wait."""
@@ -508,10 +496,10 @@ class Node:
         assert user is not None
         room = cmd.room
         was_member = room in peer.session.rooms
-        if room != DEFAULT_ROOM and not was_member:
+        if room != LOBBY and not was_member:
             await self.check_access(user, room)
         first = self.hub.join(room, peer)
-        self._rooms.open(room)
+        self._room_order.open(room)
         # From here on the room's live frames are kept aside for this peer,
         # so none can overtake ``joined`` or the replay, and none is lost.
         self.hub.hold(room, peer, self.limits.max_queue_bytes)
@@ -522,7 +510,7 @@ class Node:
             stored_last = await self.store.last_seq(room)
             # Live frames go out from the room's position on: the replay
             # covers everything up to there (which may be past the read).
-            last = max(stored_last, self._rooms.start(room, stored_last))
+            last = max(stored_last, self._room_order.start(room, stored_last))
             after, recovered, replay_from = last, None, None
             if cmd.since is not None:
                 kept = await self.store.first_seq(room)
@@ -546,7 +534,7 @@ class Node:
                 # Too much arrived while replaying: read it from the store too.
                 self.hub.hold(room, peer, self.limits.max_queue_bytes)
                 held = None
-                last = max(await self.store.last_seq(room), self._rooms.position(room) or 0)
+                last = max(await self.store.last_seq(room), self._room_order.position(room) or 0)
         except BaseException:
             held = self.hub.release(room, peer)
             if not was_member:
@@ -568,7 +556,7 @@ class Node:
         Bounded: a gap the sequencer is still fetching must not hold a join
         for long (the held frames then cover it).
         """
-        reached = self._rooms.reached(room, seq)
+        reached = self._room_order.reached(room, seq)
         if reached is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(reached, CATCH_UP_WAIT)
@@ -848,7 +836,7 @@ class Node:
             # A new identity keeps only the rooms it may be in itself. Read
             # before anything changes, so the switch below has no await in it.
             for room in sorted(session.rooms):
-                if room != DEFAULT_ROOM and not await self.may_access(user, room):
+                if room != LOBBY and not await self.may_access(user, room):
                     refused.append(room)
         if user.guest and await self.store.get_user(user.name) is not None:
             # The last await before the switch: a name registered (and claimed)
@@ -887,7 +875,7 @@ class Node:
             self._reply(peer, Left(room, f"{user.name} may not be in {room}"))
         if old is None:
             # A connection that had to authenticate first now enters the lobby.
-            await self._join(peer, Join(None, DEFAULT_ROOM))
+            await self._join(peer, Join(None, LOBBY))
 
     def _rename(self, peer: Peer, old: UserInfo | None, new: UserInfo) -> None:
         """Move ``peer`` from ``old`` to ``new`` in the hub, with the presence events due."""
@@ -902,7 +890,7 @@ class Node:
             for room in sorted(old_present):
                 self.broker.presence_changed(room, old_name, False)
         if old_name is not None and not self.hub.user_online(old_name):
-            self._inboxes.close(old_name)
+            self._inbox_order.close(old_name)
         for room in sorted(new_present):
             self.broker.presence_changed(room, new.name, True)
 
@@ -938,7 +926,7 @@ class Node:
     def _publish(self, room: str, frame: bytes, seq: int) -> None:
         """Deliver a stored room message here, then hand it to the other nodes."""
         metrics = self.metrics
-        metrics.deliveries.inc(self._rooms.offer(room, seq, frame))
+        metrics.deliveries.inc(self._room_order.offer(room, seq, frame))
         metrics.chat_out.inc()
         started = time.perf_counter()
         self.broker.publish(Publication(self.id, room, None, frame, seq=seq))
@@ -949,13 +937,13 @@ class Node:
 
     def _to_inbox(self, user: str, seq: int, frame: bytes) -> int:
         """Deliver a direct message to ``user``'s local connections, in inbox order."""
-        if user not in self._inboxes:
+        if user not in self._inbox_order:
             if not self.hub.user_online(user):
                 return 0
             # The first direct message since the user connected here sets
             # the inbox's position (earlier ones come from direct_history).
-            self._inboxes.start(user, seq - 1)
-        return self._inboxes.offer(user, seq, frame)
+            self._inbox_order.start(user, seq - 1)
+        return self._inbox_order.offer(user, seq, frame)
 
     def _deliver_inbox(self, user: str, seq: int, frame: bytes) -> int:
         return self.hub.send_to_user(user, frame)
@@ -963,7 +951,7 @@ class Node:
     def _forget_room(self, room: str) -> None:
         """Stop ordering ``room``'s frames once it has no local member."""
         if not self.hub.has_members(room):
-            self._rooms.close(room)
+            self._room_order.close(room)
 
     # -- gaps --------------------------------------------------------------------
 
@@ -988,13 +976,13 @@ class Node:
                     break
                 for message in page:
                     frame = text_frame(encode(self._linked(message)))
-                    self.metrics.deliveries.inc(self._rooms.offer(room, message.seq, frame))
+                    self.metrics.deliveries.inc(self._room_order.offer(room, message.seq, frame))
                 after = page[-1].seq
             complete = True
         except BackendError as exc:
             logger.error("cannot read %s's missed messages: %s", room, exc)
         finally:
-            self._rooms.filled(room, before, complete=complete)
+            self._room_order.filled(room, before, complete=complete)
 
     def _fetch_inbox(self, user: str, after: int, before: int) -> None:
         self.metrics.catch_ups.labels("gap").inc()
@@ -1012,26 +1000,26 @@ class Node:
                 for message in page:
                     assert message.seq is not None
                     frame = text_frame(encode(self._linked(message)))
-                    self.metrics.deliveries.inc(self._inboxes.offer(user, message.seq, frame))
+                    self.metrics.deliveries.inc(self._inbox_order.offer(user, message.seq, frame))
                     after = message.seq
             complete = True
         except BackendError as exc:
             logger.error("cannot read %s's missed direct messages: %s", user, exc)
         finally:
-            self._inboxes.filled(user, before, complete=complete)
+            self._inbox_order.filled(user, before, complete=complete)
 
     async def _catch_up(self) -> None:
         """After the broker was cut off: deliver what was stored meanwhile, from the store."""
         for attempt in range(10):
             try:
-                for room in self._rooms.streams():
+                for room in self._room_order.streams():
                     last = await self.store.last_seq(room)
-                    position = self._rooms.position(room)
+                    position = self._room_order.position(room)
                     if position is not None and last > position:
                         await self._fill_room(room, position, last + 1)
-                for user in self._inboxes.streams():
+                for user in self._inbox_order.streams():
                     last = await self.store.direct_last_seq(user)
-                    position = self._inboxes.position(user)
+                    position = self._inbox_order.position(user)
                     if position is not None and last > position:
                         await self._fill_inbox(user, position, last + 1)
                 return
@@ -1052,7 +1040,7 @@ class Node:
         room, seq, frame = publication.room, publication.seq, publication.frame
         if room is not None:
             if seq is not None:
-                self.metrics.deliveries.inc(self._rooms.offer(room, seq, frame))
+                self.metrics.deliveries.inc(self._room_order.offer(room, seq, frame))
             else:
                 self.hub.deliver(room, frame, skip_user=publication.skip_user)
         elif publication.user is not None:

@@ -21,8 +21,6 @@ from roomcast.protocol.messages import (
     DirectHistoryReply,
     DirectHistoryRequest,
     DirectMessage,
-    Echo,
-    EchoReply,
     ErrorReply,
     FileInfo,
     HistoryReply,
@@ -31,9 +29,11 @@ from roomcast.protocol.messages import (
     Leave,
     Ping,
     PresenceRequest,
-    System,
+    SendBack,
+    SentBack,
     Typing,
     UserInfo,
+    Welcome,
     encode,
     format_timestamp,
     parse_binary_frame,
@@ -76,14 +76,14 @@ class TestParseValid:
         assert parsed == Chat(None, "lobby", "m")
 
     def test_unknown_type_is_echoed_whole(self) -> None:
-        """Unknown types become Echo carrying the whole received frame."""
+        """Unknown types become SendBack carrying the whole received frame."""
         data = {"type": "foo", "id": "e", "payload": {"a": 1}}
-        assert parse_client_frame(json.dumps(data)) == Echo("e", data)
+        assert parse_client_frame(json.dumps(data)) == SendBack("e", data)
 
     def test_echo_type(self) -> None:
         """The echo type is echoed like an unknown type, whatever its payload."""
         data = {"type": "echo", "payload": "text"}
-        assert parse_client_frame(json.dumps(data)) == Echo(None, data)
+        assert parse_client_frame(json.dumps(data)) == SendBack(None, data)
 
     def test_every_command(self) -> None:
         """Each command type parses into its own class."""
@@ -312,9 +312,9 @@ class TestFuzz:
             assert exc.code in set(ErrorCode)
         else:
             assert parsed.id is None or (isinstance(parsed.id, str) and len(parsed.id) <= 64)
-            if isinstance(parsed, Echo):
+            if isinstance(parsed, SendBack):
                 # Whatever was accepted can be sent back.
-                assert orjson.loads(encode(EchoReply(parsed.frame)))["type"] == "echo"
+                assert orjson.loads(encode(SentBack(parsed.frame)))["type"] == "echo"
 
     @settings(max_examples=400, deadline=None)
     @given(st.binary(max_size=200))
@@ -397,7 +397,7 @@ class TestEncode:
 
     def test_system_frame(self) -> None:
         """The welcome frame names the session, the user and the heartbeat."""
-        out = orjson.loads(encode(System("s1", UserInfo("guest-ab", True), 30.0)))
+        out = orjson.loads(encode(Welcome("s1", UserInfo("guest-ab", True), 30.0)))
         assert out["payload"] == {
             "message": "Connected to WebSocket server",
             "session": "s1",

@@ -10,12 +10,12 @@ from roomcast.protocol.messages import (
     AuthFrame,
     Chat,
     Direct,
-    EchoReply,
     ErrorReply,
     FileHeader,
     Join,
     Leave,
     Pong,
+    SentBack,
     Typing,
     UserInfo,
 )
@@ -53,7 +53,7 @@ def test_ping_is_answered_by_the_session() -> None:
 def test_unknown_types_are_echoed() -> None:
     """Unknown types become an echo of the whole frame."""
     outcome = send(guest_session(), type="what", payload=[1])
-    assert outcome == Reply(EchoReply({"type": "what", "payload": [1]}), None)
+    assert outcome == Reply(SentBack({"type": "what", "payload": [1]}), None)
 
 
 def test_parse_errors_become_error_replies() -> None:

@@ -48,6 +48,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from ..protocol.messages import LOBBY
 from .backoff import Backoff
 from .events import (
     ConnectionState,
@@ -75,7 +76,6 @@ __all__ = [
 
 logger = logging.getLogger("roomcast.client")
 
-LOBBY: Final = "lobby"
 #: Seconds before a send the server could not store (``internal``) is sent
 #: again: the first wait, doubling up to the cap (each with jitter).
 INTERNAL_RETRY_FIRST: Final = 0.25

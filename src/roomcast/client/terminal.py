@@ -27,7 +27,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from ..protocol.messages import MAX_HISTORY_LIMIT, valid_room
+from ..protocol.messages import LOBBY, MAX_HISTORY_LIMIT, valid_room
 from ..textsafe import CONTROLS, FORMAT, LINE_BREAKS
 from .core import Client, ClientClosed, QueueFull, SendError
 from .events import (
@@ -62,7 +62,6 @@ __all__ = [
     "render",
 ]
 
-LOBBY: Final = "lobby"
 #: Seconds between two "is typing" lines for one user in one room (and
 #: between two typing notices this terminal sends to one room).
 TYPING_INTERVAL: Final = 3.0

@@ -26,7 +26,7 @@ from .codes import ErrorCode
 
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
-    "DEFAULT_ROOM",
+    "LOBBY",
     "MAX_FILE_HEADER",
     "MAX_HISTORY_LIMIT",
     "MAX_ID_LENGTH",
@@ -42,8 +42,8 @@ __all__ = [
     "DirectHistoryReply",
     "DirectHistoryRequest",
     "DirectMessage",
-    "Echo",
-    "EchoReply",
+    "SendBack",
+    "SentBack",
     "ErrorReply",
     "FileHeader",
     "FileInfo",
@@ -59,7 +59,7 @@ __all__ = [
     "PresenceEvent",
     "PresenceRequest",
     "ServerFrame",
-    "System",
+    "Welcome",
     "Typing",
     "TypingEvent",
     "UserInfo",
@@ -71,7 +71,7 @@ __all__ = [
     "valid_room",
 ]
 
-DEFAULT_ROOM: Final = "lobby"
+LOBBY: Final = "lobby"
 MAX_ID_LENGTH: Final = 64
 #: The largest JSON header of a binary (file) frame, in bytes.
 MAX_FILE_HEADER: Final = 4096
@@ -200,7 +200,7 @@ class PresenceRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Echo:
+class SendBack:
     """``echo``, or any type the server does not handle: sent back whole."""
 
     TYPE: ClassVar[str] = "echo"
@@ -219,7 +219,7 @@ ClientFrame = (
     | HistoryRequest
     | DirectHistoryRequest
     | PresenceRequest
-    | Echo
+    | SendBack
 )
 
 
@@ -333,7 +333,7 @@ def parse_client_frame(data: str | bytes, *, max_message_chars: int = 4000) -> C
         return Ping(frame_id, {} if payload is None else payload)
     parser = _PARSERS.get(kind)
     if parser is None:
-        return Echo(frame_id, obj)
+        return SendBack(frame_id, obj)
     if payload is None:
         payload = {}
     elif type(payload) is not dict:
@@ -343,7 +343,7 @@ def parse_client_frame(data: str | bytes, *, max_message_chars: int = 4000) -> C
 
 def _parse_chat(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
     message = _text(payload, "message", fid, max_chars)
-    return Chat(fid, _room(payload, fid, default=DEFAULT_ROOM), message)
+    return Chat(fid, _room(payload, fid, default=LOBBY), message)
 
 
 def _parse_auth(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
@@ -479,7 +479,7 @@ class UserInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class System:
+class Welcome:
     """The welcome frame, sent first on every connection."""
 
     TYPE: ClassVar[str] = "system"
@@ -756,7 +756,7 @@ class DirectHistoryReply:
 
 
 @dataclass(frozen=True, slots=True)
-class EchoReply:
+class SentBack:
     """The whole frame a client sent, sent back."""
 
     TYPE: ClassVar[str] = "echo"
@@ -791,7 +791,7 @@ class ErrorReply:
 
 
 ServerFrame = (
-    System
+    Welcome
     | Pong
     | AuthOk
     | ChatMessage
@@ -804,7 +804,7 @@ ServerFrame = (
     | TypingEvent
     | HistoryReply
     | DirectHistoryReply
-    | EchoReply
+    | SentBack
     | ErrorReply
 )
 

@@ -35,14 +35,14 @@ from .messages import (
     ClientFrame,
     Direct,
     DirectHistoryRequest,
-    Echo,
-    EchoReply,
     ErrorReply,
     FileHeader,
     Join,
     Leave,
     Ping,
     Pong,
+    SendBack,
+    SentBack,
     ServerFrame,
     Typing,
     UserInfo,
@@ -248,8 +248,8 @@ class Session:
         if isinstance(frame, Chat | Typing):
             if frame.room not in self.rooms:
                 return _error(ErrorCode.NOT_MEMBER, f"not a member of {frame.room}", fid)
-        elif isinstance(frame, Echo):
-            return Reply(EchoReply(frame.frame), fid)
+        elif isinstance(frame, SendBack):
+            return Reply(SentBack(frame.frame), fid)
         elif isinstance(frame, Join):
             if frame.room not in self.rooms and len(self.rooms) >= self.max_rooms:
                 return _error(
