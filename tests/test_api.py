@@ -120,3 +120,23 @@ def test_check_refuses_what_attempt_would_without_the_store() -> None:
     for n in range(api.ADDRESS_LOGIN_BURST):
         throttle.attempt("192.0.2.9", f"n{n}", exists=False, now=5)
     assert throttle.check("192.0.2.9", "zed", 5) == throttle.check("192.0.2.9", "zed", 5) == 2.0
+
+
+def test_each_refusal_of_the_core_has_its_status_and_code() -> None:
+    """api.refused maps every DomainError kind to one HTTP status and error code."""
+    from roomcast import exceptions as e
+
+    expected = {
+        e.Forbidden: (403, "forbidden"),
+        e.NotFound: (404, "not_found"),
+        e.UnknownUser: (400, "unknown_user"),
+        e.NameTaken: (409, "name_taken"),
+        e.RoomExists: (409, "room_exists"),
+        e.InvalidRequest: (400, "invalid_message"),
+        e.TooLarge: (413, "too_large"),
+        e.QuotaExceeded: (413, "quota_exceeded"),
+    }
+    assert set(expected) == set(e.DomainError.__subclasses__())
+    for kind, (status, code) in expected.items():
+        answer = api.refused(kind("why"))
+        assert (answer.status, answer.code, answer.message) == (status, code, "why")

@@ -21,8 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from .auth import Tokens
-from .exceptions import AuthError, ProtocolError
-from .protocol.codes import ErrorCode
+from .exceptions import AuthError, InvalidRequest, NameTaken
 from .protocol.messages import UserInfo
 from .store.base import Store
 
@@ -81,22 +80,18 @@ class Accounts:
         """Create a user; return its name.
 
         Raises:
-            ProtocolError: ``invalid_message`` for a bad name or password,
-                ``name_taken`` (as ``forbidden`` with ``taken`` set) when
-                the name exists in any case.
+            InvalidRequest: a bad name or password.
+            NameTaken: the name exists, in any case.
         """
         problem = username_problem(name)
         if problem is not None:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, problem)
+            raise InvalidRequest(problem)
         if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-            raise ProtocolError(
-                ErrorCode.INVALID_MESSAGE,
-                f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters",
-            )
+            raise InvalidRequest(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
         assert isinstance(name, str)
         hashed = await self._in_thread(self._hasher.hash, password)
         if not await self.store.create_user(name, hashed):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "that name is taken", extra={"taken": True})
+            raise NameTaken("that name is taken")
         logger.info("registered user %s", name)
         return name
 
@@ -125,6 +120,10 @@ class Accounts:
         if self._dummy_hash is None:
             self._dummy_hash = await self._in_thread(self._hasher.hash, secrets.token_urlsafe(16))
         return self._dummy_hash
+
+    async def exists(self, name: str) -> bool:
+        """Whether a user named ``name`` (in any letter case) is registered."""
+        return await self.store.get_user(name) is not None
 
     async def user_for_token(self, token: str) -> tuple[UserInfo, int]:
         """The registered user a token names, and when the token expires.

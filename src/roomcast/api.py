@@ -22,22 +22,33 @@ from aiohttp import web
 
 from .accounts import MAX_PASSWORD, MIN_PASSWORD, username_problem
 from .auth import bearer_token
-from .exceptions import AuthError, BackendError, ProtocolError, StoreBusy
+from .exceptions import (
+    AuthError,
+    BackendError,
+    DomainError,
+    Forbidden,
+    InvalidRequest,
+    NameTaken,
+    NotFound,
+    QuotaExceeded,
+    RoomExists,
+    StoreBusy,
+    TooLarge,
+    UnknownUser,
+)
 from .frontdoor import TrustedProxies
 from .node import Node
-from .protocol.codes import ErrorCode
 from .protocol.messages import (
     DEFAULT_HISTORY_LIMIT,
-    LOBBY,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
     MAX_SEQ,
-    ChatMessage,
     UserInfo,
     format_timestamp,
     valid_room,
 )
 from .ratelimit import TokenBucket
+from .rooms import MAX_MEMBERS
 from .store.base import RoomAccess
 
 __all__ = ["HTTPError", "add_routes"]
@@ -45,8 +56,6 @@ __all__ = ["HTTPError", "add_routes"]
 logger = logging.getLogger("roomcast.api")
 
 NODE: Final = web.AppKey("node", Node)
-#: Most members named in one request.
-MAX_MEMBERS: Final = 1000
 #: Failed logins an account may have before its next attempts must wait: typos
 #: and a forgotten caps lock.
 ACCOUNT_FREE_FAILURES: Final = 5
@@ -367,14 +376,26 @@ def query_int(
     return value
 
 
-def _from_protocol(exc: ProtocolError) -> HTTPError:
-    status = {
-        ErrorCode.FORBIDDEN: 403,
-        ErrorCode.UNKNOWN_USER: 404,
-        ErrorCode.TOO_LARGE: 413,
-        ErrorCode.RATE_LIMITED: 429,
-    }.get(exc.code, 400)
-    return HTTPError(status, str(exc.code), exc.message)
+#: The HTTP status and error code of each refusal of the core.
+REFUSALS: Final[dict[type[DomainError], tuple[int, str]]] = {
+    Forbidden: (403, "forbidden"),
+    NotFound: (404, "not_found"),
+    UnknownUser: (400, "unknown_user"),
+    NameTaken: (409, "name_taken"),
+    RoomExists: (409, "room_exists"),
+    InvalidRequest: (400, "invalid_message"),
+    TooLarge: (413, "too_large"),
+    QuotaExceeded: (413, "quota_exceeded"),
+}
+
+
+def refused(exc: DomainError) -> HTTPError:
+    """The JSON error for a refusal of the core (the HTTP API's one mapping)."""
+    for kind in type(exc).__mro__:
+        if kind in REFUSALS:
+            status, code = REFUSALS[kind]
+            return HTTPError(status, code, str(exc))
+    return HTTPError(400, "invalid_message", str(exc))
 
 
 def _names(value: object, field: str) -> list[str]:
@@ -387,17 +408,6 @@ def _names(value: object, field: str) -> list[str]:
     ):
         raise HTTPError(400, "invalid_message", f"{field} must be a list of user names")
     return value
-
-
-async def _registered(node: Node, names: list[str]) -> frozenset[str]:
-    """The names as registered; a 400 ``unknown_user`` naming the first that is not."""
-    found = set()
-    for name in names:
-        user = await node.store.get_user(name)
-        if user is None:
-            raise HTTPError(400, "unknown_user", f"there is no user {name}")
-        found.add(user.name)
-    return frozenset(found)
 
 
 async def _room_json(access: RoomAccess, node: Node, *, with_members: bool) -> dict[str, Any]:
@@ -453,12 +463,7 @@ async def _register(request: web.Request) -> web.Response:
             raise HTTPError(
                 429, "rate_limited", "too many sign-ups from your address", retry_after=wait
             )
-    try:
-        name = await accounts.register(username, password)
-    except ProtocolError as exc:
-        if exc.extra.get("taken"):
-            raise HTTPError(409, "name_taken", exc.message) from None
-        raise _from_protocol(exc) from None
+    name = await accounts.register(username, password)
     # A guest using the name (on any node) loses it now.
     request.app[NODE].claim_name(name)
     return _json({"user": {"name": name}}, status=201)
@@ -480,9 +485,7 @@ async def _login(request: web.Request) -> web.Response:
         wait = throttle.check(address, username, time.monotonic())
         if wait <= 0:
             # Asked of every name, so that this takes as long whether it exists or not.
-            exists = username_problem(username) is None and (
-                await request.app[NODE].store.get_user(username) is not None
-            )
+            exists = username_problem(username) is None and await accounts.exists(username)
             wait = throttle.attempt(address, username, exists=exists, now=time.monotonic())
         if wait > 0:
             raise HTTPError(
@@ -511,20 +514,10 @@ async def _list_rooms(request: web.Request) -> web.Response:
     """``GET /api/rooms``: the rooms the caller may see (public ones without a token)."""
     node = request.app[NODE]
     user = await _user(request) if "Authorization" in request.headers else None
-    stored = await node.store.list_rooms(user.name if user is not None else None)
-    rooms = {access.name: access for access in stored}
-    # A room with local members that the store did not list is a public
-    # room with no message yet, or a private room the caller is not in:
-    # the store tells which in one read for all of them.
-    unlisted = [name for name in node.hub.rooms() if name not in rooms]
-    known = await node.store.known_rooms(unlisted)
-    for name in unlisted:
-        if name not in known:
-            rooms[name] = RoomAccess(name, False, None, frozenset())
-    rooms.setdefault(LOBBY, RoomAccess(LOBBY, False, None, frozenset()))
+    rooms = await node.rooms.visible(user)
     # Member counts are read together (one round trip to the broker's server).
     listed = await asyncio.gather(
-        *(_room_json(rooms[name], node, with_members=True) for name in sorted(rooms))
+        *(_room_json(access, node, with_members=True) for access in rooms)
     )
     return _json({"rooms": listed})
 
@@ -535,18 +528,13 @@ async def _create_room(request: web.Request) -> web.Response:
     user = await _user(request)
     body = await _body(request)
     name = body.get("name")
-    if not valid_room(name):
+    if not isinstance(name, str):
         raise HTTPError(400, "invalid_message", "name must match [a-z0-9][a-z0-9_-]{0,63}")
-    assert isinstance(name, str)
     private = body.get("private", True)
     if not isinstance(private, bool):
         raise HTTPError(400, "invalid_message", "private must be true or false")
-    members = await _registered(node, _names(body.get("members"), "members"))
-    if name == LOBBY or await node.member_count(name) > 0:
-        raise HTTPError(409, "room_exists", f"{name} exists already")
-    if not await node.store.create_room(name, owner=user.name, private=private, members=members):
-        raise HTTPError(409, "room_exists", f"{name} exists already")
-    access = RoomAccess(name, private, user.name, members)
+    members = _names(body.get("members"), "members")
+    access = await node.rooms.create(user, name, private=private, members=members)
     logger.info("%s created %s room %s", user.name, "private" if private else "public", name)
     return _json({"room": await _room_json(access, node, with_members=True)}, status=201)
 
@@ -558,16 +546,7 @@ async def _add_members(request: web.Request) -> web.Response:
     room = _room(request)
     body = await _body(request)
     names = _names(body.get("members"), "members")
-    if not names:
-        raise HTTPError(400, "invalid_message", "members must name at least one user")
-    access = await node.store.room_access(room)
-    if access is None or not access.private:
-        raise HTTPError(404, "not_found", f"there is no private room {room}")
-    if access.owner != user.name:
-        raise HTTPError(403, "forbidden", f"only the owner of {room} may add members")
-    members = await _registered(node, names)
-    await node.store.add_room_members(room, members)
-    updated = RoomAccess(room, True, access.owner, access.members | members)
+    updated = await node.rooms.add_members(user, room, names)
     return _json({"room": await _room_json(updated, node, with_members=True)})
 
 
@@ -580,10 +559,7 @@ async def _room_messages(request: web.Request) -> web.Response:
     room = _room(request)
     before = query_int(request, "before", 1, MAX_SEQ, None)
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
-    try:
-        reply = await request.app[NODE].history(user, room, before=before, limit=limit)
-    except ProtocolError as exc:
-        raise _from_protocol(exc) from None
+    reply = await request.app[NODE].history(user, room, before=before, limit=limit)
     return _json(reply.payload())
 
 
@@ -606,10 +582,7 @@ async def _post_message(request: web.Request) -> web.Response:
     wait = request.app[_POSTS].wait(user.name)
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
-    try:
-        message = await node.post(user, room, text, client_id=client_id)
-    except ProtocolError as exc:
-        raise _from_protocol(exc) from None
+    message = await node.post(user, room, text, client_id=client_id)
     return _json({"room": room, "seq": message.seq, "message_id": message.message_id}, 201)
 
 
@@ -665,26 +638,8 @@ async def _file(request: web.Request) -> web.StreamResponse:
         if links is None or not links.check(file_id, expires or "", signature or ""):
             raise HTTPError(403, "forbidden", "the link is not valid, or it has expired")
         signed = True
-    message = await node.store.message_by_id(file_id)
-    if message is None or message.file is None or node.files is None:
-        raise HTTPError(404, "not_found", "no such file")
-    if not signed:
-        user = await _user(request)
-        if isinstance(message, ChatMessage):
-            try:
-                await node.check_access(user, message.room)
-            except ProtocolError as exc:
-                raise _from_protocol(exc) from None
-        elif user.name not in (message.sender, message.to):
-            raise HTTPError(403, "forbidden", "this file was sent to someone else")
-    info = message.file
-    try:
-        path = node.files.path(info.sha256)
-    except ValueError:
-        raise HTTPError(404, "not_found", "no such file") from None
-    if not path.is_file():
-        logger.error("file %s of message %s is missing", info.sha256, file_id)
-        raise HTTPError(404, "not_found", "the file is missing")
+    message = await node.file_message(file_id)
+    info, path = await node.open_file(message, None if signed else await _user(request))
     inline = info.mime in INLINE_TYPES
     disposition = "inline" if inline else "attachment"
     quoted = urllib.parse.quote(info.name, safe="")

@@ -5,6 +5,19 @@
     RoomcastError
     ├── ProtocolError        a frame from a peer is malformed or not allowed
     │                        (sans-I/O; carries the error code and the frame id)
+    ├── DomainError          the rules refuse a request; raised by the core for
+    │   │                    every edge, which maps each kind to its own error
+    │   │                    form in one place (``ErrorReply.refused`` on the
+    │   │                    WebSocket, ``api.refused`` over HTTP)
+    │   ├── Forbidden        the user may not do that
+    │   ├── NotFound         no such room or file
+    │   ├── UnknownUser      no registered user has that name
+    │   ├── NameTaken        a registered user has that name already
+    │   ├── RoomExists       a room with that name exists already
+    │   ├── InvalidRequest   a value the core checks is unusable (a name, a
+    │   │                    password, an id reused for another message)
+    │   ├── TooLarge         past a size limit
+    │   └── QuotaExceeded    past the sender's or the server's file quota
     ├── AuthError            a token is missing, forged, expired or not for us
     ├── ConfigError          the server's configuration is unusable (the CLI
     │                        prints it as one line and exits with status 2)
@@ -29,10 +42,19 @@ __all__ = [
     "BackendError",
     "BrokerError",
     "ConfigError",
+    "DomainError",
+    "Forbidden",
+    "InvalidRequest",
+    "NameTaken",
+    "NotFound",
     "ProtocolError",
+    "QuotaExceeded",
+    "RoomExists",
     "RoomcastError",
     "StoreBusy",
     "StoreError",
+    "TooLarge",
+    "UnknownUser",
 ]
 
 
@@ -64,6 +86,46 @@ class ProtocolError(RoomcastError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+class DomainError(RoomcastError):
+    """The rules refuse a request; ``str()`` is the reason to show the user.
+
+    The core raises these whichever edge the request came through; it
+    never chooses an error frame or an HTTP status.
+    """
+
+
+class Forbidden(DomainError):
+    """The user may not do that (a private room, someone else's room or file)."""
+
+
+class NotFound(DomainError):
+    """There is no such room or file."""
+
+
+class UnknownUser(DomainError):
+    """No registered user has that name."""
+
+
+class NameTaken(DomainError):
+    """A registered user has that name already."""
+
+
+class RoomExists(DomainError):
+    """A room with that name exists already."""
+
+
+class InvalidRequest(DomainError):
+    """A value the core checks is unusable: a user name, a password, a reused id."""
+
+
+class TooLarge(DomainError):
+    """Past a size limit."""
+
+
+class QuotaExceeded(DomainError):
+    """Past the sender's daily upload quota or the server's files quota."""
 
 
 class AuthError(RoomcastError):

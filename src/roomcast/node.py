@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .accounts import Accounts
@@ -33,9 +34,16 @@ from .exceptions import (
     AuthError,
     BackendError,
     BrokerError,
+    DomainError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
     ProtocolError,
+    QuotaExceeded,
     StoreBusy,
     StoreError,
+    TooLarge,
+    UnknownUser,
 )
 from .files import FileLinks, FileStore, safe_file_name
 from .hub import Hub, Peer
@@ -73,6 +81,7 @@ from .protocol.messages import (
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .protocol.wsframe import text_frame
+from .rooms import Rooms
 from .sequencer import Sequencer
 from .store.base import AppendResult, DirectResult, Store
 
@@ -167,6 +176,8 @@ class Node:
         self.files = files
         self.links = links
         self.metrics.watch(self.hub)
+        #: Room access and the room lifecycle (both edges call it).
+        self.rooms = Rooms(store, self)
         self.auth_timeout = auth_timeout
         self.reauth_timeout = reauth_timeout
         #: Per connection: the timer of its token's expiry or its auth deadline.
@@ -409,21 +420,26 @@ class Node:
                     self._error(
                         peer, ErrorCode.INVALID_MESSAGE, "a file needs its bytes", outcome.id
                     )
-        except (ProtocolError, BackendError) as exc:
+        except (ProtocolError, DomainError, BackendError) as exc:
             self._refused(peer, outcome, exc)
         return None
 
     async def _finish(self, peer: Peer, outcome: Outcome, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
-        except (ProtocolError, BackendError) as exc:
+        except (ProtocolError, DomainError, BackendError) as exc:
             self._refused(peer, outcome, exc)
 
-    def _refused(self, peer: Peer, outcome: Outcome, exc: ProtocolError | BackendError) -> None:
+    def _refused(
+        self, peer: Peer, outcome: Outcome, exc: ProtocolError | DomainError | BackendError
+    ) -> None:
         """Answer a frame that failed with an ``error`` frame."""
         if isinstance(exc, ProtocolError):
             fid = exc.frame_id or getattr(outcome, "id", None)
-            self._reply(peer, ErrorReply(exc.code, exc.message, exc.extra), fid)
+            self._reply(peer, ErrorReply.from_exception(exc), fid)
+            return
+        if isinstance(exc, DomainError):
+            self._reply(peer, ErrorReply.refused(exc), getattr(outcome, "id", None))
             return
         logger.error("backend failure: %s", exc)
         fid = getattr(outcome, "id", None)
@@ -497,7 +513,7 @@ class Node:
         room = cmd.room
         was_member = room in peer.session.rooms
         if room != LOBBY and not was_member:
-            await self.check_access(user, room)
+            await self.rooms.check_access(user, room)
         first = self.hub.join(room, peer)
         self._room_order.open(room)
         # From here on the room's live frames are kept aside for this peer,
@@ -615,28 +631,12 @@ class Node:
         """A page of ``room``'s messages for ``user`` (WebSocket and HTTP).
 
         Raises:
-            ProtocolError: ``forbidden`` when ``user`` may not read ``room``.
+            Forbidden: ``user`` may not read ``room``.
             BackendError: the store failed.
         """
-        await self.check_access(user, room)
+        await self.rooms.check_access(user, room)
         messages, has_more = await self.store.history(room, before=before, limit=limit)
         return HistoryReply(room, [self._linked(m) for m in messages], has_more)
-
-    async def check_access(self, user: UserInfo, room: str) -> None:
-        """Raise ``forbidden`` unless ``user`` may join, read and post in ``room``.
-
-        Public rooms are open to everyone; a private room to its owner and
-        members, who are registered users.
-        """
-        if not await self.may_access(user, room):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{room} is a private room")
-
-    async def may_access(self, user: UserInfo, room: str) -> bool:
-        """Whether ``user`` may join, read and post in ``room`` (see :meth:`check_access`)."""
-        access = await self.store.room_access(room)
-        if access is None or not access.private:
-            return True
-        return not user.guest and access.allows(user.name)
 
     async def post(
         self, user: UserInfo, room: str, text: str, *, client_id: str | None = None
@@ -644,14 +644,15 @@ class Node:
         """Store and broadcast a chat message from outside a connection (HTTP).
 
         Raises:
-            ProtocolError: ``forbidden`` for a private room ``user`` is not in.
+            Forbidden: a private room ``user`` is not in.
+            InvalidRequest: ``client_id`` was used for another message.
             BackendError: the store failed; nothing was broadcast.
         """
-        await self.check_access(user, room)
+        await self.rooms.check_access(user, room)
         result = await self.store.append(room, user.name, text, client_id=client_id)
         message = result.message
         if result.duplicate and not same_message(message, (text, None)):
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, id_reused(client_id))
+            raise InvalidRequest(id_reused(client_id))
         if not result.duplicate:
             self._publish(room, text_frame(encode(message)), message.seq)
         return message
@@ -661,7 +662,7 @@ class Node:
         assert user is not None and not user.guest
         recipient = await self.store.get_user(cmd.to)
         if recipient is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_USER, f"there is no user {cmd.to}")
+            raise UnknownUser(f"there is no user {cmd.to}")
         stored = self.store.append_direct(user.name, recipient.name, cmd.message, client_id=cmd.id)
         sent = (cmd.message, None)
         stored.add_done_callback(functools.partial(self._direct_stored, peer, cmd.id, sent))
@@ -694,17 +695,15 @@ class Node:
         user = peer.session.user
         assert user is not None and not user.guest
         if self.files is None:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "this server does not keep files")
+            raise Forbidden("this server does not keep files")
         body = data[header.body_offset :]
         if len(body) > self.limits.max_file_size:
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE, f"files are at most {self.limits.max_file_size} bytes"
-            )
+            raise TooLarge(f"files are at most {self.limits.max_file_size} bytes")
         recipient = None
         if header.to is not None:
             recipient = await self.store.get_user(header.to)
             if recipient is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_USER, f"there is no user {header.to}")
+                raise UnknownUser(f"there is no user {header.to}")
         await self._check_quotas(user, len(body))
         mime = header.mime.lower() if MEDIA_TYPE.fullmatch(header.mime) else OCTET_STREAM
         try:
@@ -736,14 +735,52 @@ class Node:
             since_ms = int((time.time() - UPLOAD_WINDOW) * 1000)
             sent = await self.store.file_bytes_since(user.name, since_ms)
             if sent + size > quota:
-                raise ProtocolError(
-                    ErrorCode.QUOTA_EXCEEDED,
+                raise QuotaExceeded(
                     f"you may send {quota} bytes of files in 24 hours; "
                     f"{max(0, quota - sent)} are left",
                 )
         if not await self.files.fits(size):
             logger.warning("files quota of %d bytes reached: refusing files", self.files.quota)
-            raise ProtocolError(ErrorCode.QUOTA_EXCEEDED, "the server keeps no more files for now")
+            raise QuotaExceeded("the server keeps no more files for now")
+
+    async def file_message(self, message_id: str) -> ChatMessage | DirectMessage:
+        """The stored message that carries file ``message_id``.
+
+        Raises:
+            NotFound: no such message, it has no file, or this server keeps no files.
+        """
+        message = await self.store.message_by_id(message_id)
+        if message is None or message.file is None or self.files is None:
+            raise NotFound("no such file")
+        return message
+
+    async def open_file(
+        self, message: ChatMessage | DirectMessage, reader: UserInfo | None
+    ) -> tuple[FileInfo, Path]:
+        """The file of ``message`` and where it is kept, if ``reader`` may read it.
+
+        ``reader`` None is a signed link, which vouches for the reader.
+
+        Raises:
+            Forbidden: ``reader`` may not read the room, or is neither side
+                of the direct message.
+            NotFound: the file is not kept (any more).
+        """
+        info = message.file
+        assert info is not None and self.files is not None
+        if reader is not None:
+            if isinstance(message, ChatMessage):
+                await self.rooms.check_access(reader, message.room)
+            elif reader.name not in (message.sender, message.to):
+                raise Forbidden("this file was sent to someone else")
+        try:
+            path = self.files.path(info.sha256)
+        except ValueError:
+            raise NotFound("no such file") from None
+        if not path.is_file():
+            logger.error("file %s of message %s is missing", info.sha256, message.message_id)
+            raise NotFound("the file is missing")
+        return info, path
 
     async def sweep_files(self) -> int:
         """Delete kept files that no stored message names any more; return how many."""
@@ -769,7 +806,7 @@ class Node:
     ) -> DirectHistoryReply:
         """A page of ``user``'s direct messages: after ``since``, or before ``before``."""
         if user.guest:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "direct messages need a registered user")
+            raise Forbidden("direct messages need a registered user")
         last = await self.store.direct_last_seq(user.name)
         if since is not None:
             messages, more = await self.store.direct_since(user.name, since, limit=limit)
@@ -780,7 +817,7 @@ class Node:
     async def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
         user = peer.session.user
         assert user is not None
-        await self.check_access(user, cmd.room)
+        await self.rooms.check_access(user, cmd.room)
         members, count = await self._members(cmd.room)
         self._reply(peer, MemberList(cmd.room, members, count), cmd.id)
 
@@ -809,6 +846,10 @@ class Node:
         """How many users are in ``room`` on every node."""
         return (await self._members(room))[1]
 
+    def local_rooms(self) -> list[str]:
+        """The rooms with a member on this node."""
+        return list(self.hub.rooms())
+
     async def _auth(self, peer: Peer, cmd: AuthFrame) -> None:
         session = peer.session
         old = session.user
@@ -836,7 +877,7 @@ class Node:
             # A new identity keeps only the rooms it may be in itself. Read
             # before anything changes, so the switch below has no await in it.
             for room in sorted(session.rooms):
-                if room != LOBBY and not await self.may_access(user, room):
+                if room != LOBBY and not await self.rooms.may_access(user, room):
                     refused.append(room)
         if user.guest and await self.store.get_user(user.name) is not None:
             # The last await before the switch: a name registered (and claimed)

@@ -29,7 +29,7 @@ from yarl import URL
 from . import api
 from .auth import bearer_token
 from .config import Limits, ServerConfig
-from .exceptions import AuthError, BackendError
+from .exceptions import AuthError, BackendError, DomainError
 from .frontdoor import (
     ConnectionCounts,
     FrontDoor,
@@ -542,6 +542,8 @@ async def _json_errors(
         return await handler(request)
     except BackendError as exc:
         return _http_error(api.backend_failure(exc))
+    except DomainError as exc:
+        return _http_error(api.refused(exc))
     except api.HTTPError as exc:
         return _http_error(exc)
     except web.HTTPException as exc:

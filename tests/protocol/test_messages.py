@@ -519,3 +519,14 @@ def test_nul_characters_are_refused_in_text_and_ids() -> None:
         with pytest.raises(ProtocolError) as caught:
             parse_client_frame(frame)
         assert caught.value.code is ErrorCode.INVALID_MESSAGE
+
+
+def test_each_refusal_of_the_core_has_an_error_code() -> None:
+    """ErrorReply.refused maps every DomainError kind to the error frame's code."""
+    from roomcast import exceptions as e
+    from roomcast.protocol.messages import REFUSAL_CODES, ErrorReply
+
+    assert set(REFUSAL_CODES) == set(e.DomainError.__subclasses__())
+    reply = ErrorReply.refused(e.UnknownUser("there is no user zed"))
+    assert (reply.code, reply.message) == (ErrorCode.UNKNOWN_USER, "there is no user zed")
+    assert ErrorReply.refused(e.QuotaExceeded("full")).code is ErrorCode.QUOTA_EXCEEDED

@@ -21,7 +21,18 @@ from typing import Any, ClassVar, Final
 
 import orjson
 
-from ..exceptions import ProtocolError
+from ..exceptions import (
+    DomainError,
+    Forbidden,
+    InvalidRequest,
+    NameTaken,
+    NotFound,
+    ProtocolError,
+    QuotaExceeded,
+    RoomExists,
+    TooLarge,
+    UnknownUser,
+)
 from .codes import ErrorCode
 
 __all__ = [
@@ -766,6 +777,19 @@ class SentBack:
         return self.frame
 
 
+#: The ``error`` code of each refusal of the core, on the WebSocket.
+REFUSAL_CODES: Final[dict[type[DomainError], ErrorCode]] = {
+    Forbidden: ErrorCode.FORBIDDEN,
+    NotFound: ErrorCode.FORBIDDEN,  # a room or file one may not see does not exist for them
+    UnknownUser: ErrorCode.UNKNOWN_USER,
+    NameTaken: ErrorCode.FORBIDDEN,
+    RoomExists: ErrorCode.FORBIDDEN,
+    InvalidRequest: ErrorCode.INVALID_MESSAGE,
+    TooLarge: ErrorCode.TOO_LARGE,
+    QuotaExceeded: ErrorCode.QUOTA_EXCEEDED,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorReply:
     """An ``error`` frame; the connection stays open."""
@@ -778,6 +802,15 @@ class ErrorReply:
     @classmethod
     def from_exception(cls, exc: ProtocolError) -> ErrorReply:
         return cls(exc.code, exc.message, exc.extra)
+
+    @classmethod
+    def refused(cls, exc: DomainError) -> ErrorReply:
+        """The ``error`` frame for a refusal of the core (the WebSocket's one mapping)."""
+        for kind in type(exc).__mro__:
+            code = REFUSAL_CODES.get(kind)
+            if code is not None:
+                return cls(code, str(exc))
+        return cls(ErrorCode.INVALID_MESSAGE, str(exc))
 
     @classmethod
     def rate_limited(cls, message: str, wait: float) -> ErrorReply:
