@@ -26,12 +26,23 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
+from .protocol.messages import ChatMessage, DirectMessage
 from .textsafe import strip_format
 
-__all__ = ["LINK_SECONDS", "SWEEP_GRACE", "FileLinks", "FileStore", "safe_file_name"]
+__all__ = [
+    "LINK_SECONDS",
+    "SWEEP_GRACE",
+    "FileLinks",
+    "FileStore",
+    "safe_file_name",
+    "with_link",
+]
+
+M = TypeVar("M", ChatMessage, DirectMessage)
 
 #: How long a signed file link is valid.
 LINK_SECONDS: Final = 3600
@@ -188,3 +199,11 @@ class FileLinks:
             return False
         expected = self._signature(file_id, deadline).encode()
         return hmac.compare_digest(signature.encode("utf-8", "replace"), expected)
+
+
+def with_link(message: M, links: FileLinks | None) -> M:
+    """``message`` with a signed link to its file, if it carries one and links are signed."""
+    file = message.file
+    if file is None or links is None:
+        return message
+    return replace(message, file=replace(file, url=links.url(message.message_id)))

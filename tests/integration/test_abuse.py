@@ -267,14 +267,14 @@ async def test_connections_past_the_per_ip_cap_are_closed_with_1008(
 
 # -- frames that queue behind one that waits ---------------------------------------
 #
-# A join waits (up to 2 s, the node's CATCH_UP_WAIT) until live delivery in
+# A join waits (up to 2 s, streams.CATCH_UP_WAIT) until live delivery in
 # its room has reached the store's last seq. A message stored through a
 # second server on the same database, with no broker between the two, never
 # reaches the first server live: a join of that room there then holds its
 # connection for those 2 s, and every frame sent behind it queues. That is
 # a frame waiting on the store, on demand.
 
-#: How long a join of the stalled room holds its connection (node.CATCH_UP_WAIT).
+#: How long a join of the stalled room holds its connection (streams.CATCH_UP_WAIT).
 STALL = 2.0
 #: The room the second server writes to behind the first one's back.
 STALL_ROOM = "stall"
