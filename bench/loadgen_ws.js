@@ -1,7 +1,7 @@
 // Load-generator probe on Node's `ws` package, used only to choose the load
-// generator: it measures the same single fan-out step as `loadgen.py rate`
+// generator: it measures the same single fan-out step as `bench/lib/loadgen` `rate`
 // (N clients, one sender at a fixed deliveries/s, latency from the monotonic
-// ns timestamp in the message text) and an echo window like `loadgen.py echo`,
+// ns timestamp in the message text) and an echo window like its `echo`,
 // and reports frames/s and its own CPU use. Bounded in count and time.
 //
 // usage: node loadgen_ws.js rate URL CLIENTS DELIVERIES_PER_S SECONDS

@@ -1,6 +1,6 @@
 """Protocol bits shared by the candidate broadcast servers.
 
-Each candidate speaks just enough of roomcast's protocol for bench/loadgen.py:
+Each candidate speaks just enough of roomcast's protocol for bench/lib/loadgen:
 a ``system`` welcome frame on connect, ``chat`` broadcast to every client (one
 room, ``lobby``) with a roomcast-shaped payload, and ``ping`` -> ``pong`` with
 the same ``id`` and ``payload``. Everything is serialized with orjson.

@@ -1,6 +1,7 @@
 """Start and stop the servers under test, pinned to one CPU, and read their CPU time.
 
-Targets: ``roomcast`` (the real server), ``node`` (the original design's Node
+Targets: ``roomcast`` (the real server), ``roomcast-base`` (roomcast from
+another tree, for an A/B in one run), ``node`` (the original design's Node
 reference, copied from shared/peers/seed-node and set up with ``npm ci``) and
 the candidate transports in bench/candidates/.
 """
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parent.parent
 REPO = BENCH.parent
 VENV_BIN = REPO / ".venv" / "bin"
 SEED_NODE = REPO.parent / "shared" / "peers" / "seed-node"
@@ -167,3 +168,14 @@ def stop(server: Server) -> None:
         except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait(timeout=5)
+
+
+def log_problems(log: Path, limit: int = 20) -> dict[str, object]:
+    """The warning/error lines (and tracebacks) of a server log: count and the first few."""
+    lines = log.read_text(errors="replace").splitlines()
+    bad = [
+        line
+        for line in lines
+        if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or "Traceback" in line
+    ]
+    return {"count": len(bad), "first": [line[:300] for line in bad[:limit]]}

@@ -2,7 +2,7 @@
 
 Three measurements, each on a fresh database (created and dropped here, as
 bench/run.py's ``persist-pg`` does), one roomcast server pinned to CPU 0 and
-bench/loadgen.py's ``persist`` (50 clients, one room each) pinned to CPU 1:
+the ``persist`` load generator (50 clients, one room each) pinned to CPU 1:
 
 * ``batches``: for each offered rate, one 5 s step; the store's batches from
   roomcast's own /metrics (``roomcast_store_batch_size``,
@@ -20,11 +20,13 @@ bench/loadgen.py's ``persist`` (50 clients, one room each) pinned to CPU 1:
   empty table, then 40,000 rows added: EXPLAIN ANALYZE in that session (the
   plan asyncpg's statement cache keeps) and in a new one.
 
-    .venv/bin/python bench/pg_diagnose.py batches --rates 500,1000,2000,3000,4000
-    .venv/bin/python bench/pg_diagnose.py batches --pg-prefill 200000 --rates 1000,2000,4000,6000
-    .venv/bin/python bench/pg_diagnose.py batches --store sqlite --rates 500,1000,2000,4000
-    .venv/bin/python bench/pg_diagnose.py statements --rates 1000,2000,4000
-    .venv/bin/python bench/pg_diagnose.py plan
+    .venv/bin/python bench/scenarios/pg_diagnose.py batches --rates 500,1000,2000,3000,4000
+    .venv/bin/python bench/scenarios/pg_diagnose.py batches --pg-prefill 200000 \\
+        --rates 1000,2000,4000,6000
+    .venv/bin/python bench/scenarios/pg_diagnose.py batches --store sqlite \\
+        --rates 500,1000,2000,4000
+    .venv/bin/python bench/scenarios/pg_diagnose.py statements --rates 1000,2000,4000
+    .venv/bin/python bench/scenarios/pg_diagnose.py plan
 """
 
 from __future__ import annotations
@@ -44,18 +46,26 @@ from typing import Any
 
 import asyncpg
 
-import scaleout
-import servers
+if __package__ in (None, ""):  # run as a file: import bench from the repository
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+
+from bench.lib import driver, servers, services
 
 PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")
 
 
 def persist_step(url: str, rates: str, pid: int) -> list[dict[str, Any]]:
-    """bench/loadgen.py persist at ``rates`` (5 s each) against ``url``; its steps."""
-    cmd = [str(servers.VENV_BIN / "python"), str(servers.BENCH / "loadgen.py"), "persist"]
-    cmd += ["--url", url, "--clients", "50", "--rates", rates, "--server-pid", str(pid)]
+    """The persist load generator at ``rates`` (5 s each) against ``url``; its steps."""
+    cmd = driver.python_loadgen(
+        ["persist", "--url", url, "--clients", "50", "--rates", rates, "--server-pid", str(pid)]
+    )
     out = subprocess.run(
-        ["taskset", "-c", "1", *cmd], capture_output=True, text=True, timeout=200, check=True
+        ["taskset", "-c", "1", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=True,
+        cwd=servers.REPO,
     )
     steps: list[dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1])["steps"]
     return steps
@@ -74,7 +84,7 @@ def store_metrics(url: str) -> dict[str, float]:
 
 
 def batches(opts: argparse.Namespace, tmp: Path) -> None:
-    db = scaleout.Database.create(opts.pg_url)
+    db = services.Database.create(opts.pg_url)
     args = [] if opts.store == "sqlite" else ["--database-url", db.url]
     if opts.pg_prefill and args:
         servers.stop(servers.start("roomcast", tmp, None, args))  # the schema
@@ -110,9 +120,9 @@ def statements(opts: argparse.Namespace, tmp: Path) -> None:
     if not opts.pg_log.exists():
         print(f"no PostgreSQL log at {opts.pg_log} (--pg-log)", file=sys.stderr)
         return
-    db = scaleout.Database.create(opts.pg_url)
+    db = services.Database.create(opts.pg_url)
     sql = f"ALTER DATABASE {db.name} SET log_min_duration_statement = 0"
-    asyncio.run(scaleout._pg_execute(opts.pg_url, sql))
+    asyncio.run(services.pg_execute(opts.pg_url, sql))
     start = opts.pg_log.stat().st_size
     server = servers.start("roomcast", tmp, None, ["--database-url", db.url])
     try:
@@ -181,7 +191,7 @@ async def _plan(url: str) -> None:
 
 
 def plan(opts: argparse.Namespace, tmp: Path) -> None:
-    db = scaleout.Database.create(opts.pg_url)
+    db = services.Database.create(opts.pg_url)
     try:
         # roomcast creates its schema when it starts.
         servers.stop(servers.start("roomcast", tmp, None, ["--database-url", db.url]))
@@ -197,7 +207,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("what", choices=["batches", "statements", "plan"])
     parser.add_argument("--rates", default="500,1000,2000,3000,4000", help="offered msgs/s")
     parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
-    parser.add_argument("--pg-url", default=scaleout.DEFAULT_PG_URL)
+    parser.add_argument("--pg-url", default=services.DEFAULT_PG_URL)
     parser.add_argument(
         "--pg-prefill",
         type=int,
@@ -206,7 +216,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--pg-log", type=Path, default=PG_LOG, help=f"default {PG_LOG}")
     opts = parser.parse_args(argv)
-    problem = scaleout.pg_problem(opts.pg_url)
+    problem = services.pg_problem(opts.pg_url)
     if problem:
         print(problem, file=sys.stderr)
         return 1

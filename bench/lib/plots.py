@@ -23,7 +23,7 @@ the JSON is skipped:
 - ``idle.png``: median server RSS per idle connection per target and idle
   scenario (every run as a dot), with the 12 KB target.
 
-    .venv/bin/python bench/plots.py bench/results/<stamp>.json [--out docs/img/bench]
+    .venv/bin/python bench/lib/plots.py bench/results/<stamp>.json [--out docs/img/bench]
 """
 
 from __future__ import annotations
@@ -46,9 +46,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
-import report
+if __package__ in (None, ""):  # run as a file: import bench from the repository
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "img" / "bench"
+from bench.lib import report
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "img" / "bench"
 SIZE = (8, 5)  # inches, at DPI: 800 x 500 px
 DPI = 100
 FIXED_COLORS = {"roomcast": "tab:blue", "node": "tab:orange"}

@@ -1,4 +1,4 @@
-"""PostgreSQL and Redis for the scale-out benchmarks (bench/run.py ``persist-pg``, ``crossnode``).
+"""PostgreSQL and Redis for the scale-out scenarios (``persist-pg``, ``crossnode``).
 
 Each measurement gets a fresh database, ``roomcast_bench_<hex>``, created on
 the server's ``postgres`` database with asyncpg and dropped afterwards
@@ -6,24 +6,23 @@ the server's ``postgres`` database with asyncpg and dropped afterwards
 ``roomcast-bench-<hex>:``, whose keys are deleted afterwards (``SCAN MATCH
 prefix*`` + ``UNLINK``). Both clients come with roomcast (its dependencies).
 
-It also reads, without touching them, the CPU time of the Redis (its PID
-from ``INFO server``, when that is a local ``redis-server``) and of the
-local PostgreSQL (the postmaster and its children, found in /proc), so a
-result can say what they cost.
+It also finds the PID of the Redis (``INFO server``, when that is a local
+``redis-server``) so a result can say what its CPU cost (bench/lib/measure.py
+reads it, and the local PostgreSQL's, from /proc).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis
+
+from bench.lib.measure import process_name
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -42,7 +41,7 @@ def where(url: str) -> str:
     return f"{parts.hostname}:{parts.port or ''}"
 
 
-async def _pg_execute(url: str, sql: str) -> None:
+async def pg_execute(url: str, sql: str) -> None:
     conn = await asyncpg.connect(url, timeout=TIMEOUT)
     try:
         await conn.execute(sql, timeout=60)
@@ -53,7 +52,7 @@ async def _pg_execute(url: str, sql: str) -> None:
 def pg_problem(url: str) -> str | None:
     """None if PostgreSQL at ``url`` answers; otherwise why not, in one line."""
     try:
-        asyncio.run(_pg_execute(url, "SELECT 1"))
+        asyncio.run(pg_execute(url, "SELECT 1"))
     except Exception as exc:  # any failure means: skip the scenario, with this note
         return f"PostgreSQL at {where(url)} is not answering ({type(exc).__name__}: {exc})"
     return None
@@ -86,7 +85,7 @@ class Database:
     @classmethod
     def create(cls, admin_url: str) -> Database:
         name = f"roomcast_bench_{secrets.token_hex(6)}"
-        asyncio.run(_pg_execute(admin_url, f"CREATE DATABASE {name}"))
+        asyncio.run(pg_execute(admin_url, f"CREATE DATABASE {name}"))
         return cls(admin_url, name)
 
     def size_mb(self) -> float | None:
@@ -121,12 +120,10 @@ class Database:
             ANALYZE;
         """
         now = int(time.time() * 1000)
-        asyncio.run(_pg_execute(self.url, sql.format(now=now)))
+        asyncio.run(pg_execute(self.url, sql.format(now=now)))
 
     def drop(self) -> None:
-        asyncio.run(
-            _pg_execute(self.admin_url, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        )
+        asyncio.run(pg_execute(self.admin_url, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)"))
 
 
 @dataclass
@@ -160,23 +157,6 @@ class Prefix:
         return deleted
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
 def redis_pid(url: str) -> int | None:
     """The PID of the Redis at ``url`` if it runs on this machine (INFO's
     ``process_id``, checked to be a local ``redis-server``), else None."""
@@ -188,78 +168,4 @@ def redis_pid(url: str) -> int | None:
             client.close()
     except Exception:  # no figure for Redis's CPU, nothing worse
         return None
-    return pid if _comm(pid) == "redis-server" else None
-
-
-def process_cpu(pid: int | None) -> float | None:
-    """User+system CPU seconds of ``pid`` (all its threads) so far; None if gone."""
-    fields = _stat(pid) if pid else None
-    if fields is None:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-#: PostgreSQL's background processes that work for every database (WAL, checkpoints).
-PG_SHARED = ("walwriter", "checkpointer", "background writer")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def postgres_cpu(database: str = "") -> float | None:
-    """CPU seconds so far of the local PostgreSQL (from /proc); None if none is found.
-
-    With ``database``: its backends (and autovacuum workers) plus the shared
-    WAL writer, checkpointer and background writer, leaving out other
-    databases' work on the same server. Without: the postmaster with its
-    reaped children (backends gone already) and every live child.
-    """
-    procs: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _comm(int(entry.name)) == "postgres":
-            fields = _stat(int(entry.name))
-            if fields is not None:
-                procs[int(entry.name)] = fields
-    masters = [pid for pid, f in procs.items() if int(f[1]) not in procs]
-    if not masters:
-        return None
-    total = 0
-    for pid, f in procs.items():
-        if database:
-            title = _cmdline(pid)
-            if pid in masters or not (
-                f" {database} " in title or any(k in title for k in PG_SHARED)
-            ):
-                continue
-        total += int(f[11]) + int(f[12])
-        if pid in masters:
-            total += int(f[13]) + int(f[14])  # cutime, cstime: backends gone already
-    return total / TICK
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in kB (empty if it is gone)."""
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def log_problems(log: Path, limit: int = 20) -> dict[str, object]:
-    """The warning/error lines (and tracebacks) of a server log: count and the first few."""
-    lines = log.read_text(errors="replace").splitlines()
-    bad = [
-        line
-        for line in lines
-        if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or "Traceback" in line
-    ]
-    return {"count": len(bad), "first": [line[:300] for line in bad[:limit]]}
+    return pid if process_name(pid) == "redis-server" else None

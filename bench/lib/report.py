@@ -1,4 +1,8 @@
-"""Summaries and markdown tables for bench/run.py results (medians across runs)."""
+"""Summaries and markdown tables for bench/run.py results (medians across runs).
+
+The headline figures of each scenario (``*_KEYS``: how a raw result becomes a
+cell), the medians across runs, and one markdown table (or several) per scenario.
+"""
 
 from __future__ import annotations
 

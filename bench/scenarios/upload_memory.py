@@ -6,7 +6,11 @@ This starts a server, opens CONNECTIONS registered connections, sends one
 file of SIZE bytes on each, waits for every ack, and prints the server's
 RSS before and after (the connections stay open).
 
-    .venv/bin/python bench/upload_memory.py [--connections 5] [--size-mib 8]
+Parameters: 5 connections, so a buffer kept per connection shows as five
+times its size; files of 7.9 MiB, just under the 8 MiB file limit: about
+the largest frame a client may send.
+
+    .venv/bin/python bench/scenarios/upload_memory.py [--connections 5] [--size-mib 7.9]
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery"
 
 

@@ -3,15 +3,20 @@
 Starts the target (``roomcast``, or a candidate from bench/candidates/) in a
 child process under tracemalloc, pinned to CPU 0; connects one probe client,
 has the child dump a tracemalloc snapshot and a census of GC-tracked objects
-(SIGUSR1), connects N idle clients (200 in flight, as loadgen.py ``idle``),
+(SIGUSR1), connects N idle clients (200 in flight, as the ``idle`` scenario),
 waits until the server is quiet, dumps again, and prints per connection: the
 RSS growth, the traced growth, the top allocation sites, the growth by
 package, and the objects by type. tracemalloc slows the server and adds its
 own per-allocation overhead to RSS, so take the RSS per connection from
 ``bench/run.py --scenarios idle``; this script tells where it goes.
 
-    .venv/bin/python bench/idle_memory.py                       # roomcast, 3,000 clients
-    .venv/bin/python bench/idle_memory.py --target aiohttp-bare --clients 3000
+Parameters: 3,000 clients (``--clients``): every figure is the difference
+of two snapshots divided by the clients, so thousands make the server's own
+allocations in between negligible, and the traced server (several times
+slower) still connects them quickly: a run takes 45-80 s.
+
+    .venv/bin/python bench/scenarios/idle_memory.py                  # roomcast, 3,000 clients
+    .venv/bin/python bench/scenarios/idle_memory.py --target aiohttp-bare --clients 3000
 
 Every wait is bounded; prints plain text.
 """
@@ -36,11 +41,12 @@ from typing import Any
 
 import uvloop
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+if __package__ in (None, ""):  # run as a file: import bench from the repository
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import loadgen  # noqa: E402
-import servers  # noqa: E402
+from bench.lib import servers
+from bench.lib.loadgen.common import close_all, memory_kb, wait_until
+from bench.lib.loadgen.idle import IdleTally, open_idle, raise_fd_limit, wait_quiet
 
 FRAMES = 16  # traceback depth kept by tracemalloc
 
@@ -64,7 +70,7 @@ def dump(out: Path) -> None:
         "census": census,
         "sizes": sizes,
         "traced": traced,
-        "memory": loadgen.memory_kb(os.getpid()),
+        "memory": memory_kb(os.getpid()),
     }
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
@@ -149,7 +155,7 @@ async def connect(url: str, n: int, welcome: frozenset[bytes], tally: Any) -> li
 
     async def worker() -> None:
         for _ in counter:
-            clients.append(await loadgen.open_idle(url, tally, welcome, False, None, 30))
+            clients.append(await open_idle(url, tally, welcome, False, None, 30))
 
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(200))), 300)
     return clients
@@ -229,18 +235,18 @@ async def measure(target: str, n: int) -> str:
         tmp = Path(tmpdir)
         proc, url, dump_dir = start(target, tmp)
         try:
-            loadgen.raise_fd_limit(n + 256)
-            tally = loadgen.IdleTally()
-            probe = await loadgen.open_idle(url, tally, None, False, None)
-            await loadgen.wait_until(lambda: bool(probe.seen), 5, "the probe's first frame")
-            await loadgen.wait_quiet(tally, proc.pid, quiet=0.5, max_wait=5)
+            raise_fd_limit(n + 256)
+            tally = IdleTally()
+            probe = await open_idle(url, tally, None, False, None)
+            await wait_until(lambda: bool(probe.seen), 5, "the probe's first frame")
+            await wait_quiet(tally, proc.pid, quiet=0.5, max_wait=5)
             welcome = frozenset(probe.seen)
             before = await shot(proc.pid, dump_dir, 0)
             clients = await connect(url, n, welcome, tally)
-            await loadgen.wait_quiet(tally, proc.pid, quiet=1.0, max_wait=120)
+            await wait_quiet(tally, proc.pid, quiet=1.0, max_wait=120)
             after = await shot(proc.pid, dump_dir, 1)
             frames = dict(tally.types)
-            loadgen.close_all([*clients, probe])
+            close_all([*clients, probe])
         finally:
             servers.stop(servers.Server(target, proc, "", tmp / "server.log"))
     return f"{target}: frames to the clients {frames}\n" + report(n, before, after)
