@@ -8,6 +8,12 @@ from roomcast.protocol.session import Session
 from tests.fakes import FakePeer
 
 
+def enter(hub: Hub, room: str, peer: FakePeer) -> bool:
+    """Put ``peer`` in ``room`` as the membership does: its session, then the hub."""
+    peer.session.joined(room)
+    return hub.join(room, peer)
+
+
 def test_join_reports_a_users_first_connection() -> None:
     """join is True only for a user's first connection in a room."""
     hub = Hub()
@@ -15,9 +21,9 @@ def test_join_reports_a_users_first_connection() -> None:
     a2 = FakePeer(Session("2", UserInfo("ann", False)))
     for peer in (a1, a2):
         hub.add(peer)
-    assert hub.join("r", a1) is True
-    assert hub.join("r", a2) is False
-    assert hub.join("r", a1) is False  # already in
+    assert enter(hub, "r", a1) is True
+    assert enter(hub, "r", a2) is False
+    assert enter(hub, "r", a1) is False  # already in
     assert hub.members("r") == ["ann"]
     assert hub.member_count("r") == 1
     assert a1.session.rooms == {"r"}
@@ -30,7 +36,7 @@ def test_leave_reports_a_users_last_connection() -> None:
     a2 = FakePeer(Session("2", UserInfo("ann", False)))
     for peer in (a1, a2):
         hub.add(peer)
-        hub.join("r", peer)
+        enter(hub, "r", peer)
     assert hub.leave("r", a1) is False
     assert hub.leave("r", a1) is False  # not in it any more
     assert hub.leave("r", a2) is True
@@ -44,9 +50,9 @@ def test_remove_leaves_every_room() -> None:
     ann, bob = FakePeer.named("ann"), FakePeer.named("bob")
     for peer in (ann, bob):
         hub.add(peer)
-        hub.join("lobby", peer)
-    hub.join("x", ann)
-    assert sorted(hub.remove(ann)) == [("lobby", True), ("x", True)]
+        enter(hub, "lobby", peer)
+    enter(hub, "x", ann)
+    assert sorted(hub.remove(ann, ann.session.closed())) == [("lobby", True), ("x", True)]
     assert hub.members("lobby") == ["bob"]
     assert "s-ann" not in hub.peers
     assert not hub.name_in_use("ann")
@@ -58,7 +64,7 @@ def test_deliver_writes_the_same_bytes_to_every_member() -> None:
     peers = [FakePeer.named(n) for n in ("a", "b", "c")]
     for peer in peers:
         hub.add(peer)
-        hub.join("r", peer)
+        enter(hub, "r", peer)
     outsider = FakePeer.named("z")
     hub.add(outsider)
     frame = b"\x81\x02{}"
@@ -76,7 +82,7 @@ def test_members_are_capped() -> None:
     for name in "abcde":
         peer = FakePeer.named(name)
         hub.add(peer)
-        hub.join("r", peer)
+        enter(hub, "r", peer)
     assert hub.members("r", 3) == ["a", "b", "c"]
     assert hub.member_count("r") == 5
 
@@ -86,7 +92,7 @@ def test_rename_moves_the_user_in_every_room() -> None:
     hub = Hub()
     peer = FakePeer.named("guest-1", guest=True)
     hub.add(peer)
-    hub.join("lobby", peer)
+    enter(hub, "lobby", peer)
     hub.rename(peer, UserInfo("guest-1", True), UserInfo("ann", False))
     peer.session.authenticated(UserInfo("ann", False))
     assert hub.members("lobby") == ["ann"]
@@ -102,7 +108,7 @@ def test_held_member_gets_frames_kept_with_their_seqs() -> None:
     b = FakePeer.named("bob")
     for peer in (a, b):
         hub.add(peer)
-        hub.join("r", peer)
+        enter(hub, "r", peer)
     hub.hold("r", b, max_bytes=1000)
     assert hub.deliver("r", b"one", seq=1) == 2
     hub.deliver("r", b"typing", skip_user="ann")
@@ -122,7 +128,7 @@ def test_hold_overflow_drops_the_frames_and_says_so() -> None:
     hub = Hub()
     a = FakePeer.named("ann")
     hub.add(a)
-    hub.join("r", a)
+    enter(hub, "r", a)
     hub.hold("r", a, max_bytes=10)
     hub.deliver("r", b"12345", seq=1)
     hub.deliver("r", b"123456", seq=2)
@@ -137,9 +143,9 @@ def test_leaving_drops_a_hold() -> None:
     hub = Hub()
     a = FakePeer.named("ann")
     hub.add(a)
-    hub.join("r", a)
+    enter(hub, "r", a)
     hub.hold("r", a, max_bytes=100)
-    hub.remove(a)
+    hub.remove(a, a.session.closed())
     assert hub.release("r", a) is None
 
 
@@ -165,7 +171,7 @@ def test_guests_named_matches_any_case() -> None:
     hub.add(guest)
     hub.add(FakePeer.named("carol", guest=False))
     assert hub.guests_named("carol") == [guest]
-    hub.remove(guest)
+    hub.remove(guest, guest.session.closed())
     assert hub.guests_named("CAROL") == []
 
 
@@ -181,5 +187,5 @@ def test_connections_of_counts_a_names_local_connections() -> None:
     hub.rename(guest, UserInfo("guest-1", True), UserInfo("ann", False))
     assert hub.connections_of("ann") == 3
     assert hub.connections_of("guest-1") == 0
-    hub.remove(a1)
+    hub.remove(a1, a1.session.closed())
     assert hub.connections_of("ann") == 2

@@ -38,7 +38,7 @@ def test_hub_gauges_are_read_when_scraped() -> None:
     assert got[("roomcast_rooms", ())] == 2
     assert got[("roomcast_room_members", ())] == 3
     assert got[("roomcast_largest_room_members", ())] == 2
-    hub.remove(user)
+    hub.remove(user, ["lobby", "dev"])
     assert samples(metrics)[("roomcast_largest_room_members", ())] == 1
 
 

@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from .auth import Tokens
 from .exceptions import AuthError, InvalidRequest, NameTaken
-from .protocol.messages import UserInfo
+from .model import UserInfo
 from .store.base import Store
 
 __all__ = ["MAX_PASSWORD", "MIN_PASSWORD", "USERNAME", "Accounts", "username_problem"]

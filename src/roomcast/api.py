@@ -37,19 +37,18 @@ from .exceptions import (
     UnknownUser,
 )
 from .frontdoor import TrustedProxies
+from .model import RoomAccess, UserInfo
 from .node import Node
 from .protocol.messages import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
     MAX_SEQ,
-    UserInfo,
     format_timestamp,
     valid_room,
 )
 from .ratelimit import TokenBucket
 from .rooms import MAX_MEMBERS
-from .store.base import RoomAccess
 
 __all__ = ["HTTPError", "add_routes"]
 

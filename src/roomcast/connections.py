@@ -24,9 +24,10 @@ from .config import Limits
 from .exceptions import AuthError
 from .hub import Hub, Peer
 from .membership import Membership
+from .model import UserInfo
 from .outbox import Outbox
 from .protocol.codes import CloseCode, ErrorCode
-from .protocol.messages import LOBBY, AuthFrame, AuthOk, ErrorReply, Left, UserInfo, Welcome
+from .protocol.messages import LOBBY, AuthFrame, AuthOk, ErrorReply, Left, Welcome
 from .protocol.session import Session
 from .rooms import Rooms
 from .store.base import Store

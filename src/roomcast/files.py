@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final, TypeVar
 
-from .protocol.messages import ChatMessage, DirectMessage
+from .model import ChatMessage, DirectMessage
 from .textsafe import strip_format
 
 __all__ = [

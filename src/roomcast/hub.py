@@ -21,10 +21,11 @@ no repeat, whatever the store's latency.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Protocol
 
+from .model import UserInfo
 from .protocol.codes import CloseCode
-from .protocol.messages import UserInfo
 from .protocol.session import Session
 
 __all__ = ["Held", "Hub", "Peer"]
@@ -100,13 +101,13 @@ class Hub:
         if user is not None:
             self._add_name(user, peer)
 
-    def remove(self, peer: Peer) -> list[tuple[str, bool]]:
-        """Forget a connection; return ``(room, user_left_room)`` for each room it was in."""
+    def remove(self, peer: Peer, rooms: Iterable[str]) -> list[tuple[str, bool]]:
+        """Forget a connection in ``rooms``; return ``(room, user_left_room)`` for each."""
         self.peers.pop(peer.session.id, None)
         user = peer.session.user
         if user is not None:
             self._drop_name(user, peer)
-        return [(room, self.leave(room, peer)) for room in peer.session.closed()]
+        return [(room, self.leave(room, peer)) for room in rooms]
 
     def name_in_use(self, name: str) -> bool:
         """Whether a local connection is using ``name``."""
@@ -164,7 +165,6 @@ class Hub:
         if peer in members:
             return False
         members[peer] = None
-        peer.session.joined(room)
         user = peer.session.user
         if user is None:
             return False
@@ -174,7 +174,6 @@ class Hub:
 
     def leave(self, room: str, peer: Peer) -> bool:
         """Remove ``peer`` from ``room``; True when its user has no connection left there."""
-        peer.session.left(room)
         self.release(room, peer)
         members = self._rooms.get(room)
         if members is None or peer not in members:

@@ -5,7 +5,10 @@ other nodes and keeps the cluster-wide presence. :class:`Membership` is
 where the two meet: it changes a connection's rooms and tells the broker
 when a user arrives in or leaves a room, and it answers "who is in this
 room" for the whole cluster, falling back to this node's members while the
-broker is unreachable.
+broker is unreachable. A connection's rooms are known twice on purpose: in
+its session (so the pure protocol layer decides ``not_member`` and the
+room cap alone) and in the hub's index (for fan-out); this is the one place
+that changes either, so they never disagree.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from .broker.base import Broker, Publication
 from .config import Limits
 from .exceptions import BrokerError
 from .hub import Hub, Peer
-from .protocol.messages import PresenceEvent, UserInfo, encode
+from .model import UserInfo
+from .protocol.messages import PresenceEvent, encode
 from .protocol.wsframe import text_frame
 
 __all__ = ["Membership"]
@@ -48,6 +52,7 @@ class Membership:
         The caller announces the arrival (:meth:`announce`) when the member
         may see live frames, so that the order of events stays as the room's.
         """
+        peer.session.joined(room)
         return self._hub.join(room, peer)
 
     def announce(self, room: str, user: str, joined: bool) -> None:
@@ -58,6 +63,7 @@ class Membership:
         """Take ``peer`` out of ``room``, telling every node if its user is gone from it."""
         user = peer.session.user
         assert user is not None
+        peer.session.left(room)
         if self._hub.leave(room, peer):
             self.announce(room, user.name, False)
 
@@ -65,7 +71,7 @@ class Membership:
         """Forget a closed connection; the rooms it was in."""
         user = peer.session.user
         rooms = []
-        for room, user_left in self._hub.remove(peer):
+        for room, user_left in self._hub.remove(peer, peer.session.closed()):
             if user_left and user is not None:
                 self.announce(room, user.name, False)
             rooms.append(room)

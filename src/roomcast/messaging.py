@@ -35,22 +35,19 @@ from .exceptions import (
 from .files import FileLinks, FileStore, safe_file_name, with_link
 from .hub import Hub, Peer
 from .metrics import Metrics
+from .model import ChatMessage, DirectMessage, FileInfo, UserInfo
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
     Ack,
     Chat,
-    ChatMessage,
     Direct,
     DirectHistoryReply,
-    DirectMessage,
     ErrorReply,
     FileHeader,
-    FileInfo,
     HistoryReply,
     Typing,
     TypingEvent,
-    UserInfo,
     encode,
 )
 from .protocol.wsframe import text_frame

@@ -29,19 +29,17 @@ from .hub import Hub, Peer
 from .membership import Membership
 from .messaging import Messaging
 from .metrics import Metrics
+from .model import ChatMessage, DirectMessage, FileInfo, UserInfo
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
     LOBBY,
     AuthFrame,
     Chat,
-    ChatMessage,
     Direct,
     DirectHistoryReply,
     DirectHistoryRequest,
-    DirectMessage,
     FileHeader,
-    FileInfo,
     HistoryReply,
     HistoryRequest,
     Join,
@@ -50,7 +48,6 @@ from .protocol.messages import (
     MemberList,
     PresenceRequest,
     Typing,
-    UserInfo,
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .rooms import Rooms
@@ -412,7 +409,7 @@ _REPLY_KINDS: Final = {"pong": "ping", "echo": "echo"}
 def _kind(outcome: Outcome) -> str:
     """The frame type an outcome came from, for the metrics."""
     if isinstance(outcome, Reply):
-        return _REPLY_KINDS.get(outcome.frame.TYPE, "refused")
+        return _REPLY_KINDS.get(getattr(outcome.frame, "TYPE", ""), "refused")
     if isinstance(outcome, Close):
         return "refused"
     if isinstance(outcome, FileHeader):

@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from typing import Final, Protocol
 
 from .exceptions import Forbidden, InvalidRequest, NotFound, RoomExists, UnknownUser
-from .protocol.messages import LOBBY, UserInfo, valid_room
-from .store.base import RoomAccess, Store
+from .model import RoomAccess, UserInfo
+from .protocol.messages import LOBBY, valid_room
+from .store.base import Store
 
 __all__ = ["MAX_MEMBERS", "Occupancy", "Rooms"]
 

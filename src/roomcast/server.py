@@ -42,9 +42,10 @@ from .frontdoor import (
 )
 from .logs import REQUEST_ID
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .model import UserInfo
 from .node import Node
 from .protocol.codes import CloseCode
-from .protocol.messages import MAX_FILE_HEADER, UserInfo
+from .protocol.messages import MAX_FILE_HEADER
 from .protocol.wsframe import PING_FRAME
 from .websocket import Flusher, WebSocketPeer
 

@@ -81,6 +81,7 @@ def test_pip_install_client_brings_the_client_and_none_of_the_server(tmp_path: P
     assert [m for m in found["modules"] if not m.startswith("client/")] == [
         "__init__.py",
         "exceptions.py",
+        "model.py",
         "protocol/__init__.py",
         "protocol/codes.py",
         "protocol/messages.py",

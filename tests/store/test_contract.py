@@ -3,21 +3,30 @@
 Every backend is a param of the ``store`` fixture and must pass the same
 tests: memory, SQLite, and PostgreSQL (a fresh database per test on the
 server of ``ROOMCAST_TEST_DATABASE_URL``; skipped when it does not answer,
-failed in CI).
+failed in CI). What only a durable store promises (reopening, schema
+migrations, retention, failed batches) runs against SQLite and PostgreSQL
+through the ``db`` fixture. What one database adds is in test_sqlite.py and
+test_postgres.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from roomcast.exceptions import StoreError
 from roomcast.protocol.messages import ChatMessage, DirectMessage, FileInfo
+from roomcast.store import sql
 from roomcast.store.base import DEDUPE_SECONDS, Store
+from roomcast.store.schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 from tests.fakes import Clock
-from tests.store.backends import opened
+from tests.store.backends import Database, database, opened
+
+DAY = 86400.0
 
 PHOTO = FileInfo("cat.png", "image/png", 1234, "ab" * 32)
 NOTES = FileInfo("notes.txt", "text/plain", 5, "cd" * 32)
@@ -322,3 +331,260 @@ async def test_file_digests_name_every_kept_file_once(store: Store) -> None:
     await store.append("s", "bob", "", file=PHOTO)
     await store.append_direct("ann", "bob", "", file=NOTES)
     assert await store.file_digests() == {PHOTO.sha256, NOTES.sha256}
+
+
+async def test_message_with_u0000_fails_alone(store: Store) -> None:
+    """A text or frame id with U+0000 (PostgreSQL cannot hold it) fails alone, on every store."""
+    await store.create_user("ann", "h")
+    before = store.append("r", "ann", "fine")
+    bad_text = store.append("r", "bob", "nul \x00 inside")
+    bad_id = store.append("r", "bob", "text", client_id="id\x00")
+    bad_direct = store.append_direct("ann", "ann", "note \x00")
+    after = store.append("r", "cat", "also fine")
+    for bad in (bad_text, bad_id, bad_direct):
+        with pytest.raises(StoreError, match="U\\+0000"):
+            await bad
+    assert [(await f).message.seq for f in (before, after)] == [1, 2]
+    assert await store.direct_last_seq("ann") == 0
+
+
+async def test_file_bytes_since_counts_a_senders_recent_files(store: Store, clock: Clock) -> None:
+    """file_bytes_since adds the sizes of a sender's room and direct files from a time on."""
+    for name in ("ann", "bob"):
+        await store.create_user(name, "h")
+    assert await store.file_bytes_since("ann", 0) == 0
+    await store.append("r", "ann", "", file=PHOTO)
+    since_ms = int(clock.now * 1000) + 1000
+    clock.now += 1
+    await store.append("r", "ann", "text")
+    await store.append("r", "ann", "", file=PHOTO)
+    await store.append_direct("ann", "bob", "", file=NOTES)
+    await store.append("r", "bob", "", file=NOTES)
+    assert await store.file_bytes_since("ann", 0) == 2 * PHOTO.size + NOTES.size
+    assert await store.file_bytes_since("ann", since_ms) == PHOTO.size + NOTES.size
+    assert await store.file_bytes_since("bob", 0) == NOTES.size
+    assert await store.file_bytes_since("cat", 0) == 0
+
+
+async def test_rooms_are_listed_by_code_point(store: Store) -> None:
+    """list_rooms orders names by code point (upper case first), whatever the database's locale."""
+    for name in ("b", "é", "B", "a", "_"):
+        await store.append(name, "ann", "x")
+    await store.create_room("Z", owner="ann", private=True, members=frozenset({"bob", "cat"}))
+    assert [r.name for r in await store.list_rooms("cat")] == ["B", "Z", "_", "a", "b", "é"]
+    [team] = [r for r in await store.list_rooms("ann") if r.name == "Z"]
+    assert team.members == frozenset({"bob", "cat"}) and team.owner == "ann" and team.private
+
+
+# -- durable stores: SQLite and PostgreSQL -------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """An empty database that stores are opened on, one after another."""
+    async with database(request.param, tmp_path) as fresh:
+        yield fresh
+
+
+async def test_reopened_store_keeps_messages_seqs_and_dedupe(db: Database) -> None:
+    """After a close and reopen, history, the next seq and resend detection carry on."""
+    async with db.opened() as first:
+        stored = await first.append("r", "ann", "one", client_id="c1")
+        await first.append("r", "bob", "two")
+    async with db.opened() as second:
+        again = await second.append("r", "ann", "one", client_id="c1")
+        assert again.duplicate and again.message == stored.message
+        third = await second.append("r", "ann", "three")
+        assert third.message.seq == 3
+        messages, more = await second.history("r")
+        assert [(m.seq, m.message, m.sender) for m in messages] == [
+            (1, "one", "ann"),
+            (2, "two", "bob"),
+            (3, "three", "ann"),
+        ]
+        assert not more
+
+
+async def test_reopened_store_keeps_file_messages(db: Database) -> None:
+    """Room and direct file messages, and their dedupe, outlive a close and reopen."""
+    async with db.opened() as first:
+        for name in ("ann", "bob"):
+            await first.create_user(name, "h")
+        room = await first.append("r", "ann", "", client_id="f1", file=PHOTO)
+        direct = await first.append_direct("ann", "bob", "", client_id="f2", file=PHOTO)
+    async with db.opened() as second:
+        again = await second.append("r", "ann", "", client_id="f1", file=PHOTO)
+        assert again.duplicate and again.message == room.message
+        resent = await second.append_direct("ann", "bob", "", client_id="f2", file=PHOTO)
+        assert resent.duplicate and resent.message == direct.message
+        assert (resent.sender_seq, resent.recipient_seq) == (1, 1)
+        assert (await second.since("r", 0, limit=5)) == [room.message]
+        [listed], _ = await second.direct_history("bob")
+        assert listed.file == PHOTO and listed.seq == 1
+        found = await second.message_by_id(direct.message.message_id)
+        assert isinstance(found, DirectMessage) and found.file == PHOTO
+
+
+async def test_close_stores_what_was_queued_and_refuses_what_comes_after(db: Database) -> None:
+    """Appends still queued when close is called are written before it returns; later ones fail."""
+    store = db.store()
+    await store.open()
+    futures = [store.append("r", "ann", f"m{i}") for i in range(20)]
+    await store.close()
+    assert all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+    with pytest.raises(StoreError, match="closed"):
+        await store.append("r", "ann", "late")
+    async with db.opened() as reopened:
+        assert await reopened.last_seq("r") == 20
+
+
+async def test_schema_version_is_recorded(db: Database) -> None:
+    """A new database records every migration, once, in schema_version."""
+    async with db.opened():
+        pass
+    rows = await db.fetch("SELECT version, description FROM schema_version ORDER BY version")
+    assert rows == [(m.version, m.description) for m in MIGRATIONS]
+    assert [version for version, _ in rows] == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_version_2_database_gains_file_columns(db: Database) -> None:
+    """A database from before file messages migrates; its messages come back as text."""
+    statements = [VERSION_TABLE]
+    for migration in MIGRATIONS[:2]:
+        statements += migration.statements
+        description = migration.description.replace("'", "''")
+        statements.append(
+            "INSERT INTO schema_version (version, description, applied_ms)"
+            f" VALUES ({migration.version}, '{description}', 0)"
+        )
+    await db.execute(
+        *statements,
+        "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms)"
+        " VALUES ('r', 1, 'old1', 'ann', 'from v2', NULL, 5)",
+        "INSERT INTO rooms (name, last_seq, created_ms) VALUES ('r', 1, 5)",
+    )
+    async with db.opened() as store:
+        [old], _ = await store.history("r")
+        assert (old.seq, old.message, old.file) == (1, "from v2", None)
+        added = await store.append("r", "bob", "", file=FileInfo("a.txt", "text/plain", 1, "0f"))
+        assert added.message.seq == 2
+        assert await store.message_by_id("old1") == old
+    rows = await db.fetch("SELECT version FROM schema_version ORDER BY version")
+    assert [version for (version,) in rows] == [1, 2, 3, 4] == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_newer_schema_is_refused(db: Database) -> None:
+    """A database migrated by a newer roomcast is refused with a clear StoreError."""
+    async with db.opened():
+        pass
+    await db.execute(
+        "INSERT INTO schema_version (version, description, applied_ms) VALUES (999, 'x', 0)"
+    )
+    with pytest.raises(StoreError, match="schema version 999"):
+        await db.store().open()
+
+
+async def test_retention_prunes_old_messages_and_moves_first_seq(db: Database) -> None:
+    """With history_days, older room and direct messages go, first_seq moves up, last_seq stays."""
+    clock = Clock()
+    async with db.opened(history_days=1, clock=clock) as store:
+        await store.create_user("ann", "h")
+        await store.create_user("bob", "h")
+        for i in range(3):
+            await store.append("r", "ann", f"old{i}")
+        old = await store.append_direct("ann", "bob", "old", file=NOTES)
+        clock.now += 2 * DAY
+        await store.append("r", "ann", "new")
+        assert await store.prune() == 4
+        assert await store.first_seq("r") == 4
+        assert await store.last_seq("r") == 4
+        assert [m.seq for m in await store.since("r", 0, limit=10)] == [4]
+        messages, more = await store.history("r")
+        assert [m.message for m in messages] == ["new"] and not more
+        assert await store.message_by_id(old.message.message_id) is None
+        assert await store.direct_history("bob") == ([], False)
+        assert await store.file_digests() == set()
+        assert await store.direct_last_seq("bob") == 1
+        clock.now += 2 * DAY
+        assert await store.prune() == 1
+        assert await store.first_seq("r") == 5
+        assert (await store.append("r", "ann", "next")).message.seq == 5
+        assert (await store.append_direct("ann", "bob", "next")).recipient_seq == 2
+    assert await db.fetch("SELECT owner, seq FROM inbox ORDER BY owner") == [("ann", 2), ("bob", 2)]
+
+
+async def test_retention_deletes_in_chunks(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass deletes chunk after chunk until fewer than a chunk of each kind are left."""
+    monkeypatch.setattr(sql, "PRUNE_CHUNK", 3)
+    clock = Clock()
+    async with db.opened(history_days=1, clock=clock) as store:
+        await store.create_user("ann", "h")
+        for i in range(7):
+            await store.append("r", "ann", f"old{i}")
+            await store.append_direct("ann", "ann", f"old{i}")
+        clock.now += 2 * DAY
+        await store.append("r", "ann", "new")
+        assert await store.prune() == 14
+        assert await store.first_seq("r") == 8
+        assert await store.direct_history("ann") == ([], False)
+
+
+async def test_store_without_retention_prunes_nothing(db: Database, clock: Clock) -> None:
+    """history_days 0 keeps everything."""
+    async with db.opened(clock=clock) as store:
+        await store.append("r", "ann", "x")
+        clock.now += 400 * DAY
+        assert await store.prune() == 0
+        assert await store.first_seq("r") == 1
+
+
+async def test_failed_batch_is_rolled_back_whole_then_writes_recover(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch with a direct message to an unknown user fails whole; the next batch is stored."""
+    async with db.opened() as store:
+        await store.create_user("ann", "h")
+        room = store.append("r", "ann", "lost with the batch")
+        direct = store.append_direct("ann", "ghost", "to nobody")
+        for future in (room, direct):
+            with pytest.raises(StoreError, match="no user 'ghost'"):
+                await future
+        assert await store.last_seq("r") == 0
+        assert await store.direct_last_seq("ann") == 0
+        with caplog.at_level(logging.WARNING, logger="roomcast.store"):
+            assert (await store.append("r", "ann", "kept")).message.seq == 1
+        assert "work again" in caplog.text
+        assert (await store.append_direct("ann", "ann", "note")).sender_seq == 1
+
+
+async def test_on_batch_hears_of_each_batch_and_cannot_stop_the_writer(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_batch gets each batch's size and time; when it raises, it is logged and writes go on."""
+    async with db.opened() as store:
+        seen: list[tuple[int, float]] = []
+        store.on_batch = lambda size, seconds: seen.append((size, seconds))
+        await asyncio.gather(*(store.append("r", "ann", f"m{i}") for i in range(5)))
+        assert [size for size, _ in seen] == [5] and seen[0][1] >= 0
+
+        def broken(size: int, seconds: float) -> None:
+            raise RuntimeError("metrics are down")
+
+        store.on_batch = broken
+        with caplog.at_level(logging.ERROR, logger="roomcast.store"):
+            assert (await store.append("r", "ann", "still stored")).message.seq == 6
+            assert (await store.append("r", "ann", "and this")).message.seq == 7
+        assert "on_batch failed" in caplog.text
+
+
+async def test_reads_run_while_a_batch_is_written(db: Database) -> None:
+    """History can be read while appends are queued; it sees whole committed batches only."""
+    async with db.opened() as store:
+        await store.append("r", "ann", "committed")
+        pending = [store.append("r", "ann", f"p{i}") for i in range(200)]
+        messages, _ = await store.history("r", limit=500)
+        texts = [m.message for m in messages]
+        # The read ran before the batch's commit or after it, never inside.
+        assert texts in (["committed"], ["committed", *(f"p{i}" for i in range(200))])
+        await asyncio.gather(*pending)
+        assert await store.last_seq("r") == 201

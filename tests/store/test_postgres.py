@@ -1,8 +1,10 @@
-"""What the PostgreSQL store adds to the contract: several nodes on one database.
+"""What only the PostgreSQL store has: several nodes on one database, and a server to lose.
 
 Each store here stands for a node: several of them share one fresh database
 and write at once. Outages go through a real TCP proxy in front of the real
-server (which other tests keep using), never a mock.
+server (which other tests keep using), never a mock. Reopening, migrations,
+retention and everything else PostgreSQL shares with SQLite is in
+test_contract.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import asyncpg
 import pytest
 
 from roomcast.exceptions import StoreError
-from roomcast.protocol.messages import FileInfo
 from roomcast.store import postgres
 from roomcast.store.base import AppendResult, DirectResult
 from roomcast.store.postgres import PostgresStore
@@ -222,22 +223,6 @@ async def test_nodes_starting_at_once_migrate_once(url: str) -> None:
     assert [version for version, _ in rows] == list(range(1, LATEST_VERSION + 1))
 
 
-async def test_newer_schema_is_refused(url: str) -> None:
-    """A database migrated by a newer roomcast is refused with a clear StoreError."""
-    store = PostgresStore(url)
-    await store.open()
-    await store.close()
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(
-            "INSERT INTO schema_version (version, description, applied_ms) VALUES (999, 'x', 0)"
-        )
-    finally:
-        await conn.close()
-    with pytest.raises(StoreError, match="schema version 999"):
-        await PostgresStore(url).open()
-
-
 async def test_unreachable_server_is_one_clear_store_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -366,77 +351,6 @@ async def test_batch_stuck_behind_a_lock_times_out_then_seqs_go_on(url: str) -> 
         await store.close()
 
 
-async def test_failed_batch_is_rolled_back_whole_then_writes_recover(
-    url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A batch with a direct message to an unknown user fails whole; the next batch is stored."""
-    store = PostgresStore(url)
-    await store.open()
-    try:
-        await store.create_user("ann", "h")
-        room = store.append("r", "ann", "lost with the batch")
-        direct = store.append_direct("ann", "ghost", "to nobody")
-        for future in (room, direct):
-            with pytest.raises(StoreError, match="no user 'ghost'"):
-                await future
-        assert await store.last_seq("r") == 0
-        assert await store.direct_last_seq("ann") == 0
-        with caplog.at_level(logging.WARNING, logger="roomcast.store.postgres"):
-            assert (await store.append("r", "ann", "kept")).message.seq == 1
-        assert "work again" in caplog.text
-        assert (await store.append_direct("ann", "ann", "note")).sender_seq == 1
-    finally:
-        await store.close()
-
-
-async def test_close_stores_what_was_queued(url: str) -> None:
-    """Appends still queued when close is called are written before it returns."""
-    store = PostgresStore(url)
-    await store.open()
-    futures = [store.append("r", "ann", f"m{i}") for i in range(20)]
-    await store.close()
-    assert all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
-    with pytest.raises(StoreError, match="closed"):
-        await store.append("r", "ann", "late")
-    reopened = PostgresStore(url)
-    await reopened.open()
-    try:
-        assert await reopened.last_seq("r") == 20
-    finally:
-        await reopened.close()
-
-
-async def test_retention_prunes_old_messages_and_moves_first_seq(url: str) -> None:
-    """With history_days, older room and direct messages go, first_seq moves up, last_seq stays."""
-    clock = Clock()
-    store = PostgresStore(url, history_days=1, clock=clock)
-    await store.open()
-    try:
-        await store.create_user("ann", "h")
-        await store.create_user("bob", "h")
-        for i in range(3):
-            await store.append("r", "ann", f"old{i}")
-        old = await store.append_direct(
-            "ann", "bob", "old", file=FileInfo("a", "text/plain", 1, "0f")
-        )
-        clock.now += 2 * DAY
-        await store.append("r", "ann", "new")
-        assert await store.prune() == 4
-        assert await store.first_seq("r") == 4
-        assert await store.last_seq("r") == 4
-        assert [m.seq for m in await store.since("r", 0, limit=10)] == [4]
-        assert await store.message_by_id(old.message.message_id) is None
-        assert await store.direct_history("bob") == ([], False)
-        assert await store.file_digests() == set()
-        assert await store.direct_last_seq("bob") == 1
-        clock.now += 2 * DAY
-        assert await store.prune() == 1
-        assert await store.first_seq("r") == 5
-        assert (await store.append("r", "ann", "next")).message.seq == 5
-    finally:
-        await store.close()
-
-
 async def test_one_node_prunes_at_a_time(url: str) -> None:
     """While another session holds the retention lock a store prunes nothing; then it does."""
     clock = Clock()
@@ -452,21 +366,4 @@ async def test_one_node_prunes_at_a_time(url: str) -> None:
         assert await store.prune() == 1
     finally:
         await holder.close()
-        await store.close()
-
-
-async def test_message_postgres_cannot_hold_fails_alone(url: str) -> None:
-    """A text or frame id with U+0000 fails on its own; the messages queued with it are stored."""
-    store = PostgresStore(url)
-    await store.open()
-    try:
-        before = store.append("r", "ann", "fine")
-        bad_text = store.append("r", "bob", "nul \x00 inside")
-        bad_id = store.append("r", "bob", "text", client_id="id\x00")
-        after = store.append("r", "cat", "also fine")
-        for bad in (bad_text, bad_id):
-            with pytest.raises(StoreError, match="U\\+0000"):
-                await bad
-        assert [(await f).message.seq for f in (before, after)] == [1, 2]
-    finally:
         await store.close()

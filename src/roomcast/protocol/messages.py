@@ -15,6 +15,7 @@ import math
 import re
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
@@ -33,6 +34,7 @@ from ..exceptions import (
     TooLarge,
     UnknownUser,
 )
+from ..model import ChatMessage, DirectMessage, FileInfo, UserInfo
 from .codes import ErrorCode
 
 __all__ = [
@@ -479,17 +481,6 @@ def parse_binary_frame(data: bytes, *, max_header: int = MAX_FILE_HEADER) -> Fil
 
 
 @dataclass(frozen=True, slots=True)
-class UserInfo:
-    """Who a connection is: a name, and whether it is a guest."""
-
-    name: str
-    guest: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "guest": self.guest}
-
-
-@dataclass(frozen=True, slots=True)
 class Welcome:
     """The welcome frame, sent first on every connection."""
 
@@ -503,7 +494,7 @@ class Welcome:
         return {
             "message": self.message,
             "session": self.session,
-            "user": self.user.as_dict(),
+            "user": _user_dict(self.user),
             "heartbeat": int(self.heartbeat) if self.heartbeat.is_integer() else self.heartbeat,
         }
 
@@ -527,104 +518,7 @@ class AuthOk:
     user: UserInfo
 
     def payload(self) -> dict[str, Any]:
-        return {"ok": True, "user": self.user.as_dict()}
-
-
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """A stored file's metadata, as carried by a file message."""
-
-    name: str
-    mime: str
-    size: int
-    #: Hex SHA-256 digest of the bytes, under which the file store keeps them.
-    sha256: str
-    #: A signed URL, set by the node just before sending; never stored.
-    url: str | None = None
-
-    def to_json(self) -> str:
-        """The stored form: name, mime, size and sha256 as a JSON object (no url)."""
-        return _dumps(
-            {"name": self.name, "mime": self.mime, "size": self.size, "sha256": self.sha256}
-        ).decode()
-
-    @classmethod
-    def from_json(cls, text: str) -> FileInfo:
-        """The FileInfo :meth:`to_json` stored (its url is None)."""
-        obj = _loads(text)
-        return cls(obj["name"], obj["mime"], obj["size"], obj["sha256"])
-
-    def _into(self, out: dict[str, Any]) -> None:
-        out["name"] = self.name
-        out["mime"] = self.mime
-        out["size"] = self.size
-        if self.url is not None:
-            out["url"] = self.url
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """A stored room message, as broadcast and as listed in history.
-
-    A file message has ``file`` set and an empty ``message``; it goes out as
-    type ``file`` with the file's name, mime, size and url instead of a text.
-    """
-
-    TYPE: ClassVar[str] = "chat"
-    room: str
-    message: str
-    sender: str
-    seq: int
-    message_id: str
-    ts_ms: int
-    file: FileInfo | None = None
-
-    def payload(self) -> dict[str, Any]:
-        if self.file is None:
-            return {
-                "room": self.room,
-                "message": self.message,
-                "from": self.sender,
-                "seq": self.seq,
-                "message_id": self.message_id,
-            }
-        out: dict[str, Any] = {"room": self.room, "from": self.sender}
-        self.file._into(out)
-        out["seq"] = self.seq
-        out["message_id"] = self.message_id
-        return out
-
-    def history_item(self) -> dict[str, Any]:
-        return _history_item(self)
-
-
-@dataclass(frozen=True, slots=True)
-class DirectMessage:
-    """A direct message between two users (a file message when ``file`` is set)."""
-
-    TYPE: ClassVar[str] = "direct"
-    sender: str
-    to: str
-    message: str
-    message_id: str
-    ts_ms: int
-    #: The seq in the direct-message stream of the user receiving this copy.
-    seq: int | None = None
-    file: FileInfo | None = None
-
-    def payload(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"from": self.sender, "to": self.to}
-        if self.file is None:
-            out["message"] = self.message
-        else:
-            self.file._into(out)
-        out["message_id"] = self.message_id
-        if self.seq is not None:
-            out["seq"] = self.seq
-        return out
-
-    def history_item(self) -> dict[str, Any]:
-        return _history_item(self)
+        return {"ok": True, "user": _user_dict(self.user)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,7 +634,7 @@ class HistoryReply:
     def payload(self) -> dict[str, Any]:
         return {
             "room": self.room,
-            "messages": [m.history_item() for m in self.messages],
+            "messages": [_history_item(m) for m in self.messages],
             "has_more": self.has_more,
         }
 
@@ -760,7 +654,7 @@ class DirectHistoryReply:
 
     def payload(self) -> dict[str, Any]:
         return {
-            "messages": [m.history_item() for m in self.messages],
+            "messages": [_history_item(m) for m in self.messages],
             "has_more": self.has_more,
             "last_seq": self.last_seq,
         }
@@ -842,7 +736,6 @@ ServerFrame = (
 )
 
 #: The frames that may carry a file (and are then sent as type ``file``).
-_MESSAGES: Final = (ChatMessage, DirectMessage)
 
 
 def now_ms() -> int:
@@ -864,14 +757,63 @@ def format_timestamp(ms: int) -> str:
 
 def _wire_type(frame: ServerFrame) -> str:
     """The frame's ``type`` on the wire: ``file`` for a message that carries one."""
-    if isinstance(frame, _MESSAGES) and frame.file is not None:
-        return "file"
-    return frame.TYPE
+    model = _MODEL_FRAMES.get(type(frame))
+    if model is None:
+        return frame.TYPE  # type: ignore[union-attr]
+    return "file" if frame.file is not None else model[0]  # type: ignore[union-attr]
+
+
+def _user_dict(user: UserInfo) -> dict[str, Any]:
+    return {"name": user.name, "guest": user.guest}
+
+
+def _file_into(out: dict[str, Any], file: FileInfo) -> None:
+    out["name"] = file.name
+    out["mime"] = file.mime
+    out["size"] = file.size
+    if file.url is not None:
+        out["url"] = file.url
+
+
+def _chat_payload(message: ChatMessage) -> dict[str, Any]:
+    """A room message as broadcast: type ``chat``, or ``file`` with the file's metadata."""
+    if message.file is None:
+        return {
+            "room": message.room,
+            "message": message.message,
+            "from": message.sender,
+            "seq": message.seq,
+            "message_id": message.message_id,
+        }
+    out: dict[str, Any] = {"room": message.room, "from": message.sender}
+    _file_into(out, message.file)
+    out["seq"] = message.seq
+    out["message_id"] = message.message_id
+    return out
+
+
+def _direct_payload(message: DirectMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"from": message.sender, "to": message.to}
+    if message.file is None:
+        out["message"] = message.message
+    else:
+        _file_into(out, message.file)
+    out["message_id"] = message.message_id
+    if message.seq is not None:
+        out["seq"] = message.seq
+    return out
+
+
+#: The wire ``type`` and the payload of each form of the model sent as a frame.
+_MODEL_FRAMES: Final[dict[type, tuple[str, Callable[[Any], dict[str, Any]]]]] = {
+    ChatMessage: ("chat", _chat_payload),
+    DirectMessage: ("direct", _direct_payload),
+}
 
 
 def _history_item(message: ChatMessage | DirectMessage) -> dict[str, Any]:
     """A stored message as an item of a history page: its payload, type and time."""
-    item = message.payload()
+    item: dict[str, Any] = _MODEL_FRAMES[type(message)][1](message)
     item["type"] = _wire_type(message)
     item["timestamp"] = format_timestamp(message.ts_ms)
     return item
@@ -888,9 +830,17 @@ def encode(frame: ServerFrame, *, id: str | None = None, ts_ms: int | None = Non
     """
     if ts_ms is None:
         ts_ms = getattr(frame, "ts_ms", None) or now_ms()
-    obj: dict[str, Any] = {"type": _wire_type(frame)}
-    if id is not None:
-        obj["id"] = id
-    obj["payload"] = frame.payload()
+    model = _MODEL_FRAMES.get(type(frame))
+    if model is None:
+        obj: dict[str, Any] = {"type": frame.TYPE}  # type: ignore[union-attr]
+        if id is not None:
+            obj["id"] = id
+        obj["payload"] = frame.payload()  # type: ignore[union-attr]
+    else:
+        message: Any = frame
+        obj = {"type": "file" if message.file is not None else model[0]}
+        if id is not None:
+            obj["id"] = id
+        obj["payload"] = model[1](message)
     obj["timestamp"] = format_timestamp(ts_ms)
     return _dumps(obj)

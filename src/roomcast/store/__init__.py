@@ -1,8 +1,10 @@
 """Message stores: where every room message is kept before it is acked.
 
-:class:`~roomcast.store.base.Store` is the interface; :func:`open_store`
-chooses an implementation (imported only when chosen, so no module that
-uses the interface loads a database driver).
+:class:`~roomcast.store.base.Store` is the interface (the small ports of
+``base.py``, combined); :func:`open_store` chooses an implementation
+(imported only when chosen, so no module that uses the interface loads a
+database driver). SQLite and PostgreSQL share every query but their batch
+writers' through :class:`~roomcast.store.sql.SQLStore`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The Store interface: append a room message, read a room's history.
+"""The store's ports: small interfaces, one per concern, and ``Store``, all of them.
+
+A caller names the port it needs (:class:`MessageLog`, :class:`DirectInbox`,
+:class:`Users`, :class:`Rooms`, :class:`Files`, :class:`Lifecycle`), so a
+fake for a test implements only that; :class:`Store` combines them for the
+node, which uses every one.
 
 A store assigns each room message its ``seq`` (1, 2, 3, ... per room, no
 gaps) and ``message_id``, and resolves the future :meth:`Store.append`
@@ -15,19 +20,41 @@ import asyncio
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
+from ..exceptions import StoreError
+from ..model import ChatMessage, DirectMessage, FileInfo, RoomAccess, StoredUser
 
 __all__ = [
     "DEDUPE_SECONDS",
     "AppendResult",
+    "DirectInbox",
     "DirectResult",
+    "Files",
+    "Lifecycle",
+    "MessageLog",
     "RoomAccess",
+    "Rooms",
     "Store",
     "StoredUser",
+    "Users",
+    "unstorable",
 ]
 
 #: How long a resent frame ``id`` from the same sender is recognised (24 h).
 DEDUPE_SECONDS: Final = 24 * 3600
+
+
+def unstorable(text: str, client_id: str | None) -> StoreError | None:
+    """Why a message cannot be stored by every store, or None when it can.
+
+    PostgreSQL's text cannot hold U+0000. Every store refuses it, so a
+    message is kept or refused the same whatever the database; the protocol
+    refuses it first, and this keeps a store's promise when a caller does
+    not. The message is refused alone rather than failing the batch, and
+    with it everyone else's messages.
+    """
+    if "\x00" in text or (client_id is not None and "\x00" in client_id):
+        return StoreError("the message was not stored: a store cannot hold U+0000")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,34 +75,8 @@ class DirectResult:
     duplicate: bool
 
 
-@dataclass(frozen=True, slots=True)
-class StoredUser:
-    """A registered user: the name as registered, and the password's argon2 hash."""
-
-    name: str
-    password_hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class RoomAccess:
-    """Who may use a room: anyone (public), or its owner and members (private)."""
-
-    name: str
-    private: bool
-    owner: str | None
-    members: frozenset[str]
-
-    def allows(self, user: str) -> bool:
-        """Whether ``user`` may join, read and post in this room."""
-        return not self.private or user == self.owner or user in self.members
-
-
-class Store(Protocol):
-    """Where room messages, direct messages, users and rooms are kept.
-
-    User names are unique regardless of case; methods taking a name accept
-    any case and return the name as registered.
-    """
+class Lifecycle(Protocol):
+    """A store's life: connected before use, closed after, asked whether it works."""
 
     async def open(self) -> None:
         """Connect, create or migrate the schema."""
@@ -85,6 +86,10 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise :class:`~roomcast.exceptions.StoreError` unless the store answers."""
+
+
+class MessageLog(Protocol):
+    """Room messages: appended with the room's next seq, read back by seq."""
 
     def append(
         self,
@@ -101,8 +106,9 @@ class Store(Protocol):
         room's next seq like any message, and the stored message keeps the
         file's metadata (never its ``url``).
 
-        A repeated ``(sender, client_id)`` within :data:`DEDUPE_SECONDS`
-        resolves to the first message with ``duplicate`` set. A failure is a
+        A repeated ``(sender, client_id)`` to the same room within
+        :data:`DEDUPE_SECONDS` resolves to the first message with
+        ``duplicate`` set. A failure is a
         :class:`~roomcast.exceptions.StoreError` on the future.
         """
 
@@ -123,7 +129,15 @@ class Store(Protocol):
     async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
         """Up to ``limit`` messages with seq > ``seq``, oldest first."""
 
-    # -- direct messages -------------------------------------------------------
+    async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
+        """The room or direct message with ``message_id``, or None (unknown or pruned).
+
+        A direct message comes without a seq: it has one per inbox.
+        """
+
+
+class DirectInbox(Protocol):
+    """Direct messages: stored once, listed in both sides' inboxes, each with its own seqs."""
 
     def append_direct(
         self,
@@ -137,8 +151,8 @@ class Store(Protocol):
         """Queue a direct message between two registered users (names as registered).
 
         Queued with the room messages, in one order; a resend resolves to the
-        first copy like :meth:`append`, and ``file`` makes it a file message
-        likewise.
+        first copy like :meth:`MessageLog.append`, and ``file`` makes it a
+        file message likewise.
         """
 
     async def direct_last_seq(self, owner: str) -> int:
@@ -154,25 +168,23 @@ class Store(Protocol):
     ) -> tuple[list[DirectMessage], bool]:
         """``owner``'s direct messages with seq > ``seq``, oldest first, and ``has_more``."""
 
-    async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
-        """The room or direct message with ``message_id``, or None (unknown or pruned).
 
-        A direct message comes without a seq: it has one per inbox.
-        """
+class Users(Protocol):
+    """Registered users.
 
-    async def file_bytes_since(self, sender: str, since_ms: int) -> int:
-        """The bytes of the files ``sender`` sent at ``since_ms`` or later (upload quota)."""
-
-    async def file_digests(self) -> set[str]:
-        """The SHA-256 digests of every file a kept message names (for sweeping files)."""
-
-    # -- users and rooms ---------------------------------------------------------
+    Names are unique regardless of case; methods taking a name accept any
+    case and return the name as registered.
+    """
 
     async def create_user(self, name: str, password_hash: str) -> bool:
         """Register ``name``; False when the name (in any case) is taken."""
 
     async def get_user(self, name: str) -> StoredUser | None:
         """The user called ``name`` in any case, or None."""
+
+
+class Rooms(Protocol):
+    """Who may use which room: public rooms, and private ones with owners and members."""
 
     async def create_room(
         self, name: str, *, owner: str, private: bool, members: frozenset[str]
@@ -190,3 +202,17 @@ class Store(Protocol):
 
     async def list_rooms(self, user: str | None) -> list[RoomAccess]:
         """Every room ``user`` may see (public rooms, and private ones it belongs to)."""
+
+
+class Files(Protocol):
+    """What the stored file messages say about the files kept on disk."""
+
+    async def file_bytes_since(self, sender: str, since_ms: int) -> int:
+        """The bytes of the files ``sender`` sent at ``since_ms`` or later (upload quota)."""
+
+    async def file_digests(self) -> set[str]:
+        """The SHA-256 digests of every file a kept message names (for sweeping files)."""
+
+
+class Store(Lifecycle, MessageLog, DirectInbox, Users, Rooms, Files, Protocol):
+    """Where room messages, direct messages, users and rooms are kept: every port at once."""

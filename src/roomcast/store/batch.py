@@ -12,7 +12,11 @@ their acks while the server's memory grows), hands the writer batches,
 resolves a finished batch, and tells :meth:`WriteQueue.wait_idle` callers
 when nothing is left.
 :class:`BatchedAppends` gives a store ``append`` and ``append_direct`` on top
-of one ``_enqueue``. How a batch is written is each store's own.
+of one ``_enqueue``. :class:`Plan` is what a batch means once its resends are
+known: which messages are new, how many seqs each room and inbox needs, and,
+given the seqs before the batch, every message's seq, result and row. Where
+the resends and seqs come from (a lookup per message or one per batch, a
+cache or a reservation in the database) is each store's own.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final
 
+import orjson
+
 from ..exceptions import StoreBusy, StoreError
-from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
+from ..model import ChatMessage, DirectMessage, FileInfo
 from .base import AppendResult, DirectResult
 
 __all__ = [
@@ -33,10 +40,14 @@ __all__ = [
     "MAX_QUEUED",
     "BatchedAppends",
     "Pending",
+    "Plan",
+    "ResendKey",
     "WriteQueue",
     "chat_from_row",
     "direct_from_row",
+    "direct_resend",
     "file_from_column",
+    "file_to_column",
 ]
 
 #: Most messages stored in one transaction.
@@ -77,7 +88,7 @@ class Pending:
         if file is not None and file.url is not None:
             file = replace(file, url=None)
         self.file = file
-        self.file_json = file.to_json() if file is not None else None
+        self.file_json = file_to_column(file) if file is not None else None
         self.future = future
 
     @property
@@ -232,12 +243,150 @@ class BatchedAppends:
         raise NotImplementedError
 
 
+# -- a batch, worked out ------------------------------------------------------------
+
+#: A resend's key once its kind is known: sender, frame id, and room or recipient.
+ResendKey = tuple[str, str, str]
+
+
+class Plan:
+    """A batch worked out in memory, the same way for every SQL store.
+
+    Built from the batch and the earlier copies of its resends (found by the
+    store in the batch's transaction), it says how many seqs each room and
+    inbox needs (:attr:`room_counts`, :attr:`inbox_counts`); :meth:`assign`
+    then gives each new message its seq and id from the last seqs before the
+    batch, and lists the rows to insert.
+
+    Args:
+        batch: the messages, in append order.
+        rooms: the earlier copy of each resent room message, by
+            ``(sender, client_id, room)``.
+        direct: the same for direct messages, by ``(sender, client_id, recipient)``.
+    """
+
+    __slots__ = (
+        "batch",
+        "direct_rows",
+        "earlier",
+        "inbox_counts",
+        "inbox_rows",
+        "message_rows",
+        "room_counts",
+    )
+
+    def __init__(
+        self,
+        batch: list[Pending],
+        rooms: dict[ResendKey, ChatMessage],
+        direct: dict[ResendKey, DirectResult],
+    ) -> None:
+        self.batch = batch
+        #: Each message's earlier copy, or None for a new message.
+        self.earlier: list[AppendResult | DirectResult | None] = []
+        #: How many new messages each room and each inbox gets.
+        self.room_counts: dict[str, int] = {}
+        self.inbox_counts: dict[str, int] = {}
+        #: Rows to insert, filled by :meth:`assign`: messages
+        #: ``(room, seq, message_id, sender, body, client_id, ts_ms, file)``,
+        #: direct messages ``(message_id, sender, recipient, body, client_id,
+        #: ts_ms, file)``, inbox entries ``(owner, seq, message_id)``.
+        self.message_rows: list[tuple[Any, ...]] = []
+        self.direct_rows: list[tuple[Any, ...]] = []
+        self.inbox_rows: list[tuple[Any, ...]] = []
+        room_counts, inbox_counts = self.room_counts, self.inbox_counts
+        for item in batch:
+            first: AppendResult | DirectResult | None = None
+            if item.room is not None:
+                if item.client_id is not None and rooms:
+                    found = rooms.get((item.sender, item.client_id, item.room))
+                    first = AppendResult(found, True) if found is not None else None
+                if first is None:
+                    room_counts[item.room] = room_counts.get(item.room, 0) + 1
+            else:
+                recipient = item.recipient
+                assert recipient is not None
+                if item.client_id is not None and direct:
+                    first = direct.get((item.sender, item.client_id, recipient))
+                if first is None:
+                    for owner in dict.fromkeys((item.sender, recipient)):
+                        inbox_counts[owner] = inbox_counts.get(owner, 0) + 1
+            self.earlier.append(first)
+
+    def assign(
+        self, room_seqs: dict[str, int], inbox_seqs: dict[str, int], now_ms: int
+    ) -> list[AppendResult | DirectResult]:
+        """Every message's result, new ones numbered on from the last seqs before the batch.
+
+        ``room_seqs`` and ``inbox_seqs`` hold the last seq of each room and
+        inbox in :attr:`room_counts` and :attr:`inbox_counts`; they are
+        updated in place to the last seqs after the batch.
+
+        Raises:
+            StoreError: an inbox has no seq: no such user. The batch fails whole.
+        """
+        for owner in self.inbox_counts:
+            if owner not in inbox_seqs:
+                raise StoreError(f"no user {owner!r} for a direct message")
+        results: list[AppendResult | DirectResult] = []
+        add_message, add_direct = self.message_rows.append, self.direct_rows.append
+        add_inbox = self.inbox_rows.append
+        for item, first in zip(self.batch, self.earlier, strict=True):
+            if first is not None:
+                results.append(first)
+                continue
+            message_id = uuid.uuid4().hex
+            room = item.room
+            if room is not None:
+                seq = room_seqs[room] = room_seqs[room] + 1
+                add_message(
+                    (
+                        room,
+                        seq,
+                        message_id,
+                        item.sender,
+                        item.text,
+                        item.client_id,
+                        now_ms,
+                        item.file_json,
+                    )
+                )
+                chat = ChatMessage(room, item.text, item.sender, seq, message_id, now_ms, item.file)
+                results.append(AppendResult(chat, False))
+                continue
+            sender, recipient = item.sender, item.recipient
+            assert recipient is not None
+            add_direct(
+                (message_id, sender, recipient, item.text, item.client_id, now_ms, item.file_json)
+            )
+            sender_seq = inbox_seqs[sender] = inbox_seqs[sender] + 1
+            add_inbox((sender, sender_seq, message_id))
+            if recipient == sender:
+                recipient_seq = sender_seq  # a note to self: one inbox, one seq
+            else:
+                recipient_seq = inbox_seqs[recipient] = inbox_seqs[recipient] + 1
+                add_inbox((recipient, recipient_seq, message_id))
+            direct = DirectMessage(sender, recipient, item.text, message_id, now_ms, file=item.file)
+            results.append(DirectResult(direct, sender_seq, recipient_seq, False))
+        return results
+
+
 # -- rows ------------------------------------------------------------------------
+
+
+def file_to_column(file: FileInfo) -> str:
+    """The ``file`` column of a file message: name, mime, size and sha256 as JSON (no url)."""
+    return orjson.dumps(
+        {"name": file.name, "mime": file.mime, "size": file.size, "sha256": file.sha256}
+    ).decode()
 
 
 def file_from_column(column: str | None) -> FileInfo | None:
     """The FileInfo stored in a ``file`` column (None for a text message)."""
-    return FileInfo.from_json(column) if column else None
+    if not column:
+        return None
+    obj = orjson.loads(column)
+    return FileInfo(obj["name"], obj["mime"], obj["size"], obj["sha256"])
 
 
 def chat_from_row(row: Sequence[Any]) -> ChatMessage:
@@ -250,6 +399,17 @@ def direct_from_row(row: Sequence[Any]) -> DirectMessage:
     """A direct message from ``sender, recipient, body, message_id, ts_ms, seq, file``."""
     sender, recipient, body, message_id, ts_ms, seq, file = row
     return DirectMessage(sender, recipient, body, message_id, ts_ms, seq, file_from_column(file))
+
+
+def direct_resend(row: Sequence[Any]) -> tuple[ResendKey, DirectResult]:
+    """A direct message's earlier copy, by its resend key, from a lookup row.
+
+    The row is ``sender, client_id, recipient, body, message_id, ts_ms, file,
+    sender_seq, recipient_seq`` (the seqs None when pruned from an inbox).
+    """
+    sender, client_id, to, body, message_id, ts_ms, file, sender_seq, to_seq = row
+    copy = DirectMessage(sender, to, body, message_id, ts_ms, file=file_from_column(file))
+    return (sender, client_id, to), DirectResult(copy, sender_seq or 0, to_seq or 0, True)
 
 
 def _as_duplicate(future: asyncio.Future[Any], first: asyncio.Future[Any]) -> None:

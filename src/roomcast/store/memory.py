@@ -1,6 +1,8 @@
 """A store in process memory: for tests and for running without a disk.
 
 It keeps everything until the process ends. Dedupe keys are kept for 24 h.
+It refuses what the SQL stores refuse (U+0000), so a test on it sees what a
+server on a database would.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..protocol.messages import ChatMessage, DirectMessage, FileInfo
-from .base import DEDUPE_SECONDS, AppendResult, DirectResult, RoomAccess, StoredUser
+from ..model import ChatMessage, DirectMessage, FileInfo, RoomAccess, StoredUser
+from .base import DEDUPE_SECONDS, AppendResult, DirectResult, unstorable
 
 __all__ = ["MemoryStore"]
 
@@ -58,7 +60,10 @@ class MemoryStore:
         file: FileInfo | None = None,
     ) -> asyncio.Future[AppendResult]:
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        future.set_result(self._append(room, sender, text, client_id, file))
+        if (refusal := unstorable(text, client_id)) is not None:
+            future.set_exception(refusal)
+        else:
+            future.set_result(self._append(room, sender, text, client_id, file))
         return future
 
     def _append(
@@ -117,7 +122,10 @@ class MemoryStore:
         file: FileInfo | None = None,
     ) -> asyncio.Future[DirectResult]:
         future: asyncio.Future[DirectResult] = asyncio.get_running_loop().create_future()
-        future.set_result(self._append_direct(sender, recipient, text, client_id, file))
+        if (refusal := unstorable(text, client_id)) is not None:
+            future.set_exception(refusal)
+        else:
+            future.set_result(self._append_direct(sender, recipient, text, client_id, file))
         return future
 
     def _append_direct(

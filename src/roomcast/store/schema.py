@@ -99,7 +99,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         3,
         "file messages: a file's metadata on room and direct messages",
         (
-            # NULL for a text message; for a file message, FileInfo.to_json()
+            # NULL for a text message; for a file message, store.batch.file_to_column()
             # (name, mime, size, sha256), with an empty body.
             "ALTER TABLE messages ADD COLUMN file TEXT",
             "ALTER TABLE direct_messages ADD COLUMN file TEXT",

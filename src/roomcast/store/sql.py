@@ -1,0 +1,564 @@
+"""What the SQL stores share: every query but the batch writer's, written once.
+
+:class:`SQLStore` is the store's algorithm over a small driver seam, the way
+python-socketio writes its pub/sub manager once and each backend only its
+I/O. A backend (:class:`~roomcast.store.sqlite.SQLiteStore`,
+:class:`~roomcast.store.postgres.PostgresStore`) brings what truly differs:
+
+- its connections, and how a job runs on one: :meth:`SQLStore._read`,
+  :meth:`SQLStore._write_now` (its own transaction),
+  :meth:`SQLStore._migration` (a transaction under the schema lock) and
+  :meth:`SQLStore._pruning` (the right to prune, and a transaction per chunk);
+- its batch writer and how it allocates seqs (a cache on SQLite's one
+  writer; a reservation in the database with several nodes on PostgreSQL),
+  started by :meth:`SQLStore._wake_writer`;
+- the few statements whose dialects differ (:attr:`SQLStore._NAMES_IN`,
+  :attr:`SQLStore._FILE_SIZE`).
+
+Queries are written for PostgreSQL (``$1`` placeholders) in the SQL both
+databases accept; SQLite's connection rewrites ``$1`` to its own ``?1``. A
+job is an ``async`` function of a :class:`SQLConn`: on PostgreSQL it awaits
+asyncpg, on SQLite the same code runs to its end in the database's thread
+without ever suspending (:func:`run_sync`), so no thread hop is added per
+statement. The batch write path stays each backend's own, with its raw
+driver calls: it is the hot path, measured in bench/store_seam.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, ClassVar, Final, Protocol, TypeVar
+
+from ..exceptions import StoreError
+from ..model import ChatMessage, DirectMessage, FileInfo, RoomAccess, StoredUser
+from .base import AppendResult, DirectResult, unstorable
+from .batch import (
+    MAX_QUEUED,
+    BatchedAppends,
+    Pending,
+    WriteQueue,
+    chat_from_row,
+    direct_from_row,
+    file_from_column,
+)
+from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, Migration
+
+__all__ = [
+    "CHAT_COLUMNS",
+    "PRUNE_CHUNK",
+    "PRUNE_INTERVAL",
+    "Job",
+    "Prune",
+    "SQLConn",
+    "SQLStore",
+    "run_sync",
+]
+
+T = TypeVar("T")
+
+#: Rows deleted per transaction when old history is pruned.
+PRUNE_CHUNK: Final = 5000
+#: Seconds between retention passes.
+PRUNE_INTERVAL: Final = 3600.0
+#: Past every seq: ``history`` without ``before`` reads from the newest.
+_NEWEST: Final = 2**62
+
+
+class SQLConn(Protocol):
+    """What a job needs of a connection; ``$1``-style placeholders, rows as sequences."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """Every row of ``sql``."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        """The first row of ``sql``, or None."""
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """The first column of the first row of ``sql``, or None."""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run ``sql``; how many rows it inserted, updated or deleted."""
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row of parameters."""
+
+
+#: Work on one connection: one read, or the statements of one transaction.
+Job = Callable[[SQLConn], Coroutine[Any, Any, T]]
+
+
+def run_sync(job: Coroutine[Any, Any, T]) -> T:
+    """Run a job that never suspends (its connection answers at once) to its end, here.
+
+    SQLite's connection does its work when called, so a job over it finishes
+    in one step, in the database's thread.
+
+    Raises:
+        RuntimeError: the job waited for something else, which it must not.
+    """
+    try:
+        job.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    job.close()
+    raise RuntimeError("a job on a SQLite connection awaited something other than it")
+
+
+# -- the queries ------------------------------------------------------------------------
+
+#: A room message's columns, in the order :func:`~.batch.chat_from_row` reads them.
+CHAT_COLUMNS: Final = "room, body, sender, seq, message_id, ts_ms, file"
+_LAST_SEQ: Final = "SELECT last_seq FROM rooms WHERE name = $1"
+_FIRST_SEQ: Final = (
+    "SELECT coalesce((SELECT min(seq) FROM messages WHERE room = $1),"
+    " (SELECT last_seq FROM rooms WHERE name = $1) + 1, 1)"
+)
+_HISTORY: Final = (
+    f"SELECT {CHAT_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+)
+_SINCE: Final = (
+    f"SELECT {CHAT_COLUMNS} FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+)
+_DM_SEQ: Final = "SELECT dm_seq FROM users WHERE name = $1"
+#: A direct message's columns, in the order :func:`~.batch.direct_from_row` reads them.
+_INBOX: Final = (
+    "SELECT d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file FROM inbox i"
+    " JOIN direct_messages d ON d.message_id = i.message_id WHERE i.owner = $1"
+)
+_INBOX_AFTER: Final = f"{_INBOX} AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+_INBOX_BEFORE: Final = f"{_INBOX} AND i.seq < $2 ORDER BY i.seq DESC LIMIT $3"
+#: A message by id, from either table: a room message has a room, a direct
+#: one a recipient (the last column). Each half is one unique index lookup.
+_BY_ID: Final = (
+    f"SELECT {CHAT_COLUMNS}, CAST(NULL AS TEXT) FROM messages WHERE message_id = $1"
+    " UNION ALL"
+    " SELECT NULL, body, sender, NULL, message_id, ts_ms, file, recipient"
+    " FROM direct_messages WHERE message_id = $1"
+)
+_FILE_DIGESTS: Final = (
+    "SELECT file FROM messages WHERE file IS NOT NULL"
+    " UNION SELECT file FROM direct_messages WHERE file IS NOT NULL"
+)
+#: A sender's file messages since ``$2``; each half uses its ``*_files`` index.
+_FILES_SINCE: Final = (
+    "SELECT file FROM messages WHERE sender = $1 AND ts_ms >= $2 AND file IS NOT NULL"
+    " UNION ALL SELECT file FROM direct_messages"
+    " WHERE sender = $1 AND ts_ms >= $2 AND file IS NOT NULL"
+)
+_CREATE_USER: Final = (
+    "INSERT INTO users (name, name_key, password_hash, created_ms)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+)
+_GET_USER: Final = "SELECT name, password_hash FROM users WHERE name_key = $1"
+_CREATE_ROOM: Final = (
+    "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
+    " VALUES ($1, 0, $2, $3, $4) ON CONFLICT DO NOTHING"
+)
+_ADD_MEMBER: Final = (
+    "INSERT INTO room_members (room, name, added_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+)
+#: Rooms with their rules, one row per member (one row, member NULL, for none).
+_ACCESS: Final = (
+    "SELECT r.name, r.private, r.owner, m.name FROM rooms r"
+    " LEFT JOIN room_members m ON m.room = r.name"
+)
+_ROOM_ACCESS: Final = f"{_ACCESS} WHERE r.name = $1"
+_VISIBLE_ROOMS: Final = (
+    f"{_ACCESS} WHERE r.private = 0 OR r.owner = $1"
+    " OR r.name IN (SELECT room FROM room_members WHERE name = $1)"
+)
+#: One retention chunk: up to $2 room messages older than $1; then the ids
+#: of up to $2 such direct messages, whose inbox rows and rows are deleted.
+_PRUNE_MESSAGES: Final = (
+    "DELETE FROM messages WHERE (room, seq) IN"
+    " (SELECT room, seq FROM messages WHERE ts_ms < $1 LIMIT $2)"
+)
+_OLD_DIRECT: Final = "SELECT message_id FROM direct_messages WHERE ts_ms < $1 LIMIT $2"
+_PRUNE_INBOX: Final = "DELETE FROM inbox WHERE message_id = $1"
+_PRUNE_DIRECT: Final = "DELETE FROM direct_messages WHERE message_id = $1"
+
+
+class SQLStore(BatchedAppends):
+    """A store over a SQL database: every read, account, room, file and retention query.
+
+    Args:
+        history_days: delete messages older than this many days (0 keeps
+            everything). At least 1, so resends are recognised for 24 h.
+        clock: wall-clock seconds, for message times and retention.
+        max_queued: most messages waiting for the writer; past it an
+            append fails with :class:`~roomcast.exceptions.StoreBusy`.
+        place: where the messages are, for logs and errors (a path, or
+            ``PostgreSQL at host:port``: never a password).
+    """
+
+    #: The backend's logger (``roomcast.store.<backend>``).
+    _log: ClassVar[logging.Logger]
+    #: ``name IN`` a list passed as ``$1`` (as :meth:`_names` makes it).
+    _NAMES_IN: ClassVar[str]
+    #: A ``file`` column's ``size`` (the JSON of ``batch.file_to_column``), as a number.
+    _FILE_SIZE: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        history_days: int,
+        clock: Callable[[], float],
+        max_queued: int = MAX_QUEUED,
+        place: str,
+    ) -> None:
+        if history_days < 0:
+            raise ValueError("history_days must be 0 (keep everything) or more")
+        self.history_days = history_days
+        self._clock = clock
+        self._place = place
+        self._queue = WriteQueue(max_queued)
+        #: Not open (yet, or any more): appends and reads are refused.
+        self._closed = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Why the last batch failed, until one is stored again (logged once).
+        self._write_error: str | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        #: Called with (messages, seconds) after each batch is written (metrics).
+        self.on_batch: Callable[[int, float], None] | None = None
+
+    # -- the seam: each backend's own ---------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Open the connections, migrate (:meth:`_migrate`) and start the writer."""
+        raise NotImplementedError
+
+    async def _disconnect(self) -> None:
+        """Stop the writer and close the connections (everything queued is stored)."""
+        raise NotImplementedError
+
+    def _wake_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Something was queued: have the writer take it."""
+        raise NotImplementedError
+
+    def _writer_running(self) -> bool:
+        """Whether a writer is there to empty the queue."""
+        raise NotImplementedError
+
+    async def _read(self, job: Job[T]) -> T:
+        """Run ``job`` on a reading connection, driver errors as StoreError."""
+        raise NotImplementedError
+
+    async def _write_now(self, job: Job[T]) -> T:
+        """Run ``job`` in a transaction of its own, driver errors as StoreError."""
+        raise NotImplementedError
+
+    async def _migration(self, job: Job[T]) -> T:
+        """Run ``job`` in a transaction under the schema lock (one migrator at a time)."""
+        raise NotImplementedError
+
+    def _pruning(self) -> contextlib.AbstractAsyncContextManager[Prune | None]:
+        """How to run each retention chunk, or None when another node is pruning."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _names(names: list[str]) -> Any:
+        """``names`` as the parameter of :attr:`_NAMES_IN`."""
+        raise NotImplementedError
+
+    def _reason(self, exc: BaseException) -> str:
+        """One line saying why a batch failed."""
+        return str(exc) or type(exc).__name__
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._connect()
+        self._closed = False
+        if self.history_days:
+            # The first pass runs before the server accepts anyone, so no
+            # client is told about messages that are about to go.
+            await self._prune_logged()
+            self._pruner = asyncio.ensure_future(self._prune_forever())
+        self._log.debug("storing messages in %s", self._place)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        await self.flush()
+        self._closed = True
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
+        await self._disconnect()
+
+    async def ping(self) -> None:
+        await self._read(_ping)
+
+    async def _migrate(self) -> None:
+        """Bring the schema up to :data:`LATEST_VERSION`, one migration per transaction.
+
+        Each transaction re-reads the version under the schema lock, so two
+        processes starting together do not both migrate.
+        """
+        job = functools.partial(_migrate_once, now_ms=int(self._clock() * 1000))
+        while (migration := await self._migration(job)) is not None:
+            self._log.debug("database schema migrated to version %d", migration.version)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _enqueue(
+        self,
+        room: str | None,
+        recipient: str | None,
+        sender: str,
+        text: str,
+        client_id: str | None,
+        file: FileInfo | None,
+    ) -> asyncio.Future[Any]:
+        loop = self._loop or asyncio.get_running_loop()
+        refusal = StoreError("the store is closed") if self._closed else None
+        refusal = refusal or unstorable(text, client_id)
+        if refusal is not None:
+            refused: asyncio.Future[Any] = loop.create_future()
+            refused.set_exception(refusal)
+            return refused
+        future = self._queue.add(loop, room, recipient, sender, text, client_id, file)
+        self._wake_writer(loop)
+        return future
+
+    def _batch_done(
+        self,
+        batch: list[Pending],
+        outcome: Sequence[AppendResult | DirectResult] | BaseException,
+        seconds: float,
+    ) -> None:
+        """The writer finished ``batch``: report it, and resolve its futures in order."""
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(batch), seconds)
+            except Exception:  # a metrics hook must not stop the writer
+                self._log.exception("on_batch failed")
+        if not isinstance(outcome, BaseException):
+            if self._write_error is not None:
+                self._log.warning("writes to %s work again", self._place)
+                self._write_error = None
+            self._queue.finish(batch, outcome)
+            return
+        reason = self._reason(outcome)
+        if self._write_error != reason:
+            self._log.error("cannot write to %s: %s", self._place, reason)
+        self._write_error = reason
+        self._queue.finish(batch, outcome, reason)
+
+    async def flush(self) -> None:
+        if self._writer_running():
+            await self._queue.wait_idle()
+
+    # -- room messages ---------------------------------------------------------------
+
+    async def last_seq(self, room: str) -> int:
+        value = await self._read(lambda conn: conn.fetchval(_LAST_SEQ, room))
+        return int(value) if value is not None else 0
+
+    async def first_seq(self, room: str) -> int:
+        return int(await self._read(lambda conn: conn.fetchval(_FIRST_SEQ, room)))
+
+    async def history(
+        self, room: str, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[ChatMessage], bool]:
+        bound = before if before is not None else _NEWEST
+        rows = await self._read(lambda conn: conn.fetch(_HISTORY, room, bound, limit + 1))
+        return [chat_from_row(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+    async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
+        rows = await self._read(lambda conn: conn.fetch(_SINCE, room, seq, limit))
+        return [chat_from_row(row) for row in rows]
+
+    async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
+        row = await self._read(lambda conn: conn.fetchrow(_BY_ID, message_id))
+        if row is None:
+            return None
+        room, body, sender, _seq, found_id, ts_ms, file, recipient = row
+        if room is None:
+            return DirectMessage(
+                sender, recipient, body, found_id, ts_ms, file=file_from_column(file)
+            )
+        return chat_from_row(tuple(row)[:7])
+
+    # -- direct messages -------------------------------------------------------------
+
+    async def direct_last_seq(self, owner: str) -> int:
+        value = await self._read(lambda conn: conn.fetchval(_DM_SEQ, owner))
+        return int(value) if value is not None else 0
+
+    async def direct_history(
+        self, owner: str, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[DirectMessage], bool]:
+        bound = before if before is not None else _NEWEST
+        rows = await self._read(lambda conn: conn.fetch(_INBOX_BEFORE, owner, bound, limit + 1))
+        return [direct_from_row(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+    async def direct_since(
+        self, owner: str, seq: int, *, limit: int
+    ) -> tuple[list[DirectMessage], bool]:
+        rows = await self._read(lambda conn: conn.fetch(_INBOX_AFTER, owner, seq, limit + 1))
+        return [direct_from_row(row) for row in rows[:limit]], len(rows) > limit
+
+    # -- files -------------------------------------------------------------------------
+
+    async def file_digests(self) -> set[str]:
+        rows = await self._read(lambda conn: conn.fetch(_FILE_DIGESTS))
+        return {info.sha256 for row in rows if (info := file_from_column(row[0])) is not None}
+
+    async def file_bytes_since(self, sender: str, since_ms: int) -> int:
+        query = f"SELECT COALESCE(SUM({self._FILE_SIZE}), 0) FROM ({_FILES_SINCE}) AS f"
+        return int(await self._read(lambda conn: conn.fetchval(query, sender, since_ms)))
+
+    # -- users -----------------------------------------------------------------------------
+
+    async def create_user(self, name: str, password_hash: str) -> bool:
+        row = (name, name.lower(), password_hash, int(self._clock() * 1000))
+        return await self._write_now(lambda conn: conn.execute(_CREATE_USER, *row)) == 1
+
+    async def get_user(self, name: str) -> StoredUser | None:
+        row = await self._read(lambda conn: conn.fetchrow(_GET_USER, name.lower()))
+        return StoredUser(row[0], row[1]) if row is not None else None
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    async def create_room(
+        self, name: str, *, owner: str, private: bool, members: frozenset[str]
+    ) -> bool:
+        now_ms = int(self._clock() * 1000)
+
+        async def job(conn: SQLConn) -> bool:
+            if await conn.execute(_CREATE_ROOM, name, now_ms, int(private), owner) != 1:
+                return False
+            await _add_members(conn, name, members, now_ms)
+            return True
+
+        return await self._write_now(job)
+
+    async def add_room_members(self, name: str, members: frozenset[str]) -> None:
+        now_ms = int(self._clock() * 1000)
+        await self._write_now(
+            functools.partial(_add_members, room=name, members=members, now_ms=now_ms)
+        )
+
+    async def room_access(self, name: str) -> RoomAccess | None:
+        rows = await self._read(lambda conn: conn.fetch(_ROOM_ACCESS, name))
+        return _accesses(rows)[0] if rows else None
+
+    async def known_rooms(self, names: list[str]) -> set[str]:
+        if not names:
+            return set()
+        query = f"SELECT name FROM rooms WHERE name {self._NAMES_IN}"
+        rows = await self._read(lambda conn: conn.fetch(query, self._names(names)))
+        return {row[0] for row in rows}
+
+    async def list_rooms(self, user: str | None) -> list[RoomAccess]:
+        rows = await self._read(lambda conn: conn.fetch(_VISIBLE_ROOMS, user))
+        # By code point, as SQLite's BINARY and PostgreSQL's "C" collation order.
+        return sorted(_accesses(rows), key=lambda access: access.name)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Delete messages older than ``history_days``; return how many went.
+
+        A chunk of at most :data:`PRUNE_CHUNK` of each kind per transaction,
+        so writes go on between them. When another node holds the right to
+        prune (PostgreSQL), this returns 0 at once.
+        """
+        if not self.history_days or self._closed:
+            return 0
+        cutoff = int((self._clock() - self.history_days * 86400) * 1000)
+        chunk = functools.partial(_prune_chunk, cutoff_ms=cutoff)
+        total = 0
+        async with self._pruning() as run:
+            if run is None:
+                return 0
+            while True:
+                rooms, direct = await run(chunk)
+                total += rooms + direct
+                if rooms < PRUNE_CHUNK and direct < PRUNE_CHUNK:
+                    return total
+
+    async def _prune_logged(self) -> None:
+        try:
+            removed = await self.prune()
+        except StoreError as exc:
+            self._log.error("%s", exc)
+            return
+        if removed:
+            self._log.info("pruned %d messages older than %d days", removed, self.history_days)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL)
+            await self._prune_logged()
+
+
+#: Runs one retention chunk in a transaction of its own; says how many rows of each kind went.
+Prune = Callable[[Job[tuple[int, int]]], Awaitable[tuple[int, int]]]
+
+
+async def _ping(conn: SQLConn) -> None:
+    await conn.fetchval("SELECT 1")
+
+
+async def _migrate_once(conn: SQLConn, now_ms: int) -> Migration | None:
+    """Apply the next migration the database lacks (inside the schema lock); None when none."""
+    await conn.execute(VERSION_TABLE)
+    version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+    if version > LATEST_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}; this roomcast knows up to "
+            f"{LATEST_VERSION}: upgrade roomcast"
+        )
+    pending = [m for m in MIGRATIONS if m.version > version]
+    if not pending:
+        return None
+    migration = pending[0]
+    for statement in migration.statements:
+        await conn.execute(statement)
+    await conn.execute(
+        "INSERT INTO schema_version (version, description, applied_ms) VALUES ($1, $2, $3)",
+        migration.version,
+        migration.description,
+        now_ms,
+    )
+    return migration
+
+
+async def _prune_chunk(conn: SQLConn, cutoff_ms: int) -> tuple[int, int]:
+    """Delete one chunk of what is older than ``cutoff_ms``: (room messages, direct ones)."""
+    rooms = await conn.execute(_PRUNE_MESSAGES, cutoff_ms, PRUNE_CHUNK)
+    old = await conn.fetch(_OLD_DIRECT, cutoff_ms, PRUNE_CHUNK)
+    if old:
+        ids = [(row[0],) for row in old]
+        await conn.executemany(_PRUNE_INBOX, ids)
+        await conn.executemany(_PRUNE_DIRECT, ids)
+    return rooms, len(old)
+
+
+async def _add_members(conn: SQLConn, room: str, members: frozenset[str], now_ms: int) -> None:
+    if members:
+        await conn.executemany(_ADD_MEMBER, [(room, name, now_ms) for name in sorted(members)])
+
+
+def _accesses(rows: list[Sequence[Any]]) -> list[RoomAccess]:
+    """Rooms' rules from rows of :data:`_ACCESS` (one per member), in the rows' order."""
+    rooms: dict[str, tuple[bool, str | None, set[str]]] = {}
+    for name, private, owner, member in rows:
+        room = rooms.get(name)
+        if room is None:
+            room = rooms[name] = (bool(private), owner, set())
+        if member is not None:
+            room[2].add(member)
+    return [
+        RoomAccess(name, private, owner, frozenset(members))
+        for name, (private, owner, members) in rooms.items()
+    ]
