@@ -36,7 +36,7 @@ from .node import Node
 from .protocol.messages import LOBBY, valid_room
 from .server import RoomcastServer
 from .store import open_store
-from .store.sqlite import SQLiteStore
+from .store.sql import SQLStore
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -391,9 +391,7 @@ async def _serve(config: ServerConfig) -> None:
         files=FileStore(config.files_dir or data_dir / "files", quota=config.limits.files_quota),
         links=FileLinks(secret),
     )
-    from .store.postgres import PostgresStore  # asyncpg is imported only when needed
-
-    if isinstance(store, SQLiteStore | PostgresStore):
+    if isinstance(store, SQLStore):  # both databases time their batches
         store.on_batch = node.metrics.observe_batch
     server = RoomcastServer(node, config)
     try:
