@@ -413,7 +413,7 @@ async def _room_json(access: RoomAccess, node: Node, *, with_members: bool) -> d
     out: dict[str, Any] = {
         "name": access.name,
         "private": access.private,
-        "member_count": await node.member_count(access.name),
+        "member_count": await node.membership.member_count(access.name),
     }
     if access.owner is not None:
         out["owner"] = access.owner
@@ -464,7 +464,7 @@ async def _register(request: web.Request) -> web.Response:
             )
     name = await accounts.register(username, password)
     # A guest using the name (on any node) loses it now.
-    request.app[NODE].claim_name(name)
+    request.app[NODE].connections.claim_name(name)
     return _json({"user": {"name": name}}, status=201)
 
 
@@ -496,7 +496,7 @@ async def _login(request: web.Request) -> web.Response:
         raise HTTPError(401, "auth_failed", str(exc)) from None
     if counted:
         throttle.succeeded(address, name)
-    request.app[NODE].claim_name(name)
+    request.app[NODE].connections.claim_name(name)
     return _json(
         {
             "token": token,
@@ -558,7 +558,7 @@ async def _room_messages(request: web.Request) -> web.Response:
     room = _room(request)
     before = query_int(request, "before", 1, MAX_SEQ, None)
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
-    reply = await request.app[NODE].history(user, room, before=before, limit=limit)
+    reply = await request.app[NODE].messaging.history(user, room, before=before, limit=limit)
     return _json(reply.payload())
 
 
@@ -581,7 +581,7 @@ async def _post_message(request: web.Request) -> web.Response:
     wait = request.app[_POSTS].wait(user.name)
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
-    message = await node.post(user, room, text, client_id=client_id)
+    message = await node.messaging.post(user, room, text, client_id=client_id)
     return _json({"room": room, "seq": message.seq, "message_id": message.message_id}, 201)
 
 
@@ -593,7 +593,8 @@ async def _direct_messages(request: web.Request) -> web.Response:
     if before is not None and since is not None:
         raise HTTPError(400, "invalid_message", "give before or since, not both")
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
-    reply = await request.app[NODE].direct_history(user, before=before, since=since, limit=limit)
+    messaging = request.app[NODE].messaging
+    reply = await messaging.direct_history(user, before=before, since=since, limit=limit)
     return _json(reply.payload())
 
 
@@ -633,12 +634,13 @@ async def _file(request: web.Request) -> web.StreamResponse:
     expires, signature = request.query.get("expires"), request.query.get("signature")
     signed = False
     if expires is not None or signature is not None:
-        links = node.links
+        links = node.messaging.links
         if links is None or not links.check(file_id, expires or "", signature or ""):
             raise HTTPError(403, "forbidden", "the link is not valid, or it has expired")
         signed = True
-    message = await node.file_message(file_id)
-    info, path = await node.open_file(message, None if signed else await _user(request))
+    message = await node.messaging.file_message(file_id)
+    reader = None if signed else await _user(request)
+    info, path = await node.messaging.open_file(message, reader)
     inline = info.mime in INLINE_TYPES
     disposition = "inline" if inline else "attachment"
     quoted = urllib.parse.quote(info.name, safe="")

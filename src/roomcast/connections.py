@@ -27,7 +27,7 @@ from .membership import Membership
 from .model import UserInfo
 from .outbox import Outbox
 from .protocol.codes import CloseCode, ErrorCode
-from .protocol.messages import LOBBY, AuthFrame, AuthOk, ErrorReply, Left, Welcome
+from .protocol.messages import AuthFrame, AuthOk, ErrorReply, Left, Welcome
 from .protocol.session import Session
 from .rooms import Rooms
 from .store.base import Store
@@ -266,7 +266,7 @@ class Connections:
             # A new identity keeps only the rooms it may be in itself. Read
             # before anything changes, so the switch below has no await in it.
             for room in sorted(session.rooms):
-                if room != LOBBY and not await self._rooms.may_access(user, room):
+                if not await self._rooms.may_access(user, room):
                     refused.append(room)
         if user.guest and await self._store.get_user(user.name) is not None:
             # The last await before the switch: a name registered (and claimed)

@@ -42,7 +42,7 @@ __all__ = [
     "with_link",
 ]
 
-M = TypeVar("M", ChatMessage, DirectMessage)
+M = TypeVar("M", bound=ChatMessage | DirectMessage)
 
 #: How long a signed file link is valid.
 LINK_SECONDS: Final = 3600

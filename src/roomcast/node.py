@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any, Final
 
 from .accounts import Accounts
@@ -29,7 +28,7 @@ from .hub import Hub, Peer
 from .membership import Membership
 from .messaging import Messaging
 from .metrics import Metrics
-from .model import ChatMessage, DirectMessage, FileInfo, UserInfo
+from .model import UserInfo
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
@@ -37,10 +36,8 @@ from .protocol.messages import (
     AuthFrame,
     Chat,
     Direct,
-    DirectHistoryReply,
     DirectHistoryRequest,
     FileHeader,
-    HistoryReply,
     HistoryRequest,
     Join,
     Leave,
@@ -187,16 +184,6 @@ class Node:
                 status[name] = str(exc) or type(exc).__name__
         return status
 
-    @property
-    def files(self) -> FileStore | None:
-        """Where files are kept; None when this server keeps none."""
-        return self.messaging.files
-
-    @property
-    def links(self) -> FileLinks | None:
-        """What signs the links to files; None when links are not signed."""
-        return self.messaging.links
-
     # -- connections (the transport calls these) -------------------------------------
 
     def new_session(self, user: UserInfo | None = None) -> Session:
@@ -217,48 +204,6 @@ class Node:
     def disconnect(self, peer: Peer) -> None:
         """A connection ended: forget it and tell the rooms it was in."""
         self.connections.disconnect(peer)
-
-    def claim_name(self, name: str) -> None:
-        """``name`` is a registered user's: close the guests using it, on every node."""
-        self.connections.claim_name(name)
-
-    # -- the HTTP API's calls ------------------------------------------------------------
-
-    async def post(
-        self, user: UserInfo, room: str, text: str, *, client_id: str | None = None
-    ) -> ChatMessage:
-        """Store and broadcast a chat message from outside a connection (HTTP)."""
-        return await self.messaging.post(user, room, text, client_id=client_id)
-
-    async def history(
-        self, user: UserInfo, room: str, *, before: int | None, limit: int
-    ) -> HistoryReply:
-        """A page of ``room``'s messages for ``user``."""
-        return await self.messaging.history(user, room, before=before, limit=limit)
-
-    async def direct_history(
-        self, user: UserInfo, *, before: int | None, since: int | None, limit: int
-    ) -> DirectHistoryReply:
-        """A page of ``user``'s direct messages: after ``since``, or before ``before``."""
-        return await self.messaging.direct_history(user, before=before, since=since, limit=limit)
-
-    async def member_count(self, room: str) -> int:
-        """How many users are in ``room`` on every node."""
-        return await self.membership.member_count(room)
-
-    async def file_message(self, message_id: str) -> ChatMessage | DirectMessage:
-        """The stored message that carries file ``message_id`` (NotFound otherwise)."""
-        return await self.messaging.file_message(message_id)
-
-    async def open_file(
-        self, message: ChatMessage | DirectMessage, reader: UserInfo | None
-    ) -> tuple[FileInfo, Path]:
-        """The file of ``message`` and its path, if ``reader`` may read it."""
-        return await self.messaging.open_file(message, reader)
-
-    async def sweep_files(self) -> int:
-        """Delete kept files that no stored message names any more; return how many."""
-        return await self.messaging.sweep_files()
 
     # -- frames from a connection ----------------------------------------------------
 
@@ -347,7 +292,7 @@ class Node:
     async def _join(self, peer: Peer, cmd: Join) -> None:
         user = peer.session.user
         assert user is not None
-        if cmd.room != LOBBY and cmd.room not in peer.session.rooms:
+        if cmd.room not in peer.session.rooms:
             await self.rooms.check_access(user, cmd.room)
         await self.streams.join(peer, cmd.room, cmd.since, cmd.id)
 

@@ -290,7 +290,7 @@ class RoomcastServer:
         await asyncio.sleep(SWEEP_FIRST)
         while True:
             try:
-                removed = await self.node.sweep_files()
+                removed = await self.node.messaging.sweep_files()
             except (BackendError, OSError) as exc:
                 logger.error("cannot sweep files: %s", exc)
             else:
@@ -329,7 +329,7 @@ class RoomcastServer:
         self.url = f"{self.config.scheme}://{host}:{port}"
         if self.config.heartbeat > 0:
             self._heartbeat = asyncio.ensure_future(self._beat(self.config.heartbeat))
-        if self.node.files is not None:  # orphans (a file whose message failed) too
+        if self.node.messaging.files is not None:  # orphans (a file whose message failed) too
             self._sweeper = asyncio.ensure_future(self._sweep_files())
         return self.url
 

@@ -16,7 +16,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final
 
 from .broker.base import Broker, Publication
@@ -26,6 +26,7 @@ from .files import FileLinks, with_link
 from .hub import Hub, Peer
 from .membership import Membership
 from .metrics import Metrics
+from .model import ChatMessage, DirectMessage
 from .outbox import Outbox
 from .protocol.messages import Joined, encode
 from .protocol.wsframe import text_frame
@@ -265,48 +266,52 @@ class Streams:
         self._metrics.catch_ups.labels("gap").inc()
         self._spawn(self._fill_room(room, after, before))
 
-    async def _fill_room(self, room: str, after: int, before: int) -> None:
-        """Read ``room``'s messages ``after < seq < before`` and offer them in order."""
-        complete = False
-        try:
-            while after < before - 1:
-                limit = min(REPLAY_PAGE, before - 1 - after)
-                page = await self._store.since(room, after, limit=limit)
-                if not page:
-                    break
-                for message in page:
-                    frame = text_frame(encode(with_link(message, self._links)))
-                    self._metrics.deliveries.inc(self._room_order.offer(room, message.seq, frame))
-                after = page[-1].seq
-            complete = True
-        except BackendError as exc:
-            logger.error("cannot read %s's missed messages: %s", room, exc)
-        finally:
-            self._room_order.filled(room, before, complete=complete)
-
     def _fetch_inbox(self, user: str, after: int, before: int) -> None:
         self._metrics.catch_ups.labels("gap").inc()
         self._spawn(self._fill_inbox(user, after, before))
 
+    async def _fill_room(self, room: str, after: int, before: int) -> None:
+        """Read ``room``'s messages ``after < seq < before`` and offer them in order."""
+
+        async def page(after: int, limit: int) -> Sequence[ChatMessage | DirectMessage]:
+            return await self._store.since(room, after, limit=limit)
+
+        await self._fill(self._room_order, room, after, before, page, "missed messages")
+
     async def _fill_inbox(self, user: str, after: int, before: int) -> None:
         """Read ``user``'s direct messages ``after < seq < before`` and offer them in order."""
+
+        async def page(after: int, limit: int) -> Sequence[ChatMessage | DirectMessage]:
+            return (await self._store.direct_since(user, after, limit=limit))[0]
+
+        await self._fill(self._inbox_order, user, after, before, page, "missed direct messages")
+
+    async def _fill(
+        self,
+        order: Sequencer,
+        stream: str,
+        after: int,
+        before: int,
+        read: Callable[[int, int], Awaitable[Sequence[ChatMessage | DirectMessage]]],
+        what: str,
+    ) -> None:
+        """Offer ``stream``'s stored messages ``after < seq < before``, then end the gap."""
         complete = False
         try:
             while after < before - 1:
-                limit = min(REPLAY_PAGE, before - 1 - after)
-                page, _ = await self._store.direct_since(user, after, limit=limit)
+                page = await read(after, min(REPLAY_PAGE, before - 1 - after))
                 if not page:
                     break
                 for message in page:
                     assert message.seq is not None
                     frame = text_frame(encode(with_link(message, self._links)))
-                    self._metrics.deliveries.inc(self._inbox_order.offer(user, message.seq, frame))
+                    self._metrics.deliveries.inc(order.offer(stream, message.seq, frame))
                     after = message.seq
             complete = True
         except BackendError as exc:
-            logger.error("cannot read %s's missed direct messages: %s", user, exc)
+            logger.error("cannot read %s's %s: %s", stream, what, exc)
         finally:
-            self._inbox_order.filled(user, before, complete=complete)
+            order.filled(stream, before, complete=complete)
 
     def resync(self) -> None:
         """The broker may have missed publications: catch up from the store."""

@@ -755,14 +755,6 @@ def format_timestamp(ms: int) -> str:
     return f"{_ts_cache[1]}.{millis:03d}Z"
 
 
-def _wire_type(frame: ServerFrame) -> str:
-    """The frame's ``type`` on the wire: ``file`` for a message that carries one."""
-    model = _MODEL_FRAMES.get(type(frame))
-    if model is None:
-        return frame.TYPE  # type: ignore[union-attr]
-    return "file" if frame.file is not None else model[0]  # type: ignore[union-attr]
-
-
 def _user_dict(user: UserInfo) -> dict[str, Any]:
     return {"name": user.name, "guest": user.guest}
 
@@ -814,7 +806,7 @@ _MODEL_FRAMES: Final[dict[type, tuple[str, Callable[[Any], dict[str, Any]]]]] = 
 def _history_item(message: ChatMessage | DirectMessage) -> dict[str, Any]:
     """A stored message as an item of a history page: its payload, type and time."""
     item: dict[str, Any] = _MODEL_FRAMES[type(message)][1](message)
-    item["type"] = _wire_type(message)
+    item["type"] = "file" if message.file is not None else _MODEL_FRAMES[type(message)][0]
     item["timestamp"] = format_timestamp(message.ts_ms)
     return item
 
