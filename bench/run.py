@@ -31,6 +31,9 @@ does not answer is skipped with a note):
 - ``persist-pg`` (scenarios/persist.py): ``persist`` with roomcast on a fresh
   PostgreSQL database, dropped afterwards (with --pg-prefill N it is first
   given N messages and ANALYZEd).
+- ``persist-changes``, ``persist-pg-changes`` (scenarios/persist.py): the
+  same with every tenth frame a change (an edit or a reaction, in turn) of
+  the client's last message.
 - ``crossnode`` (scenarios/crossnode.py): the fan-out ramp (one sender,
   --crossnode-receivers receivers, one room) twice per run, in alternating
   order: on three nodes A, B, C sharing one fresh database and one fresh
@@ -78,6 +81,8 @@ SCENARIOS: dict[str, driver.Scenario] = {
         idle.IDLE_NOROOM,
         idle.IDLE50K,
         persist.PERSIST_PG,
+        persist.PERSIST_CHANGES,
+        persist.PERSIST_PG_CHANGES,
         crossnode.CROSSNODE,
     ]
 }

@@ -163,3 +163,96 @@ async def test_direct_message_reaches_both_sides_with_their_own_seqs() -> None:
     await receive_text(node, peers["alice"], text("direct", {"to": "nobody", "message": "x"}))
     [error] = peers["alice"].received()
     assert error["payload"]["code"] == "unknown_user"
+
+
+# -- changes, replies and mentions --------------------------------------------------
+
+
+async def signed_in(names: tuple[str, ...]) -> tuple[Node, dict[str, Any]]:
+    """A node with these users registered and each connected and signed in (frames read)."""
+    store = MemoryStore()
+    accounts = fast_accounts(store)
+    for name in names:
+        await accounts.register(name, "long enough password")
+    node = Node(store=store, broker=MemoryBroker(), accounts=accounts)
+    await node.start()
+    peers = {}
+    for name in names:
+        peer = await connected(node)
+        token, _ = accounts.tokens.issue(name)
+        await receive_text(node, peer, text("auth", {"token": token}))
+        peers[name] = peer
+    for peer in peers.values():
+        peer.received()
+    return node, peers
+
+
+async def test_a_change_is_decided_stored_published_then_acked() -> None:
+    """An edit reaches every member as the room's next seq; a guest may not edit or delete."""
+    node, peers = await signed_in(("alice", "bob"))
+    alice, bob = peers["alice"], peers["bob"]
+    await receive_text(node, alice, text("chat", {"message": "helo"}, id="c1"))
+    await node.flush()
+    message_id = alice.of_type("ack")[0]["payload"]["message_id"]
+    await receive_text(
+        node, alice, text("edit", {"message_id": message_id, "message": "hello"}, id="e1")
+    )
+    await node.flush()
+    frames = alice.received()
+    assert [f["type"] for f in frames][-2:] == ["edit", "ack"]
+    assert frames[-1]["payload"] == {"room": "lobby", "seq": 2, "message_id": message_id}
+    assert [f["payload"]["seq"] for f in bob.of_type("edit")] == [2]
+    guest = await connected(node)
+    guest.received()
+    for kind, payload in (
+        ("edit", {"message_id": message_id, "message": "mine"}),
+        ("delete", {"message_id": message_id}),
+    ):
+        await receive_text(node, guest, text(kind, payload, id=kind))
+        await node.flush()
+        (refused,) = guest.of_type("error")
+        assert refused["payload"]["code"] == "forbidden", kind
+    await node.close()
+
+
+async def test_mentions_name_only_users_who_may_read_and_reach_their_inbox() -> None:
+    """@name resolves to registered users (any case) and sends each a mention, not the sender."""
+    node, peers = await signed_in(("alice", "bob"))
+    alice, bob = peers["alice"], peers["bob"]
+    await receive_text(node, bob, text("leave", {"room": "lobby"}))
+    await receive_text(
+        node, alice, text("chat", {"message": "@Bob @alice @ghost a@bob.example"}, id="c1")
+    )
+    await node.flush()
+    (chat,) = alice.of_type("chat")
+    assert chat["payload"]["mentions"] == ["bob", "alice"]
+    (mention,) = bob.of_type("mention")
+    assert mention["payload"] == {
+        "room": "lobby",
+        "message_id": chat["payload"]["message_id"],
+        "from": "alice",
+        "seq": 1,
+    }
+    assert alice.of_type("mention") == []
+    await node.close()
+
+
+async def test_a_reply_quotes_what_it_answers_and_names_its_thread() -> None:
+    """A reply carries reply_to, thread (the root) and a quote; another room's is refused."""
+    node, peers = await signed_in(("alice",))
+    alice = peers["alice"]
+    await receive_text(node, alice, text("chat", {"message": "root " * 40}, id="c1"))
+    await node.flush()
+    root = alice.of_type("ack")[0]["payload"]["message_id"]
+    await receive_text(node, alice, text("chat", {"message": "a", "reply_to": root}, id="c2"))
+    await node.flush()
+    reply = alice.of_type("chat")[-1]["payload"]
+    assert (reply["reply_to"], reply["thread"]) == (root, root)
+    assert reply["quote"] == {"from": "alice", "message": ("root " * 40)[:100]}
+    await receive_text(node, alice, text("join", {"room": "elsewhere"}))
+    await node.flush()
+    elsewhere = {"room": "elsewhere", "message": "b", "reply_to": root}
+    await receive_text(node, alice, text("chat", elsewhere, id="c3"))
+    await node.flush()
+    assert alice.of_type("error")[-1]["payload"]["code"] == "invalid_message"
+    await node.close()

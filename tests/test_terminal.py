@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -15,7 +15,12 @@ from roomcast.client import (
     ConnectionState,
     DirectMessage,
     FileRef,
+    Mention,
+    MessageDeleted,
+    MessageEdited,
     Presence,
+    Quote,
+    Reaction,
     Reply,
     RoomMessage,
     SendError,
@@ -24,17 +29,24 @@ from roomcast.client import (
     Typing,
 )
 from roomcast.client.terminal import (
+    HELP,
     Command,
+    Delete,
     Dm,
+    Edit,
     Empty,
     Help,
     History,
     Invalid,
     Join,
     Leave,
+    MessageIndex,
     Quit,
+    React,
+    ReplyTo,
     Say,
     TerminalChat,
+    Thread,
     TypingThrottle,
     Who,
     clean,
@@ -85,6 +97,21 @@ def utc_plus_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("/history 101", Invalid("usage: /history [N], N from 1 to 100")),
         ("/history x", Invalid("usage: /history [N], N from 1 to 100")),
         ("/history -3", Invalid("usage: /history [N], N from 1 to 100")),
+        ("/reply 0a1b2c sure  thing ", ReplyTo("0a1b2c", "sure  thing")),
+        ("/reply 0a1b2c", Invalid("usage: /reply ID TEXT")),
+        ("/edit last fixed it", Edit("last", "fixed it")),
+        ("/edit 0a1b fixed", Edit("0a1b", "fixed")),
+        ("/edit 0a1b   ", Invalid("usage: /edit ID|last TEXT")),
+        ("/delete last", Delete("last")),
+        ("/delete 0a1b2c", Delete("0a1b2c")),
+        ("/delete", Invalid("usage: /delete ID|last")),
+        ("/delete a b", Invalid("usage: /delete ID|last")),
+        ("/react 0a1b \U0001f44d", React("0a1b", "\U0001f44d")),
+        ("/unreact 0a1b :tada:", React("0a1b", ":tada:", added=False)),
+        ("/react 0a1b", Invalid("usage: /react ID EMOJI")),
+        ("/unreact 0a1b x y", Invalid("usage: /unreact ID EMOJI")),
+        ("/thread 0a1b", Thread("0a1b")),
+        ("/thread", Invalid("usage: /thread ID")),
         ("/help", Help()),
         ("/quit", Quit()),
         ("/quit now", Invalid("usage: /quit")),
@@ -117,22 +144,22 @@ def test_clean_replaces_every_control_character() -> None:
 
 @pytest.mark.usefixtures("utc_plus_2")
 def test_render_messages() -> None:
-    """Room, file and direct messages are one line: local time, room or dm, sender, text."""
-    chat = RoomMessage("dev", "ann", "hello  there", 3, "m1", STAMP)
-    assert render(chat) == "[11:05] dev <ann> hello  there"
+    """Room, file and direct messages are one line: short id, time, room or dm, sender, text."""
+    chat = RoomMessage("dev", "ann", "hello  there", 3, "0a1b2c3d4e", STAMP)
+    assert render(chat) == "0a1b2c [11:05] dev <ann> hello  there"
     file = FileRef("cat.png", "image/png", 1234, "/files/abc?sig=1")
     assert (
         render(RoomMessage("dev", "ann", "", 4, "m2", STAMP, file))
-        == "[11:05] dev <ann> sent file cat.png (1234 bytes) /files/abc?sig=1"
+        == "m2 [11:05] dev <ann> sent file cat.png (1234 bytes) /files/abc?sig=1"
     )
     assert render(DirectMessage("bob", "ann", "psst", 7, "m3", STAMP)) == (
-        "[11:05] dm <bob\u2192ann> psst"
+        "m3 [11:05] dm <bob\u2192ann> psst"
     )
     assert render(DirectMessage("bob", "ann", "", 8, "m4", STAMP, file)) == (
-        "[11:05] dm <bob\u2192ann> sent file cat.png (1234 bytes) /files/abc?sig=1"
+        "m4 [11:05] dm <bob\u2192ann> sent file cat.png (1234 bytes) /files/abc?sig=1"
     )
     now = datetime(2024, 5, 1, 22, 59, tzinfo=UTC)
-    assert render(RoomMessage("lobby", "x", "no stamp", 1, "m5", None), now=now) == (
+    assert render(RoomMessage("lobby", "x", "no stamp", 1, "", None), now=now) == (
         "[00:59] lobby <x> no stamp"
     )
 
@@ -254,4 +281,282 @@ async def test_commands_switch_the_current_room() -> None:
         "* left dev; messages go to lobby",
         "* left lobby; you are in no room",
         "! you are in no room: /join ROOM first",
+    ]
+
+
+# -- messages that change -------------------------------------------------------------------
+
+
+def chat(seq: int, message_id: str, text: str = "", **fields: Any) -> RoomMessage:
+    """A room message at STAMP (room dev, from ann unless ``fields`` say otherwise)."""
+    sender = str(fields.pop("sender", "ann"))
+    room = str(fields.pop("room", "dev"))
+    return RoomMessage(room, sender, text or f"text {seq}", seq, message_id, STAMP, **fields)
+
+
+def test_help_lists_the_commands_that_change_messages() -> None:
+    """/help names /reply, /edit, /delete, /react, /unreact and /thread."""
+    for command in ("/reply ID", "/edit ID|last", "/delete ID|last", "/react ID", "/unreact"):
+        assert command in HELP
+    assert "/thread ID" in HELP
+
+
+def test_the_index_gives_short_ids_and_resolves_starts() -> None:
+    """Short ids are 6 characters, longer when taken; a unique start or whole id resolves."""
+    index = MessageIndex()
+    first = index.add(chat(1, "abcdef0123456789abcdef0123456789"))
+    second = index.add(chat(2, "abcdef9999999999abcdef0123456789"))
+    third = index.add(chat(3, "0123456789abcdef0123456789abcdef"))
+    assert (first.short, second.short, third.short) == ("abcdef", "abcdef9", "012345")
+    assert index.resolve("abcdef") == first.message_id  # the short id shown, though not unique
+    assert index.resolve("abcdef9") == second.message_id
+    assert index.resolve("0123") == third.message_id
+    assert index.resolve(third.message_id) == third.message_id
+    with pytest.raises(LookupError, match="2 messages start with abc"):
+        index.resolve("abc")
+    with pytest.raises(LookupError, match="no message ffff seen here"):
+        index.resolve("ffff")
+    unseen = "f" * 32
+    assert index.resolve(unseen) == unseen  # a whole id: the server decides
+    assert index.add(chat(1, first.message_id, "again")).short == "abcdef"  # the same one
+    assert len(index) == 3
+
+
+def test_the_index_forgets_the_oldest_and_follows_changes() -> None:
+    """Past its limit the oldest message is forgotten; edits and deletes update what is known."""
+    index = MessageIndex(limit=2)
+    for seq, message_id in enumerate(["aaaaaa1", "bbbbbb1", "cccccc1"], 1):
+        index.add(chat(seq, message_id))
+    assert index.get("aaaaaa1") is None and len(index) == 2
+    with pytest.raises(LookupError):
+        index.resolve("aaaaaa")
+    index.change(MessageEdited("bbbbbb1", "new text", "ann", 9, None, room="dev"))
+    edited = index.get("bbbbbb1")
+    assert edited is not None and edited.text == "new text"
+    index.change(MessageDeleted("cccccc1", "ann", 10, room="dev"))
+    deleted = index.get("cccccc1")
+    assert deleted is not None and deleted.deleted and deleted.text == ""
+    index.change(MessageEdited("zzzzzz1", "nobody knows", "x", 11, None, room="dev"))
+    assert index.get("zzzzzz1") is None
+
+
+def test_last_is_your_newest_live_message_in_the_room() -> None:
+    """last: the newest message of the sender in the room, not deleted (and for /edit no file)."""
+    index = MessageIndex()
+    index.add(chat(1, "aaaaaa1", sender="me"))
+    index.add(chat(2, "bbbbbb1", sender="me", room="lobby"))
+    index.add(chat(3, "cccccc1", sender="bob"))
+    file = FileRef("x.png", "image/png", 1, "/f")
+    index.add(chat(4, "dddddd1", sender="me", file=file))
+    index.add(DirectMessage("me", "bob", "dm", 1, "eeeeee1", STAMP))
+    assert index.last("me", "dev") == index.get("dddddd1")
+    found = index.last("me", "dev", text_only=True)
+    assert found is not None and found.message_id == "aaaaaa1"
+    index.change(MessageDeleted("aaaaaa1", "me", 5, room="dev"))
+    assert index.last("me", "dev", text_only=True) is None
+    assert index.last("nobody", "dev") is None
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+def test_render_replies_mentions_and_message_state() -> None:
+    """Replies quote their message; a mention of you starts with @; edits, reactions are shown."""
+    reply = chat(
+        5,
+        "0a1b2c3d",
+        "@me sure",
+        sender="bob",
+        reply_to="9f8e7d6c",
+        quote=Quote("ann", "a question that goes on and on and on for a long while"),
+        mentions=("Me",),
+    )
+    assert render(reply, me="me") == (
+        "@ 0a1b2c [11:05] dev <bob> (reply to ann: "
+        '"a question that goes on and on and on f\u2026") @me sure'
+    )
+    assert str(render(reply, me="ann")).startswith("0a1b2c [11:05]")  # not mentioned: no mark
+    own = chat(6, "1a1b2c3d", "@me note to self", sender="me", mentions=("me",))
+    assert render(own, me="me") == "1a1b2c [11:05] dev <me> @me note to self"  # you, to you
+    gone = chat(7, "2a1b2c3d", "ok", reply_to="x", quote=Quote("bob", None, deleted=True))
+    assert render(gone) == "2a1b2c [11:05] dev <ann> (reply to bob: deleted message) ok"
+    bare = chat(8, "3a1b2c3d", "ok", reply_to="9f8e7d6c5b")
+    assert render(bare) == "3a1b2c [11:05] dev <ann> (reply to 9f8e7d) ok"
+    state = chat(
+        9,
+        "4a1b2c3d",
+        "v2",
+        edited_at=STAMP,
+        reactions={"\U0001f44d": ("bob", "cat"), ":tada:": ("bob",)},
+        reply_count=3,
+    )
+    assert render(state) == (
+        "4a1b2c [11:05] dev <ann> v2 (edited) [\U0001f44d 2, :tada: 1] (3 replies)"
+    )
+    deleted = chat(10, "5a1b2c3d", "", deleted=True, edited_at=STAMP, reply_count=1)
+    assert render(deleted) == "5a1b2c [11:05] dev <ann> message deleted (1 reply)"
+    dm = DirectMessage("bob", "me", "hey @me", 3, "6a1b2c3d", STAMP, mentions=("me",))
+    assert render(dm, me="me") == "@ 6a1b2c [11:05] dm <bob\u2192me> hey @me"
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+def test_render_changes() -> None:
+    """Edits, deletes, reactions and mentions are one line each, naming the message by its id."""
+    index = MessageIndex()
+    index.add(chat(1, "0a1b2c3d", "the original", sender="bob"))
+    edit = MessageEdited("0a1b2c3d", "the new one", "bob", 2, STAMP, room="dev")
+    assert render(edit, seen=index) == "0a1b2c [11:05] dev <bob> the new one (edited)"
+    dm_edit = MessageEdited("7a1b2c3d", "psst!", "bob", 4, STAMP, sender="bob", to="me")
+    assert render(dm_edit) == "7a1b2c [11:05] dm <bob\u2192me> psst! (edited)"
+    erased = MessageEdited("0a1b2c3d", "", "bob", 2, STAMP, room="dev")  # deleted since
+    assert render(erased, seen=index) == "0a1b2c [11:05] dev <bob> - (edited)"
+    dm_delete = MessageDeleted("7a1b2c3d", "bob", 5, sender="bob", to="me", timestamp=STAMP)
+    assert render(dm_delete) == "7a1b2c [11:05] dm <bob\u2192me> message deleted"
+    by_owner = MessageDeleted("0a1b2c3d", "owner", 3, room="dev", timestamp=STAMP)
+    assert render(by_owner, seen=index) == ("0a1b2c [11:05] dev <bob> message deleted by owner")
+    by_author = MessageDeleted("0a1b2c3d", "bob", 3, room="dev", timestamp=STAMP)
+    assert render(by_author, seen=index) == "0a1b2c [11:05] dev <bob> message deleted"
+    unknown = MessageDeleted("8a1b2c3d", "bob", 3, room="dev", timestamp=STAMP)
+    assert render(unknown, seen=index) == "8a1b2c [11:05] dev message deleted by bob"
+    added = Reaction("0a1b2c3d", "\U0001f44d", "cat", True, 4, room="dev")
+    assert render(added, seen=index) == (
+        "* cat reacted \U0001f44d to 0a1b2c in dev (<bob> the original)"
+    )
+    removed = Reaction("9a1b2c3d", ":tada:", "cat", False, 5, sender="a", to="b")
+    assert render(removed) == "* cat took back :tada: on 9a1b2c in dm <a\u2192b>"
+    mention = Mention("far", "aa1b2c3d", "bob", 6)
+    assert render(mention) == "@ bob mentioned you in far (aa1b2c)"
+
+
+def test_render_cleans_every_changed_field() -> None:
+    """Edited text, emoji, quotes, reactions and ids from the network never reach the tty raw."""
+    evil = "\x1b]0;owned\x07"
+    lines = [
+        render(MessageEdited(evil, evil, evil, 1, STAMP, room=evil)),
+        render(MessageEdited("m", "t", evil, 1, STAMP, sender=evil, to=evil)),
+        render(MessageDeleted(evil, evil, 1, room=evil)),
+        render(Reaction(evil, evil, evil, True, 1, room=evil)),
+        render(Mention(evil, evil, evil, 1)),
+        render(chat(1, evil, evil, quote=Quote(evil, evil), reactions={evil: ("x",)})),
+    ]
+    for line in lines:
+        assert line is not None and "\ufffd" in line
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line), line
+
+
+class ChangingClient(FakeClient):
+    """A fake client that also edits, deletes, reacts and reads threads."""
+
+    def __init__(self, rooms: list[str], user: str = "me") -> None:
+        super().__init__(rooms)
+        self.user = user
+        self.callback: object = None
+        self.thread: list[RoomMessage] = []
+
+    def on(self, kind: object, callback: object) -> None:
+        self.callback = callback
+
+    async def send_chat(self, text: str, room: str, *, reply_to: str | None = None) -> None:
+        self.sent.append(
+            ("chat", room, text) if reply_to is None else ("reply", room, text, reply_to)
+        )
+
+    async def edit(self, message_id: str, text: str) -> None:
+        self.sent.append(("edit", message_id, text))
+
+    async def delete(self, message_id: str) -> None:
+        if message_id in self.refuse:
+            raise SendError("forbidden", "not yours")
+        self.sent.append(("delete", message_id))
+
+    async def react(self, message_id: str, emoji: str) -> None:
+        self.sent.append(("react", message_id, emoji))
+
+    async def unreact(self, message_id: str, emoji: str) -> None:
+        self.sent.append(("unreact", message_id, emoji))
+
+    async def history(
+        self, room: str, *, limit: int, thread: str | None = None
+    ) -> tuple[list[RoomMessage], bool]:
+        self.sent.append(("history", room, str(thread)))
+        return self.thread, False
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+async def test_commands_name_messages_by_short_id_or_last() -> None:
+    """/edit last, /delete, /reply, /react, /unreact, /thread resolve ids against messages seen."""
+    fake = ChangingClient(["lobby", "dev"])
+    lines: list[str] = []
+    chat_ui = TerminalChat(cast(Client, fake), room="dev", output=lines.append)
+    show = chat_ui._on_event
+    mine = "a" * 8 + "1" * 24
+    theirs = "b" * 8 + "2" * 24
+    direct = "c" * 8 + "3" * 24
+    show(chat(1, mine, "first try", sender="me"))
+    show(chat(2, theirs, "hello @me", sender="bob", mentions=("me",)))
+    show(DirectMessage("bob", "me", "psst", 1, direct, STAMP))
+
+    async def run(line: str) -> None:
+        assert chat_ui.execute(parse_command(line))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    await run("/edit last second try")
+    await run("/reply bbbb me too")
+    await run("/react bbbbbb \U0001f44d")
+    await run("/unreact bbbbbbbb \U0001f44d")
+    await run("/delete aaaaaa")
+    fake.refuse.add(theirs)
+    await run("/delete bbbbbb")
+    await run("/reply cccccc no")
+    await run("/edit zzzz nothing")
+    await run("/join other")
+    await run("/edit last nothing of mine here")
+    fake.thread = [
+        chat(2, theirs, "hello @me", sender="bob"),
+        chat(3, "d" * 32, "yes", reply_to=theirs),
+    ]
+    await run("/thread bbbbbb")
+    assert fake.sent == [
+        ("edit", mine, "second try"),
+        ("reply", "dev", "me too", theirs),
+        ("react", theirs, "\U0001f44d"),
+        ("unreact", theirs, "\U0001f44d"),
+        ("delete", mine),
+        ("join", "other"),
+        ("history", "dev", theirs),
+    ]
+    assert lines == [
+        "aaaaaa [11:05] dev <me> first try",
+        "@ bbbbbb [11:05] dev <bob> hello @me",
+        "cccccc [11:05] dm <bob\u2192me> psst",
+        "! forbidden: not yours",
+        "! direct messages have no replies or threads",
+        "! no message zzzz seen here (ids are shown before each message)",
+        "* joined other (2 here); messages go to other",
+        "! no message of yours in other to edit",
+        "* thread bbbbbb in dev: 1 reply",
+        "bbbbbb [11:05] dev <bob> hello @me",
+        "dddddd [11:05] dev <ann> (reply to bbbbbb) yes",
+    ]
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+async def test_mentions_show_once_and_changes_follow_the_messages() -> None:
+    """A mention from a room you are in is not shown twice; edits name the author seen before."""
+    fake = ChangingClient(["lobby"])
+    lines: list[str] = []
+    chat_ui = TerminalChat(cast(Client, fake), output=lines.append)
+    chat_ui._on_event(Mention("lobby", "e" * 32, "bob", 1, STAMP))
+    chat_ui._on_event(Mention("far", "f" * 32, "bob", 2, STAMP))
+    chat_ui._on_event(chat(1, "1" * 32, "typo", sender="bob", room="lobby"))
+    chat_ui._on_event(MessageEdited("1" * 32, "fixed", "bob", 2, STAMP, room="lobby"))
+    chat_ui._on_event(Reaction("1" * 32, ":+1:", "me", True, 3, room="lobby"))
+    chat_ui._on_event(MessageDeleted("1" * 32, "bob", 4, room="lobby", timestamp=STAMP))
+    chat_ui._on_event(Reaction("1" * 32, ":+1:", "me", False, 5, room="lobby"))
+    assert lines == [
+        "@ bob mentioned you in far (ffffff)",
+        "111111 [11:05] lobby <bob> typo",
+        "111111 [11:05] lobby <bob> fixed (edited)",
+        "* me reacted :+1: to 111111 in lobby (<bob> fixed)",
+        "111111 [11:05] lobby <bob> message deleted",
+        "* me took back :+1: on 111111 in lobby (<bob> message deleted)",
     ]

@@ -26,6 +26,12 @@ Parameters, and why:
 
     .venv/bin/python -m bench.scenarios.persist --targets roomcast --runs 1
     .venv/bin/python -m bench.scenarios.persist --targets roomcast --scenarios persist-pg
+    .venv/bin/python -m bench.scenarios.persist --targets roomcast \
+        --scenarios persist,persist-changes,persist-pg,persist-pg-changes
+
+``persist-changes`` and ``persist-pg-changes`` (run only when named) make
+every tenth frame of each client a change of its last message instead of
+a chat: an edit or a reaction, in turn.
 """
 
 from __future__ import annotations
@@ -86,6 +92,16 @@ def measure_pg(
 
 
 PERSIST = driver.Scenario("persist", LOADGEN, roomcast_only=WHY_ROOMCAST_ONLY)
+#: ``persist`` with one change (an edit or a reaction, in turn) per ten frames:
+#: a change is stored and acked like a chat, plus a read of its message.
+CHANGES_EVERY = 10
+PERSIST_CHANGES = driver.Scenario(
+    "persist-changes",
+    (*LOADGEN, f"--changes-every={CHANGES_EVERY}"),
+    opt_in=True,
+    roomcast_only=WHY_ROOMCAST_ONLY,
+    base_runs=False,  # the tree before has no changes
+)
 PERSIST_PG = driver.Scenario(
     "persist-pg",
     LOADGEN,
@@ -95,7 +111,16 @@ PERSIST_PG = driver.Scenario(
     base_runs=False,  # the scale-out scenarios run on this tree only
     services=("postgres",),
 )
-SCENARIOS = [PERSIST, PERSIST_PG]
+PERSIST_PG_CHANGES = driver.Scenario(
+    "persist-pg-changes",
+    (*LOADGEN, f"--changes-every={CHANGES_EVERY}"),
+    measure=measure_pg,
+    opt_in=True,
+    roomcast_only=WHY_ROOMCAST_ONLY,
+    base_runs=False,
+    services=("postgres",),
+)
+SCENARIOS = [PERSIST, PERSIST_PG, PERSIST_CHANGES, PERSIST_PG_CHANGES]
 
 
 def main(argv: list[str]) -> int:

@@ -41,6 +41,7 @@ from .model import RoomAccess, UserInfo
 from .node import Node
 from .protocol.messages import (
     DEFAULT_HISTORY_LIMIT,
+    MAX_EMOJI_LENGTH,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
     MAX_SEQ,
@@ -315,6 +316,10 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
     app.router.add_get("/api/rooms/{room}/messages", _room_messages)
     app.router.add_post("/api/rooms/{room}/messages", _post_message)
     app.router.add_get("/api/direct/messages", _direct_messages)
+    app.router.add_patch("/api/messages/{message_id}", _edit_message)
+    app.router.add_delete("/api/messages/{message_id}", _delete_message)
+    app.router.add_put("/api/messages/{message_id}/reactions/{emoji}", _add_reaction)
+    app.router.add_delete("/api/messages/{message_id}/reactions/{emoji}", _remove_reaction)
     app.router.add_get("/files/{file_id}", _file)
 
 
@@ -553,12 +558,22 @@ async def _add_members(request: web.Request) -> web.Response:
 
 
 async def _room_messages(request: web.Request) -> web.Response:
-    """``GET /api/rooms/{room}/messages?before=SEQ&limit=N``: a page of history."""
+    """``GET /api/rooms/{room}/messages?before=SEQ|around=SEQ&thread=ID&limit=N``: history."""
     user = await _user(request)
     room = _room(request)
     before = query_int(request, "before", 1, MAX_SEQ, None)
+    around = query_int(request, "around", 1, MAX_SEQ, None)
+    thread = request.query.get("thread")
+    if before is not None and around is not None:
+        raise HTTPError(400, "invalid_message", "give before or around, not both")
+    if thread is not None:
+        _check_message_id(thread, "thread")
+        if around is not None:
+            raise HTTPError(400, "invalid_message", "around does not page a thread; use before")
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
-    reply = await request.app[NODE].messaging.history(user, room, before=before, limit=limit)
+    reply = await request.app[NODE].messaging.history(
+        user, room, before=before, limit=limit, thread=thread, around=around
+    )
     return _json(reply.payload())
 
 
@@ -578,11 +593,86 @@ async def _post_message(request: web.Request) -> web.Response:
         not isinstance(client_id, str) or len(client_id) > MAX_ID_LENGTH or "\x00" in client_id
     ):
         raise HTTPError(400, "invalid_message", f"id must be a string of at most {MAX_ID_LENGTH}")
+    reply_to = body.get("reply_to")
+    if reply_to is not None:
+        _check_message_id(reply_to, "reply_to")
     wait = request.app[_POSTS].wait(user.name)
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
-    message = await node.messaging.post(user, room, text, client_id=client_id)
+    message = await node.messaging.post(user, room, text, client_id=client_id, reply_to=reply_to)
     return _json({"room": room, "seq": message.seq, "message_id": message.message_id}, 201)
+
+
+# -- changes -----------------------------------------------------------------------
+
+
+def _check_message_id(value: object, what: str) -> str:
+    """``value`` if it can be a message id (1 to 64 characters, no U+0000), or a 400."""
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH or "\x00" in value:
+        raise HTTPError(
+            400,
+            "invalid_message",
+            f"{what} must be a message id of 1 to {MAX_ID_LENGTH} characters",
+        )
+    return value
+
+
+async def _change(
+    request: web.Request, kind: str, text: str = "", client_id: Any = None
+) -> web.Response:
+    """Make one change for the caller: 200 with the WebSocket ``ack`` payload.
+
+    The frame id of a resend comes in the body (``"id"``, for ``PATCH``) or
+    the ``Idempotency-Key`` header: the same change sent again with the same
+    key is applied once.
+    """
+    node = request.app[NODE]
+    user = await _user(request)
+    message_id = _check_message_id(request.match_info["message_id"], "message_id")
+    client_id = client_id if client_id is not None else request.headers.get("Idempotency-Key")
+    if client_id is not None and (
+        not isinstance(client_id, str) or len(client_id) > MAX_ID_LENGTH or "\x00" in client_id
+    ):
+        raise HTTPError(400, "invalid_message", f"id must be a string of at most {MAX_ID_LENGTH}")
+    wait = request.app[_POSTS].wait(user.name)
+    if wait > 0:
+        raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
+    ack = await node.messaging.change_now(user, kind, message_id, text, client_id=client_id)
+    return _json(ack.payload())
+
+
+async def _edit_message(request: web.Request) -> web.Response:
+    """``PATCH /api/messages/{message_id}`` ``{"message","id"?}``: edit one's own message."""
+    body = await _body(request)
+    text = body.get("message")
+    limit = request.app[NODE].limits.max_message_chars
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise HTTPError(400, "invalid_message", "message must be a non-empty string without U+0000")
+    if len(text) > limit:
+        raise HTTPError(413, "too_large", f"message is longer than {limit} characters")
+    return await _change(request, "edit", text, body.get("id"))
+
+
+async def _delete_message(request: web.Request) -> web.Response:
+    """``DELETE /api/messages/{message_id}``: take a message back (its text is erased)."""
+    return await _change(request, "delete")
+
+
+def _emoji(request: web.Request) -> str:
+    emoji = request.match_info["emoji"]
+    if len(emoji) > MAX_EMOJI_LENGTH:
+        raise HTTPError(400, "invalid_message", f"emoji is longer than {MAX_EMOJI_LENGTH}")
+    return emoji
+
+
+async def _add_reaction(request: web.Request) -> web.Response:
+    """``PUT /api/messages/{message_id}/reactions/{emoji}``: react (the emoji percent-encoded)."""
+    return await _change(request, "react", _emoji(request))
+
+
+async def _remove_reaction(request: web.Request) -> web.Response:
+    """``DELETE /api/messages/{message_id}/reactions/{emoji}``: take one's reaction back."""
+    return await _change(request, "unreact", _emoji(request))
 
 
 async def _direct_messages(request: web.Request) -> web.Response:

@@ -11,6 +11,8 @@
     │   │                    WebSocket, ``api.refused`` over HTTP)
     │   ├── Forbidden        the user may not do that
     │   ├── NotFound         no such room or file
+    │   │   └── NoSuchMessage  no such message, or not in a conversation the
+    │   │                      user may read (``not_found`` on the WebSocket)
     │   ├── UnknownUser      no registered user has that name
     │   ├── NameTaken        a registered user has that name already
     │   ├── RoomExists       a room with that name exists already
@@ -46,6 +48,7 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "NameTaken",
+    "NoSuchMessage",
     "NotFound",
     "ProtocolError",
     "QuotaExceeded",
@@ -102,6 +105,10 @@ class Forbidden(DomainError):
 
 class NotFound(DomainError):
     """There is no such room or file."""
+
+
+class NoSuchMessage(NotFound):
+    """No such message, or not one the user may read: the two are not told apart."""
 
 
 class UnknownUser(DomainError):

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final, TypeVar
 
-from .model import ChatMessage, DirectMessage
+from .model import Change, ChatMessage, DirectMessage, Mention
 from .textsafe import strip_format
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
     "with_link",
 ]
 
-M = TypeVar("M", bound=ChatMessage | DirectMessage)
+M = TypeVar("M", bound=ChatMessage | DirectMessage | Change | Mention)
 
 #: How long a signed file link is valid.
 LINK_SECONDS: Final = 3600
@@ -202,8 +202,13 @@ class FileLinks:
 
 
 def with_link(message: M, links: FileLinks | None) -> M:
-    """``message`` with a signed link to its file, if it carries one and links are signed."""
+    """``message`` with a signed link to its file, if it carries one and links are signed.
+
+    Any other event (a change, a mention) comes back as it is.
+    """
+    if links is None or not isinstance(message, ChatMessage | DirectMessage):
+        return message
     file = message.file
-    if file is None or links is None:
+    if file is None:
         return message
     return replace(message, file=replace(file, url=links.url(message.message_id)))

@@ -15,17 +15,22 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from .broker.base import Broker, Publication
 from .config import Limits
+from .emoji import valid_emoji
 from .exceptions import (
     BackendError,
+    DomainError,
     Forbidden,
     InvalidRequest,
+    NoSuchMessage,
     NotFound,
+    ProtocolError,
     QuotaExceeded,
     StoreBusy,
     StoreError,
@@ -35,24 +40,27 @@ from .exceptions import (
 from .files import FileLinks, FileStore, safe_file_name, with_link
 from .hub import Hub, Peer
 from .metrics import Metrics
-from .model import ChatMessage, DirectMessage, FileInfo, UserInfo
+from .model import Change, ChatMessage, DirectMessage, FileInfo, Mention, Quote, UserInfo
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
     Ack,
     Chat,
+    Delete,
     Direct,
     DirectHistoryReply,
+    Edit,
     ErrorReply,
     FileHeader,
     HistoryReply,
+    React,
     Typing,
     TypingEvent,
     encode,
 )
 from .protocol.wsframe import text_frame
 from .rooms import Rooms
-from .store.base import AppendResult, DirectResult, Store
+from .store.base import AppendResult, DirectResult, Draft, Store
 from .streams import Streams
 
 __all__ = ["Messaging", "id_reused", "same_message"]
@@ -74,8 +82,17 @@ UPLOAD_WINDOW: Final = 24 * 3600.0
 #: Seconds between two warnings that the store refuses messages (it is full).
 BUSY_WARN_EVERY: Final = 10.0
 
-#: What a message sent with an id was: its text, and its file's SHA-256 if any.
-Sent = tuple[str, str | None]
+#: What a frame sent with an id asked for, to tell a resend from another
+#: frame reusing the id: ``("chat", text, file's SHA-256 or "")`` for a
+#: message, ``(kind, message_id, text or emoji)`` for a change.
+Sent = tuple[str, str, str]
+
+#: ``@name`` in a message's text: a registered user's name (accounts.USERNAME),
+#: not inside a word or an e-mail address.
+MENTION: Final = re.compile(r"(?<![\w@])@([A-Za-z0-9_][A-Za-z0-9_-]{2,31})(?![\w-])")
+#: Most users one message mentions (the rest are not looked up): each is a
+#: store read before the message is stored, and a mention event after.
+MAX_MENTIONS: Final = 20
 
 
 class Messaging:
@@ -126,16 +143,99 @@ class Messaging:
 
     # -- room messages -----------------------------------------------------------
 
-    def chat(self, peer: Peer, cmd: Chat) -> None:
-        """Store a chat from a connection; publish and ack it when stored."""
+    def chat(self, peer: Peer, cmd: Chat) -> Coroutine[Any, Any, None] | None:
+        """Store a chat from a connection; publish and ack it when stored.
+
+        A plain chat is handed to the store at once. One that answers
+        another or names someone (``@``) must first read what it answers
+        and who is named: that part is the coroutine returned.
+        """
+        if cmd.reply_to is not None or "@" in cmd.message:
+            return self._chat_with_context(peer, cmd)
         # Not awaited: the store batches this connection's (and everyone's)
         # messages; the callbacks run in store order, which is seq order.
         user = peer.session.user
         assert user is not None
         stored = self._store.append(cmd.room, user.name, cmd.message, client_id=cmd.id)
+        self._when_stored(peer, cmd.id, stored, ("chat", cmd.message, ""), None)
+        return None
+
+    async def _chat_with_context(self, peer: Peer, cmd: Chat) -> None:
+        user = peer.session.user
+        assert user is not None
+        draft, quote = await self._chat_draft(user, cmd.room, cmd.message, cmd.id, cmd.reply_to)
+        stored = self._store.submit(draft)
+        self._when_stored(peer, cmd.id, stored, ("chat", cmd.message, ""), quote)
+
+    async def _chat_draft(
+        self, user: UserInfo, room: str, text: str, client_id: str | None, reply_to: str | None
+    ) -> tuple[Draft, Quote | None]:
+        """A chat's draft with what it answers and whom it names, read from the store.
+
+        Raises:
+            NoSuchMessage: ``reply_to`` names no message ``user`` may read.
+            InvalidRequest: ``reply_to`` is in another room, or deleted.
+        """
+        thread = quote = None
+        if reply_to is not None:
+            answered = await self._store.message_by_id(reply_to)
+            if not isinstance(answered, ChatMessage) or not await self._rooms.may_access(
+                user, answered.room
+            ):
+                raise NoSuchMessage(f"there is no message {reply_to} to reply to")
+            if answered.room != room:
+                raise InvalidRequest(f"reply_to names a message in another room than {room}")
+            if answered.deleted:
+                raise InvalidRequest("the message was deleted; it cannot be answered")
+            thread = answered.thread or answered.message_id
+            quote = Quote.of(answered.sender, answered.message, answered.deleted)
+        mentions = await self._mentioned(text, room=room)
+        draft = Draft(
+            user.name,
+            room=room,
+            text=text,
+            client_id=client_id,
+            reply_to=reply_to,
+            thread=thread,
+            mentions=mentions,
+        )
+        return draft, quote
+
+    async def _mentioned(
+        self, text: str, *, room: str | None = None, peers: tuple[str, str] | None = None
+    ) -> tuple[str, ...]:
+        """The registered users ``text`` names with ``@name`` who may read its conversation.
+
+        In ``room``: any registered user for a public room, its owner and
+        members for a private one. In a direct conversation: the two ``peers``.
+        """
+        names = list(dict.fromkeys(m.lower() for m in MENTION.findall(text)))[:MAX_MENTIONS]
+        if not names:
+            return ()
+        found: list[str] = []
+        if peers is not None:
+            by_key = {peer.lower(): peer for peer in peers}
+            return tuple(by_key[name] for name in names if name in by_key)
+        assert room is not None
+        access = await self._store.room_access(room)
+        for name in names:
+            account = await self._store.get_user(name)
+            if account is not None and (access is None or access.allows(account.name)):
+                found.append(account.name)
+        return tuple(dict.fromkeys(found))
+
+    def _when_stored(
+        self,
+        peer: Peer,
+        frame_id: str | None,
+        stored: asyncio.Future[Any],
+        sent: Sent,
+        quote: Quote | None,
+    ) -> None:
         received = asyncio.get_running_loop().time()
-        sent = (cmd.message, None)
-        stored.add_done_callback(functools.partial(self._chat_stored, peer, cmd.id, received, sent))
+        stored.add_done_callback(
+            functools.partial(self._chat_stored, peer, frame_id, received, sent, quote)
+        )
 
     def _chat_stored(
         self,
@@ -143,36 +243,62 @@ class Messaging:
         frame_id: str | None,
         received: float,
         sent: Sent,
+        quote: Quote | None,
         stored: asyncio.Future[AppendResult],
     ) -> None:
         result = self._stored(peer, frame_id, stored)
         if result is None or self._id_reused(peer, frame_id, result, sent):
             return
         message = result.message
+        assert isinstance(message, ChatMessage)
         if not result.duplicate:
-            frame = text_frame(encode(with_link(message, self.links)))
-            self._streams.publish(message.room, frame, message.seq)
+            self._publish_chat(result, quote)
         if frame_id is not None:
             self._outbox.reply(peer, Ack(message.message_id, message.room, message.seq), frame_id)
         self._metrics.ack_seconds.observe(asyncio.get_running_loop().time() - received)
 
+    def _publish_chat(self, result: AppendResult, quote: Quote | None) -> None:
+        """Send a newly stored room message on, and a mention to each user it names."""
+        message = result.message
+        assert isinstance(message, ChatMessage)
+        if quote is not None:
+            message = replace(message, quote=quote)
+        frame = text_frame(encode(with_link(message, self.links)))
+        self._streams.publish(message.room, frame, message.seq)
+        self._metrics.chat_out.inc()
+        for name, seq in result.mentioned:
+            self._metrics.mention_out.inc()
+            mention = Mention(message.room, message.message_id, message.sender, seq, message.ts_ms)
+            self._streams.publish_direct(name, text_frame(encode(mention)), seq)
+
     async def post(
-        self, user: UserInfo, room: str, text: str, *, client_id: str | None = None
+        self,
+        user: UserInfo,
+        room: str,
+        text: str,
+        *,
+        client_id: str | None = None,
+        reply_to: str | None = None,
     ) -> ChatMessage:
         """Store and broadcast a chat message from outside a connection (HTTP).
 
         Raises:
             Forbidden: a private room ``user`` is not in.
-            InvalidRequest: ``client_id`` was used for another message.
+            NoSuchMessage: ``reply_to`` names no message ``user`` may read.
+            InvalidRequest: ``client_id`` was used for another message, or
+                ``reply_to`` is in another room.
             BackendError: the store failed; nothing was broadcast.
         """
         await self._rooms.check_access(user, room)
-        result = await self._store.append(room, user.name, text, client_id=client_id)
+        draft, quote = await self._chat_draft(user, room, text, client_id, reply_to)
+        result = await self._store.submit(draft)
+        assert isinstance(result, AppendResult)
         message = result.message
-        if result.duplicate and not same_message(message, (text, None)):
+        assert isinstance(message, ChatMessage)
+        if result.duplicate and not same_message(message, ("chat", text, "")):
             raise InvalidRequest(id_reused(client_id))
         if not result.duplicate:
-            self._streams.publish(room, text_frame(encode(message)), message.seq)
+            self._publish_chat(result, quote)
         return message
 
     def typing(self, peer: Peer, cmd: Typing) -> None:
@@ -184,17 +310,167 @@ class Messaging:
         self._broker.publish(Publication(self._node_id, cmd.room, None, frame, skip_user=user.name))
 
     async def history(
-        self, user: UserInfo, room: str, *, before: int | None, limit: int
+        self,
+        user: UserInfo,
+        room: str,
+        *,
+        before: int | None,
+        limit: int,
+        thread: str | None = None,
+        around: int | None = None,
     ) -> HistoryReply:
         """A page of ``room``'s messages for ``user`` (WebSocket and HTTP).
+
+        Before ``before`` (the newest without it), of one ``thread`` only,
+        or ``around`` a seq.
 
         Raises:
             Forbidden: ``user`` may not read ``room``.
             BackendError: the store failed.
         """
         await self._rooms.check_access(user, room)
-        messages, has_more = await self._store.history(room, before=before, limit=limit)
-        return HistoryReply(room, [with_link(m, self.links) for m in messages], has_more)
+        newer = None
+        if around is not None:
+            messages, has_more, newer = await self._store.around(room, around, limit=limit)
+        else:
+            messages, has_more = await self._store.history(
+                room, before=before, limit=limit, thread=thread
+            )
+        linked = [with_link(m, self.links) for m in messages]
+        return HistoryReply(room, linked, has_more, thread, newer)
+
+    # -- changes: edit, delete, react --------------------------------------------
+
+    async def change(self, peer: Peer, cmd: Edit | Delete | React) -> None:
+        """Store a change from a connection; publish and ack it when stored.
+
+        The connection must be in the message's room (as it must to chat there).
+        """
+        user = peer.session.user
+        assert user is not None
+        kind, text = _kind_and_text(cmd)
+        draft = await self._change_draft(user, kind, cmd.message_id, text, cmd.id)
+        if draft.room is not None and draft.room not in peer.session.rooms:
+            raise ProtocolError(
+                ErrorCode.NOT_MEMBER, f"not a member of {draft.room}", frame_id=cmd.id
+            )
+        stored = self._store.submit(draft)
+        sent = (kind, cmd.message_id, text)
+        stored.add_done_callback(functools.partial(self._change_stored, peer, cmd.id, sent))
+
+    def _change_stored(
+        self,
+        peer: Peer,
+        frame_id: str | None,
+        sent: Sent,
+        stored: asyncio.Future[AppendResult | DirectResult],
+    ) -> None:
+        result = self._stored(peer, frame_id, stored)
+        if result is None or self._id_reused(peer, frame_id, result, sent):
+            return
+        ack = self._publish_change(result)
+        if frame_id is not None:
+            self._outbox.reply(peer, ack, frame_id)
+
+    async def change_now(
+        self,
+        user: UserInfo,
+        kind: str,
+        message_id: str,
+        text: str = "",
+        *,
+        client_id: str | None = None,
+    ) -> Ack:
+        """Make a change from outside a connection (HTTP); what a WebSocket ``ack`` says.
+
+        Raises:
+            NoSuchMessage: no such message, or not one ``user`` may read.
+            Forbidden: not ``user``'s to change.
+            InvalidRequest: a bad emoji or text, or the message's state
+                refuses it (deleted, too many reactions); ``client_id``
+                was used for something else.
+            BackendError: the store failed; nothing was published.
+        """
+        draft = await self._change_draft(user, kind, message_id, text, client_id)
+        result = await self._store.submit(draft)
+        if result.duplicate and not same_message(result.message, (kind, message_id, text)):
+            raise InvalidRequest(id_reused(client_id))
+        return self._publish_change(result)
+
+    async def _change_draft(
+        self, user: UserInfo, kind: str, message_id: str, text: str, client_id: str | None
+    ) -> Draft:
+        """The draft of a change, once ``user`` may make it (the message's state aside).
+
+        Who may: the author edits; the author, or a private room's owner,
+        deletes; anyone who may read the conversation reacts. A message
+        ``user`` may not read is no message at all to them.
+        """
+        if kind in ("edit", "delete") and user.guest:
+            # A guest's name is anyone's once it leaves: authorship by name
+            # would let the next guest of that name change the messages.
+            raise Forbidden("guests cannot edit or delete messages; sign in")
+        if kind in ("react", "unreact") and not valid_emoji(text):
+            raise InvalidRequest(
+                "emoji must be one emoji (one grapheme cluster) or :name: "
+                "(lower-case letters, digits, _ + -, at most 32)"
+            )
+        message = await self._store.message_by_id(message_id)
+        if isinstance(message, ChatMessage):
+            if not await self._rooms.may_access(user, message.room):
+                raise NoSuchMessage(f"there is no message {message_id}")
+            if kind == "delete" and message.sender != user.name:
+                access = await self._store.room_access(message.room)
+                if access is None or not access.private or access.owner != user.name:
+                    raise Forbidden("only its author or the room's owner may delete a message")
+            where: dict[str, str] = {"room": message.room}
+        elif isinstance(message, DirectMessage):
+            if user.guest or user.name not in (message.sender, message.to):
+                raise NoSuchMessage(f"there is no message {message_id}")
+            if kind == "delete" and message.sender != user.name:
+                raise Forbidden("only its author may delete a direct message")
+            other = message.to if user.name == message.sender else message.sender
+            where = {"to": other}
+        else:
+            raise NoSuchMessage(f"there is no message {message_id}")
+        if kind == "edit":
+            if message.sender != user.name:
+                raise Forbidden("only its author may edit a message")
+            if message.file is not None:
+                raise InvalidRequest("a file message has no text to edit")
+            if message.deleted:
+                raise InvalidRequest("the message was deleted; it cannot be edited")
+        return Draft(
+            user.name,
+            room=where.get("room"),
+            to=where.get("to"),
+            text=text,
+            client_id=client_id,
+            kind=kind,
+            target=message.message_id,
+        )
+
+    def _publish_change(self, result: AppendResult | DirectResult) -> Ack:
+        """Send a newly stored change on (unless it is a resend); the ack for its sender."""
+        change = result.message
+        assert isinstance(change, Change)
+        if isinstance(result, AppendResult):
+            if change.seq is not None and not result.duplicate:
+                assert change.room is not None
+                self._streams.publish(change.room, text_frame(encode(change)), change.seq)
+                self._metrics.change_out.inc()
+            return Ack(change.target, change.room, change.seq)
+        if result.sender_seq and not result.duplicate:
+            self._metrics.change_out.inc()
+            assert change.peers is not None
+            sender, other = change.peers
+            inboxes = [(sender, result.sender_seq)]
+            if other != sender:
+                inboxes.append((other, result.recipient_seq))
+            for owner, seq in inboxes:
+                frame = text_frame(encode(replace(change, seq=seq)))
+                self._streams.publish_direct(owner, frame, seq)
+        return Ack(change.target, None, result.sender_seq or None)
 
     # -- direct messages ---------------------------------------------------------
 
@@ -205,8 +481,13 @@ class Messaging:
         recipient = await self._store.get_user(cmd.to)
         if recipient is None:
             raise UnknownUser(f"there is no user {cmd.to}")
-        stored = self._store.append_direct(user.name, recipient.name, cmd.message, client_id=cmd.id)
-        sent = (cmd.message, None)
+        peers = (user.name, recipient.name)
+        mentions = await self._mentioned(cmd.message, peers=peers) if "@" in cmd.message else ()
+        draft = Draft(
+            user.name, to=recipient.name, text=cmd.message, client_id=cmd.id, mentions=mentions
+        )
+        stored = self._store.submit(draft)
+        sent = ("chat", cmd.message, "")
         stored.add_done_callback(functools.partial(self._direct_stored, peer, cmd.id, sent))
 
     def _direct_stored(
@@ -219,6 +500,7 @@ class Messaging:
         result = self._stored(peer, frame_id, stored)
         if result is None or self._id_reused(peer, frame_id, result, sent):
             return
+        assert isinstance(result.message, DirectMessage)
         message = with_link(result.message, self.links)
         if not result.duplicate:
             self._metrics.direct_out.inc()
@@ -239,6 +521,7 @@ class Messaging:
         if user.guest:
             raise Forbidden("direct messages need a registered user")
         last = await self._store.direct_last_seq(user.name)
+        messages: Sequence[DirectMessage | Change | Mention]
         if since is not None:
             messages, more = await self._store.direct_since(user.name, since, limit=limit)
         else:
@@ -272,16 +555,13 @@ class Messaging:
         if recipient is None:
             assert header.room is not None
             stored = self._store.append(header.room, user.name, "", client_id=header.id, file=info)
-            received = asyncio.get_running_loop().time()
-            stored.add_done_callback(
-                functools.partial(self._chat_stored, peer, header.id, received, ("", digest))
-            )
+            self._when_stored(peer, header.id, stored, ("chat", "", digest), None)
         else:
             direct = self._store.append_direct(
                 user.name, recipient.name, "", client_id=header.id, file=info
             )
             direct.add_done_callback(
-                functools.partial(self._direct_stored, peer, header.id, ("", digest))
+                functools.partial(self._direct_stored, peer, header.id, ("chat", "", digest))
             )
 
     async def _check_quotas(self, user: UserInfo, size: int) -> None:
@@ -363,6 +643,9 @@ class Messaging:
         except StoreBusy as exc:
             self._store_busy(peer, frame_id, exc)
             return None
+        except DomainError as exc:  # a change the message's state refused
+            self._outbox.refused(peer, exc, frame_id)
+            return None
         except BackendError as exc:
             logger.error("message from %s not stored: %s", peer.session.id, exc)
         except Exception:
@@ -382,15 +665,31 @@ class Messaging:
         self._outbox.reply(peer, ErrorReply.rate_limited(message, exc.retry_after), frame_id)
 
 
-def same_message(stored: ChatMessage | DirectMessage, sent: Sent) -> bool:
-    """Whether ``stored`` (found under a resent id) is the message ``sent`` again.
+def same_message(stored: ChatMessage | DirectMessage | Change, sent: Sent) -> bool:
+    """Whether ``stored`` (found under a resent id) is what ``sent`` asked for again.
 
-    A client resending after a reconnect sends the same text (or file); a
-    different one under the same id is another message, never to be
-    dropped as a resend.
+    A client resending after a reconnect sends the same text (or file, or
+    change); a different one under the same id is another message, never to
+    be dropped as a resend. An edit of a message deleted since has lost its
+    text: the same edit of the same message counts as the same.
     """
-    digest = stored.file.sha256 if stored.file is not None else None
-    return stored.message == sent[0] and digest == sent[1]
+    if isinstance(stored, Change):
+        if (stored.kind, stored.target) != sent[:2]:
+            return False
+        return stored.text == sent[2] or (stored.kind == "edit" and not stored.text)
+    if stored.deleted:
+        return sent[0] == "chat"  # erased: the id is all that is left to compare
+    digest = stored.file.sha256 if stored.file is not None else ""
+    return ("chat", stored.message, digest) == sent
+
+
+def _kind_and_text(cmd: Edit | Delete | React) -> tuple[str, str]:
+    """A change frame's kind (``edit``, ``delete``, ``react``, ``unreact``) and its text."""
+    if isinstance(cmd, Edit):
+        return "edit", cmd.message
+    if isinstance(cmd, Delete):
+        return "delete", ""
+    return ("react" if cmd.added else "unreact"), cmd.emoji
 
 
 def id_reused(frame_id: str | None) -> str:

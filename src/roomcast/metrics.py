@@ -124,6 +124,9 @@ class Metrics:
         )
         self.chat_out = self.messages_out.labels("chat")
         self.direct_out = self.messages_out.labels("direct")
+        #: Edits, deletes and reactions, in rooms and direct conversations.
+        self.change_out = self.messages_out.labels("change")
+        self.mention_out = self.messages_out.labels("mention")
         self._errors: dict[str, Counter] = {}
         # Every label up front: the series are the same from the first scrape.
         self._closes: dict[str, Counter] = {

@@ -10,8 +10,29 @@ here, a line in the encoder, and a column in the SQL.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["ChatMessage", "DirectMessage", "FileInfo", "RoomAccess", "StoredUser", "UserInfo"]
+__all__ = [
+    "CHANGE_KINDS",
+    "Change",
+    "ChatMessage",
+    "DirectMessage",
+    "FileInfo",
+    "Mention",
+    "QUOTE_CHARS",
+    "Quote",
+    "Reactions",
+    "RoomAccess",
+    "StoredUser",
+    "UserInfo",
+]
+
+#: What a change does to a message: the ``kind`` of a :class:`Change`.
+CHANGE_KINDS: Final = frozenset({"edit", "delete", "react", "unreact"})
+
+#: Who reacted with what: each emoji, in the order first used, with the
+#: names of those who reacted with it, in order.
+Reactions = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +56,31 @@ class FileInfo:
     url: str | None = None
 
 
+#: Characters of the answered message a reply quotes.
+QUOTE_CHARS: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """The start of the message a reply answers, as the reply shows it."""
+
+    sender: str
+    #: The first :data:`QUOTE_CHARS` characters of its text; empty when it was deleted.
+    message: str
+    deleted: bool = False
+
+    @classmethod
+    def of(cls, sender: str, text: str, deleted: bool) -> Quote:
+        """The quote of a message by ``sender`` saying ``text`` (or deleted)."""
+        return cls(sender, "", True) if deleted else cls(sender, text[:QUOTE_CHARS])
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """A stored room message.
+    """A stored room message, in its current state.
 
-    A file message has ``file`` set and an empty ``message``.
+    A file message has ``file`` set and an empty ``message``. A deleted
+    message keeps its place (a tombstone) with its text and file erased.
     """
 
     room: str
@@ -50,6 +91,19 @@ class ChatMessage:
     message_id: str
     ts_ms: int
     file: FileInfo | None = None
+    #: The message this one answers (same room), and the root of its thread.
+    reply_to: str | None = None
+    thread: str | None = None
+    #: The registered users the text names with ``@name`` who may read the room.
+    mentions: tuple[str, ...] = ()
+    #: When it was last edited (epoch ms), if ever.
+    edited_ms: int | None = None
+    deleted: bool = False
+    reactions: Reactions = ()
+    #: How many replies it has (a thread root); read with history.
+    reply_count: int = 0
+    #: The start of the message answered; read with history and sent live.
+    quote: Quote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +118,48 @@ class DirectMessage:
     #: The seq in the direct-message stream of the user receiving this copy.
     seq: int | None = None
     file: FileInfo | None = None
+    mentions: tuple[str, ...] = ()
+    edited_ms: int | None = None
+    deleted: bool = False
+    reactions: Reactions = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An edit, a delete or a reaction: an event in its conversation's stream.
+
+    It takes the next seq of the room (``room`` set) or of each side's direct
+    stream (``peers`` set: the changed message's sender and recipient), like a
+    message, so every member applies the changes once and in one order.
+    """
+
+    #: One of :data:`CHANGE_KINDS`.
+    kind: str
+    #: The id of the message changed.
+    target: str
+    #: Who made the change (the reacting user, for a reaction).
+    by: str
+    ts_ms: int
+    #: Its seq in the stream; None when it changed nothing (a second delete,
+    #: a reaction already there), so nothing was stored.
+    seq: int | None
+    room: str | None = None
+    peers: tuple[str, str] | None = None
+    #: The new text (an edit; empty once the message is deleted) or the emoji.
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """A user was named in a room message: an event in their direct stream."""
+
+    room: str
+    #: The id of the room message that names them.
+    message_id: str
+    sender: str
+    #: Its seq in the mentioned user's direct stream.
+    seq: int
+    ts_ms: int
 
 
 @dataclass(frozen=True, slots=True)

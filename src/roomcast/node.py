@@ -35,8 +35,10 @@ from .protocol.messages import (
     LOBBY,
     AuthFrame,
     Chat,
+    Delete,
     Direct,
     DirectHistoryRequest,
+    Edit,
     FileHeader,
     HistoryRequest,
     Join,
@@ -44,6 +46,7 @@ from .protocol.messages import (
     Left,
     MemberList,
     PresenceRequest,
+    React,
     Typing,
 )
 from .protocol.session import Close, Outcome, Reply, Session
@@ -252,7 +255,9 @@ class Node:
         try:
             match outcome:
                 case Chat():
-                    self.messaging.chat(peer, outcome)
+                    work = self.messaging.chat(peer, outcome)
+                    if work is not None:
+                        return self._finish(peer, outcome, work)
                 case Reply(frame=frame, id=fid):
                     self.outbox.reply(peer, frame, fid)
                 case Close(code=code, reason=reason):
@@ -272,6 +277,8 @@ class Node:
                     return self._finish(peer, outcome, self._auth(peer, outcome))
                 case Direct():
                     return self._finish(peer, outcome, self.messaging.direct(peer, outcome))
+                case Edit() | Delete() | React():
+                    return self._finish(peer, outcome, self.messaging.change(peer, outcome))
                 case DirectHistoryRequest():
                     return self._finish(peer, outcome, self._direct_history(peer, outcome))
                 case FileHeader():
@@ -304,7 +311,14 @@ class Node:
     async def _history(self, peer: Peer, cmd: HistoryRequest) -> None:
         user = peer.session.user
         assert user is not None
-        reply = await self.messaging.history(user, cmd.room, before=cmd.before, limit=cmd.limit)
+        reply = await self.messaging.history(
+            user,
+            cmd.room,
+            before=cmd.before,
+            limit=cmd.limit,
+            thread=cmd.thread,
+            around=cmd.around,
+        )
         self.outbox.reply(peer, reply, cmd.id)
 
     async def _direct_history(self, peer: Peer, cmd: DirectHistoryRequest) -> None:

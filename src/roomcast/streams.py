@@ -26,7 +26,7 @@ from .files import FileLinks, with_link
 from .hub import Hub, Peer
 from .membership import Membership
 from .metrics import Metrics
-from .model import ChatMessage, DirectMessage
+from .model import Change, ChatMessage, DirectMessage, Mention
 from .outbox import Outbox
 from .protocol.messages import Joined, encode
 from .protocol.wsframe import text_frame
@@ -36,6 +36,9 @@ from .store.base import Store
 __all__ = ["CATCH_UP_WAIT", "REPLAY_PAGE", "Streams"]
 
 logger = logging.getLogger("roomcast.node")
+
+#: What a stream holds: messages, changes of them, and mentions (an inbox).
+StreamEvent = ChatMessage | DirectMessage | Change | Mention
 
 #: Messages replayed per store read when a join asks for ``since``.
 REPLAY_PAGE: Final = 500
@@ -100,7 +103,6 @@ class Streams:
         """Deliver a stored room message here, then hand it to the other nodes."""
         metrics = self._metrics
         metrics.deliveries.inc(self._room_order.offer(room, seq, frame))
-        metrics.chat_out.inc()
         started = time.perf_counter()
         self._broker.publish(Publication(self._node_id, room, None, frame, seq=seq))
         metrics.broker_publish_seconds.observe(time.perf_counter() - started)
@@ -244,6 +246,7 @@ class Streams:
             for message in page:
                 frame = text_frame(encode(with_link(message, links)))
                 peer.send(frame)
+                assert message.seq is not None  # a stored event always has one
                 after = message.seq
                 queued += len(frame)
                 if queued >= pace:
@@ -273,7 +276,7 @@ class Streams:
     async def _fill_room(self, room: str, after: int, before: int) -> None:
         """Read ``room``'s messages ``after < seq < before`` and offer them in order."""
 
-        async def page(after: int, limit: int) -> Sequence[ChatMessage | DirectMessage]:
+        async def page(after: int, limit: int) -> Sequence[StreamEvent]:
             return await self._store.since(room, after, limit=limit)
 
         await self._fill(self._room_order, room, after, before, page, "missed messages")
@@ -281,7 +284,7 @@ class Streams:
     async def _fill_inbox(self, user: str, after: int, before: int) -> None:
         """Read ``user``'s direct messages ``after < seq < before`` and offer them in order."""
 
-        async def page(after: int, limit: int) -> Sequence[ChatMessage | DirectMessage]:
+        async def page(after: int, limit: int) -> Sequence[StreamEvent]:
             return (await self._store.direct_since(user, after, limit=limit))[0]
 
         await self._fill(self._inbox_order, user, after, before, page, "missed direct messages")
@@ -292,7 +295,7 @@ class Streams:
         stream: str,
         after: int,
         before: int,
-        read: Callable[[int, int], Awaitable[Sequence[ChatMessage | DirectMessage]]],
+        read: Callable[[int, int], Awaitable[Sequence[StreamEvent]]],
         what: str,
     ) -> None:
         """Offer ``stream``'s stored messages ``after < seq < before``, then end the gap."""

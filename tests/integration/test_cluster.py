@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
@@ -304,3 +305,122 @@ async def test_ready_is_503_while_redis_is_cut_off(cluster: Cluster) -> None:
         assert status == 200, body
     finally:
         await proxy.stop()
+
+
+async def test_changes_from_three_nodes_reach_everyone_in_one_order(cluster: Cluster) -> None:
+    """Edits and reactions sent at once on three nodes: every member sees one order, gapless."""
+    nodes = [cluster.start() for _ in range(3)]
+    names = ["ann", "bob", "cyd"]
+    signed = await asyncio.gather(*(sign_up(nodes[0], name) for name in names))
+    tokens = dict(zip(names, signed, strict=True))
+    clients = [
+        await member(cluster, node, tokens[name]) for node, name in zip(nodes, names, strict=True)
+    ]
+    watchers = [await member(cluster, node, tokens["cyd"]) for node in nodes]
+    await send_json(clients[0], "chat", {"message": "react to this"}, id="root")
+    target = None
+    async with asyncio.timeout(10):
+        while target is None:
+            frame = await recv_json(clients[0])
+            if frame["type"] == "ack":
+                target = frame["payload"]["message_id"]
+    emoji = ["👍", "🎉", "👀", "🚀"]
+
+    async def act(index: int, ws: ClientConnection) -> None:
+        for n, one in enumerate(emoji):
+            payload = {"message_id": target, "emoji": one}
+            await send_json(ws, "react", payload, id=f"r{n}")
+            if n % 2:
+                await send_json(ws, "unreact", payload, id=f"u{n}")
+        if index == 0:
+            await send_json(ws, "edit", {"message_id": target, "message": "edited"}, id="e")
+
+    total = 1 + len(names) * (len(emoji) + len(emoji) // 2) + 1
+
+    async def events(ws: ClientConnection) -> list[tuple[Any, ...]]:
+        got: list[tuple[Any, ...]] = []
+        async with asyncio.timeout(20):
+            while len(got) < total:
+                frame = await recv_json(ws, 20)
+                payload = frame["payload"]
+                if frame["type"] in ("chat", "edit", "reaction") and payload.get("room") == "lobby":
+                    got.append(
+                        (payload["seq"], frame["type"], payload.get("user"), payload.get("emoji"))
+                    )
+        return got
+
+    readers = [asyncio.ensure_future(events(ws)) for ws in watchers]
+    await asyncio.gather(*(act(i, ws) for i, ws in enumerate(clients)))
+    seen = await asyncio.gather(*readers)
+    assert [seq for seq, *_ in seen[0]] == list(range(1, total + 1))
+    assert seen[1] == seen[0] and seen[2] == seen[0]
+    # A member joining late with since=0 replays the same events in the same order.
+    late = await member(cluster, nodes[2], tokens["bob"])
+    await send_json(late, "join", {"room": "lobby", "since": 0}, id="again")
+    assert await events(late) == seen[0]
+    status, body = await call(nodes[1], "GET", "/api/rooms/lobby/messages", bearer=tokens["ann"])
+    (message,) = body["messages"]
+    assert message["message"] == "edited"
+    assert sorted(message["reactions"]) == sorted(["👍", "👀"])
+    assert all(sorted(names_) == names for names_ in message["reactions"].values())
+
+
+async def test_a_deleted_message_leaves_the_postgres_table_files(cluster: Cluster) -> None:
+    """After a delete, no table file of the messages (or their TOAST) holds the text."""
+    node = cluster.start()
+    token = await sign_up(node, "ann")
+    ws = await member(cluster, node, token)
+    secret = "narwhal-basalt-" * 4
+    await send_json(ws, "chat", {"message": secret}, id="c1")
+    message_id = None
+    async with asyncio.timeout(10):
+        while message_id is None:
+            frame = await recv_json(ws)
+            if frame["type"] == "ack":
+                message_id = frame["payload"]["message_id"]
+    await send_json(ws, "edit", {"message_id": message_id, "message": secret + "!"}, id="e1")
+    assert await ack_of(ws, "e1") == 2
+    conn = await asyncpg.connect(cluster.database_url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        await conn.execute("CHECKPOINT")  # the pages as they are, on disk
+        assert await pages_holding(conn, secret) > 0
+        await send_json(ws, "delete", {"message_id": message_id}, id="d1")
+        assert await ack_of(ws, "d1") == 3
+        async with asyncio.timeout(15):
+            while await pages_holding(conn, secret):
+                await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+async def pages_holding(conn: Any, text: str) -> int:
+    """How many table files of the message tables (and their TOAST) hold ``text``'s bytes.
+
+    The files themselves when this process may read PostgreSQL's data
+    directory (CI runs as root beside it), else every page as PostgreSQL
+    holds it (``pageinspect``).
+    """
+    relations = await conn.fetch(
+        "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relname IN"
+        " ('messages', 'direct_messages')"
+        " UNION SELECT t.oid::regclass::text FROM pg_class c JOIN pg_class t"
+        " ON t.oid = c.reltoastrelid WHERE c.relname IN ('messages', 'direct_messages')"
+    )
+    data_dir = Path(await conn.fetchval("SHOW data_directory"))
+    count = 0
+    for (relation,) in relations:
+        path = data_dir / await conn.fetchval("SELECT pg_relation_filepath($1::regclass)", relation)
+        try:
+            segments = [path, *sorted(path.parent.glob(path.name + ".*"))]
+            count += sum(text.encode() in p.read_bytes() for p in segments if p.exists())
+            continue
+        except PermissionError:
+            pass
+        count += await conn.fetchval(
+            "SELECT count(*) FROM generate_series(0, pg_relation_size($1::regclass) / 8192 - 1)"
+            " AS b WHERE position($2::bytea IN get_raw_page($1::text, b::int)) > 0",
+            relation,
+            text.encode(),
+        )
+    return int(count)

@@ -17,26 +17,26 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import (
-    Browser,
-    Page,
-    TimeoutError as PlaywrightTimeoutError,
-    async_playwright,
-    expect,
-)
+from playwright.async_api import Browser, TimeoutError as PlaywrightTimeoutError, expect
 
 from roomcast.client import Client
 from tests.integration.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     EXPECT_MS,
     BlockingProxy,
-    PageLog,
+    as_guest,
+    bodies,
+    chromium,
+    connected,
+    join,
+    messages,
+    open_page,
     png,
-    require_chromium,
+    register,
+    say,
+    sign_in,
 )
 from tests.integration.serverproc import ServerFactory, ServerProcess, start_server
-from tests.integration.users import PASSWORD, call, sign_up
+from tests.integration.users import call, sign_up
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "img" / "page.png"
@@ -46,70 +46,8 @@ expect.set_options(timeout=EXPECT_MS)
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    require_chromium()
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-async def open_page(
-    browser: Browser, url: str, *, viewport: tuple[int, int] = (1100, 720)
-) -> tuple[Page, PageLog]:
-    """A fresh tab (its own sessionStorage) on ``url``, with its errors recorded."""
-    context = await browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
-    page = await context.new_page()
-    log = PageLog()
-    page.on("console", lambda m: m.type == "error" and log.console_errors.append(m.text))
-    page.on("pageerror", lambda e: log.page_errors.append(str(e)))
-
-    async def on_dialog(dialog: object) -> None:
-        log.dialogs.append(f"{dialog.type}: {dialog.message}")  # type: ignore[attr-defined]
-        await dialog.dismiss()  # type: ignore[attr-defined]
-
-    page.on("dialog", on_dialog)
-    response = await page.goto(url)
-    assert response is not None and response.ok
-    return page, log
-
-
-async def as_guest(page: Page, nickname: str) -> None:
-    await page.get_by_test_id("guest-name").fill(nickname)
-    await page.get_by_test_id("guest-go").click()
-    await connected(page)
-
-
-async def register(page: Page, name: str) -> None:
-    await page.get_by_test_id("register-name").fill(name)
-    await page.get_by_test_id("register-password").fill(PASSWORD)
-    await page.get_by_test_id("register-go").click()
-    await connected(page)
-
-
-async def connected(page: Page) -> None:
-    await expect(page.get_by_test_id("banner")).to_have_attribute("data-state", "connected")
-
-
-def messages(page: Page, conv: str = "#lobby"):  # type: ignore[no-untyped-def]
-    return page.locator(f'[data-conv="{conv}"] [data-testid="msg"]')
-
-
-def bodies(page: Page, conv: str = "#lobby"):  # type: ignore[no-untyped-def]
-    return page.locator(f'[data-conv="{conv}"] [data-testid="msg"] [data-testid="body"]')
-
-
-async def say(page: Page, text: str) -> None:
-    box = page.get_by_test_id("input")
-    await box.fill(text)
-    await box.press("Enter")
-
-
-async def join(page: Page, room: str) -> None:
-    await page.get_by_test_id("room-name").fill(room)
-    await page.get_by_test_id("room-name").press("Enter")
-    await expect(page.get_by_test_id("title")).to_have_text(f"#{room}")
+    async with chromium() as launched:
+        yield launched
 
 
 async def test_two_people_chat_with_presence_and_typing(
@@ -362,10 +300,7 @@ async def test_direct_messages_from_before_the_page_opened_are_listed(
         await kai.send_direct("lea", "are you there?")
         await kai.send_direct("lea", "call me")
     page, log = await open_page(browser, server.http_url("/"))
-    await page.get_by_test_id("login-name").fill("lea")
-    await page.get_by_test_id("login-password").fill(PASSWORD)
-    await page.get_by_test_id("login-go").click()
-    await connected(page)
+    await sign_in(page, "lea")
     await page.get_by_test_id("nav-@kai").click()
     await expect(bodies(page, "@kai")).to_have_text(["are you there?", "call me"])
     assert log.problems() == []

@@ -201,3 +201,26 @@ def test_usage_errors_exit_2(chat: Chat, server: ServerProcess) -> None:
     )
     child.expect_exact("roomcast: error: --url must look like ws://host:port/ws")
     assert ended(child) == 2
+
+
+def test_reply_edit_react_and_delete_from_the_terminal(chat: Chat, server: ServerProcess) -> None:
+    """/reply, /edit last, /react and /delete reach another terminal as lines, once each."""
+    asyncio.run(sign_up(server, "ann"))
+    asyncio.run(sign_up(server, "bob"))
+    ann, bob = user(chat, server, "ann"), user(chat, server, "bob")
+    bob.sendline("ship it friday?")
+    ann.expect(r"([0-9a-f]{6,}) \[\d\d:\d\d\] lobby <bob> ship it friday\?\r")
+    root = ann.match.group(1)
+    ann.sendline(f"/reply {root} yes, with @bob on call")
+    bob.expect(r'@ ([0-9a-f]{6,}) \[\d\d:\d\d\] lobby <ann> \(reply to bob: "ship it friday\?"\)')
+    ann.sendline("/edit last yes, with @bob on call (and me)")
+    bob.expect_exact("<ann> yes, with @bob on call (and me) (edited)")
+    bob.sendline(f"/react {root} 🚀")
+    ann.expect_exact("bob reacted 🚀")
+    ann.sendline("/delete last")
+    bob.expect_exact("<ann> message deleted")
+    bob.sendline(f"/delete {root[:6]}")
+    ann.expect_exact("<bob> message deleted")
+    ann.sendline(f"/react {root} a b")
+    ann.expect_exact("! ")
+    assert screen(bob).count("(edited)") == 1

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from roomcast.exceptions import ProtocolError
+from roomcast.model import Change, Mention, Quote
 from roomcast.protocol.codes import ErrorCode
 from roomcast.protocol.messages import (
     MAX_SEQ,
@@ -17,10 +18,12 @@ from roomcast.protocol.messages import (
     AuthFrame,
     Chat,
     ChatMessage,
+    Delete,
     Direct,
     DirectHistoryReply,
     DirectHistoryRequest,
     DirectMessage,
+    Edit,
     ErrorReply,
     FileInfo,
     HistoryReply,
@@ -29,6 +32,7 @@ from roomcast.protocol.messages import (
     Leave,
     Ping,
     PresenceRequest,
+    React,
     SendBack,
     SentBack,
     Typing,
@@ -277,6 +281,10 @@ frame_like = st.fixed_dictionaries(
                 "history",
                 "direct_history",
                 "presence",
+                "edit",
+                "delete",
+                "react",
+                "unreact",
             ]
         )
         | json_values,
@@ -284,6 +292,7 @@ frame_like = st.fixed_dictionaries(
         "payload": st.dictionaries(
             st.sampled_from(
                 ["message", "room", "since", "to", "before", "limit", "token", "guest"]
+                + ["message_id", "emoji", "reply_to", "thread", "around"]
             ),
             json_values,
         )
@@ -508,7 +517,134 @@ def test_each_refusal_of_the_core_has_an_error_code() -> None:
     from roomcast import exceptions as e
     from roomcast.protocol.messages import REFUSAL_CODES, ErrorReply
 
-    assert set(REFUSAL_CODES) == set(e.DomainError.__subclasses__())
+    kinds = set(e.DomainError.__subclasses__())
+    kinds |= {sub for kind in list(kinds) for sub in kind.__subclasses__()}
+    assert set(REFUSAL_CODES) == kinds
+    assert ErrorReply.refused(e.NoSuchMessage("gone")).code is ErrorCode.NOT_FOUND
+    assert ErrorReply.refused(e.NotFound("no room")).code is ErrorCode.FORBIDDEN
     reply = ErrorReply.refused(e.UnknownUser("there is no user zed"))
     assert (reply.code, reply.message) == (ErrorCode.UNKNOWN_USER, "there is no user zed")
     assert ErrorReply.refused(e.QuotaExceeded("full")).code is ErrorCode.QUOTA_EXCEEDED
+
+
+# -- messages that change --------------------------------------------------------------
+
+
+def test_change_frames_parse() -> None:
+    """edit, delete, react and unreact name a message; chat may answer one."""
+    edit = parse_client_frame(
+        frame(type="edit", id="e", payload={"message_id": "m1", "message": "x"})
+    )
+    assert edit == Edit("e", "m1", "x")
+    assert parse_client_frame(frame(type="delete", payload={"message_id": "m1"})) == Delete(
+        None, "m1"
+    )
+    react = parse_client_frame(frame(type="react", payload={"message_id": "m1", "emoji": "👍"}))
+    assert react == React(None, "m1", "👍", True)
+    unreact = parse_client_frame(frame(type="unreact", payload={"message_id": "m1", "emoji": "👍"}))
+    assert unreact == React(None, "m1", "👍", False)
+    reply = parse_client_frame(frame(type="chat", payload={"message": "hi", "reply_to": "m1"}))
+    assert reply == Chat(None, "lobby", "hi", "m1")
+    history = parse_client_frame(frame(type="history", payload={"room": "r", "thread": "m1"}))
+    assert history == HistoryRequest(None, "r", None, 50, "m1", None)
+    around = parse_client_frame(frame(type="history", payload={"room": "r", "around": 7}))
+    assert around == HistoryRequest(None, "r", None, 50, None, 7)
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        ("edit", {"message": "x"}),
+        ("edit", {"message_id": "m1"}),
+        ("edit", {"message_id": "m1", "message": "  "}),
+        ("delete", {"message_id": ""}),
+        ("delete", {"message_id": "m" * 65}),
+        ("delete", {"message_id": 7}),
+        ("react", {"message_id": "m1"}),
+        ("react", {"message_id": "m1", "emoji": "x" * 65}),
+        ("chat", {"message": "hi", "reply_to": None}),
+        ("history", {"room": "r", "around": 3, "before": 4}),
+        ("history", {"room": "r", "around": 3, "thread": "m1"}),
+        ("history", {"room": "r", "thread": ""}),
+    ],
+)
+def test_bad_change_frames_are_invalid(kind: str, payload: dict[str, object]) -> None:
+    """A change without its message, or with a bad text, emoji or page, is invalid_message."""
+    assert refused(frame(type=kind, id="f", payload=payload)).code is ErrorCode.INVALID_MESSAGE
+
+
+def test_an_edit_too_long_is_too_large() -> None:
+    """An edit's text obeys the chat's limit."""
+    data = frame(type="edit", payload={"message_id": "m1", "message": "x" * 4001})
+    assert refused(data).code is ErrorCode.TOO_LARGE
+
+
+def test_changes_and_mentions_encode_as_their_frames() -> None:
+    """A room change names its room; a direct one its two people; a mention its room."""
+    edit = Change("edit", "m1", "ann", 1_790_000_000_000, 5, "r", None, "new")
+    assert orjson.loads(encode(edit)) == {
+        "type": "edit",
+        "payload": {
+            "room": "r",
+            "message_id": "m1",
+            "message": "new",
+            "by": "ann",
+            "seq": 5,
+            "edited_at": "2026-09-21T14:13:20.000Z",
+        },
+        "timestamp": "2026-09-21T14:13:20.000Z",
+    }
+    react = Change("unreact", "m1", "bob", 1_790_000_000_000, 3, None, ("bob", "ann"), "👍")
+    assert orjson.loads(encode(react))["payload"] == {
+        "from": "bob",
+        "to": "ann",
+        "message_id": "m1",
+        "emoji": "👍",
+        "user": "bob",
+        "added": False,
+        "seq": 3,
+    }
+    delete = orjson.loads(encode(Change("delete", "m1", "ann", 1, 9, "r")))
+    assert delete["type"] == "delete" and delete["payload"]["by"] == "ann"
+    mention = orjson.loads(encode(Mention("r", "m1", "ann", 4, 1)))
+    assert mention["type"] == "mention"
+    assert mention["payload"] == {"room": "r", "message_id": "m1", "from": "ann", "seq": 4}
+
+
+def test_a_plain_chat_frame_is_unchanged_and_a_reply_adds_its_fields() -> None:
+    """Only set fields are sent: a plain chat stays as short as ever."""
+    plain = ChatMessage("r", "hi", "ann", 1, "m1", 1)
+    assert list(orjson.loads(encode(plain))["payload"]) == [
+        "room",
+        "message",
+        "from",
+        "seq",
+        "message_id",
+    ]
+    reply = ChatMessage(
+        "r",
+        "yes",
+        "bob",
+        2,
+        "m2",
+        1,
+        reply_to="m1",
+        thread="m1",
+        mentions=("ann",),
+        quote=Quote("ann", "hi"),
+    )
+    payload = orjson.loads(encode(reply))["payload"]
+    assert payload["reply_to"] == "m1" and payload["thread"] == "m1"
+    assert payload["quote"] == {"from": "ann", "message": "hi"} and payload["mentions"] == ["ann"]
+
+
+def test_history_items_show_the_current_state() -> None:
+    """A tombstone has no text; reactions, edits and reply counts are listed."""
+    gone = ChatMessage("r", "", "ann", 1, "m1", 1, deleted=True)
+    kept = ChatMessage(
+        "r", "x", "ann", 2, "m2", 1, edited_ms=2, reactions=(("👍", ("bob", "cy")),), reply_count=3
+    )
+    items = orjson.loads(encode(HistoryReply("r", [gone, kept], False)))["payload"]["messages"]
+    assert "message" not in items[0] and items[0]["deleted"] is True
+    assert items[1]["reactions"] == {"👍": ["bob", "cy"]} and items[1]["reply_count"] == 3
+    assert items[1]["edited_at"] == "1970-01-01T00:00:00.002Z"

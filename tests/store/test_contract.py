@@ -24,25 +24,12 @@ from roomcast.store import sql
 from roomcast.store.base import DEDUPE_SECONDS, Store
 from roomcast.store.schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE
 from tests.fakes import Clock
-from tests.store.backends import Database, database, opened
+from tests.store.backends import Database, database
 
 DAY = 86400.0
 
 PHOTO = FileInfo("cat.png", "image/png", 1234, "ab" * 32)
 NOTES = FileInfo("notes.txt", "text/plain", 5, "cd" * 32)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(
-    request: pytest.FixtureRequest, clock: Clock, tmp_path: Path
-) -> AsyncIterator[Store]:
-    async with opened(request.param, tmp_path, clock=clock) as backend:
-        yield backend
 
 
 async def test_seqs_are_per_room_and_gapless(store: Store) -> None:
@@ -470,7 +457,7 @@ async def test_version_2_database_gains_file_columns(db: Database) -> None:
         assert added.message.seq == 2
         assert await store.message_by_id("old1") == old
     rows = await db.fetch("SELECT version FROM schema_version ORDER BY version")
-    assert [version for (version,) in rows] == [1, 2, 3, 4] == list(range(1, LATEST_VERSION + 1))
+    assert [version for (version,) in rows] == [1, 2, 3, 4, 5] == list(range(1, LATEST_VERSION + 1))
 
 
 async def test_newer_schema_is_refused(db: Database) -> None:

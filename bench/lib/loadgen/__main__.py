@@ -121,6 +121,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=PERSIST_RATES,
         help=f"persist: offered msgs/s of each step (default {PERSIST_RATES})",
     )
+    parser.add_argument(
+        "--changes-every",
+        type=int,
+        default=0,
+        help="persist: every Nth frame changes the client's last message (an edit or a "
+        "reaction, in turn) instead of chatting; 0: chat only",
+    )
     parser.add_argument("--server-pid", type=int, default=0, help="report its CPU per step")
     parser.add_argument("--seconds", type=float, default=5.0, help="echo window")
     parser.add_argument("--warmup", type=float, default=1.0, help="echo warm-up")

@@ -31,6 +31,11 @@ from bench.lib.loadgen.common import (
 
 ACK = b'"type":"ack"'
 ID = b'"id":"'
+MESSAGE_ID = b'"message_id":"'
+#: The broadcast copies of a client's own changes, skipped unparsed like its chat.
+CHANGED = (b'"type":"edit"', b'"type":"reaction"')
+#: The changes a client makes in turn when asked to (--changes-every).
+CHANGE_KINDS = ("edit", "react")
 
 
 @dataclass
@@ -51,8 +56,12 @@ class AckTally:
 class PersistClient(WSListener):  # type: ignore[misc]
     """Chats in its own room; times each message from send to its ack."""
 
-    def __init__(self, index: int, tally: AckTally) -> None:
+    def __init__(self, index: int, tally: AckTally, changes_every: int = 0) -> None:
         self.room = f"bench-{index}"
+        #: Every Nth frame is a change of the last acked message (0: none).
+        self.changes_every = changes_every
+        self.last_id: bytes | None = None
+        self.changes = itertools.cycle(CHANGE_KINDS)
         self.tally = tally
         self.transport: WSTransport | None = None
         self.prefix = b"p%d-" % index
@@ -79,7 +88,20 @@ class PersistClient(WSListener):  # type: ignore[misc]
         self.seq += 1
         fid = self.prefix + b"%d" % self.seq
         self.pending[fid] = time.monotonic_ns()
+        every = self.changes_every
+        if every and self.seq % every == 0 and self.last_id is not None:
+            self.transport.send(WSMsgType.TEXT, self.change_frame(fid, self.last_id))
+            return
         self.transport.send(WSMsgType.TEXT, b'{"type":"chat","id":"' + fid + self.tail)
+
+    def change_frame(self, fid: bytes, message_id: bytes) -> bytes:
+        kind = next(self.changes)
+        payload: dict[str, Any] = {"message_id": message_id.decode()}
+        if kind == "edit":
+            payload["message"] = PAD + "!"
+        else:
+            payload["emoji"] = "👍"
+        return json.dumps({"type": kind, "id": fid.decode(), "payload": payload}).encode()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
@@ -87,13 +109,19 @@ class PersistClient(WSListener):  # type: ignore[misc]
         data = frame.get_payload_as_bytes()
         if ACK in data:
             start = data.find(ID) + len(ID)
-            sent_at = self.pending.pop(data[start : data.find(b'"', start)], None)
+            fid = data[start : data.find(b'"', start)]
+            sent_at = self.pending.pop(fid, None)
+            if self.changes_every and MESSAGE_ID in data:
+                # A chat's ack names the new message, a change's the one it
+                # changed: either way, the one to change next.
+                at = data.find(MESSAGE_ID) + len(MESSAGE_ID)
+                self.last_id = data[at : data.find(b'"', at)]
             if sent_at is not None:
                 tally = self.tally
                 tally.latencies.append(time.monotonic_ns() - sent_at)
                 tally.acked += 1
             return
-        if CHAT in data:
+        if CHAT in data or (self.changes_every and any(kind in data for kind in CHANGED)):
             return  # our own broadcast copy; the ack follows it
         msg = json.loads(data)
         payload = msg.get("payload") or {}
@@ -109,12 +137,14 @@ class PersistClient(WSListener):  # type: ignore[misc]
                 self.pending.pop(msg["id"].encode(), None)
 
 
-async def open_rooms(url: str, n: int) -> tuple[list[PersistClient], AckTally]:
+async def open_rooms(
+    url: str, n: int, changes_every: int = 0
+) -> tuple[list[PersistClient], AckTally]:
     """Connect n clients, move each from lobby to its own room, one acked chat each."""
     tally = AckTally()
     index = itertools.count()
     clients: list[PersistClient] = await connect_all(
-        url, n, lambda: PersistClient(next(index), tally)
+        url, n, lambda: PersistClient(next(index), tally, changes_every)
     )
     await wait_until(lambda: all("lobby" in c.rooms for c in clients), 10, "lobby joins")
     for client in clients:
@@ -206,7 +236,7 @@ async def persist_step(
 
 
 async def run_persist(args: argparse.Namespace) -> dict[str, Any]:
-    clients, tally = await open_rooms(args.url, args.clients)
+    clients, tally = await open_rooms(args.url, args.clients, args.changes_every)
     steps: list[dict[str, Any]] = []
     for rate in args.rates[:30]:
         step = await persist_step(
@@ -221,6 +251,7 @@ async def run_persist(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "scenario": "persist",
         "clients": args.clients,
+        "changes_every": args.changes_every,
         "bound_ms": args.bound_ms,
         "step_seconds": args.step_seconds,
         "rates": args.rates,

@@ -10,13 +10,27 @@ the server), :mod:`websockets` and :mod:`orjson`. See docs/client.md.
 """
 
 from .backoff import Backoff
-from .core import AuthRefused, Client, ClientClosed, ClientError, QueueFull, SendError
+from .core import (
+    AuthRefused,
+    Client,
+    ClientClosed,
+    ClientError,
+    HistoryPage,
+    QueueFull,
+    SendError,
+)
 from .events import (
+    Change,
     ConnectionState,
     DirectMessage,
     Event,
     FileRef,
+    Mention,
+    MessageDeleted,
+    MessageEdited,
     Presence,
+    Quote,
+    Reaction,
     Reply,
     RoomMessage,
     ServerError,
@@ -28,6 +42,7 @@ from .events import (
 __all__ = [
     "AuthRefused",
     "Backoff",
+    "Change",
     "Client",
     "ClientClosed",
     "ClientError",
@@ -35,8 +50,14 @@ __all__ = [
     "DirectMessage",
     "Event",
     "FileRef",
+    "HistoryPage",
+    "Mention",
+    "MessageDeleted",
+    "MessageEdited",
     "Presence",
     "QueueFull",
+    "Quote",
+    "Reaction",
     "Reply",
     "RoomMessage",
     "SendError",

@@ -10,12 +10,14 @@ closes it or the server refuses it for good. Around that task:
   ``id``, after every reconnect. The server recognises a resent ``id``, so a
   message is stored and broadcast once however often it was sent. The
   outbox is bounded (:class:`QueueFull` past ``max_queue``).
-- **Deliveries are ordered.** Room messages carry the room's ``seq``,
-  direct messages the user's stream seq. The client delivers each stream
-  in seq order, exactly once: a seq already delivered is dropped, one that
-  comes early waits for the gap to fill. After a reconnect it joins every
-  room again with ``since`` = the last seq delivered, and asks for the
-  direct messages after its last one; the server replays what was missed.
+- **Deliveries are ordered.** Room messages and the changes to them
+  (edits, deletes, reactions) carry the room's ``seq``; direct messages,
+  their changes and mentions the user's stream seq. The client delivers
+  each stream in seq order, exactly once: a seq already delivered is
+  dropped, one that comes early waits for the gap to fill. After a
+  reconnect it joins every room again with ``since`` = the last seq
+  delivered, and asks for the direct stream after its last one; the server
+  replays what was missed.
 - **Errors that cannot heal stop it**: a refused handshake (401, 403), a
   refused ``auth``, a close with 1008. Everything else (1001 going away,
   1013, a reset, a refused connection, a server that stopped answering
@@ -55,11 +57,15 @@ from .events import (
     DirectMessage,
     Event,
     FileRef,
+    Mention,
+    MessageDeleted,
+    MessageEdited,
+    Reaction,
     Reply,
     RoomMessage,
     ServerError,
     StateChange,
-    direct_message,
+    direct_item,
     parse_server_frame,
     room_message,
 )
@@ -69,6 +75,7 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ClientError",
+    "HistoryPage",
     "QueueFull",
     "SendError",
     "SeqStream",
@@ -122,12 +129,28 @@ class _Outgoing:
     failures: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of a room's history (:meth:`Client.history_page`), oldest first.
+
+    ``has_more``: older messages exist; ``has_newer`` (pages read ``around``
+    a seq only): newer ones exist after the page.
+    """
+
+    room: str
+    messages: list[RoomMessage]
+    has_more: bool
+    has_newer: bool = False
+
+
 class SeqStream:
     """One ordered stream (a room's seqs, or the user's direct messages). Pure.
 
     :meth:`offer` takes events in any order, repeated or not, and returns
     the ones that can be delivered now: each seq once, in order, none
     skipped. ``expected`` is the next seq to deliver (None: not known yet).
+    A seq offered with no event (None) is passed over: it takes its place
+    in the order and delivers nothing.
     """
 
     __slots__ = ("early", "expected")
@@ -135,7 +158,7 @@ class SeqStream:
     def __init__(self, expected: int | None = None) -> None:
         self.expected = expected
         #: Events that came before the seqs in front of them.
-        self.early: dict[int, Event] = {}
+        self.early: dict[int, Event | None] = {}
 
     def start_at(self, expected: int) -> list[Event]:
         """Deliver from ``expected`` on (earlier events are dropped); what is ready."""
@@ -143,21 +166,25 @@ class SeqStream:
         self.early = {s: e for s, e in self.early.items() if s >= expected}
         return self._ready()
 
-    def offer(self, seq: int, event: Event) -> list[Event]:
-        """Take one event; return the events deliverable now, in order."""
+    def offer(self, seq: int, event: Event | None) -> list[Event]:
+        """Take one event (None: nothing to deliver at ``seq``); return the deliverable ones."""
         if self.expected is None or seq > self.expected:
-            self.early.setdefault(seq, event)
+            if self.early.get(seq) is None:  # an event may replace a placeholder, no other
+                self.early[seq] = event
             return []
         if seq < self.expected:
             return []  # delivered already
         self.expected = seq + 1
-        return [event, *self._ready()]
+        ready = self._ready()
+        return ready if event is None else [event, *ready]
 
     def _ready(self) -> list[Event]:
         ready: list[Event] = []
         assert self.expected is not None
         while self.expected in self.early:
-            ready.append(self.early.pop(self.expected))
+            event = self.early.pop(self.expected)
+            if event is not None:
+                ready.append(event)
             self.expected += 1
         return ready
 
@@ -322,10 +349,52 @@ class Client:
     # -- sending ---------------------------------------------------------------
 
     async def send_chat(
-        self, text: str, room: str = LOBBY, *, timeout: float | None = 30.0
+        self,
+        text: str,
+        room: str = LOBBY,
+        *,
+        reply_to: str | None = None,
+        timeout: float | None = 30.0,
     ) -> Reply:
-        """Send a chat message; return the server's ``ack`` (it is stored by then)."""
-        return await self.request("chat", {"room": room, "message": text}, timeout=timeout)
+        """Send a chat message; return the server's ``ack`` (it is stored by then).
+
+        ``reply_to``: the id of a message of the same room that this one answers
+        (it joins that message's thread).
+        """
+        payload: dict[str, Any] = {"room": room, "message": text}
+        if reply_to is not None:
+            payload["reply_to"] = reply_to
+        return await self.request("chat", payload, timeout=timeout)
+
+    async def edit(self, message_id: str, text: str, *, timeout: float | None = 30.0) -> Reply:
+        """Change the text of one of this user's messages; return the ``ack``.
+
+        The ``ack``'s payload has ``message_id`` and the ``seq`` of the change
+        (in the room, or in this user's direct stream).
+        """
+        return await self.request(
+            "edit", {"message_id": message_id, "message": text}, timeout=timeout
+        )
+
+    async def delete(self, message_id: str, *, timeout: float | None = 30.0) -> Reply:
+        """Delete a message (this user's; in a private room the owner's too); the ``ack``.
+
+        Deleting a deleted message is acked without ``seq``.
+        """
+        return await self.request("delete", {"message_id": message_id}, timeout=timeout)
+
+    async def react(self, message_id: str, emoji: str, *, timeout: float | None = 30.0) -> Reply:
+        """React to a message with ``emoji`` (one emoji, or ``:name:``); return the ``ack``.
+
+        A reaction already there is acked without ``seq``.
+        """
+        payload = {"message_id": message_id, "emoji": emoji}
+        return await self.request("react", payload, timeout=timeout)
+
+    async def unreact(self, message_id: str, emoji: str, *, timeout: float | None = 30.0) -> Reply:
+        """Take back a reaction; return the ``ack`` (without ``seq`` when there was none)."""
+        payload = {"message_id": message_id, "emoji": emoji}
+        return await self.request("unreact", payload, timeout=timeout)
 
     async def send_direct(self, to: str, text: str, *, timeout: float | None = 30.0) -> Reply:
         """Send a direct message to the user ``to``; return the ``ack``."""
@@ -383,15 +452,52 @@ class Client:
         return await self.request("leave", {"room": room}, timeout=timeout)
 
     async def history(
-        self, room: str, *, before: int | None = None, limit: int = 50
+        self,
+        room: str,
+        *,
+        before: int | None = None,
+        limit: int = 50,
+        thread: str | None = None,
+        around: int | None = None,
     ) -> tuple[list[RoomMessage], bool]:
-        """A page of ``room``'s history, oldest first, and whether there is more."""
+        """A page of ``room``'s history, oldest first, and whether there is more.
+
+        ``thread``: a root message's id: the root and its replies. ``around``:
+        a seq: messages before it and from it on (:meth:`history_page` also
+        says whether newer ones exist). Each message shows its current state
+        (edited, deleted, reactions, replies).
+        """
+        page = await self.history_page(
+            room, before=before, limit=limit, thread=thread, around=around
+        )
+        return page.messages, page.has_more
+
+    async def history_page(
+        self,
+        room: str,
+        *,
+        before: int | None = None,
+        limit: int = 50,
+        thread: str | None = None,
+        around: int | None = None,
+        timeout: float | None = 30.0,
+    ) -> HistoryPage:
+        """Like :meth:`history`, as a :class:`HistoryPage` (with ``has_newer``)."""
         payload: dict[str, Any] = {"room": room, "limit": limit}
         if before is not None:
             payload["before"] = before
-        reply = await self.request("history", payload)
+        if thread is not None:
+            payload["thread"] = thread
+        if around is not None:
+            payload["around"] = around
+        reply = await self.request("history", payload, timeout=timeout)
         items = reply.payload.get("messages", [])
-        return [room_message(item) for item in items], bool(reply.payload.get("has_more"))
+        return HistoryPage(
+            room,
+            [room_message({"room": room, **item}) for item in items],
+            bool(reply.payload.get("has_more")),
+            bool(reply.payload.get("has_newer")),
+        )
 
     async def presence(self, room: str = LOBBY) -> list[str]:
         """Who is in ``room``."""
@@ -592,7 +698,9 @@ class Client:
 
         The server replays at most its newest messages after ``since``; the
         stream holds those until the older ones read here fill the gap, so
-        every missed message is still delivered once, in order.
+        every missed message is still delivered once, in order. History
+        lists messages only, in their current state: the seqs of the changes
+        (edits, deletes, reactions) in the gap are passed over.
         """
         stream = self._streams.get(room)
         replay_from = joined.get("replay_from")
@@ -607,10 +715,12 @@ class Client:
         floor = 1 if stream.expected is None else stream.expected
         pages: list[list[dict[str, Any]]] = []
         before = replay_from
+        refused = False
         while before > floor:
             query = {"room": room, "before": before, "limit": min(100, before - floor)}
             reply = await self._ask(ws, reader, "history", query)
-            items = reply.payload.get("messages", []) if reply.type == "history" else []
+            refused = reply.type != "history"
+            items = [] if refused else reply.payload.get("messages", [])
             if not items:
                 break
             pages.append(items)
@@ -620,18 +730,25 @@ class Client:
         messages = [
             room_message({"room": room, **item}) for page in reversed(pages) for item in page
         ]
-        lowest = messages[0].seq if messages else replay_from
-        if pruned or (stream.expected is not None and stream.expected < lowest):
-            if not pruned:
-                # Pruned or refused while paging: what cannot be read is skipped,
-                # or the room would wait for it for ever.
-                logger.warning(
-                    "room %s: messages %d-%d could not be read", room, stream.expected, lowest - 1
-                )
-            for event in stream.start_at(lowest):
+        messages = [m for m in messages if floor <= m.seq < replay_from]
+        if pruned:
+            for event in stream.start_at(messages[0].seq if messages else replay_from):
                 self._emit(event)
-        for message in messages:
-            self._deliver(room, message.seq, message)
+        elif refused:
+            logger.warning(
+                "room %s: messages %d-%d could not be read",
+                room,
+                stream.expected,
+                (messages[0].seq if messages else replay_from) - 1,
+            )
+        # Every seq of the gap that is not a message is passed over: a change
+        # (history lists messages only), or one pruned or refused meanwhile;
+        # else the room would wait for it for ever.
+        assert stream.expected is not None
+        found = {m.seq: m for m in messages}
+        for seq in range(stream.expected, replay_from):
+            for event in stream.offer(seq, found.get(seq)):
+                self._emit(event)
 
     async def _catch_up_direct(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
         stream = self._streams.setdefault(_DIRECT, SeqStream())
@@ -647,8 +764,15 @@ class Client:
             if reply.type != "direct_history":
                 return
             for item in reply.payload.get("messages", []):
-                message = direct_message(item)
-                self._deliver(_DIRECT, message.seq, message)
+                # Messages, their changes and mentions, each with its type.
+                if type(item) is not dict or type(item.get("seq")) is not int:
+                    continue
+                try:
+                    self._deliver(_DIRECT, item["seq"], direct_item(item))
+                except ValueError as exc:
+                    # Its seq is passed over, or the stream would wait for it.
+                    logger.warning("ignored a direct_history item the client cannot read: %s", exc)
+                    self._deliver(_DIRECT, item["seq"], None)
             if not reply.payload.get("has_more") or stream.expected - 1 == since:
                 return
 
@@ -693,8 +817,15 @@ class Client:
             if event.room in self._streams:
                 self._deliver(event.room, event.seq, event)
             return
-        if isinstance(event, DirectMessage):
+        if isinstance(event, DirectMessage | Mention):
             self._deliver(_DIRECT, event.seq, event)
+            return
+        if isinstance(event, MessageEdited | MessageDeleted | Reaction):
+            # A change takes the next seq of the conversation it belongs to.
+            if event.room is None:
+                self._deliver(_DIRECT, event.seq, event)
+            elif event.room in self._streams:
+                self._deliver(event.room, event.seq, event)
             return
         if isinstance(event, Reply):
             if event.type == "system":
@@ -782,7 +913,7 @@ class Client:
             stream.expected = None
             self._pruned.add(room)
 
-    def _deliver(self, key: str, seq: int, event: Event) -> None:
+    def _deliver(self, key: str, seq: int, event: Event | None) -> None:
         stream = self._streams.get(key)
         if stream is None:
             return

@@ -8,18 +8,26 @@ JSON. Pure: no I/O.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import orjson
 
 __all__ = [
+    "Change",
     "ConnectionState",
     "DirectMessage",
     "Event",
     "FileRef",
+    "Mention",
+    "MessageDeleted",
+    "MessageEdited",
     "Presence",
+    "Quote",
+    "Reaction",
     "Reply",
     "RoomMessage",
     "ServerError",
@@ -27,6 +35,9 @@ __all__ = [
     "Typing",
     "parse_server_frame",
 ]
+
+#: The reactions of a message without any.
+NO_REACTIONS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
 
 
 class ConnectionState(enum.Enum):
@@ -50,8 +61,25 @@ class FileRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Quote:
+    """The start of the message a reply answers (``text`` None once it was deleted)."""
+
+    sender: str
+    text: str | None
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RoomMessage:
-    """A chat (or file) message in a room, delivered once and in seq order."""
+    """A chat (or file) message in a room, delivered once and in seq order.
+
+    A reply names the message it answers (``reply_to``), its thread's root
+    (``thread``) and quotes the start of the answered message (``quote``).
+    ``mentions`` lists the users named with ``@name``. A message read from
+    history shows its current state: ``edited_at``, ``deleted`` (then no
+    text and no file), ``reactions`` (``{emoji: (user, ...)}``) and, on a
+    thread's root, ``reply_count``.
+    """
 
     room: str
     sender: str
@@ -60,11 +88,24 @@ class RoomMessage:
     message_id: str
     timestamp: datetime | None
     file: FileRef | None = None
+    reply_to: str | None = None
+    thread: str | None = None
+    quote: Quote | None = None
+    mentions: tuple[str, ...] = ()
+    edited_at: datetime | None = None
+    deleted: bool = False
+    reactions: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: NO_REACTIONS, hash=False
+    )
+    reply_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class DirectMessage:
-    """A direct message (or file) to or from this user; ``seq`` is this user's stream."""
+    """A direct message (or file) to or from this user; ``seq`` is this user's stream.
+
+    The optional fields are those of :class:`RoomMessage`.
+    """
 
     sender: str
     to: str
@@ -73,6 +114,86 @@ class DirectMessage:
     message_id: str
     timestamp: datetime | None
     file: FileRef | None = None
+    reply_to: str | None = None
+    thread: str | None = None
+    quote: Quote | None = None
+    mentions: tuple[str, ...] = ()
+    edited_at: datetime | None = None
+    deleted: bool = False
+    reactions: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: NO_REACTIONS, hash=False
+    )
+    reply_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEdited:
+    """``by`` changed the text of the message ``message_id`` to ``text``.
+
+    ``text`` is empty in a replay when the message was deleted since (a
+    delete erases the texts of its edits too).
+
+    In a room (``room`` set) ``seq`` is the room's; for a direct message
+    (``room`` None) it is this user's stream and ``sender``/``to`` are the
+    changed message's. Delivered once, in seq order, like messages.
+    """
+
+    message_id: str
+    text: str
+    by: str
+    seq: int
+    edited_at: datetime | None
+    room: str | None = None
+    sender: str | None = None
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeleted:
+    """``by`` deleted the message ``message_id`` (its text and file are gone).
+
+    ``room``, ``seq``, ``sender`` and ``to`` as in :class:`MessageEdited`.
+    """
+
+    message_id: str
+    by: str
+    seq: int
+    room: str | None = None
+    sender: str | None = None
+    to: str | None = None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """``user`` added (``added``) or took back an ``emoji`` on the message ``message_id``.
+
+    ``room``, ``seq``, ``sender`` and ``to`` as in :class:`MessageEdited`.
+    """
+
+    message_id: str
+    emoji: str
+    user: str
+    added: bool
+    seq: int
+    room: str | None = None
+    sender: str | None = None
+    to: str | None = None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """``sender`` named this user (``@name``) in the message ``message_id`` of ``room``.
+
+    It comes on this user's direct stream (``seq``), in rooms they are not in too.
+    """
+
+    room: str
+    message_id: str
+    sender: str
+    seq: int
+    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +240,22 @@ class Reply:
     id: str | None
 
 
-Event = RoomMessage | DirectMessage | Presence | Typing | ServerError | StateChange | Reply
+#: A change to a message: in a room's stream, or (``room`` None) in the direct stream.
+Change = MessageEdited | MessageDeleted | Reaction
+
+Event = (
+    RoomMessage
+    | DirectMessage
+    | MessageEdited
+    | MessageDeleted
+    | Reaction
+    | Mention
+    | Presence
+    | Typing
+    | ServerError
+    | StateChange
+    | Reply
+)
 
 
 def _time(value: object) -> datetime | None:
@@ -140,32 +276,162 @@ def _file(payload: dict[str, Any]) -> FileRef:
     )
 
 
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _quote(value: object) -> Quote | None:
+    if type(value) is not dict:
+        return None
+    deleted = value.get("deleted") is True
+    text = value.get("message")
+    return Quote(
+        str(value.get("from", "")), None if deleted or text is None else str(text), deleted
+    )
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(str(name) for name in value)
+
+
+def _reactions(value: object) -> Mapping[str, tuple[str, ...]]:
+    if type(value) is not dict or not value:
+        return NO_REACTIONS
+    return MappingProxyType({str(emoji): _names(users) for emoji, users in value.items()})
+
+
+def _state(item: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a message beyond its text: reply, thread, mentions, current state."""
+    return {
+        "reply_to": _optional_str(item.get("reply_to")),
+        "thread": _optional_str(item.get("thread")),
+        "quote": _quote(item.get("quote")),
+        "mentions": _names(item.get("mentions")),
+        "edited_at": _time(item.get("edited_at")),
+        "deleted": item.get("deleted") is True,
+        "reactions": _reactions(item.get("reactions")),
+        "reply_count": int(item.get("reply_count") or 0),
+    }
+
+
+def _content(item: dict[str, Any]) -> tuple[str, FileRef | None]:
+    """A message's text and file (neither once it was deleted)."""
+    if item.get("deleted") is True:
+        return "", None
+    if item.get("type") == "file" or "mime" in item:
+        return "", _file(item)
+    return str(item.get("message", "")), None
+
+
 def room_message(item: dict[str, Any], timestamp: object = None) -> RoomMessage:
     """A room message from a ``chat`` or ``file`` payload (or history item)."""
-    is_file = item.get("type") == "file" or "mime" in item
+    text, file = _content(item)
     return RoomMessage(
         room=str(item["room"]),
         sender=str(item.get("from", "")),
-        text="" if is_file else str(item.get("message", "")),
+        text=text,
         seq=int(item["seq"]),
         message_id=str(item.get("message_id", "")),
         timestamp=_time(item.get("timestamp", timestamp)),
-        file=_file(item) if is_file else None,
+        file=file,
+        **_state(item),
     )
 
 
 def direct_message(item: dict[str, Any], timestamp: object = None) -> DirectMessage:
     """A direct message from a ``direct`` or ``file`` payload (or history item)."""
-    is_file = item.get("type") == "file" or "mime" in item
+    text, file = _content(item)
     return DirectMessage(
         sender=str(item.get("from", "")),
         to=str(item.get("to", "")),
-        text="" if is_file else str(item.get("message", "")),
+        text=text,
         seq=int(item.get("seq", 0)),
         message_id=str(item.get("message_id", "")),
         timestamp=_time(item.get("timestamp", timestamp)),
-        file=_file(item) if is_file else None,
+        file=file,
+        **_state(item),
     )
+
+
+def _where(payload: dict[str, Any]) -> dict[str, Any]:
+    """A change's conversation: its room, or the direct message's sender and recipient."""
+    if "room" in payload:
+        return {"room": str(payload["room"])}
+    return {"sender": str(payload["from"]), "to": str(payload["to"])}
+
+
+def change_event(kind: str, payload: dict[str, Any], timestamp: object = None) -> Event | None:
+    """The event of a change (``edit``, ``delete``, ``reaction``) or ``mention`` payload.
+
+    None for another type. Raises KeyError, TypeError or ValueError for a
+    payload without the fields its type needs.
+    """
+    stamp = _time(payload.get("timestamp", timestamp))
+    if kind == "edit":
+        return MessageEdited(
+            message_id=str(payload["message_id"]),
+            # Empty in a replay once the message was deleted: its edits' texts are erased.
+            text=str(payload.get("message", "")),
+            by=str(payload["by"]),
+            seq=int(payload["seq"]),
+            edited_at=_time(payload.get("edited_at")) or stamp,
+            **_where(payload),
+        )
+    if kind == "delete":
+        return MessageDeleted(
+            message_id=str(payload["message_id"]),
+            by=str(payload["by"]),
+            seq=int(payload["seq"]),
+            timestamp=stamp,
+            **_where(payload),
+        )
+    if kind == "reaction":
+        added = payload["added"]
+        if not isinstance(added, bool):
+            raise TypeError("added is true or false")
+        return Reaction(
+            message_id=str(payload["message_id"]),
+            emoji=str(payload["emoji"]),
+            user=str(payload["user"]),
+            added=added,
+            seq=int(payload["seq"]),
+            timestamp=stamp,
+            **_where(payload),
+        )
+    if kind == "mention":
+        return Mention(
+            room=str(payload["room"]),
+            message_id=str(payload["message_id"]),
+            sender=str(payload["from"]),
+            seq=int(payload["seq"]),
+            timestamp=stamp,
+        )
+    return None
+
+
+#: The server frames that change a message, and ``mention``.
+CHANGE_TYPES: Final = frozenset({"edit", "delete", "reaction", "mention"})
+
+
+def direct_item(item: dict[str, Any]) -> Event:
+    """One item of ``direct_history`` (its ``type`` says which): a message or a change.
+
+    An item of a type this client does not know is a :class:`Reply` (with
+    the item as payload), so that its seq still takes its place in the stream.
+
+    Raises:
+        ValueError: the item lacks the fields its type needs.
+    """
+    kind = str(item.get("type", "direct"))
+    try:
+        if kind in ("direct", "file"):
+            return direct_message(item)
+        event = change_event(kind, item)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed {kind} item: {exc!r}") from None
+    return event if event is not None else Reply(kind, item, None)
 
 
 def parse_server_frame(data: str | bytes) -> Event:
@@ -173,7 +439,7 @@ def parse_server_frame(data: str | bytes) -> Event:
 
     Raises:
         ValueError: the frame is not a JSON object with a string ``type``
-            (or a message frame lacks its room or seq).
+            (or a message or change frame lacks its room, seq or another field).
     """
     try:
         frame = orjson.loads(data)
@@ -192,6 +458,10 @@ def parse_server_frame(data: str | bytes) -> Event:
             return room_message(payload, stamp)
         if kind == "direct" or kind == "file":
             return direct_message(payload, stamp)
+        if kind in CHANGE_TYPES:
+            event = change_event(kind, payload, stamp)
+            assert event is not None
+            return event
         if kind == "presence" and "event" in payload:
             return Presence(str(payload["room"]), str(payload["user"]), str(payload["event"]))
         if kind == "typing":

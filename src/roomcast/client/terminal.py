@@ -6,6 +6,8 @@ Three parts, the first two pure:
 - :func:`render` turns an event into the one line printed for it (after
   :func:`clean` has replaced every control character that came from the
   network, so other users cannot send terminal escape sequences);
+  :class:`MessageIndex` remembers the messages shown, so that commands name
+  them by the short id printed before each one;
 - :class:`TerminalChat` ties a :class:`Client` to a prompt_toolkit prompt:
   lines arriving print above the prompt (``patch_stdout``), commands run in
   the background so the prompt never waits for the server, and the client
@@ -19,7 +21,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -35,7 +37,11 @@ from .events import (
     DirectMessage,
     Event,
     FileRef,
+    Mention,
+    MessageDeleted,
+    MessageEdited,
     Presence,
+    Reaction,
     Reply,
     RoomMessage,
     ServerError,
@@ -45,16 +51,23 @@ from .events import (
 
 __all__ = [
     "Command",
+    "Delete",
     "Dm",
+    "Edit",
     "Empty",
     "Help",
     "History",
     "Invalid",
     "Join",
     "Leave",
+    "MessageIndex",
     "Quit",
+    "React",
+    "ReplyTo",
     "Say",
+    "Seen",
     "TerminalChat",
+    "Thread",
     "TypingThrottle",
     "Who",
     "clean",
@@ -66,15 +79,28 @@ __all__ = [
 #: between two typing notices this terminal sends to one room).
 TYPING_INTERVAL: Final = 3.0
 DEFAULT_HISTORY: Final = 20
+#: Characters of a message id shown before each message (more when two
+#: messages seen start alike).
+SHORT_ID: Final = 6
+#: Characters of a message quoted in a reply or a reaction line.
+EXCERPT: Final = 40
+#: What ``/edit`` and ``/delete`` take for your last message in the current room.
+LAST: Final = "last"
 
 HELP: Final = """\
 * plain text goes to the current room (a line starting with // sends one starting with /)
-* /join ROOM      join ROOM and make it the current room
-* /leave [ROOM]   leave ROOM (default: the current room)
-* /dm USER TEXT   send a direct message (registered users only)
-* /who [ROOM]     who is in ROOM (default: the current room)
-* /history [N]    the last N messages of the current room (default 20, at most 100)
-* /quit           leave (Ctrl-D does too)"""
+* /join ROOM          join ROOM and make it the current room
+* /leave [ROOM]       leave ROOM (default: the current room)
+* /dm USER TEXT       send a direct message (registered users only)
+* /who [ROOM]         who is in ROOM (default: the current room)
+* /history [N]        the last N messages of the current room (default 20, at most 100)
+* /reply ID TEXT      answer message ID (the id shown before it; its start will do)
+* /edit ID|last TEXT  change your message ID (last: your last one in the current room)
+* /delete ID|last     delete your message ID
+* /react ID EMOJI     react to message ID (an emoji or :name:); /unreact ID EMOJI undoes it
+* /thread ID          message ID and the replies to it
+* /quit               leave (Ctrl-D does too)
+* lines starting with @ mention you"""
 
 
 # -- commands ------------------------------------------------------------------
@@ -124,6 +150,45 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """Answer the message ``target`` (an id, or the start of one) with ``text``."""
+
+    target: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Change the text of the message ``target`` (an id, its start, or ``last``)."""
+
+    target: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete the message ``target`` (an id, its start, or ``last``)."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    """Add (``added``) or take back the reaction ``emoji`` on the message ``target``."""
+
+    target: str
+    emoji: str
+    added: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """Show the message ``target`` and its replies."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
 class Help:
     """Show the commands."""
 
@@ -145,7 +210,23 @@ class Invalid:
     message: str
 
 
-Command = Say | Join | Leave | Dm | Who | History | Help | Quit | Empty | Invalid
+Command = (
+    Say
+    | Join
+    | Leave
+    | Dm
+    | Who
+    | History
+    | ReplyTo
+    | Edit
+    | Delete
+    | React
+    | Thread
+    | Help
+    | Quit
+    | Empty
+    | Invalid
+)
 
 
 def _room_arg(name: str, usage: str) -> Command | None:
@@ -188,6 +269,25 @@ def parse_command(line: str) -> Command:
         if len(args) == 1 and args[0].isdigit() and 1 <= int(args[0]) <= MAX_HISTORY_LIMIT:
             return History(int(args[0]))
         return Invalid(f"usage: /history [N], N from 1 to {MAX_HISTORY_LIMIT}")
+    if name in ("reply", "edit"):
+        target, _, text = rest.strip().partition(" ")
+        if not target or not text.strip():
+            return Invalid(
+                "usage: /reply ID TEXT" if name == "reply" else "usage: /edit ID|last TEXT"
+            )
+        return ReplyTo(target, text.strip()) if name == "reply" else Edit(target, text.strip())
+    if name == "delete":
+        if len(args) != 1:
+            return Invalid("usage: /delete ID|last")
+        return Delete(args[0])
+    if name in ("react", "unreact"):
+        if len(args) != 2:
+            return Invalid(f"usage: /{name} ID EMOJI")
+        return React(args[0], args[1], added=name == "react")
+    if name == "thread":
+        if len(args) != 1:
+            return Invalid("usage: /thread ID")
+        return Thread(args[0])
     if name in ("help", "quit") and args:
         return Invalid(f"usage: /{name}")
     if name == "help":
@@ -222,19 +322,243 @@ def _body(text: str, file: FileRef | None) -> str:
     return f"sent file {clean(file.name)} ({file.size} bytes) {clean(file.url)}"
 
 
-def render(event: Event, *, now: datetime | None = None) -> str | None:
+def _excerpt(text: str, limit: int = EXCERPT) -> str:
+    text = clean(text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the terminal knows of a message it has shown."""
+
+    message_id: str
+    #: The id shown before it: its first characters, unique among those seen.
+    short: str
+    #: None: a direct message.
+    room: str | None
+    sender: str
+    to: str
+    text: str
+    is_file: bool = False
+    deleted: bool = False
+
+
+class MessageIndex:
+    """The last ``limit`` messages shown, by id, so that commands can name them. Pure.
+
+    Each gets a short id, its first :data:`SHORT_ID` characters (more when a
+    message seen earlier starts alike): the terminal prints it before the
+    message, and :meth:`resolve` takes it, or any unique start of an id.
+    """
+
+    def __init__(self, limit: int = 5000) -> None:
+        self.limit = limit
+        self._seen: dict[str, Seen] = {}  # in the order first seen
+        self._shorts: dict[str, str] = {}  # short id -> message id
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def get(self, message_id: str) -> Seen | None:
+        """What is known of ``message_id``, or None."""
+        return self._seen.get(message_id)
+
+    def short(self, message_id: str) -> str:
+        """The short id shown for ``message_id`` (its start when it is not known)."""
+        seen = self._seen.get(message_id)
+        return seen.short if seen is not None else message_id[:SHORT_ID]
+
+    def add(self, message: RoomMessage | DirectMessage) -> Seen:
+        """Remember ``message`` (or take its newer state: history shows the current one)."""
+        room = message.room if isinstance(message, RoomMessage) else None
+        to = message.to if isinstance(message, DirectMessage) else ""
+        known = self._seen.get(message.message_id)
+        short = known.short if known is not None else self._new_short(message.message_id)
+        seen = Seen(
+            message.message_id,
+            short,
+            room,
+            message.sender,
+            to,
+            message.text,
+            message.file is not None,
+            message.deleted,
+        )
+        self._seen[message.message_id] = seen
+        self._shorts[short] = message.message_id
+        while len(self._seen) > self.limit:
+            oldest = next(iter(self._seen.values()))
+            del self._seen[oldest.message_id]
+            if self._shorts.get(oldest.short) == oldest.message_id:
+                del self._shorts[oldest.short]
+        return seen
+
+    def _new_short(self, message_id: str) -> str:
+        for length in range(SHORT_ID, len(message_id)):
+            if message_id[:length] not in self._shorts:
+                return message_id[:length]
+        return message_id
+
+    def change(self, event: MessageEdited | MessageDeleted) -> None:
+        """Take an edit or a delete into what is known."""
+        seen = self._seen.get(event.message_id)
+        if seen is None:
+            return
+        if isinstance(event, MessageEdited):
+            self._seen[event.message_id] = replace(seen, text=event.text)
+        else:
+            self._seen[event.message_id] = replace(seen, text="", deleted=True)
+
+    def last(self, sender: str, room: str, *, text_only: bool = False) -> Seen | None:
+        """The newest message of ``sender`` in ``room`` that is not deleted."""
+        for seen in reversed(self._seen.values()):
+            if seen.sender == sender and seen.room == room and not seen.deleted:
+                if not (text_only and seen.is_file):
+                    return seen
+        return None
+
+    def resolve(self, ref: str) -> str:
+        """The message id ``ref`` names: a short id shown, a whole id, or a unique start.
+
+        A whole id (32 characters or more) not seen here is taken as it is:
+        the server knows whether it exists.
+
+        Raises:
+            LookupError: no message seen starts with ``ref``, or several do
+                (the message says which).
+        """
+        if ref in self._shorts:
+            return self._shorts[ref]
+        if ref in self._seen:
+            return ref
+        matches = [message_id for message_id in self._seen if message_id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise LookupError(f"{len(matches)} messages start with {ref}: type more of the id")
+        if len(ref) >= 32:
+            return ref
+        raise LookupError(f"no message {ref} seen here (ids are shown before each message)")
+
+
+def _where(room: str | None, sender: str | None, to: str | None) -> str:
+    if room is not None:
+        return clean(room)
+    return f"dm <{clean(sender or '?')}\u2192{clean(to or '?')}>"
+
+
+def _mentioned(me: str | None, sender: str, mentions: tuple[str, ...]) -> bool:
+    if me is None or me.casefold() == sender.casefold():
+        return False
+    return me.casefold() in (name.casefold() for name in mentions)
+
+
+def _message_line(
+    message: RoomMessage | DirectMessage,
+    now: datetime | None,
+    me: str | None,
+    seen: MessageIndex | None,
+) -> str:
+    if isinstance(message, RoomMessage):
+        who = f"{clean(message.room)} <{clean(message.sender)}>"
+    else:
+        who = f"dm <{clean(message.sender)}\u2192{clean(message.to)}>"
+    parts = [f"{_clock(message.timestamp, now)} {who}"]
+    if message.reply_to is not None or message.quote is not None:
+        quote = message.quote
+        if quote is None:
+            answered = _short(message.reply_to or "", seen)
+            parts.append(f"(reply to {answered})")
+        elif quote.deleted or quote.text is None:
+            parts.append(f"(reply to {clean(quote.sender)}: deleted message)")
+        else:
+            parts.append(f'(reply to {clean(quote.sender)}: "{_excerpt(quote.text)}")')
+    parts.append("message deleted" if message.deleted else _body(message.text, message.file))
+    if message.edited_at is not None and not message.deleted:
+        parts.append("(edited)")
+    if message.reactions:
+        counts = ", ".join(f"{clean(e)} {len(users)}" for e, users in message.reactions.items())
+        parts.append(f"[{counts}]")
+    if message.reply_count:
+        parts.append(f"({message.reply_count} repl{'y' if message.reply_count == 1 else 'ies'})")
+    line = " ".join(parts)
+    if message.message_id:
+        line = f"{_short(message.message_id, seen)} {line}"
+    return f"@ {line}" if _mentioned(me, message.sender, message.mentions) else line
+
+
+def _short(message_id: str, seen: MessageIndex | None) -> str:
+    return clean(seen.short(message_id) if seen is not None else message_id[:SHORT_ID])
+
+
+def _about(message_id: str, seen: MessageIndex | None) -> str:
+    """`` (<sender> start of its text)`` for a message seen, else nothing."""
+    known = seen.get(message_id) if seen is not None else None
+    if known is None:
+        return ""
+    if known.deleted:
+        return f" (<{clean(known.sender)}> message deleted)"
+    text = "a file" if known.is_file else _excerpt(known.text)
+    return f" (<{clean(known.sender)}> {text})"
+
+
+def _change_line(
+    event: MessageEdited | MessageDeleted, now: datetime | None, seen: MessageIndex | None
+) -> str:
+    """An edit shows the new text; a delete that the message is gone (and who did it)."""
+    stamp = event.edited_at if isinstance(event, MessageEdited) else event.timestamp
+    head = f"{_short(event.message_id, seen)} {_clock(stamp, now)}"
+    # A replayed edit of a message deleted since has lost its text.
+    text = clean(event.text) if isinstance(event, MessageEdited) and event.text else "-"
+    if event.room is None:  # a direct message: the conversation names its author
+        where = f"{head} {_where(None, event.sender, event.to)}"
+        if isinstance(event, MessageEdited):
+            return f"{where} {text} (edited)"
+        by = "" if event.by == event.sender else f" by {clean(event.by)}"
+        return f"{where} message deleted{by}"
+    known = seen.get(event.message_id) if seen is not None else None
+    author = known.sender if known is not None else None
+    where = f"{head} {clean(event.room)}"
+    if isinstance(event, MessageEdited):
+        return f"{where} <{clean(author or event.by)}> {text} (edited)"
+    if author is None:
+        return f"{where} message deleted by {clean(event.by)}"
+    by = "" if event.by == author else f" by {clean(event.by)}"
+    return f"{where} <{clean(author)}> message deleted{by}"
+
+
+def render(
+    event: Event,
+    *,
+    now: datetime | None = None,
+    me: str | None = None,
+    seen: MessageIndex | None = None,
+) -> str | None:
     """The line shown for ``event``, or None when it shows nothing (pure).
 
     Times are the server's, in local time (``now`` when a message has none).
-    The end of the connection (``CLOSED``) renders as nothing: the chat
-    reports it as it exits.
+    Messages start with their short id (``seen``'s, else their first six
+    characters), and with ``@`` when they mention ``me``. Edits and deletes
+    name the message's author when ``seen`` knows it. The end of the
+    connection (``CLOSED``) renders as nothing: the chat reports it as it
+    exits.
     """
-    if isinstance(event, RoomMessage):
-        who = f"{clean(event.room)} <{clean(event.sender)}>"
-        return f"{_clock(event.timestamp, now)} {who} {_body(event.text, event.file)}"
-    if isinstance(event, DirectMessage):
-        who = f"dm <{clean(event.sender)}\u2192{clean(event.to)}>"
-        return f"{_clock(event.timestamp, now)} {who} {_body(event.text, event.file)}"
+    if isinstance(event, RoomMessage | DirectMessage):
+        return _message_line(event, now, me, seen)
+    if isinstance(event, MessageEdited | MessageDeleted):
+        return _change_line(event, now, seen)
+    if isinstance(event, Reaction):
+        did = "reacted" if event.added else "took back"
+        on = "to" if event.added else "on"
+        where = _where(event.room, event.sender, event.to)
+        about = _about(event.message_id, seen)
+        return (
+            f"* {clean(event.user)} {did} {clean(event.emoji)} {on} "
+            f"{_short(event.message_id, seen)} in {where}{about}"
+        )
+    if isinstance(event, Mention):
+        short = _short(event.message_id, seen)
+        return f"@ {clean(event.sender)} mentioned you in {clean(event.room)} ({short})"
     if isinstance(event, Presence):
         verb = {"join": "joined", "leave": "left"}.get(event.event)
         return None if verb is None else f"* {clean(event.user)} {verb} {clean(event.room)}"
@@ -301,6 +625,8 @@ class TerminalChat:
         self.clock = clock
         self._seen_typing = TypingThrottle()
         self._sent_typing = TypingThrottle()
+        #: The messages shown, for the ids that commands take.
+        self.messages = MessageIndex()
         self._tasks: set[asyncio.Task[None]] = set()
         self._quitting = False
         self._ended: asyncio.Event | None = None
@@ -317,7 +643,13 @@ class TerminalChat:
             return
         if isinstance(event, StateChange):
             self._on_state(event)
-        line = render(event)
+        if isinstance(event, Mention) and event.room in self.client.rooms:
+            return  # the message itself shows it, marked with @
+        if isinstance(event, RoomMessage | DirectMessage):
+            self.messages.add(event)
+        line = render(event, me=self.client.user, seen=self.messages)
+        if isinstance(event, MessageEdited | MessageDeleted):
+            self.messages.change(event)  # after: the line names the author seen
         if line is not None:
             self.output(line)
         if isinstance(event, StateChange) and event.new is ConnectionState.CONNECTED:
@@ -374,7 +706,54 @@ class TerminalChat:
                 self.output("! you are in no room: /join ROOM first")
             else:
                 self._spawn(self._history(self.room, command.limit))
+        elif isinstance(command, ReplyTo | Edit | Delete | React | Thread):
+            self._change(command)
         return True
+
+    def _target(self, command: ReplyTo | Edit | Delete | React | Thread) -> str | None:
+        """The message id ``command`` names, or None once a ``!`` line said why not."""
+        if isinstance(command, Edit | Delete) and command.target == LAST:
+            verb = "edit" if isinstance(command, Edit) else "delete"
+            if self.room is None:
+                self.output(f"! you are in no room: /{verb} ID")
+                return None
+            mine = self.messages.last(
+                self.client.user or "", self.room, text_only=isinstance(command, Edit)
+            )
+            if mine is None:
+                self.output(f"! no message of yours in {self.room} to {verb}")
+                return None
+            return mine.message_id
+        try:
+            return self.messages.resolve(command.target)
+        except LookupError as exc:
+            self.output(f"! {clean(str(exc))}")
+            return None
+
+    def _change(self, command: ReplyTo | Edit | Delete | React | Thread) -> None:
+        """Carry out a command that names a message."""
+        message_id = self._target(command)
+        if message_id is None:
+            return
+        if isinstance(command, Edit):
+            self._spawn(self.client.edit(message_id, command.text))
+        elif isinstance(command, Delete):
+            self._spawn(self.client.delete(message_id))
+        elif isinstance(command, React):
+            change = self.client.react if command.added else self.client.unreact
+            self._spawn(change(message_id, command.emoji))
+        else:
+            known = self.messages.get(message_id)
+            if known is not None and known.room is None:
+                self.output("! direct messages have no replies or threads")
+                return
+            room = known.room if known is not None else self.room
+            if room is None:
+                self.output("! you are in no room: /join ROOM first")
+            elif isinstance(command, ReplyTo):
+                self._spawn(self.client.send_chat(command.text, room, reply_to=message_id))
+            else:
+                self._spawn(self._thread(room, message_id))
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(self._report(work))
@@ -418,8 +797,21 @@ class TerminalChat:
         messages, has_more = await self.client.history(room, limit=limit)
         n, more = len(messages), ", older ones exist" if has_more else ""
         self.output(f"* history of {room}: {n} message{'' if n == 1 else 's'}{more}")
+        self._show(messages)
+
+    async def _thread(self, room: str, root: str) -> None:
+        messages, has_more = await self.client.history(room, thread=root, limit=MAX_HISTORY_LIMIT)
+        n = len(messages) - 1
+        more = ", older ones exist" if has_more else ""
+        short = clean(self.messages.short(root))
+        self.output(f"* thread {short} in {room}: {n} repl{'y' if n == 1 else 'ies'}{more}")
+        self._show(messages)
+
+    def _show(self, messages: list[RoomMessage]) -> None:
+        """Print messages read from history (and remember them for the commands)."""
         for message in messages:
-            self.output(render(message) or "")
+            self.messages.add(message)
+            self.output(render(message, me=self.client.user, seen=self.messages) or "")
 
     def _typed(self, buffer: Buffer) -> None:
         """Tell the current room this user is typing (at most every 3 s)."""

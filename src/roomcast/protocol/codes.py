@@ -32,6 +32,8 @@ class ErrorCode(enum.StrEnum):
     INVALID_MESSAGE = "invalid_message"
     FORBIDDEN = "forbidden"
     NOT_MEMBER = "not_member"
+    #: No such message, or not in a conversation the user may read.
+    NOT_FOUND = "not_found"
     UNKNOWN_USER = "unknown_user"
     AUTH_FAILED = "auth_failed"
     TOKEN_EXPIRED = "token_expired"

@@ -15,7 +15,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
@@ -27,6 +27,7 @@ from ..exceptions import (
     Forbidden,
     InvalidRequest,
     NameTaken,
+    NoSuchMessage,
     NotFound,
     ProtocolError,
     QuotaExceeded,
@@ -34,7 +35,7 @@ from ..exceptions import (
     TooLarge,
     UnknownUser,
 )
-from ..model import ChatMessage, DirectMessage, FileInfo, UserInfo
+from ..model import Change, ChatMessage, DirectMessage, FileInfo, Mention, Quote, UserInfo
 from .codes import ErrorCode
 
 __all__ = [
@@ -55,6 +56,9 @@ __all__ = [
     "DirectHistoryReply",
     "DirectHistoryRequest",
     "DirectMessage",
+    "Delete",
+    "Edit",
+    "React",
     "SendBack",
     "SentBack",
     "ErrorReply",
@@ -95,6 +99,9 @@ MAX_HISTORY_LIMIT: Final = 100
 MAX_SEQ: Final = 2**62
 DEFAULT_HISTORY_LIMIT: Final = 50
 MAX_NAME_LENGTH: Final = 64
+#: The longest reaction a frame may carry, in characters (a family emoji
+#: with skin tones is 11 code points; a ``:name:`` at most 34).
+MAX_EMOJI_LENGTH: Final = 64
 ROOM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 _loads = orjson.loads
@@ -131,12 +138,43 @@ class AuthFrame:
 
 @dataclass(frozen=True, slots=True)
 class Chat:
-    """``chat``: a message for a room the sender has joined."""
+    """``chat``: a message for a room the sender has joined, perhaps answering another."""
 
     TYPE: ClassVar[str] = "chat"
     id: str | None
     room: str
     message: str
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """``edit``: new text for one of the sender's messages."""
+
+    TYPE: ClassVar[str] = "edit"
+    id: str | None
+    message_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """``delete``: take a message back (its text and file are erased)."""
+
+    TYPE: ClassVar[str] = "delete"
+    id: str | None
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    """``react`` (``added``) or ``unreact``: the sender's reaction to a message."""
+
+    TYPE: ClassVar[str] = "react"
+    id: str | None
+    message_id: str
+    emoji: str
+    added: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +224,10 @@ class HistoryRequest:
     room: str
     before: int | None = None
     limit: int = DEFAULT_HISTORY_LIMIT
+    #: Only this thread: its root (this message id) and its replies.
+    thread: str | None = None
+    #: Messages around this seq instead of before ``before``.
+    around: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +270,9 @@ ClientFrame = (
     | Join
     | Leave
     | Direct
+    | Edit
+    | Delete
+    | React
     | Typing
     | HistoryRequest
     | DirectHistoryRequest
@@ -354,9 +399,50 @@ def parse_client_frame(data: str | bytes, *, max_message_chars: int = 4000) -> C
     return parser(payload, frame_id, max_message_chars)
 
 
+def _message_id(payload: dict[str, Any], key: str, frame_id: str | None) -> str:
+    value = payload.get(key)
+    if type(value) is not str or not value or len(value) > MAX_ID_LENGTH or "\x00" in value:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"payload.{key} must be a message id (a string of 1 to {MAX_ID_LENGTH} characters)",
+            frame_id,
+        )
+    return value
+
+
 def _parse_chat(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
     message = _text(payload, "message", fid, max_chars)
-    return Chat(fid, _room(payload, fid, default=LOBBY), message)
+    reply_to = _message_id(payload, "reply_to", fid) if "reply_to" in payload else None
+    return Chat(fid, _room(payload, fid, default=LOBBY), message, reply_to)
+
+
+def _parse_edit(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    message_id = _message_id(payload, "message_id", fid)
+    return Edit(fid, message_id, _text(payload, "message", fid, max_chars))
+
+
+def _parse_delete(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return Delete(fid, _message_id(payload, "message_id", fid))
+
+
+def _parse_reaction(payload: dict[str, Any], fid: str | None, *, added: bool) -> ClientFrame:
+    message_id = _message_id(payload, "message_id", fid)
+    emoji = payload.get("emoji")
+    if type(emoji) is not str or not emoji or len(emoji) > MAX_EMOJI_LENGTH:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"payload.emoji must be a string of 1 to {MAX_EMOJI_LENGTH} characters",
+            fid,
+        )
+    return React(fid, message_id, emoji, added)
+
+
+def _parse_react(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return _parse_reaction(payload, fid, added=True)
+
+
+def _parse_unreact(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return _parse_reaction(payload, fid, added=False)
 
 
 def _parse_auth(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
@@ -392,9 +478,19 @@ def _parse_typing(payload: dict[str, Any], fid: str | None, max_chars: int) -> C
 def _parse_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
     room = _room(payload, fid)
     before = _seq(payload, "before", fid, minimum=1)
+    around = _seq(payload, "around", fid, minimum=1)
+    if before is not None and around is not None:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE, "give payload.before or payload.around, not both", fid
+        )
+    thread = _message_id(payload, "thread", fid) if "thread" in payload else None
+    if thread is not None and around is not None:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE, "payload.around does not page a thread; use before", fid
+        )
     limit = _seq(payload, "limit", fid, minimum=1, maximum=None)  # lowered below
     limit = DEFAULT_HISTORY_LIMIT if limit is None else min(limit, MAX_HISTORY_LIMIT)
-    return HistoryRequest(fid, room, before, limit)
+    return HistoryRequest(fid, room, before, limit, thread, around)
 
 
 def _parse_direct_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
@@ -419,6 +515,10 @@ _PARSERS: Final = {
     "join": _parse_join,
     "leave": _parse_leave,
     "direct": _parse_direct,
+    "edit": _parse_edit,
+    "delete": _parse_delete,
+    "react": _parse_react,
+    "unreact": _parse_unreact,
     "typing": _parse_typing,
     "history": _parse_history,
     "direct_history": _parse_direct_history,
@@ -630,13 +730,20 @@ class HistoryReply:
     room: str
     messages: list[ChatMessage]
     has_more: bool
+    #: The thread paged, if one was asked for.
+    thread: str | None = None
+    #: With ``around``: whether newer messages follow the page.
+    has_newer: bool | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {
-            "room": self.room,
-            "messages": [_history_item(m) for m in self.messages],
-            "has_more": self.has_more,
-        }
+        out: dict[str, Any] = {"room": self.room}
+        if self.thread is not None:
+            out["thread"] = self.thread
+        out["messages"] = [_history_item(m) for m in self.messages]
+        out["has_more"] = self.has_more
+        if self.has_newer is not None:
+            out["has_newer"] = self.has_newer
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,7 +755,7 @@ class DirectHistoryReply:
     """
 
     TYPE: ClassVar[str] = "direct_history"
-    messages: list[DirectMessage]
+    messages: Sequence[DirectMessage | Change | Mention]
     has_more: bool
     last_seq: int
 
@@ -674,6 +781,7 @@ class SentBack:
 #: The ``error`` code of each refusal of the core, on the WebSocket.
 REFUSAL_CODES: Final[dict[type[DomainError], ErrorCode]] = {
     Forbidden: ErrorCode.FORBIDDEN,
+    NoSuchMessage: ErrorCode.NOT_FOUND,
     NotFound: ErrorCode.FORBIDDEN,  # a room or file one may not see does not exist for them
     UnknownUser: ErrorCode.UNKNOWN_USER,
     NameTaken: ErrorCode.FORBIDDEN,
@@ -723,6 +831,8 @@ ServerFrame = (
     | AuthOk
     | ChatMessage
     | DirectMessage
+    | Change
+    | Mention
     | Ack
     | Joined
     | Left
@@ -768,45 +878,141 @@ def _file_into(out: dict[str, Any], file: FileInfo) -> None:
 
 
 def _chat_payload(message: ChatMessage) -> dict[str, Any]:
-    """A room message as broadcast: type ``chat``, or ``file`` with the file's metadata."""
+    """A room message as broadcast: type ``chat``, or ``file`` with the file's metadata.
+
+    The fields of a plain chat come first and alone, so the common frame
+    stays as short as before; a reply, mentions and the state history
+    shows (edited, deleted, reactions, replies) are added only when set.
+    """
     if message.file is None:
-        return {
-            "room": message.room,
-            "message": message.message,
-            "from": message.sender,
-            "seq": message.seq,
-            "message_id": message.message_id,
-        }
-    out: dict[str, Any] = {"room": message.room, "from": message.sender}
-    _file_into(out, message.file)
-    out["seq"] = message.seq
-    out["message_id"] = message.message_id
+        out: dict[str, Any] = {"room": message.room}
+        if not message.deleted:
+            out["message"] = message.message
+        out["from"] = message.sender
+        out["seq"] = message.seq
+        out["message_id"] = message.message_id
+    else:
+        out = {"room": message.room, "from": message.sender}
+        _file_into(out, message.file)
+        out["seq"] = message.seq
+        out["message_id"] = message.message_id
+    if message.reply_to is not None or message.mentions or message.edited_ms is not None:
+        _answer_into(out, message)
+    if message.deleted or message.reactions or message.reply_count:
+        _state_into(out, message)
     return out
+
+
+def _answer_into(out: dict[str, Any], message: ChatMessage) -> None:
+    """Add what a message answers and whom it names, and when it was edited."""
+    if message.reply_to is not None:
+        out["reply_to"] = message.reply_to
+        out["thread"] = message.thread
+        if message.quote is not None:
+            out["quote"] = _quote(message.quote)
+    if message.mentions:
+        out["mentions"] = list(message.mentions)
+    if message.edited_ms is not None:
+        out["edited_at"] = format_timestamp(message.edited_ms)
+
+
+def _state_into(out: dict[str, Any], message: ChatMessage | DirectMessage) -> None:
+    """Add a message's state as history shows it: deleted, reactions, replies."""
+    if message.deleted:
+        out["deleted"] = True
+    if message.reactions:
+        out["reactions"] = {emoji: list(names) for emoji, names in message.reactions}
+    if isinstance(message, ChatMessage) and message.reply_count:
+        out["reply_count"] = message.reply_count
+
+
+def _quote(quote: Quote) -> dict[str, Any]:
+    if quote.deleted:
+        return {"from": quote.sender, "deleted": True}
+    return {"from": quote.sender, "message": quote.message}
 
 
 def _direct_payload(message: DirectMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"from": message.sender, "to": message.to}
-    if message.file is None:
-        out["message"] = message.message
-    else:
+    if message.file is not None:
         _file_into(out, message.file)
+    elif not message.deleted:
+        out["message"] = message.message
     out["message_id"] = message.message_id
     if message.seq is not None:
         out["seq"] = message.seq
+    if message.mentions:
+        out["mentions"] = list(message.mentions)
+    if message.edited_ms is not None:
+        out["edited_at"] = format_timestamp(message.edited_ms)
+    if message.deleted or message.reactions:
+        _state_into(out, message)
     return out
 
 
-#: The wire ``type`` and the payload of each form of the model sent as a frame.
-_MODEL_FRAMES: Final[dict[type, tuple[str, Callable[[Any], dict[str, Any]]]]] = {
-    ChatMessage: ("chat", _chat_payload),
-    DirectMessage: ("direct", _direct_payload),
+#: The wire type of each kind of change.
+CHANGE_TYPES: Final = {
+    "edit": "edit",
+    "delete": "delete",
+    "react": "reaction",
+    "unreact": "reaction",
 }
 
 
-def _history_item(message: ChatMessage | DirectMessage) -> dict[str, Any]:
-    """A stored message as an item of a history page: its payload, type and time."""
-    item: dict[str, Any] = _MODEL_FRAMES[type(message)][1](message)
-    item["type"] = "file" if message.file is not None else _MODEL_FRAMES[type(message)][0]
+def _change_payload(change: Change) -> dict[str, Any]:
+    """An edit, delete or reaction: in a room, or between the two of a direct conversation."""
+    if change.room is not None:
+        out: dict[str, Any] = {"room": change.room}
+    else:
+        assert change.peers is not None
+        out = {"from": change.peers[0], "to": change.peers[1]}
+    out["message_id"] = change.target
+    kind = change.kind
+    if kind == "edit":
+        out["message"] = change.text
+        out["by"] = change.by
+    elif kind == "delete":
+        out["by"] = change.by
+    else:
+        out["emoji"] = change.text
+        out["user"] = change.by
+        out["added"] = kind == "react"
+    if change.seq is not None:
+        out["seq"] = change.seq
+    if kind == "edit":
+        out["edited_at"] = format_timestamp(change.ts_ms)
+    return out
+
+
+def _mention_payload(mention: Mention) -> dict[str, Any]:
+    return {
+        "room": mention.room,
+        "message_id": mention.message_id,
+        "from": mention.sender,
+        "seq": mention.seq,
+    }
+
+
+def _message_type(message: ChatMessage | DirectMessage) -> str:
+    return "file" if message.file is not None else _MESSAGE_TYPES[type(message)]
+
+
+_MESSAGE_TYPES: Final[dict[type, str]] = {ChatMessage: "chat", DirectMessage: "direct"}
+
+#: Each form of the model sent as a frame: its wire ``type``, and its payload.
+_MODEL_FRAMES: Final[dict[type, tuple[Callable[[Any], str], Callable[[Any], dict[str, Any]]]]] = {
+    ChatMessage: (_message_type, _chat_payload),
+    DirectMessage: (_message_type, _direct_payload),
+    Change: (lambda change: CHANGE_TYPES[change.kind], _change_payload),
+    Mention: (lambda _mention: "mention", _mention_payload),
+}
+
+
+def _history_item(message: ChatMessage | DirectMessage | Change | Mention) -> dict[str, Any]:
+    """A stored event as an item of a history page: its payload, type and time."""
+    wire_type, payload = _MODEL_FRAMES[type(message)]
+    item: dict[str, Any] = payload(message)
+    item["type"] = wire_type(message)
     item["timestamp"] = format_timestamp(message.ts_ms)
     return item
 
@@ -829,10 +1035,9 @@ def encode(frame: ServerFrame, *, id: str | None = None, ts_ms: int | None = Non
             obj["id"] = id
         obj["payload"] = frame.payload()  # type: ignore[union-attr]
     else:
-        message: Any = frame
-        obj = {"type": "file" if message.file is not None else model[0]}
+        obj = {"type": model[0](frame)}
         if id is not None:
             obj["id"] = id
-        obj["payload"] = model[1](message)
+        obj["payload"] = model[1](frame)
     obj["timestamp"] = format_timestamp(ts_ms)
     return _dumps(obj)

@@ -21,13 +21,23 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from ..exceptions import StoreError
-from ..model import ChatMessage, DirectMessage, FileInfo, RoomAccess, StoredUser
+from ..model import (
+    Change,
+    ChatMessage,
+    DirectMessage,
+    FileInfo,
+    Mention,
+    RoomAccess,
+    StoredUser,
+)
 
 __all__ = [
     "DEDUPE_SECONDS",
     "AppendResult",
     "DirectInbox",
     "DirectResult",
+    "Draft",
+    "Thread",
     "Files",
     "Lifecycle",
     "MessageLog",
@@ -58,21 +68,62 @@ def unstorable(text: str, client_id: str | None) -> StoreError | None:
 
 
 @dataclass(frozen=True, slots=True)
-class AppendResult:
-    """A stored message, and whether the store already had it (a resend)."""
+class Draft:
+    """What a sender asks the store to keep: a message, or a change of one.
 
-    message: ChatMessage
+    For a room (``room``) or a direct conversation (``to``: the other side).
+    A change (``kind`` one of :data:`~roomcast.model.CHANGE_KINDS`) names
+    the message it changes in ``target``, and carries the new text of an
+    edit or the emoji of a reaction in ``text``. The caller has checked who
+    may make it; the store decides, in the transaction that stores it,
+    what the message's state allows (no edit of a deleted message, one
+    reaction per emoji and name, at most :data:`~.batch.MAX_REACTIONS`
+    emoji), so two nodes changing one message at once agree.
+    """
+
+    sender: str
+    room: str | None = None
+    to: str | None = None
+    text: str = ""
+    client_id: str | None = None
+    file: FileInfo | None = None
+    kind: str = "chat"
+    target: str | None = None
+    #: A chat's answer: the message answered, and its thread's root.
+    reply_to: str | None = None
+    thread: str | None = None
+    #: The registered users it names who may read it (resolved by the caller).
+    mentions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """A stored room message or change, and whether the store already had it (a resend).
+
+    A change that changed nothing has no seq (``message.seq`` None).
+    """
+
+    message: ChatMessage | Change
     duplicate: bool
+    #: Each user the message mentions, with the mention's seq in their direct stream.
+    mentioned: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class DirectResult:
-    """A stored direct message, its seq in each side's inbox, and whether it is a resend."""
+    """A stored direct message or change, its seq in each side's inbox, and whether a resend.
 
-    message: DirectMessage
+    A change that changed nothing has seqs 0.
+    """
+
+    message: DirectMessage | Change
     sender_seq: int
     recipient_seq: int
     duplicate: bool
+
+
+#: Where a history page reads: the whole room (None), or one thread (its root's id).
+Thread = str | None
 
 
 class Lifecycle(Protocol):
@@ -112,6 +163,16 @@ class MessageLog(Protocol):
         :class:`~roomcast.exceptions.StoreError` on the future.
         """
 
+    def submit(self, draft: Draft) -> asyncio.Future[AppendResult | DirectResult]:
+        """Queue any draft (a room's to :class:`AppendResult`, a direct one's to
+        :class:`DirectResult`); :meth:`append` and :meth:`append_direct` are its
+        shorthands for plain messages.
+
+        A change the message's state refuses fails its future with a
+        :class:`~roomcast.exceptions.DomainError` (``NotFound``,
+        ``InvalidRequest``); nothing is stored for it.
+        """
+
     async def flush(self) -> None:
         """Wait until every append queued so far has been stored or has failed."""
 
@@ -122,17 +183,31 @@ class MessageLog(Protocol):
         """The lowest ``seq`` still kept in ``room`` (``last_seq + 1`` when none is)."""
 
     async def history(
-        self, room: str, *, before: int | None = None, limit: int = 50
+        self, room: str, *, before: int | None = None, limit: int = 50, thread: Thread = None
     ) -> tuple[list[ChatMessage], bool]:
-        """Up to ``limit`` messages with seq < ``before``, oldest first, and ``has_more``."""
+        """Up to ``limit`` messages with seq < ``before``, oldest first, and ``has_more``.
 
-    async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
-        """Up to ``limit`` messages with seq > ``seq``, oldest first."""
+        Messages only (changes are skipped), each in its current state with
+        its reactions, reply count and the quote of what it answers. With
+        ``thread``, only that root and its replies.
+        """
+
+    async def around(
+        self, room: str, seq: int, *, limit: int
+    ) -> tuple[list[ChatMessage], bool, bool]:
+        """Messages before ``seq`` (half of ``limit``) and from it on, as :meth:`history`.
+
+        Returns the page, whether older messages exist, and whether newer ones do.
+        """
+
+    async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage | Change]:
+        """Up to ``limit`` events with seq > ``seq``, oldest first: messages and changes."""
 
     async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
-        """The room or direct message with ``message_id``, or None (unknown or pruned).
+        """The room or direct message with ``message_id`` as it is now, or None.
 
-        A direct message comes without a seq: it has one per inbox.
+        None too for an unknown, pruned or change event's id. A direct
+        message comes without a seq: it has one per inbox.
         """
 
 
@@ -161,12 +236,15 @@ class DirectInbox(Protocol):
     async def direct_history(
         self, owner: str, *, before: int | None = None, limit: int = 50
     ) -> tuple[list[DirectMessage], bool]:
-        """``owner``'s direct messages with seq < ``before``, oldest first, and ``has_more``."""
+        """``owner``'s direct messages with seq < ``before``, oldest first, and ``has_more``.
+
+        Messages only, in their current state, with their reactions.
+        """
 
     async def direct_since(
         self, owner: str, seq: int, *, limit: int
-    ) -> tuple[list[DirectMessage], bool]:
-        """``owner``'s direct messages with seq > ``seq``, oldest first, and ``has_more``."""
+    ) -> tuple[list[DirectMessage | Change | Mention], bool]:
+        """``owner``'s direct-stream events with seq > ``seq``, oldest first, and ``has_more``."""
 
 
 class Users(Protocol):

@@ -26,14 +26,14 @@ import functools
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
 
-from ..exceptions import StoreBusy, StoreError
-from ..model import ChatMessage, DirectMessage, FileInfo
-from .base import AppendResult, DirectResult
+from ..exceptions import InvalidRequest, NoSuchMessage, StoreBusy, StoreError
+from ..model import Change, ChatMessage, DirectMessage, FileInfo, Mention
+from .base import AppendResult, DirectResult, Draft
 
 __all__ = [
     "MAX_BATCH",
@@ -43,8 +43,13 @@ __all__ = [
     "Plan",
     "ResendKey",
     "WriteQueue",
+    "MAX_REACTIONS",
+    "MESSAGE_COLUMNS",
+    "Target",
     "chat_from_row",
     "direct_from_row",
+    "message_from_row",
+    "names_from_column",
     "direct_resend",
     "file_from_column",
     "file_to_column",
@@ -65,29 +70,19 @@ BUSY_RETRY_AFTER: Final = 1.0
 
 
 class Pending:
-    """A queued message: for a room (``room``) or a direct one (``recipient``)."""
+    """A queued draft: for a room (``room``) or a direct conversation (``recipient``)."""
 
-    __slots__ = ("client_id", "file", "file_json", "future", "recipient", "room", "sender", "text")
+    __slots__ = ("client_id", "draft", "file_json", "future", "recipient", "room", "sender", "text")
 
-    def __init__(
-        self,
-        room: str | None,
-        recipient: str | None,
-        sender: str,
-        text: str,
-        client_id: str | None,
-        file: FileInfo | None,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self.room = room
-        self.recipient = recipient
-        self.sender = sender
-        self.text = text
-        self.client_id = client_id
-        # The file as stored (no url), and its column value.
-        if file is not None and file.url is not None:
-            file = replace(file, url=None)
-        self.file = file
+    def __init__(self, draft: Draft, future: asyncio.Future[Any]) -> None:
+        self.draft = draft
+        self.room = draft.room
+        self.recipient = draft.to
+        self.sender = draft.sender
+        self.text = draft.text
+        self.client_id = draft.client_id
+        # The file's column value (never its url).
+        file = draft.file
         self.file_json = file_to_column(file) if file is not None else None
         self.future = future
 
@@ -123,23 +118,14 @@ class WriteQueue:
         self._inflight: dict[tuple[str, str, bool, str], asyncio.Future[Any]] = {}
         self._idle: list[asyncio.Future[None]] = []
 
-    def add(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        room: str | None,
-        recipient: str | None,
-        sender: str,
-        text: str,
-        client_id: str | None,
-        file: FileInfo | None,
-    ) -> asyncio.Future[Any]:
-        """Queue a message; its future, or the first copy's when it is a resend of one queued.
+    def add(self, loop: asyncio.AbstractEventLoop, draft: Draft) -> asyncio.Future[Any]:
+        """Queue a draft; its future, or the first copy's when it is a resend of one queued.
 
         The future fails at once with :class:`~roomcast.exceptions.StoreBusy`
         when :attr:`limit` messages are already waiting.
         """
         future: asyncio.Future[Any] = loop.create_future()
-        item = Pending(room, recipient, sender, text, client_id, file, future)
+        item = Pending(draft, future)
         key = item.key
         if key is not None:
             first = self._inflight.get(key)
@@ -166,10 +152,14 @@ class WriteQueue:
     def finish(
         self,
         batch: list[Pending],
-        outcome: Sequence[AppendResult | DirectResult] | BaseException,
+        outcome: Sequence[AppendResult | DirectResult | Exception] | BaseException,
         reason: str = "",
     ) -> None:
-        """Resolve ``batch``'s futures in order: with its results, or failed with ``reason``."""
+        """Resolve ``batch``'s futures in order: with its results, or failed with ``reason``.
+
+        A result that is an exception fails that draft alone (a change the
+        message's state refuses).
+        """
         self.busy = False
         for item in batch:
             key = item.key
@@ -177,7 +167,11 @@ class WriteQueue:
                 del self._inflight[key]
         if not isinstance(outcome, BaseException):
             for item, result in zip(batch, outcome, strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    item.future.set_exception(result)
+                else:
                     item.future.set_result(result)
             return
         for item in batch:
@@ -207,7 +201,7 @@ class WriteQueue:
 
 
 class BatchedAppends:
-    """``append`` and ``append_direct`` for a store that queues them with ``_enqueue``."""
+    """``append`` and ``append_direct`` for a store that queues drafts with ``submit``."""
 
     def append(
         self,
@@ -218,7 +212,7 @@ class BatchedAppends:
         client_id: str | None = None,
         file: FileInfo | None = None,
     ) -> asyncio.Future[AppendResult]:
-        return self._enqueue(room, None, sender, text, client_id, file)
+        return self.submit(Draft(sender, room=room, text=text, client_id=client_id, file=file))
 
     def append_direct(
         self,
@@ -229,17 +223,9 @@ class BatchedAppends:
         client_id: str | None = None,
         file: FileInfo | None = None,
     ) -> asyncio.Future[DirectResult]:
-        return self._enqueue(None, recipient, sender, text, client_id, file)
+        return self.submit(Draft(sender, to=recipient, text=text, client_id=client_id, file=file))
 
-    def _enqueue(
-        self,
-        room: str | None,
-        recipient: str | None,
-        sender: str,
-        text: str,
-        client_id: str | None,
-        file: FileInfo | None,
-    ) -> asyncio.Future[Any]:
+    def submit(self, draft: Draft) -> asyncio.Future[Any]:
         raise NotImplementedError
 
 
@@ -248,75 +234,147 @@ class BatchedAppends:
 #: A resend's key once its kind is known: sender, frame id, and room or recipient.
 ResendKey = tuple[str, str, str]
 
+#: Most distinct emoji on one message: a row of reactions stays one row on
+#: a phone (Slack allows 23, GitHub 8), and a message cannot be flooded.
+MAX_REACTIONS: Final = 20
+
+
+@dataclass(slots=True)
+class Target:
+    """A message some change in a batch names, as its transaction reads it.
+
+    The plan keeps it current as it goes through the batch, so a delete and
+    a later edit of one message in one batch are decided as if sent apart.
+    """
+
+    message_id: str
+    sender: str
+    #: The room of a room message; the recipient of a direct one.
+    room: str | None
+    recipient: str | None
+    deleted: bool
+    #: Each emoji with the names that reacted with it.
+    reactions: dict[str, set[str]] = field(default_factory=dict)
+
 
 class Plan:
     """A batch worked out in memory, the same way for every SQL store.
 
     Built from the batch and the earlier copies of its resends (found by the
-    store in the batch's transaction), it says how many seqs each room and
-    inbox needs (:attr:`room_counts`, :attr:`inbox_counts`); :meth:`assign`
-    then gives each new message its seq and id from the last seqs before the
-    batch, and lists the rows to insert.
+    store in the batch's transaction), it lists the messages its changes
+    name (:meth:`targets`); :meth:`decide`, given those messages as the
+    transaction reads them, says which changes apply, which change nothing
+    and which the message's state refuses, and so how many seqs each room
+    and inbox needs (:attr:`room_counts`, :attr:`inbox_counts`);
+    :meth:`assign` then gives each new event its seq and id from the last
+    seqs before the batch, and lists the rows to insert and update.
 
     Args:
-        batch: the messages, in append order.
-        rooms: the earlier copy of each resent room message, by
+        batch: the drafts, in append order.
+        rooms: the earlier copy of each resent room draft, by
             ``(sender, client_id, room)``.
-        direct: the same for direct messages, by ``(sender, client_id, recipient)``.
+        direct: the same for direct drafts, by ``(sender, client_id, recipient)``.
     """
 
     __slots__ = (
         "batch",
+        "deletes",
+        "direct_deletes",
+        "direct_edits",
         "direct_rows",
         "earlier",
+        "edits",
         "inbox_counts",
         "inbox_rows",
         "message_rows",
+        "reactions",
         "room_counts",
+        "_targets",
     )
 
     def __init__(
         self,
         batch: list[Pending],
-        rooms: dict[ResendKey, ChatMessage],
+        rooms: dict[ResendKey, AppendResult],
         direct: dict[ResendKey, DirectResult],
     ) -> None:
         self.batch = batch
-        #: Each message's earlier copy, or None for a new message.
-        self.earlier: list[AppendResult | DirectResult | None] = []
-        #: How many new messages each room and each inbox gets.
+        #: Each draft's outcome when known before seqs: an earlier copy, a
+        #: change that changes nothing, or a refusal; None for a new event.
+        self.earlier: list[AppendResult | DirectResult | Exception | None] = []
+        #: How many new events each room and each inbox gets.
         self.room_counts: dict[str, int] = {}
         self.inbox_counts: dict[str, int] = {}
-        #: Rows to insert, filled by :meth:`assign`: messages
-        #: ``(room, seq, message_id, sender, body, client_id, ts_ms, file)``,
-        #: direct messages ``(message_id, sender, recipient, body, client_id,
-        #: ts_ms, file)``, inbox entries ``(owner, seq, message_id)``.
+        #: Rows to insert, filled by :meth:`assign`: messages ``(room, seq,
+        #: message_id, sender, body, client_id, ts_ms, file, kind, target,
+        #: thread, mentions)``, direct messages ``(message_id, sender,
+        #: recipient, body, client_id, ts_ms, file, kind, target, room,
+        #: mentions)``, inbox entries ``(owner, seq, message_id)``.
         self.message_rows: list[tuple[Any, ...]] = []
         self.direct_rows: list[tuple[Any, ...]] = []
         self.inbox_rows: list[tuple[Any, ...]] = []
-        room_counts, inbox_counts = self.room_counts, self.inbox_counts
+        #: What the changes do to the messages they name, in order: edits
+        #: ``(body, edited_ms, message_id)``, deletes ``(deleted_ms,
+        #: message_id)``, per table; each reaction touched, ``(message_id,
+        #: emoji, name)``, with its row ``(..., ts_ms)`` if it ends added,
+        #: None if removed (:meth:`reaction_rows`).
+        self.edits: list[tuple[Any, ...]] = []
+        self.deletes: list[tuple[Any, ...]] = []
+        self.direct_edits: list[tuple[Any, ...]] = []
+        self.direct_deletes: list[tuple[Any, ...]] = []
+        self.reactions: dict[tuple[str, str, str], tuple[Any, ...] | None] = {}
+        self._targets: dict[str, Target] = {}
         for item in batch:
             first: AppendResult | DirectResult | None = None
-            if item.room is not None:
-                if item.client_id is not None and rooms:
-                    found = rooms.get((item.sender, item.client_id, item.room))
-                    first = AppendResult(found, True) if found is not None else None
-                if first is None:
-                    room_counts[item.room] = room_counts.get(item.room, 0) + 1
-            else:
-                recipient = item.recipient
-                assert recipient is not None
-                if item.client_id is not None and direct:
-                    first = direct.get((item.sender, item.client_id, recipient))
-                if first is None:
-                    for owner in dict.fromkeys((item.sender, recipient)):
-                        inbox_counts[owner] = inbox_counts.get(owner, 0) + 1
+            if item.client_id is not None:
+                if item.room is not None:
+                    first = rooms.get((item.sender, item.client_id, item.room)) if rooms else None
+                else:
+                    assert item.recipient is not None
+                    key = (item.sender, item.client_id, item.recipient)
+                    first = direct.get(key) if direct else None
             self.earlier.append(first)
+
+    def targets(self) -> set[str]:
+        """The ids of the messages this batch's new changes name."""
+        return {
+            item.draft.target
+            for item, first in zip(self.batch, self.earlier, strict=True)
+            if first is None and item.draft.target is not None and item.draft.kind != "chat"
+        }
+
+    def decide(self, targets: dict[str, Target], now_ms: int) -> None:
+        """Settle each change against ``targets`` (as read in the transaction); count seqs.
+
+        ``targets`` holds the messages :meth:`targets` named that exist;
+        it is updated in place as the changes apply.
+        """
+        self._targets = targets
+        room_counts, inbox_counts = self.room_counts, self.inbox_counts
+        earlier = self.earlier
+        for index, item in enumerate(self.batch):
+            if earlier[index] is not None:
+                continue
+            draft = item.draft
+            if draft.kind != "chat":
+                outcome = _settle(draft, targets.get(draft.target or ""), now_ms)
+                if outcome is not None:
+                    earlier[index] = outcome
+                    continue
+            if item.room is not None:
+                room_counts[item.room] = room_counts.get(item.room, 0) + 1
+                for name in draft.mentions:
+                    if name != draft.sender:
+                        inbox_counts[name] = inbox_counts.get(name, 0) + 1
+            else:
+                assert item.recipient is not None
+                for owner in dict.fromkeys((item.sender, item.recipient)):
+                    inbox_counts[owner] = inbox_counts.get(owner, 0) + 1
 
     def assign(
         self, room_seqs: dict[str, int], inbox_seqs: dict[str, int], now_ms: int
-    ) -> list[AppendResult | DirectResult]:
-        """Every message's result, new ones numbered on from the last seqs before the batch.
+    ) -> list[AppendResult | DirectResult | Exception]:
+        """Every draft's result, new events numbered on from the last seqs before the batch.
 
         ``room_seqs`` and ``inbox_seqs`` hold the last seq of each room and
         inbox in :attr:`room_counts` and :attr:`inbox_counts`; they are
@@ -328,37 +386,75 @@ class Plan:
         for owner in self.inbox_counts:
             if owner not in inbox_seqs:
                 raise StoreError(f"no user {owner!r} for a direct message")
-        results: list[AppendResult | DirectResult] = []
+        results: list[AppendResult | DirectResult | Exception] = []
         add_message, add_direct = self.message_rows.append, self.direct_rows.append
         add_inbox = self.inbox_rows.append
         for item, first in zip(self.batch, self.earlier, strict=True):
             if first is not None:
                 results.append(first)
                 continue
+            draft = item.draft
             message_id = uuid.uuid4().hex
             room = item.room
             if room is not None:
                 seq = room_seqs[room] = room_seqs[room] + 1
-                add_message(
-                    (
-                        room,
-                        seq,
-                        message_id,
-                        item.sender,
-                        item.text,
-                        item.client_id,
-                        now_ms,
-                        item.file_json,
+                if draft.kind != "chat":
+                    assert draft.target is not None
+                    add_message(
+                        (room, seq, message_id, item.sender, item.text, item.client_id)
+                        + (now_ms, None, draft.kind, draft.target, None, None)
                     )
+                    self._apply(draft, now_ms)
+                    change = Change(
+                        draft.kind, draft.target, item.sender, now_ms, seq, room, None, item.text
+                    )
+                    results.append(AppendResult(change, False))
+                    continue
+                mentions = draft.mentions
+                add_message(
+                    (room, seq, message_id, item.sender, item.text, item.client_id, now_ms)
+                    + (item.file_json, "chat", draft.reply_to, draft.thread)
+                    + (_names_column(mentions),)
                 )
-                chat = ChatMessage(room, item.text, item.sender, seq, message_id, now_ms, item.file)
-                results.append(AppendResult(chat, False))
+                chat = ChatMessage(
+                    room,
+                    item.text,
+                    item.sender,
+                    seq,
+                    message_id,
+                    now_ms,
+                    _unsigned(draft.file),
+                    draft.reply_to,
+                    draft.thread,
+                    mentions,
+                )
+                mentioned: list[tuple[str, int]] = []
+                for name in mentions:
+                    if name == item.sender:
+                        continue
+                    event_id = uuid.uuid4().hex
+                    add_direct(
+                        (event_id, item.sender, name, "", None, now_ms, None)
+                        + ("mention", message_id, room, None)
+                    )
+                    mention_seq = inbox_seqs[name] = inbox_seqs[name] + 1
+                    add_inbox((name, mention_seq, event_id))
+                    mentioned.append((name, mention_seq))
+                results.append(AppendResult(chat, False, tuple(mentioned)))
                 continue
             sender, recipient = item.sender, item.recipient
             assert recipient is not None
-            add_direct(
-                (message_id, sender, recipient, item.text, item.client_id, now_ms, item.file_json)
-            )
+            if draft.kind != "chat":
+                add_direct(
+                    (message_id, sender, recipient, item.text, item.client_id, now_ms, None)
+                    + (draft.kind, draft.target, None, None)
+                )
+                self._apply(draft, now_ms)
+            else:
+                add_direct(
+                    (message_id, sender, recipient, item.text, item.client_id, now_ms)
+                    + (item.file_json, "chat", None, None, _names_column(draft.mentions))
+                )
             sender_seq = inbox_seqs[sender] = inbox_seqs[sender] + 1
             add_inbox((sender, sender_seq, message_id))
             if recipient == sender:
@@ -366,9 +462,112 @@ class Plan:
             else:
                 recipient_seq = inbox_seqs[recipient] = inbox_seqs[recipient] + 1
                 add_inbox((recipient, recipient_seq, message_id))
-            direct = DirectMessage(sender, recipient, item.text, message_id, now_ms, file=item.file)
-            results.append(DirectResult(direct, sender_seq, recipient_seq, False))
+            event: DirectMessage | Change
+            if draft.kind != "chat":
+                assert draft.target is not None
+                peers = (sender, recipient)
+                event = Change(
+                    draft.kind, draft.target, sender, now_ms, None, None, peers, item.text
+                )
+            else:
+                event = DirectMessage(
+                    sender,
+                    recipient,
+                    item.text,
+                    message_id,
+                    now_ms,
+                    file=_unsigned(draft.file),
+                    mentions=draft.mentions,
+                )
+            results.append(DirectResult(event, sender_seq, recipient_seq, False))
         return results
+
+    def _apply(self, draft: Draft, now_ms: int) -> None:
+        """List what an applied change does to its message (decided in :meth:`decide`)."""
+        target = draft.target
+        assert target is not None
+        direct = draft.room is None
+        if draft.kind == "edit":
+            (self.direct_edits if direct else self.edits).append((draft.text, now_ms, target))
+        elif draft.kind == "delete":
+            (self.direct_deletes if direct else self.deletes).append((now_ms, target))
+        else:
+            key = (target, draft.text, draft.sender)
+            self.reactions[key] = (*key, now_ms) if draft.kind == "react" else None
+
+    def reaction_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The reactions to insert ``(message_id, emoji, name, ts_ms)`` and to delete.
+
+        Each (message, emoji, name) as the batch leaves it: an add and a
+        remove of one reaction in one batch keep only the last.
+        """
+        inserts = [row for row in self.reactions.values() if row is not None]
+        deletes = [key for key, row in self.reactions.items() if row is None]
+        return inserts, deletes
+
+
+def _settle(
+    draft: Draft, target: Target | None, now_ms: int
+) -> AppendResult | DirectResult | Exception | None:
+    """A change's outcome when it stores no event (nothing to change, or refused); else None.
+
+    An applying change updates ``target`` so later drafts of the batch see it.
+    """
+    if target is None:
+        return NoSuchMessage("no such message")
+    kind, name = draft.kind, draft.sender
+    if kind == "edit":
+        if target.deleted:
+            return InvalidRequest("the message was deleted; it cannot be edited")
+        return None
+    if kind == "delete":
+        if target.deleted:
+            return _unchanged(draft, target, now_ms)
+        target.deleted = True
+        target.reactions.clear()
+        return None
+    reactions = target.reactions
+    if kind == "react":
+        if target.deleted:
+            return InvalidRequest("the message was deleted; it cannot take reactions")
+        names = reactions.get(draft.text)
+        if names is not None and name in names:
+            return _unchanged(draft, target, now_ms)
+        if names is None:
+            if len(reactions) >= MAX_REACTIONS:
+                return InvalidRequest(f"a message has at most {MAX_REACTIONS} different reactions")
+            names = reactions[draft.text] = set()
+        names.add(name)
+        return None
+    names = reactions.get(draft.text)
+    if names is None or name not in names:
+        return _unchanged(draft, target, now_ms)
+    names.discard(name)
+    if not names:
+        del reactions[draft.text]
+    return None
+
+
+def _unchanged(draft: Draft, target: Target, now_ms: int) -> AppendResult | DirectResult:
+    """The result of a change that changes nothing: no event, no seq."""
+    assert draft.target is not None
+    if draft.room is not None:
+        change = Change(draft.kind, draft.target, draft.sender, now_ms, None, draft.room)
+        return AppendResult(replace(change, text=draft.text), False)
+    assert draft.to is not None
+    peers = (draft.sender, draft.to)
+    change = Change(draft.kind, draft.target, draft.sender, now_ms, None, None, peers, draft.text)
+    return DirectResult(change, 0, 0, False)
+
+
+def _names_column(names: tuple[str, ...]) -> str | None:
+    """The ``mentions`` column: a JSON list of names, or NULL for none."""
+    return orjson.dumps(list(names)).decode() if names else None
+
+
+def _unsigned(file: FileInfo | None) -> FileInfo | None:
+    """``file`` as stored: without its url."""
+    return replace(file, url=None) if file is not None and file.url is not None else file
 
 
 # -- rows ------------------------------------------------------------------------
@@ -389,27 +588,92 @@ def file_from_column(column: str | None) -> FileInfo | None:
     return FileInfo(obj["name"], obj["mime"], obj["size"], obj["sha256"])
 
 
+#: A room event's columns, in the order :func:`message_from_row` reads them.
+MESSAGE_COLUMNS: Final = (
+    "room, body, sender, seq, message_id, ts_ms, file, kind, target, thread, mentions,"
+    " edited_ms, deleted_ms"
+)
+
+
+def message_from_row(row: Sequence[Any]) -> ChatMessage | Change:
+    """A room message (as it is now) or change, from a row of :data:`MESSAGE_COLUMNS`."""
+    room, body, sender, seq, message_id, ts_ms, file, kind, target, thread = row[:10]
+    names, edited, gone = row[10:13]
+    if kind != "chat":
+        return Change(kind, target, sender, ts_ms, seq, room, None, body)
+    return ChatMessage(
+        room,
+        body,
+        sender,
+        seq,
+        message_id,
+        ts_ms,
+        file_from_column(file),
+        target,
+        thread,
+        names_from_column(names),
+        edited,
+        gone is not None,
+    )
+
+
 def chat_from_row(row: Sequence[Any]) -> ChatMessage:
-    """A room message from ``room, body, sender, seq, message_id, ts_ms, file``."""
-    room, body, sender, seq, message_id, ts_ms, file = row
-    return ChatMessage(room, body, sender, seq, message_id, ts_ms, file_from_column(file))
+    """A room message from a row of :data:`MESSAGE_COLUMNS` that is one (not a change)."""
+    message = message_from_row(row)
+    assert isinstance(message, ChatMessage)
+    return message
 
 
-def direct_from_row(row: Sequence[Any]) -> DirectMessage:
-    """A direct message from ``sender, recipient, body, message_id, ts_ms, seq, file``."""
-    sender, recipient, body, message_id, ts_ms, seq, file = row
-    return DirectMessage(sender, recipient, body, message_id, ts_ms, seq, file_from_column(file))
+def direct_from_row(row: Sequence[Any]) -> DirectMessage | Change | Mention:
+    """A direct-stream event from ``sender, recipient, body, message_id, ts_ms, seq,
+    file, kind, target, room, mentions, edited_ms, deleted_ms``."""
+    sender, to, body, message_id, ts_ms, seq, file, kind, target, room, names, edited, gone = row
+    if kind == "chat":
+        return DirectMessage(
+            sender,
+            to,
+            body,
+            message_id,
+            ts_ms,
+            seq,
+            file_from_column(file),
+            names_from_column(names),
+            edited,
+            gone is not None,
+        )
+    if kind == "mention":
+        return Mention(room, target, sender, seq, ts_ms)
+    return Change(kind, target, sender, ts_ms, seq, None, (sender, to), body)
 
 
 def direct_resend(row: Sequence[Any]) -> tuple[ResendKey, DirectResult]:
-    """A direct message's earlier copy, by its resend key, from a lookup row.
+    """A direct draft's earlier copy, by its resend key, from a lookup row.
 
     The row is ``sender, client_id, recipient, body, message_id, ts_ms, file,
-    sender_seq, recipient_seq`` (the seqs None when pruned from an inbox).
+    sender_seq, recipient_seq, kind, target, mentions`` (the seqs None when
+    pruned from an inbox).
     """
-    sender, client_id, to, body, message_id, ts_ms, file, sender_seq, to_seq = row
-    copy = DirectMessage(sender, to, body, message_id, ts_ms, file=file_from_column(file))
+    sender, client_id, to, body, message_id, ts_ms, file, sender_seq, to_seq = row[:9]
+    kind, target, names = row[9:12]
+    copy: DirectMessage | Change
+    if kind == "chat":
+        copy = DirectMessage(
+            sender,
+            to,
+            body,
+            message_id,
+            ts_ms,
+            file=file_from_column(file),
+            mentions=names_from_column(names),
+        )
+    else:
+        copy = Change(kind, target, sender, ts_ms, None, None, (sender, to), body)
     return (sender, client_id, to), DirectResult(copy, sender_seq or 0, to_seq or 0, True)
+
+
+def names_from_column(column: str | None) -> tuple[str, ...]:
+    """The names in a ``mentions`` column."""
+    return tuple(orjson.loads(column)) if column else ()
 
 
 def _as_duplicate(future: asyncio.Future[Any], first: asyncio.Future[Any]) -> None:

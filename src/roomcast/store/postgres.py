@@ -59,16 +59,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from ..exceptions import StoreError
-from ..model import ChatMessage
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult
-from .batch import MAX_QUEUED, Pending, Plan, ResendKey, chat_from_row, direct_resend
-from .sql import Job, Prune, SQLStore
+from .batch import MAX_QUEUED, Pending, Plan, ResendKey, direct_resend, message_from_row
+from .sql import Job, Prune, SQLStore, apply_changes, load_targets
 
 __all__ = ["PostgresStore"]
 
 logger = logging.getLogger("roomcast.store.postgres")
 
 T = TypeVar("T")
+
+#: Seconds from a delete's batch to the VACUUM that erases it: the batch
+#: has committed by then, and a burst of deletes shares one VACUUM.
+ERASE_DELAY: Final = 0.5
 
 #: Seconds a migration (or the wait for another node's) may take.
 MIGRATE_TIMEOUT: Final = 300.0
@@ -105,7 +108,8 @@ def _sender_lock(sender: str) -> int:
 #: that still counts.
 _DEDUPE: Final = (
     "SELECT DISTINCT ON (m.sender, m.client_id, m.room) m.sender, m.client_id,"
-    " m.room, m.body, m.sender, m.seq, m.message_id, m.ts_ms, m.file"
+    " m.room, m.body, m.sender, m.seq, m.message_id, m.ts_ms, m.file, m.kind, m.target,"
+    " m.thread, m.mentions, m.edited_ms, m.deleted_ms"
     " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(sender, client_id, room)"
     " JOIN messages m ON m.sender = k.sender AND m.client_id = k.client_id"
     " AND m.room = k.room"
@@ -116,8 +120,8 @@ _DEDUPE: Final = (
 #: in both inboxes, as :func:`~.batch.direct_resend` reads them.
 _DIRECT_DEDUPE: Final = (
     "SELECT DISTINCT ON (d.sender, d.client_id, d.recipient) d.sender, d.client_id,"
-    " d.recipient, d.body, d.message_id, d.ts_ms, d.file, s.seq, r.seq"
-    " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(sender, client_id, recipient)"
+    " d.recipient, d.body, d.message_id, d.ts_ms, d.file, s.seq, r.seq, d.kind, d.target,"
+    " d.mentions FROM unnest($1::text[], $2::text[], $3::text[]) AS k(sender, client_id, recipient)"
     " JOIN direct_messages d ON d.sender = k.sender AND d.client_id = k.client_id"
     " AND d.recipient = k.recipient"
     " LEFT JOIN inbox s ON s.message_id = d.message_id AND s.owner = d.sender"
@@ -138,25 +142,37 @@ _LOCK_INBOXES: Final = (
     "SELECT name, dm_seq FROM users WHERE name = ANY($1::text[])"
     ' ORDER BY name COLLATE "C" FOR NO KEY UPDATE'
 )
-#: Everything a batch adds, in one statement: room messages ($1-$7), direct
-#: messages ($8-$13), the inboxes' new last seqs ($14-$15), inbox rows
-#: ($16-$18), all at time $19. Empty arrays insert nothing.
+#: Lock the rooms of a batch that changes messages, in name order, before
+#: reading the messages it changes (then reserving seqs takes no new lock).
+_LOCK_ROOMS: Final = (
+    'SELECT name FROM rooms WHERE name = ANY($1::text[]) ORDER BY name COLLATE "C"'
+    " FOR NO KEY UPDATE"
+)
+#: Everything a batch adds, in one statement: room events ($1-$11), direct
+#: events ($12-$21), the inboxes' new last seqs ($22-$23), inbox rows
+#: ($24-$26), all at time $27. Empty arrays insert nothing.
 _INSERT_BATCH: Final = (
     "WITH room_rows AS ("
-    " INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms, file)"
-    " SELECT room, seq, message_id, sender, body, client_id, $19, file FROM unnest("
-    "$1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
-    " AS t(room, seq, message_id, sender, body, client_id, file)),"
+    " INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms, file, kind,"
+    " target, thread, mentions)"
+    " SELECT room, seq, message_id, sender, body, client_id, $27, file, kind, target, thread,"
+    " mentions FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],"
+    " $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])"
+    " AS t(room, seq, message_id, sender, body, client_id, file, kind, target, thread,"
+    " mentions)),"
     " direct_rows AS ("
-    " INSERT INTO direct_messages (message_id, sender, recipient, body, client_id, ts_ms, file)"
-    " SELECT message_id, sender, recipient, body, client_id, $19, file FROM unnest("
-    "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
-    " AS t(message_id, sender, recipient, body, client_id, file)),"
+    " INSERT INTO direct_messages (message_id, sender, recipient, body, client_id, ts_ms, file,"
+    " kind, target, room, mentions)"
+    " SELECT message_id, sender, recipient, body, client_id, $27, file, kind, target, room,"
+    " mentions FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::text[],"
+    " $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])"
+    " AS t(message_id, sender, recipient, body, client_id, file, kind, target, room,"
+    " mentions)),"
     " inbox_seqs AS ("
-    " UPDATE users SET dm_seq = t.seq FROM unnest($14::text[], $15::bigint[]) AS t(name, seq)"
+    " UPDATE users SET dm_seq = t.seq FROM unnest($22::text[], $23::bigint[]) AS t(name, seq)"
     " WHERE users.name = t.name)"
     " INSERT INTO inbox (owner, seq, message_id)"
-    " SELECT owner, seq, message_id FROM unnest($16::text[], $17::bigint[], $18::text[])"
+    " SELECT owner, seq, message_id FROM unnest($24::text[], $25::bigint[], $26::text[])"
     " AS t(owner, seq, message_id)"
 )
 
@@ -264,6 +280,12 @@ class PostgresStore(SQLStore):
         self._pool: Any = None  # asyncpg.Pool
         self._wconn: Any = None  # the writer's pooled connection, between batches
         self._writer: asyncio.Task[None] | None = None
+        #: The VACUUM that erases deleted messages' old row versions, and
+        #: whether another delete came since it started.
+        self._eraser: asyncio.Task[None] | None = None
+        self._erase_wanted = False
+        #: Whether this role may run CHECKPOINT (found out at the first try).
+        self._may_checkpoint = True
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r})"
@@ -322,6 +344,10 @@ class PostgresStore(SQLStore):
         )
 
     async def _disconnect(self) -> None:
+        if self._eraser is not None:
+            self._eraser.cancel()
+            await asyncio.gather(self._eraser, return_exceptions=True)
+            self._eraser = None
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -453,7 +479,7 @@ class PostgresStore(SQLStore):
             else:
                 self._batch_done(batch, results, time.perf_counter() - started)
 
-    async def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult]:
+    async def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult | Exception]:
         """Store ``batch`` in one transaction on the writer's connection."""
         conn = self._wconn
         if conn is not None and _is_gone(conn):
@@ -470,7 +496,7 @@ class PostgresStore(SQLStore):
 
     async def _store_batch(
         self, conn: Any, batch: list[Pending]
-    ) -> list[AppendResult | DirectResult]:
+    ) -> list[AppendResult | DirectResult | Exception]:
         now_ms = int(self._clock() * 1000)
         keyed = [item for item in batch if item.client_id is not None]
         locks = sorted({_sender_lock(item.sender) for item in keyed})
@@ -502,16 +528,16 @@ class PostgresStore(SQLStore):
 
     async def _fill_batch(
         self, conn: Any, batch: list[Pending], keyed: list[Pending], now_ms: int
-    ) -> list[AppendResult | DirectResult]:
+    ) -> list[AppendResult | DirectResult | Exception]:
         """Look up resends, reserve seqs and insert ``batch`` (inside its transaction)."""
         cutoff = now_ms - DEDUPE_SECONDS * 1000
-        rooms: dict[ResendKey, ChatMessage] = {}
+        rooms: dict[ResendKey, AppendResult] = {}
         direct: dict[ResendKey, DirectResult] = {}
         room_keys = [(i.sender, i.client_id, i.room) for i in keyed if i.room is not None]
         if room_keys:
             senders, ids, in_rooms = zip(*room_keys, strict=True)
             for row in await conn.fetch(_DEDUPE, list(senders), list(ids), list(in_rooms), cutoff):
-                rooms[(row[0], row[1], row[2])] = chat_from_row(row[2:])
+                rooms[(row[0], row[1], row[2])] = AppendResult(message_from_row(row[2:]), True)
         direct_keys = [(i.sender, i.client_id, i.recipient) for i in keyed if i.room is None]
         if direct_keys:
             senders, ids, recipients = zip(*direct_keys, strict=True)
@@ -522,6 +548,15 @@ class PostgresStore(SQLStore):
                 key, result = direct_resend(row)
                 direct[key] = result
         plan = Plan(batch, rooms, direct)
+        shared = _Connection(conn)
+        if plan.targets():
+            # The changed messages' rooms and inboxes are locked first (in the
+            # global order), so their state cannot move before this commits.
+            room_names = sorted({i.room for i in batch if i.room is not None})
+            await conn.fetch(_LOCK_ROOMS, room_names)
+            owners = {o for i in batch if i.room is None for o in (i.sender, i.recipient)}
+            await conn.fetch(_LOCK_INBOXES, sorted(o for o in owners if o is not None))
+        plan.decide(await load_targets(shared, plan, self._NAMES_IN, self._names), now_ms)
 
         # The last seq before this batch, per room and inbox: rooms sorted by
         # name, then users, so batches of several nodes never deadlock.
@@ -537,7 +572,46 @@ class PostgresStore(SQLStore):
         results = plan.assign(room_seqs, inbox_seqs, now_ms)
         if plan.message_rows or plan.direct_rows:
             await conn.execute(_INSERT_BATCH, *_insert_args(plan, inbox_seqs, now_ms))
+        await apply_changes(shared, plan)
+        if plan.deletes or plan.direct_deletes:
+            self._erase_soon()
         return results
+
+    def _erase_soon(self) -> None:
+        """A batch deletes messages: VACUUM their tables once it has committed.
+
+        PostgreSQL keeps a row's old version (the text) in the table until
+        VACUUM reclaims it, and the page on disk until a checkpoint writes
+        it. This runs both shortly after each burst of deletes, off the
+        writer, so the text leaves the table files within about a second.
+        ``CHECKPOINT`` needs a superuser or the ``pg_checkpoint`` role: without
+        it the pages reach the disk at PostgreSQL's next own checkpoint
+        (5 minutes by default). The write-ahead log keeps the text until
+        its segments are recycled (docs/security.md).
+        """
+        self._erase_wanted = True
+        if self._eraser is None or self._eraser.done():
+            self._eraser = asyncio.get_running_loop().create_task(
+                self._erase(), name="roomcast-postgres-erase", context=contextvars.Context()
+            )
+
+    async def _erase(self) -> None:
+        while self._erase_wanted:
+            await asyncio.sleep(ERASE_DELAY)
+            self._erase_wanted = False
+            try:
+                async with self._connection() as conn:
+                    await conn.execute("VACUUM messages, direct_messages, reactions")
+                    if self._may_checkpoint:
+                        await conn.execute("CHECKPOINT")
+            except asyncpg.InsufficientPrivilegeError:
+                self._may_checkpoint = False
+                logger.info(
+                    "deleted messages leave the table files at PostgreSQL's next checkpoint:"
+                    " this role may not run CHECKPOINT (grant it pg_checkpoint)"
+                )
+            except (*_DRIVER_ERRORS, StoreError) as exc:
+                logger.warning("could not vacuum deleted messages away: %s", self._reason(exc))
 
     # -- errors ----------------------------------------------------------------
 
@@ -572,13 +646,13 @@ class PostgresStore(SQLStore):
 
 def _insert_args(plan: Plan, inbox_seqs: dict[str, int], now_ms: int) -> tuple[Any, ...]:
     """The parameters of :data:`_INSERT_BATCH`: ``plan``'s rows, column by column."""
-    messages = list(zip(*plan.message_rows, strict=True)) or [()] * 8
-    direct = list(zip(*plan.direct_rows, strict=True)) or [()] * 7
+    messages = list(zip(*plan.message_rows, strict=True)) or [()] * 12
+    direct = list(zip(*plan.direct_rows, strict=True)) or [()] * 11
     inbox = list(zip(*plan.inbox_rows, strict=True)) or [()] * 3
     owners = sorted(inbox_seqs)
     last = [inbox_seqs[owner] for owner in owners]
-    # Each row's time (column 6 of messages, 5 of direct) is $19, once.
-    return (*messages[:6], messages[7], *direct[:5], direct[6], owners, last, *inbox, now_ms)
+    # Each row's time (column 6 of messages, 5 of direct) is $27, once.
+    return (*messages[:6], *messages[7:], *direct[:5], *direct[6:], owners, last, *inbox, now_ms)
 
 
 def _location(url: str) -> tuple[str, str | None]:

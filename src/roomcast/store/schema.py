@@ -114,6 +114,44 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " WHERE file IS NOT NULL",
         ),
     ),
+    Migration(
+        5,
+        "messages change: edits, deletes and reactions as stream events; replies; mentions",
+        (
+            # kind: 'chat' (a message, text or file), or a change of the
+            # message named by target: 'edit' (body: the new text), 'delete',
+            # 'react' or 'unreact' (body: the emoji). A chat's target is the
+            # message it answers and thread its thread's root. mentions is a
+            # JSON list of names. A deleted message keeps its row (its seq) with
+            # body, file and mentions erased.
+            "ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'chat'",
+            "ALTER TABLE messages ADD COLUMN target TEXT",
+            "ALTER TABLE messages ADD COLUMN thread TEXT",
+            "ALTER TABLE messages ADD COLUMN mentions TEXT",
+            "ALTER TABLE messages ADD COLUMN edited_ms BIGINT",
+            "ALTER TABLE messages ADD COLUMN deleted_ms BIGINT",
+            "CREATE INDEX messages_target ON messages (target) WHERE target IS NOT NULL",
+            "CREATE INDEX messages_thread ON messages (thread, seq) WHERE thread IS NOT NULL",
+            # The same on direct messages, plus 'mention': a room message
+            # (target, in room) names the recipient; it is listed in the
+            # recipient's inbox only.
+            "ALTER TABLE direct_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'chat'",
+            "ALTER TABLE direct_messages ADD COLUMN target TEXT",
+            "ALTER TABLE direct_messages ADD COLUMN room TEXT",
+            "ALTER TABLE direct_messages ADD COLUMN mentions TEXT",
+            "ALTER TABLE direct_messages ADD COLUMN edited_ms BIGINT",
+            "ALTER TABLE direct_messages ADD COLUMN deleted_ms BIGINT",
+            "CREATE INDEX direct_messages_target ON direct_messages (target)"
+            " WHERE target IS NOT NULL",
+            # Who reacted to which message (room or direct) with what, now.
+            "CREATE TABLE reactions ("
+            " message_id TEXT NOT NULL,"
+            " emoji TEXT NOT NULL,"
+            " name TEXT NOT NULL,"
+            " ts_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (message_id, emoji, name))",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

@@ -31,24 +31,40 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 from ..exceptions import StoreError
-from ..model import ChatMessage, DirectMessage, FileInfo, RoomAccess, StoredUser
-from .base import AppendResult, DirectResult, unstorable
+from ..model import (
+    Change,
+    ChatMessage,
+    DirectMessage,
+    Mention,
+    Quote,
+    Reactions,
+    RoomAccess,
+    StoredUser,
+)
+from .base import AppendResult, DirectResult, Draft, Thread, unstorable
 from .batch import (
     MAX_QUEUED,
+    MESSAGE_COLUMNS,
     BatchedAppends,
     Pending,
+    Plan,
+    Target,
     WriteQueue,
     chat_from_row,
     direct_from_row,
     file_from_column,
+    message_from_row,
+    names_from_column,
 )
 from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, Migration
 
 __all__ = [
-    "CHAT_COLUMNS",
+    "apply_changes",
+    "load_targets",
     "PRUNE_CHUNK",
     "PRUNE_INTERVAL",
     "Job",
@@ -111,35 +127,88 @@ def run_sync(job: Coroutine[Any, Any, T]) -> T:
 
 # -- the queries ------------------------------------------------------------------------
 
-#: A room message's columns, in the order :func:`~.batch.chat_from_row` reads them.
-CHAT_COLUMNS: Final = "room, body, sender, seq, message_id, ts_ms, file"
 _LAST_SEQ: Final = "SELECT last_seq FROM rooms WHERE name = $1"
 _FIRST_SEQ: Final = (
     "SELECT coalesce((SELECT min(seq) FROM messages WHERE room = $1),"
     " (SELECT last_seq FROM rooms WHERE name = $1) + 1, 1)"
 )
+#: Messages (not changes) of a room, newest first, before $2.
 _HISTORY: Final = (
-    f"SELECT {CHAT_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 AND kind = 'chat'"
+    " ORDER BY seq DESC LIMIT $3"
 )
+#: The same, for one thread: its root ($4) and its replies.
+_THREAD: Final = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 AND kind = 'chat'"
+    " AND (thread = $4 OR message_id = $4) ORDER BY seq DESC LIMIT $3"
+)
+#: Messages from seq $2 on, oldest first (the newer half of ``around``).
+_FROM: Final = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND seq >= $2 AND kind = 'chat'"
+    " ORDER BY seq LIMIT $3"
+)
+#: Every event (messages and changes) after $2, oldest first.
 _SINCE: Final = (
-    f"SELECT {CHAT_COLUMNS} FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3"
 )
 _DM_SEQ: Final = "SELECT dm_seq FROM users WHERE name = $1"
-#: A direct message's columns, in the order :func:`~.batch.direct_from_row` reads them.
+#: A direct-stream event's columns, in the order :func:`~.batch.direct_from_row` reads them.
 _INBOX: Final = (
-    "SELECT d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file FROM inbox i"
+    "SELECT d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file, d.kind,"
+    " d.target, d.room, d.mentions, d.edited_ms, d.deleted_ms FROM inbox i"
     " JOIN direct_messages d ON d.message_id = i.message_id WHERE i.owner = $1"
 )
 _INBOX_AFTER: Final = f"{_INBOX} AND i.seq > $2 ORDER BY i.seq LIMIT $3"
-_INBOX_BEFORE: Final = f"{_INBOX} AND i.seq < $2 ORDER BY i.seq DESC LIMIT $3"
-#: A message by id, from either table: a room message has a room, a direct
-#: one a recipient (the last column). Each half is one unique index lookup.
+_INBOX_BEFORE: Final = f"{_INBOX} AND i.seq < $2 AND d.kind = 'chat' ORDER BY i.seq DESC LIMIT $3"
+#: A message (not a change) by id, from either table: a room message has a
+#: room, a direct one a recipient (the last column). Each half is one
+#: unique index lookup.
 _BY_ID: Final = (
-    f"SELECT {CHAT_COLUMNS}, CAST(NULL AS TEXT) FROM messages WHERE message_id = $1"
+    f"SELECT {MESSAGE_COLUMNS}, CAST(NULL AS TEXT) FROM messages"
+    " WHERE message_id = $1 AND kind = 'chat'"
     " UNION ALL"
-    " SELECT NULL, body, sender, NULL, message_id, ts_ms, file, recipient"
-    " FROM direct_messages WHERE message_id = $1"
+    " SELECT NULL, body, sender, NULL, message_id, ts_ms, file, kind, NULL, NULL, mentions,"
+    " edited_ms, deleted_ms, recipient FROM direct_messages"
+    " WHERE message_id = $1 AND kind = 'chat'"
 )
+#: Reactions to the messages ``IN`` a list; each with its time, for their order.
+_REACTIONS: Final = "SELECT message_id, emoji, name, ts_ms FROM reactions WHERE message_id"
+#: Live replies per thread root ``IN`` a list (the caller adds the rest).
+_REPLY_COUNTS: Final = "SELECT thread, count(*) FROM messages WHERE thread"
+#: What a reply quotes of the messages ``IN`` a list.
+_QUOTED: Final = "SELECT message_id, sender, body, deleted_ms FROM messages WHERE message_id"
+#: The messages a batch's changes name (``$1``: the list), with their
+#: reactions: what :func:`load_targets` reads.
+_TARGET_MESSAGES: Final = (
+    "SELECT message_id, sender, room, CAST(NULL AS TEXT), deleted_ms FROM messages"
+    " WHERE kind = 'chat' AND message_id {ids}"
+    " UNION ALL SELECT message_id, sender, CAST(NULL AS TEXT), recipient, deleted_ms"
+    " FROM direct_messages WHERE kind = 'chat' AND message_id {ids}"
+)
+_TARGET_REACTIONS: Final = "SELECT message_id, emoji, name FROM reactions WHERE message_id {ids}"
+#: What changes do to their messages (:func:`apply_changes`).
+_EDIT: Final = "UPDATE messages SET body = $1, edited_ms = $2 WHERE message_id = $3"
+_EDIT_DIRECT: Final = "UPDATE direct_messages SET body = $1, edited_ms = $2 WHERE message_id = $3"
+_ADD_REACTION: Final = (
+    "INSERT INTO reactions (message_id, emoji, name, ts_ms) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT DO NOTHING"
+)
+_REMOVE_REACTION: Final = "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND name = $3"
+#: A delete erases the text, file and mentions of the message and the texts
+#: of its edits (the tombstone keeps its seq), and its reactions.
+_ERASE: Final = (
+    "UPDATE messages SET body = '', file = NULL, mentions = NULL, deleted_ms = $1"
+    " WHERE message_id = $2"
+)
+_ERASE_DIRECT: Final = (
+    "UPDATE direct_messages SET body = '', file = NULL, mentions = NULL, deleted_ms = $1"
+    " WHERE message_id = $2"
+)
+_ERASE_EDITS: Final = "UPDATE messages SET body = '' WHERE target = $1 AND kind = 'edit'"
+_ERASE_DIRECT_EDITS: Final = (
+    "UPDATE direct_messages SET body = '' WHERE target = $1 AND kind = 'edit'"
+)
+_ERASE_REACTIONS: Final = "DELETE FROM reactions WHERE message_id = $1"
 _FILE_DIGESTS: Final = (
     "SELECT file FROM messages WHERE file IS NOT NULL"
     " UNION SELECT file FROM direct_messages WHERE file IS NOT NULL"
@@ -308,30 +377,22 @@ class SQLStore(BatchedAppends):
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _enqueue(
-        self,
-        room: str | None,
-        recipient: str | None,
-        sender: str,
-        text: str,
-        client_id: str | None,
-        file: FileInfo | None,
-    ) -> asyncio.Future[Any]:
+    def submit(self, draft: Draft) -> asyncio.Future[Any]:
         loop = self._loop or asyncio.get_running_loop()
         refusal = StoreError("the store is closed") if self._closed else None
-        refusal = refusal or unstorable(text, client_id)
+        refusal = refusal or unstorable(draft.text, draft.client_id)
         if refusal is not None:
             refused: asyncio.Future[Any] = loop.create_future()
             refused.set_exception(refusal)
             return refused
-        future = self._queue.add(loop, room, recipient, sender, text, client_id, file)
+        future = self._queue.add(loop, draft)
         self._wake_writer(loop)
         return future
 
     def _batch_done(
         self,
         batch: list[Pending],
-        outcome: Sequence[AppendResult | DirectResult] | BaseException,
+        outcome: Sequence[AppendResult | DirectResult | Exception] | BaseException,
         seconds: float,
     ) -> None:
         """The writer finished ``batch``: report it, and resolve its futures in order."""
@@ -366,26 +427,89 @@ class SQLStore(BatchedAppends):
         return int(await self._read(lambda conn: conn.fetchval(_FIRST_SEQ, room)))
 
     async def history(
-        self, room: str, *, before: int | None = None, limit: int = 50
+        self, room: str, *, before: int | None = None, limit: int = 50, thread: Thread = None
     ) -> tuple[list[ChatMessage], bool]:
         bound = before if before is not None else _NEWEST
-        rows = await self._read(lambda conn: conn.fetch(_HISTORY, room, bound, limit + 1))
-        return [chat_from_row(row) for row in reversed(rows[:limit])], len(rows) > limit
 
-    async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage]:
+        async def job(conn: SQLConn) -> tuple[list[ChatMessage], bool]:
+            if thread is None:
+                rows = await conn.fetch(_HISTORY, room, bound, limit + 1)
+            else:
+                rows = await conn.fetch(_THREAD, room, bound, limit + 1, thread)
+            page = [chat_from_row(row) for row in reversed(rows[:limit])]
+            return await self._as_now(conn, page), len(rows) > limit
+
+        return await self._read(job)
+
+    async def around(
+        self, room: str, seq: int, *, limit: int
+    ) -> tuple[list[ChatMessage], bool, bool]:
+        older_limit = limit // 2
+
+        async def job(conn: SQLConn) -> tuple[list[ChatMessage], bool, bool]:
+            older = await conn.fetch(_HISTORY, room, seq, older_limit + 1)
+            newer = await conn.fetch(_FROM, room, seq, limit - older_limit + 1)
+            page = [chat_from_row(row) for row in reversed(older[:older_limit])]
+            page += [chat_from_row(row) for row in newer[: limit - older_limit]]
+            more_older = len(older) > older_limit
+            return await self._as_now(conn, page), more_older, len(newer) > limit - older_limit
+
+        return await self._read(job)
+
+    async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage | Change]:
         rows = await self._read(lambda conn: conn.fetch(_SINCE, room, seq, limit))
-        return [chat_from_row(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
     async def message_by_id(self, message_id: str) -> ChatMessage | DirectMessage | None:
         row = await self._read(lambda conn: conn.fetchrow(_BY_ID, message_id))
         if row is None:
             return None
-        room, body, sender, _seq, found_id, ts_ms, file, recipient = row
+        room, body, sender, _seq, found_id, ts_ms, file, _kind, *_rest = row
+        names, edited, gone, recipient = tuple(row)[10:]
         if room is None:
             return DirectMessage(
-                sender, recipient, body, found_id, ts_ms, file=file_from_column(file)
+                sender,
+                recipient,
+                body,
+                found_id,
+                ts_ms,
+                file=file_from_column(file),
+                mentions=names_from_column(names),
+                edited_ms=edited,
+                deleted=gone is not None,
             )
-        return chat_from_row(tuple(row)[:7])
+        return chat_from_row(tuple(row)[:13])
+
+    async def _as_now(self, conn: SQLConn, page: list[ChatMessage]) -> list[ChatMessage]:
+        """``page`` with what history shows beside each message: reactions, replies, quotes."""
+        if not page:
+            return page
+        ids = self._names([m.message_id for m in page])
+        reactions = _group_reactions(await conn.fetch(f"{_REACTIONS} {self._NAMES_IN}", ids))
+        counts = {
+            row[0]: int(row[1])
+            for row in await conn.fetch(
+                f"{_REPLY_COUNTS} {self._NAMES_IN} AND kind = 'chat' AND deleted_ms IS NULL"
+                " GROUP BY thread",
+                ids,
+            )
+        }
+        answered = {m.reply_to for m in page if m.reply_to is not None}
+        quotes: dict[str, Quote] = {}
+        if answered:
+            rows = await conn.fetch(f"{_QUOTED} {self._NAMES_IN}", self._names(sorted(answered)))
+            quotes = {row[0]: Quote.of(row[1], row[2], row[3] is not None) for row in rows}
+        out = []
+        for message in page:
+            extra: dict[str, Any] = {}
+            if message.message_id in reactions:
+                extra["reactions"] = reactions[message.message_id]
+            if message.message_id in counts:
+                extra["reply_count"] = counts[message.message_id]
+            if message.reply_to is not None and message.reply_to in quotes:
+                extra["quote"] = quotes[message.reply_to]
+            out.append(replace(message, **extra) if extra else message)
+        return out
 
     # -- direct messages -------------------------------------------------------------
 
@@ -397,12 +521,25 @@ class SQLStore(BatchedAppends):
         self, owner: str, *, before: int | None = None, limit: int = 50
     ) -> tuple[list[DirectMessage], bool]:
         bound = before if before is not None else _NEWEST
-        rows = await self._read(lambda conn: conn.fetch(_INBOX_BEFORE, owner, bound, limit + 1))
-        return [direct_from_row(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+        async def job(conn: SQLConn) -> tuple[list[DirectMessage], bool]:
+            rows = await conn.fetch(_INBOX_BEFORE, owner, bound, limit + 1)
+            page = [direct_from_row(row) for row in reversed(rows[:limit])]
+            messages = [m for m in page if isinstance(m, DirectMessage)]
+            if messages:
+                ids = self._names([m.message_id for m in messages])
+                found = _group_reactions(await conn.fetch(f"{_REACTIONS} {self._NAMES_IN}", ids))
+                messages = [
+                    replace(m, reactions=found[m.message_id]) if m.message_id in found else m
+                    for m in messages
+                ]
+            return messages, len(rows) > limit
+
+        return await self._read(job)
 
     async def direct_since(
         self, owner: str, seq: int, *, limit: int
-    ) -> tuple[list[DirectMessage], bool]:
+    ) -> tuple[list[DirectMessage | Change | Mention], bool]:
         rows = await self._read(lambda conn: conn.fetch(_INBOX_AFTER, owner, seq, limit + 1))
         return [direct_from_row(row) for row in rows[:limit]], len(rows) > limit
 
@@ -542,6 +679,67 @@ async def _prune_chunk(conn: SQLConn, cutoff_ms: int) -> tuple[int, int]:
         await conn.executemany(_PRUNE_INBOX, ids)
         await conn.executemany(_PRUNE_DIRECT, ids)
     return rooms, len(old)
+
+
+async def load_targets(
+    conn: SQLConn, plan: Plan, ids_in: str, ids: Callable[[list[str]], Any]
+) -> dict[str, Target]:
+    """The messages ``plan``'s changes name, with their reactions, as the transaction sees them.
+
+    ``ids_in`` is the backend's ``IN`` a list (``$1``), and ``ids`` makes
+    that parameter from a list (:attr:`SQLStore._NAMES_IN`, :meth:`SQLStore._names`).
+    """
+    wanted = sorted(plan.targets())
+    if not wanted:
+        return {}
+    param = ids(wanted)
+    targets = {
+        row[0]: Target(row[0], row[1], row[2], row[3], row[4] is not None)
+        for row in await conn.fetch(_TARGET_MESSAGES.format(ids=ids_in), param)
+    }
+    for message_id, emoji, name in await conn.fetch(_TARGET_REACTIONS.format(ids=ids_in), param):
+        if message_id in targets:
+            targets[message_id].reactions.setdefault(emoji, set()).add(name)
+    return targets
+
+
+async def apply_changes(conn: SQLConn, plan: Plan) -> None:
+    """Do to the messages what ``plan``'s changes say (after its events are inserted).
+
+    Edits and reactions first, deletes last: a delete erases the texts of
+    the edits before it, including this batch's, and nothing in a batch
+    changes a message after it is deleted (:meth:`Plan.decide` refuses it).
+    """
+    if plan.edits:
+        await conn.executemany(_EDIT, plan.edits)
+    if plan.direct_edits:
+        await conn.executemany(_EDIT_DIRECT, plan.direct_edits)
+    if plan.reactions:
+        inserts, deletes = plan.reaction_rows()
+        if inserts:
+            await conn.executemany(_ADD_REACTION, inserts)
+        if deletes:
+            await conn.executemany(_REMOVE_REACTION, deletes)
+    for erase, erase_edits, deletes in (
+        (_ERASE, _ERASE_EDITS, plan.deletes),
+        (_ERASE_DIRECT, _ERASE_DIRECT_EDITS, plan.direct_deletes),
+    ):
+        if deletes:
+            await conn.executemany(erase, deletes)
+            ids = [(row[1],) for row in deletes]
+            await conn.executemany(erase_edits, ids)
+            await conn.executemany(_ERASE_REACTIONS, ids)
+
+
+def _group_reactions(rows: list[Sequence[Any]]) -> dict[str, Reactions]:
+    """Reactions rows ``(message_id, emoji, name, ts_ms)`` by message, each in time order."""
+    grouped: dict[str, dict[str, list[str]]] = {}
+    for message_id, emoji, name, _ts in sorted(rows, key=lambda row: (row[3], row[1], row[2])):
+        grouped.setdefault(message_id, {}).setdefault(emoji, []).append(name)
+    return {
+        message_id: tuple((emoji, tuple(names)) for emoji, names in emojis.items())
+        for message_id, emojis in grouped.items()
+    }
 
 
 async def _add_members(conn: SQLConn, room: str, members: frozenset[str], now_ms: int) -> None:

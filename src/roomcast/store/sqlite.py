@@ -34,10 +34,17 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..exceptions import StoreError
-from ..model import ChatMessage
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult
-from .batch import MAX_QUEUED, Pending, Plan, ResendKey, chat_from_row, direct_resend
-from .sql import CHAT_COLUMNS, Job, Prune, SQLStore, run_sync
+from .batch import (
+    MAX_QUEUED,
+    MESSAGE_COLUMNS,
+    Pending,
+    Plan,
+    ResendKey,
+    direct_resend,
+    message_from_row,
+)
+from .sql import Job, Prune, SQLStore, apply_changes, load_targets, run_sync
 
 __all__ = ["SQLiteStore"]
 
@@ -46,13 +53,13 @@ logger = logging.getLogger("roomcast.store.sqlite")
 T = TypeVar("T")
 
 _INSERT: Final = (
-    "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms, file)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms, file, kind,"
+    " target, thread, mentions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: The earlier copy of one resent room message: sender, client id, room,
 #: and the oldest time that still counts.
 _DEDUPE: Final = (
-    f"SELECT {CHAT_COLUMNS} FROM messages"
+    f"SELECT {MESSAGE_COLUMNS} FROM messages"
     " WHERE sender = ? AND client_id = ? AND room = ? AND ts_ms >= ?"
     " ORDER BY ts_ms DESC LIMIT 1"
 )
@@ -60,15 +67,15 @@ _DEDUPE: Final = (
 #: as :func:`~.batch.direct_resend` reads it.
 _DIRECT_DEDUPE: Final = (
     "SELECT d.sender, d.client_id, d.recipient, d.body, d.message_id, d.ts_ms, d.file,"
-    " s.seq, r.seq FROM direct_messages d"
+    " s.seq, r.seq, d.kind, d.target, d.mentions FROM direct_messages d"
     " LEFT JOIN inbox s ON s.message_id = d.message_id AND s.owner = d.sender"
     " LEFT JOIN inbox r ON r.message_id = d.message_id AND r.owner = d.recipient"
     " WHERE d.sender = ? AND d.client_id = ? AND d.recipient = ? AND d.ts_ms >= ?"
     " ORDER BY d.ts_ms DESC LIMIT 1"
 )
 _DIRECT_INSERT: Final = (
-    "INSERT INTO direct_messages (message_id, sender, recipient, body, client_id, ts_ms, file)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO direct_messages (message_id, sender, recipient, body, client_id, ts_ms, file,"
+    " kind, target, room, mentions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INBOX_INSERT: Final = "INSERT INTO inbox (owner, seq, message_id) VALUES (?, ?, ?)"
 _SAVE_SEQ: Final = (
@@ -201,6 +208,9 @@ class SQLiteStore(SQLStore):
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self.path} cannot use write-ahead logging (mode {mode})")
             conn.execute("PRAGMA synchronous = FULL")
+            # A deleted message's text is overwritten, not only unlinked:
+            # freed space is zeroed (docs/security.md, "Deleting a message").
+            conn.execute("PRAGMA secure_delete = ON")
         except BaseException:
             conn.close()
             raise
@@ -287,14 +297,17 @@ class SQLiteStore(SQLStore):
         job = self._loop.run_in_executor(self._writer, self._write, batch)
         job.add_done_callback(functools.partial(self._written, batch))
 
-    def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult]:
+    def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult | Exception]:
         """Store ``batch`` in one transaction (writer thread)."""
         assert self._wconn is not None
-        conn = self._wconn.raw
+        shared = self._wconn
+        conn = shared.raw
         now_ms = int(self._clock() * 1000)
         try:
             conn.execute("BEGIN IMMEDIATE")
             plan = Plan(batch, *_resends(conn, batch, now_ms - DEDUPE_SECONDS * 1000))
+            targets = run_sync(load_targets(shared, plan, self._NAMES_IN, self._names))
+            plan.decide(targets, now_ms)
             rooms = {room: self._room_seq(conn, room) for room in plan.room_counts}
             inboxes = {
                 owner: seq
@@ -309,6 +322,7 @@ class SQLiteStore(SQLStore):
                 conn.executemany(_DIRECT_INSERT, plan.direct_rows)
                 conn.executemany(_INBOX_INSERT, plan.inbox_rows)
                 conn.executemany(_SAVE_DM_SEQ, [(seq, owner) for owner, seq in inboxes.items()])
+            run_sync(apply_changes(shared, plan))
             conn.execute("COMMIT")
         except BaseException:
             # The cached seqs may be past what is committed: read them again.
@@ -318,7 +332,22 @@ class SQLiteStore(SQLStore):
             raise
         self._seqs.update(rooms)
         self._inbox_seqs.update(inboxes)
+        if plan.deletes or plan.direct_deletes:
+            self._erase_log(conn)
         return results
+
+    def _erase_log(self, conn: sqlite3.Connection) -> None:
+        """Copy the write-ahead log into the database and empty it, after a delete.
+
+        The log still holds the pages as they were before the delete, text
+        and all; this is the moment they go. Best effort: a reader in the
+        middle of a read can keep a checkpoint from finishing, and the next
+        delete (or SQLite's own checkpoint) finishes it.
+        """
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            logger.warning("could not empty the write-ahead log after a delete: %s", exc)
 
     def _room_seq(self, conn: sqlite3.Connection, room: str) -> int:
         seq = self._seqs.get(room)
@@ -335,7 +364,9 @@ class SQLiteStore(SQLStore):
         return seq
 
     def _written(
-        self, batch: list[Pending], job: asyncio.Future[list[AppendResult | DirectResult]]
+        self,
+        batch: list[Pending],
+        job: asyncio.Future[list[AppendResult | DirectResult | Exception]],
     ) -> None:
         """The writer thread finished ``batch``: resolve its futures, take the next."""
         error = job.exception() if not job.cancelled() else StoreError("write cancelled")
@@ -349,9 +380,9 @@ class SQLiteStore(SQLStore):
 
 def _resends(
     conn: sqlite3.Connection, batch: list[Pending], cutoff_ms: int
-) -> tuple[dict[ResendKey, ChatMessage], dict[ResendKey, DirectResult]]:
+) -> tuple[dict[ResendKey, AppendResult], dict[ResendKey, DirectResult]]:
     """The earlier copies of ``batch``'s resends, room and direct (one lookup each)."""
-    rooms: dict[ResendKey, ChatMessage] = {}
+    rooms: dict[ResendKey, AppendResult] = {}
     direct: dict[ResendKey, DirectResult] = {}
     execute = conn.execute
     for item in batch:
@@ -361,13 +392,15 @@ def _resends(
         if item.room is not None:
             row = execute(_DEDUPE, (item.sender, client_id, item.room, cutoff_ms)).fetchone()
             if row is not None:
-                rooms[(item.sender, client_id, item.room)] = chat_from_row(row)
+                rooms[(item.sender, client_id, item.room)] = AppendResult(
+                    message_from_row(row), True
+                )
         else:
             key = (item.sender, client_id, item.recipient, cutoff_ms)
             row = execute(_DIRECT_DEDUPE, key).fetchone()
             if row is not None:
-                found, result = direct_resend(row)
-                direct[found] = result
+                resend_key, result = direct_resend(row)
+                direct[resend_key] = result
     return rooms, direct
 
 

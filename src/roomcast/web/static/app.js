@@ -12,6 +12,10 @@ const TYPING_SHOWN = 4000;
 const MAX_FILE = 8 * 1024 * 1024;
 const INLINE_IMAGES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
 const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+// `@name` as the server reads it: letters, digits, _, - and . after a start or a space.
+const MENTION_RE = /(^|[^\p{L}\p{N}_.@-])@([\p{L}\p{N}_.-]+)/gu;
+const COMMON_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🙏", "👀"];
+const QUOTE_CHARS = 100;
 
 let client = null;
 let me = null; // {name, guest}
@@ -24,6 +28,17 @@ let current = null;
 const convs = new Map(); // "#room" or "@user" -> conversation
 let apiRooms = []; // from GET /api/rooms
 const lastTyping = new Map();
+// Every message shown, by id: its current state and the elements showing it
+// (the conversation, the thread pane). Changes update the record, then its elements.
+const records = new Map();
+// Changes to messages not shown (yet): applied, in order, if they are.
+const orphans = new Map();
+const ORPHANS_KEPT = 2000;
+let orphanCount = 0;
+let popup = null; // the open message menu or reaction picker: {box, opener, li}
+let replying = null; // {c, r}: the message the next one answers
+let thread = null; // the thread pane: {c, rootId, items, seqs, pending, hasMore, loading}
+let toDelete = null; // {r, li}: waiting for the confirmation
 
 // -- small helpers ------------------------------------------------------------
 
@@ -116,13 +131,18 @@ function dayLabel(date) {
   return date.toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
 }
 
-/** Text with its http(s) URLs as links; every piece is a text node or an <a> we build. */
-function richText(text) {
+/**
+ * Text with its http(s) URLs as links and the `@name`s of `mentions` marked;
+ * every piece is a text node, an <a> or a <span> we build.
+ */
+function richText(text, mentions = []) {
   const frag = document.createDocumentFragment();
+  const named = new Set(mentions.map((n) => n.toLowerCase()));
+  const plain = (part) => frag.append(named.size ? mentionText(part, named) : part);
   let last = 0;
   for (const match of text.matchAll(URL_RE)) {
     const raw = match[0].replace(/[.,;:!?)\]}'"]+$/, "");
-    frag.append(text.slice(last, match.index));
+    plain(text.slice(last, match.index));
     let url = null;
     try {
       url = new URL(raw);
@@ -135,6 +155,23 @@ function richText(text) {
       frag.append(raw);
     }
     last = match.index + raw.length;
+  }
+  plain(text.slice(last));
+  return frag;
+}
+
+/** `@name`s of the mentioned users as spans (yours marked), the rest as text. */
+function mentionText(text, named) {
+  const frag = document.createDocumentFragment();
+  let last = 0;
+  for (const match of text.matchAll(MENTION_RE)) {
+    const name = match[2].replace(/\.+$/, "");
+    if (!named.has(name.toLowerCase())) continue;
+    const start = match.index + match[1].length;
+    frag.append(text.slice(last, start));
+    const you = me && name.toLowerCase() === me.name.toLowerCase();
+    frag.append(el("span", { class: `mention${you ? " you" : ""}`, text: `@${name}` }));
+    last = start + 1 + name.length;
   }
   frag.append(text.slice(last));
   return frag;
@@ -177,6 +214,7 @@ function conv(key) {
     seqs: [], // sorted
     pending: [], // {id, li, text, kind, seq?}
     unread: 0,
+    mentionCount: 0,
     members: new Set(),
     memberCount: 0,
     typing: new Map(),
@@ -189,30 +227,218 @@ function conv(key) {
   return c;
 }
 
-function messageLi(item, mine) {
+// -- messages and their records ---------------------------------------------------
+
+function isMine(r) {
+  return Boolean(me && r.from === me.name);
+}
+
+function mentionsMe(r) {
+  if (!me || me.guest || isMine(r) || r.deleted) return false;
+  const name = me.name.toLowerCase();
+  return (r.mentions ?? []).some((n) => n.toLowerCase() === name);
+}
+
+function roomInfo(name) {
+  return apiRooms.find((r) => r.name === name) ?? null;
+}
+
+/** May this user delete the message: theirs, or anyone's in a private room they own. */
+function canDelete(r) {
+  if (!me || r.deleted) return false;
+  if (isMine(r)) return true;
+  const c = convs.get(r.convKey);
+  const info = c?.type === "room" ? roomInfo(c.name) : null;
+  return Boolean(info?.private && info.owner === me.name);
+}
+
+/** The record of a message (made on first sight; changes that came first are applied). */
+function recordOf(c, item) {
+  let r = records.get(item.messageId);
+  if (r) return r;
+  r = {
+    ...item,
+    reactions: new Map(item.reactions ?? []),
+    mentions: [...(item.mentions ?? [])],
+    convKey: c.key,
+    els: new Set(),
+    saving: false,
+  };
+  if (r.replyTo && !r.quote) {
+    // A replayed reply may come without its quote: the answered message, if shown, gives it.
+    const answered = records.get(r.replyTo);
+    if (answered) r.quote = answered.deleted ? { from: answered.from, message: "", deleted: true } : quoteOf(answered);
+  }
+  records.set(item.messageId, r);
+  const waiting = orphans.get(item.messageId);
+  if (waiting) {
+    orphans.delete(item.messageId);
+    orphanCount -= waiting.length;
+    for (const change of waiting) applyTo(r, change);
+  }
+  return r;
+}
+
+function forgetRecords(key) {
+  for (const [id, r] of records) if (r.convKey === key) records.delete(id);
+}
+
+/** An <li> for a message: slots filled from its record (or, while pending, from the item). */
+function messageLi(c, item, mine, inThread = false) {
   const li = el("li", { class: `msg${mine ? " mine" : ""}`, dataTestid: "msg", dataFrom: item.from });
-  const meta = el("div", { class: "meta" });
-  meta.append(el("span", { class: "from", text: visibleName(item.from) }));
   const when = item.timestamp ? new Date(item.timestamp) : new Date();
   li.dataset.day = when.toDateString();
   li.dataset.dayLabel = dayLabel(when);
-  meta.append(el("time", { dateTime: when.toISOString(), text: when.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }), title: when.toLocaleString() }));
-  meta.append(el("span", { class: "status", dataTestid: "status" }));
-  li.append(meta);
-  const body = el("div", { class: "body", dataTestid: "body" });
-  if (item.file) body.append(fileBody(item.file));
-  else body.append(richText(item.text));
-  li.append(body);
+  li.when = when;
+  li.inThread = inThread;
+  li.rec = null;
+  li.editing = null;
+  const meta = el("div", { class: "meta" });
+  li.slots = {
+    info: el("span", { class: "info" }),
+    quote: el("div", { class: "quote-slot" }),
+    body: el("div", { class: "body", dataTestid: "body" }),
+    reactions: el("div", { class: "reactions", role: "group", ariaLabel: "Reactions" }),
+    footer: el("div", { class: "footer" }),
+  };
+  meta.append(li.slots.info);
+  li.append(meta, li.slots.quote, li.slots.body, li.slots.reactions, li.slots.footer);
+  if (item.messageId) bind(c, li, item);
+  else renderMsg(li, item);
   return li;
+}
+
+/** Show `item`'s record in `li` from now on (its changes update it). */
+function bind(c, li, item) {
+  const r = recordOf(c, item);
+  li.rec = r;
+  r.els.add(li);
+  li.dataset.messageId = r.messageId;
+  if (!li.tools) {
+    li.tools = messageTools(li);
+    li.querySelector(".meta").append(li.tools);
+  }
+  renderMsg(li, r);
+  return r;
+}
+
+/** The buttons on a message: add a reaction, and the menu of everything else. */
+function messageTools(li) {
+  const tools = el("div", { class: "tools" });
+  const react = el("button", { type: "button", class: "quiet small tool", text: "☺+", dataTestid: "react-open", ariaLabel: "Add a reaction", title: "Add a reaction" });
+  react.addEventListener("click", () => (popup?.opener === react ? closePopup(true) : openPicker(li, react)));
+  const more = el("button", {
+    type: "button", class: "quiet small tool", text: "⋯", dataTestid: "msg-menu", title: "More actions",
+    ariaLabel: `Actions for the message from ${visibleName(li.rec?.from)}`, ariaHaspopup: "menu", ariaExpanded: "false",
+  });
+  more.addEventListener("click", () => (popup?.opener === more ? closePopup(true) : openMenu(li, more)));
+  more.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowDown" && popup?.opener !== more) {
+      event.preventDefault();
+      openMenu(li, more);
+    }
+  });
+  tools.append(react, more);
+  return tools;
+}
+
+/** Fill `li` from `r`; the edit box, the tools and a focused chip survive. */
+function renderMsg(li, r) {
+  const { info, quote, body, reactions, footer } = li.slots;
+  const deleted = Boolean(r.deleted);
+  li.classList.toggle("deleted", deleted);
+  li.classList.toggle("mentioned", mentionsMe(r));
+  if (deleted) li.dataset.deleted = "true";
+  else delete li.dataset.deleted;
+  info.replaceChildren(el("span", { class: "from", text: visibleName(r.from) }));
+  const when = li.when;
+  info.append(el("time", { dateTime: when.toISOString(), text: when.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }), title: when.toLocaleString() }));
+  if (!deleted && (r.editedAt || r.saving)) {
+    const edited = el("span", { class: "edited", dataTestid: "edited", text: r.saving ? "(saving…)" : "(edited)" });
+    edited.title = r.editedAt ? `edited ${new Date(r.editedAt).toLocaleString()}` : "waiting for the server";
+    info.append(edited);
+  }
+  if (mentionsMe(r)) info.append(el("span", { class: "you-tag", dataTestid: "mentions-you", text: "mentions you" }));
+  info.append(el("span", { class: "status", dataTestid: "status" }));
+  showStatus(li);
+  if (li.tools) li.tools.hidden = deleted;
+
+  quote.replaceChildren();
+  // In the thread pane a reply to the root needs no quote: the root is right above.
+  if (r.quote && !deleted && !(li.inThread && r.replyTo && r.replyTo === r.thread)) quote.append(quoteButton(li, r));
+
+  if (deleted && li.editing) li.editing = null;
+  if (!li.editing) {
+    if (deleted) body.replaceChildren(el("em", { class: "tombstone", dataTestid: "tombstone", text: "message deleted" }));
+    else if (r.file) body.replaceChildren(fileBody(r.file));
+    else body.replaceChildren(richText(r.text ?? "", r.mentions ?? []));
+  }
+
+  const focused = reactions.contains(document.activeElement) ? document.activeElement.dataset.emoji : null;
+  reactions.replaceChildren();
+  if (!deleted && r.reactions) {
+    for (const [emoji, names] of r.reactions) reactions.append(reactionChip(r, emoji, names));
+  }
+  if (focused) [...reactions.children].find((b) => b.dataset.emoji === focused)?.focus();
+
+  footer.replaceChildren();
+  const c = convs.get(r.convKey);
+  if (!li.inThread && c?.type === "room" && r.replyCount > 0) {
+    const replies = el("button", { type: "button", class: "quiet small replies", dataTestid: "replies", text: `💬 ${plural(r.replyCount, "reply", "replies")}` });
+    replies.setAttribute("aria-label", `Open the thread: ${plural(r.replyCount, "reply", "replies")}`);
+    replies.addEventListener("click", () => openThread(c, r.messageId));
+    footer.append(replies);
+  }
+}
+
+function quoteButton(li, r) {
+  const q = r.quote;
+  const button = el("button", { type: "button", class: "quote", dataTestid: "quote" });
+  button.append(el("span", { class: "quote-from", text: `↪ ${visibleName(q.from)}` }));
+  if (q.deleted) button.append(el("em", { class: "quote-text", text: "message deleted" }));
+  else button.append(el("span", { class: "quote-text", text: q.message }));
+  const root = r.thread ?? r.replyTo;
+  if (!root || li.inThread || !li.rec) {
+    button.disabled = !li.rec || li.inThread;
+  } else {
+    button.setAttribute("aria-label", `In reply to ${visibleName(q.from)}: ${q.deleted ? "message deleted" : q.message}. Open the thread`);
+    button.addEventListener("click", () => openThread(convs.get(r.convKey), root));
+  }
+  return button;
+}
+
+function reactionChip(r, emoji, names) {
+  const mineToo = Boolean(me && names.includes(me.name));
+  const shown = names.map((n) => visibleName(n));
+  const chip = el("button", { type: "button", class: `chip${mineToo ? " own" : ""}`, dataTestid: "reaction", dataEmoji: emoji, ariaPressed: String(mineToo) });
+  chip.append(el("span", { class: "chip-emoji", text: emoji }), el("span", { class: "chip-count", dataTestid: "reaction-count", text: String(names.length) }));
+  chip.title = `${shown.join(", ")} reacted with ${emoji}`;
+  chip.setAttribute("aria-label", `${emoji} ${names.length}: ${shown.join(", ")}. ${mineToo ? "Remove your reaction" : "Add yours"}`);
+  chip.addEventListener("click", () => toggleReaction(r, emoji));
+  return chip;
+}
+
+/** Re-show a record everywhere it is shown. */
+function refresh(r) {
+  for (const li of [...r.els]) {
+    if (li.isConnected) renderMsg(li, r);
+    else r.els.delete(li);
+  }
 }
 
 function setStatus(li, state, text = "") {
   li.dataset.state = state;
+  li.statusText = text;
+  showStatus(li);
+}
+
+function showStatus(li) {
   const status = li.querySelector(".status");
-  if (status) {
-    status.textContent = text || { sending: "sending…", acked: "✓", failed: "not sent" }[state] || "";
-    status.title = { sending: "waiting for the server", acked: "stored by the server" }[state] || text;
-  }
+  const state = li.dataset.state;
+  if (!status) return;
+  const text = li.statusText;
+  status.textContent = text || { sending: "sending…", acked: "✓", failed: "not sent" }[state] || "";
+  status.title = { sending: "waiting for the server", acked: "stored by the server" }[state] || text || "";
 }
 
 function nearBottom() {
@@ -262,15 +488,21 @@ function place(c, seq, li) {
 
 /** A message from a stream or a history page; `live`: it just happened. */
 function addItem(c, item, live) {
-  if (c.items.has(item.seq)) return;
+  const have = c.items.get(item.seq);
+  if (have) {
+    // Placed by its ack before it came: show it from its record from now on.
+    if (!have.rec && item.messageId) bind(c, have, item);
+    return;
+  }
   const mine = me && item.from === me.name;
+  if (live) onNewMessage(c, item);
   if (mine && live) {
     const kind = item.file ? "file" : "text";
     const p = c.pending.find((x) => x.seq === undefined && x.kind === kind && (kind === "file" || x.text === item.text));
     if (p) {
       p.seq = item.seq;
       const bottom = nearBottom();
-      const li = messageLi(item, true);
+      const li = messageLi(c, item, true);
       setStatus(li, "sending");
       p.li.remove();
       p.li = li;
@@ -280,7 +512,7 @@ function addItem(c, item, live) {
     }
   }
   const bottom = nearBottom();
-  const li = messageLi(item, mine);
+  const li = messageLi(c, item, mine);
   place(c, item.seq, li);
   if (live) {
     if (mine) setStatus(li, "acked");
@@ -292,9 +524,20 @@ function addItem(c, item, live) {
   }
 }
 
-function addPending(c, id, kind, text, fileName = null) {
-  const item = { from: me.name, text, file: null, timestamp: null };
-  const li = messageLi(item, true);
+/** A reply that just came: the root counts it, an open thread shows it. */
+function onNewMessage(c, item) {
+  if (!item.thread || item.thread === item.messageId) return;
+  const root = records.get(item.thread);
+  if (root && root.convKey === c.key) {
+    root.replyCount += 1;
+    refresh(root);
+  }
+  if (thread && thread.c === c && thread.rootId === item.thread) addThreadItem(item);
+}
+
+function addPending(c, id, kind, text, fileName = null, quote = null) {
+  const item = { from: me.name, text, file: null, timestamp: null, quote };
+  const li = messageLi(c, item, true);
   if (fileName) {
     li.querySelector(".body").replaceChildren(el("span", { class: "file-pending download", text: visibleName(fileName, "file") }));
   }
@@ -339,6 +582,12 @@ function onFailed({ id, code, message }) {
     c.pending.splice(c.pending.indexOf(p), 1);
     setStatus(p.li, "failed", `not sent: ${message || code}`);
     p.li.classList.add("failed");
+  }
+  const inThread = thread?.pending.find((x) => x.id === id);
+  if (inThread) {
+    thread.pending.splice(thread.pending.indexOf(inThread), 1);
+    setStatus(inThread.li, "failed", `not sent: ${message || code}`);
+    inThread.li.classList.add("failed");
   }
   showError(`Not sent (${code}): ${message}`);
   updateBanner();
@@ -414,6 +663,589 @@ function addDirect(item, live) {
   if (live) renderNav();
 }
 
+// -- changes: edits, deletions, reactions, mentions --------------------------------
+
+/** Apply one change to a record (idempotent: a change seen twice changes nothing more). */
+function applyTo(r, ch) {
+  if (ch.kind === "edit") {
+    if (r.deleted) return;
+    r.text = ch.text;
+    r.editedAt = ch.editedAt;
+  } else if (ch.kind === "delete") {
+    r.deleted = true;
+    r.text = "";
+    r.file = null;
+    r.quote = null;
+    r.reactions = new Map();
+  } else if (ch.kind === "reaction") {
+    if (r.deleted) return;
+    const names = r.reactions.get(ch.emoji) ?? [];
+    const has = names.includes(ch.user);
+    if (ch.added && !has) r.reactions.set(ch.emoji, [...names, ch.user]);
+    else if (!ch.added && has) {
+      const left = names.filter((n) => n !== ch.user);
+      if (left.length) r.reactions.set(ch.emoji, left);
+      else r.reactions.delete(ch.emoji);
+    }
+  }
+}
+
+/** A change from a room's stream or the direct stream, in that stream's order. */
+function onChange(ch) {
+  const r = records.get(ch.messageId);
+  if (!r) {
+    // Not shown (yet): a history page read before the change may bring it.
+    if (!orphans.has(ch.messageId)) orphans.set(ch.messageId, []);
+    orphans.get(ch.messageId).push(ch);
+    orphanCount += 1;
+    while (orphanCount > ORPHANS_KEPT) {
+      const [oldest, list] = orphans.entries().next().value;
+      orphans.delete(oldest);
+      orphanCount -= list.length;
+    }
+    return;
+  }
+  applyTo(r, ch);
+  if (ch.kind === "edit" && isMine(r)) r.saving = false;
+  if (ch.kind === "delete") {
+    for (const li of r.els) if (popup?.li === li) closePopup(false);
+    if (replying?.r === r) setReplying(null);
+  }
+  refresh(r);
+}
+
+/** Messages shown before a long absence, as they are now. */
+function onRefreshed({ messages }) {
+  for (const item of messages) {
+    const r = records.get(item.messageId);
+    if (!r) continue;
+    Object.assign(r, {
+      text: item.text,
+      file: item.file,
+      deleted: item.deleted,
+      editedAt: item.editedAt,
+      reactions: new Map(item.reactions),
+      replyCount: item.replyCount,
+      quote: item.quote,
+    });
+    refresh(r);
+  }
+}
+
+/** Someone named this user (`mention` on the direct stream). */
+function onMention(m) {
+  const c = convs.get(`#${m.mentionIn}`);
+  if (c?.joined) {
+    if (c !== current || document.hidden) {
+      c.mentionCount += 1;
+      renderNav();
+    }
+    return;
+  }
+  showNotice(`${visibleName(m.from)} mentioned you in #${m.mentionIn}`, `Open #${m.mentionIn}`, async () => {
+    await openRoom(m.mentionIn);
+    for (let i = 0; i < 20 && !flashMessage(m.messageId); i += 1) await new Promise((ok) => setTimeout(ok, 150));
+  });
+}
+
+function showNotice(message, actionLabel, action) {
+  const item = el("li", { class: "notice", dataTestid: "notice" });
+  item.append(el("span", { text: message }));
+  const go = el("button", { type: "button", class: "quiet", text: actionLabel, dataTestid: "notice-open" });
+  go.addEventListener("click", () => {
+    item.remove();
+    action();
+  });
+  const close = el("button", { type: "button", class: "quiet", text: "Dismiss", ariaLabel: "Dismiss this notice" });
+  close.addEventListener("click", () => item.remove());
+  item.append(go, close);
+  $("notices").append(item);
+  while ($("notices").children.length > 4) $("notices").firstElementChild.remove();
+}
+
+/** Scroll to a shown message and mark it for a moment; false when it is not shown. */
+function flashMessage(id) {
+  const li = [...(records.get(id)?.els ?? [])].find((x) => !x.inThread && x.isConnected && !x.closest("[hidden]"));
+  if (!li) return false;
+  li.scrollIntoView({ block: "center" });
+  li.classList.add("flash");
+  setTimeout(() => li.classList.remove("flash"), 2500);
+  return true;
+}
+
+function toggleReaction(r, emoji) {
+  if (!client || r.deleted) return;
+  const mineToo = Boolean(me && (r.reactions.get(emoji) ?? []).includes(me.name));
+  const { promise } = mineToo ? client.unreact(r.messageId, emoji) : client.react(r.messageId, emoji);
+  promise.catch((err) => showError(`Reaction not ${mineToo ? "removed" : "added"} (${err.code}): ${err.serverMessage ?? err.message}`));
+}
+
+// -- the message menu and the reaction picker ---------------------------------------
+
+function closePopup(refocus) {
+  if (!popup) return;
+  const { box, opener } = popup;
+  popup = null;
+  box.remove();
+  if (opener.hasAttribute("aria-expanded")) opener.setAttribute("aria-expanded", "false");
+  if (refocus && opener.isConnected) opener.focus();
+}
+
+function openPopup(li, opener, box) {
+  closePopup(false);
+  popup = { box, opener, li };
+  if (opener.hasAttribute("aria-expanded")) opener.setAttribute("aria-expanded", "true");
+  li.append(box);
+  box.scrollIntoView({ block: "nearest" });
+}
+
+function openMenu(li, opener) {
+  const r = li.rec;
+  const c = r ? convs.get(r.convKey) : null;
+  if (!r || !c || r.deleted) return;
+  const menu = el("div", { class: "msg-actions", role: "menu", ariaLabel: "Message actions", dataTestid: "msg-actions" });
+  const entries = [];
+  if (c.type === "room") {
+    if (li.inThread) entries.push(["Reply in the thread", "menu-reply", () => $("thread-text").focus()]);
+    else {
+      entries.push(["Reply", "menu-reply", () => startReply(r)]);
+      entries.push([r.thread || r.replyCount ? "Open the thread" : "Reply in a thread", "menu-thread", () => openThread(c, r.thread ?? r.messageId)]);
+    }
+  }
+  entries.push(["Add a reaction", "menu-react", () => openPicker(li, li.tools.querySelector('[data-testid="react-open"]'))]);
+  if (isMine(r) && !r.file) entries.push(["Edit", "menu-edit", () => startEdit(li)]);
+  if (canDelete(r)) entries.push(["Delete…", "menu-delete", () => askDelete(li)]);
+  for (const [label, testid, action] of entries) {
+    const item = el("button", { type: "button", role: "menuitem", class: "menu-item", tabIndex: -1, text: label, dataTestid: testid });
+    item.addEventListener("click", () => {
+      closePopup(false);
+      action();
+    });
+    menu.append(item);
+  }
+  menu.addEventListener("keydown", (event) => {
+    const items = [...menu.querySelectorAll('[role="menuitem"]')];
+    const at = items.indexOf(document.activeElement);
+    let next = null;
+    if (event.key === "ArrowDown") next = items[(at + 1) % items.length];
+    else if (event.key === "ArrowUp") next = items[(at - 1 + items.length) % items.length];
+    else if (event.key === "Home") next = items[0];
+    else if (event.key === "End") next = items[items.length - 1];
+    else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      closePopup(true);
+      return;
+    } else if (event.key === "Tab") {
+      closePopup(false);
+      return;
+    }
+    if (next) {
+      event.preventDefault();
+      next.focus();
+    }
+  });
+  openPopup(li, opener, menu);
+  menu.querySelector('[role="menuitem"]')?.focus();
+}
+
+let pickerCount = 0;
+function openPicker(li, opener) {
+  const r = li.rec;
+  if (!r || r.deleted) return;
+  const box = el("div", { class: "picker", role: "dialog", ariaLabel: "Add a reaction", dataTestid: "picker" });
+  const row = el("div", { class: "picker-row" });
+  for (const emoji of COMMON_EMOJI) {
+    const button = el("button", { type: "button", class: "quiet emoji", text: emoji, dataTestid: "picker-emoji", dataEmoji: emoji });
+    button.setAttribute("aria-label", `React with ${emoji}`);
+    button.addEventListener("click", () => {
+      closePopup(true);
+      toggleReaction(r, emoji);
+    });
+    row.append(button);
+  }
+  const id = `picker-input-${++pickerCount}`;
+  const form = el("form", { class: "picker-form" });
+  const input = el("input", { id, maxLength: 64, autocomplete: "off", placeholder: "🦄 or :name:", dataTestid: "picker-input" });
+  form.append(el("label", { htmlFor: id, text: "Any emoji" }), input, el("button", { type: "submit", class: "small", text: "Add", dataTestid: "picker-add" }));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const emoji = input.value.trim();
+    if (!emoji) return;
+    if (/\s/.test(emoji) && !/^:[a-z0-9_+-]{1,32}:$/.test(emoji)) {
+      showError("One emoji, or :name: (letters, digits, _ + -)");
+      return;
+    }
+    closePopup(true);
+    if (!(r.reactions.get(emoji) ?? []).includes(me?.name)) toggleReaction(r, emoji);
+  });
+  box.append(row, form);
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      closePopup(true);
+    }
+  });
+  box.addEventListener("focusout", (event) => {
+    if (popup?.box === box && event.relatedTarget && !box.contains(event.relatedTarget) && event.relatedTarget !== opener) closePopup(false);
+  });
+  openPopup(li, opener, box);
+  row.firstElementChild.focus();
+}
+
+// -- editing and deleting ---------------------------------------------------------------
+
+let editCount = 0;
+function startEdit(li) {
+  const r = li.rec;
+  if (!r || r.deleted || r.file || !isMine(r) || !client) return;
+  closePopup(false);
+  if (li.editing) {
+    li.editing.querySelector("textarea").focus();
+    return;
+  }
+  const id = `edit-${++editCount}`;
+  const form = el("form", { class: "edit-form", dataTestid: "edit-form" });
+  const box = el("textarea", { id, maxLength: 4000, rows: Math.min(6, r.text.split("\n").length), dataTestid: "edit-input" });
+  box.value = r.text;
+  const hint = el("span", { class: "hint", text: "Enter saves · Escape cancels" });
+  const save = el("button", { type: "submit", class: "small", text: "Save", dataTestid: "edit-save" });
+  const cancel = el("button", { type: "button", class: "quiet small", text: "Cancel", dataTestid: "edit-cancel" });
+  const row = el("div", { class: "edit-row" }, hint, cancel, save);
+  form.append(el("label", { htmlFor: id, class: "visually-hidden", text: "Edit your message" }), box, row);
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      endEdit(li);
+    }
+  });
+  cancel.addEventListener("click", () => endEdit(li));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveEdit(li, box.value);
+  });
+  li.editing = form;
+  li.classList.add("editing");
+  li.slots.body.replaceChildren(form);
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
+  form.scrollIntoView({ block: "nearest" });
+}
+
+function endEdit(li, refocus = true) {
+  li.editing = null;
+  li.classList.remove("editing");
+  if (li.rec) renderMsg(li, li.rec);
+  if (refocus) $(li.inThread ? "thread-text" : "text").focus();
+}
+
+function saveEdit(li, text) {
+  const r = li.rec;
+  endEdit(li);
+  if (!r || r.deleted || text === r.text) return;
+  if (!text.trim()) {
+    askDelete(li); // nothing left: offer to delete it instead
+    return;
+  }
+  const before = { text: r.text, editedAt: r.editedAt };
+  let promise;
+  try {
+    ({ promise } = client.edit(r.messageId, text));
+  } catch (err) {
+    showError(`Not edited: ${err.serverMessage ?? err.message}`);
+    return;
+  }
+  // Shown at once; the server's `edit` event confirms it, a refusal undoes it.
+  r.text = text;
+  r.saving = true;
+  refresh(r);
+  promise.then(
+    () => {
+      r.saving = false;
+      if (!r.editedAt) r.editedAt = new Date().toISOString();
+      refresh(r);
+    },
+    (err) => {
+      r.saving = false;
+      if (r.text === text) Object.assign(r, before);
+      refresh(r);
+      showError(`Not edited (${err.code}): ${err.serverMessage ?? err.message}`);
+    },
+  );
+}
+
+/** The last message of yours in `c` that can be edited (Up arrow in an empty box). */
+function lastEditable(c) {
+  for (let i = c.seqs.length - 1; i >= 0; i -= 1) {
+    const li = c.items.get(c.seqs[i]);
+    const r = li?.rec;
+    if (r && isMine(r) && !r.deleted && !r.file) return li;
+  }
+  return null;
+}
+
+function askDelete(li) {
+  const r = li.rec;
+  if (!r || !canDelete(r)) return;
+  closePopup(false);
+  toDelete = { r, li };
+  $("confirm-preview").textContent = r.file ? visibleName(r.file.name, "file") : r.text.length > 200 ? `${r.text.slice(0, 200)}…` : r.text;
+  $("confirm-delete").showModal();
+}
+
+function confirmed(yes) {
+  const target = toDelete;
+  toDelete = null;
+  if ($("confirm-delete").open) $("confirm-delete").close();
+  if (!target) return;
+  const more = target.li.tools?.querySelector('[data-testid="msg-menu"]');
+  if (yes && client) {
+    try {
+      client.delete(target.r.messageId).promise.catch((err) => showError(`Not deleted (${err.code}): ${err.serverMessage ?? err.message}`));
+    } catch (err) {
+      showError(`Not deleted: ${err.serverMessage ?? err.message}`);
+    }
+    $(target.li.inThread ? "thread-text" : "text").focus();
+  } else if (more?.isConnected) {
+    more.focus();
+  }
+}
+
+// -- replies and the thread pane ---------------------------------------------------------
+
+function startReply(r) {
+  const c = convs.get(r.convKey);
+  if (!c || c.type !== "room" || r.deleted) return;
+  if (c !== current) show(c);
+  setReplying({ c, r });
+  $("text").focus();
+}
+
+function setReplying(value) {
+  replying = value;
+  const bar = $("reply-bar");
+  bar.hidden = !replying;
+  if (!replying) return;
+  const { r } = replying;
+  const snippet = r.file ? visibleName(r.file.name, "file") : r.text.slice(0, QUOTE_CHARS);
+  $("reply-who").textContent = visibleName(r.from);
+  $("reply-quote").textContent = snippet;
+}
+
+function quoteOf(r) {
+  return { from: r.from, message: r.file ? r.file.name : r.text.slice(0, QUOTE_CHARS), deleted: false };
+}
+
+async function openThread(c, rootId) {
+  if (!c || c.type !== "room" || !client) return;
+  if (thread?.rootId === rootId && thread.c === c) {
+    $("thread-text").focus();
+    return;
+  }
+  closeThread(false);
+  thread = { c, rootId, items: new Map(), seqs: [], pending: [], hasMore: false, loading: false };
+  $("thread-list").replaceChildren();
+  $("thread-list").setAttribute("aria-label", `Thread in #${c.name}`);
+  $("thread-where").textContent = `#${c.name}`;
+  $("thread-pane").hidden = false;
+  $("layout").classList.add("with-thread");
+  $("thread-text").value = "";
+  $("thread-text").focus();
+  await loadThread();
+}
+
+async function loadThread() {
+  const t = thread;
+  if (!t || t.loading) return;
+  t.loading = true;
+  renderThreadOlder();
+  const before = t.seqs.length && t.loaded ? t.seqs[0] : null;
+  try {
+    const page = await client.history(t.c.name, before, 50, { thread: t.rootId });
+    if (thread !== t) return;
+    for (const item of page.messages) addThreadItem(item);
+    t.hasMore = page.hasMore;
+    if (before === null) $("thread-scroller").scrollTop = $("thread-scroller").scrollHeight;
+    const root = records.get(t.rootId);
+    if (!t.hasMore && root && t.items.size > 0) {
+      // The whole thread is here: its count is what it shows.
+      const replies = [...t.items.values()].filter((li) => li.rec && li.rec.messageId !== t.rootId).length;
+      if (replies !== root.replyCount) {
+        root.replyCount = replies;
+        refresh(root);
+      }
+    }
+  } catch (err) {
+    showError(`Could not load the thread: ${err.serverMessage ?? err.message}`);
+  } finally {
+    t.loading = false;
+    t.loaded = true;
+    renderThreadOlder();
+  }
+}
+
+function renderThreadOlder() {
+  const button = $("thread-older");
+  button.hidden = !thread || !thread.hasMore;
+  button.disabled = Boolean(thread?.loading);
+}
+
+function addThreadItem(item) {
+  const t = thread;
+  if (!t || t.items.has(item.seq)) return;
+  const mine = Boolean(me && item.from === me.name);
+  if (mine) {
+    const p = t.pending.find((x) => x.text === item.text);
+    if (p) {
+      t.pending.splice(t.pending.indexOf(p), 1);
+      p.li.remove();
+    }
+  }
+  const li = messageLi(t.c, item, mine, true);
+  if (item.messageId === t.rootId) li.classList.add("root");
+  let lo = 0;
+  while (lo < t.seqs.length && t.seqs[lo] < item.seq) lo += 1;
+  const next = lo < t.seqs.length ? t.items.get(t.seqs[lo]) : t.pending[0]?.li;
+  t.seqs.splice(lo, 0, item.seq);
+  t.items.set(item.seq, li);
+  li.dataset.seq = String(item.seq);
+  if (next) next.before(li);
+  else $("thread-list").append(li);
+  const s = $("thread-scroller");
+  if (s.scrollHeight - s.scrollTop - s.clientHeight < 120) s.scrollTop = s.scrollHeight;
+}
+
+function closeThread(refocus = true) {
+  const t = thread;
+  if (!t) return;
+  thread = null;
+  for (const li of t.items.values()) li.rec?.els.delete(li);
+  $("thread-list").replaceChildren();
+  $("thread-pane").hidden = true;
+  $("layout").classList.remove("with-thread");
+  if (refocus) $("text").focus();
+}
+
+function sendThreadReply(text) {
+  const t = thread;
+  if (!t || !client) return;
+  try {
+    const { id } = client.sendChat(t.c.name, text, {}, { replyTo: t.rootId });
+    const root = records.get(t.rootId);
+    const quote = root ? quoteOf(root) : null;
+    addPending(t.c, id, "text", text, null, quote);
+    const li = messageLi(t.c, { from: me.name, text, file: null, timestamp: null, quote }, true, true);
+    li.dataset.pending = id;
+    setStatus(li, "sending");
+    $("thread-list").append(li);
+    t.pending.push({ id, li, text });
+    $("thread-scroller").scrollTop = $("thread-scroller").scrollHeight;
+  } catch (err) {
+    showError(`Not sent: ${err.serverMessage ?? err.message}`);
+  }
+  updateBanner();
+}
+
+// -- @ autocomplete --------------------------------------------------------------------
+
+const ac = { input: null, list: null, names: [], index: 0, start: 0, end: 0 };
+
+/** Who may be named in `c`: its members, the people who wrote in it; never yourself or guests. */
+function mentionable(c) {
+  const names = new Set();
+  if (c.type === "room") {
+    for (const name of c.members) names.add(name);
+    for (const name of roomInfo(c.name)?.members ?? []) names.add(name);
+    for (const r of records.values()) if (r.convKey === c.key) names.add(r.from);
+  } else {
+    names.add(c.name);
+  }
+  const self = me?.name.toLowerCase();
+  return [...names].filter((n) => n && n.toLowerCase() !== self && !n.startsWith("guest-"));
+}
+
+function acUpdate(input) {
+  const c = input.id === "thread-text" ? thread?.c : current;
+  const caret = input.selectionStart ?? input.value.length;
+  const match = input.value.slice(0, caret).match(/(?:^|[^\p{L}\p{N}_.@-])@([\p{L}\p{N}_.-]*)$/u);
+  if (!c || !match || input.selectionEnd !== caret) {
+    acClose();
+    return;
+  }
+  const prefix = match[1].toLowerCase();
+  const names = mentionable(c)
+    .filter((n) => n.toLowerCase().startsWith(prefix))
+    .sort((a, b) => a.localeCompare(b))
+    .slice(0, 8);
+  if (!names.length) {
+    acClose();
+    return;
+  }
+  if (ac.input && ac.input !== input) acClose();
+  Object.assign(ac, { input, list: $(input.getAttribute("aria-controls")), names, index: 0, start: caret - match[1].length - 1, end: caret });
+  acRender();
+}
+
+function acRender() {
+  const { input, list, names, index } = ac;
+  list.replaceChildren();
+  names.forEach((name, i) => {
+    const option = el("li", { id: `${list.id}-${i}`, role: "option", class: `option${i === index ? " active" : ""}`, ariaSelected: String(i === index), dataTestid: "mention-option", text: `@${visibleName(name)}` });
+    option.addEventListener("mousedown", (event) => event.preventDefault()); // keep the focus in the box
+    option.addEventListener("click", () => acPick(i));
+    list.append(option);
+  });
+  list.hidden = false;
+  input.setAttribute("aria-expanded", "true");
+  input.setAttribute("aria-activedescendant", `${list.id}-${index}`);
+}
+
+function acClose() {
+  if (!ac.input) return;
+  ac.list.hidden = true;
+  ac.list.replaceChildren();
+  ac.input.setAttribute("aria-expanded", "false");
+  ac.input.removeAttribute("aria-activedescendant");
+  ac.input = null;
+}
+
+function acPick(i) {
+  const { input, names, start, end } = ac;
+  if (!input) return;
+  const name = names[i];
+  const rest = input.value.slice(end);
+  const insert = `@${name}${rest.startsWith(" ") ? "" : " "}`;
+  input.value = input.value.slice(0, start) + insert + rest;
+  const caret = start + insert.length;
+  input.setSelectionRange(caret, caret);
+  acClose();
+  input.focus();
+}
+
+/** Keys for an open list; true when the key was used. */
+function acKey(event) {
+  if (!ac.input || ac.input !== event.target) return false;
+  const n = ac.names.length;
+  if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    ac.index = (ac.index + (event.key === "ArrowDown" ? 1 : n - 1)) % n;
+    acRender();
+  } else if (event.key === "Enter" || event.key === "Tab") {
+    acPick(ac.index);
+  } else if (event.key === "Escape") {
+    acClose();
+  } else {
+    return false;
+  }
+  event.preventDefault();
+  event.stopPropagation();
+  return true;
+}
+
 // -- showing ---------------------------------------------------------------------
 
 function show(c) {
@@ -421,6 +1253,11 @@ function show(c) {
   current = c;
   c.list.hidden = false;
   c.unread = 0;
+  c.mentionCount = 0;
+  closePopup(false);
+  acClose();
+  if (replying && replying.c !== c) setReplying(null);
+  if (thread && thread.c !== c) closeThread(false);
   $("title").textContent = c.type === "room" ? `#${c.name}` : `@${visibleName(c.name)}`;
   $("text").placeholder = c.type === "room" ? `Message #${c.name}` : `Message ${visibleName(c.name)}`;
   $("leave").hidden = c.type !== "room" || c.name === LOBBY;
@@ -471,6 +1308,7 @@ function navButton(label, key, extra) {
   const button = el("button", { type: "button", dataTestid: `nav-${key}`, ariaCurrent: current?.key === key ? "page" : null });
   button.append(el("span", { class: "nav-label", text: label }));
   if (extra) button.append(el("span", { class: "count", text: extra }));
+  if (c && c.mentionCount > 0) button.append(el("span", { class: "badge mention-badge", dataTestid: "mention-badge", text: `@${c.mentionCount}`, title: plural(c.mentionCount, "mention of you", "mentions of you") }));
   if (c && c.unread > 0) button.append(el("span", { class: "badge", dataTestid: "unread", text: String(c.unread), title: plural(c.unread, "unread message", "unread messages") }));
   li.append(button);
   return [li, button];
@@ -559,6 +1397,9 @@ async function leaveCurrent() {
   }
   c.list.remove();
   convs.delete(c.key);
+  forgetRecords(c.key);
+  if (thread?.c === c) closeThread(false);
+  if (replying?.c === c) setReplying(null);
   current = null;
   show(conv(`#${LOBBY}`));
   refreshRoomsSoon();
@@ -699,6 +1540,9 @@ function start() {
   });
   client.on("message", (item) => addItem(conv(`#${item.room}`), item, true));
   client.on("direct", (item) => addDirect(item, true));
+  client.on("change", onChange);
+  client.on("mention", onMention);
+  client.on("refreshed", onRefreshed);
   client.on("presence", (p) => {
     const c = convs.get(`#${p.room}`);
     if (!c) return;
@@ -750,8 +1594,16 @@ function signOut(forget = true) {
   clearTimeout(refreshTimer);
   clearInterval(roomsTimer);
   clearTimeout(bannerTimer);
+  closePopup(false);
+  acClose();
+  closeThread(false);
+  setReplying(null);
   for (const c of convs.values()) c.list.remove();
   convs.clear();
+  records.clear();
+  orphans.clear();
+  orphanCount = 0;
+  $("notices").replaceChildren();
   current = null;
   me = null;
   apiRooms = [];
@@ -775,9 +1627,13 @@ function signOut(forget = true) {
 function sendText(text) {
   const c = current;
   if (!c || !client) return;
+  const answering = replying && replying.c === c && c.type === "room" ? replying.r : null;
   try {
-    const { id } = c.type === "room" ? client.sendChat(c.name, text) : client.sendDirect(c.name, text);
-    addPending(c, id, "text", text);
+    const { id } = c.type === "room"
+      ? client.sendChat(c.name, text, {}, { replyTo: answering?.messageId ?? null })
+      : client.sendDirect(c.name, text);
+    addPending(c, id, "text", text, null, answering ? quoteOf(answering) : null);
+    if (answering) setReplying(null);
   } catch (err) {
     showError(`Not sent: ${err.serverMessage ?? err.message}`);
   }
@@ -873,6 +1729,50 @@ function wire() {
     if (!text.trim()) return;
     sendText(text);
     $("text").value = "";
+  });
+  $("text").addEventListener("keydown", (event) => {
+    if (acKey(event)) return;
+    if (event.key === "ArrowUp" && !$("text").value && !event.shiftKey && !event.altKey && !event.ctrlKey && !event.metaKey && current) {
+      const li = lastEditable(current);
+      if (li) {
+        event.preventDefault();
+        startEdit(li);
+      }
+    } else if (event.key === "Escape" && replying) {
+      event.preventDefault();
+      setReplying(null);
+    }
+  });
+  $("reply-cancel").addEventListener("click", () => {
+    setReplying(null);
+    $("text").focus();
+  });
+  for (const id of ["text", "thread-text"]) {
+    $(id).addEventListener("input", () => acUpdate($(id)));
+    $(id).addEventListener("click", () => acUpdate($(id)));
+    $(id).addEventListener("blur", () => setTimeout(() => document.activeElement !== $(id) && ac.input === $(id) && acClose(), 150));
+  }
+  $("thread-text").addEventListener("keydown", (event) => {
+    if (acKey(event)) return;
+    if (event.key === "Escape") {
+      event.preventDefault();
+      closeThread(true);
+    }
+  });
+  $("thread-composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("thread-text").value;
+    if (!text.trim()) return;
+    sendThreadReply(text);
+    $("thread-text").value = "";
+  });
+  $("thread-close").addEventListener("click", () => closeThread(true));
+  $("thread-older").addEventListener("click", () => loadThread());
+  $("confirm-go").addEventListener("click", () => confirmed(true));
+  $("confirm-cancel").addEventListener("click", () => confirmed(false));
+  $("confirm-delete").addEventListener("close", () => confirmed(false)); // Escape
+  document.addEventListener("pointerdown", (event) => {
+    if (popup && !popup.box.contains(event.target) && !popup.opener.contains(event.target)) closePopup(false);
   });
   $("text").addEventListener("input", () => {
     if (!current || current.type !== "room" || !client || !$("text").value) return;

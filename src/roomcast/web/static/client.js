@@ -10,6 +10,10 @@
 //   are delivered in order, exactly once; after a reconnect every room is
 //   joined again with `since` = the last seq delivered, and the direct
 //   messages after the last one are fetched with `direct_history`;
+// - changes to messages (`edit`, `delete`, `reaction`) are events in the same
+//   streams, with their own seqs: they go through the same ordering and
+//   dedupe, so a page that reconnects applies each change once and in order;
+//   `mention` arrives on the direct stream;
 // - reconnects wait a uniform random time in [0, min(cap, first * 2^n)]
 //   (full jitter; 0.5 s first, 30 s cap), reset after a stable minute;
 // - `rate_limited` is retried after `retry_after`; a close with 1008 or a
@@ -18,6 +22,8 @@
 export const LOBBY = "lobby";
 const DIRECT = "@direct";
 const SENDABLE = new Set(["chat", "direct", "file"]);
+/** The events that change a message (server to client). */
+const CHANGE_EVENTS = new Set(["edit", "delete", "reaction"]);
 
 /** Exponential backoff with full jitter (times in milliseconds). */
 export class Backoff {
@@ -64,6 +70,7 @@ export class SeqStream {
 
   ready() {
     const out = [];
+    if (this.expected === null) return out;
     while (this.early.has(this.expected)) {
       out.push(this.early.get(this.expected));
       this.early.delete(this.expected);
@@ -71,6 +78,28 @@ export class SeqStream {
     }
     return out;
   }
+
+  /**
+   * Seqs below `bound` that have not come will not come (history lists
+   * messages only; the seqs of changes are not in it): deliver what waits
+   * below it, in order, and go on from `bound`.
+   */
+  skipTo(bound) {
+    if (this.expected !== null && bound <= this.expected) return [];
+    const out = [];
+    for (const seq of [...this.early.keys()].sort((a, b) => a - b)) {
+      if (seq >= bound) break;
+      out.push(this.early.get(seq));
+      this.early.delete(seq);
+    }
+    this.expected = bound;
+    return [...out, ...this.ready()];
+  }
+}
+
+/** History lists messages (chat, direct, file); anything else is not shown as one. */
+function isMessage(m) {
+  return m && (m.type === "chat" || m.type === "direct" || m.type === "file" || m.type === undefined);
 }
 
 /** A random frame id (16 url-safe characters), unique per user for a day. */
@@ -103,32 +132,112 @@ function fileOf(p) {
   return { name: String(p.name ?? "file"), mime: String(p.mime ?? ""), size: Number(p.size ?? 0), url: String(p.url ?? "") };
 }
 
+/** {emoji: [names]} as a Map of emoji to names, in the server's order. */
+function reactionsOf(value) {
+  const out = new Map();
+  if (!value || typeof value !== "object") return out;
+  for (const [emoji, names] of Object.entries(value)) {
+    if (Array.isArray(names) && names.length) out.set(String(emoji), names.map(String));
+  }
+  return out;
+}
+
+function quoteOf(q) {
+  if (!q || typeof q !== "object") return null;
+  return { from: String(q.from ?? ""), message: q.deleted ? "" : String(q.message ?? ""), deleted: Boolean(q.deleted) };
+}
+
+/**
+ * What a message carries besides its text: its current state (history items)
+ * and what it answers (replies). Live frames carry the parts they have.
+ */
+function stateOf(p) {
+  return {
+    deleted: Boolean(p.deleted),
+    editedAt: p.edited_at ? String(p.edited_at) : null,
+    reactions: reactionsOf(p.reactions),
+    replyTo: p.reply_to ? String(p.reply_to) : null,
+    thread: p.thread ? String(p.thread) : null,
+    quote: quoteOf(p.quote),
+    replyCount: Number(p.reply_count ?? 0) || 0,
+    mentions: Array.isArray(p.mentions) ? p.mentions.map(String) : [],
+  };
+}
+
 /** A chat or file item (live frame payload or history item) as the page sees it. */
 export function roomItem(type, p, timestamp) {
+  const state = stateOf(p);
   return {
     kind: type === "file" ? "file" : "chat",
     room: String(p.room),
     from: String(p.from ?? ""),
-    text: type === "file" ? "" : String(p.message ?? ""),
+    text: type === "file" || state.deleted ? "" : String(p.message ?? ""),
     seq: Number(p.seq),
     messageId: String(p.message_id ?? ""),
     timestamp: timestamp ?? p.timestamp ?? null,
-    file: type === "file" ? fileOf(p) : null,
+    file: type === "file" && !state.deleted ? fileOf(p) : null,
+    ...state,
   };
 }
 
 /** A direct message or direct file as the page sees it. */
 export function directItem(type, p, timestamp) {
+  const state = stateOf(p);
   return {
     kind: type === "file" ? "file" : "direct",
     from: String(p.from ?? ""),
     to: String(p.to ?? ""),
-    text: type === "file" ? "" : String(p.message ?? ""),
+    text: type === "file" || state.deleted ? "" : String(p.message ?? ""),
     seq: Number(p.seq),
     messageId: String(p.message_id ?? ""),
     timestamp: timestamp ?? p.timestamp ?? null,
-    file: type === "file" ? fileOf(p) : null,
+    file: type === "file" && !state.deleted ? fileOf(p) : null,
+    ...state,
   };
+}
+
+/**
+ * A change to a message (`edit`, `delete`, `reaction` frames): kind, the
+ * message's id, who changed it, the stream's seq; `room` in a room, or
+ * `direct: true` with `from`/`to` (the changed message's sender and recipient).
+ */
+export function changeItem(type, p, timestamp) {
+  const item = {
+    kind: type,
+    messageId: String(p.message_id ?? ""),
+    by: String(p.by ?? p.user ?? ""),
+    seq: Number(p.seq),
+    timestamp: timestamp ?? p.timestamp ?? null,
+  };
+  if (p.room !== undefined && p.room !== null) item.room = String(p.room);
+  else Object.assign(item, { direct: true, from: String(p.from ?? ""), to: String(p.to ?? "") });
+  if (type === "edit") {
+    item.text = String(p.message ?? "");
+    item.editedAt = String(p.edited_at ?? item.timestamp ?? new Date().toISOString());
+  } else if (type === "reaction") {
+    Object.assign(item, { emoji: String(p.emoji ?? ""), user: String(p.user ?? ""), added: Boolean(p.added) });
+  }
+  return item;
+}
+
+/** A `mention` (on the direct stream): someone named this user in a room. */
+export function mentionItem(p, timestamp) {
+  return {
+    kind: "mention",
+    mentionIn: String(p.room ?? ""),
+    messageId: String(p.message_id ?? ""),
+    from: String(p.from ?? ""),
+    seq: Number(p.seq),
+    timestamp: timestamp ?? p.timestamp ?? null,
+  };
+}
+
+/** One event of the direct stream (a live frame or a `direct_history` item), or null. */
+function directEvent(type, p, timestamp) {
+  if (type === "direct" || type === "file") return directItem(type, p, timestamp);
+  if (CHANGE_EVENTS.has(type)) return changeItem(type, { ...p, room: undefined }, timestamp);
+  if (type === "mention") return mentionItem(p, timestamp);
+  return null;
 }
 
 /**
@@ -137,7 +246,9 @@ export function directItem(type, p, timestamp) {
  * "closed" (for good: `closedReason`).
  *
  * Events (client.on(name, fn)): state, user, joined, left, message, direct,
- * presence, typing, servererror, expired, outbox, acked, failed.
+ * change (edit, delete, reaction: in a room or direct), mention, refreshed
+ * (current state of messages shown before a long absence), presence, typing,
+ * servererror, expired, outbox, acked, failed.
  */
 export class ChatClient {
   constructor({ url, token = null, guest = null, backoff = null, refreshToken = null,
@@ -412,7 +523,7 @@ export class ChatClient {
       before = Math.min(...items.map((m) => Number(m.seq)));
       if (!reply.payload.has_more) break;
     }
-    const items = pages.reverse().flat().map((m) => roomItem(m.type, { room, ...m }, m.timestamp));
+    const items = pages.reverse().flat().filter(isMessage).map((m) => roomItem(m.type, { room, ...m }, m.timestamp));
     const lowest = items.length ? items[0].seq : joined.replay_from;
     if (pruned || stream.expected < lowest) {
       // What cannot be read (pruned, or refused while paging) is skipped, or
@@ -420,6 +531,16 @@ export class ChatClient {
       for (const ready of stream.startAt(lowest)) this._emitItem(ready);
     }
     for (const item of items) this._deliver(room, item);
+    // The seqs history left out are changes: the items carry their result.
+    for (const ready of stream.skipTo(joined.replay_from)) this._emitItem(ready);
+    // Changes before the replay to messages shown before the absence were not
+    // replayed: read those messages' current state once.
+    if (!pruned && floor > 1) {
+      const reply = await this._ask(ws, "history", { room, before: floor, limit: 100 });
+      const older = reply.type === "history" ? reply.payload.messages ?? [] : [];
+      const refreshed = older.filter(isMessage).map((m) => roomItem(m.type, { room, ...m }, m.timestamp));
+      if (refreshed.length) this.emit("refreshed", { room, messages: refreshed });
+    }
   }
 
   async _catchUpDirect(ws) {
@@ -431,7 +552,7 @@ export class ChatClient {
     if (stream.expected === null) {
       const reply = await this._ask(ws, "direct_history", { limit: 1 });
       if (reply.type === "direct_history" && stream.expected === null) {
-        for (const item of stream.startAt(Number(reply.payload.last_seq ?? 0) + 1)) this.emit("direct", item);
+        for (const item of stream.startAt(Number(reply.payload.last_seq ?? 0) + 1)) this._emitItem(item);
       }
       return;
     }
@@ -439,7 +560,10 @@ export class ChatClient {
       const since = stream.expected - 1;
       const reply = await this._ask(ws, "direct_history", { since, limit: 100 });
       if (reply.type !== "direct_history") return;
-      for (const m of reply.payload.messages ?? []) this._deliver(DIRECT, directItem(m.type, m, m.timestamp));
+      for (const m of reply.payload.messages ?? []) {
+        // An event this page does not know still takes its seq, or the stream would wait for it.
+        this._deliver(DIRECT, directEvent(m.type, m, m.timestamp) ?? { kind: "skip", seq: Number(m.seq) });
+      }
       if (!reply.payload.has_more || stream.expected - 1 === since) return;
     }
   }
@@ -473,7 +597,9 @@ export class ChatClient {
   }
 
   _emitItem(item) {
-    this.emit(item.room !== undefined ? "message" : "direct", item);
+    if (CHANGE_EVENTS.has(item.kind)) this.emit("change", item);
+    else if (item.kind === "mention") this.emit("mention", item);
+    else if (item.kind !== "skip") this.emit(item.room !== undefined ? "message" : "direct", item);
   }
 
   // -- reading --------------------------------------------------------------
@@ -527,6 +653,16 @@ export class ChatClient {
         break;
       case "direct":
         this._deliver(DIRECT, directItem("direct", p, frame.timestamp));
+        break;
+      case "edit":
+      case "delete":
+      case "reaction":
+        // A change is an event of its conversation's stream, with that stream's seq.
+        if (p.room !== undefined && p.room !== null) this._deliver(String(p.room), changeItem(frame.type, p, frame.timestamp));
+        else this._deliver(DIRECT, changeItem(frame.type, p, frame.timestamp));
+        break;
+      case "mention":
+        this._deliver(DIRECT, mentionItem(p, frame.timestamp));
         break;
       case "presence":
         if (id === null) this.emit("presence", p);
@@ -617,8 +753,31 @@ export class ChatClient {
     ws.send(out.data);
   }
 
-  sendChat(room, text, meta = {}) {
-    return this.send("chat", { room, message: text }, meta);
+  /** A chat message; `replyTo`: the id of the message it answers (a reply, in its thread). */
+  sendChat(room, text, meta = {}, { replyTo = null } = {}) {
+    const payload = { room, message: text };
+    if (replyTo) payload.reply_to = replyTo;
+    return this.send("chat", payload, meta);
+  }
+
+  /** Change the text of your message (room or direct): {id, promise} like send. */
+  edit(messageId, text, meta = {}) {
+    return this.send("edit", { message_id: messageId, message: text }, meta);
+  }
+
+  /** Delete a message (yours; in a private room you own, anyone's). */
+  delete(messageId, meta = {}) {
+    return this.send("delete", { message_id: messageId }, meta);
+  }
+
+  /** Add your reaction (one emoji, or :name:) to a message. */
+  react(messageId, emoji, meta = {}) {
+    return this.send("react", { message_id: messageId, emoji }, meta);
+  }
+
+  /** Take your reaction back. */
+  unreact(messageId, emoji, meta = {}) {
+    return this.send("unreact", { message_id: messageId, emoji }, meta);
   }
 
   sendDirect(to, text, meta = {}) {
@@ -647,13 +806,19 @@ export class ChatClient {
     return this.send("leave", { room }).promise;
   }
 
-  /** A page of a room's history, oldest first: {messages, hasMore}. */
-  async history(room, before = null, limit = 50) {
+  /**
+   * A page of a room's history, oldest first: {messages, hasMore, hasNewer}.
+   * Items carry each message's current state. `thread`: a root message id
+   * (the root and its replies); `around`: a seq (messages before and after it).
+   */
+  async history(room, before = null, limit = 50, { thread = null, around = null } = {}) {
     const payload = { room, limit };
     if (before !== null) payload.before = before;
+    if (thread !== null) payload.thread = thread;
+    if (around !== null) payload.around = around;
     const reply = await this.send("history", payload).promise;
-    const items = (reply.payload.messages ?? []).map((m) => roomItem(m.type, m, m.timestamp));
-    return { messages: items, hasMore: Boolean(reply.payload.has_more) };
+    const items = (reply.payload.messages ?? []).filter(isMessage).map((m) => roomItem(m.type, { room, ...m }, m.timestamp));
+    return { messages: items, hasMore: Boolean(reply.payload.has_more), hasNewer: Boolean(reply.payload.has_newer) };
   }
 
   /** A page of the user's direct messages, oldest first: {messages, hasMore, lastSeq}. */
@@ -661,7 +826,7 @@ export class ChatClient {
     const payload = { limit };
     if (before !== null) payload.before = before;
     const reply = await this.send("direct_history", payload).promise;
-    const items = (reply.payload.messages ?? []).map((m) => directItem(m.type, m, m.timestamp));
+    const items = (reply.payload.messages ?? []).filter(isMessage).map((m) => directItem(m.type, m, m.timestamp));
     return { messages: items, hasMore: Boolean(reply.payload.has_more), lastSeq: reply.payload.last_seq };
   }
 
