@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from roomcast.exceptions import InvalidRequest, NoSuchMessage
-from roomcast.model import Change, ChatMessage, DirectMessage, Mention
+from roomcast.model import Change, ChatMessage, DirectMessage, FileInfo, Mention
 from roomcast.store.base import AppendResult, DirectResult, Draft, Store
 from roomcast.store.batch import MAX_REACTIONS
 
@@ -165,3 +165,17 @@ async def test_direct_changes_go_to_both_inboxes(store: Store) -> None:
     assert isinstance(gone, DirectResult) and gone.sender_seq == 4
     (tombstone,), _ = await store.direct_history("ann")
     assert tombstone.deleted and tombstone.message == "" and tombstone.reactions == ()
+
+
+async def test_a_deleted_file_message_keeps_counting_against_the_upload_quota(
+    store: Store,
+) -> None:
+    """A deleted file message loses its file (and digest) but its size still counts."""
+    photo = FileInfo("cat.png", "image/png", 1234, "ab" * 32)
+    sent = (await store.append("lobby", "ann", "", file=photo)).message
+    assert await store.file_bytes_since("ann", 0) == 1234
+    await room_change(store, change("delete", sent.message_id, "ann"))
+    (tombstone,), _ = await store.history("lobby")
+    assert tombstone.deleted and tombstone.file is None
+    assert await store.file_digests() == set()
+    assert await store.file_bytes_since("ann", 0) == 1234

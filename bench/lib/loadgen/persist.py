@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from bench.lib.loadgen.common import (
@@ -62,6 +64,8 @@ class PersistClient(WSListener):  # type: ignore[misc]
         self.changes_every = changes_every
         self.last_id: bytes | None = None
         self.changes = itertools.cycle(CHANGE_KINDS)
+        #: Signed in as a registered user (only they may edit).
+        self.signed_in = False
         self.tally = tally
         self.transport: WSTransport | None = None
         self.prefix = b"p%d-" % index
@@ -126,7 +130,9 @@ class PersistClient(WSListener):  # type: ignore[misc]
         msg = json.loads(data)
         payload = msg.get("payload") or {}
         kind = msg.get("type")
-        if kind == "joined":
+        if kind == "auth":
+            self.signed_in = bool(payload.get("ok"))
+        elif kind == "joined":
             self.rooms.add(payload.get("room"))
         elif kind == "left":
             self.rooms.discard(payload.get("room"))
@@ -147,6 +153,12 @@ async def open_rooms(
         url, n, lambda: PersistClient(next(index), tally, changes_every)
     )
     await wait_until(lambda: all("lobby" in c.rooms for c in clients), 10, "lobby joins")
+    if changes_every:
+        # Guests may react but not edit: the clients sign in as users.
+        tokens = await sign_up_all(url, len(clients))
+        for client, token in zip(clients, tokens, strict=True):
+            client.send_json({"type": "auth", "payload": {"token": token}})
+        await wait_until(lambda: all(c.signed_in for c in clients), 60, "sign-ins")
     for client in clients:
         client.send_json({"type": "join", "payload": {"room": client.room}})
         client.send_json({"type": "leave", "payload": {"room": "lobby"}})
@@ -155,6 +167,33 @@ async def open_rooms(
         client.chat()
     await wait_until(lambda: not any(c.pending for c in clients), 10, "warm-up acks")
     return clients, tally
+
+
+async def sign_up_all(url: str, count: int) -> list[str]:
+    """Register ``count`` users ``bench<random>-<i>`` and log them in; their tokens.
+
+    The server takes ten sign-ups in a burst from one address, so each ten
+    come from their own source address (127.0.0.2, 127.0.0.3, ...).
+    """
+    base = url.replace("ws://", "http://", 1).rsplit("/", 1)[0]
+    prefix = f"bench{os.urandom(3).hex()}"
+    password = "bench password " + os.urandom(4).hex()
+
+    async def ten(first: int) -> list[str]:
+        connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{2 + first // 10}", 0))
+        tokens = []
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for index in range(first, min(first + 10, count)):
+                account = {"username": f"{prefix}-{index}", "password": password}
+                async with http.post(f"{base}/api/register", json=account) as resp:
+                    if resp.status != 201:
+                        raise RuntimeError(f"register: {resp.status} {await resp.text()}")
+                async with http.post(f"{base}/api/login", json=account) as resp:
+                    tokens.append(str((await resp.json())["token"]))
+        return tokens
+
+    groups = await asyncio.gather(*(ten(first) for first in range(0, count, 10)))
+    return [token for group in groups for token in group]
 
 
 async def send_spread(clients: list[PersistClient], msgs_per_s: float, seconds: float) -> int:

@@ -581,10 +581,15 @@ def file_to_column(file: FileInfo) -> str:
 
 
 def file_from_column(column: str | None) -> FileInfo | None:
-    """The FileInfo stored in a ``file`` column (None for a text message)."""
+    """The FileInfo stored in a ``file`` column (None for a text message).
+
+    None too for a deleted file message, whose column keeps only the size.
+    """
     if not column:
         return None
     obj = orjson.loads(column)
+    if "sha256" not in obj:
+        return None
     return FileInfo(obj["name"], obj["mime"], obj["size"], obj["sha256"])
 
 

@@ -51,6 +51,8 @@ class MemoryStore(BatchedAppends):
         self._events: dict[str, _Event] = {}
         #: The edit events of each message, to erase their text with it.
         self._edits: dict[str, list[str]] = {}
+        #: Deleted file messages' sender, time and size (the upload quota).
+        self._erased_files: list[tuple[str, int, int]] = []
         #: Each message's reactions: emoji -> names, both in order.
         self._reactions: dict[str, dict[str, list[str]]] = {}
         #: Resendable ids by (sender, frame id, room or recipient, direct?).
@@ -166,6 +168,8 @@ class MemoryStore(BatchedAppends):
         for _deleted_ms, message_id in (*plan.deletes, *plan.direct_deletes):
             message = events[message_id]
             assert isinstance(message, ChatMessage | DirectMessage)
+            if message.file is not None:
+                self._erased_files.append((message.sender, message.ts_ms, message.file.size))
             events[message_id] = replace(
                 message, message="", file=None, mentions=(), deleted=True, reactions=()
             )
@@ -322,7 +326,10 @@ class MemoryStore(BatchedAppends):
         return access
 
     async def file_bytes_since(self, sender: str, since_ms: int) -> int:
-        return sum(
+        erased = sum(
+            size for who, ts_ms, size in self._erased_files if who == sender and ts_ms >= since_ms
+        )
+        return erased + sum(
             m.file.size
             for m in self._messages()
             if m.file is not None and m.sender == sender and m.ts_ms >= since_ms

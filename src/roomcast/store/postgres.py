@@ -554,7 +554,10 @@ class PostgresStore(SQLStore):
             # global order), so their state cannot move before this commits.
             room_names = sorted({i.room for i in batch if i.room is not None})
             await conn.fetch(_LOCK_ROOMS, room_names)
+            # Every inbox the batch may add to (direct drafts' two sides, the
+            # users its chats mention), so none is locked out of order later.
             owners = {o for i in batch if i.room is None for o in (i.sender, i.recipient)}
+            owners.update(name for i in batch for name in i.draft.mentions)
             await conn.fetch(_LOCK_INBOXES, sorted(o for o in owners if o is not None))
         plan.decide(await load_targets(shared, plan, self._NAMES_IN, self._names), now_ms)
 
@@ -572,7 +575,7 @@ class PostgresStore(SQLStore):
         results = plan.assign(room_seqs, inbox_seqs, now_ms)
         if plan.message_rows or plan.direct_rows:
             await conn.execute(_INSERT_BATCH, *_insert_args(plan, inbox_seqs, now_ms))
-        await apply_changes(shared, plan)
+        await apply_changes(shared, plan, self._FILE_SIZE)
         if plan.deletes or plan.direct_deletes:
             self._erase_soon()
         return results

@@ -195,14 +195,14 @@ _ADD_REACTION: Final = (
 )
 _REMOVE_REACTION: Final = "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND name = $3"
 #: A delete erases the text, file and mentions of the message and the texts
-#: of its edits (the tombstone keeps its seq), and its reactions.
+#: of its edits (the tombstone keeps its seq), and its reactions. A file
+#: message keeps only its file's size (``{"size": N}``, for the sender's
+#: upload quota: deleting a file does not give its bytes back);
+#: ``SIZE`` is the backend's :attr:`SQLStore._FILE_SIZE`.
 _ERASE: Final = (
-    "UPDATE messages SET body = '', file = NULL, mentions = NULL, deleted_ms = $1"
-    " WHERE message_id = $2"
-)
-_ERASE_DIRECT: Final = (
-    "UPDATE direct_messages SET body = '', file = NULL, mentions = NULL, deleted_ms = $1"
-    " WHERE message_id = $2"
+    "UPDATE {table} SET body = '', mentions = NULL, deleted_ms = $1,"
+    " file = CASE WHEN file IS NULL THEN NULL"
+    " ELSE '{{\"size\":' || CAST(SIZE AS TEXT) || '}}' END WHERE message_id = $2"
 )
 _ERASE_EDITS: Final = "UPDATE messages SET body = '' WHERE target = $1 AND kind = 'edit'"
 _ERASE_DIRECT_EDITS: Final = (
@@ -703,8 +703,10 @@ async def load_targets(
     return targets
 
 
-async def apply_changes(conn: SQLConn, plan: Plan) -> None:
+async def apply_changes(conn: SQLConn, plan: Plan, file_size: str) -> None:
     """Do to the messages what ``plan``'s changes say (after its events are inserted).
+
+    ``file_size`` is the backend's :attr:`SQLStore._FILE_SIZE`.
 
     Edits and reactions first, deletes last: a delete erases the texts of
     the edits before it, including this batch's, and nothing in a batch
@@ -720,11 +722,12 @@ async def apply_changes(conn: SQLConn, plan: Plan) -> None:
             await conn.executemany(_ADD_REACTION, inserts)
         if deletes:
             await conn.executemany(_REMOVE_REACTION, deletes)
-    for erase, erase_edits, deletes in (
-        (_ERASE, _ERASE_EDITS, plan.deletes),
-        (_ERASE_DIRECT, _ERASE_DIRECT_EDITS, plan.direct_deletes),
+    for table, erase_edits, deletes in (
+        ("messages", _ERASE_EDITS, plan.deletes),
+        ("direct_messages", _ERASE_DIRECT_EDITS, plan.direct_deletes),
     ):
         if deletes:
+            erase = _ERASE.format(table=table).replace("SIZE", file_size)
             await conn.executemany(erase, deletes)
             ids = [(row[1],) for row in deletes]
             await conn.executemany(erase_edits, ids)

@@ -322,7 +322,7 @@ class SQLiteStore(SQLStore):
                 conn.executemany(_DIRECT_INSERT, plan.direct_rows)
                 conn.executemany(_INBOX_INSERT, plan.inbox_rows)
                 conn.executemany(_SAVE_DM_SEQ, [(seq, owner) for owner, seq in inboxes.items()])
-            run_sync(apply_changes(shared, plan))
+            run_sync(apply_changes(shared, plan, self._FILE_SIZE))
             conn.execute("COMMIT")
         except BaseException:
             # The cached seqs may be past what is committed: read them again.
