@@ -14,6 +14,9 @@ one writer task per store takes everything queued so far (up to
 2. one lookup of those ``(sender, client_id)`` pairs among the room
    messages of the last :data:`~roomcast.store.base.DEDUPE_SECONDS` (and one
    among direct messages, when the batch resends any);
+2b. when the batch changes messages (edits, deletes, reactions): one read of
+   those messages, ``FOR UPDATE`` in id order, and one of their reactions,
+   which :meth:`~.batch.Plan.decide` settles each change against;
 3. one ``INSERT INTO rooms ... ON CONFLICT DO UPDATE SET last_seq = last_seq
    + n RETURNING`` for the batch's rooms: the row lock it takes holds any
    other node's batch for those rooms until this one commits, so seqs stay
@@ -22,13 +25,16 @@ one writer task per store takes everything queued so far (up to
    users (their ``dm_seq``), likewise;
 5. one statement inserting every message, direct message and inbox row
    (and setting the new ``dm_seq`` values) from ``unnest()`` arrays; then
-   ``COMMIT``.
+   what the changes do to their messages (``executemany``: edits, reactions,
+   erasures); then ``COMMIT``.
 
 So a batch of room messages takes 5 round trips (4 without frame ids)
-however many messages and rooms it holds; direct messages add one or two.
+however many messages and rooms it holds; direct messages add one or two,
+and changes two to four.
 
 Locks are always taken in one global order (advisory locks sorted, then
-rooms sorted by name, then users sorted by name), so batches of different
+changed messages by id, then rooms sorted by name, then users sorted by
+name), so batches of different
 nodes wait for each other but never deadlock. A failed batch is rolled back
 whole and every future in it fails with :class:`~roomcast.exceptions.StoreError`;
 the next batch starts afresh (on a new connection if the old one broke).
@@ -141,12 +147,6 @@ _RESERVE_SEQS: Final = (
 _LOCK_INBOXES: Final = (
     "SELECT name, dm_seq FROM users WHERE name = ANY($1::text[])"
     ' ORDER BY name COLLATE "C" FOR NO KEY UPDATE'
-)
-#: Lock the rooms of a batch that changes messages, in name order, before
-#: reading the messages it changes (then reserving seqs takes no new lock).
-_LOCK_ROOMS: Final = (
-    'SELECT name FROM rooms WHERE name = ANY($1::text[]) ORDER BY name COLLATE "C"'
-    " FOR NO KEY UPDATE"
 )
 #: Everything a batch adds, in one statement: room events ($1-$11), direct
 #: events ($12-$21), the inboxes' new last seqs ($22-$23), inbox rows
@@ -549,17 +549,11 @@ class PostgresStore(SQLStore):
                 direct[key] = result
         plan = Plan(batch, rooms, direct)
         shared = _Connection(conn)
-        if plan.targets():
-            # The changed messages' rooms and inboxes are locked first (in the
-            # global order), so their state cannot move before this commits.
-            room_names = sorted({i.room for i in batch if i.room is not None})
-            await conn.fetch(_LOCK_ROOMS, room_names)
-            # Every inbox the batch may add to (direct drafts' two sides, the
-            # users its chats mention), so none is locked out of order later.
-            owners = {o for i in batch if i.room is None for o in (i.sender, i.recipient)}
-            owners.update(name for i in batch for name in i.draft.mentions)
-            await conn.fetch(_LOCK_INBOXES, sorted(o for o in owners if o is not None))
-        plan.decide(await load_targets(shared, plan, self._NAMES_IN, self._names), now_ms)
+        # The changed messages' rows are locked (in id order, before any
+        # room or inbox) as they are read: their state cannot move before
+        # this batch commits, and lock orders never cross.
+        targets = await load_targets(shared, plan, self._NAMES_IN, self._names, " FOR UPDATE")
+        plan.decide(targets, now_ms)
 
         # The last seq before this batch, per room and inbox: rooms sorted by
         # name, then users, so batches of several nodes never deadlock.

@@ -177,13 +177,17 @@ _REACTIONS: Final = "SELECT message_id, emoji, name, ts_ms FROM reactions WHERE 
 _REPLY_COUNTS: Final = "SELECT thread, count(*) FROM messages WHERE thread"
 #: What a reply quotes of the messages ``IN`` a list.
 _QUOTED: Final = "SELECT message_id, sender, body, deleted_ms FROM messages WHERE message_id"
-#: The messages a batch's changes name (``$1``: the list), with their
-#: reactions: what :func:`load_targets` reads.
+#: The messages a batch's changes name (``$1``: the list), in id order,
+#: each row locked with ``{lock}`` (PostgreSQL's ``FOR UPDATE``: two nodes
+#: changing one message at once take turns; SQLite has one writer): what
+#: :func:`load_targets` reads.
 _TARGET_MESSAGES: Final = (
-    "SELECT message_id, sender, room, CAST(NULL AS TEXT), deleted_ms FROM messages"
-    " WHERE kind = 'chat' AND message_id {ids}"
-    " UNION ALL SELECT message_id, sender, CAST(NULL AS TEXT), recipient, deleted_ms"
-    " FROM direct_messages WHERE kind = 'chat' AND message_id {ids}"
+    "SELECT * FROM (SELECT message_id, sender, room, CAST(NULL AS TEXT) AS recipient,"
+    " deleted_ms FROM messages WHERE kind = 'chat' AND message_id {ids}"
+    " ORDER BY message_id{lock}) AS m"
+    " UNION ALL SELECT * FROM (SELECT message_id, sender, CAST(NULL AS TEXT), recipient,"
+    " deleted_ms FROM direct_messages WHERE kind = 'chat' AND message_id {ids}"
+    " ORDER BY message_id{lock}) AS d"
 )
 _TARGET_REACTIONS: Final = "SELECT message_id, emoji, name FROM reactions WHERE message_id {ids}"
 #: What changes do to their messages (:func:`apply_changes`).
@@ -682,12 +686,14 @@ async def _prune_chunk(conn: SQLConn, cutoff_ms: int) -> tuple[int, int]:
 
 
 async def load_targets(
-    conn: SQLConn, plan: Plan, ids_in: str, ids: Callable[[list[str]], Any]
+    conn: SQLConn, plan: Plan, ids_in: str, ids: Callable[[list[str]], Any], lock: str = ""
 ) -> dict[str, Target]:
     """The messages ``plan``'s changes name, with their reactions, as the transaction sees them.
 
     ``ids_in`` is the backend's ``IN`` a list (``$1``), and ``ids`` makes
-    that parameter from a list (:attr:`SQLStore._NAMES_IN`, :meth:`SQLStore._names`).
+    that parameter from a list (:attr:`SQLStore._NAMES_IN`, :meth:`SQLStore._names`);
+    ``lock`` (`` FOR UPDATE``) locks each message's row until the batch
+    commits, so no other batch changes it between this read and that commit.
     """
     wanted = sorted(plan.targets())
     if not wanted:
@@ -695,7 +701,7 @@ async def load_targets(
     param = ids(wanted)
     targets = {
         row[0]: Target(row[0], row[1], row[2], row[3], row[4] is not None)
-        for row in await conn.fetch(_TARGET_MESSAGES.format(ids=ids_in), param)
+        for row in await conn.fetch(_TARGET_MESSAGES.format(ids=ids_in, lock=lock), param)
     }
     for message_id, emoji, name in await conn.fetch(_TARGET_REACTIONS.format(ids=ids_in), param):
         if message_id in targets:
