@@ -18,7 +18,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from .broker.base import Broker, Publication
 from .config import Limits
@@ -87,6 +87,23 @@ BUSY_WARN_EVERY: Final = 10.0
 #: message, ``(kind, message_id, text or emoji)`` for a change.
 Sent = tuple[str, str, str]
 
+#: Messages :class:`Messaging` remembers as stored lately (``_recent``): about
+#: 1.5 MB, the last few seconds of a busy node or hours of a quiet one.
+RECENT_MESSAGES: Final = 10_000
+
+
+class _Facts(NamedTuple):
+    """What a change needs to know of its message before it is queued."""
+
+    #: Its room, or None for a direct message (then ``to`` is its recipient).
+    room: str | None
+    sender: str
+    to: str | None
+    has_file: bool
+    #: Deleted when it was read (never for one remembered as just stored).
+    deleted: bool
+
+
 #: ``@name`` in a message's text: a registered user's name (accounts.USERNAME),
 #: not inside a word or an e-mail address.
 MENTION: Final = re.compile(r"(?<![\w@])@([A-Za-z0-9_][A-Za-z0-9_-]{2,31})(?![\w-])")
@@ -138,6 +155,10 @@ class Messaging:
         self._outbox = outbox
         self.files = files
         self.links = links
+        #: The messages stored here lately, by id, and what never changes about
+        #: them: a change of one (a typo fixed, a reaction to what just came)
+        #: is checked without a store read.
+        self._recent: dict[str, _Facts] = {}
         #: When the last "store busy" warning was logged (loop time).
         self._busy_warned = -BUSY_WARN_EVERY
 
@@ -266,6 +287,7 @@ class Messaging:
         frame = text_frame(encode(with_link(message, self.links)))
         self._streams.publish(message.room, frame, message.seq)
         self._metrics.chat_out.inc()
+        self._remember(message)
         for name, seq in result.mentioned:
             self._metrics.mention_out.inc()
             mention = Mention(message.room, message.message_id, message.sender, seq, message.ts_ms)
@@ -349,11 +371,9 @@ class Messaging:
         user = peer.session.user
         assert user is not None
         kind, text = _kind_and_text(cmd)
-        draft = await self._change_draft(user, kind, cmd.message_id, text, cmd.id)
-        if draft.room is not None and draft.room not in peer.session.rooms:
-            raise ProtocolError(
-                ErrorCode.NOT_MEMBER, f"not a member of {draft.room}", frame_id=cmd.id
-            )
+        draft = await self._change_draft(
+            user, kind, cmd.message_id, text, cmd.id, joined=peer.session.rooms
+        )
         stored = self._store.submit(draft)
         sent = (kind, cmd.message_id, text)
         stored.add_done_callback(functools.partial(self._change_stored, peer, cmd.id, sent))
@@ -398,13 +418,26 @@ class Messaging:
         return self._publish_change(result)
 
     async def _change_draft(
-        self, user: UserInfo, kind: str, message_id: str, text: str, client_id: str | None
+        self,
+        user: UserInfo,
+        kind: str,
+        message_id: str,
+        text: str,
+        client_id: str | None,
+        *,
+        joined: set[str] | None = None,
     ) -> Draft:
         """The draft of a change, once ``user`` may make it (the message's state aside).
 
         Who may: the author edits; the author, or a private room's owner,
         deletes; anyone who may read the conversation reacts. A message
-        ``user`` may not read is no message at all to them.
+        ``user`` may not read is no message at all to them. A connection
+        (``joined``: its rooms) must be in the message's room, as it must to
+        chat there; being in it says it may read it (checked at its join).
+
+        Raises:
+            NoSuchMessage, Forbidden, InvalidRequest: as :meth:`change_now` says.
+            ProtocolError: ``not_member``: the connection is not in the room.
         """
         if kind in ("edit", "delete") and user.guest:
             # A guest's name is anyone's once it leaves: authorship by name
@@ -415,30 +448,35 @@ class Messaging:
                 "emoji must be one emoji (one grapheme cluster) or :name: "
                 "(lower-case letters, digits, _ + -, at most 32)"
             )
-        message = await self._store.message_by_id(message_id)
-        if isinstance(message, ChatMessage):
-            if not await self._rooms.may_access(user, message.room):
-                raise NoSuchMessage(f"there is no message {message_id}")
-            if kind == "delete" and message.sender != user.name:
-                access = await self._store.room_access(message.room)
+        facts = await self._facts(message_id)
+        if facts is None:
+            raise NoSuchMessage(f"there is no message {message_id}")
+        if facts.room is not None:
+            if joined is None or facts.room not in joined:
+                if not await self._rooms.may_access(user, facts.room):
+                    raise NoSuchMessage(f"there is no message {message_id}")
+                if joined is not None:
+                    raise ProtocolError(
+                        ErrorCode.NOT_MEMBER, f"not a member of {facts.room}", frame_id=client_id
+                    )
+            if kind == "delete" and facts.sender != user.name:
+                access = await self._store.room_access(facts.room)
                 if access is None or not access.private or access.owner != user.name:
                     raise Forbidden("only its author or the room's owner may delete a message")
-            where: dict[str, str] = {"room": message.room}
-        elif isinstance(message, DirectMessage):
-            if user.guest or user.name not in (message.sender, message.to):
-                raise NoSuchMessage(f"there is no message {message_id}")
-            if kind == "delete" and message.sender != user.name:
-                raise Forbidden("only its author may delete a direct message")
-            other = message.to if user.name == message.sender else message.sender
-            where = {"to": other}
+            where: dict[str, str] = {"room": facts.room}
         else:
-            raise NoSuchMessage(f"there is no message {message_id}")
+            assert facts.to is not None
+            if user.guest or user.name not in (facts.sender, facts.to):
+                raise NoSuchMessage(f"there is no message {message_id}")
+            if kind == "delete" and facts.sender != user.name:
+                raise Forbidden("only its author may delete a direct message")
+            where = {"to": facts.to if user.name == facts.sender else facts.sender}
         if kind == "edit":
-            if message.sender != user.name:
+            if facts.sender != user.name:
                 raise Forbidden("only its author may edit a message")
-            if message.file is not None:
+            if facts.has_file:
                 raise InvalidRequest("a file message has no text to edit")
-            if message.deleted:
+            if facts.deleted:
                 raise InvalidRequest("the message was deleted; it cannot be edited")
         return Draft(
             user.name,
@@ -447,8 +485,37 @@ class Messaging:
             text=text,
             client_id=client_id,
             kind=kind,
-            target=message.message_id,
+            target=message_id,
         )
+
+    async def _facts(self, message_id: str) -> _Facts | None:
+        """Where a message is and who wrote it: from :attr:`_recent`, else from the store.
+
+        What the cache holds never changes; whether the message was deleted
+        since does, and the store's transaction decides that anyway.
+        """
+        facts = self._recent.get(message_id)
+        if facts is not None:
+            return facts
+        message = await self._store.message_by_id(message_id)
+        if message is None:
+            return None
+        if isinstance(message, ChatMessage):
+            room, to = message.room, None
+        else:
+            room, to = None, message.to
+        return _Facts(room, message.sender, to, message.file is not None, message.deleted)
+
+    def _remember(self, message: ChatMessage | DirectMessage) -> None:
+        """Keep a message just stored here in :attr:`_recent` (the oldest goes past its bound)."""
+        recent = self._recent
+        if isinstance(message, ChatMessage):
+            facts = _Facts(message.room, message.sender, None, message.file is not None, False)
+        else:
+            facts = _Facts(None, message.sender, message.to, message.file is not None, False)
+        recent[message.message_id] = facts
+        if len(recent) > RECENT_MESSAGES:
+            del recent[next(iter(recent))]
 
     def _publish_change(self, result: AppendResult | DirectResult) -> Ack:
         """Send a newly stored change on (unless it is a resend); the ack for its sender."""
@@ -504,6 +571,7 @@ class Messaging:
         message = with_link(result.message, self.links)
         if not result.duplicate:
             self._metrics.direct_out.inc()
+            self._remember(message)
             inboxes = [(message.sender, result.sender_seq)]
             if message.to != message.sender:
                 inboxes.append((message.to, result.recipient_seq))
