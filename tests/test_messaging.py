@@ -256,3 +256,29 @@ async def test_a_reply_quotes_what_it_answers_and_names_its_thread() -> None:
     await node.flush()
     assert alice.of_type("error")[-1]["payload"]["code"] == "invalid_message"
     await node.close()
+
+
+async def test_a_change_of_a_message_stored_lately_needs_no_store_read() -> None:
+    """Reacting to a message this node just stored reads nothing; an unknown one is read."""
+    node, peers = await signed_in(("alice",))
+    alice = peers["alice"]
+    store = node.store
+    assert isinstance(store, MemoryStore)
+    reads: list[str] = []
+    read = store.message_by_id
+
+    async def counted(message_id: str) -> Any:
+        reads.append(message_id)
+        return await read(message_id)
+
+    store.message_by_id = counted  # type: ignore[method-assign]
+    await receive_text(node, alice, text("chat", {"message": "new"}, id="c1"))
+    await node.flush()
+    message_id = alice.of_type("ack")[0]["payload"]["message_id"]
+    await receive_text(node, alice, text("react", {"message_id": message_id, "emoji": "👍"}))
+    await node.flush()
+    assert reads == [] and alice.of_type("reaction")[0]["payload"]["seq"] == 2
+    await receive_text(node, alice, text("react", {"message_id": "f" * 32, "emoji": "👍"}, id="r"))
+    await node.flush()
+    assert reads == ["f" * 32] and alice.of_type("error")[0]["payload"]["code"] == "not_found"
+    await node.close()
