@@ -159,3 +159,21 @@ def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         timeout=20,
         env={**os.environ, **(env or {})},
     )
+
+
+def test_password_hash_setting() -> None:
+    """--password-hash picks argon2id's settings; the environment sets it; a bad name is refused."""
+    from argon2 import PasswordHasher
+
+    from roomcast.accounts import PASSWORD_HASHES
+
+    assert config([]).password_hash == "default"
+    assert config(["--password-hash", "small"]).password_hash == "small"
+    assert config([], {"ROOMCAST_PASSWORD_HASH": "small"}).password_hash == "small"
+    with pytest.raises(ConfigError):
+        config([], {"ROOMCAST_PASSWORD_HASH": "tiny"})
+    small = PASSWORD_HASHES["small"]()
+    assert (small.time_cost, small.memory_cost, small.parallelism) == (2, 19 * 1024, 1)
+    # A hash made with either setting verifies with the other: each carries its own.
+    stored = small.hash("correct horse battery")
+    assert PasswordHasher().verify(stored, "correct horse battery")

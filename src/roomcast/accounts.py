@@ -25,7 +25,22 @@ from .exceptions import AuthError, InvalidRequest, NameTaken
 from .model import UserInfo
 from .store.base import Store
 
-__all__ = ["MAX_PASSWORD", "MIN_PASSWORD", "USERNAME", "Accounts", "username_problem"]
+__all__ = [
+    "MAX_PASSWORD",
+    "MIN_PASSWORD",
+    "PASSWORD_HASHES",
+    "USERNAME",
+    "Accounts",
+    "username_problem",
+]
+
+#: The argon2id hashers ``--password-hash`` names (config.ServerConfig.password_hash).
+PASSWORD_HASHES: Final[dict[str, Callable[[], PasswordHasher]]] = {
+    # argon2-cffi's: RFC 9106 low-memory (t=3, m=64 MiB, p=4)
+    "default": PasswordHasher,
+    # OWASP's minimum for argon2id (t=2, m=19 MiB, p=1)
+    "small": lambda: PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1),
+}
 
 logger = logging.getLogger("roomcast.accounts")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, logs
-from .accounts import Accounts
+from .accounts import PASSWORD_HASHES, Accounts
 from .auth import Tokens
 from .broker import open_broker
 from .config import (
@@ -132,6 +132,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         ),
     )
     serve.set_defaults(env_trusted_proxies=proxies.split() if proxies else [])
+    serve.add_argument(
+        "--password-hash",
+        choices=sorted(PASSWORD_HASHES),
+        default=env.get("ROOMCAST_PASSWORD_HASH", "default"),
+        help="how hard passwords are hashed (argon2id): default (RFC 9106, 64 MiB) or small "
+        "(OWASP's minimum, 19 MiB: 4x less CPU and memory per sign-in)",
+    )
     serve.add_argument(
         "--no-guests",
         action="store_const",
@@ -274,6 +281,13 @@ def _flag(value: str, name: str) -> bool:
     raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, not {value!r}")
 
 
+def _password_hash(name: str) -> str:
+    """``name`` if it names a password hash setting (the environment is not checked by argparse)."""
+    if name not in PASSWORD_HASHES:
+        raise ConfigError(f"--password-hash must be one of {', '.join(sorted(PASSWORD_HASHES))}")
+    return name
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Check the parsed flags and turn them into a :class:`ServerConfig`."""
     port = _number(args.port, "--port", int, 0, 65535)
@@ -333,6 +347,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allowed_origins=origins,
         secret=args.secret,
         guests=not _flag(args.no_guests, "ROOMCAST_NO_GUESTS"),
+        password_hash=_password_hash(args.password_hash),
         database_url=database_url,
         redis_url=redis_url,
         redis_prefix=args.redis_prefix,
@@ -387,7 +402,7 @@ async def _serve(config: ServerConfig) -> None:
         limits=config.limits,
         heartbeat=config.heartbeat,
         guests=config.guests,
-        accounts=Accounts(store, tokens),
+        accounts=Accounts(store, tokens, hasher=PASSWORD_HASHES[config.password_hash]()),
         files=FileStore(config.files_dir or data_dir / "files", quota=config.limits.files_quota),
         links=FileLinks(secret),
     )

@@ -64,7 +64,9 @@ def start_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) 
     data_dir = tmp_path / "data"
     stderr_path = tmp_path / f"server-{time.monotonic_ns()}.stderr"
     command = serve_command("--port", "0", "--data-dir", str(data_dir), *args)
-    full_env = {**os.environ, **(env or {})}
+    # OWASP's minimum argon2id settings: a tenth of the suite is sign-ups,
+    # each a quarter of the default's cost (docs/protocol.md, --password-hash).
+    full_env = {"ROOMCAST_PASSWORD_HASH": "small", **os.environ, **(env or {})}
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=full_env

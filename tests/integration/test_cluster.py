@@ -8,6 +8,7 @@ and starts real ``roomcast serve`` processes with ``--database-url`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -349,9 +350,19 @@ async def test_changes_from_three_nodes_reach_everyone_in_one_order(cluster: Clu
                     )
         return got
 
+    async def drain(ws: ClientConnection) -> None:
+        # The actors read what they get too: a connection that stops reading
+        # stops answering pings and is dropped (and then slow to close).
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in ws:
+                pass
+
+    drains = [asyncio.ensure_future(drain(ws)) for ws in clients]
     readers = [asyncio.ensure_future(events(ws)) for ws in watchers]
     await asyncio.gather(*(act(i, ws) for i, ws in enumerate(clients)))
     seen = await asyncio.gather(*readers)
+    for task in drains:
+        task.cancel()
     assert [seq for seq, *_ in seen[0]] == list(range(1, total + 1))
     assert seen[1] == seen[0] and seen[2] == seen[0]
     # A member joining late with since=0 replays the same events in the same order.
