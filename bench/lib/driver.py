@@ -276,7 +276,11 @@ def runnable(
             continue
         skipped = [t for t in targets if not roomcast_runs(t, scenario)]
         if scenario.roomcast_only and skipped:
-            notes[name] = f"Skipped {', '.join(skipped)}: {scenario.roomcast_only}."
+            others = [t for t in skipped if t != "roomcast-base"]
+            why = [f"Skipped {', '.join(others)}: {scenario.roomcast_only}."] if others else []
+            if "roomcast-base" in skipped:
+                why.append("Skipped roomcast-base: the scenario runs on this tree only.")
+            notes[name] = " ".join(why)
             print(f"{name}: {notes[name]}", file=sys.stderr)
     return notes
 
