@@ -608,7 +608,13 @@ async def _post_message(request: web.Request) -> web.Response:
 
 def _check_message_id(value: object, what: str) -> str:
     """``value`` if it can be a message id (1 to 64 characters, no U+0000), or a 400."""
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH or "\x00" in value:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_ID_LENGTH
+        or "\x00" in value
+        or not _utf8(value)
+    ):
         raise HTTPError(
             400,
             "invalid_message",
@@ -631,7 +637,10 @@ async def _change(
     message_id = _check_message_id(request.match_info["message_id"], "message_id")
     client_id = client_id if client_id is not None else request.headers.get("Idempotency-Key")
     if client_id is not None and (
-        not isinstance(client_id, str) or len(client_id) > MAX_ID_LENGTH or "\x00" in client_id
+        not isinstance(client_id, str)
+        or len(client_id) > MAX_ID_LENGTH
+        or "\x00" in client_id
+        or not _utf8(client_id)
     ):
         raise HTTPError(400, "invalid_message", f"id must be a string of at most {MAX_ID_LENGTH}")
     wait = request.app[_POSTS].wait(user.name)
@@ -639,6 +648,15 @@ async def _change(
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
     ack = await node.messaging.change_now(user, kind, message_id, text, client_id=client_id)
     return _json(ack.payload())
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (bytes of a header that are not UTF-8 are surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _edit_message(request: web.Request) -> web.Response:

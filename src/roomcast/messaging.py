@@ -102,6 +102,8 @@ class _Facts(NamedTuple):
     has_file: bool
     #: Deleted when it was read (never for one remembered as just stored).
     deleted: bool
+    #: When it was sent (epoch ms).
+    ts_ms: int
 
 
 #: ``@name`` in a message's text: a registered user's name (accounts.USERNAME),
@@ -471,6 +473,12 @@ class Messaging:
             if kind == "delete" and facts.sender != user.name:
                 raise Forbidden("only its author may delete a direct message")
             where = {"to": facts.to if user.name == facts.sender else facts.sender}
+        if kind in ("edit", "delete") and facts.sender == user.name:
+            # A guest may have used the name before it was registered: what
+            # was said under it then is not this user's to change.
+            account = await self._store.get_user(user.name)
+            if account is None or facts.ts_ms < account.created_ms:
+                raise Forbidden("this message was sent by a guest of that name, not by you")
         if kind == "edit":
             if facts.sender != user.name:
                 raise Forbidden("only its author may edit a message")
@@ -504,15 +512,21 @@ class Messaging:
             room, to = message.room, None
         else:
             room, to = None, message.to
-        return _Facts(room, message.sender, to, message.file is not None, message.deleted)
+        return _Facts(
+            room, message.sender, to, message.file is not None, message.deleted, message.ts_ms
+        )
 
     def _remember(self, message: ChatMessage | DirectMessage) -> None:
         """Keep a message just stored here in :attr:`_recent` (the oldest goes past its bound)."""
         recent = self._recent
         if isinstance(message, ChatMessage):
-            facts = _Facts(message.room, message.sender, None, message.file is not None, False)
+            facts = _Facts(
+                message.room, message.sender, None, message.file is not None, False, message.ts_ms
+            )
         else:
-            facts = _Facts(None, message.sender, message.to, message.file is not None, False)
+            facts = _Facts(
+                None, message.sender, message.to, message.file is not None, False, message.ts_ms
+            )
         recent[message.message_id] = facts
         if len(recent) > RECENT_MESSAGES:
             del recent[next(iter(recent))]

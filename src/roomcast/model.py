@@ -168,6 +168,9 @@ class StoredUser:
 
     name: str
     password_hash: str
+    #: When the name was registered (epoch ms): what was said under it before
+    #: was said by a guest of that name, not by this user.
+    created_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

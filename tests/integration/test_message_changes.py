@@ -10,11 +10,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 
 from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, call, create_team, sign_up, user_ws
-from tests.integration.wsclient import answer, recv_json, send_json
+from tests.integration.wsclient import answer, recv_json, send_json, welcome
 
 USERS = ("alice", "bob", "carol")
 #: How long a test waits to be sure a frame does not arrive.
@@ -367,4 +367,52 @@ async def test_a_deleted_message_is_gone_from_the_sqlite_files(
         if path.name.startswith("roomcast.db"):
             data = path.read_bytes()
             assert secret.encode() not in data and edit.encode() not in data, path.name
+    await alice.close()
+
+
+async def test_a_name_registered_later_cannot_change_what_a_guest_said_under_it(
+    server: ServerProcess,
+) -> None:
+    """A guest's messages stay the guest's: whoever registers the name later may not edit them."""
+    async with connect(server.ws_url(), open_timeout=5) as guest:
+        await welcome(guest)
+        taken = await ask(guest, "auth", {"guest": "dora"}, "a1")
+        assert taken["type"] == "auth"
+        message_id = await chat(guest, "said as a guest", "c1")
+    token = await sign_up(server, "dora")
+    dora = await user_ws(server, token)
+    for kind, payload in (
+        ("edit", {"message_id": message_id, "message": "forged"}),
+        ("delete", {"message_id": message_id}),
+    ):
+        refused = await ask(dora, kind, payload, kind)
+        assert refused["payload"]["code"] == "forbidden", kind
+    status, body = await call(
+        server, "PATCH", f"/api/messages/{message_id}", json={"message": "x"}, bearer=token
+    )
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    own = await chat(dora, "said as dora", "c2")
+    edited = await ask(dora, "edit", {"message_id": own, "message": "edited"}, "e2")
+    assert edited["type"] == "ack"
+    first = (await history(dora, "h"))["messages"][0]
+    assert first["message"] == "said as a guest"
+    await dora.close()
+
+
+async def test_an_id_that_is_not_unicode_is_refused_alone(
+    server: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """An Idempotency-Key that is not UTF-8 is a 400, and others' messages are still stored."""
+    alice = await user_ws(server, tokens["alice"])
+    message_id = await chat(alice, "react to me", "c1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    head = (
+        f"PUT /api/messages/{message_id}/reactions/x HTTP/1.1\r\nHost: localhost\r\n"
+        f"Authorization: Bearer {tokens['bob']}\r\nContent-Length: 0\r\n"
+    ).encode() + b"Idempotency-Key: \xff\xfe\r\nConnection: close\r\n\r\n"
+    writer.write(head)
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.split()[1] == b"400"
+    assert (await ask(alice, "chat", {"message": "still fine"}, "c2"))["type"] == "ack"
     await alice.close()

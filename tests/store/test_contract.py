@@ -335,6 +335,18 @@ async def test_message_with_u0000_fails_alone(store: Store) -> None:
     assert await store.direct_last_seq("ann") == 0
 
 
+async def test_a_lone_surrogate_fails_alone(store: Store) -> None:
+    """Text or an id that is not valid Unicode (no database encodes it) fails alone."""
+    before = store.append("r", "ann", "fine")
+    bad_text = store.append("r", "bob", "half \udcff")
+    bad_id = store.append("r", "bob", "text", client_id="\udcff")
+    after = store.append("r", "cat", "also fine é")
+    for bad in (bad_text, bad_id):
+        with pytest.raises(StoreError, match="not valid Unicode"):
+            await bad
+    assert [(await f).message.seq for f in (before, after)] == [1, 2]
+
+
 async def test_file_bytes_since_counts_a_senders_recent_files(store: Store, clock: Clock) -> None:
     """file_bytes_since adds the sizes of a sender's room and direct files from a time on."""
     for name in ("ann", "bob"):

@@ -64,6 +64,12 @@ def unstorable(text: str, client_id: str | None) -> StoreError | None:
     """
     if "\x00" in text or (client_id is not None and "\x00" in client_id):
         return StoreError("the message was not stored: a store cannot hold U+0000")
+    for value in (text, client_id):
+        if value is not None and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # a lone surrogate: not UTF-8, no database keeps it
+                return StoreError("the message was not stored: it is not valid Unicode")
     return None
 
 

@@ -304,7 +304,7 @@ class MemoryStore(BatchedAppends):
         key = name.lower()
         if key in self._users:
             return False
-        self._users[key] = StoredUser(name, password_hash)
+        self._users[key] = StoredUser(name, password_hash, int(self._clock() * 1000))
         return True
 
     async def get_user(self, name: str) -> StoredUser | None:

@@ -227,7 +227,7 @@ _CREATE_USER: Final = (
     "INSERT INTO users (name, name_key, password_hash, created_ms)"
     " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
 )
-_GET_USER: Final = "SELECT name, password_hash FROM users WHERE name_key = $1"
+_GET_USER: Final = "SELECT name, password_hash, created_ms FROM users WHERE name_key = $1"
 _CREATE_ROOM: Final = (
     "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
     " VALUES ($1, 0, $2, $3, $4) ON CONFLICT DO NOTHING"
@@ -565,7 +565,7 @@ class SQLStore(BatchedAppends):
 
     async def get_user(self, name: str) -> StoredUser | None:
         row = await self._read(lambda conn: conn.fetchrow(_GET_USER, name.lower()))
-        return StoredUser(row[0], row[1]) if row is not None else None
+        return StoredUser(row[0], row[1], int(row[2])) if row is not None else None
 
     # -- rooms -----------------------------------------------------------------------------
 
