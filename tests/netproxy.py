@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class TcpProxy:
@@ -24,6 +25,9 @@ class TcpProxy:
         self.cuts = 0
         #: Reset new connections at once (the server behind is "down").
         self.refusing = False
+        #: Drop what the server sends: the client's frames still arrive, the
+        #: answers are lost on the way back (a link that dies after a send).
+        self.muted = False
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
 
@@ -43,7 +47,9 @@ class TcpProxy:
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(
+                _pipe(reader, up_writer), _pipe(up_reader, writer, lambda: self.muted)
+            )
         finally:
             self._pairs.discard(pair)
             for w in pair:
@@ -78,9 +84,15 @@ class TcpProxy:
                 await self._server.wait_closed()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    muted: Callable[[], bool] = lambda: False,
+) -> None:
     try:
         while chunk := await reader.read(65536):
+            if muted():
+                continue
             writer.write(chunk)
             await writer.drain()
     except (ConnectionError, OSError):

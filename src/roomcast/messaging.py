@@ -105,6 +105,14 @@ class _Facts(NamedTuple):
     #: When it was sent (epoch ms).
     ts_ms: int
 
+    @classmethod
+    def of(cls, message: ChatMessage | DirectMessage) -> _Facts:
+        """The facts of ``message`` as it is."""
+        room = message.room if isinstance(message, ChatMessage) else None
+        to = message.to if isinstance(message, DirectMessage) else None
+        has_file = message.file is not None
+        return cls(room, message.sender, to, has_file, message.deleted, message.ts_ms)
+
 
 #: ``@name`` in a message's text: a registered user's name (accounts.USERNAME),
 #: not inside a word or an e-mail address.
@@ -173,7 +181,7 @@ class Messaging:
         another or names someone (``@``) must first read what it answers
         and who is named: that part is the coroutine returned.
         """
-        if cmd.reply_to is not None or "@" in cmd.message:
+        if cmd.reply_to is not None or _may_mention(cmd.message):
             return self._chat_with_context(peer, cmd)
         # Not awaited: the store batches this connection's (and everyone's)
         # messages; the callbacks run in store order, which is seq order.
@@ -506,28 +514,12 @@ class Messaging:
         if facts is not None:
             return facts
         message = await self._store.message_by_id(message_id)
-        if message is None:
-            return None
-        if isinstance(message, ChatMessage):
-            room, to = message.room, None
-        else:
-            room, to = None, message.to
-        return _Facts(
-            room, message.sender, to, message.file is not None, message.deleted, message.ts_ms
-        )
+        return _Facts.of(message) if message is not None else None
 
     def _remember(self, message: ChatMessage | DirectMessage) -> None:
         """Keep a message just stored here in :attr:`_recent` (the oldest goes past its bound)."""
         recent = self._recent
-        if isinstance(message, ChatMessage):
-            facts = _Facts(
-                message.room, message.sender, None, message.file is not None, False, message.ts_ms
-            )
-        else:
-            facts = _Facts(
-                None, message.sender, message.to, message.file is not None, False, message.ts_ms
-            )
-        recent[message.message_id] = facts
+        recent[message.message_id] = _Facts.of(message)
         if len(recent) > RECENT_MESSAGES:
             del recent[next(iter(recent))]
 
@@ -563,7 +555,9 @@ class Messaging:
         if recipient is None:
             raise UnknownUser(f"there is no user {cmd.to}")
         peers = (user.name, recipient.name)
-        mentions = await self._mentioned(cmd.message, peers=peers) if "@" in cmd.message else ()
+        mentions = (
+            await self._mentioned(cmd.message, peers=peers) if _may_mention(cmd.message) else ()
+        )
         draft = Draft(
             user.name, to=recipient.name, text=cmd.message, client_id=cmd.id, mentions=mentions
         )
@@ -763,6 +757,11 @@ def same_message(stored: ChatMessage | DirectMessage | Change, sent: Sent) -> bo
         return sent[0] == "chat"  # erased: the id is all that is left to compare
     digest = stored.file.sha256 if stored.file is not None else ""
     return ("chat", stored.message, digest) == sent
+
+
+def _may_mention(text: str) -> bool:
+    """Whether ``text`` names anyone with ``@name`` (a plain chat skips the lookups)."""
+    return "@" in text and MENTION.search(text) is not None
 
 
 def _kind_and_text(cmd: Edit | Delete | React) -> tuple[str, str]:

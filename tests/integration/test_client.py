@@ -11,7 +11,7 @@ import bisect
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from websockets.asyncio.client import connect
 
 from roomcast.client import (
     AuthRefused,
-    Backoff,
     Client,
     ConnectionState,
     DirectMessage,
@@ -30,17 +29,11 @@ from roomcast.client import (
     SendError,
     StateChange,
 )
+from tests.integration.clients import collect, fast_backoff, wait_for
 from tests.integration.serverproc import start_server
 from tests.integration.users import PASSWORD, SECRET, call, mint, sign_up
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
 from tests.netproxy import TcpProxy
-
-#: Fast reconnects for tests (the defaults are 0.5 s first, 30 s cap).
-FAST = dict(first=0.05, cap=0.4, stable=60.0)
-
-
-def fast_backoff(seed: int = 0) -> Backoff:
-    return Backoff(**FAST, rng=random.Random(seed))  # type: ignore[arg-type]
 
 
 class Restartable:
@@ -72,20 +65,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Restartable]:
     server = Restartable(tmp_path)
     yield server
     server.server.stop(signal.SIGKILL)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def collect(client: Client) -> list[Any]:
-    """Every event the client delivers, in order, through a callback."""
-    seen: list[Any] = []
-    client.on(None, seen.append)
-    return seen
 
 
 def room_texts(events: list[Any], room: str = "lobby") -> list[str]:

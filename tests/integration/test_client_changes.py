@@ -9,16 +9,13 @@ proxy; the restarts are real signals.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from roomcast.client import (
-    Backoff,
     Client,
     ConnectionState,
     DirectMessage,
@@ -28,30 +25,12 @@ from roomcast.client import (
     Reaction,
     RoomMessage,
 )
+from tests.integration.clients import collect, fast_backoff, wait_for
 from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, call, sign_up
 from tests.netproxy import TcpProxy
 
 THUMBS = "\U0001f44d"
-
-
-def fast_backoff(seed: int = 0) -> Backoff:
-    """Reconnects within 0.4 s, for tests."""
-    return Backoff(first=0.05, cap=0.4, stable=60.0, rng=random.Random(seed))
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def collect(client: Client) -> list[Any]:
-    """Every event the client delivers, in order."""
-    seen: list[Any] = []
-    client.on(None, seen.append)
-    return seen
 
 
 def in_room(events: list[Any], room: str) -> list[Any]:
@@ -64,69 +43,6 @@ def restart(server_factory: ServerFactory, server: ServerProcess) -> ServerProce
     """SIGKILL ``server`` and start it again on the same port and data dir."""
     server.stop(signal.SIGKILL)
     return server_factory("--secret", SECRET, "--port", str(server.port))
-
-
-class MutingProxy:
-    """A TCP proxy that can drop what the server sends (``muted``) and cut every connection.
-
-    Muted, the client's frames still reach the server, but the answers are
-    lost on the way back, as on a link that dies right after a send.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.muted = False
-        self._server: asyncio.Server | None = None
-        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = (writer, up_writer)
-        self._pairs.add(pair)
-        try:
-            await asyncio.gather(
-                self._pipe(reader, up_writer, back=False), self._pipe(up_reader, writer, back=True)
-            )
-        finally:
-            self._pairs.discard(pair)
-            for w in pair:
-                w.transport.abort()
-
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, back: bool
-    ) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                if back and self.muted:
-                    continue  # lost on the way back to the client
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.close()
-
-    def cut(self) -> None:
-        """Reset every piped connection."""
-        for pair in list(self._pairs):
-            for w in pair:
-                w.transport.abort()
-
-    async def stop(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
 
 
 @pytest.fixture
@@ -209,7 +125,7 @@ async def test_an_edit_whose_ack_was_lost_is_sent_again_and_applied_once(
     """The ack of an edit is lost, the connection reset: the resent edit is acked, applied once."""
     server = server_factory("--secret", SECRET)
     tokens = {name: await sign_up(server, name) for name in ("cal", "dee")}
-    proxy = MutingProxy(server.port)
+    proxy = TcpProxy(server.port)
     await proxy.start()
     url = f"ws://127.0.0.1:{proxy.port}/ws"
     cal = Client(url, token=tokens["cal"], backoff=fast_backoff(3))

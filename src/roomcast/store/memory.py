@@ -222,13 +222,13 @@ class MemoryStore(BatchedAppends):
         return self._as_now(page), len(older) > half, len(newer) > limit - half
 
     def _as_now(self, page: list[ChatMessage]) -> list[ChatMessage]:
+        replies: dict[str, int] = {}
+        for room in {message.room for message in page}:
+            for message in self._room_messages(room):
+                if message.thread is not None and not message.deleted:
+                    replies[message.thread] = replies.get(message.thread, 0) + 1
         out = []
         for message in page:
-            count = sum(
-                1
-                for m in self._room_messages(message.room)
-                if m.thread == message.message_id and not m.deleted
-            )
             quote: Quote | None = None
             if message.reply_to is not None:
                 answered = self._events.get(message.reply_to)
@@ -238,7 +238,7 @@ class MemoryStore(BatchedAppends):
                 replace(
                     message,
                     reactions=self._reactions_of(message.message_id),
-                    reply_count=count,
+                    reply_count=replies.get(message.message_id, 0),
                     quote=quote,
                 )
             )
