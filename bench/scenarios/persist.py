@@ -31,7 +31,9 @@ Parameters, and why:
 
 ``persist-changes`` and ``persist-pg-changes`` (run only when named) make
 every tenth frame of each client a change of its last message instead of
-a chat: an edit or a reaction, in turn.
+a chat: an edit or a reaction, in turn. ``persist-read`` and
+``persist-pg-read`` (run only when named) sign the clients in and have each
+send a ``read`` marker for every message it gets: a reader at its busiest.
 """
 
 from __future__ import annotations
@@ -120,7 +122,32 @@ PERSIST_PG_CHANGES = driver.Scenario(
     base_runs=False,
     services=("postgres",),
 )
-SCENARIOS = [PERSIST, PERSIST_PG, PERSIST_CHANGES, PERSIST_PG_CHANGES]
+#: ``persist`` with every reader marking each message read as it arrives: the
+#: worst a reader does (a page marks what is on screen, about once a second).
+PERSIST_READ = driver.Scenario(
+    "persist-read",
+    (*LOADGEN, "--read-markers"),
+    opt_in=True,
+    roomcast_only=WHY_ROOMCAST_ONLY,
+    base_runs=False,  # the tree before has no read markers
+)
+PERSIST_PG_READ = driver.Scenario(
+    "persist-pg-read",
+    (*LOADGEN, "--read-markers"),
+    measure=measure_pg,
+    opt_in=True,
+    roomcast_only=WHY_ROOMCAST_ONLY,
+    base_runs=False,
+    services=("postgres",),
+)
+SCENARIOS = [
+    PERSIST,
+    PERSIST_PG,
+    PERSIST_CHANGES,
+    PERSIST_PG_CHANGES,
+    PERSIST_READ,
+    PERSIST_PG_READ,
+]
 
 
 def main(argv: list[str]) -> int:

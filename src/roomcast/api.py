@@ -312,6 +312,7 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
     app.router.add_post("/api/login", _login)
     app.router.add_get("/api/rooms", _list_rooms)
     app.router.add_post("/api/rooms", _create_room)
+    app.router.add_patch("/api/rooms/{room}", _update_room)
     app.router.add_post("/api/rooms/{room}/members", _add_members)
     app.router.add_get("/api/rooms/{room}/messages", _room_messages)
     app.router.add_post("/api/rooms/{room}/messages", _post_message)
@@ -320,6 +321,9 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
     app.router.add_delete("/api/messages/{message_id}", _delete_message)
     app.router.add_put("/api/messages/{message_id}/reactions/{emoji}", _add_reaction)
     app.router.add_delete("/api/messages/{message_id}/reactions/{emoji}", _remove_reaction)
+    app.router.add_get("/api/unread", _unread)
+    app.router.add_get("/api/me/settings", _settings)
+    app.router.add_put("/api/me/settings", _change_settings)
     app.router.add_get("/files/{file_id}", _file)
 
 
@@ -419,6 +423,7 @@ async def _room_json(access: RoomAccess, node: Node, *, with_members: bool) -> d
         "name": access.name,
         "private": access.private,
         "member_count": await node.membership.member_count(access.name),
+        "receipts": access.receipts,
     }
     if access.owner is not None:
         out["owner"] = access.owner
@@ -552,6 +557,50 @@ async def _add_members(request: web.Request) -> web.Response:
     names = _names(body.get("members"), "members")
     updated = await node.rooms.add_members(user, room, names)
     return _json({"room": await _room_json(updated, node, with_members=True)})
+
+
+async def _update_room(request: web.Request) -> web.Response:
+    """``PATCH /api/rooms/{room}`` ``{"receipts": bool}``: owner only."""
+    node = request.app[NODE]
+    user = await _user(request)
+    room = _room(request)
+    body = await _body(request)
+    receipts = body.get("receipts")
+    if type(receipts) is not bool or set(body) != {"receipts"}:
+        raise HTTPError(400, "invalid_message", 'give {"receipts": true} or {"receipts": false}')
+    updated = await node.rooms.set_receipts(user, room, receipts)
+    node.read_state.settings_changed(room=room)
+    return _json({"room": await _room_json(updated, node, with_members=True)})
+
+
+# -- read state --------------------------------------------------------------------
+
+
+async def _unread(request: web.Request) -> web.Response:
+    """``GET /api/unread``: the caller's unread counts in each room and direct conversation."""
+    user = await _user(request)
+    reply = await request.app[NODE].read_state.unread(user)
+    return _json(reply.payload())
+
+
+async def _settings(request: web.Request) -> web.Response:
+    """``GET /api/me/settings``: ``{"hide_receipts"}``."""
+    user = await _user(request)
+    account = await request.app[NODE].store.get_user(user.name)
+    return _json({"hide_receipts": account is not None and account.hide_receipts})
+
+
+async def _change_settings(request: web.Request) -> web.Response:
+    """``PUT /api/me/settings`` ``{"hide_receipts": bool}``: the settings as they are now."""
+    user = await _user(request)
+    body = await _body(request)
+    hidden = body.get("hide_receipts")
+    if type(hidden) is not bool or set(body) != {"hide_receipts"}:
+        raise HTTPError(400, "invalid_message", 'give {"hide_receipts": true} or false')
+    node = request.app[NODE]
+    await node.store.set_hide_receipts(user.name, hidden)
+    node.read_state.settings_changed(user=user.name)
+    return _json({"hide_receipts": hidden})
 
 
 # -- messages ----------------------------------------------------------------------

@@ -24,8 +24,10 @@ from .broker import open_broker
 from .config import (
     DEFAULT_LIMITS,
     MIN_SECRET_BYTES,
+    MIN_WEBHOOK_SECRET_BYTES,
     Limits,
     ServerConfig,
+    Webhook,
     load_secret,
     make_ssl_context,
     prepare_data_dir,
@@ -223,6 +225,18 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "bytes all kept files may take together; 0 is no quota (default: %(default)s)",
     )
     add(
+        "--webhook-url",
+        None,
+        "http(s) URL to POST a signed notification to when a user with no open connection "
+        "gets a direct message or a mention (default: none)",
+    )
+    add(
+        "--webhook-secret",
+        None,
+        f"key of the notifications' HMAC-SHA256 signature, at least "
+        f"{MIN_WEBHOOK_SECRET_BYTES} bytes; needed with --webhook-url",
+    )
+    add(
         "--log-level",
         "info",
         "debug, info, warning or error (default: %(default)s)",
@@ -339,6 +353,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if "://" not in origin or origin.rstrip("/") != origin:
             raise ConfigError(f"--allowed-origin must look like https://host[:port], not {origin}")
     return ServerConfig(
+        webhook=_webhook(args.webhook_url or None, args.webhook_secret or None),
         host=args.host,
         port=port,
         data_dir=Path(args.data_dir),
@@ -358,6 +373,24 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         trusted_proxies=trusted_proxies,
         limits=limits,
     )
+
+
+def _webhook(url: str | None, secret: str | None) -> Webhook | None:
+    """The webhook of ``--webhook-url`` and ``--webhook-secret``, checked; None without a URL."""
+    if url is None:
+        if secret is not None:
+            raise ConfigError("--webhook-secret needs --webhook-url")
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Not repeated: a URL may carry a password.
+        raise ConfigError("--webhook-url must be an http:// or https:// URL with a host")
+    if secret is None or len(secret.encode()) < MIN_WEBHOOK_SECRET_BYTES:
+        raise ConfigError(
+            f"--webhook-url needs --webhook-secret (or ROOMCAST_WEBHOOK_SECRET) of at least "
+            f"{MIN_WEBHOOK_SECRET_BYTES} bytes, to sign what it posts"
+        )
+    return Webhook(url, secret)
 
 
 def _is_network(text: str) -> bool:
@@ -405,6 +438,7 @@ async def _serve(config: ServerConfig) -> None:
         accounts=Accounts(store, tokens, hasher=PASSWORD_HASHES[config.password_hash]()),
         files=FileStore(config.files_dir or data_dir / "files", quota=config.limits.files_quota),
         links=FileLinks(secret),
+        webhook=config.webhook,
     )
     if isinstance(store, SQLStore):  # both databases time their batches
         store.on_batch = node.metrics.observe_batch

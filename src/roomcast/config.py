@@ -87,6 +87,19 @@ DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where notifications for users who are away go (``--webhook-url``), and their key."""
+
+    url: str
+    #: Signs each body (HMAC-SHA256), so the receiver knows the server sent it.
+    secret: str = field(repr=False)
+
+
+#: The shortest webhook secret: 128 bits, as the HMAC key of a signature.
+MIN_WEBHOOK_SECRET_BYTES: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything ``roomcast serve`` needs to run."""
 
@@ -130,6 +143,9 @@ class ServerConfig:
     #: ``X-Forwarded-For`` names the client; nobody else's is believed.
     trusted_proxies: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    #: Where notifications for users who are away are posted, and the key
+    #: that signs them; None sends none.
+    webhook: Webhook | None = None
 
     @property
     def scheme(self) -> str:

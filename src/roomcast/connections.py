@@ -143,7 +143,7 @@ class Connections:
         if session.user is not None and not session.user.guest:
             # A token at the handshake follows the same rule as ``auth``.
             self.claim_name(session.user.name)
-        self._hub.add(peer)
+        self._membership.connected(peer)
         welcome = Welcome(session.id, session.user or UserInfo("", False), self.heartbeat)
         self._outbox.reply(peer, welcome)
         if session.user is None:

@@ -123,6 +123,10 @@ class Hub:
         conns = self._names.get(name)
         return conns is not None and any(_registered(peer) for peer in conns)
 
+    def online_users(self) -> list[str]:
+        """The registered users with a local connection."""
+        return [name for name in self._names if self.user_online(name)]
+
     def guests_named(self, name: str) -> list[Peer]:
         """The local guest connections whose name is ``name`` in any case."""
         conns = self._guests.get(name.lower())
@@ -272,8 +276,9 @@ class Hub:
             sent += 1
         return sent
 
-    def send_to_user(self, name: str, frame: bytes) -> int:
-        """Write ``frame`` to every local connection signed in as registered user ``name``.
+    def send_to_user(self, name: str, frame: bytes, *, skip: Peer | None = None) -> int:
+        """Write ``frame`` to every local connection signed in as registered user ``name``
+        (but ``skip``).
 
         A guest using the same name gets nothing: what is addressed to a
         user (direct messages, their files) is that user's alone.
@@ -283,7 +288,7 @@ class Hub:
             return 0
         sent = 0
         for peer in conns:
-            if _registered(peer):
+            if peer is not skip and _registered(peer):
                 peer.send(frame)
                 sent += 1
         return sent

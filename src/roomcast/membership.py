@@ -14,6 +14,7 @@ that changes either, so they never disagree.
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 from .broker.base import Broker, Publication
 from .config import Limits
@@ -23,7 +24,11 @@ from .model import UserInfo
 from .protocol.messages import PresenceEvent, encode
 from .protocol.wsframe import text_frame
 
-__all__ = ["Membership"]
+__all__ = ["ONLINE", "Membership"]
+
+#: The presence "room" every registered user with an open connection is in,
+#: on whichever node: whom notifications skip. Room names never start with ``@``.
+ONLINE: Final = "@online"
 
 logger = logging.getLogger("roomcast.node")
 
@@ -45,6 +50,15 @@ class Membership:
         self._limits = limits
 
     # -- one connection's rooms -------------------------------------------------
+
+    def connected(self, peer: Peer) -> None:
+        """A connection opened: it is its user's, and the user may have just come online."""
+        user = peer.session.user
+        first = user is not None and not user.guest and not self._hub.user_online(user.name)
+        self._hub.add(peer)
+        if first:
+            assert user is not None
+            self.announce(ONLINE, user.name, True)
 
     def join(self, peer: Peer, room: str) -> bool:
         """Put ``peer`` in ``room``; True when it is its user's first connection there.
@@ -75,6 +89,8 @@ class Membership:
             if user_left and user is not None:
                 self.announce(room, user.name, False)
             rooms.append(room)
+        if user is not None and not user.guest and not self._hub.user_online(user.name):
+            self.announce(ONLINE, user.name, False)
         return rooms
 
     def rename(self, peer: Peer, old: UserInfo | None, new: UserInfo) -> None:
@@ -86,7 +102,13 @@ class Membership:
         if old_name is not None and old_name != new.name:
             old_present = {r for r in rooms if hub.connections_in(r, old_name) == 1}
         new_present = {r for r in rooms if hub.connections_in(r, new.name) == 0}
+        was_online = old is not None and not old.guest
+        comes_online = not new.guest and not hub.user_online(new.name)
         hub.rename(peer, old, new)
+        if was_online and old is not None and not hub.user_online(old.name):
+            self.announce(ONLINE, old.name, False)
+        if comes_online:
+            self.announce(ONLINE, new.name, True)
         if old_name is not None and old_name != new.name:
             for room in sorted(old_present):
                 self.announce(room, old_name, False)
@@ -125,14 +147,27 @@ class Membership:
         return list(self._hub.rooms())
 
     def local_presence(self) -> list[tuple[str, str]]:
-        """Every ``(room, user)`` with a connection on this node."""
-        return self._hub.presence()
+        """Every ``(room, user)`` with a connection on this node (and :data:`ONLINE`)."""
+        return [*self._hub.presence(), *((ONLINE, name) for name in self._hub.online_users())]
+
+    async def online(self, user: str) -> bool:
+        """Whether registered user ``user`` has an open connection on any node.
+
+        False while the broker cannot say: better a notification too many than one missed.
+        """
+        if self._hub.user_online(user):
+            return True
+        try:
+            return await self._broker.present(ONLINE, user)
+        except BrokerError as exc:
+            logger.warning("cannot tell whether %s is online: %s", user, exc)
+            return False
 
     # -- the broker's presence events ----------------------------------------------
 
     def presence_changed(self, room: str, user: str, joined: bool, count: int) -> None:
         """Tell ``room``'s members on every node that ``user`` joined or left it."""
-        if count > self._limits.presence_limit:
+        if count > self._limits.presence_limit or room == ONLINE:
             return
         event = PresenceEvent(room, user, "join" if joined else "leave")
         frame = text_frame(encode(event))

@@ -41,6 +41,7 @@ from .files import FileLinks, FileStore, safe_file_name, with_link
 from .hub import Hub, Peer
 from .metrics import Metrics
 from .model import Change, ChatMessage, DirectMessage, FileInfo, Mention, Quote, UserInfo
+from .notify import Notifier
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
@@ -59,6 +60,7 @@ from .protocol.messages import (
     encode,
 )
 from .protocol.wsframe import text_frame
+from .readstate import ReadState, direct_stream
 from .rooms import Rooms
 from .store.base import AppendResult, DirectResult, Draft, Store
 from .streams import Streams
@@ -137,6 +139,8 @@ class Messaging:
         outbox: acks and errors to the sending connection.
         files: where files are kept; None refuses files.
         links: signs the links to files in messages; None sends none.
+        read_state: a sender has read what they sent; receipts in history.
+        notifier: tells users away of direct messages and mentions; None tells no one.
     """
 
     def __init__(
@@ -153,8 +157,12 @@ class Messaging:
         outbox: Outbox,
         files: FileStore | None,
         links: FileLinks | None,
+        read_state: ReadState,
+        notifier: Notifier | None = None,
     ) -> None:
         self._node_id = node_id
+        self._read_state = read_state
+        self._notifier = notifier
         self._store = store
         self._streams = streams
         self._rooms = rooms
@@ -283,13 +291,19 @@ class Messaging:
         message = result.message
         assert isinstance(message, ChatMessage)
         if not result.duplicate:
-            self._publish_chat(result, quote)
+            user = peer.session.user
+            assert user is not None
+            self._publish_chat(user, result, quote)
         if frame_id is not None:
             self._outbox.reply(peer, Ack(message.message_id, message.room, message.seq), frame_id)
         self._metrics.ack_seconds.observe(asyncio.get_running_loop().time() - received)
 
-    def _publish_chat(self, result: AppendResult, quote: Quote | None) -> None:
-        """Send a newly stored room message on, and a mention to each user it names."""
+    def _publish_chat(self, sender: UserInfo, result: AppendResult, quote: Quote | None) -> None:
+        """Send a newly stored room message on, and a mention to each user it names.
+
+        Its sender has read the room up to it; a user it names who is away
+        is notified.
+        """
         message = result.message
         assert isinstance(message, ChatMessage)
         if quote is not None:
@@ -298,10 +312,14 @@ class Messaging:
         self._streams.publish(message.room, frame, message.seq)
         self._metrics.chat_out.inc()
         self._remember(message)
+        self._read_state.sent(sender, message.room, message.seq)
         for name, seq in result.mentioned:
             self._metrics.mention_out.inc()
             mention = Mention(message.room, message.message_id, message.sender, seq, message.ts_ms)
             self._streams.publish_direct(name, text_frame(encode(mention)), seq)
+            # A guest's name is anyone's: it does not reach a phone.
+            if self._notifier is not None and not sender.guest and name != message.sender:
+                self._notifier.mention(name, message)
 
     async def post(
         self,
@@ -330,7 +348,7 @@ class Messaging:
         if result.duplicate and not same_message(message, ("chat", text, "")):
             raise InvalidRequest(id_reused(client_id))
         if not result.duplicate:
-            self._publish_chat(result, quote)
+            self._publish_chat(user, result, quote)
         return message
 
     def typing(self, peer: Peer, cmd: Typing) -> None:
@@ -369,7 +387,8 @@ class Messaging:
                 room, before=before, limit=limit, thread=thread
             )
         linked = [with_link(m, self.links) for m in messages]
-        return HistoryReply(room, linked, has_more, thread, newer)
+        receipts, counts = await self._read_state.room_receipts(room, messages)
+        return HistoryReply(room, linked, has_more, thread, newer, receipts, counts)
 
     # -- changes: edit, delete, react --------------------------------------------
 
@@ -580,6 +599,11 @@ class Messaging:
         if not result.duplicate:
             self._metrics.direct_out.inc()
             self._remember(message)
+            user = peer.session.user
+            assert user is not None
+            self._read_state.sent(user, direct_stream(message.to), result.sender_seq)
+            if self._notifier is not None:
+                self._notifier.direct(message)
             inboxes = [(message.sender, result.sender_seq)]
             if message.to != message.sender:
                 inboxes.append((message.to, result.recipient_seq))
@@ -602,7 +626,9 @@ class Messaging:
             messages, more = await self._store.direct_since(user.name, since, limit=limit)
         else:
             messages, more = await self._store.direct_history(user.name, before=before, limit=limit)
-        return DirectHistoryReply([with_link(m, self.links) for m in messages], more, last)
+        receipts = await self._read_state.direct_receipts(user.name, messages)
+        linked = [with_link(m, self.links) for m in messages]
+        return DirectHistoryReply(linked, more, last, receipts)
 
     # -- files -------------------------------------------------------------------
 

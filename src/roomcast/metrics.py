@@ -122,11 +122,27 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.markers_written = Counter(
+            "roomcast_read_markers_written",
+            "Read markers written to the store (each user and conversation at most once a second)",
+            registry=r,
+        )
+        self.notifications = Counter(
+            "roomcast_notifications",
+            "Webhook notifications for users away: queued, delivered, failed (an attempt "
+            "to retry), dropped (too many for one user or in the queue, not stored, or "
+            "the retries ran out)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("queued", "delivered", "failed", "dropped"):
+            self.notifications.labels(outcome)
         self.chat_out = self.messages_out.labels("chat")
         self.direct_out = self.messages_out.labels("direct")
         #: Edits, deletes and reactions, in rooms and direct conversations.
         self.change_out = self.messages_out.labels("change")
         self.mention_out = self.messages_out.labels("mention")
+        self.receipts_out = self.messages_out.labels("receipt")
         self._errors: dict[str, Counter] = {}
         # Every label up front: the series are the same from the first scrape.
         self._closes: dict[str, Counter] = {

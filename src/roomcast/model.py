@@ -24,6 +24,7 @@ __all__ = [
     "Reactions",
     "RoomAccess",
     "StoredUser",
+    "Unread",
     "UserInfo",
 ]
 
@@ -171,6 +172,8 @@ class StoredUser:
     #: When the name was registered (epoch ms): what was said under it before
     #: was said by a guest of that name, not by this user.
     created_ms: int = 0
+    #: The user keeps how far they have read to themselves: no receipts name them.
+    hide_receipts: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +184,31 @@ class RoomAccess:
     private: bool
     owner: str | None
     members: frozenset[str]
+    #: Whether members see how far the others have read (its owner may turn it off).
+    receipts: bool = True
 
     def allows(self, user: str) -> bool:
         """Whether ``user`` may join, read and post in this room."""
         return not self.private or user == self.owner or user in self.members
+
+
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """How much of one conversation a user has not read yet.
+
+    A room (``room``), a direct conversation (``peer``), or the whole direct
+    stream (neither). Seqs are of the room's stream, or of the user's own
+    direct stream.
+    """
+
+    #: Messages from others after the user's read marker, not deleted.
+    unread: int
+    #: Those of them that name the user.
+    mentions: int
+    #: The user's read marker.
+    last_read: int
+    #: The newest message's seq (0 when there is none) and time (epoch ms).
+    last_seq: int
+    last_ms: int | None
+    room: str | None = None
+    peer: str | None = None

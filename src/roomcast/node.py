@@ -14,13 +14,14 @@ calls the same collaborators.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Coroutine
 from typing import Any, Final
 
 from .accounts import Accounts
 from .broker.base import Broker, Publication
-from .config import DEFAULT_LIMITS, Limits
+from .config import DEFAULT_LIMITS, Limits, Webhook
 from .connections import AUTH_TIMEOUT, GUEST_NAME, REAUTH_TIMEOUT, Connections
 from .exceptions import BackendError, DomainError, ProtocolError
 from .files import FileLinks, FileStore
@@ -29,6 +30,7 @@ from .membership import Membership
 from .messaging import Messaging
 from .metrics import Metrics
 from .model import UserInfo
+from .notify import Notifier
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
 from .protocol.messages import (
@@ -47,9 +49,12 @@ from .protocol.messages import (
     MemberList,
     PresenceRequest,
     React,
+    Read,
     Typing,
+    UnreadRequest,
 )
 from .protocol.session import Close, Outcome, Reply, Session
+from .readstate import ReadState
 from .rooms import Rooms
 from .store.base import Store
 from .streams import Streams
@@ -72,6 +77,7 @@ class Node:
         metrics: where to count; a new registry of its own by default.
         files: where files sent in binary frames are kept; None refuses files.
         links: signs the links to files in file messages; None sends none.
+        webhook: where notifications for users away are posted; None sends none.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class Node:
         metrics: Metrics | None = None,
         files: FileStore | None = None,
         links: FileLinks | None = None,
+        webhook: Webhook | None = None,
     ) -> None:
         #: This node's id, on its publications (its own come back to it).
         self.id = uuid.uuid4().hex[:12]
@@ -122,6 +129,29 @@ class Node:
             outbox=self.outbox,
             links=links,
         )
+        #: How far each user has read; unread counts; receipts.
+        self.read_state = ReadState(
+            node_id=self.id,
+            store=store,
+            hub=self.hub,
+            broker=broker,
+            rooms=self.rooms,
+            streams=self.streams,
+            metrics=self.metrics,
+            outbox=self.outbox,
+        )
+        #: Posts notifications for users away; None without a webhook.
+        self.notifier = (
+            Notifier(
+                url=webhook.url,
+                secret=webhook.secret,
+                store=store,
+                present=self.membership.online,
+                metrics=self.metrics,
+            )
+            if webhook is not None
+            else None
+        )
         #: Chat, direct messages, files, typing and history.
         self.messaging = Messaging(
             node_id=self.id,
@@ -135,6 +165,8 @@ class Node:
             outbox=self.outbox,
             files=files,
             links=links,
+            read_state=self.read_state,
+            notifier=self.notifier,
         )
         #: Who each connection is, its deadlines, and name claims.
         self.connections = Connections(
@@ -164,6 +196,9 @@ class Node:
         except BaseException:
             await self.store.close()
             raise
+        self.read_state.start()
+        if self.notifier is not None:
+            await self.notifier.start()
 
     async def flush(self) -> None:
         """Wait until every message received so far is stored (or failed) and acked."""
@@ -174,6 +209,9 @@ class Node:
         """Stop the broker, then flush and close the store."""
         await self.broker.close()
         await self.streams.close()
+        if self.notifier is not None:
+            await self.notifier.close()
+        await self.read_state.close()
         await self.store.close()
 
     async def ready(self) -> dict[str, str]:
@@ -207,6 +245,7 @@ class Node:
     def disconnect(self, peer: Peer) -> None:
         """A connection ended: forget it and tell the rooms it was in."""
         self.connections.disconnect(peer)
+        self.read_state.forget(peer)
 
     # -- frames from a connection ----------------------------------------------------
 
@@ -281,6 +320,10 @@ class Node:
                     return self._finish(peer, outcome, self.messaging.change(peer, outcome))
                 case DirectHistoryRequest():
                     return self._finish(peer, outcome, self._direct_history(peer, outcome))
+                case Read():
+                    return self._finish(peer, outcome, self.read_state.read(peer, outcome))
+                case UnreadRequest():
+                    return self._finish(peer, outcome, self._unread(peer, outcome))
                 case FileHeader():
                     # A file needs its bytes: handle_binary carries them out.
                     self.outbox.error(
@@ -301,7 +344,8 @@ class Node:
         assert user is not None
         if cmd.room not in peer.session.rooms:
             await self.rooms.check_access(user, cmd.room)
-        await self.streams.join(peer, cmd.room, cmd.since, cmd.id)
+        unread = functools.partial(self.read_state.joined, peer, cmd.room)
+        await self.streams.join(peer, cmd.room, cmd.since, cmd.id, unread)
 
     async def _auth(self, peer: Peer, cmd: AuthFrame) -> None:
         if await self.connections.auth(peer, cmd):
@@ -328,6 +372,11 @@ class Node:
             user, before=cmd.before, since=cmd.since, limit=cmd.limit
         )
         self.outbox.reply(peer, reply, cmd.id)
+
+    async def _unread(self, peer: Peer, cmd: UnreadRequest) -> None:
+        user = peer.session.user
+        assert user is not None
+        self.outbox.reply(peer, await self.read_state.unread(user), cmd.id)
 
     async def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
         user = peer.session.user

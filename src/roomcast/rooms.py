@@ -9,6 +9,7 @@ into its own error form.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Final, Protocol
 
 from .exceptions import Forbidden, InvalidRequest, NotFound, RoomExists, UnknownUser
@@ -130,6 +131,21 @@ class Rooms:
         members = await self.registered(names)
         await self._store.add_room_members(room, members)
         return RoomAccess(room, True, access.owner, access.members | members)
+
+    async def set_receipts(self, user: UserInfo, room: str, on: bool) -> RoomAccess:
+        """Turn read receipts in ``room`` on or off; its owner only.
+
+        Raises:
+            NotFound: there is no stored room ``room`` (or a private one ``user`` is not in).
+            Forbidden: ``user`` is not its owner (a room made by joining it has none).
+        """
+        access = await self._store.room_access(room)
+        if access is None or (access.private and (user.guest or not access.allows(user.name))):
+            raise NotFound(f"there is no room {room}")
+        if user.guest or access.owner != user.name:
+            raise Forbidden(f"only the owner of {room} may change its receipts")
+        await self._store.set_room_receipts(room, on)
+        return replace(access, receipts=on)
 
     async def registered(self, names: list[str]) -> frozenset[str]:
         """The names as registered (their own letter case).

@@ -26,7 +26,7 @@ from .files import FileLinks, with_link
 from .hub import Hub, Peer
 from .membership import Membership
 from .metrics import Metrics
-from .model import Change, ChatMessage, DirectMessage, Mention
+from .model import Change, ChatMessage, DirectMessage, Mention, Unread
 from .outbox import Outbox
 from .protocol.messages import Joined, encode
 from .protocol.wsframe import text_frame
@@ -142,6 +142,14 @@ class Streams:
     def _deliver_inbox(self, user: str, seq: int, frame: bytes) -> int:
         return self._hub.send_to_user(user, frame)
 
+    def room_position(self, room: str) -> int | None:
+        """The last seq delivered here in ``room`` (None when no local member orders it)."""
+        return self._room_order.position(room)
+
+    def inbox_position(self, user: str) -> int | None:
+        """The last seq delivered here in ``user``'s direct stream (None when not ordered)."""
+        return self._inbox_order.position(user)
+
     # -- readers coming and going --------------------------------------------------
 
     def forget_room(self, room: str) -> None:
@@ -154,11 +162,20 @@ class Streams:
         if not self._hub.user_online(user):
             self._inbox_order.close(user)
 
-    async def join(self, peer: Peer, room: str, since: int | None, frame_id: str | None) -> None:
+    async def join(
+        self,
+        peer: Peer,
+        room: str,
+        since: int | None,
+        frame_id: str | None,
+        unread: Callable[[int], Awaitable[Unread | None]] | None = None,
+    ) -> None:
         """Put ``peer`` in ``room``: ``joined``, the replay after ``since``, then live frames.
 
-        The caller has checked access. A join that fails leaves the
-        connection as it was (out of the room unless it was in it already).
+        The caller has checked access. ``unread`` says what the user has not
+        read up to the room's position ``joined`` gives. A join that fails
+        leaves the connection as it was (out of the room unless it was in it
+        already).
         """
         user = peer.session.user
         assert user is not None
@@ -189,7 +206,8 @@ class Streams:
                     after = last - cap
                     replay_from = after + 1
             members, count = await self._membership.members(room)
-            joined = Joined(room, last, members, count, recovered, replay_from)
+            counts = await unread(last) if unread is not None else None
+            joined = Joined(room, last, members, count, recovered, replay_from, counts)
             self._outbox.reply(peer, joined, frame_id)
             while True:
                 after = await self._replay(peer, room, after, last)

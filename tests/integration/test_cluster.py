@@ -435,3 +435,46 @@ async def pages_holding(conn: Any, text: str) -> int:
             text.encode(),
         )
     return int(count)
+
+
+async def next_read(ws: ClientConnection) -> dict[str, Any]:
+    """The payload of the next ``read`` from another connection (answers to this one skipped)."""
+    while "id" in (frame := await recv_type(ws, "read")):
+        pass
+    return frame["payload"]  # type: ignore[no-any-return]
+
+
+async def test_a_read_on_one_node_clears_the_count_on_another(cluster: Cluster) -> None:
+    """One user on two nodes: a read on one reaches the other at once, and its counts follow."""
+    one, two = cluster.start(), cluster.start()
+    alice_token, bob_token = await sign_up(one, "alice"), await sign_up(one, "bob")
+    phone = await member(cluster, one, alice_token)
+    laptop = await member(cluster, two, alice_token)
+    bob = await member(cluster, two, bob_token)
+    for i in range(3):
+        text = "hey @alice" if i == 1 else f"m{i}"
+        await send_json(bob, "chat", {"room": "lobby", "message": text}, id=f"b{i}")
+        last = await ack_of(bob, f"b{i}")
+    status, body = await call(two, "GET", "/api/unread", bearer=alice_token)
+    lobby = next(r for r in body["rooms"] if r["room"] == "lobby")
+    assert status == 200 and (lobby["unread"], lobby["mentions"]) == (3, 1)
+    await send_json(phone, "read", {"room": "lobby", "seq": last}, id="r1")
+    assert await next_read(laptop) == {"room": "lobby", "seq": last, "unread": 0, "mentions": 0}
+
+    async def counted() -> tuple[int, int]:
+        _, body = await call(two, "GET", "/api/unread", bearer=alice_token)
+        lobby = next(r for r in body["rooms"] if r["room"] == "lobby")
+        return lobby["unread"], lobby["mentions"]
+
+    async with asyncio.timeout(10):  # node one writes the marker within a second
+        while await counted() != (0, 0):
+            await asyncio.sleep(0.1)
+    direct = {"to": "alice", "message": "on node two"}
+    await send_json(bob, "direct", direct, id="d1")
+    dm_seq = await ack_of(bob, "d1")
+    mine = (await recv_type(laptop, "direct"))["payload"]["seq"]  # after the mention's
+    await send_json(laptop, "read", {"direct": True, "with": "bob", "seq": mine}, id="r2")
+    assert (await next_read(phone))["with"] == "bob"
+    while "direct" not in (receipt := (await recv_type(bob, "receipt"))["payload"]):
+        assert receipt == {"room": "lobby", "user": "alice", "seq": last}
+    assert receipt == {"direct": True, "user": "alice", "seq": dm_seq}

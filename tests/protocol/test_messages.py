@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from roomcast.exceptions import ProtocolError
-from roomcast.model import Change, Mention, Quote
+from roomcast.model import Change, Mention, Quote, Unread
 from roomcast.protocol.codes import ErrorCode
 from roomcast.protocol.messages import (
     MAX_SEQ,
@@ -29,13 +29,19 @@ from roomcast.protocol.messages import (
     HistoryReply,
     HistoryRequest,
     Join,
+    Joined,
     Leave,
     Ping,
     PresenceRequest,
     React,
+    Read,
+    ReadEvent,
+    Receipt,
     SendBack,
     SentBack,
     Typing,
+    UnreadReply,
+    UnreadRequest,
     UserInfo,
     Welcome,
     encode,
@@ -648,3 +654,169 @@ def test_history_items_show_the_current_state() -> None:
     assert "message" not in items[0] and items[0]["deleted"] is True
     assert items[1]["reactions"] == {"👍": ["bob", "cy"]} and items[1]["reply_count"] == 3
     assert items[1]["edited_at"] == "1970-01-01T00:00:00.002Z"
+
+
+# -- read markers and unread counts ----------------------------------------------------
+
+
+def test_read_frames_parse_for_a_room_the_direct_stream_or_one_conversation() -> None:
+    """read names a room, or direct true (with a peer or not), and a seq of 0 or more."""
+    room = parse_client_frame(frame(type="read", id="r", payload={"room": "dev", "seq": 41}))
+    assert room == Read("r", 41, room="dev")
+    direct = parse_client_frame(frame(type="read", payload={"direct": True, "seq": 0}))
+    assert direct == Read(None, 0, room=None, peer=None)
+    one = parse_client_frame(
+        frame(type="read", payload={"direct": True, "with": "bob", "seq": MAX_SEQ})
+    )
+    assert one == Read(None, MAX_SEQ, peer="bob")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"room": "lobby"},
+        {"room": "lobby", "seq": None},
+        {"room": "lobby", "seq": -1},
+        {"room": "lobby", "seq": "3"},
+        {"room": "lobby", "seq": 1.5},
+        {"room": "lobby", "seq": True},
+        {"room": "lobby", "seq": MAX_SEQ + 1},
+        {"seq": 3},
+        {"room": "Lobby", "seq": 3},
+        {"room": "a b", "seq": 3},
+        {"room": "lobby", "direct": True, "seq": 3},
+        {"direct": False, "seq": 3},
+        {"direct": 1, "seq": 3},
+        {"direct": "true", "seq": 3},
+        {"with": "bob", "seq": 3},
+        {"room": "lobby", "with": "bob", "seq": 3},
+        {"direct": True, "with": "", "seq": 3},
+        {"direct": True, "with": 7, "seq": 3},
+        {"direct": True, "with": "b" * 65, "seq": 3},
+        {"direct": True},
+    ],
+)
+def test_bad_read_frames_are_invalid(payload: dict[str, object]) -> None:
+    """A read needs a seq of 0 or more and one room or the direct stream, else it is refused."""
+    exc = refused(frame(type="read", id="r", payload=payload))
+    assert (exc.code, exc.frame_id) == (ErrorCode.INVALID_MESSAGE, "r")
+
+
+def test_unread_parses_with_or_without_a_payload() -> None:
+    """unread asks for the counts; it carries only its id."""
+    assert parse_client_frame(frame(type="unread", id="u", payload={})) == UnreadRequest("u")
+    assert parse_client_frame(frame(type="unread")) == UnreadRequest(None)
+    assert refused(frame(type="unread", id="u", payload=[])).code is ErrorCode.INVALID_MESSAGE
+
+
+def test_read_events_name_a_room_the_direct_stream_or_one_conversation() -> None:
+    """A read event carries the marker and what is left unread there, and the answered id."""
+    out = orjson.loads(encode(ReadEvent(41, 2, 1, room="lobby"), id="r1", ts_ms=0))
+    assert out == {
+        "type": "read",
+        "id": "r1",
+        "payload": {"room": "lobby", "seq": 41, "unread": 2, "mentions": 1},
+        "timestamp": "1970-01-01T00:00:00.000Z",
+    }
+    direct = orjson.loads(encode(ReadEvent(17, 0, 0)))
+    assert direct["payload"] == {"direct": True, "seq": 17, "unread": 0, "mentions": 0}
+    assert "id" not in direct
+    one = orjson.loads(encode(ReadEvent(19, 3, 2, peer="bob")))["payload"]
+    assert one == {"direct": True, "with": "bob", "seq": 19, "unread": 3, "mentions": 2}
+
+
+def test_receipts_name_a_room_or_the_direct_stream() -> None:
+    """A receipt says who read up to which seq, in a room or of the receiver's direct stream."""
+    room = orjson.loads(encode(Receipt("bob", 41, room="lobby")))
+    assert room["type"] == "receipt"
+    assert room["payload"] == {"room": "lobby", "user": "bob", "seq": 41}
+    direct = orjson.loads(encode(Receipt("bob", 7)))["payload"]
+    assert direct == {"direct": True, "user": "bob", "seq": 7}
+
+
+def test_the_unread_reply_lists_rooms_the_direct_stream_and_its_conversations() -> None:
+    """Each entry has its counts, marker and newest message; last_at is null when none."""
+    at = 1_790_000_000_123
+    reply = UnreadReply(
+        rooms=[Unread(3, 1, 40, 43, at, room="lobby"), Unread(0, 0, 0, 0, None, room="dev")],
+        direct=Unread(2, 0, 17, 19, at),
+        conversations=[Unread(2, 0, 17, 19, at, peer="bob")],
+    )
+    out = orjson.loads(encode(reply, id="u"))
+    assert out["type"] == "unread" and out["id"] == "u"
+    stamp = "2026-09-21T14:13:20.123Z"
+    counts = {"unread": 2, "mentions": 0, "last_read": 17, "last_seq": 19, "last_at": stamp}
+    assert out["payload"] == {
+        "rooms": [
+            {
+                "room": "lobby",
+                "unread": 3,
+                "mentions": 1,
+                "last_read": 40,
+                "last_seq": 43,
+                "last_at": stamp,
+            },
+            {
+                "room": "dev",
+                "unread": 0,
+                "mentions": 0,
+                "last_read": 0,
+                "last_seq": 0,
+                "last_at": None,
+            },
+        ],
+        "direct": {**counts, "conversations": [{"with": "bob", **counts}]},
+    }
+    empty = UnreadReply([], Unread(0, 0, 0, 0, None), [])
+    assert orjson.loads(encode(empty))["payload"] == {
+        "rooms": [],
+        "direct": {
+            "unread": 0,
+            "mentions": 0,
+            "last_read": 0,
+            "last_seq": 0,
+            "last_at": None,
+            "conversations": [],
+        },
+    }
+
+
+def test_joined_adds_the_unread_counts_only_when_it_has_them() -> None:
+    """A registered user's joined carries unread, mentions and last_read; a guest's does not."""
+    counts = Unread(3, 1, 40, 43, 1, room="lobby")
+    out = orjson.loads(encode(Joined("lobby", 43, ["ann"], 1, unread=counts)))["payload"]
+    assert out == {
+        "room": "lobby",
+        "seq": 43,
+        "members": ["ann"],
+        "member_count": 1,
+        "unread": 3,
+        "mentions": 1,
+        "last_read": 40,
+    }
+    guest = orjson.loads(encode(Joined("lobby", 43, ["ann"], 1)))["payload"]
+    assert not {"unread", "mentions", "last_read"} & set(guest)
+
+
+def test_history_replies_carry_receipts_or_read_counts_when_given() -> None:
+    """receipts by reader, read_counts as [seq, n] pairs; neither key when not given."""
+    messages = [ChatMessage("r", "m", "ann", 1, "id1", 1)]
+    named = orjson.loads(encode(HistoryReply("r", messages, False, receipts={"bob": 1})))
+    assert named["payload"]["receipts"] == {"bob": 1} and "read_counts" not in named["payload"]
+    counted = HistoryReply("r", messages, False, read_counts=[(1, 2), (2, 0)])
+    payload = orjson.loads(encode(counted))["payload"]
+    assert payload["read_counts"] == [[1, 2], [2, 0]] and "receipts" not in payload
+    plain = orjson.loads(encode(HistoryReply("r", messages, False)))["payload"]
+    assert not {"receipts", "read_counts"} & set(plain)
+    empty = orjson.loads(encode(HistoryReply("r", [], False, receipts={})))["payload"]
+    assert empty["receipts"] == {}
+
+
+def test_direct_history_replies_carry_receipts_when_given() -> None:
+    """receipts say, for each peer, up to which seq of the reader's stream they read."""
+    page = [DirectMessage("bob", "ann", "hi", "d1", 1, seq=3)]
+    out = orjson.loads(encode(DirectHistoryReply(page, False, 3, receipts={"bob": 3})))
+    assert out["payload"]["receipts"] == {"bob": 3}
+    assert out["payload"]["last_seq"] == 3 and out["payload"]["messages"][0]["seq"] == 3
+    plain = orjson.loads(encode(DirectHistoryReply(page, False, 3)))["payload"]
+    assert "receipts" not in plain

@@ -15,8 +15,10 @@ from roomcast.protocol.messages import (
     Join,
     Leave,
     Pong,
+    Read,
     SentBack,
     Typing,
+    UnreadRequest,
     UserInfo,
 )
 from roomcast.protocol.session import CLOSED, OPEN, Close, Reply, Session
@@ -366,3 +368,50 @@ def test_identity_is_checked_in_turn_after_a_pending_auth() -> None:
     assert session.decide(chat) == Chat(None, "lobby", "m")
     assert isinstance(session.decide(upload), FileHeader)
     assert_error(Session("t", None).decide(chat), ErrorCode.FORBIDDEN)
+
+
+# -- read markers ---------------------------------------------------------------------
+
+
+def test_read_of_a_room_needs_membership() -> None:
+    """A read of a joined room goes to the node; of another room it is not_member."""
+    for session in (guest_session(), limited_session()):
+        assert send(session, type="read", payload={"room": "lobby", "seq": 4}) == Read(
+            None, 4, room="lobby"
+        )
+        outcome = send(session, type="read", id="r", payload={"room": "dev", "seq": 4})
+        assert_error(outcome, ErrorCode.NOT_MEMBER, "r")
+
+
+def test_guests_may_not_read_direct_messages_or_ask_for_unread_counts() -> None:
+    """A guest's direct read (whole or one conversation) and unread are forbidden."""
+    session = guest_session()
+    for payload in ({"direct": True, "seq": 3}, {"direct": True, "with": "bob", "seq": 3}):
+        assert_error(send(session, type="read", id="d", payload=payload), ErrorCode.FORBIDDEN, "d")
+    assert_error(send(session, type="unread", id="u"), ErrorCode.FORBIDDEN, "u")
+
+
+def test_registered_users_pass_direct_reads_and_unread_to_the_node() -> None:
+    """A registered user's direct read and unread request go to the node."""
+    session = limited_session()
+    assert send(session, type="read", payload={"direct": True, "with": "bob", "seq": 3}) == Read(
+        None, 3, peer="bob"
+    )
+    assert send(session, type="read", payload={"direct": True, "seq": 5}) == Read(None, 5)
+    assert send(session, type="unread", id="u", payload={}) == UnreadRequest("u")
+
+
+def test_read_and_unread_draw_from_the_commands_bucket() -> None:
+    """200 reads and unreads at once pass, the next is refused, and chats are still allowed."""
+    session = limited_session()
+    for i in range(100):
+        assert isinstance(send(session, type="read", payload={"room": "lobby", "seq": i}), Read)
+        assert send(session, type="unread", id=f"u{i}") == UnreadRequest(f"u{i}")
+    assert_error(send(session, type="unread", id="u"), ErrorCode.RATE_LIMITED, "u")
+    assert_error(
+        send(session, type="read", id="r", payload={"room": "lobby", "seq": 1}),
+        ErrorCode.RATE_LIMITED,
+        "r",
+    )
+    assert_error(send_ping(session, "p"), ErrorCode.RATE_LIMITED, "p")
+    assert isinstance(chat_at(session, NOW), Chat)

@@ -469,7 +469,31 @@ async def test_version_2_database_gains_file_columns(db: Database) -> None:
         assert added.message.seq == 2
         assert await store.message_by_id("old1") == old
     rows = await db.fetch("SELECT version FROM schema_version ORDER BY version")
-    assert [version for (version,) in rows] == [1, 2, 3, 4, 5] == list(range(1, LATEST_VERSION + 1))
+    versions = [version for (version,) in rows]
+    assert versions == [1, 2, 3, 4, 5, 6] == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_version_5_database_reads_its_past_as_read(db: Database) -> None:
+    """Upgrading to read markers leaves nobody's direct messages or private rooms unread."""
+    statements = [VERSION_TABLE]
+    for migration in MIGRATIONS[:5]:
+        statements += migration.statements
+        description = migration.description.replace("'", "''")
+        statements.append(
+            "INSERT INTO schema_version (version, description, applied_ms)"
+            f" VALUES ({migration.version}, '{description}', 0)"
+        )
+    await db.execute(
+        *statements,
+        "INSERT INTO users (name, name_key, password_hash, dm_seq, created_ms)"
+        " VALUES ('Ann', 'ann', 'h', 7, 0), ('bob', 'bob', 'h', 0, 0)",
+        "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
+        " VALUES ('team', 4, 0, 1, 'Ann'), ('open', 9, 0, 0, NULL)",
+        "INSERT INTO room_members (room, name, added_ms) VALUES ('team', 'bob', 0)",
+    )
+    async with db.opened() as store:
+        assert await store.markers("Ann") == {"@": 7, "team": 4}
+        assert await store.markers("bob") == {"team": 4}
 
 
 async def test_newer_schema_is_refused(db: Database) -> None:

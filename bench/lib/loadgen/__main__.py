@@ -128,6 +128,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="persist: every Nth frame changes the client's last message (an edit or a "
         "reaction, in turn) instead of chatting; 0: chat only",
     )
+    parser.add_argument(
+        "--read-markers",
+        action="store_true",
+        help="persist: clients sign in and send a read marker for each message they get",
+    )
     parser.add_argument("--server-pid", type=int, default=0, help="report its CPU per step")
     parser.add_argument("--seconds", type=float, default=5.0, help="echo window")
     parser.add_argument("--warmup", type=float, default=1.0, help="echo warm-up")

@@ -34,6 +34,9 @@ from bench.lib.loadgen.common import (
 ACK = b'"type":"ack"'
 ID = b'"id":"'
 MESSAGE_ID = b'"message_id":"'
+SEQ = b'"seq":'
+#: The answer to a read marker: counted by nobody, skipped unparsed.
+READ = b'"type":"read"'
 #: The broadcast copies of a client's own changes, skipped unparsed like its chat.
 CHANGED = (b'"type":"edit"', b'"type":"reaction"')
 #: The changes a client makes in turn when asked to (--changes-every).
@@ -58,10 +61,15 @@ class AckTally:
 class PersistClient(WSListener):  # type: ignore[misc]
     """Chats in its own room; times each message from send to its ack."""
 
-    def __init__(self, index: int, tally: AckTally, changes_every: int = 0) -> None:
+    def __init__(
+        self, index: int, tally: AckTally, changes_every: int = 0, read_markers: bool = False
+    ) -> None:
         self.room = f"bench-{index}"
         #: Every Nth frame is a change of the last acked message (0: none).
         self.changes_every = changes_every
+        #: Mark each message read as it arrives, as a reader on screen would.
+        self.read_markers = read_markers
+        self.read_head = b'{"type":"read","payload":{"room":"%s","seq":' % self.room.encode()
         self.last_id: bytes | None = None
         self.changes = itertools.cycle(CHANGE_KINDS)
         #: Signed in as a registered user (only they may edit).
@@ -125,7 +133,15 @@ class PersistClient(WSListener):  # type: ignore[misc]
                 tally.latencies.append(time.monotonic_ns() - sent_at)
                 tally.acked += 1
             return
+        if self.read_markers and READ in data:
+            return
         if CHAT in data or (self.changes_every and any(kind in data for kind in CHANGED)):
+            if self.read_markers:  # read it: the next frame says how far
+                at = data.find(SEQ) + len(SEQ)
+                end = at
+                while data[end : end + 1].isdigit():
+                    end += 1
+                transport.send(WSMsgType.TEXT, self.read_head + data[at:end] + b"}}")
             return  # our own broadcast copy; the ack follows it
         msg = json.loads(data)
         payload = msg.get("payload") or {}
@@ -144,17 +160,17 @@ class PersistClient(WSListener):  # type: ignore[misc]
 
 
 async def open_rooms(
-    url: str, n: int, changes_every: int = 0
+    url: str, n: int, changes_every: int = 0, read_markers: bool = False
 ) -> tuple[list[PersistClient], AckTally]:
     """Connect n clients, move each from lobby to its own room, one acked chat each."""
     tally = AckTally()
     index = itertools.count()
     clients: list[PersistClient] = await connect_all(
-        url, n, lambda: PersistClient(next(index), tally, changes_every)
+        url, n, lambda: PersistClient(next(index), tally, changes_every, read_markers)
     )
     await wait_until(lambda: all("lobby" in c.rooms for c in clients), 10, "lobby joins")
-    if changes_every:
-        # Guests may react but not edit: the clients sign in as users.
+    if changes_every or read_markers:
+        # Guests may react but not edit, and keep no markers: the clients sign in as users.
         tokens = await sign_up_all(url, len(clients))
         for client, token in zip(clients, tokens, strict=True):
             client.send_json({"type": "auth", "payload": {"token": token}})
@@ -275,7 +291,7 @@ async def persist_step(
 
 
 async def run_persist(args: argparse.Namespace) -> dict[str, Any]:
-    clients, tally = await open_rooms(args.url, args.clients, args.changes_every)
+    clients, tally = await open_rooms(args.url, args.clients, args.changes_every, args.read_markers)
     steps: list[dict[str, Any]] = []
     for rate in args.rates[:30]:
         step = await persist_step(
@@ -291,6 +307,7 @@ async def run_persist(args: argparse.Namespace) -> dict[str, Any]:
         "scenario": "persist",
         "clients": args.clients,
         "changes_every": args.changes_every,
+        "read_markers": args.read_markers,
         "bound_ms": args.bound_ms,
         "step_seconds": args.step_seconds,
         "rates": args.rates,

@@ -97,6 +97,9 @@ class Broker(Protocol):
     async def members(self, room: str, limit: int) -> Members:
         """The users in ``room`` on every node."""
 
+    async def present(self, room: str, user: str) -> bool:
+        """Whether ``user`` is in ``room`` on any node."""
+
     async def ping(self) -> None:
         """Raise :class:`~roomcast.exceptions.BrokerError` unless the broker answers."""
 

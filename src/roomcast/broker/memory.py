@@ -65,6 +65,9 @@ class MemoryBroker:
         users = self._bus.presence.get(room, {})
         return Members(list(users)[:limit], len(users))
 
+    async def present(self, room: str, user: str) -> bool:
+        return user in self._bus.presence.get(room, {})
+
     async def ping(self) -> None:
         pass
 

@@ -400,6 +400,15 @@ class RedisBroker:
             raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
         return Members(sorted(_text(name) for name in list(names)[:limit]), int(count))
 
+    async def present(self, room: str, user: str) -> bool:
+        redis = self._redis
+        if redis is None:
+            raise BrokerError("the broker is not started")
+        try:
+            return bool(await redis.hexists(f"{self.prefix}room:{room}", user))
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
+
     async def _presence_forever(self) -> None:
         delay = RETRY_FIRST
         while True:

@@ -35,7 +35,7 @@ from ..exceptions import (
     TooLarge,
     UnknownUser,
 )
-from ..model import Change, ChatMessage, DirectMessage, FileInfo, Mention, Quote, UserInfo
+from ..model import Change, ChatMessage, DirectMessage, FileInfo, Mention, Quote, Unread, UserInfo
 from .codes import ErrorCode
 
 __all__ = [
@@ -75,6 +75,11 @@ __all__ = [
     "Pong",
     "PresenceEvent",
     "PresenceRequest",
+    "Read",
+    "ReadEvent",
+    "Receipt",
+    "UnreadReply",
+    "UnreadRequest",
     "ServerFrame",
     "Welcome",
     "Typing",
@@ -255,6 +260,29 @@ class PresenceRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    """``read``: the user has read a room, or direct messages, up to ``seq``.
+
+    ``room`` None is the user's direct stream: all of it, or only the
+    conversation with ``peer``.
+    """
+
+    TYPE: ClassVar[str] = "read"
+    id: str | None
+    seq: int
+    room: str | None = None
+    peer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadRequest:
+    """``unread``: the user's unread counts in every room and direct conversation."""
+
+    TYPE: ClassVar[str] = "unread"
+    id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SendBack:
     """``echo``, or any type the server does not handle: sent back whole."""
 
@@ -276,6 +304,8 @@ ClientFrame = (
     | Typing
     | HistoryRequest
     | DirectHistoryRequest
+    | Read
+    | UnreadRequest
     | PresenceRequest
     | SendBack
 )
@@ -509,7 +539,30 @@ def _parse_presence(payload: dict[str, Any], fid: str | None, max_chars: int) ->
     return PresenceRequest(fid, _room(payload, fid))
 
 
+def _parse_read(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    seq = _seq(payload, "seq", fid, minimum=0)
+    if seq is None:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "payload.seq is required", fid)
+    direct = payload.get("direct")
+    if direct is None:
+        if "with" in payload:
+            raise _fail(ErrorCode.INVALID_MESSAGE, "payload.with needs payload.direct", fid)
+        return Read(fid, seq, room=_room(payload, fid))
+    if direct is not True or "room" in payload:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE, "give payload.room, or payload.direct true, not both", fid
+        )
+    peer = _name(payload, "with", fid) if "with" in payload else None
+    return Read(fid, seq, peer=peer)
+
+
+def _parse_unread(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return UnreadRequest(fid)
+
+
 _PARSERS: Final = {
+    "read": _parse_read,
+    "unread": _parse_unread,
     "auth": _parse_auth,
     "chat": _parse_chat,
     "join": _parse_join,
@@ -654,6 +707,8 @@ class Joined:
     #: The first seq the replay sends, when a ``since`` asked for more than
     #: one join replays: the older ones are read with ``history``.
     replay_from: int | None = None
+    #: What the (registered) user has not read there yet.
+    unread: Unread | None = None
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -666,6 +721,10 @@ class Joined:
             out["recovered"] = self.recovered
         if self.replay_from is not None:
             out["replay_from"] = self.replay_from
+        if self.unread is not None:
+            out["unread"] = self.unread.unread
+            out["mentions"] = self.unread.mentions
+            out["last_read"] = self.unread.last_read
         return out
 
 
@@ -734,6 +793,11 @@ class HistoryReply:
     thread: str | None = None
     #: With ``around``: whether newer messages follow the page.
     has_newer: bool | None = None
+    #: How far each reader has read (a room with receipts and few readers).
+    receipts: dict[str, int] | None = None
+    #: For each message on the page, how many readers other than its sender
+    #: have read it (a room with receipts and too many readers to name).
+    read_counts: list[tuple[int, int]] | None = None
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"room": self.room}
@@ -743,6 +807,10 @@ class HistoryReply:
         out["has_more"] = self.has_more
         if self.has_newer is not None:
             out["has_newer"] = self.has_newer
+        if self.receipts is not None:
+            out["receipts"] = self.receipts
+        if self.read_counts is not None:
+            out["read_counts"] = [list(pair) for pair in self.read_counts]
         return out
 
 
@@ -758,13 +826,97 @@ class DirectHistoryReply:
     messages: Sequence[DirectMessage | Change | Mention]
     has_more: bool
     last_seq: int
+    #: For each peer on the page who shows receipts: up to which seq of the
+    #: user's own stream they have read the conversation.
+    receipts: dict[str, int] | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "messages": [_history_item(m) for m in self.messages],
             "has_more": self.has_more,
             "last_seq": self.last_seq,
         }
+        if self.receipts is not None:
+            out["receipts"] = self.receipts
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEvent:
+    """``read``: the user's read marker moved (to every connection of that user)."""
+
+    TYPE: ClassVar[str] = "read"
+    seq: int
+    #: What is left unread there after it.
+    unread: int
+    mentions: int
+    room: str | None = None
+    #: The direct conversation read (with ``room`` None); None for all of them.
+    peer: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        out = _where(self.room, self.peer)
+        out["seq"] = self.seq
+        out["unread"] = self.unread
+        out["mentions"] = self.mentions
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """``receipt``: ``user`` has read up to ``seq`` (in a room, or of the receiver's
+    own direct stream)."""
+
+    TYPE: ClassVar[str] = "receipt"
+    user: str
+    seq: int
+    room: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        out = _where(self.room, None)
+        out["user"] = self.user
+        out["seq"] = self.seq
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadReply:
+    """The answer to ``unread`` (and ``GET /api/unread``)."""
+
+    TYPE: ClassVar[str] = "unread"
+    rooms: list[Unread]
+    #: The whole direct stream, and each conversation in it.
+    direct: Unread
+    conversations: list[Unread]
+
+    def payload(self) -> dict[str, Any]:
+        direct = unread_payload(self.direct)
+        direct["conversations"] = [unread_payload(c) for c in self.conversations]
+        return {"rooms": [unread_payload(r) for r in self.rooms], "direct": direct}
+
+
+def unread_payload(unread: Unread) -> dict[str, Any]:
+    """One conversation's counts, as ``unread`` lists them."""
+    out: dict[str, Any] = {}
+    if unread.room is not None:
+        out["room"] = unread.room
+    elif unread.peer is not None:
+        out["with"] = unread.peer
+    out["unread"] = unread.unread
+    out["mentions"] = unread.mentions
+    out["last_read"] = unread.last_read
+    out["last_seq"] = unread.last_seq
+    out["last_at"] = format_timestamp(unread.last_ms) if unread.last_ms is not None else None
+    return out
+
+
+def _where(room: str | None, peer: str | None) -> dict[str, Any]:
+    """Where a read or receipt happened: a room, or the direct stream (one conversation)."""
+    if room is not None:
+        return {"room": room}
+    if peer is not None:
+        return {"direct": True, "with": peer}
+    return {"direct": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -838,6 +990,9 @@ ServerFrame = (
     | Left
     | PresenceEvent
     | MemberList
+    | ReadEvent
+    | Receipt
+    | UnreadReply
     | TypingEvent
     | HistoryReply
     | DirectHistoryReply

@@ -41,10 +41,12 @@ from .messages import (
     Leave,
     Ping,
     Pong,
+    Read,
     SendBack,
     SentBack,
     ServerFrame,
     Typing,
+    UnreadRequest,
     UserInfo,
     parse_binary_frame,
     parse_client_frame,
@@ -66,7 +68,7 @@ MAX_AUTH_FAILURES: Final = 3
 #: Frame types drawn from the commands bucket; every other frame (chat,
 #: direct, typing, files, echo, unknown types, malformed frames) is a message.
 COMMAND_TYPES: Final = frozenset(
-    {"join", "leave", "history", "direct_history", "presence", "ping", "auth"}
+    {"join", "leave", "history", "direct_history", "presence", "ping", "auth", "read", "unread"}
 )
 
 
@@ -264,6 +266,17 @@ class Session:
             assert self.user is not None
             if self.user.guest:
                 return _error(ErrorCode.FORBIDDEN, "direct messages need a registered user", fid)
+        elif isinstance(frame, Read):
+            assert self.user is not None
+            if frame.room is not None:
+                if frame.room not in self.rooms:
+                    return _error(ErrorCode.NOT_MEMBER, f"not a member of {frame.room}", fid)
+            elif self.user.guest:
+                return _error(ErrorCode.FORBIDDEN, "direct messages need a registered user", fid)
+        elif isinstance(frame, UnreadRequest):
+            assert self.user is not None
+            if self.user.guest:
+                return _error(ErrorCode.FORBIDDEN, "unread counts need a registered user", fid)
         return frame
 
     # -- what the node reports back -----------------------------------------

@@ -17,6 +17,7 @@ within a room, and the node broadcasts in that order.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -40,7 +41,11 @@ __all__ = [
     "Thread",
     "Files",
     "Lifecycle",
+    "Marker",
     "MessageLog",
+    "Notifications",
+    "Outgoing",
+    "ReadMarkers",
     "RoomAccess",
     "Rooms",
     "Store",
@@ -298,5 +303,91 @@ class Files(Protocol):
         """The SHA-256 digests of every file a kept message names (for sweeping files)."""
 
 
-class Store(Lifecycle, MessageLog, DirectInbox, Users, Rooms, Files, Protocol):
+#: A user's read marker: (name, stream, seq). The stream is a room's name,
+#: ``@`` (the whole direct stream) or ``@name`` (one direct conversation).
+Marker = tuple[str, str, int]
+
+
+class ReadMarkers(Protocol):
+    """How far each user has read, and the reads that count and receipts need."""
+
+    async def save_markers(self, markers: Sequence[Marker]) -> None:
+        """Move each marker to its seq, never back (a lower seq changes nothing)."""
+
+    async def markers(self, name: str) -> dict[str, int]:
+        """Every marker of user ``name``, by stream."""
+
+    async def marker(self, name: str, stream: str) -> int | None:
+        """One marker of user ``name``, or None when it has none there."""
+
+    async def unread_in_room(self, room: str, name: str, after: int, upto: int) -> tuple[int, int]:
+        """Messages in ``room`` with ``after < seq <= upto`` from others, not deleted,
+        and how many of them mention ``name``."""
+
+    async def last_message(self, room: str) -> tuple[int, int] | None:
+        """The seq and time (epoch ms) of ``room``'s newest message not deleted, or None."""
+
+    async def unread_direct(self, name: str, after: int) -> list[tuple[str, int, bool]]:
+        """``name``'s direct messages from others after seq ``after``, not deleted:
+        (sender, seq in ``name``'s stream, whether it mentions ``name``), in seq order."""
+
+    async def last_direct(self, name: str, peer: str | None) -> tuple[int, int] | None:
+        """The seq (in ``name``'s stream) and time of the newest direct message not
+        deleted, between ``name`` and ``peer`` (or anyone), or None."""
+
+    async def readers(self, room: str, *, at_least: int = 0, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` markers in ``room`` at ``at_least`` or past it, of users who
+        do not hide their receipts: (name, seq), furthest first."""
+
+    async def reader_count(self, room: str) -> int:
+        """How many users have a marker in ``room``."""
+
+    async def direct_seq_for(self, reader: str, peer: str, upto: int) -> int | None:
+        """The seq in ``peer``'s stream of the newest message between the two that is
+        at seq ``upto`` or before in ``reader``'s stream, or None."""
+
+    async def direct_peers(self, name: str, after: int, upto: int) -> list[str]:
+        """Whom ``name`` exchanged the direct messages at ``after < seq <= upto`` with."""
+
+    async def set_hide_receipts(self, name: str, hidden: bool) -> None:
+        """Hide (or show) user ``name``'s receipts."""
+
+    async def set_room_receipts(self, room: str, on: bool) -> None:
+        """Turn receipts in ``room`` on or off."""
+
+
+#: A notification waiting to be delivered: (id, body, attempts so far).
+Outgoing = tuple[str, bytes, int]
+
+
+class Notifications(Protocol):
+    """The durable outbox of webhook notifications (at least once, across restarts)."""
+
+    async def add_notification(self, notification_id: str, message_id: str, body: bytes) -> None:
+        """Keep a notification of message ``message_id``, due at once.
+
+        Deleting the message (or retention) forgets it, and the text in it.
+        """
+
+    async def due_notifications(self, limit: int) -> list[Outgoing]:
+        """Up to ``limit`` notifications due now, the longest due first."""
+
+    async def claim_notification(self, notification_id: str, attempts: int, lease: float) -> bool:
+        """Take a due notification for one attempt: False when another node took it
+        (its attempts moved on). It is due again after ``lease`` seconds unless
+        :meth:`finish_notification` or :meth:`retry_notification` says otherwise."""
+
+    async def retry_notification(self, notification_id: str, delay: float) -> None:
+        """The attempt failed: due again in ``delay`` seconds."""
+
+    async def finish_notification(self, notification_id: str) -> None:
+        """Delivered, or given up: forget it."""
+
+    async def notification_count(self) -> int:
+        """How many notifications wait."""
+
+
+class Store(
+    Lifecycle, MessageLog, DirectInbox, Users, Rooms, Files, ReadMarkers, Notifications, Protocol
+):
     """Where room messages, direct messages, users and rooms are kept: every port at once."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +23,16 @@ from ..model import (
     RoomAccess,
     StoredUser,
 )
-from .base import DEDUPE_SECONDS, AppendResult, DirectResult, Draft, Thread, unstorable
+from .base import (
+    DEDUPE_SECONDS,
+    AppendResult,
+    DirectResult,
+    Draft,
+    Marker,
+    Outgoing,
+    Thread,
+    unstorable,
+)
 from .batch import BatchedAppends, Pending, Plan, Target, direct_from_row, message_from_row
 
 __all__ = ["MemoryStore"]
@@ -59,6 +68,10 @@ class MemoryStore(BatchedAppends):
         self._seen: dict[tuple[str, str, str, bool], tuple[float, AppendResult | DirectResult]] = {}
         self._users: dict[str, StoredUser] = {}
         self._access: dict[str, RoomAccess] = {}
+        #: Read markers: name -> stream -> seq.
+        self._markers: dict[str, dict[str, int]] = {}
+        #: Notifications waiting: id -> [body, attempts, due (epoch s), message id].
+        self._outbox: dict[str, list[Any]] = {}
         self._clock = clock
 
     async def open(self) -> None:
@@ -174,6 +187,8 @@ class MemoryStore(BatchedAppends):
                 message, message="", file=None, mentions=(), deleted=True, reactions=()
             )
             self._reactions.pop(message_id, None)
+            for key in [k for k, item in self._outbox.items() if item[3] == message_id]:
+                del self._outbox[key]
             for edit_id in self._edits.get(message_id, ()):
                 edit = events[edit_id]
                 assert isinstance(edit, Change)
@@ -351,3 +366,125 @@ class MemoryStore(BatchedAppends):
             if access is not None and (not access.private or (user and access.allows(user))):
                 rooms.append(access)
         return rooms
+
+    # -- read state ----------------------------------------------------------------
+
+    async def save_markers(self, markers: Sequence[Marker]) -> None:
+        for name, stream, seq in markers:
+            mine = self._markers.setdefault(name, {})
+            mine[stream] = max(mine.get(stream, seq), seq)
+
+    async def markers(self, name: str) -> dict[str, int]:
+        return dict(self._markers.get(name, {}))
+
+    async def marker(self, name: str, stream: str) -> int | None:
+        return self._markers.get(name, {}).get(stream)
+
+    async def unread_in_room(self, room: str, name: str, after: int, upto: int) -> tuple[int, int]:
+        unread = mentions = 0
+        for _seq, message in self._room_events(room, after, upto):
+            if isinstance(message, ChatMessage) and not message.deleted and message.sender != name:
+                unread += 1
+                mentions += name in message.mentions
+        return unread, mentions
+
+    def _room_events(self, room: str, after: int, upto: int) -> list[tuple[int, _Event]]:
+        ids = self._rooms.get(room, [])
+        return [
+            (seq, self._events[ids[seq - 1]]) for seq in range(after + 1, min(upto, len(ids)) + 1)
+        ]
+
+    async def last_message(self, room: str) -> tuple[int, int] | None:
+        for seq, message in reversed(self._room_events(room, 0, len(self._rooms.get(room, [])))):
+            if isinstance(message, ChatMessage) and not message.deleted:
+                return seq, message.ts_ms
+        return None
+
+    def _inbox_messages(self, name: str) -> list[tuple[int, DirectMessage]]:
+        inbox = self._inboxes.get(name, [])
+        return [
+            (seq, message)
+            for seq, message in ((i + 1, self._events[x]) for i, x in enumerate(inbox))
+            if isinstance(message, DirectMessage)
+        ]
+
+    async def unread_direct(self, name: str, after: int) -> list[tuple[str, int, bool]]:
+        return [
+            (message.sender, seq, name in message.mentions)
+            for seq, message in self._inbox_messages(name)
+            if seq > after and not message.deleted and message.sender != name
+        ]
+
+    async def last_direct(self, name: str, peer: str | None) -> tuple[int, int] | None:
+        for seq, message in reversed(self._inbox_messages(name)):
+            if not message.deleted and (peer is None or peer in (message.sender, message.to)):
+                return seq, message.ts_ms
+        return None
+
+    async def readers(self, room: str, *, at_least: int = 0, limit: int) -> list[tuple[str, int]]:
+        found = [
+            (name, streams[room])
+            for name, streams in self._markers.items()
+            if room in streams
+            and streams[room] >= at_least
+            and (user := self._users.get(name.lower())) is not None
+            and not user.hide_receipts
+        ]
+        return sorted(found, key=lambda item: -item[1])[:limit]
+
+    async def reader_count(self, room: str) -> int:
+        return sum(room in streams for streams in self._markers.values())
+
+    async def direct_seq_for(self, reader: str, peer: str, upto: int) -> int | None:
+        for seq, message in reversed(self._inbox_messages(reader)):
+            if seq <= upto and {message.sender, message.to} == {reader, peer}:
+                peer_inbox = self._inboxes.get(peer, [])
+                return peer_inbox.index(message.message_id) + 1
+        return None
+
+    async def direct_peers(self, name: str, after: int, upto: int) -> list[str]:
+        return sorted(
+            {
+                message.to if message.sender == name else message.sender
+                for seq, message in self._inbox_messages(name)
+                if after < seq <= upto and message.sender != message.to
+            }
+        )
+
+    async def set_hide_receipts(self, name: str, hidden: bool) -> None:
+        user = self._users.get(name.lower())
+        if user is not None:
+            self._users[name.lower()] = replace(user, hide_receipts=hidden)
+
+    async def set_room_receipts(self, room: str, on: bool) -> None:
+        access = await self.room_access(room)
+        if access is not None:
+            self._access[room] = replace(access, receipts=on)
+
+    # -- notifications -------------------------------------------------------------
+
+    async def add_notification(self, notification_id: str, message_id: str, body: bytes) -> None:
+        self._outbox.setdefault(notification_id, [body, 0, self._clock(), message_id])
+
+    async def due_notifications(self, limit: int) -> list[Outgoing]:
+        now = self._clock()
+        due = sorted((item[2], key) for key, item in self._outbox.items() if item[2] <= now)
+        return [(key, self._outbox[key][0], self._outbox[key][1]) for _, key in due[:limit]]
+
+    async def claim_notification(self, notification_id: str, attempts: int, lease: float) -> bool:
+        item = self._outbox.get(notification_id)
+        if item is None or item[1] != attempts:
+            return False
+        item[1] += 1
+        item[2] = self._clock() + lease
+        return True
+
+    async def retry_notification(self, notification_id: str, delay: float) -> None:
+        if notification_id in self._outbox:
+            self._outbox[notification_id][2] = self._clock() + delay
+
+    async def finish_notification(self, notification_id: str) -> None:
+        self._outbox.pop(notification_id, None)
+
+    async def notification_count(self) -> int:
+        return len(self._outbox)

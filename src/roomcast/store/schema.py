@@ -152,6 +152,49 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " PRIMARY KEY (message_id, emoji, name))",
         ),
     ),
+    Migration(
+        6,
+        "read markers, receipts settings, and the outbox of notifications for users away",
+        (
+            # How far each user has read: stream is a room's name, '@' for the
+            # user's whole direct stream, or '@' and a name for one direct
+            # conversation (room names never start with '@'). Only moves forward.
+            "CREATE TABLE read_markers ("
+            " name TEXT NOT NULL,"
+            " stream TEXT NOT NULL,"
+            " seq BIGINT NOT NULL,"
+            " updated_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (name, stream))",
+            # A room's readers, for receipts and their counts.
+            "CREATE INDEX read_markers_stream ON read_markers (stream, seq)",
+            "ALTER TABLE rooms ADD COLUMN receipts INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE users ADD COLUMN hide_receipts INTEGER NOT NULL DEFAULT 0",
+            # Webhook deliveries not yet answered with a 2xx: body is the JSON
+            # posted, with the text of message_id (erased with the message);
+            # due_ms when the next attempt may start (an attempt in flight
+            # pushes it past its timeout, so a node that dies mid-post leaves
+            # it to another).
+            "CREATE TABLE notifications ("
+            " id TEXT PRIMARY KEY,"
+            " message_id TEXT NOT NULL,"
+            " body TEXT NOT NULL,"
+            " attempts INTEGER NOT NULL DEFAULT 0,"
+            " due_ms BIGINT NOT NULL,"
+            " created_ms BIGINT NOT NULL)",
+            "CREATE INDEX notifications_due ON notifications (due_ms)",
+            "CREATE INDEX notifications_message ON notifications (message_id)",
+            # What was there before this version counts as read: the upgrade
+            # must not hand every user their whole past as unread. Public rooms
+            # need nothing (a first join starts at the room's end).
+            "INSERT INTO read_markers (name, stream, seq, updated_ms)"
+            " SELECT name, '@', dm_seq, 0 FROM users WHERE dm_seq > 0",
+            "INSERT INTO read_markers (name, stream, seq, updated_ms)"
+            " SELECT m.name, r.name, r.last_seq, 0 FROM room_members m"
+            " JOIN rooms r ON r.name = m.room"
+            " UNION SELECT r.owner, r.name, r.last_seq, 0 FROM rooms r"
+            " WHERE r.private = 1 AND r.owner IS NOT NULL",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

@@ -45,7 +45,7 @@ from ..model import (
     RoomAccess,
     StoredUser,
 )
-from .base import AppendResult, DirectResult, Draft, Thread, unstorable
+from .base import AppendResult, DirectResult, Draft, Marker, Outgoing, Thread, unstorable
 from .batch import (
     MAX_QUEUED,
     MESSAGE_COLUMNS,
@@ -213,6 +213,8 @@ _ERASE_DIRECT_EDITS: Final = (
     "UPDATE direct_messages SET body = '' WHERE target = $1 AND kind = 'edit'"
 )
 _ERASE_REACTIONS: Final = "DELETE FROM reactions WHERE message_id = $1"
+#: A deleted message's notifications not yet delivered carry its text.
+_ERASE_NOTIFICATIONS: Final = "DELETE FROM notifications WHERE message_id = $1"
 _FILE_DIGESTS: Final = (
     "SELECT file FROM messages WHERE file IS NOT NULL"
     " UNION SELECT file FROM direct_messages WHERE file IS NOT NULL"
@@ -227,7 +229,9 @@ _CREATE_USER: Final = (
     "INSERT INTO users (name, name_key, password_hash, created_ms)"
     " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
 )
-_GET_USER: Final = "SELECT name, password_hash, created_ms FROM users WHERE name_key = $1"
+_GET_USER: Final = (
+    "SELECT name, password_hash, created_ms, hide_receipts FROM users WHERE name_key = $1"
+)
 _CREATE_ROOM: Final = (
     "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
     " VALUES ($1, 0, $2, $3, $4) ON CONFLICT DO NOTHING"
@@ -237,7 +241,7 @@ _ADD_MEMBER: Final = (
 )
 #: Rooms with their rules, one row per member (one row, member NULL, for none).
 _ACCESS: Final = (
-    "SELECT r.name, r.private, r.owner, m.name FROM rooms r"
+    "SELECT r.name, r.private, r.owner, m.name, r.receipts FROM rooms r"
     " LEFT JOIN room_members m ON m.room = r.name"
 )
 _ROOM_ACCESS: Final = f"{_ACCESS} WHERE r.name = $1"
@@ -254,6 +258,74 @@ _PRUNE_MESSAGES: Final = (
 _OLD_DIRECT: Final = "SELECT message_id FROM direct_messages WHERE ts_ms < $1 LIMIT $2"
 _PRUNE_INBOX: Final = "DELETE FROM inbox WHERE message_id = $1"
 _PRUNE_DIRECT: Final = "DELETE FROM direct_messages WHERE message_id = $1"
+#: Notifications older than the history kept: their text goes with the messages.
+_PRUNE_NOTIFICATIONS: Final = "DELETE FROM notifications WHERE created_ms < $1"
+
+# -- read state -------------------------------------------------------------------------
+
+#: Moves a marker forward only, however the writes of two nodes interleave.
+_SAVE_MARKER: Final = (
+    "INSERT INTO read_markers (name, stream, seq, updated_ms) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (name, stream) DO UPDATE SET seq = excluded.seq,"
+    " updated_ms = excluded.updated_ms WHERE read_markers.seq < excluded.seq"
+)
+_MARKERS: Final = "SELECT stream, seq FROM read_markers WHERE name = $1"
+_MARKER: Final = "SELECT seq FROM read_markers WHERE name = $1 AND stream = $2"
+#: Unread messages of a room in ``($3, $4]`` not from $2, and those naming $2
+#: (``$5``: the LIKE pattern of the name inside the ``mentions`` JSON list).
+_UNREAD_IN_ROOM: Final = (
+    "SELECT count(*), coalesce(sum(CASE WHEN mentions LIKE $5 ESCAPE '!' THEN 1 ELSE 0 END), 0)"
+    " FROM messages WHERE room = $1 AND seq > $3 AND seq <= $4 AND kind = 'chat'"
+    " AND deleted_ms IS NULL AND sender <> $2"
+)
+_LAST_MESSAGE: Final = (
+    "SELECT seq, ts_ms FROM messages WHERE room = $1 AND kind = 'chat' AND deleted_ms IS NULL"
+    " ORDER BY seq DESC LIMIT 1"
+)
+_INBOX_MESSAGES: Final = (
+    "FROM inbox i JOIN direct_messages d ON d.message_id = i.message_id"
+    " WHERE i.owner = $1 AND d.kind = 'chat'"
+)
+_UNREAD_DIRECT: Final = (
+    f"SELECT d.sender, i.seq, d.mentions {_INBOX_MESSAGES} AND i.seq > $2"
+    " AND d.deleted_ms IS NULL AND d.sender <> $1 ORDER BY i.seq"
+)
+_LAST_DIRECT: Final = (
+    f"SELECT i.seq, d.ts_ms {_INBOX_MESSAGES} AND d.deleted_ms IS NULL{{peer}}"
+    " ORDER BY i.seq DESC LIMIT 1"
+)
+_READERS: Final = (
+    "SELECT r.name, r.seq FROM read_markers r JOIN users u ON u.name = r.name"
+    " WHERE r.stream = $1 AND r.seq >= $2 AND u.hide_receipts = 0 ORDER BY r.seq DESC LIMIT $3"
+)
+_READER_COUNT: Final = "SELECT count(*) FROM read_markers WHERE stream = $1"
+#: The newest message between $1 and $2 at seq $3 or before in $1's stream: its seq in $2's.
+_DIRECT_SEQ_FOR: Final = (
+    "SELECT o.seq FROM inbox i JOIN direct_messages d ON d.message_id = i.message_id"
+    " JOIN inbox o ON o.message_id = i.message_id AND o.owner = $2"
+    " WHERE i.owner = $1 AND i.seq <= $3 AND d.kind = 'chat'"
+    " AND ((d.sender = $1 AND d.recipient = $2) OR (d.sender = $2 AND d.recipient = $1))"
+    " ORDER BY i.seq DESC LIMIT 1"
+)
+_DIRECT_PEERS: Final = (
+    f"SELECT DISTINCT CASE WHEN d.sender = $1 THEN d.recipient ELSE d.sender END"
+    f" {_INBOX_MESSAGES} AND i.seq > $2 AND i.seq <= $3 AND d.sender <> d.recipient"
+)
+_HIDE_RECEIPTS: Final = "UPDATE users SET hide_receipts = $2 WHERE name = $1"
+_ROOM_RECEIPTS: Final = "UPDATE rooms SET receipts = $2 WHERE name = $1"
+_ADD_NOTIFICATION: Final = (
+    "INSERT INTO notifications (id, message_id, body, attempts, due_ms, created_ms)"
+    " VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT DO NOTHING"
+)
+_DUE_NOTIFICATIONS: Final = (
+    "SELECT id, body, attempts FROM notifications WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2"
+)
+#: Taken only if no other node took it since it was read (its attempts would have moved).
+_CLAIM_NOTIFICATION: Final = (
+    "UPDATE notifications SET attempts = attempts + 1, due_ms = $3 WHERE id = $1 AND attempts = $2"
+)
+_RETRY_NOTIFICATION: Final = "UPDATE notifications SET due_ms = $2 WHERE id = $1"
+_FINISH_NOTIFICATION: Final = "DELETE FROM notifications WHERE id = $1"
 
 
 class SQLStore(BatchedAppends):
@@ -565,7 +637,7 @@ class SQLStore(BatchedAppends):
 
     async def get_user(self, name: str) -> StoredUser | None:
         row = await self._read(lambda conn: conn.fetchrow(_GET_USER, name.lower()))
-        return StoredUser(row[0], row[1], int(row[2])) if row is not None else None
+        return StoredUser(row[0], row[1], int(row[2]), bool(row[3])) if row is not None else None
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -603,6 +675,108 @@ class SQLStore(BatchedAppends):
         rows = await self._read(lambda conn: conn.fetch(_VISIBLE_ROOMS, user))
         # By code point, as SQLite's BINARY and PostgreSQL's "C" collation order.
         return sorted(_accesses(rows), key=lambda access: access.name)
+
+    # -- read state ----------------------------------------------------------------------------
+
+    async def save_markers(self, markers: Sequence[Marker]) -> None:
+        if not markers:
+            return
+        now_ms = int(self._clock() * 1000)
+        furthest: dict[tuple[str, str], int] = {}
+        for name, stream, seq in markers:  # one row per marker: a statement updates it once
+            furthest[name, stream] = max(seq, furthest.get((name, stream), seq))
+        # In key order: two nodes writing the same users' markers lock rows alike.
+        rows = sorted((name, stream, seq) for (name, stream), seq in furthest.items())
+        await self._write_now(lambda conn: self._upsert_markers(conn, rows, now_ms))
+
+    @staticmethod
+    async def _upsert_markers(conn: SQLConn, rows: list[Marker], now_ms: int) -> None:
+        """Move each marker forward, one statement per row (SQLite runs them in-process)."""
+        await conn.executemany(_SAVE_MARKER, [(*row, now_ms) for row in rows])
+
+    async def markers(self, name: str) -> dict[str, int]:
+        rows = await self._read(lambda conn: conn.fetch(_MARKERS, name))
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def marker(self, name: str, stream: str) -> int | None:
+        value = await self._read(lambda conn: conn.fetchval(_MARKER, name, stream))
+        return int(value) if value is not None else None
+
+    async def unread_in_room(self, room: str, name: str, after: int, upto: int) -> tuple[int, int]:
+        if upto <= after:
+            return 0, 0
+        pattern = _mention_pattern(name)
+        row = await self._read(
+            lambda conn: conn.fetchrow(_UNREAD_IN_ROOM, room, name, after, upto, pattern)
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def last_message(self, room: str) -> tuple[int, int] | None:
+        row = await self._read(lambda conn: conn.fetchrow(_LAST_MESSAGE, room))
+        return (int(row[0]), int(row[1])) if row is not None else None
+
+    async def unread_direct(self, name: str, after: int) -> list[tuple[str, int, bool]]:
+        rows = await self._read(lambda conn: conn.fetch(_UNREAD_DIRECT, name, after))
+        return [(row[0], int(row[1]), name in names_from_column(row[2])) for row in rows]
+
+    async def last_direct(self, name: str, peer: str | None) -> tuple[int, int] | None:
+        args: tuple[str, ...]
+        if peer is None:
+            query, args = _LAST_DIRECT.format(peer=""), (name,)
+        else:
+            query = _LAST_DIRECT.format(peer=" AND (d.sender = $2 OR d.recipient = $2)")
+            args = (name, peer)
+        row = await self._read(lambda conn: conn.fetchrow(query, *args))
+        return (int(row[0]), int(row[1])) if row is not None else None
+
+    async def readers(self, room: str, *, at_least: int = 0, limit: int) -> list[tuple[str, int]]:
+        rows = await self._read(lambda conn: conn.fetch(_READERS, room, at_least, limit))
+        return [(row[0], int(row[1])) for row in rows]
+
+    async def reader_count(self, room: str) -> int:
+        return int(await self._read(lambda conn: conn.fetchval(_READER_COUNT, room)))
+
+    async def direct_seq_for(self, reader: str, peer: str, upto: int) -> int | None:
+        value = await self._read(lambda conn: conn.fetchval(_DIRECT_SEQ_FOR, reader, peer, upto))
+        return int(value) if value is not None else None
+
+    async def direct_peers(self, name: str, after: int, upto: int) -> list[str]:
+        rows = await self._read(lambda conn: conn.fetch(_DIRECT_PEERS, name, after, upto))
+        return sorted(row[0] for row in rows)
+
+    async def set_hide_receipts(self, name: str, hidden: bool) -> None:
+        await self._write_now(lambda conn: conn.execute(_HIDE_RECEIPTS, name, int(hidden)))
+
+    async def set_room_receipts(self, room: str, on: bool) -> None:
+        await self._write_now(lambda conn: conn.execute(_ROOM_RECEIPTS, room, int(on)))
+
+    # -- notifications ---------------------------------------------------------------------
+
+    async def add_notification(self, notification_id: str, message_id: str, body: bytes) -> None:
+        row = (notification_id, message_id, body.decode(), int(self._clock() * 1000))
+        await self._write_now(lambda conn: conn.execute(_ADD_NOTIFICATION, *row))
+
+    async def due_notifications(self, limit: int) -> list[Outgoing]:
+        now_ms = int(self._clock() * 1000)
+        rows = await self._read(lambda conn: conn.fetch(_DUE_NOTIFICATIONS, now_ms, limit))
+        return [(row[0], row[1].encode(), int(row[2])) for row in rows]
+
+    async def claim_notification(self, notification_id: str, attempts: int, lease: float) -> bool:
+        until = int((self._clock() + lease) * 1000)
+        claim = (notification_id, attempts, until)
+        return await self._write_now(lambda conn: conn.execute(_CLAIM_NOTIFICATION, *claim)) == 1
+
+    async def retry_notification(self, notification_id: str, delay: float) -> None:
+        due = int((self._clock() + delay) * 1000)
+        await self._write_now(lambda conn: conn.execute(_RETRY_NOTIFICATION, notification_id, due))
+
+    async def finish_notification(self, notification_id: str) -> None:
+        await self._write_now(lambda conn: conn.execute(_FINISH_NOTIFICATION, notification_id))
+
+    async def notification_count(self) -> int:
+        query = "SELECT count(*) FROM notifications"
+        return int(await self._read(lambda conn: conn.fetchval(query)))
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -676,6 +850,7 @@ async def _migrate_once(conn: SQLConn, now_ms: int) -> Migration | None:
 
 async def _prune_chunk(conn: SQLConn, cutoff_ms: int) -> tuple[int, int]:
     """Delete one chunk of what is older than ``cutoff_ms``: (room messages, direct ones)."""
+    await conn.execute(_PRUNE_NOTIFICATIONS, cutoff_ms)
     rooms = await conn.execute(_PRUNE_MESSAGES, cutoff_ms, PRUNE_CHUNK)
     old = await conn.fetch(_OLD_DIRECT, cutoff_ms, PRUNE_CHUNK)
     if old:
@@ -738,6 +913,7 @@ async def apply_changes(conn: SQLConn, plan: Plan, file_size: str) -> None:
             ids = [(row[1],) for row in deletes]
             await conn.executemany(erase_edits, ids)
             await conn.executemany(_ERASE_REACTIONS, ids)
+            await conn.executemany(_ERASE_NOTIFICATIONS, ids)
 
 
 def _group_reactions(rows: list[Sequence[Any]]) -> dict[str, Reactions]:
@@ -758,14 +934,20 @@ async def _add_members(conn: SQLConn, room: str, members: frozenset[str], now_ms
 
 def _accesses(rows: list[Sequence[Any]]) -> list[RoomAccess]:
     """Rooms' rules from rows of :data:`_ACCESS` (one per member), in the rows' order."""
-    rooms: dict[str, tuple[bool, str | None, set[str]]] = {}
-    for name, private, owner, member in rows:
+    rooms: dict[str, tuple[bool, str | None, set[str], bool]] = {}
+    for name, private, owner, member, receipts in rows:
         room = rooms.get(name)
         if room is None:
-            room = rooms[name] = (bool(private), owner, set())
+            room = rooms[name] = (bool(private), owner, set(), bool(receipts))
         if member is not None:
             room[2].add(member)
     return [
-        RoomAccess(name, private, owner, frozenset(members))
-        for name, (private, owner, members) in rooms.items()
+        RoomAccess(name, private, owner, frozenset(members), receipts)
+        for name, (private, owner, members, receipts) in rooms.items()
     ]
+
+
+def _mention_pattern(name: str) -> str:
+    """The ``LIKE`` pattern (escape ``!``) of ``name`` in a ``mentions`` JSON list."""
+    escaped = name.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f'%"{escaped}"%'
