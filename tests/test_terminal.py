@@ -27,10 +27,13 @@ from roomcast.client import (
     ServerError,
     StateChange,
     Typing,
+    Unread,
+    UnreadCounts,
 )
 from roomcast.client.terminal import (
     HELP,
     Command,
+    CountUnread,
     Delete,
     Dm,
     Edit,
@@ -44,6 +47,7 @@ from roomcast.client.terminal import (
     Quit,
     React,
     ReplyTo,
+    Rooms,
     Say,
     TerminalChat,
     Thread,
@@ -52,6 +56,8 @@ from roomcast.client.terminal import (
     clean,
     parse_command,
     render,
+    rooms_line,
+    unread_line,
 )
 
 #: 09:05 UTC, shown as 11:05 in the UTC+2 zone the rendering tests use.
@@ -112,6 +118,11 @@ def utc_plus_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("/unreact 0a1b x y", Invalid("usage: /unreact ID EMOJI")),
         ("/thread 0a1b", Thread("0a1b")),
         ("/thread", Invalid("usage: /thread ID")),
+        ("/rooms", Rooms()),
+        ("/rooms dev", Invalid("usage: /rooms")),
+        ("/unread", CountUnread()),
+        ("/UNREAD", CountUnread()),
+        ("/unread all", Invalid("usage: /unread")),
         ("/help", Help()),
         ("/quit", Quit()),
         ("/quit now", Invalid("usage: /quit")),
@@ -220,6 +231,8 @@ class FakeClient:
         self.rooms = rooms
         self.sent: list[tuple[str, ...]] = []
         self.refuse: set[str] = set()
+        self.unread = UnreadCounts()
+        self.state = ConnectionState.CONNECTED
 
     def on(self, kind: object, callback: object) -> None:
         pass
@@ -560,3 +573,144 @@ async def test_mentions_show_once_and_changes_follow_the_messages() -> None:
         "111111 [11:05] lobby <bob> message deleted",
         "* me took back :+1: on 111111 in lobby (<bob> message deleted)",
     ]
+
+
+# -- read markers and unread counts ---------------------------------------------------------
+
+
+def counts(rooms: dict[str, Unread], direct: Unread | None = None, **peers: Unread) -> UnreadCounts:
+    """Unread counts as the client would keep them."""
+    return UnreadCounts(rooms, direct, peers)
+
+
+def test_help_lists_rooms_and_unread() -> None:
+    """/help names /rooms and /unread."""
+    assert "/rooms" in HELP and "/unread" in HELP
+
+
+def test_rooms_and_unread_lines_show_counts_with_mentions_marked() -> None:
+    """/rooms lists the rooms joined with (unread, mentions @); /unread only what is unread."""
+    known = counts(
+        {"lobby": Unread(0, 0, 9), "dev": Unread(3, 1, 40), "ops": Unread(2, 0, 5)},
+        Unread(2, 0, 17),
+        bob=Unread(2, 0, 17),
+        cat=Unread(0, 0, 17),
+    )
+    assert rooms_line(["lobby", "dev", "new"], known) == "* rooms: lobby, dev (3, 1 @), new; dm (2)"
+    assert rooms_line(["lobby"], counts({})) == "* rooms: lobby"
+    assert rooms_line([], known) == "* you are in no room"
+    assert unread_line(known) == "* unread: dev (3, 1 @), ops (2), dm bob (2)"
+    assert unread_line(counts({}, Unread(1, 0, 3))) == "* unread: dm (1)"
+    assert unread_line(counts({"lobby": Unread(0, 0, 9)})) == "* nothing unread"
+    evil = counts({"\x1b[2J": Unread(1, 0, 0)})
+    assert "\x1b" not in unread_line(evil) and "\x1b" not in rooms_line(["\x1b[2J"], evil)
+
+
+class ReadingClient(ChangingClient):
+    """A fake client that also marks read and answers unread."""
+
+    def __init__(self, rooms: list[str], user: str = "me") -> None:
+        super().__init__(rooms, user)
+        self.server_counts = UnreadCounts()
+
+    async def mark_read(self, room: str, seq: int | None = None) -> None:
+        if room in self.refuse:
+            raise SendError("not_member", "join it first")
+        self.sent.append(("read", room, str(seq)))
+
+    async def mark_read_direct(self, seq: int | None = None) -> None:
+        self.sent.append(("read_direct", str(seq)))
+
+    async def unread_counts(self) -> UnreadCounts:
+        self.sent.append(("unread",))
+        return self.server_counts
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    """Let the loop run until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def reads(fake: FakeClient) -> list[tuple[str, ...]]:
+    return [sent for sent in fake.sent if sent[0] in ("read", "read_direct")]
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+async def test_what_is_shown_in_the_current_room_is_marked_read_once_a_second() -> None:
+    """Shown in the current room, and direct messages: one read a second each, the newest seq."""
+    fake = ReadingClient(["lobby", "dev"])
+    lines: list[str] = []
+    chat_ui = TerminalChat(cast(Client, fake), room="dev", output=lines.append, read_delay=0.05)
+    show = chat_ui._on_event
+    show(chat(5, "a" * 32, sender="bob"))
+    show(chat(6, "b" * 32, sender="bob"))
+    show(Reaction("a" * 32, ":+1:", "bob", True, 7, room="dev"))
+    show(chat(9, "c" * 32, sender="bob", room="lobby"))  # shown in passing: not read
+    show(DirectMessage("bob", "me", "psst", 3, "d" * 32, STAMP))
+    show(Typing("dev", "bob"))  # not a message
+    assert not reads(fake)  # not at once: a second later
+    await until(lambda: len(reads(fake)) == 2)
+    assert reads(fake) == [("read", "dev", "7"), ("read_direct", "3")]
+    # The next message shown starts another wait; one read for all shown by then.
+    fake.unread = counts({"dev": Unread(0, 0, 7)})
+    show(chat(8, "e" * 32, sender="bob"))
+    show(chat(10, "f" * 32, sender="bob"))
+    await until(lambda: len(reads(fake)) == 3)
+    assert reads(fake)[-1] == ("read", "dev", "10")
+    # Read as far already (another device): nothing sent.
+    fake.unread = counts({"dev": Unread(0, 0, 12)})
+    show(chat(11, "1" * 32, sender="bob"))
+    show(chat(12, "2" * 32, sender="bob", room="lobby"))
+    chat_ui.room = "lobby"
+    show(chat(12, "2" * 32, sender="bob", room="lobby"))
+    await until(lambda: len(reads(fake)) == 4)
+    assert reads(fake)[-1] == ("read", "lobby", "12")
+    # A room left meanwhile, or a refused read: nothing shown, no error line.
+    fake.refuse.add("lobby")
+    show(chat(13, "3" * 32, sender="bob", room="lobby"))
+    await until(lambda: chat_ui._read_timer is None and not chat_ui._tasks)
+    assert not [line for line in lines if line.startswith("!")]
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+async def test_history_reads_the_room_a_thread_does_not() -> None:
+    """/history shows the room's newest: read up to them; /thread's replies leave the marker."""
+    fake = ReadingClient(["lobby", "dev"])
+    chat_ui = TerminalChat(cast(Client, fake), room="dev", output=[].append, read_delay=0.01)
+    fake.thread = [chat(3, "a" * 32, sender="bob"), chat(4, "b" * 32, reply_to="a" * 32)]
+    assert chat_ui.execute(parse_command(f"/thread {'a' * 32}"))  # a whole id: not seen yet
+    await until(lambda: ("history", "dev", "a" * 32) in fake.sent)
+    assert chat_ui._read_timer is None
+    assert chat_ui.execute(parse_command("/history 2"))
+    await until(lambda: bool(reads(fake)))
+    assert reads(fake) == [("read", "dev", "4")]
+
+
+async def test_quitting_sends_the_reads_still_waiting() -> None:
+    """Leaving before the second is up still marks what was shown."""
+    fake = ReadingClient(["lobby"])
+    chat_ui = TerminalChat(cast(Client, fake), output=[].append, read_delay=60.0)
+    chat_ui._on_event(chat(4, "a" * 32, sender="bob", room="lobby"))
+    await chat_ui._flush_reads()
+    assert reads(fake) == [("read", "lobby", "4")] and chat_ui._read_timer is None
+
+
+async def test_rooms_unread_join_and_greeting_show_the_counts() -> None:
+    """/rooms from the cache, /unread from the server, and the join and greeting lines."""
+    fake = ReadingClient(["lobby"])
+    lines: list[str] = []
+    chat_ui = TerminalChat(cast(Client, fake), output=lines.append)
+    fake.unread = counts({"lobby": Unread(2, 1, 4), "dev": Unread(3, 0, 8)})
+    chat_ui._on_event(StateChange(ConnectionState.CONNECTING, ConnectionState.CONNECTED))
+    assert lines[-1] == "* you are me, talking in lobby (2 unread, 1 @); /help lists the commands"
+    assert chat_ui.execute(parse_command("/join dev"))
+    await until(lambda: lines[-1].startswith("* joined"))
+    assert lines[-1] == "* joined dev (2 here, 3 unread); messages go to dev"
+    assert chat_ui.execute(parse_command("/rooms"))
+    assert lines[-1] == "* rooms: lobby (2, 1 @), dev (3)"
+    fake.server_counts = counts({"team": Unread(1, 1, 0)}, Unread(0, 0, 2))
+    assert chat_ui.execute(parse_command("/unread"))
+    await until(lambda: lines[-1].startswith("* unread"))
+    assert lines[-1] == "* unread: team (1, 1 @)"

@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import pexpect
@@ -17,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.integration.serverproc import ServerFactory, ServerProcess
-from tests.integration.users import PASSWORD, register, sign_up
+from tests.integration.users import PASSWORD, call, register, sign_up
 
 Chat = Callable[..., pexpect.spawn]
 
@@ -224,3 +225,39 @@ def test_reply_edit_react_and_delete_from_the_terminal(chat: Chat, server: Serve
     ann.sendline(f"/react {root} a b")
     ann.expect_exact("! ")
     assert screen(bob).count("(edited)") == 1
+
+
+def test_rooms_and_unread_show_counts_and_the_current_room_is_read(
+    chat: Chat, server: ServerProcess
+) -> None:
+    """/rooms and /unread show what ann has not read; what she sees in her room is marked read."""
+    token = asyncio.run(sign_up(server, "ann"))
+    asyncio.run(sign_up(server, "bob"))
+    ann = chat(server, "--user", "ann", "--room", "dev", password=PASSWORD)
+    ann.expect_exact("* you are ann, talking in dev")
+    bob = user(chat, server, "bob")
+    bob.sendline("anyone around?")
+    bob.sendline("@ann are you?")
+    ann.expect_exact("lobby <bob> @ann are you?")  # shown in passing: dev is ann's room
+    ann.sendline("/rooms")
+    ann.expect_exact("* rooms: lobby (2, 1 @), dev\r")
+    ann.sendline("/unread")
+    ann.expect_exact("* unread: lobby (2, 1 @)\r")
+
+    bob.sendline("/join dev")
+    bob.expect_exact("* joined dev")
+    bob.sendline("in dev now")
+    ann.expect_exact("dev <bob> in dev now")
+
+    def dev_read() -> bool:
+        status, body = asyncio.run(call(server, "GET", "/api/unread", bearer=token))
+        assert status == 200, body
+        [dev] = [room for room in body["rooms"] if room["room"] == "dev"]
+        return dev["unread"] == 0 and dev["last_read"] == dev["last_seq"] > 0
+
+    deadline = time.monotonic() + 15
+    while not dev_read():  # read about a second after it was shown
+        assert time.monotonic() < deadline, "ann's terminal did not mark dev read"
+        time.sleep(0.1)
+    ann.sendline("/unread")
+    ann.expect_exact("* unread: lobby (2, 1 @)\r")  # lobby was not her room: still unread

@@ -4,6 +4,8 @@
         await chat.send_chat("hello")          # returns once the server stored it
         async for event in chat:                # every message once, in order
             print(event)
+        await chat.mark_read("lobby")          # read up to the newest seq delivered
+        print(chat.unread.rooms["lobby"].unread)  # counts kept without asking again
 
 It imports only :mod:`roomcast.protocol`'s neighbours it needs (nothing of
 the server), :mod:`websockets` and :mod:`orjson`. See docs/client.md.
@@ -31,11 +33,15 @@ from .events import (
     Presence,
     Quote,
     Reaction,
+    ReadMarker,
+    Receipt,
     Reply,
     RoomMessage,
     ServerError,
     StateChange,
     Typing,
+    Unread,
+    UnreadCounts,
     parse_server_frame,
 )
 
@@ -58,11 +64,15 @@ __all__ = [
     "QueueFull",
     "Quote",
     "Reaction",
+    "ReadMarker",
+    "Receipt",
     "Reply",
     "RoomMessage",
     "SendError",
     "ServerError",
     "StateChange",
     "Typing",
+    "Unread",
+    "UnreadCounts",
     "parse_server_frame",
 ]

@@ -41,9 +41,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -61,13 +63,18 @@ from .events import (
     MessageDeleted,
     MessageEdited,
     Reaction,
+    ReadMarker,
     Reply,
     RoomMessage,
     ServerError,
     StateChange,
+    Unread,
+    UnreadCounts,
     direct_item,
     parse_server_frame,
+    read_marker,
     room_message,
+    unread_counts,
 )
 
 __all__ = [
@@ -79,6 +86,7 @@ __all__ = [
     "QueueFull",
     "SendError",
     "SeqStream",
+    "UnreadBook",
 ]
 
 logger = logging.getLogger("roomcast.client")
@@ -89,6 +97,12 @@ INTERNAL_RETRY_FIRST: Final = 0.25
 INTERNAL_RETRY_CAP: Final = 5.0
 #: The key of the direct-message stream among the rooms' streams.
 _DIRECT: Final = "@direct"
+#: Messages counted unread since the server's last numbers that a conversation
+#: remembers (by id, so that a delete can take one back); older ones are forgotten.
+LIVE_UNREAD_CAP: Final = 1000
+#: No receipts on a history page (the room has them off, or nobody to list).
+_NO_RECEIPTS: Final[Mapping[str, int]] = MappingProxyType({})
+_NO_READ_COUNTS: Final[Mapping[int, int]] = MappingProxyType({})
 
 
 class ClientError(Exception):
@@ -135,12 +149,20 @@ class HistoryPage:
 
     ``has_more``: older messages exist; ``has_newer`` (pages read ``around``
     a seq only): newer ones exist after the page.
+
+    In a room with receipts on, for a "seen by" under the messages:
+    ``receipts`` (rooms of at most 100 readers) maps each reader to the seq
+    they have read up to; ``read_counts`` (bigger rooms) maps each message's
+    seq on the page to how many readers other than its sender have read it.
+    Both are empty otherwise; users who hide their receipts are never counted.
     """
 
     room: str
     messages: list[RoomMessage]
     has_more: bool
     has_newer: bool = False
+    receipts: Mapping[str, int] = field(default_factory=lambda: _NO_RECEIPTS, hash=False)
+    read_counts: Mapping[int, int] = field(default_factory=lambda: _NO_READ_COUNTS, hash=False)
 
 
 class SeqStream:
@@ -187,6 +209,243 @@ class SeqStream:
                 ready.append(event)
             self.expected += 1
         return ready
+
+
+@dataclass(slots=True)
+class _Count:
+    """One conversation's unread count: the server's last numbers plus the messages since."""
+
+    unread: int
+    mentions: int
+    last_read: int
+    last_seq: int | None = None
+    last_at: datetime | None = None
+    #: Messages up to this seq are in the numbers already (the server counted
+    #: them, or they were counted here): a replay of one adds nothing.
+    through: int = 0
+    #: The messages counted here since the server's numbers: id -> (seq, names this user).
+    live: dict[str, tuple[int, bool]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, entry: Unread, through: int) -> _Count:
+        return cls(
+            entry.unread, entry.mentions, entry.last_read, entry.last_seq, entry.last_at, through
+        )
+
+    def snapshot(self) -> Unread:
+        return Unread(self.unread, self.mentions, self.last_read, self.last_seq, self.last_at)
+
+    def message(
+        self,
+        seq: int,
+        message_id: str,
+        *,
+        mine: bool,
+        names_me: bool,
+        at: datetime | None,
+        marks: bool = True,
+    ) -> bool:
+        """A message delivered: unread when it is another's, after the marker, not counted yet.
+
+        One of this user's own is read, and (``marks``) so is everything
+        before it: the server moves the sender's marker to what they send,
+        and says nothing. False for a message counted already.
+        """
+        if seq <= self.through:
+            return False
+        self.through = seq
+        self.last_seq, self.last_at = seq, at or self.last_at
+        if mine:
+            if marks:  # delivered in seq order: nothing counted here is newer than it
+                self.take(0, 0, max(self.last_read, seq))
+            return True
+        if seq > self.last_read:
+            self.unread += 1
+            self.mentions += names_me
+            self.live[message_id] = (seq, names_me)
+            if len(self.live) > LIVE_UNREAD_CAP:
+                del self.live[next(iter(self.live))]
+        return True
+
+    def deleted(self, message_id: str) -> None:
+        """A deleted message is not unread any more (when it was counted here)."""
+        counted = self.live.pop(message_id, None)
+        if counted is not None:
+            self.unread = max(0, self.unread - 1)
+            self.mentions = max(0, self.mentions - counted[1])
+
+    def take(self, unread: int, mentions: int, last_read: int) -> None:
+        """The server's numbers: they count every message delivered so far."""
+        self.unread, self.mentions, self.last_read = unread, mentions, last_read
+        self.live.clear()
+
+    def merge(self, entry: Unread, through: int) -> _Count:
+        """The server's ``entry`` (as of ``through``) and the messages counted here after it."""
+        merged = _Count.of(entry, max(through, self.through))
+        for message_id, (seq, names_me) in self.live.items():
+            if seq > through and seq > entry.last_read:
+                merged.unread += 1
+                merged.mentions += names_me
+                merged.live[message_id] = (seq, names_me)
+        if self.last_seq is not None and (entry.last_seq is None or self.last_seq > entry.last_seq):
+            merged.last_seq, merged.last_at = self.last_seq, self.last_at
+        return merged
+
+    def read_to(self, seq: int) -> None:
+        """The marker moved to ``seq`` without new numbers: drop what is known to be read."""
+        if seq <= self.last_read:
+            return
+        self.last_read = seq
+        if self.last_seq is not None and self.last_seq <= seq:
+            self.unread = self.mentions = 0
+            self.live.clear()
+            return
+        for message_id, (at, names_me) in list(self.live.items()):
+            if at <= seq:
+                del self.live[message_id]
+                self.unread = max(0, self.unread - 1)
+                self.mentions = max(0, self.mentions - names_me)
+
+
+def _names_me(me: str | None, mentions: tuple[str, ...]) -> bool:
+    if me is None:
+        return False
+    folded = me.casefold()
+    return any(name.casefold() == folded for name in mentions)
+
+
+class UnreadBook:
+    """The unread counts a client keeps: the server's numbers, then the messages since. Pure.
+
+    The server's numbers come from ``joined`` (:meth:`joined`), ``read``
+    frames (:meth:`read`) and ``unread`` replies (:meth:`replace`). Between
+    them each message delivered from someone else after the marker adds one
+    (:meth:`message`), and a mention of this user one mention; a delete takes
+    back one counted here. Each conversation knows up to which seq the
+    numbers count already, so a replay after a reconnect is not counted
+    twice. Only conversations the server gave numbers for are counted: the
+    direct stream once an ``unread`` reply or a direct ``read`` came.
+    """
+
+    __slots__ = ("conversations", "direct", "rooms")
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, _Count] = {}
+        self.direct: _Count | None = None
+        self.conversations: dict[str, _Count] = {}
+
+    def snapshot(self) -> UnreadCounts:
+        """The counts now, frozen."""
+        return UnreadCounts(
+            MappingProxyType({room: c.snapshot() for room, c in self.rooms.items()}),
+            self.direct.snapshot() if self.direct is not None else None,
+            MappingProxyType({peer: c.snapshot() for peer, c in self.conversations.items()}),
+        )
+
+    def joined(self, payload: dict[str, Any]) -> None:
+        """A ``joined`` with counts (a registered user's): the room's numbers as of its seq."""
+        if "unread" not in payload or "last_read" not in payload:
+            return  # a guest's: nothing is counted for it
+        room = str(payload.get("room", ""))
+        known = self.rooms.get(room)
+        try:
+            through = int(payload.get("seq") or 0)
+            entry = Unread(
+                int(payload.get("unread") or 0),
+                int(payload.get("mentions") or 0),
+                int(payload["last_read"]),
+                known.last_seq if known is not None else None,
+                known.last_at if known is not None else None,
+            )
+        except (TypeError, ValueError):
+            logger.warning("ignored the counts of a joined the client cannot read")
+            return
+        self.rooms[room] = _Count.of(entry, through)
+
+    def read(self, marker: ReadMarker, seen: int | None) -> bool:
+        """A ``read`` frame: take its numbers unless it is older than the marker known.
+
+        ``seen``: the newest seq delivered in that conversation (the new
+        numbers count it already). False when the frame is stale (two devices
+        raced, or frames from two nodes crossed): nothing changed.
+        """
+        if marker.room is not None:
+            table, key = self.rooms, marker.room
+        elif marker.with_ is not None:
+            table, key = self.conversations, marker.with_
+        else:
+            table, key = None, ""
+        known = self.direct if table is None else table.get(key)
+        if known is not None and marker.seq < known.last_read:
+            return False
+        if known is None:
+            known = _Count(marker.unread, marker.mentions, marker.seq)
+            if table is None:
+                self.direct = known
+            else:
+                table[key] = known
+        elif table is self.conversations and self.direct is not None:
+            # The whole stream loses what this conversation did.
+            self.direct.unread = max(0, self.direct.unread - (known.unread - marker.unread))
+            self.direct.mentions = max(0, self.direct.mentions - (known.mentions - marker.mentions))
+        known.take(marker.unread, marker.mentions, marker.seq)
+        known.through = max(known.through, marker.seq, seen or 0)
+        if table is None:  # the whole stream: every conversation is read as far
+            for conversation in self.conversations.values():
+                conversation.read_to(marker.seq)
+        return True
+
+    def replace(self, counts: UnreadCounts) -> None:
+        """An ``unread`` reply: its numbers, plus the messages counted here after each."""
+
+        def merged(known: _Count | None, entry: Unread) -> _Count:
+            through = entry.last_seq or 0
+            return _Count.of(entry, through) if known is None else known.merge(entry, through)
+
+        self.rooms = {room: merged(self.rooms.get(room), e) for room, e in counts.rooms.items()}
+        if counts.direct is not None:
+            self.direct = merged(self.direct, counts.direct)
+            self.conversations = {
+                peer: merged(self.conversations.get(peer), entry)
+                for peer, entry in counts.conversations.items()
+            }
+
+    def message(self, event: RoomMessage | DirectMessage, me: str | None) -> None:
+        """A message delivered (live, or replayed: then it is counted already)."""
+        mine = me is not None and event.sender.casefold() == me.casefold()
+        facts = (event.seq, event.message_id)
+        names_me = _names_me(me, event.mentions)
+        if isinstance(event, RoomMessage):
+            if event.room in self.rooms:
+                self.rooms[event.room].message(
+                    *facts, mine=mine, names_me=names_me, at=event.timestamp
+                )
+            return
+        whole = self.direct
+        if whole is None:
+            return  # not known: an unread reply or a direct read brings it
+        peer = event.to if mine else event.sender
+        conversation = self.conversations.get(peer)
+        if conversation is None:  # a new conversation: read as far as the whole stream
+            conversation = self.conversations[peer] = _Count(0, 0, whole.last_read)
+        before = (conversation.unread, conversation.mentions)
+        # Sending moves the sender's marker of that conversation, not of the whole stream.
+        whole.message(*facts, mine=mine, names_me=names_me, at=event.timestamp, marks=False)
+        new = conversation.message(*facts, mine=mine, names_me=names_me, at=event.timestamp)
+        if new and mine:  # what that conversation had unread is read now
+            whole.unread = max(0, whole.unread - before[0])
+            whole.mentions = max(0, whole.mentions - before[1])
+
+    def deleted(self, event: MessageDeleted) -> None:
+        """A deleted message is no longer unread."""
+        if event.room is not None:
+            count = self.rooms.get(event.room)
+            if count is not None:
+                count.deleted(event.message_id)
+            return
+        for count in (self.direct, *self.conversations.values()):
+            if count is not None:
+                count.deleted(event.message_id)
 
 
 def _new_id() -> str:
@@ -260,6 +519,9 @@ class Client:
         self._pruned: set[str] = set()
         #: When each of the last 100 connection attempts began (``time.monotonic()``).
         self.attempts: deque[float] = deque(maxlen=100)
+        self._book = UnreadBook()
+        #: The newest seq of this user's direct stream seen with each peer.
+        self._peer_seq: dict[str, int] = {}
 
     # -- life cycle ------------------------------------------------------------
 
@@ -328,7 +590,36 @@ class Client:
                 return
             yield event
 
+    def _account(self, event: Event) -> None:
+        """Count a message delivered (or take back a deleted one) in the unread counts."""
+        if isinstance(event, RoomMessage | DirectMessage):
+            self._book.message(event, self.user)
+            if isinstance(event, DirectMessage):
+                self._saw_peer(event.sender, event.to, event.seq)
+        elif isinstance(event, MessageDeleted):
+            self._book.deleted(event)
+        if isinstance(event, MessageEdited | MessageDeleted | Reaction) and event.room is None:
+            self._saw_peer(event.sender or "", event.to or "", event.seq)
+
+    def _saw_peer(self, sender: str, to: str, seq: int) -> None:
+        me = (self.user or "").casefold()
+        peer = to if sender.casefold() == me else sender
+        if seq > self._peer_seq.get(peer, 0):
+            self._peer_seq[peer] = seq
+
+    def _marker_moved(self, marker: ReadMarker) -> None:
+        """This user's marker moved (a read frame, or the answer to ours): count, deliver."""
+        if marker.room is not None:
+            seen = self.last_seq(marker.room)
+        elif marker.with_ is not None:
+            seen = self._peer_seq.get(marker.with_)
+        else:
+            seen = self.last_seq(_DIRECT)
+        if self._book.read(marker, seen):
+            self._emit(marker)
+
     def _emit(self, event: Event) -> None:
+        self._account(event)  # first: a callback reading the counts sees this message in them
         if self._iterating:  # kept only for an application that iterates
             self._events.put_nowait(event)
         for kind, callback in list(self._callbacks):
@@ -497,7 +788,93 @@ class Client:
             [room_message({"room": room, **item}) for item in items],
             bool(reply.payload.get("has_more")),
             bool(reply.payload.get("has_newer")),
+            _receipts(reply.payload.get("receipts")),
+            _read_counts(reply.payload.get("read_counts")),
         )
+
+    # -- read markers and unread counts --------------------------------------------
+
+    async def mark_read(
+        self, room: str, seq: int | None = None, *, timeout: float | None = 30.0
+    ) -> ReadMarker:
+        """Tell the server this user has read ``room`` up to ``seq``; the marker it keeps.
+
+        ``seq`` None: the newest seq this client delivered from ``room``. The
+        marker never moves back (the answer then carries it as it is) and a
+        seq past the room's last is lowered to it. The answer has the counts
+        after the move; every other connection of this user gets them as a
+        :class:`ReadMarker` event (this one too). Nothing is debounced here:
+        an application that marks as messages scroll past should send at
+        most about one a second per conversation (the server coalesces its
+        writes anyway). A guest's marker lives on its connection only.
+
+        Raises:
+            ValueError: ``seq`` None and nothing was delivered from ``room``.
+            SendError: ``not_member``: this client is not in ``room``.
+        """
+        if seq is None:
+            seq = self.last_seq(room)
+            if seq is None:
+                raise ValueError(f"nothing seen in {room} yet: give the seq read")
+        reply = await self.request("read", {"room": room, "seq": seq}, timeout=timeout)
+        return read_marker(reply.payload)
+
+    async def mark_read_direct(
+        self, seq: int | None = None, *, with_: str | None = None, timeout: float | None = 30.0
+    ) -> ReadMarker:
+        """Mark direct messages read up to ``seq`` of this user's stream; the marker kept.
+
+        ``with_`` None: the whole direct stream; else only the conversation
+        with that user. ``seq`` None: the newest seq delivered (with ``with_``:
+        the newest seen with that user, else the stream's). Registered users
+        only (``forbidden`` for a guest). See :meth:`mark_read` on debouncing.
+
+        Raises:
+            ValueError: ``seq`` None and the direct stream is not known yet.
+            SendError: ``forbidden`` for a guest.
+        """
+        if seq is None:
+            newest = self._peer_seq.get(with_) if with_ is not None else None
+            seq = newest if newest is not None else self.last_seq(_DIRECT)
+            if seq is None:
+                raise ValueError("no direct message seen yet: give the seq read")
+        payload: dict[str, Any] = {"direct": True, "seq": seq}
+        if with_ is not None:
+            payload["with"] = with_
+        reply = await self.request("read", payload, timeout=timeout)
+        return read_marker(reply.payload)
+
+    async def unread_counts(self, *, timeout: float | None = 30.0) -> UnreadCounts:
+        """Ask the server what this user has not read; refresh :attr:`unread` with it.
+
+        Every room the user has read in (or belongs to), the whole direct
+        stream and each direct conversation. Returns :attr:`unread` as it is
+        then: the server's numbers plus any message delivered after it
+        counted. Registered users only.
+
+        Raises:
+            SendError: ``forbidden`` for a guest.
+            ValueError: the server's answer cannot be read.
+        """
+        reply = await self.request("unread", {}, timeout=timeout)
+        self._book.replace(unread_counts(reply.payload))
+        return self._book.snapshot()
+
+    @property
+    def unread(self) -> UnreadCounts:
+        """The unread counts known now, without asking the server.
+
+        Kept up to date from each ``joined`` (a registered user's rooms),
+        every message delivered (from someone else, after the marker: one
+        more; naming this user: one more mention), ``read`` frames from any
+        of this user's devices and :meth:`unread_counts` answers; a
+        reconnect refreshes them (``joined`` again, and ``unread`` once the
+        direct stream is known). Rooms this client is not in are as the last
+        answer left them; ``direct`` is None until :meth:`unread_counts` or a
+        direct read brought its numbers. A guest has no counts, except those
+        its own reads answered.
+        """
+        return self._book.snapshot()
 
     async def presence(self, room: str = LOBBY) -> list[str]:
         """Who is in ``room``."""
@@ -658,6 +1035,13 @@ class Client:
                 await self._page_back(ws, reader, room, reply.payload)
         if self.token is not None:
             await self._catch_up_direct(ws, reader)
+            if self._book.direct is not None:
+                # Reads made on other devices meanwhile: the rooms' came with
+                # joined, the direct stream's come with a fresh unread.
+                reply = await self._ask(ws, reader, "unread", {})
+                if reply.type == "unread":
+                    with contextlib.suppress(ValueError):
+                        self._book.replace(unread_counts(reply.payload))
         # What waits goes out in order; sends made meanwhile join the end of
         # the outbox and are picked up by the next pass.
         while True:
@@ -827,16 +1211,26 @@ class Client:
             elif event.room in self._streams:
                 self._deliver(event.room, event.seq, event)
             return
+        if isinstance(event, ReadMarker):
+            self._marker_moved(event)
+            return
         if isinstance(event, Reply):
             if event.type == "system":
                 user = event.payload.get("user") or {}
-                self.user = str(user.get("name") or "") or None
+                self._signed_in(str(user.get("name") or "") or None)
             elif event.type == "auth" and event.payload.get("ok"):
-                self.user = str((event.payload.get("user") or {}).get("name") or self.user)
+                self._signed_in(str((event.payload.get("user") or {}).get("name") or self.user))
             elif event.type == "joined":
                 # The lobby on connect, or an answer to join: the stream starts
                 # after the room's last seq (a resume join is checked in _resume).
                 self._joined(event.payload, resumed=False)
+                self._book.joined(event.payload)
+            elif event.type == "read" and event.id is not None:
+                # The answer to this client's read: the counts move as for any device's.
+                try:
+                    self._marker_moved(read_marker(event.payload))
+                except (KeyError, TypeError, ValueError) as exc:
+                    logger.warning("ignored a read answer the client cannot read: %r", exc)
             elif event.type == "left" and event.id is None:
                 # The server took this connection out of the room (a new
                 # identity may not be in it): do not join it again on resume.
@@ -847,6 +1241,13 @@ class Client:
         if isinstance(event, ServerError) and event.code == "token_expired":
             self._token_expired()
         self._emit(event)
+
+    def _signed_in(self, user: str | None) -> None:
+        """Who this connection is; another user than before starts the counts over."""
+        if self.user is not None and user is not None and user.casefold() != self.user.casefold():
+            self._book = UnreadBook()
+            self._peer_seq.clear()
+        self.user = user
 
     def _answer(self, reply: Reply) -> None:
         out = self._outbox.get(reply.id or "")
@@ -923,6 +1324,21 @@ class Client:
                 self._emit(ready)
         for ready in stream.offer(seq, event):
             self._emit(ready)
+
+
+def _receipts(value: object) -> Mapping[str, int]:
+    """A history reply's ``receipts`` (reader -> seq read up to); empty when absent or bad."""
+    if type(value) is not dict or not value:
+        return _NO_RECEIPTS
+    return MappingProxyType({str(user): seq for user, seq in value.items() if type(seq) is int})
+
+
+def _read_counts(value: object) -> Mapping[int, int]:
+    """A history reply's ``read_counts`` (``[[seq, n], ...]``) as seq -> readers."""
+    if not isinstance(value, list) or not value:
+        return _NO_READ_COUNTS
+    pairs = (p for p in value if isinstance(p, list) and len(p) == 2)
+    return MappingProxyType({p[0]: p[1] for p in pairs if type(p[0]) is int and type(p[1]) is int})
 
 
 def _frame(kind: str, payload: dict[str, Any], fid: str | None = None) -> str:

@@ -28,11 +28,15 @@ __all__ = [
     "Presence",
     "Quote",
     "Reaction",
+    "ReadMarker",
+    "Receipt",
     "Reply",
     "RoomMessage",
     "ServerError",
     "StateChange",
     "Typing",
+    "Unread",
+    "UnreadCounts",
     "parse_server_frame",
 ]
 
@@ -197,6 +201,83 @@ class Mention:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadMarker:
+    """This user's read marker moved, from this client or another device of the same user.
+
+    In ``room`` (``room`` None: the direct stream; ``with_`` names the one
+    conversation when only that one was read, else the whole stream moved).
+    ``seq`` is the marker (a seq of the room, or of this user's direct
+    stream); ``unread`` and ``mentions`` the counts after the move (of the
+    conversation with ``with_``, else of the whole direct stream). Two
+    devices may race: the client keeps the highest marker, and a frame
+    older than what it knows is not delivered.
+    """
+
+    seq: int
+    unread: int
+    mentions: int
+    room: str | None = None
+    with_: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """``user`` has read up to ``seq``, so a "seen by" can be shown.
+
+    In ``room`` (only in rooms with receipts on and at most 100 readers;
+    the server sends at most one a second per user and room), or, with
+    ``room`` None, the conversation with ``user`` up to ``seq`` of **this**
+    user's direct stream (the newest message between the two that they read).
+    Users who hide their receipts send none.
+    """
+
+    user: str
+    seq: int
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """What this user has not read in one conversation (a room, the direct stream, one peer).
+
+    ``unread`` counts messages from others after the marker ``last_read``
+    (deleted ones not counted), ``mentions`` those of them naming this
+    user. ``last_seq`` and ``last_at``: the newest message there (None when
+    not known, or when there is none), so that a list can sort by activity.
+    """
+
+    unread: int
+    mentions: int
+    last_read: int
+    last_seq: int | None = None
+    last_at: datetime | None = None
+
+
+#: Nothing unread: no conversations known.
+_NONE: Final[Mapping[str, Unread]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadCounts:
+    """Unread counts: per room, the whole direct stream, and per direct conversation.
+
+    ``direct`` is None while the client does not know it (a guest, or a
+    client that has not asked with :meth:`Client.unread_counts` nor seen a
+    direct ``read`` yet). Read-only mappings, by room name and by peer.
+    """
+
+    rooms: Mapping[str, Unread] = field(default_factory=lambda: _NONE, hash=False)
+    direct: Unread | None = None
+    conversations: Mapping[str, Unread] = field(default_factory=lambda: _NONE, hash=False)
+
+    @property
+    def total(self) -> int:
+        """Messages unread in every room and direct conversation (for a badge)."""
+        rooms = sum(u.unread for u in self.rooms.values())
+        return rooms + (self.direct.unread if self.direct is not None else 0)
+
+
+@dataclass(frozen=True, slots=True)
 class Presence:
     """Someone joined or left a room."""
 
@@ -250,6 +331,8 @@ Event = (
     | MessageDeleted
     | Reaction
     | Mention
+    | ReadMarker
+    | Receipt
     | Presence
     | Typing
     | ServerError
@@ -411,6 +494,67 @@ def change_event(kind: str, payload: dict[str, Any], timestamp: object = None) -
     return None
 
 
+def read_marker(payload: dict[str, Any]) -> ReadMarker:
+    """The :class:`ReadMarker` of a ``read`` frame (room, whole direct stream, or ``with``).
+
+    Raises KeyError, TypeError or ValueError for a payload without a seq or a room.
+    """
+    direct = payload.get("direct") is True
+    return ReadMarker(
+        seq=int(payload["seq"]),
+        # A guest's answer may carry no counts: nothing is stored for it.
+        unread=int(payload.get("unread") or 0),
+        mentions=int(payload.get("mentions") or 0),
+        room=None if direct else str(payload["room"]),
+        with_=_optional_str(payload.get("with")) if direct else None,
+    )
+
+
+def receipt(payload: dict[str, Any]) -> Receipt:
+    """The :class:`Receipt` of a ``receipt`` frame (in a room, or ``direct``)."""
+    room = None if payload.get("direct") is True else str(payload["room"])
+    return Receipt(str(payload["user"]), int(payload["seq"]), room)
+
+
+def unread_entry(item: dict[str, Any]) -> Unread:
+    """One conversation of an ``unread`` reply (a room, the direct stream, a peer)."""
+    last_seq = item.get("last_seq")
+    return Unread(
+        unread=int(item.get("unread") or 0),
+        mentions=int(item.get("mentions") or 0),
+        last_read=int(item.get("last_read") or 0),
+        last_seq=None if last_seq is None else int(last_seq),
+        last_at=_time(item.get("last_at")),
+    )
+
+
+def unread_counts(payload: dict[str, Any]) -> UnreadCounts:
+    """The :class:`UnreadCounts` of an ``unread`` reply (or ``GET /api/unread``).
+
+    Raises:
+        ValueError: an entry lacks its room or peer, or a count is not a number.
+    """
+    try:
+        rooms = payload.get("rooms") or []
+        direct = payload.get("direct")
+        conversations = direct.get("conversations") or [] if type(direct) is dict else []
+        return UnreadCounts(
+            rooms=MappingProxyType(
+                {str(item["room"]): unread_entry(item) for item in rooms if type(item) is dict}
+            ),
+            direct=unread_entry(direct) if type(direct) is dict else None,
+            conversations=MappingProxyType(
+                {
+                    str(item["with"]): unread_entry(item)
+                    for item in conversations
+                    if type(item) is dict
+                }
+            ),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"malformed unread reply: {exc!r}") from None
+
+
 #: The server frames that change a message, and ``mention``.
 CHANGE_TYPES: Final = frozenset({"edit", "delete", "reaction", "mention"})
 
@@ -466,6 +610,11 @@ def parse_server_frame(data: str | bytes) -> Event:
             return Presence(str(payload["room"]), str(payload["user"]), str(payload["event"]))
         if kind == "typing":
             return Typing(str(payload["room"]), str(payload["user"]))
+        if kind == "receipt":
+            return receipt(payload)
+        if kind == "read" and fid is None:
+            # With an id it answers this client's own read: a Reply, for the sender.
+            return read_marker(payload)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed {kind} frame: {exc!r}") from None
     if kind == "error" and fid is None:

@@ -47,10 +47,13 @@ from .events import (
     ServerError,
     StateChange,
     Typing,
+    Unread,
+    UnreadCounts,
 )
 
 __all__ = [
     "Command",
+    "CountUnread",
     "Delete",
     "Dm",
     "Edit",
@@ -64,6 +67,7 @@ __all__ = [
     "Quit",
     "React",
     "ReplyTo",
+    "Rooms",
     "Say",
     "Seen",
     "TerminalChat",
@@ -73,6 +77,8 @@ __all__ = [
     "clean",
     "parse_command",
     "render",
+    "rooms_line",
+    "unread_line",
 ]
 
 #: Seconds between two "is typing" lines for one user in one room (and
@@ -86,6 +92,9 @@ SHORT_ID: Final = 6
 EXCERPT: Final = 40
 #: What ``/edit`` and ``/delete`` take for your last message in the current room.
 LAST: Final = "last"
+#: Seconds a shown message waits before the terminal tells the server it was
+#: read: one ``read`` a second at most, for the newest seq shown by then.
+READ_DELAY: Final = 1.0
 
 HELP: Final = """\
 * plain text goes to the current room (a line starting with // sends one starting with /)
@@ -99,6 +108,8 @@ HELP: Final = """\
 * /delete ID|last     delete your message ID
 * /react ID EMOJI     react to message ID (an emoji or :name:); /unreact ID EMOJI undoes it
 * /thread ID          message ID and the replies to it
+* /rooms              your rooms with what is unread: dev (3, 1 @) is 3 unread, 1 naming you
+* /unread             what you have not read anywhere, rooms and direct messages
 * /quit               leave (Ctrl-D does too)
 * lines starting with @ mention you"""
 
@@ -189,6 +200,16 @@ class Thread:
 
 
 @dataclass(frozen=True, slots=True)
+class Rooms:
+    """List the rooms joined, each with its unread count as the client knows it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CountUnread:
+    """Ask the server what is unread, in every room and direct conversation."""
+
+
+@dataclass(frozen=True, slots=True)
 class Help:
     """Show the commands."""
 
@@ -222,6 +243,8 @@ Command = (
     | Delete
     | React
     | Thread
+    | Rooms
+    | CountUnread
     | Help
     | Quit
     | Empty
@@ -288,8 +311,12 @@ def parse_command(line: str) -> Command:
         if len(args) != 1:
             return Invalid("usage: /thread ID")
         return Thread(args[0])
-    if name in ("help", "quit") and args:
+    if name in ("help", "quit", "rooms", "unread") and args:
         return Invalid(f"usage: /{name}")
+    if name == "rooms":
+        return Rooms()
+    if name == "unread":
+        return CountUnread()
     if name == "help":
         return Help()
     if name == "quit":
@@ -580,6 +607,50 @@ def render(
     return None
 
 
+def _counts(unread: Unread | None, word: str = "") -> str:
+    """``3, 1 @`` (with ``word``: ``3 unread, 1 @``): unread messages, those naming you.
+
+    Empty when all is read, so that a list shows only what waits.
+    """
+    if unread is None or (unread.unread <= 0 and unread.mentions <= 0):
+        return ""
+    mentions = f", {unread.mentions} @" if unread.mentions > 0 else ""
+    return f"{unread.unread}{word}{mentions}"
+
+
+def _in_brackets(text: str) -> str:
+    return f" ({text})" if text else ""
+
+
+def rooms_line(rooms: list[str], counts: UnreadCounts) -> str:
+    """``/rooms``: the rooms joined, in order, each with what is unread there (pure).
+
+    The direct messages follow when their count is known and not zero.
+    """
+    if not rooms:
+        return "* you are in no room"
+    listed = ", ".join(
+        f"{clean(room)}{_in_brackets(_counts(counts.rooms.get(room)))}" for room in rooms
+    )
+    direct = _counts(counts.direct)
+    return f"* rooms: {listed}" + (f"; dm ({direct})" if direct else "")
+
+
+def unread_line(counts: UnreadCounts) -> str:
+    """``/unread``: every room and direct conversation with something unread (pure)."""
+    parts = [
+        f"{clean(room)} ({_counts(u)})" for room, u in sorted(counts.rooms.items()) if _counts(u)
+    ]
+    parts += [
+        f"dm {clean(peer)} ({_counts(u)})"
+        for peer, u in sorted(counts.conversations.items())
+        if _counts(u)
+    ]
+    if not parts and _counts(counts.direct):
+        parts.append(f"dm ({_counts(counts.direct)})")  # no conversation listed: the stream's
+    return f"* unread: {', '.join(parts)}" if parts else "* nothing unread"
+
+
 class TypingThrottle:
     """Lets one typing line (or notice) through per user and room per ``interval`` seconds."""
 
@@ -606,6 +677,11 @@ class TerminalChat:
 
     ``output`` prints one line; by default :func:`print`, which goes above the
     prompt while it is shown.
+
+    What the terminal shows is read: every message (or change) shown in the
+    current room moves the room's read marker, and every direct message the
+    direct stream's, ``read_delay`` seconds later, to the newest seq shown by
+    then (one ``read`` per conversation a second at most).
     """
 
     def __init__(
@@ -615,6 +691,7 @@ class TerminalChat:
         room: str = LOBBY,
         output: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        read_delay: float = READ_DELAY,
     ) -> None:
         self.client = client
         self.room: str | None = room
@@ -632,6 +709,10 @@ class TerminalChat:
         self._ended: asyncio.Event | None = None
         self._greeted = False
         self._session: PromptSession[str] | None = None
+        self.read_delay = read_delay
+        #: The newest seq shown and not yet marked read, by room (None: direct).
+        self._unread_shown: dict[str | None, int] = {}
+        self._read_timer: asyncio.TimerHandle | None = None
         client.on(None, self._on_event)
 
     # -- events ----------------------------------------------------------------
@@ -652,12 +733,51 @@ class TerminalChat:
             self.messages.change(event)  # after: the line names the author seen
         if line is not None:
             self.output(line)
+            self._read_shown(event)
         if isinstance(event, StateChange) and event.new is ConnectionState.CONNECTED:
             if not self._greeted:
                 self._greeted = True
                 where = f"talking in {self.room}" if self.room else "in no room"
+                if self.room is not None:
+                    where += _in_brackets(
+                        _counts(self.client.unread.rooms.get(self.room), " unread")
+                    )
                 you = clean(self.client.user or "?")
                 self.output(f"* you are {you}, {where}; /help lists the commands")
+
+    def _read_shown(self, event: Event) -> None:
+        """A line was shown for ``event``: mark its conversation read up to it, soon."""
+        if isinstance(event, RoomMessage | MessageEdited | MessageDeleted | Reaction):
+            key = event.room
+            if key is not None and key != self.room:
+                return  # shown, but in passing: the current room is the one being read
+        elif isinstance(event, DirectMessage):
+            key = None
+        else:
+            return
+        self._unread_shown[key] = max(event.seq, self._unread_shown.get(key, 0))
+        if self._read_timer is None:
+            loop = asyncio.get_running_loop()
+            self._read_timer = loop.call_later(self.read_delay, self._send_reads)
+
+    def _send_reads(self) -> list[asyncio.Task[None]]:
+        """Tell the server what was shown (the newest seq of each conversation); the sends."""
+        self._read_timer = None
+        shown, self._unread_shown = self._unread_shown, {}
+        counts = self.client.unread
+        sends: list[asyncio.Task[None]] = []
+        for key, seq in shown.items():
+            known = counts.direct if key is None else counts.rooms.get(key)
+            if known is not None and seq <= known.last_read:
+                continue  # read already (here, or on another device)
+            if key is None:
+                work = self.client.mark_read_direct(seq)
+            elif key in self.client.rooms:
+                work = self.client.mark_read(key, seq)
+            else:
+                continue  # left meanwhile
+            sends.append(self._spawn(work, quiet=True))
+        return sends
 
     def _on_state(self, event: StateChange) -> None:
         if event.new is ConnectionState.CLOSED and not self._quitting and self._ended:
@@ -708,6 +828,10 @@ class TerminalChat:
                 self._spawn(self._history(self.room, command.limit))
         elif isinstance(command, ReplyTo | Edit | Delete | React | Thread):
             self._change(command)
+        elif isinstance(command, Rooms):
+            self.output(rooms_line(self.joined, self.client.unread))
+        elif isinstance(command, CountUnread):
+            self._spawn(self._count_unread())
         return True
 
     def _target(self, command: ReplyTo | Edit | Delete | React | Thread) -> str | None:
@@ -755,19 +879,24 @@ class TerminalChat:
             else:
                 self._spawn(self._thread(room, message_id))
 
-    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.ensure_future(self._report(work))
+    def _spawn(
+        self, work: Coroutine[Any, Any, object], *, quiet: bool = False
+    ) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._report(work, quiet=quiet))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _report(self, work: Coroutine[Any, Any, object]) -> None:
-        """Run ``work``; a failure is one ``!`` line, never the end of the chat."""
+    async def _report(self, work: Coroutine[Any, Any, object], *, quiet: bool = False) -> None:
+        """Run ``work``; a failure is one ``!`` line (none when ``quiet``), never the end."""
         try:
             await work
         except SendError as exc:
-            self.output(f"! {clean(exc.code)}: {clean(exc.message)}")
+            if not quiet:
+                self.output(f"! {clean(exc.code)}: {clean(exc.message)}")
         except (QueueFull, TimeoutError) as exc:
-            self.output(f"! not sent: {exc or 'no answer from the server'}")
+            if not quiet:
+                self.output(f"! not sent: {exc or 'no answer from the server'}")
         except ClientClosed:
             pass  # the chat is ending; run() says why
 
@@ -781,13 +910,18 @@ class TerminalChat:
         if room in self.joined:
             self.joined.remove(room)
         self.joined.append(room)
-        count = reply.payload.get("member_count", "?")
-        self.output(f"* joined {room} ({count} here); messages go to {self.room}")
+        here = f"{reply.payload.get('member_count', '?')} here"
+        if words := _counts(self.client.unread.rooms.get(room), " unread"):
+            here += f", {words}"
+        self.output(f"* joined {room} ({here}); messages go to {self.room}")
 
     async def _leave(self, room: str) -> None:
         await self.client.leave(room)
         now = f"messages go to {self.room}" if self.room else "you are in no room"
         self.output(f"* left {room}; {now}")
+
+    async def _count_unread(self) -> None:
+        self.output(unread_line(await self.client.unread_counts()))
 
     async def _who(self, room: str) -> None:
         members = await self.client.presence(room)
@@ -797,7 +931,7 @@ class TerminalChat:
         messages, has_more = await self.client.history(room, limit=limit)
         n, more = len(messages), ", older ones exist" if has_more else ""
         self.output(f"* history of {room}: {n} message{'' if n == 1 else 's'}{more}")
-        self._show(messages)
+        self._show(messages, read=True)
 
     async def _thread(self, room: str, root: str) -> None:
         messages, has_more = await self.client.history(room, thread=root, limit=MAX_HISTORY_LIMIT)
@@ -807,11 +941,17 @@ class TerminalChat:
         self.output(f"* thread {short} in {room}: {n} repl{'y' if n == 1 else 'ies'}{more}")
         self._show(messages)
 
-    def _show(self, messages: list[RoomMessage]) -> None:
-        """Print messages read from history (and remember them for the commands)."""
+    def _show(self, messages: list[RoomMessage], *, read: bool = False) -> None:
+        """Print messages read from history (and remember them for the commands).
+
+        ``read``: they are the room's newest, so showing them reads the room
+        (a thread's replies are not: the marker is one seq for the room).
+        """
         for message in messages:
             self.messages.add(message)
             self.output(render(message, me=self.client.user, seen=self.messages) or "")
+            if read:
+                self._read_shown(message)
 
     def _typed(self, buffer: Buffer) -> None:
         """Tell the current room this user is typing (at most every 3 s)."""
@@ -846,6 +986,7 @@ class TerminalChat:
                 if not self.execute(parse_command(line)):
                     break
         self._quitting = True
+        await self._flush_reads()
         await self.client.close()
         for task in list(self._tasks):
             task.cancel()
@@ -854,6 +995,14 @@ class TerminalChat:
             reason = self.client.closed_reason or "the connection was closed"
             print(f"roomcast: error: {clean(reason)}", file=sys.stderr, flush=True)
         return status
+
+    async def _flush_reads(self, timeout: float = 2.0) -> None:
+        """On the way out, send what was shown and not yet marked read (if connected)."""
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            sends = self._send_reads()
+            if sends and self.client.state is ConnectionState.CONNECTED:
+                await asyncio.wait(sends, timeout=timeout)
 
     async def _read_line(self, session: PromptSession[str]) -> str | None:
         """The next line typed; "/quit" for Ctrl-D or Ctrl-C; None once the client ended."""
