@@ -39,6 +39,15 @@ let popup = null; // the open message menu or reaction picker: {box, opener, li}
 let replying = null; // {c, r}: the message the next one answers
 let thread = null; // the thread pane: {c, rootId, items, seqs, pending, hasMore, loading}
 let toDelete = null; // {r, li}: waiting for the confirmation
+// Read markers: what was on screen while the tab was visible and focused is read.
+const READ_EVERY = 800; // ms: a conversation's `read` goes at most this often
+let seenObserver = null; // an IntersectionObserver on the messages of the conversations
+const onScreen = new Set(); // message <li>s (mostly) inside the scroller
+const dmSeen = new Map(); // peer -> the seq of my direct stream they have read (receipts)
+const leftRooms = new Set(); // rooms left on this page: their counts are not shown
+let directCoveredFrom = Infinity; // every direct message from this seq on is shown
+let settings = null; // {hide_receipts}: GET /api/me/settings (registered users)
+let unreadSoon = null;
 
 // -- small helpers ------------------------------------------------------------
 
@@ -215,6 +224,15 @@ function conv(key) {
     pending: [], // {id, li, text, kind, seq?}
     unread: 0,
     mentionCount: 0,
+    lastRead: null, // the marker: a room seq, or a seq of my direct stream (null: not known yet)
+    readSent: 0, // the highest marker sent or heard from the server
+    readTimer: null,
+    counted: 0, // live messages up to this seq are in the counts already
+    coveredFrom: Infinity, // every message from this seq on is in `items` (rooms)
+    lineAfter: null, // the "new messages" line follows this seq (set when opened)
+    receipts: new Map(), // rooms: reader -> the seq they have read up to
+    readCounts: new Map(), // big rooms: seq -> how many have read it
+    receiptLi: null, // the <li> showing the receipt line
     members: new Set(),
     memberCount: 0,
     typing: new Map(),
@@ -300,9 +318,10 @@ function messageLi(c, item, mine, inThread = false) {
     body: el("div", { class: "body", dataTestid: "body" }),
     reactions: el("div", { class: "reactions", role: "group", ariaLabel: "Reactions" }),
     footer: el("div", { class: "footer" }),
+    receipt: el("div", { class: "receipt", dataTestid: "receipt" }),
   };
   meta.append(li.slots.info);
-  li.append(meta, li.slots.quote, li.slots.body, li.slots.reactions, li.slots.footer);
+  li.append(meta, li.slots.quote, li.slots.body, li.slots.reactions, li.slots.footer, li.slots.receipt);
   if (item.messageId) bind(c, li, item);
   else renderMsg(li, item);
   return li;
@@ -465,6 +484,8 @@ function fixDaysSoon(c) {
         last = li.dataset.day;
       }
     }
+    placeNewLine(c);
+    renderReceipts(c);
   });
 }
 
@@ -483,6 +504,7 @@ function place(c, seq, li) {
   if (next && next !== li) next.before(li);
   else if (!next) c.list.append(li);
   li.dataset.seq = String(seq);
+  seenObserver?.observe(li);
   fixDaysSoon(c);
 }
 
@@ -515,11 +537,10 @@ function addItem(c, item, live) {
   const li = messageLi(c, item, mine);
   place(c, item.seq, li);
   if (live) {
-    if (mine) setStatus(li, "acked");
-    if (!mine && (c !== current || document.hidden)) {
-      c.unread += 1;
-      renderNav();
-    }
+    if (mine) {
+      setStatus(li, "acked");
+      sentUpTo(c, item.seq); // sent from another device of mine: read there
+    } else countLive(c, li.rec ?? item);
     if (c === current && (bottom || mine)) scrollToBottom();
   }
 }
@@ -573,7 +594,18 @@ function onAcked({ id, payload }) {
     }
     setStatus(p.li, "acked");
   }
+  sentUpTo(c, seq);
   updateBanner();
+}
+
+/** Sending reads: the server moved the marker to this message (and says nothing). */
+function sentUpTo(c, seq) {
+  if (Number.isInteger(seq) && (c.lastRead === null || seq > c.lastRead)) {
+    c.lastRead = seq;
+    c.readSent = Math.max(c.readSent, seq);
+    recount(c);
+    renderNav();
+  }
 }
 
 function onFailed({ id, code, message }) {
@@ -606,8 +638,14 @@ async function loadOlder(c) {
       const top = s.scrollTop;
       for (const item of page.messages) addItem(c, item, false);
       c.hasMore = page.hasMore;
-      if (before === null) scrollToBottom();
-      else s.scrollTop = top + (s.scrollHeight - height);
+      // Pages go back from the newest: with the live messages they are one run.
+      if (!page.hasMore) c.coveredFrom = 0;
+      else if (page.messages.length) c.coveredFrom = Math.min(c.coveredFrom, page.messages[0].seq);
+      takeReceipts(c, page);
+      if (c === current) {
+        if (before === null) scrollToStart(c);
+        else s.scrollTop = top + (s.scrollHeight - height);
+      }
     } else {
       // Direct messages are one stream for all conversations: page through it.
       const oldest = Math.min(...[...convs.values()].filter((x) => x.type === "dm" && x.seqs.length).map((x) => x.seqs[0]), Infinity);
@@ -616,6 +654,7 @@ async function loadOlder(c) {
       const top = s.scrollTop;
       for (const item of page.messages) addDirect(item, false);
       for (const x of convs.values()) if (x.type === "dm") x.hasMore = page.hasMore;
+      takeDirectPage(page);
       s.scrollTop = top + (s.scrollHeight - height);
     }
   } catch (err) {
@@ -639,6 +678,10 @@ async function loadRecentDirect() {
         x.loaded = true;
       }
     }
+    if (!page.hasMore) directCoveredFrom = 0;
+    else directCoveredFrom = Math.min(directCoveredFrom, page.messages.length ? page.messages[0].seq : Number(page.lastSeq ?? 0) + 1);
+    takeDirectPage(page);
+    if (current?.type === "dm") scrollToStart(current);
     renderNav();
     renderOlder();
   } catch (err) {
@@ -712,6 +755,11 @@ function onChange(ch) {
     if (replying?.r === r) setReplying(null);
   }
   refresh(r);
+  const c = convs.get(r.convKey);
+  if (ch.kind === "delete" && c) {
+    if (recount(c)) renderNav();
+    renderReceipts(c);
+  }
 }
 
 /** Messages shown before a long absence, as they are now. */
@@ -735,13 +783,7 @@ function onRefreshed({ messages }) {
 /** Someone named this user (`mention` on the direct stream). */
 function onMention(m) {
   const c = convs.get(`#${m.mentionIn}`);
-  if (c?.joined) {
-    if (c !== current || document.hidden) {
-      c.mentionCount += 1;
-      renderNav();
-    }
-    return;
-  }
+  if (c?.joined) return; // the message itself comes, and counts
   showNotice(`${visibleName(m.from)} mentioned you in #${m.mentionIn}`, `Open #${m.mentionIn}`, async () => {
     await openRoom(m.mentionIn);
     for (let i = 0; i < 20 && !flashMessage(m.messageId); i += 1) await new Promise((ok) => setTimeout(ok, 150));
@@ -1250,10 +1292,11 @@ function acKey(event) {
 
 function show(c) {
   if (current) current.list.hidden = true;
+  const again = current === c;
   current = c;
   c.list.hidden = false;
-  c.unread = 0;
-  c.mentionCount = 0;
+  // The "new messages" line marks where the user left off, as it was when opened.
+  if (!again) c.lineAfter = c.unread > 0 && c.lastRead !== null ? c.lastRead : null;
   closePopup(false);
   acClose();
   if (replying && replying.c !== c) setReplying(null);
@@ -1267,8 +1310,9 @@ function show(c) {
   renderTyping();
   renderNav();
   renderOlder();
+  renderSettings();
   if (!c.loaded && (c.type === "dm" || c.joined)) loadOlder(c);
-  scrollToBottom();
+  if (!again) scrollToStart(c);
   closeSidebar();
 }
 
@@ -1308,8 +1352,13 @@ function navButton(label, key, extra) {
   const button = el("button", { type: "button", dataTestid: `nav-${key}`, ariaCurrent: current?.key === key ? "page" : null });
   button.append(el("span", { class: "nav-label", text: label }));
   if (extra) button.append(el("span", { class: "count", text: extra }));
-  if (c && c.mentionCount > 0) button.append(el("span", { class: "badge mention-badge", dataTestid: "mention-badge", text: `@${c.mentionCount}`, title: plural(c.mentionCount, "mention of you", "mentions of you") }));
-  if (c && c.unread > 0) button.append(el("span", { class: "badge", dataTestid: "unread", text: String(c.unread), title: plural(c.unread, "unread message", "unread messages") }));
+  // The badges are for the eye; the button's name says the counts in words.
+  if (c && c.mentionCount > 0) button.append(el("span", { class: "badge mention-badge", dataTestid: "mention-badge", ariaHidden: "true", text: `@${c.mentionCount}`, title: plural(c.mentionCount, "mention of you", "mentions of you") }));
+  if (c && c.unread > 0) button.append(el("span", { class: "badge", dataTestid: "unread", ariaHidden: "true", text: String(c.unread), title: plural(c.unread, "unread message", "unread messages") }));
+  if (c && (c.unread > 0 || c.mentionCount > 0)) {
+    const counts = [c.unread > 0 ? plural(c.unread, "unread message", "unread messages") : null, c.mentionCount > 0 ? plural(c.mentionCount, "mention", "mentions") : null];
+    button.append(el("span", { class: "visually-hidden", text: `, ${counts.filter(Boolean).join(", ")}` }));
+  }
   li.append(button);
   return [li, button];
 }
@@ -1320,6 +1369,9 @@ function renderNav() {
   for (const c of convs.values()) {
     if (c.type === "room" && c.joined) {
       rooms.set(c.name, { private: rooms.get(c.name)?.private ?? false, count: c.members.size || c.memberCount });
+    } else if (c.type === "room" && !rooms.has(c.name) && (c.unread > 0 || c.mentionCount > 0)) {
+      // Unread on another device, not joined on this page (the `unread` list).
+      rooms.set(c.name, { private: false, count: 0 });
     }
   }
   const list = $("rooms");
@@ -1342,11 +1394,380 @@ function renderNav() {
   document.title = unread ? `(${unread}) roomcast` : "roomcast";
 }
 
+// -- read markers, unread counts and receipts ------------------------------------------
+
+/** Is the user looking at the page: the tab shown and the window focused. */
+function reading() {
+  return document.visibilityState === "visible" && document.hasFocus();
+}
+
+function onIntersect(entries) {
+  for (const e of entries) {
+    const half = e.rootBounds ? e.intersectionRect.height >= e.rootBounds.height / 2 : false;
+    if (e.isIntersecting && (e.intersectionRatio >= 0.5 || half)) onScreen.add(e.target);
+    else onScreen.delete(e.target);
+  }
+  markSeen();
+}
+
+/** What is on screen of the open conversation is read (when the user can see it). */
+function markSeen() {
+  const c = current;
+  if (!c || !client || !reading()) return;
+  let top = null;
+  for (const li of onScreen) {
+    if (!li.isConnected || li.parentElement !== c.list) {
+      if (!li.isConnected) onScreen.delete(li);
+      continue;
+    }
+    const seq = Number(li.dataset.seq);
+    if (Number.isInteger(seq) && (top === null || seq > top)) top = seq;
+  }
+  if (top === null || (c.lastRead !== null && top <= c.lastRead)) return;
+  c.lastRead = top;
+  recount(c);
+  renderNav();
+  scheduleRead(c);
+}
+
+/** Send the conversation's marker soon (once per READ_EVERY at most); guests keep theirs here. */
+function scheduleRead(c) {
+  if (!me || me.guest || c.readTimer) return;
+  c.readTimer = setTimeout(() => {
+    c.readTimer = null;
+    sendRead(c);
+  }, READ_EVERY);
+}
+
+function sendRead(c) {
+  if (!client || convs.get(c.key) !== c || c.lastRead === null || c.lastRead <= c.readSent) return;
+  const seq = c.lastRead;
+  c.readSent = seq;
+  try {
+    client.markRead(c.type === "room" ? { room: c.name } : { with: c.name }, seq).promise.catch(() => {
+      // Refused (left the room meanwhile): the next read tries again.
+      if (c.readSent === seq) c.readSent = 0;
+    });
+  } catch {
+    c.readSent = 0; // closed, or too much waiting: the next read tries again
+  }
+}
+
+/**
+ * The counts of what follows the marker, from the messages shown, or null when
+ * some of them are not here (not loaded yet): then the server's counts stand.
+ */
+function localCounts(c) {
+  const from = c.lastRead ?? 0;
+  const covered = c.type === "dm" ? directCoveredFrom : c.coveredFrom;
+  if (covered > from + 1) return null;
+  let unread = 0;
+  let mentions = 0;
+  for (let i = c.seqs.length - 1; i >= 0 && c.seqs[i] > from; i -= 1) {
+    const r = c.items.get(c.seqs[i])?.rec;
+    if (!r || isMine(r) || r.deleted) continue;
+    unread += 1;
+    if (mentionsMe(r)) mentions += 1;
+  }
+  return { unread, mentions };
+}
+
+/** Count again from the messages shown when they are all here; true when it did. */
+function recount(c) {
+  const local = localCounts(c);
+  if (!local) return false;
+  c.unread = local.unread;
+  c.mentionCount = local.mentions;
+  if (c.seqs.length) c.counted = Math.max(c.counted, c.seqs[c.seqs.length - 1]);
+  return true;
+}
+
+/** A message from someone else just came: unread until it is seen. */
+function countLive(c, r) {
+  if (r.seq > c.counted && (c.lastRead === null || r.seq > c.lastRead) && !r.deleted) {
+    c.unread += 1;
+    if (mentionsMe(r)) c.mentionCount += 1;
+  }
+  c.counted = Math.max(c.counted, r.seq);
+  renderNav();
+}
+
+/**
+ * The server's word on a conversation: its marker `seq` and the counts after
+ * it (`through`: messages up to this seq are in them). An older marker than
+ * this page's is old news; the page's own count wins when it can make one.
+ */
+function takeCounts(c, { seq, unread = 0, mentions = 0, through = null }) {
+  if (!Number.isInteger(seq)) return;
+  if (c.lastRead !== null && seq < c.lastRead) return;
+  c.lastRead = seq;
+  c.readSent = Math.max(c.readSent, seq);
+  if (through !== null) c.counted = Math.max(c.counted, through);
+  if (!recount(c)) {
+    c.unread = Number(unread) || 0;
+    c.mentionCount = Number(mentions) || 0;
+  }
+}
+
+/** The `unread` answer: every room and direct conversation with a marker. */
+function applyUnread(data) {
+  for (const item of Array.isArray(data?.rooms) ? data.rooms : []) {
+    const name = String(item.room ?? "");
+    if (!name || leftRooms.has(name)) continue;
+    const known = convs.get(`#${name}`);
+    if (!known && !(item.unread > 0)) continue;
+    takeCounts(known ?? conv(`#${name}`), { seq: item.last_read, unread: item.unread, mentions: item.mentions, through: item.last_seq ?? null });
+  }
+  for (const item of Array.isArray(data?.direct?.conversations) ? data.direct.conversations : []) {
+    const peer = String(item.with ?? "");
+    if (!peer || (me && peer === me.name)) continue;
+    takeCounts(conv(`@${peer}`), { seq: item.last_read, unread: item.unread, mentions: item.mentions, through: item.last_seq ?? null });
+  }
+  renderNav();
+}
+
+async function refreshUnread() {
+  if (!client || !me || me.guest) return;
+  try {
+    applyUnread(await client.unread());
+  } catch {
+    // offline, or a server without counts: the page counts what it sees
+  }
+}
+
+function refreshUnreadSoon() {
+  clearTimeout(unreadSoon);
+  unreadSoon = setTimeout(refreshUnread, 300);
+}
+
+/** A `read` frame: this user's marker moved (this page's answer, or another device). */
+function onRead(p) {
+  const counts = { seq: Number(p.seq), unread: p.unread, mentions: p.mentions };
+  if (p.room !== undefined && p.room !== null) {
+    const name = String(p.room);
+    const c = convs.get(`#${name}`) ?? (p.unread > 0 && !leftRooms.has(name) ? conv(`#${name}`) : null);
+    if (c) takeCounts(c, counts);
+  } else if (p.direct && p.with) {
+    const peer = String(p.with);
+    const c = convs.get(`@${peer}`) ?? (p.unread > 0 ? conv(`@${peer}`) : null);
+    if (c) takeCounts(c, counts);
+  } else if (p.direct) {
+    // The whole direct stream up to seq: every conversation, counted again.
+    for (const c of convs.values()) {
+      if (c.type !== "dm" || (c.lastRead !== null && c.lastRead >= counts.seq)) continue;
+      c.lastRead = counts.seq;
+      c.readSent = Math.max(c.readSent, counts.seq);
+    }
+    let exact = true;
+    for (const c of convs.values()) if (c.type === "dm" && !recount(c)) exact = false;
+    if (!exact) refreshUnreadSoon();
+  }
+  renderNav();
+}
+
+/** A `receipt` frame: someone read a room up to seq, or our conversation with them. */
+function onReceipt(p) {
+  const user = String(p.user ?? "");
+  const seq = Number(p.seq);
+  if (!user || !Number.isInteger(seq) || (me && user === me.name)) return;
+  if (p.direct) {
+    if (seq > (dmSeen.get(user) ?? 0)) dmSeen.set(user, seq);
+    const c = convs.get(`@${user}`);
+    if (c) renderReceipts(c);
+  } else if (p.room !== undefined && p.room !== null) {
+    const c = convs.get(`#${p.room}`);
+    if (!c) return;
+    if (seq > (c.receipts.get(user) ?? 0)) c.receipts.set(user, seq);
+    renderReceipts(c);
+  }
+}
+
+/** The receipts of a history page (readers' markers, or counts in a big room). */
+function takeReceipts(c, page) {
+  for (const [user, seq] of page.receipts ?? []) if (seq > (c.receipts.get(user) ?? 0)) c.receipts.set(user, seq);
+  for (const [seq, n] of page.readCounts ?? []) c.readCounts.set(seq, n);
+  renderReceipts(c);
+}
+
+function takeDirectPage(page) {
+  for (const [user, seq] of page.receipts ?? []) if (seq > (dmSeen.get(user) ?? 0)) dmSeen.set(user, seq);
+  for (const c of convs.values()) {
+    if (c.type === "dm") {
+      recount(c);
+      renderReceipts(c);
+    }
+  }
+}
+
+/** My last message at or before `seq` (shown, not deleted), or null. */
+function lastMineUpTo(c, seq) {
+  for (let i = c.seqs.length - 1; i >= 0; i -= 1) {
+    if (c.seqs[i] > seq) continue;
+    const li = c.items.get(c.seqs[i]);
+    if (li && me && li.dataset.from === me.name && !li.rec?.deleted) return li;
+  }
+  return null;
+}
+
+/** "Seen" under the last of my messages someone has read: one line per conversation. */
+function renderReceipts(c) {
+  let li = null;
+  let text = "";
+  let title = "";
+  if (me && !me.guest && convs.get(c.key) === c) {
+    if (c.type === "dm") {
+      const seq = dmSeen.get(c.name);
+      li = seq ? lastMineUpTo(c, seq) : null;
+      text = "Seen";
+      title = `Seen by ${visibleName(c.name)}`;
+    } else if (roomInfo(c.name)?.receipts !== false) {
+      const readers = [...c.receipts].filter(([user]) => user !== me.name);
+      const top = Math.max(0, ...readers.map(([, seq]) => seq));
+      li = top ? lastMineUpTo(c, top) : null;
+      if (li) {
+        const seq = Number(li.dataset.seq);
+        const names = readers.filter(([, s]) => s >= seq).map(([user]) => visibleName(user)).sort((a, b) => a.localeCompare(b));
+        text = names.length <= 3 ? `Seen by ${names.join(", ")}` : `Seen by ${names.length}`;
+        title = `Seen by ${names.join(", ")}`;
+      } else if (c.readCounts.size) {
+        // A big room: how many have read each message of a history page.
+        for (let i = c.seqs.length - 1; i >= 0 && !li; i -= 1) {
+          const n = c.readCounts.get(c.seqs[i]) ?? 0;
+          const mine = c.items.get(c.seqs[i]);
+          if (n > 0 && mine?.dataset.from === me.name && !mine.rec?.deleted) {
+            li = mine;
+            text = `Seen by ${n}`;
+            title = plural(n, "reader", "readers");
+          }
+        }
+      }
+    }
+  }
+  if (c.receiptLi && c.receiptLi !== li) c.receiptLi.slots.receipt.replaceChildren();
+  c.receiptLi = li;
+  if (!li) return;
+  const slot = li.slots.receipt;
+  if (slot.textContent !== text) slot.replaceChildren(el("span", { text }));
+  slot.title = title;
+}
+
+/** The "new messages" line before the first message from someone else after `lineAfter`. */
+function placeNewLine(c) {
+  const old = c.list.querySelector(":scope > .new-line");
+  let target = null;
+  if (c.lineAfter !== null && me) {
+    for (const seq of c.seqs) {
+      if (seq <= c.lineAfter) continue;
+      const li = c.items.get(seq);
+      if (li && li.dataset.from !== me.name) {
+        target = li;
+        break;
+      }
+    }
+  }
+  if (!target) {
+    old?.remove();
+    return;
+  }
+  const line = old ?? el("li", { class: "new-line", role: "separator", dataTestid: "new-line", ariaLabel: "New messages" }, el("span", { text: "New messages" }));
+  if (target.previousElementSibling !== line) target.before(line);
+}
+
+/** Scroll an opened conversation to its "new messages" line, or to the bottom. */
+function scrollToStart(c) {
+  if (c !== current) return;
+  placeNewLine(c);
+  const line = c.list.querySelector(":scope > .new-line");
+  if (!line) {
+    scrollToBottom();
+    return;
+  }
+  const s = $("scroller");
+  s.scrollTop = Math.max(0, line.offsetTop - s.offsetTop - 8);
+}
+
+/** Back to the page: the line moves to where the user left off, what shows is read. */
+function onAttention() {
+  if (!reading()) return;
+  const c = current;
+  if (c && c.unread > 0 && c.lastRead !== null) {
+    c.lineAfter = c.lastRead;
+    placeNewLine(c);
+  }
+  markSeen();
+}
+
+// -- settings: my receipts, a room's receipts ---------------------------------------------
+
+async function loadSettings() {
+  if (!me || me.guest) {
+    renderSettings();
+    return;
+  }
+  try {
+    settings = await api("GET", "/api/me/settings");
+  } catch {
+    settings = null;
+  }
+  renderSettings();
+}
+
+function renderSettings() {
+  const registered = Boolean(me && !me.guest);
+  $("settings-section").hidden = !registered;
+  if (!registered) return;
+  $("hide-receipts-field").hidden = settings === null;
+  $("hide-receipts-hint").hidden = settings === null;
+  // A box being saved keeps what the user chose until the server answers.
+  if (!$("hide-receipts").disabled) $("hide-receipts").checked = Boolean(settings?.hide_receipts);
+  const info = current?.type === "room" ? roomInfo(current.name) : null;
+  const owner = Boolean(info && info.owner === me.name && info.receipts !== undefined);
+  $("room-receipts-field").hidden = !owner;
+  if (owner) {
+    $("room-receipts-name").textContent = `#${info.name}`;
+    if (!$("room-receipts").disabled) $("room-receipts").checked = info.receipts !== false;
+  }
+}
+
+async function saveHideReceipts(hide) {
+  const box = $("hide-receipts");
+  box.disabled = true;
+  try {
+    settings = await api("PUT", "/api/me/settings", { hide_receipts: hide });
+  } catch (err) {
+    showError(`Setting not saved: ${err.message}`);
+  } finally {
+    box.disabled = false;
+    renderSettings();
+  }
+}
+
+async function saveRoomReceipts(on) {
+  const c = current;
+  if (!c || c.type !== "room") return;
+  const box = $("room-receipts");
+  box.disabled = true;
+  try {
+    const data = await api("PATCH", `/api/rooms/${encodeURIComponent(c.name)}`, { receipts: on });
+    const room = data?.room ?? data;
+    const at = apiRooms.findIndex((r) => r.name === c.name);
+    if (room && at >= 0) apiRooms[at] = { ...apiRooms[at], ...room };
+    renderReceipts(c);
+  } catch (err) {
+    showError(`Not changed for #${c.name}: ${err.message}`);
+  } finally {
+    box.disabled = false;
+    renderSettings();
+  }
+}
+
 async function refreshRooms() {
   try {
     const data = await api("GET", "/api/rooms", null, session?.token ?? null);
     apiRooms = Array.isArray(data?.rooms) ? data.rooms : [];
     renderNav();
+    renderSettings();
+    if (current?.type === "room") renderReceipts(current);
   } catch {
     // offline: the banner says so already
   }
@@ -1360,6 +1781,7 @@ function refreshRoomsSoon() {
 
 async function openRoom(name) {
   const c = conv(`#${name}`);
+  leftRooms.delete(name);
   if (c.joined) {
     show(c);
     return;
@@ -1370,7 +1792,7 @@ async function openRoom(name) {
     show(c);
   } catch (err) {
     showError(`Cannot join #${name}: ${err.serverMessage ?? err.message}`);
-    if (!c.seqs.length) {
+    if (!c.seqs.length && !c.unread) {
       c.list.remove();
       convs.delete(c.key);
     }
@@ -1389,6 +1811,9 @@ function openDm(name) {
 async function leaveCurrent() {
   const c = current;
   if (!c || c.type !== "room" || c.name === LOBBY) return;
+  clearTimeout(c.readTimer);
+  c.readTimer = null;
+  sendRead(c); // what was read goes before the leave
   try {
     await client.leave(c.name);
   } catch (err) {
@@ -1397,6 +1822,8 @@ async function leaveCurrent() {
   }
   c.list.remove();
   convs.delete(c.key);
+  leftRooms.add(c.name);
+  clearTimeout(c.readTimer);
   forgetRecords(c.key);
   if (thread?.c === c) closeThread(false);
   if (replying?.c === c) setReplying(null);
@@ -1502,6 +1929,7 @@ function start() {
   client.on("state", () => {
     updateBanner();
     if (client.state === "connected") refreshRoomsSoon();
+    if (client.state === "connected") refreshUnread();
     if (client.state === "connected" && me && !me.guest && !directLoaded) {
       directLoaded = true;
       loadRecentDirect();
@@ -1521,12 +1949,23 @@ function start() {
     $("attach-label").hidden = user.guest;
     $("file").disabled = user.guest;
     updateBanner();
+    if (settings === null) loadSettings();
+    else renderSettings();
   });
   client.on("joined", (p) => {
     const c = conv(`#${p.room}`);
     c.joined = true;
     c.members = new Set((p.members ?? []).map(String));
     c.memberCount = Number(p.member_count ?? c.members.size);
+    const seq = Number(p.seq ?? 0);
+    // Every message after the room's last seq comes live (a replay fills what was missed).
+    c.coveredFrom = Math.min(c.coveredFrom, seq + 1);
+    if (Number.isInteger(p.last_read)) {
+      // Signed in: the server's marker and counts (the replay that follows is in them).
+      takeCounts(c, { seq: p.last_read, unread: p.unread, mentions: p.mentions, through: seq });
+    } else if (c.lastRead === null) {
+      c.lastRead = seq; // a guest: what came before the join is not news
+    }
     if (!current && p.room === LOBBY) show(c);
     else if (c === current) {
       renderMembers();
@@ -1543,6 +1982,8 @@ function start() {
   client.on("change", onChange);
   client.on("mention", onMention);
   client.on("refreshed", onRefreshed);
+  client.on("read", onRead);
+  client.on("receipt", onReceipt);
   client.on("presence", (p) => {
     const c = convs.get(`#${p.room}`);
     if (!c) return;
@@ -1598,9 +2039,20 @@ function signOut(forget = true) {
   acClose();
   closeThread(false);
   setReplying(null);
-  for (const c of convs.values()) c.list.remove();
+  for (const c of convs.values()) {
+    c.list.remove();
+    clearTimeout(c.readTimer);
+  }
   convs.clear();
   records.clear();
+  onScreen.clear();
+  seenObserver?.disconnect();
+  dmSeen.clear();
+  leftRooms.clear();
+  directCoveredFrom = Infinity;
+  settings = null;
+  clearTimeout(unreadSoon);
+  document.title = "roomcast";
   orphans.clear();
   orphanCount = 0;
   $("notices").replaceChildren();
@@ -1851,11 +2303,12 @@ function wire() {
   });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && client) refreshRooms();
-    if (!document.hidden && current && current.unread) {
-      current.unread = 0;
-      renderNav();
-    }
+    onAttention();
   });
+  window.addEventListener("focus", onAttention);
+  seenObserver = new IntersectionObserver(onIntersect, { root: $("scroller"), threshold: [0, 0.5, 1] });
+  $("hide-receipts").addEventListener("change", () => saveHideReceipts($("hide-receipts").checked));
+  $("room-receipts").addEventListener("change", () => saveRoomReceipts($("room-receipts").checked));
 }
 
 wire();

@@ -14,6 +14,11 @@
 //   streams, with their own seqs: they go through the same ordering and
 //   dedupe, so a page that reconnects applies each change once and in order;
 //   `mention` arrives on the direct stream;
+// - read markers: `markRead` moves the user's marker in a room or a direct
+//   conversation (queued like a message, resent after a reconnect); the
+//   server's `read` frames (this and the user's other connections) and
+//   `receipt` frames (others who read) are events; `unread()` asks for the
+//   counts of every conversation (registered users);
 // - reconnects wait a uniform random time in [0, min(cap, first * 2^n)]
 //   (full jitter; 0.5 s first, 30 s cap), reset after a stable minute;
 // - `rate_limited` is retried after `retry_after`; a close with 1008 or a
@@ -100,6 +105,26 @@ export class SeqStream {
 /** History lists messages (chat, direct, file); anything else is not shown as one. */
 function isMessage(m) {
   return m && (m.type === "chat" || m.type === "direct" || m.type === "file" || m.type === undefined);
+}
+
+/** {name: seq} of read markers (receipts) as a Map; empty when absent. */
+function markersOf(value) {
+  const out = new Map();
+  if (!value || typeof value !== "object") return out;
+  for (const [name, seq] of Object.entries(value)) {
+    if (Number.isInteger(seq)) out.set(String(name), seq);
+  }
+  return out;
+}
+
+/** [[seq, n], ...] (how many have read each message) as a Map of seq to n. */
+function readCountsOf(value) {
+  const out = new Map();
+  if (!Array.isArray(value)) return out;
+  for (const pair of value) {
+    if (Array.isArray(pair) && Number.isInteger(pair[0]) && Number.isInteger(pair[1])) out.set(pair[0], pair[1]);
+  }
+  return out;
 }
 
 /** A random frame id (16 url-safe characters), unique per user for a day. */
@@ -248,7 +273,9 @@ function directEvent(type, p, timestamp) {
  * Events (client.on(name, fn)): state, user, joined, left, message, direct,
  * change (edit, delete, reaction: in a room or direct), mention, refreshed
  * (current state of messages shown before a long absence), presence, typing,
- * servererror, expired, outbox, acked, failed.
+ * read (the user's marker moved: `{room|direct, with?, seq, unread, mentions}`),
+ * receipt (someone read: `{room|direct, user, seq}`), servererror, expired,
+ * outbox, acked, failed.
  */
 export class ChatClient {
   constructor({ url, token = null, guest = null, backoff = null, refreshToken = null,
@@ -670,6 +697,14 @@ export class ChatClient {
       case "typing":
         this.emit("typing", p);
         break;
+      case "read":
+        // The user's marker moved (here or on another device); an answer to
+        // our own `read` carries it too, also when it did not move.
+        this.emit("read", p);
+        break;
+      case "receipt":
+        this.emit("receipt", p);
+        break;
       case "error":
         if (id === null || !this.outbox.has(id)) {
           if (p.code === "token_expired") this._tokenExpired();
@@ -818,16 +853,47 @@ export class ChatClient {
     if (around !== null) payload.around = around;
     const reply = await this.send("history", payload).promise;
     const items = (reply.payload.messages ?? []).filter(isMessage).map((m) => roomItem(m.type, { room, ...m }, m.timestamp));
-    return { messages: items, hasMore: Boolean(reply.payload.has_more), hasNewer: Boolean(reply.payload.has_newer) };
+    return {
+      messages: items,
+      hasMore: Boolean(reply.payload.has_more),
+      hasNewer: Boolean(reply.payload.has_newer),
+      receipts: markersOf(reply.payload.receipts),
+      readCounts: readCountsOf(reply.payload.read_counts),
+    };
   }
 
-  /** A page of the user's direct messages, oldest first: {messages, hasMore, lastSeq}. */
+  /**
+   * A page of the user's direct messages, oldest first: {messages, hasMore,
+   * lastSeq, receipts} (receipts: peer -> the seq of this user's stream they read up to).
+   */
   async directHistory({ before = null, limit = 50 } = {}) {
     const payload = { limit };
     if (before !== null) payload.before = before;
     const reply = await this.send("direct_history", payload).promise;
     const items = (reply.payload.messages ?? []).filter(isMessage).map((m) => directItem(m.type, m, m.timestamp));
-    return { messages: items, hasMore: Boolean(reply.payload.has_more), lastSeq: reply.payload.last_seq };
+    return {
+      messages: items,
+      hasMore: Boolean(reply.payload.has_more),
+      lastSeq: reply.payload.last_seq,
+      receipts: markersOf(reply.payload.receipts),
+    };
+  }
+
+  /**
+   * Move this user's read marker (never back): `{room}` in a room, `{with: peer}`
+   * in one direct conversation (`seq` of the user's own stream), `{}` for the
+   * whole direct stream. {id, promise}: the answer is a `read` frame (also an event).
+   */
+  markRead({ room = null, with: peer = null } = {}, seq) {
+    const payload = room !== null ? { room, seq } : { direct: true, seq };
+    if (room === null && peer !== null) payload.with = peer;
+    return this.send("read", payload);
+  }
+
+  /** The unread counts of every conversation (registered users): the `unread` payload. */
+  async unread() {
+    const reply = await this.send("unread", {}).promise;
+    return reply.payload;
   }
 
   async presence(room) {
