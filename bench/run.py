@@ -34,6 +34,9 @@ does not answer is skipped with a note):
 - ``persist-changes``, ``persist-pg-changes`` (scenarios/persist.py): the
   same with every tenth frame a change (an edit or a reaction, in turn) of
   the client's last message.
+- ``persist-read``, ``persist-pg-read`` (scenarios/persist.py): the same with
+  the clients signed in, each sending a ``read`` marker for every message it
+  gets.
 - ``crossnode`` (scenarios/crossnode.py): the fan-out ramp (one sender,
   --crossnode-receivers receivers, one room) twice per run, in alternating
   order: on three nodes A, B, C sharing one fresh database and one fresh
@@ -83,6 +86,8 @@ SCENARIOS: dict[str, driver.Scenario] = {
         persist.PERSIST_PG,
         persist.PERSIST_CHANGES,
         persist.PERSIST_PG_CHANGES,
+        persist.PERSIST_READ,
+        persist.PERSIST_PG_READ,
         crossnode.CROSSNODE,
     ]
 }

@@ -206,12 +206,14 @@ class Node:
         await asyncio.sleep(0)  # let the acks of the last batch go out
 
     async def close(self) -> None:
-        """Stop the broker, then flush and close the store."""
-        await self.broker.close()
-        await self.streams.close()
+        """Write the moved markers and keep the queued notifications (their receipts
+        and presence checks need the broker), stop the broker, then flush and close
+        the store."""
+        await self.read_state.close()
         if self.notifier is not None:
             await self.notifier.close()
-        await self.read_state.close()
+        await self.broker.close()
+        await self.streams.close()
         await self.store.close()
 
     async def ready(self) -> dict[str, str]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.serverproc import ServerFactory, ServerProcess, start_server
+from tests.integration.users import sign_up
+
+#: The users the ``tokens`` fixture registers.
+USERS = ("alice", "bob", "carol")
 
 
 @pytest.fixture
@@ -29,3 +34,10 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 def server(server_factory: ServerFactory) -> ServerProcess:
     """A server with default settings."""
     return server_factory()
+
+
+@pytest.fixture
+async def tokens(server: ServerProcess) -> dict[str, str]:
+    """alice, bob and carol registered and logged in on the test's ``server``: tokens by name."""
+    signed = await asyncio.gather(*(sign_up(server, name) for name in USERS))
+    return dict(zip(USERS, signed, strict=True))

@@ -22,7 +22,6 @@ from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, call, create_team, sign_up, user_ws
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, send_json
 
-USERS = ("alice", "bob", "carol")
 ALL_BYTES = bytes(range(256)) * 4096  # 1 MiB with every byte value
 
 
@@ -30,12 +29,6 @@ ALL_BYTES = bytes(range(256)) * 4096  # 1 MiB with every byte value
 async def server(server_factory: ServerFactory) -> ServerProcess:
     """A server with a known secret and no rate limit (files are big frames)."""
     return server_factory("--secret", SECRET, "--rate-limit", "0")
-
-
-@pytest.fixture
-async def tokens(server: ServerProcess) -> dict[str, str]:
-    """alice, bob and carol registered and logged in: their tokens by name."""
-    return {name: await sign_up(server, name) for name in USERS}
 
 
 def file_frame(header: dict[str, Any], body: bytes) -> bytes:

@@ -14,9 +14,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.integration.serverproc import ServerFactory, ServerProcess
 from tests.integration.users import SECRET, call, create_team, sign_up, user_ws
-from tests.integration.wsclient import answer, recv_json, send_json, welcome
+from tests.integration.wsclient import ask, recv_json, welcome
 
-USERS = ("alice", "bob", "carol")
 #: How long a test waits to be sure a frame does not arrive.
 QUIET = 0.4
 
@@ -25,19 +24,6 @@ QUIET = 0.4
 async def server(server_factory: ServerFactory) -> ServerProcess:
     """A server with a known secret."""
     return server_factory("--secret", SECRET)
-
-
-@pytest.fixture
-async def tokens(server: ServerProcess) -> dict[str, str]:
-    """alice, bob and carol registered and logged in: their tokens by name."""
-    signed = await asyncio.gather(*(sign_up(server, name) for name in USERS))
-    return dict(zip(USERS, signed, strict=True))
-
-
-async def ask(ws: ClientConnection, kind: str, payload: dict[str, Any], fid: str) -> dict[str, Any]:
-    """Send one frame with id ``fid``; the frame answering it."""
-    await send_json(ws, kind, payload, id=fid)
-    return await answer(ws, fid)
 
 
 async def chat(ws: ClientConnection, text: str, fid: str, room: str = "lobby", **more: Any) -> str:

@@ -22,7 +22,6 @@ from tests.integration.wsclient import (
     welcome,
 )
 
-USERS = ("alice", "bob", "carol")
 #: How long a test waits to be sure a frame does not arrive.
 QUIET = 0.5
 
@@ -31,12 +30,6 @@ QUIET = 0.5
 async def server(server_factory: ServerFactory) -> ServerProcess:
     """A server with a known secret (rate limits as default)."""
     return server_factory("--secret", SECRET)
-
-
-@pytest.fixture
-async def tokens(server: ServerProcess) -> dict[str, str]:
-    """alice, bob and carol registered and logged in: their tokens by name."""
-    return {name: await sign_up(server, name) for name in USERS}
 
 
 async def nothing_of(ws: ClientConnection, kind: str) -> None:

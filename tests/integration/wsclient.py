@@ -40,6 +40,12 @@ async def answer(ws: ClientConnection, fid: str) -> dict[str, Any]:
                 return frame
 
 
+async def ask(ws: ClientConnection, kind: str, payload: dict[str, Any], fid: str) -> dict[str, Any]:
+    """Send one frame with id ``fid``; the frame answering it."""
+    await send_json(ws, kind, payload, id=fid)
+    return await answer(ws, fid)
+
+
 async def send_json(ws: ClientConnection, kind: str, payload: Any = None, **extra: Any) -> None:
     """Send one frame."""
     frame: dict[str, Any] = {"type": kind, **extra}

@@ -446,18 +446,23 @@ async def test_schema_version_is_recorded(db: Database) -> None:
     assert [version for version, _ in rows] == list(range(1, LATEST_VERSION + 1))
 
 
-async def test_version_2_database_gains_file_columns(db: Database) -> None:
-    """A database from before file messages migrates; its messages come back as text."""
+def schema_at(version: int) -> list[str]:
+    """The statements that make a database as roomcast left it at schema ``version``."""
     statements = [VERSION_TABLE]
-    for migration in MIGRATIONS[:2]:
+    for migration in MIGRATIONS[:version]:
         statements += migration.statements
         description = migration.description.replace("'", "''")
         statements.append(
             "INSERT INTO schema_version (version, description, applied_ms)"
             f" VALUES ({migration.version}, '{description}', 0)"
         )
+    return statements
+
+
+async def test_version_2_database_gains_file_columns(db: Database) -> None:
+    """A database from before file messages migrates; its messages come back as text."""
     await db.execute(
-        *statements,
+        *schema_at(2),
         "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms)"
         " VALUES ('r', 1, 'old1', 'ann', 'from v2', NULL, 5)",
         "INSERT INTO rooms (name, last_seq, created_ms) VALUES ('r', 1, 5)",
@@ -475,16 +480,8 @@ async def test_version_2_database_gains_file_columns(db: Database) -> None:
 
 async def test_version_5_database_reads_its_past_as_read(db: Database) -> None:
     """Upgrading to read markers leaves nobody's direct messages or private rooms unread."""
-    statements = [VERSION_TABLE]
-    for migration in MIGRATIONS[:5]:
-        statements += migration.statements
-        description = migration.description.replace("'", "''")
-        statements.append(
-            "INSERT INTO schema_version (version, description, applied_ms)"
-            f" VALUES ({migration.version}, '{description}', 0)"
-        )
     await db.execute(
-        *statements,
+        *schema_at(5),
         "INSERT INTO users (name, name_key, password_hash, dm_seq, created_ms)"
         " VALUES ('Ann', 'ann', 'h', 7, 0), ('bob', 'bob', 'h', 0, 0)",
         "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"

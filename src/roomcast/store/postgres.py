@@ -614,7 +614,7 @@ class PostgresStore(SQLStore):
             self._erase_wanted = False
             try:
                 async with self._connection() as conn:
-                    await conn.execute("VACUUM messages, direct_messages, reactions")
+                    await conn.execute("VACUUM messages, direct_messages, reactions, notifications")
                     if self._may_checkpoint:
                         await conn.execute("CHECKPOINT")
             except asyncpg.InsufficientPrivilegeError:
