@@ -462,8 +462,9 @@ class PostgresStore(SQLStore):
 
     @staticmethod
     async def _upsert_markers(conn: SQLConn, rows: list[Marker], now_ms: int) -> None:
-        """All of a flush's markers in one statement: row by row, asyncpg's executemany took
-        36 µs a marker (bench/scenarios/marker_writes.py), a round trip each."""
+        """All of a flush's markers in one statement: 9-21 µs a marker in batches of
+        100-10,000, where asyncpg's executemany, a round trip per row, took 21-36
+        (bench/scenarios/marker_writes.py)."""
         names, streams, seqs = (list(column) for column in zip(*rows, strict=True))
         await conn.execute(_SAVE_MARKERS, names, streams, seqs, now_ms)
 
