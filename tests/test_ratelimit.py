@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from roomcast.ratelimit import ABUSE_AFTER, ABUSE_GAP, Bucket, RateLimiter, TokenBucket
+from roomcast.ratelimit import (
+    ABUSE_AFTER,
+    ABUSE_GAP,
+    Bucket,
+    KeyedBuckets,
+    RateLimiter,
+    TokenBucket,
+)
 
 
 class FakeClock:
@@ -165,3 +172,14 @@ def test_a_client_that_waits_as_told_is_never_refused(
     for extra in slack:
         assert bucket.take(now) == 0.0
         now += (1.0 + extra) / rate
+
+
+def test_keyed_buckets_count_each_key_and_forget_the_least_recent() -> None:
+    """Each key has its own burst; past max_keys the least recent key starts afresh."""
+    buckets = KeyedBuckets(1.0, 2, max_keys=2)
+    assert [buckets.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 1.0]
+    assert buckets.take("b", 0.0) == 0.0
+    assert buckets.wait("a", 0.5) == 0.5
+    buckets.take("c", 0.0)  # a is the least recent: forgotten
+    assert buckets.wait("a", 0.0) == 0.0
+    assert buckets.take("a", 0.0) == 0.0

@@ -48,7 +48,7 @@ from .protocol.messages import (
     format_timestamp,
     valid_room,
 )
-from .ratelimit import TokenBucket
+from .ratelimit import KeyedBuckets
 from .rooms import MAX_MEMBERS
 
 __all__ = ["HTTPError", "add_routes"]
@@ -99,37 +99,16 @@ def address_key(address: str) -> str:
         return address
 
 
-class AddressBuckets:
-    """A token bucket per client address (:func:`address_key`), the least recent forgotten.
+class AddressBuckets(KeyedBuckets):
+    """A token bucket per client address, counted under :func:`address_key`."""
 
-    Forgetting an address only gives it a fresh burst; an attacker with many
-    addresses has many buckets anyway, so the bound costs nothing in safety.
-    """
+    __slots__ = ()
 
-    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+    def take(self, key: str, now: float) -> float:
+        return super().take(address_key(key), now)
 
-    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
-        self.rate, self.burst, self.max_keys = rate, burst, max_keys
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def take(self, address: str, now: float) -> float:
-        """Seconds until ``address`` may go on (0: go ahead, counted)."""
-        key = address_key(address)
-        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst)
-        self._buckets[key] = bucket  # most recent last
-        if len(self._buckets) > self.max_keys:
-            del self._buckets[next(iter(self._buckets))]
-        return bucket.take(now)
-
-    def wait(self, address: str, now: float) -> float:
-        """Seconds until ``address`` may go on, taking nothing (0: it may now)."""
-        bucket = self._buckets.get(address_key(address))
-        if bucket is None or bucket.rate == 0:
-            return 0.0
-        tokens, updated = bucket.tokens, bucket.updated
-        if updated is not None and now > updated:
-            tokens = min(bucket.burst, tokens + (now - updated) * bucket.rate)
-        return 0.0 if tokens >= 1.0 - 1e-9 else (1.0 - tokens) / bucket.rate
+    def wait(self, key: str, now: float) -> float:
+        return super().wait(address_key(key), now)
 
 
 class _Failures:
@@ -258,32 +237,15 @@ class LoginThrottle:
         self._sweep_at = max(1024, 2 * len(self._accounts))
 
 
-class PostThrottle:
-    """The WebSocket message rate limit, per user, for ``POST .../messages``."""
-
-    __slots__ = ("_buckets", "burst", "rate")
-
-    MAX_KEYS: Final = 10_000
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def wait(self, user: str) -> float:
-        """Seconds until ``user`` may post (0: go ahead, counted)."""
-        bucket = self._buckets.pop(user, None) or TokenBucket(self.rate, self.burst)
-        self._buckets[user] = bucket
-        if len(self._buckets) > self.MAX_KEYS:
-            del self._buckets[next(iter(self._buckets))]
-        return bucket.take(time.monotonic())
-
-
 _THROTTLE: Final = web.AppKey("login_throttle", LoginThrottle)
 _REGISTRATIONS: Final = web.AppKey("register_throttle", AddressBuckets)
 _PROXIES: Final = web.AppKey("trusted_proxies", TrustedProxies)
 #: Untrusted peers seen sending X-Forwarded-For (one is enough to say so once).
 _FORWARDERS: Final = web.AppKey[set[str]]("untrusted_forwarders")
-_POSTS: Final = web.AppKey("post_throttle", PostThrottle)
+#: The WebSocket message rate limit, per user, for ``POST .../messages``.
+_POSTS: Final = web.AppKey("post_throttle", KeyedBuckets)
+#: Users whose posting rate is tracked at once.
+POSTERS_TRACKED: Final = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -307,7 +269,7 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
     app[_FORWARDERS] = set()
     app[_THROTTLE] = LoginThrottle()
     app[_REGISTRATIONS] = AddressBuckets(REGISTER_RATE, REGISTER_BURST)
-    app[_POSTS] = PostThrottle(node.limits.rate_limit, node.limits.rate_burst)
+    app[_POSTS] = KeyedBuckets(node.limits.rate_limit, node.limits.rate_burst, POSTERS_TRACKED)
     app.router.add_post("/api/register", _register)
     app.router.add_post("/api/login", _login)
     app.router.add_get("/api/rooms", _list_rooms)
@@ -568,8 +530,7 @@ async def _update_room(request: web.Request) -> web.Response:
     receipts = body.get("receipts")
     if type(receipts) is not bool or set(body) != {"receipts"}:
         raise HTTPError(400, "invalid_message", 'give {"receipts": true} or {"receipts": false}')
-    updated = await node.rooms.set_receipts(user, room, receipts)
-    node.read_state.settings_changed(room=room)
+    updated = await node.read_state.set_room_receipts(user, room, receipts)
     return _json({"room": await _room_json(updated, node, with_members=True)})
 
 
@@ -597,9 +558,7 @@ async def _change_settings(request: web.Request) -> web.Response:
     hidden = body.get("hide_receipts")
     if type(hidden) is not bool or set(body) != {"hide_receipts"}:
         raise HTTPError(400, "invalid_message", 'give {"hide_receipts": true} or false')
-    node = request.app[NODE]
-    await node.store.set_hide_receipts(user.name, hidden)
-    node.read_state.settings_changed(user=user.name)
+    await request.app[NODE].read_state.hide_receipts(user, hidden)
     return _json({"hide_receipts": hidden})
 
 
@@ -645,7 +604,7 @@ async def _post_message(request: web.Request) -> web.Response:
     reply_to = body.get("reply_to")
     if reply_to is not None:
         _check_message_id(reply_to, "reply_to")
-    wait = request.app[_POSTS].wait(user.name)
+    wait = request.app[_POSTS].take(user.name, time.monotonic())
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
     message = await node.messaging.post(user, room, text, client_id=client_id, reply_to=reply_to)
@@ -692,7 +651,7 @@ async def _change(
         or not _utf8(client_id)
     ):
         raise HTTPError(400, "invalid_message", f"id must be a string of at most {MAX_ID_LENGTH}")
-    wait = request.app[_POSTS].wait(user.name)
+    wait = request.app[_POSTS].take(user.name, time.monotonic())
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
     ack = await node.messaging.change_now(user, kind, message_id, text, client_id=client_id)

@@ -34,7 +34,7 @@ from .exceptions import BackendError
 from .metrics import Metrics
 from .model import ChatMessage, DirectMessage
 from .protocol.messages import format_timestamp
-from .ratelimit import TokenBucket
+from .ratelimit import KeyedBuckets
 from .store.base import Notifications
 
 __all__ = ["CONCURRENCY", "Notifier", "backoff", "sign"]
@@ -112,8 +112,8 @@ class Notifier:
         self._metrics = metrics
         #: Notifications waiting for their user's presence check: (user, body).
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_QUEUED)
-        #: Each recipient's allowance (:data:`PER_USER_BURST`), least recent first.
-        self._allowances: dict[str, TokenBucket] = {}
+        #: Each recipient's allowance (:data:`PER_USER_BURST`).
+        self._allowances = KeyedBuckets(1 / PER_USER_EVERY, PER_USER_BURST, TRACKED_USERS)
         #: Set when a notification was kept: the sender looks at once.
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(CONCURRENCY)
@@ -190,7 +190,7 @@ class Notifier:
         )
 
     def _queue_for(self, user: str, body: dict[str, Any]) -> None:
-        if self._allowance(user).take(time.monotonic()) > 0:
+        if self._allowances.take(user, time.monotonic()) > 0:
             self._metrics.notifications.labels("dropped").inc()
             logger.warning("notification for %s dropped: too many for them lately", user)
             return
@@ -199,14 +199,6 @@ class Notifier:
         except asyncio.QueueFull:
             self._metrics.notifications.labels("dropped").inc()
             logger.warning("notification for %s dropped: %d are waiting", user, MAX_QUEUED)
-
-    def _allowance(self, user: str) -> TokenBucket:
-        buckets = self._allowances
-        bucket = buckets.pop(user, None) or TokenBucket(1 / PER_USER_EVERY, PER_USER_BURST)
-        buckets[user] = bucket  # most recent last
-        if len(buckets) > TRACKED_USERS:
-            del buckets[next(iter(buckets))]
-        return bucket
 
     # -- keeping ------------------------------------------------------------------
 

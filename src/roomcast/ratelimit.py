@@ -23,6 +23,7 @@ __all__ = [
     "ABUSE_GAP",
     "COMMAND_FACTOR",
     "Bucket",
+    "KeyedBuckets",
     "RateLimiter",
     "TokenBucket",
 ]
@@ -80,6 +81,38 @@ class TokenBucket:
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / rate
+
+
+class KeyedBuckets:
+    """A token bucket per key (an address, a user), the least recent forgotten past ``max_keys``.
+
+    Forgetting a key only gives it a fresh burst; whoever has many keys has
+    many buckets anyway, so the bound costs nothing in safety.
+    """
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str, now: float) -> float:
+        """Seconds until ``key`` may go on (0: go ahead, counted)."""
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst)
+        self._buckets[key] = bucket  # most recent last
+        if len(self._buckets) > self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        return bucket.take(now)
+
+    def wait(self, key: str, now: float) -> float:
+        """Seconds until ``key`` may go on, taking nothing (0: it may now)."""
+        bucket = self._buckets.get(key)
+        if bucket is None or bucket.rate == 0:
+            return 0.0
+        tokens, updated = bucket.tokens, bucket.updated
+        if updated is not None and now > updated:
+            tokens = min(bucket.burst, tokens + (now - updated) * bucket.rate)
+        return 0.0 if tokens >= 1.0 - _EPSILON else (1.0 - tokens) / bucket.rate
 
 
 class RateLimiter:

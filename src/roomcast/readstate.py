@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
-from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final
 
 from .broker.base import Broker, Publication
 from .exceptions import BackendError, UnknownUser
 from .hub import Hub, Peer
 from .metrics import Metrics
-from .model import ChatMessage, DirectMessage, Unread, UserInfo
+from .model import ChatMessage, DirectMessage, RoomAccess, Unread, UserInfo
 from .outbox import Outbox
 from .protocol.messages import Read, ReadEvent, Receipt, UnreadReply, encode
 from .protocol.wsframe import text_frame
@@ -55,7 +56,8 @@ SETTINGS_KEPT: Final = 100_000
 #: Seconds receipts reuse a user's "hide my receipts" and a room's receipts
 #: rule and reader count: read once per conversation per flush otherwise,
 #: they were three store reads per reader per second. A change made on this
-#: node applies at once (:meth:`ReadState.settings_changed`), on others
+#: node applies at once (:meth:`ReadState.hide_receipts`,
+#: :meth:`ReadState.set_room_receipts`), on others
 #: within this.
 SETTINGS_TTL: Final = 10.0
 
@@ -297,10 +299,10 @@ class ReadState:
         for (name, stream), (before, seq) in moved.items():
             if seq <= before:  # a first join's marker: nothing newly read
                 continue
-            if await self._cached(f"@{name}", self._hides_receipts(name)):
+            if await self._cached(f"@{name}", functools.partial(self._hides_receipts, name)):
                 continue
             if not stream.startswith(DIRECT):
-                if await self._cached(stream, self._names_readers(stream)):
+                if await self._cached(stream, functools.partial(self._names_readers, stream)):
                     self._to_room(stream, Receipt(name, seq, room=stream))
                 continue
             peers = (
@@ -315,25 +317,29 @@ class ReadState:
                 if theirs is not None:
                     self._to_user(other, Receipt(name, theirs))
 
-    async def _cached(self, key: str, read: Coroutine[Any, Any, bool]) -> bool:
-        """A setting from :attr:`_settings` while fresh, else ``read`` (and kept)."""
+    async def _cached(self, key: str, read: Callable[[], Awaitable[bool]]) -> bool:
+        """A setting from :attr:`_settings` while fresh, else ``read()`` (and kept)."""
         now = asyncio.get_running_loop().time()
         found = self._settings.get(key)
         if found is not None and found[0] > now:
-            read.close()
             return found[1]
-        value = await read
+        value = await read()
         if len(self._settings) >= SETTINGS_KEPT:
             self._settings.clear()
         self._settings[key] = (now + SETTINGS_TTL, value)
         return value
 
-    def settings_changed(self, user: str | None = None, room: str | None = None) -> None:
-        """A user's or a room's receipts setting changed here: read it afresh."""
-        if user is not None:
-            self._settings.pop(f"@{user}", None)
-        if room is not None:
-            self._settings.pop(room, None)
+    async def hide_receipts(self, user: UserInfo, hidden: bool) -> None:
+        """Hide (or show) ``user``'s receipts; on this node at once, on others within
+        :data:`SETTINGS_TTL`."""
+        await self._store.set_hide_receipts(user.name, hidden)
+        self._settings.pop(f"@{user.name}", None)
+
+    async def set_room_receipts(self, user: UserInfo, room: str, on: bool) -> RoomAccess:
+        """Turn receipts in ``room`` on or off (its owner only: :meth:`Rooms.set_receipts`)."""
+        access = await self._rooms.set_receipts(user, room, on)
+        self._settings.pop(room, None)
+        return access
 
     async def _hides_receipts(self, name: str) -> bool:
         account = await self._store.get_user(name)
