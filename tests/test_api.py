@@ -136,7 +136,9 @@ def test_each_refusal_of_the_core_has_its_status_and_code() -> None:
         e.TooLarge: (413, "too_large"),
         e.QuotaExceeded: (413, "quota_exceeded"),
     }
-    assert set(expected) == set(e.DomainError.__subclasses__())
+    assert set(expected) | {e.TooFrequent} == set(e.DomainError.__subclasses__())
     for kind, (status, code) in expected.items():
         answer = api.refused(kind("why"))
         assert (answer.status, answer.code, answer.message) == (status, code, "why")
+    answer = api.refused(e.TooFrequent("why", retry_after=1.5))
+    assert (answer.status, answer.code, answer.retry_after) == (429, "rate_limited", 1.5)

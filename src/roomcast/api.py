@@ -30,9 +30,11 @@ from .exceptions import (
     InvalidRequest,
     NameTaken,
     NotFound,
+    ProtocolError,
     QuotaExceeded,
     RoomExists,
     StoreBusy,
+    TooFrequent,
     TooLarge,
     UnknownUser,
 )
@@ -46,6 +48,7 @@ from .protocol.messages import (
     MAX_ID_LENGTH,
     MAX_SEQ,
     format_timestamp,
+    parse_search,
     valid_room,
 )
 from .ratelimit import KeyedBuckets
@@ -284,6 +287,7 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
     app.router.add_put("/api/messages/{message_id}/reactions/{emoji}", _add_reaction)
     app.router.add_delete("/api/messages/{message_id}/reactions/{emoji}", _remove_reaction)
     app.router.add_get("/api/unread", _unread)
+    app.router.add_get("/api/search", _search)
     app.router.add_get("/api/me/settings", _settings)
     app.router.add_put("/api/me/settings", _change_settings)
     app.router.add_get("/files/{file_id}", _file)
@@ -356,6 +360,7 @@ REFUSALS: Final[dict[type[DomainError], tuple[int, str]]] = {
     InvalidRequest: (400, "invalid_message"),
     TooLarge: (413, "too_large"),
     QuotaExceeded: (413, "quota_exceeded"),
+    TooFrequent: (429, "rate_limited"),
 }
 
 
@@ -364,7 +369,8 @@ def refused(exc: DomainError) -> HTTPError:
     for kind in type(exc).__mro__:
         if kind in REFUSALS:
             status, code = REFUSALS[kind]
-            return HTTPError(status, code, str(exc))
+            wait = exc.retry_after if isinstance(exc, TooFrequent) else None
+            return HTTPError(status, code, str(exc), retry_after=wait)
     return HTTPError(400, "invalid_message", str(exc))
 
 
@@ -544,6 +550,29 @@ async def _unread(request: web.Request) -> web.Response:
     return _json(reply.payload())
 
 
+#: ``GET /api/search``'s parameters that are not text, as the ``search`` frame has them.
+_SEARCH_FLAGS: Final = {"true": True, "false": False}
+
+
+async def _search(request: web.Request) -> web.Response:
+    """``GET /api/search?q=...&room=&direct=&with=&from=&after=&before=&limit=&cursor=&order=``:
+    the caller's search, answered as the WebSocket ``search``."""
+    user = await _user(request)
+    fields: dict[str, Any] = {key: request.query[key] for key in request.query}
+    if "direct" in fields:
+        if fields["direct"] not in _SEARCH_FLAGS:
+            raise HTTPError(400, "invalid_message", "direct must be true or false")
+        fields["direct"] = _SEARCH_FLAGS[fields["direct"]]
+    if "limit" in fields:
+        fields["limit"] = query_int(request, "limit", 1, MAX_SEQ, None)
+    try:
+        search = parse_search(fields)
+    except ProtocolError as exc:
+        raise HTTPError(400, str(exc.code), exc.message.replace("payload.", "")) from None
+    reply = await request.app[NODE].search.search(user, search)
+    return _json(reply.payload())
+
+
 async def _settings(request: web.Request) -> web.Response:
     """``GET /api/me/settings``: ``{"hide_receipts"}``."""
     user = await _user(request)
@@ -702,15 +731,19 @@ async def _remove_reaction(request: web.Request) -> web.Response:
 
 
 async def _direct_messages(request: web.Request) -> web.Response:
-    """``GET /api/direct/messages?before=SEQ|since=SEQ&limit=N``: the caller's direct messages."""
+    """``GET /api/direct/messages?before=SEQ|since=SEQ|around=SEQ&limit=N``: the caller's
+    direct messages."""
     user = await _user(request)
     before = query_int(request, "before", 1, MAX_SEQ, None)
     since = query_int(request, "since", 0, MAX_SEQ, None)
-    if before is not None and since is not None:
-        raise HTTPError(400, "invalid_message", "give before or since, not both")
+    around = query_int(request, "around", 1, MAX_SEQ, None)
+    if sum(value is not None for value in (before, since, around)) > 1:
+        raise HTTPError(400, "invalid_message", "give one of before, since and around")
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
     messaging = request.app[NODE].messaging
-    reply = await messaging.direct_history(user, before=before, since=since, limit=limit)
+    reply = await messaging.direct_history(
+        user, before=before, since=since, limit=limit, around=around
+    )
     return _json(reply.payload())
 
 

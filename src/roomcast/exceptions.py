@@ -19,7 +19,8 @@
     │   ├── InvalidRequest   a value the core checks is unusable (a name, a
     │   │                    password, an id reused for another message)
     │   ├── TooLarge         past a size limit
-    │   └── QuotaExceeded    past the sender's or the server's file quota
+    │   ├── QuotaExceeded    past the sender's or the server's file quota
+    │   └── TooFrequent      asked too often: again after ``retry_after`` s
     ├── AuthError            a token is missing, forged, expired or not for us
     ├── ConfigError          the server's configuration is unusable (the CLI
     │                        prints it as one line and exits with status 2)
@@ -56,6 +57,7 @@ __all__ = [
     "RoomcastError",
     "StoreBusy",
     "StoreError",
+    "TooFrequent",
     "TooLarge",
     "UnknownUser",
 ]
@@ -145,6 +147,14 @@ class ConfigError(RoomcastError):
 
 class BackendError(RoomcastError):
     """A store or broker operation failed."""
+
+
+class TooFrequent(DomainError):
+    """The user asks for this too often; they may ask again after :attr:`retry_after` s."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreError(BackendError):

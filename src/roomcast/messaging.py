@@ -615,20 +615,30 @@ class Messaging:
             self._outbox.reply(peer, Ack(message.message_id, None, result.sender_seq), frame_id)
 
     async def direct_history(
-        self, user: UserInfo, *, before: int | None, since: int | None, limit: int
+        self,
+        user: UserInfo,
+        *,
+        before: int | None,
+        since: int | None,
+        limit: int,
+        around: int | None = None,
     ) -> DirectHistoryReply:
-        """A page of ``user``'s direct messages: after ``since``, or before ``before``."""
+        """A page of ``user``'s direct messages: after ``since``, before ``before``,
+        or ``around`` a seq (where a search result opens)."""
         if user.guest:
             raise Forbidden("direct messages need a registered user")
         last = await self._store.direct_last_seq(user.name)
         messages: Sequence[DirectMessage | Change | Mention]
+        newer = None
         if since is not None:
             messages, more = await self._store.direct_since(user.name, since, limit=limit)
+        elif around is not None:
+            messages, more, newer = await self._store.direct_around(user.name, around, limit=limit)
         else:
             messages, more = await self._store.direct_history(user.name, before=before, limit=limit)
         receipts = await self._read_state.direct_receipts(user.name, messages)
         linked = [with_link(m, self.links) for m in messages]
-        return DirectHistoryReply(linked, more, last, receipts)
+        return DirectHistoryReply(linked, more, last, receipts, newer)
 
     # -- files -------------------------------------------------------------------
 

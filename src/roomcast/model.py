@@ -23,6 +23,7 @@ __all__ = [
     "Quote",
     "Reactions",
     "RoomAccess",
+    "SearchHit",
     "StoredUser",
     "Unread",
     "UserInfo",
@@ -212,3 +213,19 @@ class Unread:
     last_ms: int | None
     room: str | None = None
     peer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A message a search found, as it is now.
+
+    A direct message carries its seq in the reader's own stream, and
+    ``peer``, the other side of the conversation.
+    """
+
+    message: ChatMessage | DirectMessage
+    peer: str | None = None
+    #: Part of the text around the first match, and the matched words'
+    #: ``[start, end)`` in it (code points); set by the search, not the store.
+    snippet: str = ""
+    highlights: tuple[tuple[int, int], ...] = ()

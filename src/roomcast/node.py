@@ -50,12 +50,14 @@ from .protocol.messages import (
     PresenceRequest,
     React,
     Read,
+    SearchRequest,
     Typing,
     UnreadRequest,
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .readstate import ReadState
 from .rooms import Rooms
+from .search import MessageSearch
 from .store.base import Store
 from .streams import Streams
 
@@ -152,6 +154,8 @@ class Node:
             if webhook is not None
             else None
         )
+        #: Full-text search over what each user may read.
+        self.search = MessageSearch(store, self.rooms)
         #: Chat, direct messages, files, typing and history.
         self.messaging = Messaging(
             node_id=self.id,
@@ -326,6 +330,8 @@ class Node:
                     return self._finish(peer, outcome, self.read_state.read(peer, outcome))
                 case UnreadRequest():
                     return self._finish(peer, outcome, self._unread(peer, outcome))
+                case SearchRequest():
+                    return self._finish(peer, outcome, self._search(peer, outcome))
                 case FileHeader():
                     # A file needs its bytes: handle_binary carries them out.
                     self.outbox.error(
@@ -371,7 +377,7 @@ class Node:
         user = peer.session.user
         assert user is not None
         reply = await self.messaging.direct_history(
-            user, before=cmd.before, since=cmd.since, limit=cmd.limit
+            user, before=cmd.before, since=cmd.since, limit=cmd.limit, around=cmd.around
         )
         self.outbox.reply(peer, reply, cmd.id)
 
@@ -379,6 +385,11 @@ class Node:
         user = peer.session.user
         assert user is not None
         self.outbox.reply(peer, await self.read_state.unread(user), cmd.id)
+
+    async def _search(self, peer: Peer, cmd: SearchRequest) -> None:
+        user = peer.session.user
+        assert user is not None
+        self.outbox.reply(peer, await self.search.search(user, cmd), cmd.id)
 
     async def _presence_list(self, peer: Peer, cmd: PresenceRequest) -> None:
         user = peer.session.user

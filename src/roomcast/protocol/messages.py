@@ -32,17 +32,33 @@ from ..exceptions import (
     ProtocolError,
     QuotaExceeded,
     RoomExists,
+    TooFrequent,
     TooLarge,
     UnknownUser,
 )
-from ..model import Change, ChatMessage, DirectMessage, FileInfo, Mention, Quote, Unread, UserInfo
+from ..model import (
+    Change,
+    ChatMessage,
+    DirectMessage,
+    FileInfo,
+    Mention,
+    Quote,
+    SearchHit,
+    Unread,
+    UserInfo,
+)
 from .codes import ErrorCode
 
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
+    "DEFAULT_SEARCH_LIMIT",
     "LOBBY",
     "MAX_FILE_HEADER",
     "MAX_HISTORY_LIMIT",
+    "MAX_SEARCH_LIMIT",
+    "SearchReply",
+    "SearchRequest",
+    "parse_search",
     "MAX_ID_LENGTH",
     "MAX_SEQ",
     "ROOM_NAME",
@@ -103,6 +119,13 @@ MAX_HISTORY_LIMIT: Final = 100
 #: bind (2**64 raised OverflowError in the store), and the HTTP API's bound.
 MAX_SEQ: Final = 2**62
 DEFAULT_HISTORY_LIMIT: Final = 50
+#: Results in a page of search, unless asked otherwise, and the most.
+DEFAULT_SEARCH_LIMIT: Final = 20
+MAX_SEARCH_LIMIT: Final = 50
+#: The longest search query and cursor a frame may carry (the query's own
+#: rules are the search's: roomcast.query).
+MAX_QUERY_LENGTH: Final = 256
+MAX_CURSOR_LENGTH: Final = 512
 MAX_NAME_LENGTH: Final = 64
 #: The longest reaction a frame may carry, in characters (a family emoji
 #: with skin tones is 11 code points; a ``:name:`` at most 34).
@@ -248,6 +271,8 @@ class DirectHistoryRequest:
     before: int | None = None
     since: int | None = None
     limit: int = DEFAULT_HISTORY_LIMIT
+    #: Messages around this seq (of the user's stream) instead.
+    around: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +308,26 @@ class UnreadRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """``search``: messages the user may read that match a query, newest (or best) first."""
+
+    TYPE: ClassVar[str] = "search"
+    id: str | None
+    q: str
+    room: str | None = None
+    #: Only the user's direct conversations; with ``peer``, the one with that user.
+    direct: bool = False
+    peer: str | None = None
+    sender: str | None = None
+    #: Stored strictly after / before these times (epoch ms).
+    after_ms: int | None = None
+    before_ms: int | None = None
+    limit: int = DEFAULT_SEARCH_LIMIT
+    cursor: str | None = None
+    relevance: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SendBack:
     """``echo``, or any type the server does not handle: sent back whole."""
 
@@ -306,6 +351,7 @@ ClientFrame = (
     | DirectHistoryRequest
     | Read
     | UnreadRequest
+    | SearchRequest
     | PresenceRequest
     | SendBack
 )
@@ -526,13 +572,16 @@ def _parse_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> 
 def _parse_direct_history(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
     before = _seq(payload, "before", fid, minimum=1)
     since = _seq(payload, "since", fid, minimum=0)
-    if before is not None and since is not None:
+    around = _seq(payload, "around", fid, minimum=1)
+    if sum(value is not None for value in (before, since, around)) > 1:
         raise _fail(
-            ErrorCode.INVALID_MESSAGE, "give payload.before or payload.since, not both", fid
+            ErrorCode.INVALID_MESSAGE,
+            "give one of payload.before, payload.since and payload.around",
+            fid,
         )
     limit = _seq(payload, "limit", fid, minimum=1, maximum=None)  # lowered below
     limit = DEFAULT_HISTORY_LIMIT if limit is None else min(limit, MAX_HISTORY_LIMIT)
-    return DirectHistoryRequest(fid, before, since, limit)
+    return DirectHistoryRequest(fid, before, since, limit, around)
 
 
 def _parse_presence(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
@@ -560,9 +609,97 @@ def _parse_unread(payload: dict[str, Any], fid: str | None, max_chars: int) -> C
     return UnreadRequest(fid)
 
 
+def _parse_search(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:
+    return parse_search(payload, fid)
+
+
+def parse_search(payload: dict[str, Any], fid: str | None = None) -> SearchRequest:
+    """A ``search`` frame's payload, or ``GET /api/search``'s query as the same fields.
+
+    The query's own syntax is the search's to check (``roomcast.query``);
+    this checks each field's type and bounds.
+
+    Raises:
+        ProtocolError: ``invalid_message``, saying which field and why.
+    """
+    q = payload.get("q")
+    if not isinstance(q, str) or not q.strip():
+        raise _fail(ErrorCode.INVALID_MESSAGE, "payload.q must be a query to search for", fid)
+    if len(q) > MAX_QUERY_LENGTH:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"payload.q is longer than {MAX_QUERY_LENGTH} characters",
+            fid,
+        )
+    room = _room(payload, fid) if payload.get("room") is not None else None
+    direct = payload.get("direct")
+    if direct not in (None, True, False):
+        raise _fail(ErrorCode.INVALID_MESSAGE, "payload.direct must be true or false", fid)
+    peer = _name(payload, "with", fid) if payload.get("with") is not None else None
+    if peer is not None and not direct:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "payload.with needs payload.direct", fid)
+    if room is not None and direct:
+        raise _fail(ErrorCode.INVALID_MESSAGE, "give payload.room or payload.direct, not both", fid)
+    sender = _name(payload, "from", fid) if payload.get("from") is not None else None
+    after = _time(payload, "after", fid)
+    before = _time(payload, "before", fid)
+    limit = _seq(payload, "limit", fid, minimum=1, maximum=None)  # lowered below
+    limit = DEFAULT_SEARCH_LIMIT if limit is None else min(limit, MAX_SEARCH_LIMIT)
+    cursor = payload.get("cursor")
+    if cursor is not None and (
+        not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_LENGTH
+    ):
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE, "payload.cursor must be the cursor a search gave", fid
+        )
+    order = payload.get("order", "newest")
+    if order not in ("newest", "relevance"):
+        raise _fail(ErrorCode.INVALID_MESSAGE, 'payload.order must be "newest" or "relevance"', fid)
+    return SearchRequest(
+        fid,
+        q,
+        room,
+        bool(direct),
+        peer,
+        sender,
+        after,
+        before,
+        limit,
+        cursor,
+        order == "relevance",
+    )
+
+
+def _time(payload: dict[str, Any], key: str, fid: str | None) -> int | None:
+    """An optional ISO 8601 time (UTC unless it says otherwise; a date is its
+    midnight), as epoch milliseconds."""
+    value = payload.get(key)
+    if value is None:
+        return None
+    when = None
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            when = None
+    if when is None:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            f'payload.{key} must be an ISO 8601 time, like "2026-12-01T10:00:00Z"',
+            fid,
+        )
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        return int(when.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError):
+        raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} is out of range", fid) from None
+
+
 _PARSERS: Final = {
     "read": _parse_read,
     "unread": _parse_unread,
+    "search": _parse_search,
     "auth": _parse_auth,
     "chat": _parse_chat,
     "join": _parse_join,
@@ -829,13 +966,17 @@ class DirectHistoryReply:
     #: For each peer on the page who shows receipts: up to which seq of the
     #: user's own stream they have read the conversation.
     receipts: dict[str, int] | None = None
+    #: With ``around``: whether newer messages follow the page.
+    has_newer: bool | None = None
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "messages": [_history_item(m) for m in self.messages],
             "has_more": self.has_more,
-            "last_seq": self.last_seq,
         }
+        if self.has_newer is not None:
+            out["has_newer"] = self.has_newer
+        out["last_seq"] = self.last_seq
         if self.receipts is not None:
             out["receipts"] = self.receipts
         return out
@@ -920,6 +1061,44 @@ def _where(room: str | None, peer: str | None) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchReply:
+    """The answer to ``search`` (and ``GET /api/search``): a page of results."""
+
+    TYPE: ClassVar[str] = "search"
+    results: list[SearchHit]
+    #: Where the next page starts; None on the last page.
+    cursor: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"results": [_search_result(hit) for hit in self.results]}
+        if self.cursor is not None:
+            out["cursor"] = self.cursor
+        return out
+
+
+def _search_result(hit: SearchHit) -> dict[str, Any]:
+    """One search result: where, which message, who and when, its text and snippet."""
+    message = hit.message
+    out: dict[str, Any]
+    if isinstance(message, ChatMessage):
+        out = {"room": message.room}
+        if message.thread is not None:
+            out["thread"] = message.thread
+    else:
+        out = {"direct": True, "with": hit.peer}
+    out["seq"] = message.seq
+    out["message_id"] = message.message_id
+    out["from"] = message.sender
+    out["at"] = format_timestamp(message.ts_ms)
+    out["message"] = message.message
+    if message.edited_ms is not None:
+        out["edited_at"] = format_timestamp(message.edited_ms)
+    out["snippet"] = hit.snippet
+    out["highlights"] = [list(span) for span in hit.highlights]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class SentBack:
     """The whole frame a client sent, sent back."""
 
@@ -941,6 +1120,7 @@ REFUSAL_CODES: Final[dict[type[DomainError], ErrorCode]] = {
     InvalidRequest: ErrorCode.INVALID_MESSAGE,
     TooLarge: ErrorCode.TOO_LARGE,
     QuotaExceeded: ErrorCode.QUOTA_EXCEEDED,
+    TooFrequent: ErrorCode.RATE_LIMITED,
 }
 
 
@@ -960,6 +1140,8 @@ class ErrorReply:
     @classmethod
     def refused(cls, exc: DomainError) -> ErrorReply:
         """The ``error`` frame for a refusal of the core (the WebSocket's one mapping)."""
+        if isinstance(exc, TooFrequent):
+            return cls.rate_limited(str(exc), exc.retry_after)
         for kind in type(exc).__mro__:
             code = REFUSAL_CODES.get(kind)
             if code is not None:
@@ -993,6 +1175,7 @@ ServerFrame = (
     | ReadEvent
     | Receipt
     | UnreadReply
+    | SearchReply
     | TypingEvent
     | HistoryReply
     | DirectHistoryReply

@@ -42,6 +42,7 @@ from .messages import (
     Ping,
     Pong,
     Read,
+    SearchRequest,
     SendBack,
     SentBack,
     ServerFrame,
@@ -272,6 +273,10 @@ class Session:
                 if frame.room not in self.rooms:
                     return _error(ErrorCode.NOT_MEMBER, f"not a member of {frame.room}", fid)
             elif self.user.guest:
+                return _error(ErrorCode.FORBIDDEN, "direct messages need a registered user", fid)
+        elif isinstance(frame, SearchRequest) and frame.direct:
+            assert self.user is not None
+            if self.user.guest:
                 return _error(ErrorCode.FORBIDDEN, "direct messages need a registered user", fid)
         elif isinstance(frame, UnreadRequest):
             assert self.user is not None

@@ -17,11 +17,16 @@ within a room, and the node broadcasts in that order.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
-from ..exceptions import StoreError
+import orjson
+
+from ..exceptions import InvalidRequest, StoreError
 from ..model import (
     Change,
     ChatMessage,
@@ -29,8 +34,10 @@ from ..model import (
     FileInfo,
     Mention,
     RoomAccess,
+    SearchHit,
     StoredUser,
 )
+from ..query import Query
 
 __all__ = [
     "DEDUPE_SECONDS",
@@ -48,6 +55,10 @@ __all__ = [
     "ReadMarkers",
     "RoomAccess",
     "Rooms",
+    "Search",
+    "SearchFilter",
+    "read_cursor",
+    "write_cursor",
     "Store",
     "StoredUser",
     "Users",
@@ -131,6 +142,79 @@ class DirectResult:
     sender_seq: int
     recipient_seq: int
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """One search: the query, where it looks, and which page.
+
+    Without ``room`` or ``direct`` it looks in every room ``reader`` may read
+    now and, for a registered reader, in their direct conversations.
+    """
+
+    query: Query
+    #: The registered user searching, or None for a guest (public rooms only).
+    reader: str | None
+    #: Only this room (the caller has checked the reader may read it).
+    room: str | None = None
+    #: Only the reader's direct conversations; with ``peer``, the one with them.
+    direct: bool = False
+    peer: str | None = None
+    #: Only messages from this sender.
+    sender: str | None = None
+    #: Only messages stored after / before these times (epoch ms, both excluded).
+    after_ms: int | None = None
+    before_ms: int | None = None
+    limit: int = 20
+    #: Where the previous page ended (the store's own form), or None for the first.
+    cursor: str | None = None
+    #: Best matches first instead of newest first.
+    relevance: bool = False
+
+    def key(self) -> str:
+        """What a cursor is valid for: this search, whatever page."""
+        return repr(
+            (
+                self.query.text,
+                self.reader,
+                self.room,
+                self.direct,
+                self.peer,
+                self.sender,
+                self.after_ms,
+                self.before_ms,
+                self.relevance,
+            )
+        )
+
+
+def write_cursor(search: SearchFilter, position: Any) -> str:
+    """The cursor of the page after this one: ``position`` (the store's own, as JSON),
+    bound to ``search`` so it is not taken for another search's."""
+    data = orjson.dumps([_cursor_key(search), position])
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def read_cursor(search: SearchFilter) -> Any:
+    """The position in ``search.cursor`` (None for a first page).
+
+    Raises:
+        InvalidRequest: the cursor is not one this search gave.
+    """
+    if search.cursor is None:
+        return None
+    try:
+        text = search.cursor + "=" * (-len(search.cursor) % 4)
+        key, position = orjson.loads(base64.urlsafe_b64decode(text.encode("ascii")))
+    except (ValueError, TypeError, UnicodeEncodeError, binascii.Error):
+        raise InvalidRequest("cursor is not one a search gave") from None
+    if key != _cursor_key(search):
+        raise InvalidRequest("cursor belongs to another search: repeat the same query")
+    return position
+
+
+def _cursor_key(search: SearchFilter) -> str:
+    return hashlib.blake2b(search.key().encode(), digest_size=8).hexdigest()
 
 
 #: Where a history page reads: the whole room (None), or one thread (its root's id).
@@ -256,6 +340,12 @@ class DirectInbox(Protocol):
         self, owner: str, seq: int, *, limit: int
     ) -> tuple[list[DirectMessage | Change | Mention], bool]:
         """``owner``'s direct-stream events with seq > ``seq``, oldest first, and ``has_more``."""
+
+    async def direct_around(
+        self, owner: str, seq: int, *, limit: int
+    ) -> tuple[list[DirectMessage], bool, bool]:
+        """``owner``'s direct messages before ``seq`` (half of ``limit``) and from it on,
+        as :meth:`direct_history`; whether older ones exist, and whether newer ones do."""
 
 
 class Users(Protocol):
@@ -387,7 +477,34 @@ class Notifications(Protocol):
         """How many notifications wait."""
 
 
+class Search(Protocol):
+    """Full-text search over the messages a reader may read now."""
+
+    async def search(self, search: SearchFilter) -> tuple[list[SearchHit], str | None]:
+        """Up to ``search.limit`` messages matching ``search.query``, newest first (or
+        best first), and the cursor of the next page (None on the last).
+
+        Only chat messages not deleted, by their current text; only in rooms
+        the reader may read as the store says now (public ones, and private
+        ones they own or belong to) and in the reader's own direct
+        conversations. A message is found from the moment it is stored.
+
+        Raises:
+            InvalidRequest: a cursor that is not this search's, or a query
+                the engine refuses.
+        """
+
+
 class Store(
-    Lifecycle, MessageLog, DirectInbox, Users, Rooms, Files, ReadMarkers, Notifications, Protocol
+    Lifecycle,
+    MessageLog,
+    DirectInbox,
+    Users,
+    Rooms,
+    Files,
+    ReadMarkers,
+    Notifications,
+    Search,
+    Protocol,
 ):
     """Where room messages, direct messages, users and rooms are kept: every port at once."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..exceptions import InvalidRequest
 from ..model import (
     Change,
     ChatMessage,
@@ -21,8 +22,10 @@ from ..model import (
     Quote,
     Reactions,
     RoomAccess,
+    SearchHit,
     StoredUser,
 )
+from ..query import matches, score
 from .base import (
     DEDUPE_SECONDS,
     AppendResult,
@@ -30,8 +33,11 @@ from .base import (
     Draft,
     Marker,
     Outgoing,
+    SearchFilter,
     Thread,
+    read_cursor,
     unstorable,
+    write_cursor,
 )
 from .batch import BatchedAppends, Pending, Plan, Target, direct_from_row, message_from_row
 
@@ -290,6 +296,21 @@ class MemoryStore(BatchedAppends):
         page = messages[-limit:] if limit else []
         return page, len(messages) > len(page)
 
+    async def direct_around(
+        self, owner: str, seq: int, *, limit: int
+    ) -> tuple[list[DirectMessage], bool, bool]:
+        inbox = self._inboxes.get(owner, [])
+        messages = [
+            replace(m, seq=i + 1, reactions=self._reactions_of(m.message_id))
+            for i, m in enumerate(self._events[x] for x in inbox)
+            if isinstance(m, DirectMessage)
+        ]
+        older = [m for m in messages if m.seq is not None and m.seq < seq]
+        newer = [m for m in messages if m.seq is not None and m.seq >= seq]
+        half = limit // 2
+        page = (older[-half:] if half else []) + newer[: limit - half]
+        return page, len(older) > half, len(newer) > limit - half
+
     async def direct_since(
         self, owner: str, seq: int, *, limit: int
     ) -> tuple[list[DirectMessage | Change | Mention], bool]:
@@ -366,6 +387,79 @@ class MemoryStore(BatchedAppends):
             if access is not None and (not access.private or (user and access.allows(user))):
                 rooms.append(access)
         return rooms
+
+    # -- search ------------------------------------------------------------------
+
+    async def search(self, search: SearchFilter) -> tuple[list[SearchHit], str | None]:
+        """Every stored message tried in turn: the in-memory store keeps little.
+
+        The cursor is a position in store order (newest first), or how
+        many results came before (best first).
+        """
+        position = read_cursor(search)
+        if position is not None and (not isinstance(position, int) or position < 0):
+            raise InvalidRequest("cursor is not one a search gave")
+        reader = search.reader
+        inbox = {
+            message_id: seq
+            for seq, message_id in enumerate(self._inboxes.get(reader or "", ()), start=1)
+        }
+        found: list[tuple[int, int, SearchHit]] = []
+        for index, event in enumerate(self._events.values()):
+            hit = self._searched(search, event, inbox)
+            if hit is None or not matches(search.query, hit.message.message):
+                continue
+            if not search.relevance and position is not None and index >= position:
+                continue
+            found.append((index, score(search.query, hit.message.message), hit))
+        if search.relevance:
+            offset = position or 0
+            found.sort(key=lambda item: (-item[1], -item[0]))
+            page = found[offset : offset + search.limit]
+            more = len(found) > offset + search.limit
+            return [hit for _i, _s, hit in page], (
+                write_cursor(search, offset + search.limit) if more else None
+            )
+        found.reverse()
+        page = found[: search.limit]
+        more = len(found) > search.limit
+        return [hit for _i, _s, hit in page], write_cursor(search, page[-1][0]) if more else None
+
+    def _searched(
+        self, search: SearchFilter, event: object, inbox: dict[str, int]
+    ) -> SearchHit | None:
+        """``event`` as a hit if ``search`` may look at it (its text aside), else None."""
+        if isinstance(event, ChatMessage):
+            if search.direct or (search.room is not None and event.room != search.room):
+                return None
+            access = self._access.get(event.room)
+            if (
+                access is not None
+                and access.private
+                and not (search.reader is not None and access.allows(search.reader))
+            ):
+                return None
+            hit = SearchHit(event)
+        elif isinstance(event, DirectMessage):
+            seq = inbox.get(event.message_id)
+            if seq is None or search.room is not None:
+                return None
+            peer = event.to if event.sender == search.reader else event.sender
+            if search.peer is not None and peer != search.peer:
+                return None
+            hit = SearchHit(replace(event, seq=seq), peer)
+        else:
+            return None
+        message = hit.message
+        if message.deleted or message.file is not None:
+            return None
+        if search.sender is not None and message.sender != search.sender:
+            return None
+        if search.after_ms is not None and message.ts_ms <= search.after_ms:
+            return None
+        if search.before_ms is not None and message.ts_ms >= search.before_ms:
+            return None
+        return hit
 
     # -- read state ----------------------------------------------------------------
 

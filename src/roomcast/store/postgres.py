@@ -65,9 +65,20 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from ..exceptions import StoreError
+from ..query import Query, Term
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, Marker
 from .batch import MAX_QUEUED, Pending, Plan, ResendKey, direct_resend, message_from_row
-from .sql import Job, Prune, SQLConn, SQLStore, apply_changes, load_targets
+from .sql import (
+    DIRECT_HIT_COLUMNS,
+    ROOM_HIT_COLUMNS,
+    Job,
+    Prune,
+    SearchSQL,
+    SQLConn,
+    SQLStore,
+    apply_changes,
+    load_targets,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -90,6 +101,26 @@ _DRIVER_ERRORS: Final = (
     OSError,
     TimeoutError,
 )
+
+
+def tsquery(query: Query) -> str:
+    """``query`` as ``to_tsquery`` text: each word a quoted lexeme (quotes and
+    backslashes escaped), so every character a user typed is text to find.
+    PostgreSQL's parser splits a quoted word as it split the messages."""
+
+    def word(text: str, prefix: bool) -> str:
+        quoted = "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+        return quoted + ":*" if prefix else quoted
+
+    def term(item: Term) -> str:
+        last = len(item.words) - 1
+        words = [word(text, item.prefix and i == last) for i, text in enumerate(item.words)]
+        return "(" + " <-> ".join(words) + ")"
+
+    expression = " & ".join(term(item) for item in query.included)
+    for item in query.excluded:
+        expression += f" & !{term(item)}"
+    return expression
 
 
 def _lock_key(name: str) -> int:
@@ -255,8 +286,26 @@ class PostgresStore(SQLStore):
     """
 
     _log = logger
+    _DIALECT = "postgres"
     _NAMES_IN = "= ANY($1::text[])"
     _FILE_SIZE = "(file::json->>'size')::bigint"
+    _SEARCH = SearchSQL(
+        # The expression the GIN indexes messages_search and
+        # direct_messages_search are built on, so the planner uses them.
+        rooms=f"SELECT {ROOM_HIT_COLUMNS}, m.ts_ms, m.message_id, {{score}} AS score"
+        " FROM messages m WHERE to_tsvector('simple', m.body) @@ to_tsquery('simple', $1)"
+        " AND m.kind = 'chat'",
+        direct=f"SELECT {DIRECT_HIT_COLUMNS}, d.ts_ms, d.message_id, {{score}} AS score"
+        " FROM direct_messages d JOIN inbox i ON i.message_id = d.message_id AND i.owner = $2"
+        " WHERE to_tsvector('simple', d.body) @@ to_tsquery('simple', $1) AND d.kind = 'chat'",
+        position=("m.ts_ms, m.message_id", "d.ts_ms, d.message_id"),
+        types=(int, str),
+        score=(
+            "ts_rank(to_tsvector('simple', m.body), to_tsquery('simple', $1))",
+            "ts_rank(to_tsvector('simple', d.body), to_tsquery('simple', $1))",
+        ),
+        compile=lambda query: tsquery(query),
+    )
 
     def __init__(
         self,

@@ -4,7 +4,8 @@ A database records the migrations applied to it in ``schema_version``; at
 open a store applies the ones it lacks, each in its own transaction, and
 refuses a database whose version is newer than it knows. Migrations are only
 ever added, never edited: a later version adds a new one. The SQL is kept to
-what SQLite and PostgreSQL both accept, so one list serves both.
+what SQLite and PostgreSQL both accept, so one list serves both; what only
+one engine has (its full-text index) is that dialect's own statements.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    #: Run after ``statements`` on SQLite only, or on PostgreSQL only.
+    sqlite: tuple[str, ...] = ()
+    postgres: tuple[str, ...] = ()
+
+    def for_dialect(self, dialect: str) -> tuple[str, ...]:
+        """The statements to run on ``dialect`` (``sqlite`` or ``postgres``)."""
+        return self.statements + (self.sqlite if dialect == "sqlite" else self.postgres)
 
 
 VERSION_TABLE: Final = (
@@ -193,6 +201,58 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " JOIN rooms r ON r.name = m.room"
             " UNION SELECT r.owner, r.name, r.last_seq, 0 FROM rooms r"
             " WHERE r.private = 1 AND r.owner IS NOT NULL",
+        ),
+    ),
+    Migration(
+        7,
+        "full-text search over room and direct messages",
+        (),
+        sqlite=(
+            # FTS5 over the message rows themselves (external content: the
+            # index keeps words, never a copy of the text), by rowid, which a
+            # table without an INTEGER PRIMARY KEY keeps unless VACUUMed
+            # (docs/postgres.md says how to rebuild after one). unicode61
+            # keeps every script's letters; remove_diacritics 2 folds accents.
+            # Chat messages only: an edit's event row keeps its text for
+            # replay, and is not searched.
+            *(
+                statement.format(table=table, index=index)
+                for table, index in (
+                    ("messages", "messages_search"),
+                    ("direct_messages", "direct_search"),
+                )
+                for statement in (
+                    "CREATE VIRTUAL TABLE {index} USING fts5(body, content='{table}',"
+                    " content_rowid='rowid', tokenize='unicode61 remove_diacritics 2')",
+                    # Kept by triggers, in the transaction that writes the row: a
+                    # message is found once it is acked; an edit or a delete (which
+                    # empties body) takes its old words out at once.
+                    "CREATE TRIGGER {index}_insert AFTER INSERT ON {table}"
+                    " WHEN new.kind = 'chat' AND new.body <> '' BEGIN"
+                    " INSERT INTO {index} (rowid, body) VALUES (new.rowid, new.body); END",
+                    "CREATE TRIGGER {index}_update AFTER UPDATE OF body ON {table}"
+                    " WHEN old.kind = 'chat' BEGIN"
+                    " INSERT INTO {index} ({index}, rowid, body)"
+                    " SELECT 'delete', old.rowid, old.body WHERE old.body <> '';"
+                    " INSERT INTO {index} (rowid, body)"
+                    " SELECT new.rowid, new.body WHERE new.body <> ''; END",
+                    "CREATE TRIGGER {index}_delete AFTER DELETE ON {table}"
+                    " WHEN old.kind = 'chat' AND old.body <> '' BEGIN"
+                    " INSERT INTO {index} ({index}, rowid, body)"
+                    " VALUES ('delete', old.rowid, old.body); END",
+                    "INSERT INTO {index} (rowid, body)"
+                    " SELECT rowid, body FROM {table} WHERE kind = 'chat' AND body <> ''",
+                )
+            ),
+        ),
+        postgres=(
+            # A tsvector per chat message, in a GIN index over the expression
+            # (no stored copy of the words in the table). 'simple': no
+            # stemming and no stop words, so every language is indexed alike.
+            "CREATE INDEX messages_search ON messages"
+            " USING gin (to_tsvector('simple', body)) WHERE kind = 'chat'",
+            "CREATE INDEX direct_messages_search ON direct_messages"
+            " USING gin (to_tsvector('simple', body)) WHERE kind = 'chat'",
         ),
     ),
 )

@@ -31,10 +31,10 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
-from ..exceptions import StoreError
+from ..exceptions import InvalidRequest, StoreError
 from ..model import (
     Change,
     ChatMessage,
@@ -43,9 +43,22 @@ from ..model import (
     Quote,
     Reactions,
     RoomAccess,
+    SearchHit,
     StoredUser,
 )
-from .base import AppendResult, DirectResult, Draft, Marker, Outgoing, Thread, unstorable
+from ..query import Query
+from .base import (
+    AppendResult,
+    DirectResult,
+    Draft,
+    Marker,
+    Outgoing,
+    SearchFilter,
+    Thread,
+    read_cursor,
+    unstorable,
+    write_cursor,
+)
 from .batch import (
     MAX_QUEUED,
     MESSAGE_COLUMNS,
@@ -63,6 +76,10 @@ from .batch import (
 from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, Migration
 
 __all__ = [
+    "DIRECT_HIT_COLUMNS",
+    "MAX_RELEVANCE_RESULTS",
+    "ROOM_HIT_COLUMNS",
+    "SearchSQL",
     "apply_changes",
     "load_targets",
     "PRUNE_CHUNK",
@@ -82,6 +99,9 @@ PRUNE_CHUNK: Final = 5000
 PRUNE_INTERVAL: Final = 3600.0
 #: Past every seq: ``history`` without ``before`` reads from the newest.
 _NEWEST: Final = 2**62
+#: How deep best-first search results page: each page ranks every match up
+#: to its end again, so the depth bounds the work.
+MAX_RELEVANCE_RESULTS: Final = 500
 
 
 class SQLConn(Protocol):
@@ -160,6 +180,7 @@ _INBOX: Final = (
 )
 _INBOX_AFTER: Final = f"{_INBOX} AND i.seq > $2 ORDER BY i.seq LIMIT $3"
 _INBOX_BEFORE: Final = f"{_INBOX} AND i.seq < $2 AND d.kind = 'chat' ORDER BY i.seq DESC LIMIT $3"
+_INBOX_FROM: Final = f"{_INBOX} AND i.seq >= $2 AND d.kind = 'chat' ORDER BY i.seq LIMIT $3"
 #: A message (not a change) by id, from either table: a room message has a
 #: room, a direct one a recipient (the last column). Each half is one
 #: unique index lookup.
@@ -328,6 +349,43 @@ _RETRY_NOTIFICATION: Final = "UPDATE notifications SET due_ms = $2 WHERE id = $1
 _FINISH_NOTIFICATION: Final = "DELETE FROM notifications WHERE id = $1"
 
 
+# -- search -------------------------------------------------------------------------------
+
+#: A room message's columns, as :func:`~.batch.chat_from_row` reads them, of the alias ``m``.
+ROOM_HIT_COLUMNS: Final = ", ".join(f"m.{column.strip()}" for column in MESSAGE_COLUMNS.split(","))
+#: A direct message's columns in ``$2``'s stream, as :func:`~.batch.direct_from_row` reads them.
+DIRECT_HIT_COLUMNS: Final = (
+    "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file, d.kind,"
+    " d.target, d.room, d.mentions, d.edited_ms, d.deleted_ms"
+)
+#: The rooms reader ``$2`` may read now: public ones, and private ones they own or
+#: belong to (none but public ones for a guest, whose ``$2`` is NULL).
+_READABLE_ROOMS: Final = (
+    "m.room IN (SELECT name FROM rooms WHERE private = 0 OR owner = $2"
+    " UNION SELECT room FROM room_members WHERE name = $2)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSQL:
+    """A backend's engine, as a search uses it.
+
+    ``rooms`` and ``direct`` select the messages matching the engine's query
+    ``$1`` (room messages as ``m``; direct ones as ``d`` in reader ``$2``'s
+    inbox ``i``): their columns, then ``position``'s, then ``{score}`` (how
+    well it matches, higher is better, or 0 when newest first). ``position``
+    orders each kind newest first in the way the index reads fastest, and
+    is what a cursor keeps (of types ``types``).
+    """
+
+    rooms: str
+    direct: str
+    position: tuple[str, str]
+    types: tuple[type, ...]
+    score: tuple[str, str]
+    compile: Callable[[Query], str]
+
+
 class SQLStore(BatchedAppends):
     """A store over a SQL database: every read, account, room, file and retention query.
 
@@ -343,10 +401,14 @@ class SQLStore(BatchedAppends):
 
     #: The backend's logger (``roomcast.store.<backend>``).
     _log: ClassVar[logging.Logger]
+    #: Which engine: ``sqlite`` or ``postgres`` (each has its own migration statements).
+    _DIALECT: ClassVar[str]
     #: ``name IN`` a list passed as ``$1`` (as :meth:`_names` makes it).
     _NAMES_IN: ClassVar[str]
     #: A ``file`` column's ``size`` (the JSON of ``batch.file_to_column``), as a number.
     _FILE_SIZE: ClassVar[str]
+    #: The backend's full-text engine.
+    _SEARCH: ClassVar[SearchSQL]
 
     def __init__(
         self,
@@ -447,7 +509,9 @@ class SQLStore(BatchedAppends):
         Each transaction re-reads the version under the schema lock, so two
         processes starting together do not both migrate.
         """
-        job = functools.partial(_migrate_once, now_ms=int(self._clock() * 1000))
+        job = functools.partial(
+            _migrate_once, now_ms=int(self._clock() * 1000), dialect=self._DIALECT
+        )
         while (migration := await self._migration(job)) is not None:
             self._log.debug("database schema migrated to version %d", migration.version)
 
@@ -601,17 +665,39 @@ class SQLStore(BatchedAppends):
         async def job(conn: SQLConn) -> tuple[list[DirectMessage], bool]:
             rows = await conn.fetch(_INBOX_BEFORE, owner, bound, limit + 1)
             page = [direct_from_row(row) for row in reversed(rows[:limit])]
-            messages = [m for m in page if isinstance(m, DirectMessage)]
-            if messages:
-                ids = self._names([m.message_id for m in messages])
-                found = _group_reactions(await conn.fetch(f"{_REACTIONS} {self._NAMES_IN}", ids))
-                messages = [
-                    replace(m, reactions=found[m.message_id]) if m.message_id in found else m
-                    for m in messages
-                ]
-            return messages, len(rows) > limit
+            return await self._with_reactions(conn, page), len(rows) > limit
 
         return await self._read(job)
+
+    async def direct_around(
+        self, owner: str, seq: int, *, limit: int
+    ) -> tuple[list[DirectMessage], bool, bool]:
+        older_limit = limit // 2
+
+        async def job(conn: SQLConn) -> tuple[list[DirectMessage], bool, bool]:
+            older = await conn.fetch(_INBOX_BEFORE, owner, seq, older_limit + 1)
+            newer = await conn.fetch(_INBOX_FROM, owner, seq, limit - older_limit + 1)
+            page = [direct_from_row(row) for row in reversed(older[:older_limit])]
+            page += [direct_from_row(row) for row in newer[: limit - older_limit]]
+            more_older = len(older) > older_limit
+            more_newer = len(newer) > limit - older_limit
+            return await self._with_reactions(conn, page), more_older, more_newer
+
+        return await self._read(job)
+
+    async def _with_reactions(
+        self, conn: SQLConn, page: list[DirectMessage | Change | Mention]
+    ) -> list[DirectMessage]:
+        """The direct messages of ``page``, each with its reactions."""
+        messages = [m for m in page if isinstance(m, DirectMessage)]
+        if not messages:
+            return messages
+        ids = self._names([m.message_id for m in messages])
+        found = _group_reactions(await conn.fetch(f"{_REACTIONS} {self._NAMES_IN}", ids))
+        return [
+            replace(m, reactions=found[m.message_id]) if m.message_id in found else m
+            for m in messages
+        ]
 
     async def direct_since(
         self, owner: str, seq: int, *, limit: int
@@ -675,6 +761,146 @@ class SQLStore(BatchedAppends):
         rows = await self._read(lambda conn: conn.fetch(_VISIBLE_ROOMS, user))
         # By code point, as SQLite's BINARY and PostgreSQL's "C" collation order.
         return sorted(_accesses(rows), key=lambda access: access.name)
+
+    # -- search ------------------------------------------------------------------------------
+
+    async def search(self, search: SearchFilter) -> tuple[list[SearchHit], str | None]:
+        kinds = [] if search.direct else ["rooms"]
+        if search.reader is not None and search.room is None:
+            kinds.append("direct")
+        if search.relevance:
+            return await self._search_best(search, kinds)
+        return await self._search_newest(search, kinds)
+
+    async def _search_newest(
+        self, search: SearchFilter, kinds: list[str]
+    ) -> tuple[list[SearchHit], str | None]:
+        """Newest first: each kind read from where its last page ended, merged by time.
+
+        The cursor keeps each kind's position, or False once a kind has no more.
+        """
+        state = read_cursor(search) or {}
+        if not isinstance(state, dict):
+            raise InvalidRequest("cursor is not one a search gave")
+        match = self._SEARCH.compile(search.query)
+
+        async def job(conn: SQLConn) -> dict[str, list[Sequence[Any]]]:
+            found: dict[str, list[Sequence[Any]]] = {}
+            for kind in kinds:
+                after = state.get(kind)
+                if after is False:
+                    continue
+                sql, args = self._search_sql(search, kind, match, after, search.limit + 1)
+                found[kind] = await conn.fetch(sql, *args)
+            return found
+
+        found = await self._read(job)
+        taken = {kind: 0 for kind in found}
+        page: list[tuple[str, Sequence[Any]]] = []
+        while len(page) < search.limit:
+            heads = [
+                (kind, rows[taken[kind]]) for kind, rows in found.items() if taken[kind] < len(rows)
+            ]
+            if not heads:
+                break
+            kind, row = max(heads, key=lambda head: _hit_ms(*head))
+            taken[kind] += 1
+            page.append((kind, row))
+        more = False
+        for kind, rows in found.items():
+            if taken[kind] == len(rows):
+                state[kind] = False  # fewer than a page and one were left: no more
+            else:
+                more = True
+                if taken[kind]:
+                    last = rows[taken[kind] - 1]
+                    state[kind] = list(last[13:-1])
+        return [self._hit(search, kind, row) for kind, row in page], (
+            write_cursor(search, state) if more else None
+        )
+
+    async def _search_best(
+        self, search: SearchFilter, kinds: list[str]
+    ) -> tuple[list[SearchHit], str | None]:
+        """Best first: the matches up to the page's end ranked again, up to
+        :data:`MAX_RELEVANCE_RESULTS`; the cursor is how many came before."""
+        offset = read_cursor(search) or 0
+        if not isinstance(offset, int) or not 0 <= offset < MAX_RELEVANCE_RESULTS:
+            raise InvalidRequest("cursor is not one a search gave")
+        match = self._SEARCH.compile(search.query)
+        end = offset + search.limit
+
+        async def job(conn: SQLConn) -> list[tuple[str, Sequence[Any]]]:
+            found = []
+            for kind in kinds:
+                sql, args = self._search_sql(search, kind, match, None, end + 1)
+                found += [(kind, row) for row in await conn.fetch(sql, *args)]
+            return found
+
+        found = await self._read(job)
+        found.sort(key=lambda item: (-float(item[1][-1]), -_hit_ms(*item)))
+        more = len(found) > end and end < MAX_RELEVANCE_RESULTS
+        hits = [self._hit(search, kind, row) for kind, row in found[offset:end]]
+        return hits, write_cursor(search, end) if more else None
+
+    def _search_sql(
+        self, search: SearchFilter, kind: str, match: str, after: Any, limit: int
+    ) -> tuple[str, list[Any]]:
+        """The query for one kind of message (``rooms`` or ``direct``) and its arguments.
+
+        Every value the user gave is an argument; the SQL is the backend's
+        and this method's own.
+        """
+        engine = self._SEARCH
+        args: list[Any] = [match, search.reader]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        rooms = kind == "rooms"
+        alias = "m" if rooms else "d"
+        where = [f"{alias}.deleted_ms IS NULL"]
+        if rooms:
+            where.append(_READABLE_ROOMS)
+            if search.room is not None:
+                where.append(f"m.room = {arg(search.room)}")
+        elif search.peer is not None:
+            peer = arg(search.peer)
+            where.append(
+                f"((d.sender = {peer} AND d.recipient = $2)"
+                f" OR (d.sender = $2 AND d.recipient = {peer}))"
+            )
+        if search.sender is not None:
+            where.append(f"{alias}.sender = {arg(search.sender)}")
+        if search.after_ms is not None:
+            where.append(f"{alias}.ts_ms > {arg(search.after_ms)}")
+        if search.before_ms is not None:
+            where.append(f"{alias}.ts_ms < {arg(search.before_ms)}")
+        position = engine.position[0 if rooms else 1].split(", ")
+        if after is not None:
+            if not (
+                isinstance(after, list)
+                and len(after) == len(position)
+                and all(type(v) is t for v, t in zip(after, engine.types, strict=False))
+            ):
+                raise InvalidRequest("cursor is not one a search gave")
+            where.append(f"({', '.join(position)}) < ({', '.join(arg(v) for v in after)})")
+        newest = ", ".join(f"{column} DESC" for column in position)
+        order = f"score DESC, {newest}" if search.relevance else newest
+        score = engine.score[0 if rooms else 1] if search.relevance else "0"
+        select = (engine.rooms if rooms else engine.direct).format(score=score)
+        sql = f"{select} AND {' AND '.join(where)} ORDER BY {order} LIMIT {arg(limit)}"
+        return sql, args
+
+    @staticmethod
+    def _hit(search: SearchFilter, kind: str, row: Sequence[Any]) -> SearchHit:
+        if kind == "rooms":
+            return SearchHit(chat_from_row(tuple(row)[:13]))
+        message = direct_from_row(tuple(row)[:13])
+        assert isinstance(message, DirectMessage)
+        peer = message.to if message.sender == search.reader else message.sender
+        return SearchHit(message, peer)
 
     # -- read state ----------------------------------------------------------------------------
 
@@ -824,7 +1050,7 @@ async def _ping(conn: SQLConn) -> None:
     await conn.fetchval("SELECT 1")
 
 
-async def _migrate_once(conn: SQLConn, now_ms: int) -> Migration | None:
+async def _migrate_once(conn: SQLConn, now_ms: int, dialect: str) -> Migration | None:
     """Apply the next migration the database lacks (inside the schema lock); None when none."""
     await conn.execute(VERSION_TABLE)
     version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
@@ -837,7 +1063,7 @@ async def _migrate_once(conn: SQLConn, now_ms: int) -> Migration | None:
     if not pending:
         return None
     migration = pending[0]
-    for statement in migration.statements:
+    for statement in migration.for_dialect(dialect):
         await conn.execute(statement)
     await conn.execute(
         "INSERT INTO schema_version (version, description, applied_ms) VALUES ($1, $2, $3)",
@@ -914,6 +1140,11 @@ async def apply_changes(conn: SQLConn, plan: Plan, file_size: str) -> None:
             await conn.executemany(erase_edits, ids)
             await conn.executemany(_ERASE_REACTIONS, ids)
             await conn.executemany(_ERASE_NOTIFICATIONS, ids)
+
+
+def _hit_ms(kind: str, row: Sequence[Any]) -> int:
+    """When a search's row (of ``rooms`` or ``direct``) was stored."""
+    return int(row[5] if kind == "rooms" else row[4])
 
 
 def _group_reactions(rows: list[Sequence[Any]]) -> dict[str, Reactions]:

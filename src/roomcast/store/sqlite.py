@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..exceptions import StoreError
+from ..query import Query, Term
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult
 from .batch import (
     MAX_QUEUED,
@@ -44,7 +45,17 @@ from .batch import (
     direct_resend,
     message_from_row,
 )
-from .sql import Job, Prune, SQLStore, apply_changes, load_targets, run_sync
+from .sql import (
+    DIRECT_HIT_COLUMNS,
+    ROOM_HIT_COLUMNS,
+    Job,
+    Prune,
+    SearchSQL,
+    SQLStore,
+    apply_changes,
+    load_targets,
+    run_sync,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -140,8 +151,25 @@ class SQLiteStore(SQLStore):
     """
 
     _log = logger
+    _DIALECT = "sqlite"
     _NAMES_IN = "IN (SELECT value FROM json_each($1))"
     _FILE_SIZE = "json_extract(file, '$.size')"
+    _SEARCH = SearchSQL(
+        rooms=f"SELECT {ROOM_HIT_COLUMNS}, f.rowid, {{score}} AS score FROM messages_search f"
+        " JOIN messages m ON m.rowid = f.rowid"
+        " WHERE f.messages_search MATCH $1 AND m.kind = 'chat'",
+        direct=f"SELECT {DIRECT_HIT_COLUMNS}, f.rowid, {{score}} AS score FROM direct_search f"
+        " JOIN direct_messages d ON d.rowid = f.rowid"
+        " JOIN inbox i ON i.message_id = d.message_id AND i.owner = $2"
+        " WHERE f.direct_search MATCH $1 AND d.kind = 'chat'",
+        # FTS5 reads its matches in rowid order, newest (last inserted) first,
+        # so a page of the newest stops after a page of matches.
+        position=("f.rowid", "f.rowid"),
+        types=(int,),
+        # bm25: lower is better.
+        score=("-f.rank", "-f.rank"),
+        compile=lambda query: fts5_query(query),
+    )
 
     def __init__(
         self,
@@ -402,6 +430,20 @@ def _resends(
                 resend_key, result = direct_resend(row)
                 direct[resend_key] = result
     return rooms, direct
+
+
+def fts5_query(query: Query) -> str:
+    """``query`` as an FTS5 expression: each term a quoted string, so every
+    character a user typed is text to find, never an operator."""
+
+    def term(item: Term) -> str:
+        quoted = '"' + " ".join(item.words).replace('"', '""') + '"'
+        return quoted + "*" if item.prefix else quoted
+
+    expression = "(" + " AND ".join(term(item) for item in query.included) + ")"
+    for item in query.excluded:
+        expression += f" NOT {term(item)}"
+    return expression
 
 
 def _run(job: Job[T], conn: _Connection) -> T:
