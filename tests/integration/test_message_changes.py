@@ -356,6 +356,40 @@ async def test_a_deleted_message_is_gone_from_the_sqlite_files(
     await alice.close()
 
 
+async def test_a_deleted_messages_words_leave_the_search_index_files(
+    server: ServerProcess, tokens: dict[str, str]
+) -> None:
+    """Search finds a word until its message is deleted, or edited away; then no database
+    file holds it."""
+    alice = await user_ws(server, tokens["alice"])
+    for n in range(30):  # separate batches: the index has many segments
+        await chat(alice, f"filler {n} plain words", f"f{n}")
+    deleted, edited = "quokkaplinthzebra", "walrusonyxmarble"
+    message_id = await chat(alice, f"the word is {deleted}", "c1")
+    other_id = await chat(alice, f"and this one {edited}", "c2")
+    await chat(alice, "padding after", "c3")
+    for word, wanted in ((deleted, message_id), (edited, other_id)):
+        hits = await ask(alice, "search", {"q": word}, "s1")
+        assert [r["message_id"] for r in hits["payload"]["results"]] == [wanted]
+    await ask(alice, "delete", {"message_id": message_id}, "d1")
+    await ask(alice, "edit", {"message_id": other_id, "message": "now it says lemur"}, "e1")
+    for word in (deleted, edited):
+        assert (await ask(alice, "search", {"q": word}, "s2"))["payload"]["results"] == []
+    found = await ask(alice, "search", {"q": "lemur"}, "s3")
+    assert [r["message_id"] for r in found["payload"]["results"]] == [other_id]
+
+    def copies() -> int:
+        files = [p for p in server.data_dir.iterdir() if p.name.startswith("roomcast.db")]
+        return sum(word.encode() in p.read_bytes() for p in files for word in (deleted, edited))
+
+    for _ in range(200):
+        if copies() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert copies() == 0
+    await alice.close()
+
+
 async def test_a_name_registered_later_cannot_change_what_a_guest_said_under_it(
     server: ServerProcess,
 ) -> None:

@@ -64,13 +64,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
-from ..exceptions import StoreError
+from ..exceptions import InvalidRequest, StoreError
 from ..query import Query, Term
 from .base import DEDUPE_SECONDS, AppendResult, DirectResult, Marker
 from .batch import MAX_QUEUED, Pending, Plan, ResendKey, direct_resend, message_from_row
 from .sql import (
     DIRECT_HIT_COLUMNS,
     ROOM_HIT_COLUMNS,
+    SEARCH_TIMEOUT,
+    SEARCH_TOO_LONG,
     Job,
     Prune,
     SearchSQL,
@@ -89,6 +91,18 @@ T = TypeVar("T")
 #: Seconds from a delete's batch to the VACUUM that erases it: the batch
 #: has committed by then, and a burst of deletes shares one VACUUM.
 ERASE_DELAY: Final = 0.5
+
+#: Seconds from a delete to rebuilding the full-text indexes, which then no
+#: longer hold its words. A GIN index keeps every word it ever indexed in its
+#: entry tree (VACUUM only empties the word's list of rows), so a deleted
+#: message's words leave the index's files when it is rebuilt. A rebuild
+#: reads every chat message (REINDEX CONCURRENTLY: writes go on), so the
+#: deletes of ten minutes share one.
+REINDEX_DELAY: Final = 600.0
+#: Seconds a rebuild of one search index may take before it is given up.
+REINDEX_TIMEOUT: Final = 3600.0
+#: The full-text indexes, by the table whose deletes they owe a rebuild.
+SEARCH_INDEXES: Final = {"messages": "messages_search", "direct_messages": "direct_messages_search"}
 
 #: Seconds a migration (or the wait for another node's) may take.
 MIGRATE_TIMEOUT: Final = 300.0
@@ -133,6 +147,12 @@ def _lock_key(name: str) -> int:
 #: the dedupe lookup of frame ids.
 _MIGRATE_LOCK: Final = _lock_key("migrate")
 _PRUNE_LOCK: Final = _lock_key("prune")
+_REINDEX_LOCK: Final = _lock_key("reindex")
+#: Indexes a cut-off REINDEX CONCURRENTLY left behind, not valid, named after the index.
+_LEFT_BEHIND: Final = (
+    "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+    " WHERE NOT i.indisvalid AND c.relname LIKE $1 || '\\_cc%'"
+)
 
 
 def _sender_lock(sender: str) -> int:
@@ -317,6 +337,7 @@ class PostgresStore(SQLStore):
         command_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         max_queued: int = MAX_QUEUED,
+        reindex_delay: float = REINDEX_DELAY,
     ) -> None:
         if pool_size < 2:
             raise ValueError("pool_size must be at least 2 (the writer's and one for reads)")
@@ -344,6 +365,10 @@ class PostgresStore(SQLStore):
         self._erase_wanted = False
         #: Whether this role may run CHECKPOINT (found out at the first try).
         self._may_checkpoint = True
+        #: The rebuild of the search indexes that deletes owe, and which ones.
+        self._reindexer: asyncio.Task[None] | None = None
+        self._reindex_owed: set[str] = set()
+        self._reindex_delay = reindex_delay
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r})"
@@ -402,10 +427,11 @@ class PostgresStore(SQLStore):
         )
 
     async def _disconnect(self) -> None:
-        if self._eraser is not None:
-            self._eraser.cancel()
-            await asyncio.gather(self._eraser, return_exceptions=True)
-            self._eraser = None
+        for task in (self._eraser, self._reindexer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._eraser = self._reindexer = None
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -461,6 +487,19 @@ class PostgresStore(SQLStore):
         try:
             async with self._connection() as conn:
                 return await job(_Connection(conn))
+        except _DRIVER_ERRORS as exc:
+            raise self._error("cannot read from PostgreSQL at", exc) from exc
+
+    async def _search_read(self, job: Job[T]) -> T:
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            async with self._connection() as conn, conn.transaction(readonly=True):
+                # PostgreSQL cancels it; the connection stays good for the pool.
+                await conn.execute(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT * 1000)}")
+                return await job(_Connection(conn))
+        except asyncpg.QueryCanceledError:
+            raise InvalidRequest(SEARCH_TOO_LONG) from None
         except _DRIVER_ERRORS as exc:
             raise self._error("cannot read from PostgreSQL at", exc) from exc
 
@@ -638,6 +677,17 @@ class PostgresStore(SQLStore):
         await apply_changes(shared, plan, self._FILE_SIZE)
         if plan.deletes or plan.direct_deletes:
             self._erase_soon()
+        # An edit's old words, like a delete's, stay in the GIN index until it is rebuilt.
+        changed = [
+            table
+            for table, rows in (
+                ("messages", plan.deletes or plan.edits),
+                ("direct_messages", plan.direct_deletes or plan.direct_edits),
+            )
+            if rows
+        ]
+        if changed:
+            self._reindex_later(changed)
         return results
 
     def _erase_soon(self) -> None:
@@ -675,6 +725,50 @@ class PostgresStore(SQLStore):
                 )
             except (*_DRIVER_ERRORS, StoreError) as exc:
                 logger.warning("could not vacuum deleted messages away: %s", self._reason(exc))
+
+    def _reindex_later(self, tables: list[str]) -> None:
+        """Deletes or edits in ``tables``: rebuild their search indexes within
+        :data:`REINDEX_DELAY`."""
+        self._reindex_owed.update(SEARCH_INDEXES[table] for table in tables)
+        if self._reindexer is None or self._reindexer.done():
+            self._reindexer = asyncio.get_running_loop().create_task(
+                self._reindex(), name="roomcast-postgres-reindex", context=contextvars.Context()
+            )
+
+    async def _reindex(self) -> None:
+        while self._reindex_owed:
+            await asyncio.sleep(self._reindex_delay)
+            owed = sorted(self._reindex_owed)
+            self._reindex_owed.clear()
+            try:
+                async with self._connection() as conn:
+                    # One node rebuilds at a time; one that finds another at it
+                    # tries again later, as that rebuild may have begun before
+                    # its deletes.
+                    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _REINDEX_LOCK):
+                        self._reindex_owed.update(owed)
+                        continue
+                    try:
+                        for index in owed:
+                            await self._rebuild(conn, index)
+                    finally:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", _REINDEX_LOCK)
+                    if self._may_checkpoint:
+                        await conn.execute("CHECKPOINT")
+            except asyncpg.InsufficientPrivilegeError:
+                self._may_checkpoint = False
+            except (*_DRIVER_ERRORS, StoreError) as exc:
+                logger.warning(
+                    "could not rebuild the search index without deleted words: %s",
+                    self._reason(exc),
+                )
+
+    @staticmethod
+    async def _rebuild(conn: Any, index: str) -> None:
+        """Rebuild ``index`` while writes go on, after dropping what a cut-off one left."""
+        for (left,) in await conn.fetch(_LEFT_BEHIND, index):
+            await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{left}"')
+        await conn.execute(f"REINDEX INDEX CONCURRENTLY {index}", timeout=REINDEX_TIMEOUT)
 
     # -- errors ----------------------------------------------------------------
 

@@ -78,6 +78,8 @@ from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, Migration
 __all__ = [
     "DIRECT_HIT_COLUMNS",
     "MAX_RELEVANCE_RESULTS",
+    "SEARCH_TIMEOUT",
+    "SEARCH_TOO_LONG",
     "ROOM_HIT_COLUMNS",
     "SearchSQL",
     "apply_changes",
@@ -99,6 +101,14 @@ PRUNE_CHUNK: Final = 5000
 PRUNE_INTERVAL: Final = 3600.0
 #: Past every seq: ``history`` without ``before`` reads from the newest.
 _NEWEST: Final = 2**62
+#: Seconds a search may read before it is cut off and refused: a query that
+#: matches a great many messages of rooms the reader may not read would
+#: otherwise hold a reading connection (SQLite has one) from everyone else.
+SEARCH_TIMEOUT: Final = 2.0
+#: What a search cut off by :data:`SEARCH_TIMEOUT` is told.
+SEARCH_TOO_LONG: Final = (
+    "the search took too long: narrow it (a room, a longer word, fewer prefixes)"
+)
 #: How deep best-first search results page: each page ranks every match up
 #: to its end again, so the depth bounds the work.
 MAX_RELEVANCE_RESULTS: Final = 500
@@ -467,6 +477,14 @@ class SQLStore(BatchedAppends):
         """How to run each retention chunk, or None when another node is pruning."""
         raise NotImplementedError
 
+    async def _search_read(self, job: Job[T]) -> T:
+        """Run a search's ``job`` as :meth:`_read` does, for :data:`SEARCH_TIMEOUT` at most.
+
+        Raises:
+            InvalidRequest: it took longer (:data:`SEARCH_TOO_LONG`).
+        """
+        raise NotImplementedError
+
     @staticmethod
     def _names(names: list[str]) -> Any:
         """``names`` as the parameter of :attr:`_NAMES_IN`."""
@@ -794,7 +812,7 @@ class SQLStore(BatchedAppends):
                 found[kind] = await conn.fetch(sql, *args)
             return found
 
-        found = await self._read(job)
+        found = await self._search_read(job)
         taken = {kind: 0 for kind in found}
         page: list[tuple[str, Sequence[Any]]] = []
         while len(page) < search.limit:
@@ -837,7 +855,7 @@ class SQLStore(BatchedAppends):
                 found += [(kind, row) for row in await conn.fetch(sql, *args)]
             return found
 
-        found = await self._read(job)
+        found = await self._search_read(job)
         found.sort(key=lambda item: (-float(item[1][-1]), -_hit_ms(*item)))
         more = len(found) > end and end < MAX_RELEVANCE_RESULTS
         hits = [self._hit(search, kind, row) for kind, row in found[offset:end]]
