@@ -115,6 +115,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.search_seconds = Histogram(
+            "roomcast_search_seconds",
+            "Time the store took to answer one search",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.catch_ups = Counter(
             "roomcast_catch_ups",
             "Store reads for messages other nodes' publications did not bring: "

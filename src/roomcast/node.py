@@ -155,7 +155,7 @@ class Node:
             else None
         )
         #: Full-text search over what each user may read.
-        self.search = MessageSearch(store, self.rooms)
+        self.search = MessageSearch(store, self.rooms, self.metrics)
         #: Chat, direct messages, files, typing and history.
         self.messaging = Messaging(
             node_id=self.id,

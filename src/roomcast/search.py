@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Final
 
 from .exceptions import Forbidden, TooFrequent, UnknownUser
+from .metrics import Metrics
 from .model import UserInfo
 from .protocol.messages import SearchReply, SearchRequest
 from .query import parse_query, snippet
@@ -41,11 +42,17 @@ class MessageSearch:
     Args:
         store: where the messages and their index are.
         rooms: who may read which room (a search of one room checks it first).
+        metrics: where the time of each search is counted.
         clock: monotonic seconds, for the rate of searches.
     """
 
     def __init__(
-        self, store: Store, rooms: Rooms, *, clock: Callable[[], float] = time.monotonic
+        self,
+        store: Store,
+        rooms: Rooms,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         #: Where the messages and their full-text index are.
         self._store = store
@@ -53,6 +60,8 @@ class MessageSearch:
         self._rooms = rooms
         #: Each user's searches (a token bucket per name).
         self._rates = KeyedBuckets(SEARCH_RATE, SEARCH_BURST, SEARCHERS_TRACKED)
+        #: Counts each search's time.
+        self._metrics = metrics
         self._clock = clock
 
     async def search(self, user: UserInfo, request: SearchRequest) -> SearchReply:
@@ -81,6 +90,12 @@ class MessageSearch:
             if found is None:
                 raise UnknownUser(f"there is no user {request.peer}")
             peer = found.name
+        sender = request.sender
+        if sender is not None:
+            # A registered name in any case, as registered; a guest's exactly.
+            registered = await self._store.get_user(sender)
+            sender = registered.name if registered is not None else sender
+        started = time.perf_counter()
         hits, cursor = await self._store.search(
             SearchFilter(
                 query,
@@ -88,7 +103,7 @@ class MessageSearch:
                 room=request.room,
                 direct=request.direct,
                 peer=peer,
-                sender=request.sender,
+                sender=sender,
                 after_ms=request.after_ms,
                 before_ms=request.before_ms,
                 limit=request.limit,
@@ -96,6 +111,7 @@ class MessageSearch:
                 relevance=request.relevance,
             )
         )
+        self._metrics.search_seconds.observe(time.perf_counter() - started)
         shown = []
         for hit in hits:
             text, spans = snippet(query, hit.message.message)

@@ -359,8 +359,7 @@ async def test_a_deleted_message_is_gone_from_the_sqlite_files(
 async def test_a_deleted_messages_words_leave_the_search_index_files(
     server: ServerProcess, tokens: dict[str, str]
 ) -> None:
-    """Search finds a word until its message is deleted, or edited away; then no database
-    file holds it."""
+    """A word is found until deleted or edited away; then no database file holds it."""
     alice = await user_ws(server, tokens["alice"])
     for n in range(30):  # separate batches: the index has many segments
         await chat(alice, f"filler {n} plain words", f"f{n}")

@@ -211,7 +211,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             # FTS5 over the message rows themselves (external content: the
             # index keeps words, never a copy of the text), by rowid, which a
             # table without an INTEGER PRIMARY KEY keeps unless VACUUMed
-            # (docs/postgres.md says how to rebuild after one). unicode61
+            # (docs/design.md, "Search", says how to rebuild after one). unicode61
             # keeps every script's letters; remove_diacritics 2 folds accents.
             # Chat messages only: an edit's event row keeps its text for
             # replay, and is not searched.
