@@ -46,6 +46,7 @@ from .protocol.messages import (
     MAX_EMOJI_LENGTH,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
     MAX_SEQ,
     format_timestamp,
     parse_search,
@@ -731,18 +732,23 @@ async def _remove_reaction(request: web.Request) -> web.Response:
 
 
 async def _direct_messages(request: web.Request) -> web.Response:
-    """``GET /api/direct/messages?before=SEQ|since=SEQ|around=SEQ&limit=N``: the caller's
-    direct messages."""
+    """``GET /api/direct/messages?before=SEQ|since=SEQ|around=SEQ&with=NAME&limit=N``: the
+    caller's direct messages (``with``: one conversation's)."""
     user = await _user(request)
     before = query_int(request, "before", 1, MAX_SEQ, None)
     since = query_int(request, "since", 0, MAX_SEQ, None)
     around = query_int(request, "around", 1, MAX_SEQ, None)
     if sum(value is not None for value in (before, since, around)) > 1:
         raise HTTPError(400, "invalid_message", "give one of before, since and around")
+    peer = request.query.get("with") or None
+    if peer is not None and (since is not None or len(peer) > MAX_NAME_LENGTH):
+        raise HTTPError(
+            400, "invalid_message", "with is a name, given with before or around (not since)"
+        )
     limit = query_int(request, "limit", 1, MAX_HISTORY_LIMIT, None) or DEFAULT_HISTORY_LIMIT
     messaging = request.app[NODE].messaging
     reply = await messaging.direct_history(
-        user, before=before, since=since, limit=limit, around=around
+        user, before=before, since=since, limit=limit, around=around, peer=peer
     )
     return _json(reply.payload())
 

@@ -622,20 +622,36 @@ class Messaging:
         since: int | None,
         limit: int,
         around: int | None = None,
+        peer: str | None = None,
     ) -> DirectHistoryReply:
         """A page of ``user``'s direct messages: after ``since``, before ``before``,
-        or ``around`` a seq (where a search result opens)."""
+        or ``around`` a seq (where a search result opens); the last two of the
+        conversation with ``peer`` only, when given.
+
+        Raises:
+            Forbidden: ``user`` is a guest.
+            UnknownUser: ``peer`` is not registered.
+        """
         if user.guest:
             raise Forbidden("direct messages need a registered user")
+        if peer is not None:
+            found = await self._store.get_user(peer)
+            if found is None:
+                raise UnknownUser(f"there is no user {peer}")
+            peer = found.name
         last = await self._store.direct_last_seq(user.name)
         messages: Sequence[DirectMessage | Change | Mention]
         newer = None
         if since is not None:
             messages, more = await self._store.direct_since(user.name, since, limit=limit)
         elif around is not None:
-            messages, more, newer = await self._store.direct_around(user.name, around, limit=limit)
+            messages, more, newer = await self._store.direct_around(
+                user.name, around, limit=limit, peer=peer
+            )
         else:
-            messages, more = await self._store.direct_history(user.name, before=before, limit=limit)
+            messages, more = await self._store.direct_history(
+                user.name, before=before, limit=limit, peer=peer
+            )
         receipts = await self._read_state.direct_receipts(user.name, messages)
         linked = [with_link(m, self.links) for m in messages]
         return DirectHistoryReply(linked, more, last, receipts, newer)

@@ -377,7 +377,12 @@ class Node:
         user = peer.session.user
         assert user is not None
         reply = await self.messaging.direct_history(
-            user, before=cmd.before, since=cmd.since, limit=cmd.limit, around=cmd.around
+            user,
+            before=cmd.before,
+            since=cmd.since,
+            limit=cmd.limit,
+            around=cmd.around,
+            peer=cmd.peer,
         )
         self.outbox.reply(peer, reply, cmd.id)
 

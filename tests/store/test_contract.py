@@ -210,6 +210,32 @@ async def test_direct_messages_land_in_both_inboxes(store: Store) -> None:
     assert await store.direct_last_seq("bob") == 3
 
 
+async def test_one_direct_conversation_pages_alone_and_around_a_seq(store: Store) -> None:
+    """With ``peer``, history and ``around`` read one conversation; their flags count it only."""
+    for name in ("ann", "bob", "cat"):
+        await store.create_user(name, "h")
+    for n in range(6):  # bob's stream: ann, cat, ann, cat, ... (seqs 1 to 12)
+        await store.append_direct("ann", "bob", f"ann {n}")
+        await store.append_direct("bob", "cat", f"to cat {n}")
+    await store.append_direct("bob", "bob", "note")  # seq 13, a conversation of its own
+    page, more = await store.direct_history("bob", peer="ann", limit=4)
+    assert [(m.seq, m.message) for m in page] == [
+        (5, "ann 2"),
+        (7, "ann 3"),
+        (9, "ann 4"),
+        (11, "ann 5"),
+    ]
+    assert more
+    page, more = await store.direct_history("bob", before=5, peer="ann")
+    assert [m.seq for m in page] == [1, 3] and not more
+    page, older, newer = await store.direct_around("bob", 6, limit=4, peer="cat")
+    assert [m.seq for m in page] == [2, 4, 6, 8] and older is False and newer is True
+    page, older, newer = await store.direct_around("bob", 7, limit=4)
+    assert [m.seq for m in page] == [5, 6, 7, 8] and older and newer
+    notes, more = await store.direct_history("bob", peer="bob")
+    assert [m.message for m in notes] == ["note"] and not more
+
+
 async def test_direct_message_to_yourself_is_listed_once(store: Store) -> None:
     """A note to self takes one seq in the one inbox."""
     await store.create_user("ann", "h")

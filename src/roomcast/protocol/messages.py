@@ -273,6 +273,8 @@ class DirectHistoryRequest:
     limit: int = DEFAULT_HISTORY_LIMIT
     #: Messages around this seq (of the user's stream) instead.
     around: int | None = None
+    #: Only the conversation with this user (not with ``since``).
+    peer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,9 +581,16 @@ def _parse_direct_history(payload: dict[str, Any], fid: str | None, max_chars: i
             "give one of payload.before, payload.since and payload.around",
             fid,
         )
+    peer = _name(payload, "with", fid) if payload.get("with") is not None else None
+    if peer is not None and since is not None:
+        raise _fail(
+            ErrorCode.INVALID_MESSAGE,
+            "payload.with pages one conversation: give it with before or around, not since",
+            fid,
+        )
     limit = _seq(payload, "limit", fid, minimum=1, maximum=None)  # lowered below
     limit = DEFAULT_HISTORY_LIMIT if limit is None else min(limit, MAX_HISTORY_LIMIT)
-    return DirectHistoryRequest(fid, before, since, limit, around)
+    return DirectHistoryRequest(fid, before, since, limit, around, peer)
 
 
 def _parse_presence(payload: dict[str, Any], fid: str | None, max_chars: int) -> ClientFrame:

@@ -329,9 +329,10 @@ class DirectInbox(Protocol):
         """The newest seq in ``owner``'s inbox (0 when empty)."""
 
     async def direct_history(
-        self, owner: str, *, before: int | None = None, limit: int = 50
+        self, owner: str, *, before: int | None = None, limit: int = 50, peer: str | None = None
     ) -> tuple[list[DirectMessage], bool]:
-        """``owner``'s direct messages with seq < ``before``, oldest first, and ``has_more``.
+        """``owner``'s direct messages with seq < ``before``, oldest first, and ``has_more``;
+        with ``peer``, only those of the conversation with them.
 
         Messages only, in their current state, with their reactions.
         """
@@ -342,10 +343,11 @@ class DirectInbox(Protocol):
         """``owner``'s direct-stream events with seq > ``seq``, oldest first, and ``has_more``."""
 
     async def direct_around(
-        self, owner: str, seq: int, *, limit: int
+        self, owner: str, seq: int, *, limit: int, peer: str | None = None
     ) -> tuple[list[DirectMessage], bool, bool]:
         """``owner``'s direct messages before ``seq`` (half of ``limit``) and from it on,
-        as :meth:`direct_history`; whether older ones exist, and whether newer ones do."""
+        as :meth:`direct_history` (``peer`` too); whether older ones exist, and whether
+        newer ones do."""
 
 
 class Users(Protocol):

@@ -284,26 +284,26 @@ class MemoryStore(BatchedAppends):
         return len(self._inboxes.get(owner, ()))
 
     async def direct_history(
-        self, owner: str, *, before: int | None = None, limit: int = 50
+        self, owner: str, *, before: int | None = None, limit: int = 50, peer: str | None = None
     ) -> tuple[list[DirectMessage], bool]:
         inbox = self._inboxes.get(owner, [])
         end = len(inbox) if before is None else max(0, min(before - 1, len(inbox)))
         messages = [
             replace(m, seq=i + 1, reactions=self._reactions_of(m.message_id))
             for i, m in enumerate(self._events[x] for x in inbox[:end])
-            if isinstance(m, DirectMessage)
+            if isinstance(m, DirectMessage) and _between(m, owner, peer)
         ]
         page = messages[-limit:] if limit else []
         return page, len(messages) > len(page)
 
     async def direct_around(
-        self, owner: str, seq: int, *, limit: int
+        self, owner: str, seq: int, *, limit: int, peer: str | None = None
     ) -> tuple[list[DirectMessage], bool, bool]:
         inbox = self._inboxes.get(owner, [])
         messages = [
             replace(m, seq=i + 1, reactions=self._reactions_of(m.message_id))
             for i, m in enumerate(self._events[x] for x in inbox)
-            if isinstance(m, DirectMessage)
+            if isinstance(m, DirectMessage) and _between(m, owner, peer)
         ]
         older = [m for m in messages if m.seq is not None and m.seq < seq]
         newer = [m for m in messages if m.seq is not None and m.seq >= seq]
@@ -582,3 +582,9 @@ class MemoryStore(BatchedAppends):
 
     async def notification_count(self) -> int:
         return len(self._outbox)
+
+
+def _between(message: DirectMessage, owner: str, peer: str | None) -> bool:
+    """Whether ``message`` (in ``owner``'s inbox) is of the conversation with ``peer``
+    (any, for None)."""
+    return peer is None or {message.sender, message.to} == {owner, peer}

@@ -189,8 +189,15 @@ _INBOX: Final = (
     " JOIN direct_messages d ON d.message_id = i.message_id WHERE i.owner = $1"
 )
 _INBOX_AFTER: Final = f"{_INBOX} AND i.seq > $2 ORDER BY i.seq LIMIT $3"
-_INBOX_BEFORE: Final = f"{_INBOX} AND i.seq < $2 AND d.kind = 'chat' ORDER BY i.seq DESC LIMIT $3"
-_INBOX_FROM: Final = f"{_INBOX} AND i.seq >= $2 AND d.kind = 'chat' ORDER BY i.seq LIMIT $3"
+#: Messages before / from a seq; ``{peer}`` is empty, or :data:`_WITH_PEER`.
+_INBOX_BEFORE: Final = (
+    f"{_INBOX} AND i.seq < $2 AND d.kind = 'chat'{{peer}} ORDER BY i.seq DESC LIMIT $3"
+)
+_INBOX_FROM: Final = f"{_INBOX} AND i.seq >= $2 AND d.kind = 'chat'{{peer}} ORDER BY i.seq LIMIT $3"
+#: Only the conversation between the inbox's owner ($1) and $4.
+_WITH_PEER: Final = (
+    " AND ((d.sender = $4 AND d.recipient = $1) OR (d.sender = $1 AND d.recipient = $4))"
+)
 #: A message (not a change) by id, from either table: a room message has a
 #: room, a direct one a recipient (the last column). Each half is one
 #: unique index lookup.
@@ -676,25 +683,28 @@ class SQLStore(BatchedAppends):
         return int(value) if value is not None else 0
 
     async def direct_history(
-        self, owner: str, *, before: int | None = None, limit: int = 50
+        self, owner: str, *, before: int | None = None, limit: int = 50, peer: str | None = None
     ) -> tuple[list[DirectMessage], bool]:
         bound = before if before is not None else _NEWEST
+        query, extra = _conversation(_INBOX_BEFORE, peer)
 
         async def job(conn: SQLConn) -> tuple[list[DirectMessage], bool]:
-            rows = await conn.fetch(_INBOX_BEFORE, owner, bound, limit + 1)
+            rows = await conn.fetch(query, owner, bound, limit + 1, *extra)
             page = [direct_from_row(row) for row in reversed(rows[:limit])]
             return await self._with_reactions(conn, page), len(rows) > limit
 
         return await self._read(job)
 
     async def direct_around(
-        self, owner: str, seq: int, *, limit: int
+        self, owner: str, seq: int, *, limit: int, peer: str | None = None
     ) -> tuple[list[DirectMessage], bool, bool]:
         older_limit = limit // 2
+        before, extra = _conversation(_INBOX_BEFORE, peer)
+        after, _extra = _conversation(_INBOX_FROM, peer)
 
         async def job(conn: SQLConn) -> tuple[list[DirectMessage], bool, bool]:
-            older = await conn.fetch(_INBOX_BEFORE, owner, seq, older_limit + 1)
-            newer = await conn.fetch(_INBOX_FROM, owner, seq, limit - older_limit + 1)
+            older = await conn.fetch(before, owner, seq, older_limit + 1, *extra)
+            newer = await conn.fetch(after, owner, seq, limit - older_limit + 1, *extra)
             page = [direct_from_row(row) for row in reversed(older[:older_limit])]
             page += [direct_from_row(row) for row in newer[: limit - older_limit]]
             more_older = len(older) > older_limit
@@ -1158,6 +1168,14 @@ async def apply_changes(conn: SQLConn, plan: Plan, file_size: str) -> None:
             await conn.executemany(erase_edits, ids)
             await conn.executemany(_ERASE_REACTIONS, ids)
             await conn.executemany(_ERASE_NOTIFICATIONS, ids)
+
+
+def _conversation(query: str, peer: str | None) -> tuple[str, tuple[str, ...]]:
+    """An inbox ``query`` for the whole stream, or for the conversation with ``peer``
+    (its ``$4``), and the arguments it adds."""
+    if peer is None:
+        return query.format(peer=""), ()
+    return query.format(peer=_WITH_PEER), (peer,)
 
 
 def _hit_ms(kind: str, row: Sequence[Any]) -> int:
