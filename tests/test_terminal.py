@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -13,8 +13,10 @@ import pytest
 from roomcast.client import (
     Client,
     ConnectionState,
+    DirectHistoryPage,
     DirectMessage,
     FileRef,
+    HistoryPage,
     Mention,
     MessageDeleted,
     MessageEdited,
@@ -23,6 +25,8 @@ from roomcast.client import (
     Reaction,
     Reply,
     RoomMessage,
+    SearchPage,
+    SearchResult,
     SendError,
     ServerError,
     StateChange,
@@ -44,19 +48,24 @@ from roomcast.client.terminal import (
     Join,
     Leave,
     MessageIndex,
+    More,
+    Open,
     Quit,
     React,
     ReplyTo,
     Rooms,
     Say,
+    Search,
     TerminalChat,
     Thread,
     TypingThrottle,
     Who,
     clean,
+    emphasise,
     parse_command,
     render,
     rooms_line,
+    search_line,
     unread_line,
 )
 
@@ -123,6 +132,18 @@ def utc_plus_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("/unread", CountUnread()),
         ("/UNREAD", CountUnread()),
         ("/unread all", Invalid("usage: /unread")),
+        ("/search deploy", Search("deploy")),
+        ('/SEARCH  "the deploy"  -staging ', Search('"the deploy"  -staging')),
+        ("/search more", Search("more")),
+        ("/search", Invalid("usage: /search QUERY")),
+        ("/search   ", Invalid("usage: /search QUERY")),
+        ("/more", More()),
+        ("/more please", Invalid("usage: /more")),
+        ("/open 3", Open(3)),
+        ("/open 0", Invalid("usage: /open N (the number before a search result)")),
+        ("/open x", Invalid("usage: /open N (the number before a search result)")),
+        ("/open", Invalid("usage: /open N (the number before a search result)")),
+        ("/open 1 2", Invalid("usage: /open N (the number before a search result)")),
         ("/help", Help()),
         ("/quit", Quit()),
         ("/quit now", Invalid("usage: /quit")),
@@ -714,3 +735,145 @@ async def test_rooms_unread_join_and_greeting_show_the_counts() -> None:
     assert chat_ui.execute(parse_command("/unread"))
     await until(lambda: lines[-1].startswith("* unread"))
     assert lines[-1] == "* unread: team (1, 1 @)"
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+def found(
+    seq: int, snippet: str, spans: tuple[tuple[int, int], ...], **fields: Any
+) -> SearchResult:
+    """A search result at STAMP in dev from bob, unless ``fields`` say otherwise."""
+    where = {"room": "dev"} if "with_" not in fields else {}
+    return SearchResult(
+        seq,
+        str(fields.pop("message_id", f"m{seq}")),
+        str(fields.pop("sender", "bob")),
+        fields.pop("at", STAMP),
+        snippet,
+        snippet,
+        spans,
+        **{**where, **fields},
+    )
+
+
+def test_help_lists_search_more_and_open() -> None:
+    """/help names /search, /more and /open."""
+    assert "/search QUERY" in HELP and "/more" in HELP and "/open N" in HELP
+
+
+def test_matched_words_are_bracketed_and_everything_else_cleaned() -> None:
+    """Highlights (code points) become [word]; bad spans are passed over; escapes are cleaned."""
+    assert emphasise("the deploy failed, deploying", ((4, 10), (19, 28))) == (
+        "the [deploy] failed, [deploying]"
+    )
+    assert emphasise("🚀 deploy", ((2, 8),)) == "🚀 [deploy]"  # not UTF-16
+    assert emphasise("abc", ((2, 9), (1, 1), (-1, 2))) == "abc"  # past the end, empty, negative
+    assert emphasise("abcdef", ((3, 5), (0, 4))) == "[abcd]ef"  # an overlap: the first kept
+    assert emphasise("\x1b[2J deploy\nnow", ((5, 11),)) == "\ufffd[2J [deploy] now"
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+def test_search_lines_name_the_room_or_peer_the_author_and_the_day_when_not_today() -> None:
+    """A room result shows its room, a direct one @peer; an older one its date; edits say so."""
+    today = STAMP + timedelta(hours=3)
+    assert search_line(1, found(4, "the deploy", ((4, 10),)), now=today) == (
+        "1. [11:05] dev <bob> the [deploy]"
+    )
+    direct = found(7, "deploy done", ((0, 6),), with_="bob", edited_at=STAMP)
+    assert search_line(12, direct, now=today + timedelta(days=2)) == (
+        "12. [2024-05-01 11:05] @bob <bob> [deploy] done (edited)"
+    )
+    evil = found(1, "x", (), room="\x1b[2J", sender="\u202ebob")
+    assert "\x1b" not in search_line(1, evil) and "\u202e" not in search_line(1, evil)
+
+
+class SearchingClient(ChangingClient):
+    """A fake client that answers searches page by page and reads history around a seq."""
+
+    def __init__(self, rooms: list[str], user: str = "me") -> None:
+        super().__init__(rooms, user)
+        self.pages: dict[str | None, SearchPage] = {}
+        self.around: list[RoomMessage] = []
+        self.direct_around: list[DirectMessage] = []
+
+    async def search(self, query: str, *, limit: int, cursor: str | None = None) -> SearchPage:
+        self.sent.append(("search", query, str(cursor)))
+        if query.startswith('"') and query.count('"') == 1:
+            raise SendError("invalid_message", 'a quote is not closed: end the phrase with "')
+        return self.pages[cursor]
+
+    async def history_page(self, room: str, *, around: int, limit: int) -> HistoryPage:
+        self.sent.append(("around", room, str(around)))
+        return HistoryPage(room, self.around, True, False)
+
+    async def direct_history_page(
+        self, *, around: int, limit: int, with_: str | None = None
+    ) -> DirectHistoryPage:
+        self.sent.append(("direct_around", str(around), str(with_)))
+        return DirectHistoryPage(self.direct_around, False, True, 40)
+
+
+@pytest.mark.usefixtures("utc_plus_2")
+async def test_search_more_and_open_show_numbered_results_and_their_context() -> None:
+    """/search numbers results, /more goes on, /open N shows N (marked >) in context; errors."""
+    fake = SearchingClient(["lobby"])
+    lines: list[str] = []
+    chat_ui = TerminalChat(cast(Client, fake), output=lines.append, read_delay=0.01)
+    fake.pages = {
+        None: SearchPage([found(5, "the deploy failed", ((4, 10),), message_id="m5" * 16)], "c1"),
+        "c1": SearchPage(
+            [found(3, "deploy notes", ((0, 6),), with_="bob", sender="me", message_id="d3" * 16)]
+        ),
+    }
+
+    async def run(line: str, lines_after: int) -> None:
+        assert chat_ui.execute(parse_command(line))
+        await until(lambda: len(lines) >= lines_after)
+
+    await run("/open 1", 1)
+    await run("/more", 2)
+    await run("/search deploy", 4)
+    await run("/more", 6)
+    await run("/more", 7)
+    await run("/open 3", 8)
+    fake.around = [
+        chat(4, "m4" * 16, "before it", sender="ann"),
+        chat(5, "m5" * 16, "the deploy failed", sender="bob"),
+    ]
+    await run("/open 1", 11)
+    fake.direct_around = [
+        DirectMessage("bob", "me", "deploy notes?", 2, "d2" * 16, STAMP),
+        DirectMessage("me", "bob", "deploy notes", 3, "d3" * 16, STAMP),
+    ]
+    await run("/open 2", 14)
+    await run('/search "unclosed', 15)
+    await run("/open 1", 16)
+    assert lines == [
+        "! no search results to open: /search QUERY first",
+        "! no search to continue: /search QUERY first",
+        "* results 1-1 for deploy; /more for more, /open N shows one in its conversation",
+        "1. [2024-05-01 11:05] dev <bob> the [deploy] failed",
+        "* results 2-2 for deploy, the last",
+        "2. [2024-05-01 11:05] @bob <me> [deploy] notes",
+        "* no more results for deploy",
+        "! no result 3: the results shown are 1-2",
+        "* around result 1 in dev: 2 messages, older ones exist",
+        "m4m4m4 [11:05] dev <ann> before it",
+        "> m5m5m5 [11:05] dev <bob> the deploy failed",
+        "* around result 2 in @bob: 2 messages, newer ones exist",
+        "d2d2d2 [11:05] dm <bob\u2192me> deploy notes?",
+        "> d3d3d3 [11:05] dm <me\u2192bob> deploy notes",
+        '! invalid_message: a quote is not closed: end the phrase with "',
+        "! no search results to open: /search QUERY first",
+    ]
+    assert [s for s in fake.sent if s[0] != "read"] == [
+        ("search", "deploy", "None"),
+        ("search", "deploy", "c1"),
+        ("around", "dev", "5"),
+        ("direct_around", "3", "bob"),
+        ("search", '"unclosed', "None"),
+    ]
+    # Messages opened can be named by the commands; nothing opened is marked read.
+    assert chat_ui.messages.resolve("m4m4m4") == "m4" * 16
+    assert chat_ui._read_timer is None

@@ -261,3 +261,54 @@ def test_rooms_and_unread_show_counts_and_the_current_room_is_read(
         time.sleep(0.1)
     ann.sendline("/unread")
     ann.expect_exact("* unread: lobby (2, 1 @)\r")  # lobby was not her room: still unread
+
+
+def send_as(server: ServerProcess, token: str, frames: list[tuple[str, dict[str, str]]]) -> None:
+    """Send ``frames`` (type, payload) on a connection signed in with ``token``; wait for acks."""
+    with connect(server.ws_url(), additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        for n, (kind, payload) in enumerate(frames):
+            ws.send(json.dumps({"type": kind, "id": f"f{n}", "payload": payload}))
+        waiting = {f"f{n}" for n in range(len(frames))}
+        while waiting:
+            frame = json.loads(ws.recv(timeout=10))
+            assert frame["type"] != "error", frame
+            if frame["type"] == "ack":
+                waiting.discard(frame.get("id"))
+
+
+def test_search_more_and_open_from_the_terminal(chat: Chat, server: ServerProcess) -> None:
+    """/search numbers [matched] results, /more goes on, /open N shows N in context; errors."""
+    asyncio.run(sign_up(server, "ann"))
+    bob_token = asyncio.run(sign_up(server, "bob"))
+    steps = [("chat", {"room": "lobby", "message": f"deploy step {n}"}) for n in range(11)]
+    send_as(server, bob_token, [*steps, ("direct", {"to": "ann", "message": "deploy keys, ok?"})])
+    ann = user(chat, server, "ann")
+
+    ann.sendline("/search deploy")
+    ann.expect_exact("* results 1-10 for deploy; /more for more, /open N shows one in")
+    ann.expect(r"1\. \[\d\d:\d\d\] @bob <bob> \[deploy\] keys, ok\?\r")
+    ann.expect(r"2\. \[\d\d:\d\d\] lobby <bob> \[deploy\] step 10\r")
+    ann.expect(r"10\. \[\d\d:\d\d\] lobby <bob> \[deploy\] step 2\r")
+    ann.sendline("/more")
+    ann.expect_exact("* results 11-12 for deploy, the last")
+    ann.expect(r"12\. \[\d\d:\d\d\] lobby <bob> \[deploy\] step 0\r")
+    ann.sendline("/more")
+    ann.expect_exact("* no more results for deploy")
+
+    ann.sendline("/open 12")
+    ann.expect_exact("* around result 12 in lobby: 5 messages, newer ones exist\r")
+    ann.expect(r"> [0-9a-f]{6,} \[\d\d:\d\d\] lobby <bob> deploy step 0\r")
+    ann.expect(r"[0-9a-f]{6,} \[\d\d:\d\d\] lobby <bob> deploy step 4\r")
+    ann.sendline("/open 1")
+    ann.expect_exact("* around result 1 in @bob: 1 message\r")
+    ann.expect(r"> ([0-9a-f]{6,}) \[\d\d:\d\d\] dm <bob\u2192ann> deploy keys, ok\?\r")
+    ann.sendline(f"/reply {ann.match.group(1)} no")  # opened messages can be named
+    ann.expect_exact("! direct messages have no replies or threads")
+
+    ann.sendline('/search "deploy step')
+    ann.expect_exact('! invalid_message: a quote is not closed: end the phrase with "\r')
+    ann.sendline("/open 1")
+    ann.expect_exact("! no search results to open: /search QUERY first")
+    ann.sendline("/help")
+    ann.expect_exact("* /open N ")
+    assert "Traceback" not in screen(ann)

@@ -6,6 +6,7 @@
             print(event)
         await chat.mark_read("lobby")          # read up to the newest seq delivered
         print(chat.unread.rooms["lobby"].unread)  # counts kept without asking again
+        page = await chat.search("deploy*", room="dev")  # what the user may read now
 
 It imports only :mod:`roomcast.protocol`'s neighbours it needs (nothing of
 the server), :mod:`websockets` and :mod:`orjson`. See docs/client.md.
@@ -17,6 +18,7 @@ from .core import (
     Client,
     ClientClosed,
     ClientError,
+    DirectHistoryPage,
     HistoryPage,
     QueueFull,
     SendError,
@@ -37,6 +39,8 @@ from .events import (
     Receipt,
     Reply,
     RoomMessage,
+    SearchPage,
+    SearchResult,
     ServerError,
     StateChange,
     Typing,
@@ -53,6 +57,7 @@ __all__ = [
     "ClientClosed",
     "ClientError",
     "ConnectionState",
+    "DirectHistoryPage",
     "DirectMessage",
     "Event",
     "FileRef",
@@ -68,6 +73,8 @@ __all__ = [
     "Receipt",
     "Reply",
     "RoomMessage",
+    "SearchPage",
+    "SearchResult",
     "SendError",
     "ServerError",
     "StateChange",

@@ -43,7 +43,7 @@ import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -66,6 +66,8 @@ from .events import (
     ReadMarker,
     Reply,
     RoomMessage,
+    SearchPage,
+    SearchResult,
     ServerError,
     StateChange,
     Unread,
@@ -74,6 +76,7 @@ from .events import (
     parse_server_frame,
     read_marker,
     room_message,
+    search_page,
     unread_counts,
 )
 
@@ -82,6 +85,7 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ClientError",
+    "DirectHistoryPage",
     "HistoryPage",
     "QueueFull",
     "SendError",
@@ -103,6 +107,8 @@ LIVE_UNREAD_CAP: Final = 1000
 #: No receipts on a history page (the room has them off, or nobody to list).
 _NO_RECEIPTS: Final[Mapping[str, int]] = MappingProxyType({})
 _NO_READ_COUNTS: Final[Mapping[int, int]] = MappingProxyType({})
+#: The ``order`` values of a search: newest first, or best match first.
+SEARCH_ORDERS: Final = frozenset({"newest", "relevance"})
 
 
 class ClientError(Exception):
@@ -163,6 +169,24 @@ class HistoryPage:
     has_newer: bool = False
     receipts: Mapping[str, int] = field(default_factory=lambda: _NO_RECEIPTS, hash=False)
     read_counts: Mapping[int, int] = field(default_factory=lambda: _NO_READ_COUNTS, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectHistoryPage:
+    """A page of this user's direct messages (:meth:`Client.direct_history_page`), oldest first.
+
+    Seqs are those of this user's own direct stream. ``has_more``: older
+    messages exist; ``has_newer`` (pages read ``around`` a seq only): newer
+    ones exist after the page. ``last_seq``: the stream's newest seq.
+    ``receipts``: for each other user on the page who shows receipts, up to
+    which seq of this user's stream they have read the conversation.
+    """
+
+    messages: list[DirectMessage]
+    has_more: bool
+    has_newer: bool = False
+    last_seq: int = 0
+    receipts: Mapping[str, int] = field(default_factory=lambda: _NO_RECEIPTS, hash=False)
 
 
 class SeqStream:
@@ -792,6 +816,187 @@ class Client:
             _read_counts(reply.payload.get("read_counts")),
         )
 
+    async def direct_history(
+        self,
+        *,
+        before: int | None = None,
+        limit: int = 50,
+        around: int | None = None,
+        with_: str | None = None,
+    ) -> tuple[list[DirectMessage], bool]:
+        """A page of this user's direct messages, oldest first, and whether older ones exist.
+
+        ``before``: a seq of this user's stream, the messages before it (None:
+        the newest). ``around``: a seq, the messages before it and from it on
+        (:meth:`direct_history_page` also says whether newer ones exist); a
+        direct :class:`SearchResult`'s ``seq`` opens its conversation.
+        ``with_``: only the conversation with that user. Each message shows
+        its current state. Registered users only.
+        """
+        page = await self.direct_history_page(
+            before=before, limit=limit, around=around, with_=with_
+        )
+        return page.messages, page.has_more
+
+    async def direct_history_page(
+        self,
+        *,
+        before: int | None = None,
+        limit: int = 50,
+        around: int | None = None,
+        with_: str | None = None,
+        timeout: float | None = 30.0,
+    ) -> DirectHistoryPage:
+        """Like :meth:`direct_history`, as a :class:`DirectHistoryPage` (with ``has_newer``).
+
+        Raises:
+            ValueError: both ``before`` and ``around``.
+            SendError: ``forbidden`` for a guest; ``unknown_user`` for a ``with_``
+                nobody is registered as.
+        """
+        if before is not None and around is not None:
+            raise ValueError("give before or around, not both")
+        payload: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            payload["before"] = before
+        if around is not None:
+            payload["around"] = around
+        if with_ is not None:
+            payload["with"] = with_
+        reply = await self.request("direct_history", payload, timeout=timeout)
+        messages: list[DirectMessage] = []
+        for item in reply.payload.get("messages", []):
+            if type(item) is not dict:
+                continue
+            try:
+                event = direct_item(item)
+            except ValueError as exc:
+                logger.warning("ignored a direct_history item the client cannot read: %s", exc)
+                continue
+            if isinstance(event, DirectMessage):  # a page lists messages only
+                messages.append(event)
+        last_seq = reply.payload.get("last_seq")
+        return DirectHistoryPage(
+            messages,
+            bool(reply.payload.get("has_more")),
+            bool(reply.payload.get("has_newer")),
+            last_seq if type(last_seq) is int else 0,
+            _receipts(reply.payload.get("receipts")),
+        )
+
+    # -- search ----------------------------------------------------------------
+
+    async def search(
+        self,
+        q: str,
+        *,
+        room: str | None = None,
+        direct: bool = False,
+        with_: str | None = None,
+        sender: str | None = None,
+        after: datetime | date | str | None = None,
+        before: datetime | date | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        order: str = "newest",
+        timeout: float | None = 30.0,
+    ) -> SearchPage:
+        """A page of the messages this user may read now that match the query ``q``.
+
+        ``q``: words that must all appear (any case), ``prefix*``, ``"a
+        phrase"``, ``-word`` or ``-"a phrase"`` to exclude. Without ``room``
+        or ``direct``: every room this user may read (public rooms, private
+        ones they belong to) and, for a registered user, their direct
+        conversations, whether this client joined them or not.
+
+        Args:
+            room: only this room.
+            direct: only this user's direct conversations.
+            with_: only the conversation with this user (implies ``direct``).
+            sender: only messages from this user (the wire's ``from``).
+            after, before: only messages stored strictly after / before this
+                time: an aware datetime, a naive one (taken as UTC), a date
+                (its midnight UTC), or an ISO 8601 string as the server reads it.
+            limit: results a page (the server's default 20, at most 50).
+            cursor: the previous page's ``cursor``, with the same query and filters.
+            order: ``"newest"`` first, or ``"relevance"`` (best match first).
+
+        Like every request it waits in the outbox while offline and is sent
+        once connected; a ``rate_limited`` answer is waited out and the
+        search sent again, within ``timeout``.
+
+        Raises:
+            ValueError: ``room`` with ``direct`` or ``with_``, an unknown
+                ``order``, or an answer the client cannot read.
+            SendError: ``invalid_message`` (the query cannot be parsed,
+                and the message says why; a bad cursor or time),
+                ``forbidden`` (``direct`` from a guest, a private room this
+                user is not in), ``unknown_user`` (``with_`` is no user).
+        """
+        direct = direct or with_ is not None
+        if room is not None and direct:
+            raise ValueError("give room or direct (with_), not both")
+        if order not in SEARCH_ORDERS:
+            raise ValueError(f'order is "newest" or "relevance", not {order!r}')
+        payload: dict[str, Any] = {"q": q}
+        optional: dict[str, Any] = {
+            "room": room,
+            "direct": True if direct else None,
+            "with": with_,
+            "from": sender,
+            "after": _iso_time(after),
+            "before": _iso_time(before),
+            "limit": limit,
+            "cursor": cursor,
+            "order": None if order == "newest" else order,
+        }
+        payload.update({key: value for key, value in optional.items() if value is not None})
+        reply = await self.request("search", payload, timeout=timeout)
+        return search_page(reply.payload)
+
+    async def search_all(
+        self,
+        q: str,
+        *,
+        room: str | None = None,
+        direct: bool = False,
+        with_: str | None = None,
+        sender: str | None = None,
+        after: datetime | date | str | None = None,
+        before: datetime | date | str | None = None,
+        limit: int | None = None,
+        order: str = "newest",
+        timeout: float | None = 30.0,
+    ) -> AsyncIterator[SearchResult]:
+        """Every result of :meth:`search`, page after page until the last.
+
+        Takes :meth:`search`'s arguments but ``cursor``; ``limit`` is the size
+        of each page asked for, ``timeout`` each page's. Pages are asked for
+        as the iteration reaches them: stop iterating to stop asking.
+        """
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            page = await self.search(
+                q,
+                room=room,
+                direct=direct,
+                with_=with_,
+                sender=sender,
+                after=after,
+                before=before,
+                limit=limit,
+                cursor=cursor,
+                order=order,
+                timeout=timeout,
+            )
+            for result in page.results:
+                yield result
+            if page.cursor is None or page.cursor in seen:
+                return  # the last page (a cursor seen again would loop for ever)
+            seen.add(page.cursor)
+            cursor = page.cursor
+
     # -- read markers and unread counts --------------------------------------------
 
     async def mark_read(
@@ -1339,6 +1544,16 @@ def _read_counts(value: object) -> Mapping[int, int]:
         return _NO_READ_COUNTS
     pairs = (p for p in value if isinstance(p, list) and len(p) == 2)
     return MappingProxyType({p[0]: p[1] for p in pairs if type(p[0]) is int and type(p[1]) is int})
+
+
+def _iso_time(value: datetime | date | str | None) -> str | None:
+    """A search bound as the server reads it: UTC with milliseconds, a date, or as given."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        when = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.isoformat()
 
 
 def _frame(kind: str, payload: dict[str, Any], fid: str | None = None) -> str:

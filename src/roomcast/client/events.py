@@ -32,6 +32,8 @@ __all__ = [
     "Receipt",
     "Reply",
     "RoomMessage",
+    "SearchPage",
+    "SearchResult",
     "ServerError",
     "StateChange",
     "Typing",
@@ -275,6 +277,51 @@ class UnreadCounts:
         """Messages unread in every room and direct conversation (for a badge)."""
         rooms = sum(u.unread for u in self.rooms.values())
         return rooms + (self.direct.unread if self.direct is not None else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One message a search found, as it is now (:meth:`Client.search`).
+
+    In ``room``, or (``room`` None) one of this user's direct conversations,
+    with ``with_`` (this user, for a note to self); ``seq`` is then a seq of
+    this user's own direct stream, the one :meth:`Client.direct_history_page`
+    takes as ``around``. ``message`` is the whole text; ``snippet`` about 200
+    characters of it around the first match (``…`` where cut), and
+    ``highlights`` the ``[start, end)`` of each matched word in the snippet,
+    in code points, so ``snippet[start:end]`` is the word. A reply in a room
+    names its thread's root (``thread``); an edited message was found by
+    its current text (``edited_at``).
+    """
+
+    seq: int
+    message_id: str
+    sender: str
+    at: datetime | None
+    message: str
+    snippet: str
+    highlights: tuple[tuple[int, int], ...] = ()
+    room: str | None = None
+    with_: str | None = None
+    thread: str | None = None
+    edited_at: datetime | None = None
+
+    @property
+    def direct(self) -> bool:
+        """Whether the message is a direct one (then ``with_`` names the conversation)."""
+        return self.room is None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """A page of search results, newest (or best) first.
+
+    ``cursor``: pass it back to :meth:`Client.search` with the same query and
+    filters for the next page; None on the last page.
+    """
+
+    results: list[SearchResult]
+    cursor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,6 +600,60 @@ def unread_counts(payload: dict[str, Any]) -> UnreadCounts:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"malformed unread reply: {exc!r}") from None
+
+
+def _span(value: object) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"a highlight is [start, end], not {value!r}")
+    start, end = value
+    if type(start) is not int or type(end) is not int:
+        raise ValueError(f"a highlight is two numbers, not {value!r}")
+    return start, end
+
+
+def search_result(item: dict[str, Any]) -> SearchResult:
+    """One result of a ``search`` answer: in a room, or ``direct`` with ``with``.
+
+    Raises KeyError, TypeError or ValueError for a result without its seq,
+    its message id or its conversation.
+    """
+    direct = item.get("direct") is True
+    highlights = item.get("highlights") or []
+    if not isinstance(highlights, list):
+        raise TypeError("highlights is a list")
+    return SearchResult(
+        seq=int(item["seq"]),
+        message_id=str(item["message_id"]),
+        sender=str(item.get("from", "")),
+        at=_time(item.get("at")),
+        message=str(item.get("message", "")),
+        snippet=str(item.get("snippet", "")),
+        highlights=tuple(_span(span) for span in highlights),
+        room=None if direct else str(item["room"]),
+        with_=str(item["with"]) if direct else None,
+        thread=_optional_str(item.get("thread")),
+        edited_at=_time(item.get("edited_at")),
+    )
+
+
+def search_page(payload: dict[str, Any]) -> SearchPage:
+    """The :class:`SearchPage` of a ``search`` answer (or ``GET /api/search``).
+
+    Raises:
+        ValueError: a result lacks its seq, message id or conversation, or
+            the results or a highlight are not lists.
+    """
+    try:
+        results = payload.get("results")
+        if not isinstance(results, list):
+            raise TypeError("results is a list")
+        cursor = payload.get("cursor")
+        return SearchPage(
+            [search_result(item) for item in results],
+            str(cursor) if cursor else None,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"malformed search reply: {exc!r}") from None
 
 
 #: The server frames that change a message, and ``mention``.

@@ -5,7 +5,8 @@ Three parts, the first two pure:
 - :func:`parse_command` turns a typed line into a :data:`Command`;
 - :func:`render` turns an event into the one line printed for it (after
   :func:`clean` has replaced every control character that came from the
-  network, so other users cannot send terminal escape sequences);
+  network, so other users cannot send terminal escape sequences), and
+  :func:`search_line` a search result;
   :class:`MessageIndex` remembers the messages shown, so that commands name
   them by the short id printed before each one;
 - :class:`TerminalChat` ties a :class:`Client` to a prompt_toolkit prompt:
@@ -44,6 +45,8 @@ from .events import (
     Reaction,
     Reply,
     RoomMessage,
+    SearchPage,
+    SearchResult,
     ServerError,
     StateChange,
     Typing,
@@ -64,20 +67,25 @@ __all__ = [
     "Join",
     "Leave",
     "MessageIndex",
+    "More",
+    "Open",
     "Quit",
     "React",
     "ReplyTo",
     "Rooms",
     "Say",
+    "Search",
     "Seen",
     "TerminalChat",
     "Thread",
     "TypingThrottle",
     "Who",
     "clean",
+    "emphasise",
     "parse_command",
     "render",
     "rooms_line",
+    "search_line",
     "unread_line",
 ]
 
@@ -95,6 +103,14 @@ LAST: Final = "last"
 #: Seconds a shown message waits before the terminal tells the server it was
 #: read: one ``read`` a second at most, for the newest seq shown by then.
 READ_DELAY: Final = 1.0
+#: Search results a page (``/search``, then each ``/more``): a screenful.
+SEARCH_PAGE: Final = 10
+#: Messages ``/open`` shows around a result: half before it, half from it on.
+OPEN_CONTEXT: Final = 10
+#: How a matched word shows in a result's snippet. The terminal prints plain
+#: text (escape sequences are not passed through), so brackets, not bold.
+MATCH_START: Final = "["
+MATCH_END: Final = "]"
 
 HELP: Final = """\
 * plain text goes to the current room (a line starting with // sends one starting with /)
@@ -110,6 +126,9 @@ HELP: Final = """\
 * /thread ID          message ID and the replies to it
 * /rooms              your rooms with what is unread: dev (3, 1 @) is 3 unread, 1 naming you
 * /unread             what you have not read anywhere, rooms and direct messages
+* /search QUERY       search what you may read: words (all of them), "a phrase", prefix*, -not
+* /more               the next results of the last search
+* /open N             search result N in its conversation, with the messages around it
 * /quit               leave (Ctrl-D does too)
 * lines starting with @ mention you"""
 
@@ -210,6 +229,25 @@ class CountUnread:
 
 
 @dataclass(frozen=True, slots=True)
+class Search:
+    """Search every message the user may read for ``query`` (the server's query syntax)."""
+
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class More:
+    """Show the next page of results of the last search."""
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """Show search result ``number`` (from 1) among the messages around it."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
 class Help:
     """Show the commands."""
 
@@ -245,6 +283,9 @@ Command = (
     | Thread
     | Rooms
     | CountUnread
+    | Search
+    | More
+    | Open
     | Help
     | Quit
     | Empty
@@ -311,12 +352,23 @@ def parse_command(line: str) -> Command:
         if len(args) != 1:
             return Invalid("usage: /thread ID")
         return Thread(args[0])
-    if name in ("help", "quit", "rooms", "unread") and args:
+    if name == "search":
+        # The whole rest is the query: quotes and minus signs are its syntax.
+        if not rest.strip():
+            return Invalid("usage: /search QUERY")
+        return Search(rest.strip())
+    if name == "open":
+        if len(args) == 1 and args[0].isdigit() and int(args[0]) >= 1:
+            return Open(int(args[0]))
+        return Invalid("usage: /open N (the number before a search result)")
+    if name in ("help", "quit", "rooms", "unread", "more") and args:
         return Invalid(f"usage: /{name}")
     if name == "rooms":
         return Rooms()
     if name == "unread":
         return CountUnread()
+    if name == "more":
+        return More()
     if name == "help":
         return Help()
     if name == "quit":
@@ -651,6 +703,48 @@ def unread_line(counts: UnreadCounts) -> str:
     return f"* unread: {', '.join(parts)}" if parts else "* nothing unread"
 
 
+def emphasise(snippet: str, highlights: tuple[tuple[int, int], ...]) -> str:
+    """``snippet`` safe to print, each highlighted ``[start, end)`` in brackets (pure).
+
+    Spans are code point offsets, as the server gives them; one that is
+    empty, out of the snippet or overlaps the one before is passed over.
+    """
+    parts: list[str] = []
+    done = 0
+    for start, end in sorted(highlights):
+        if start < done or end <= start or end > len(snippet):
+            continue
+        parts += [clean(snippet[done:start]), MATCH_START, clean(snippet[start:end]), MATCH_END]
+        done = end
+    parts.append(clean(snippet[done:]))
+    return "".join(parts)
+
+
+def _when(stamp: datetime | None, now: datetime | None) -> str:
+    """``[14:02]`` today (local time), ``[2026-11-30 14:02]`` before: results can be old."""
+    today = (now or datetime.now(UTC)).astimezone()
+    when = (stamp or today).astimezone()
+    if when.date() == today.date():
+        return when.strftime("[%H:%M]")
+    return when.strftime("[%Y-%m-%d %H:%M]")
+
+
+def search_line(number: int, result: SearchResult, *, now: datetime | None = None) -> str:
+    """The line of search result ``number``: where, who, when, the snippet with its matches.
+
+    A room result names its room; a direct one ``@`` the other side of the
+    conversation (you, for a note to yourself). Pure.
+    """
+    where = clean(result.room) if result.room is not None else f"@{clean(result.with_ or '?')}"
+    edited = " (edited)" if result.edited_at is not None else ""
+    text = emphasise(result.snippet, result.highlights)
+    return f"{number}. {_when(result.at, now)} {where} <{clean(result.sender)}> {text}{edited}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class TypingThrottle:
     """Lets one typing line (or notice) through per user and room per ``interval`` seconds."""
 
@@ -713,6 +807,15 @@ class TerminalChat:
         #: The newest seq shown and not yet marked read, by room (None: direct).
         self._unread_shown: dict[str | None, int] = {}
         self._read_timer: asyncio.TimerHandle | None = None
+        #: The last search: its query, the results shown (``/open N`` is the
+        #: Nth), where its next page starts (None: no more).
+        self._query: str | None = None
+        self._results: list[SearchResult] = []
+        self._cursor: str | None = None
+        #: Counts searches, so that the answer of one replaced by a newer is dropped.
+        self._search_number = 0
+        #: A page of the last search is being asked for.
+        self._searching = False
         client.on(None, self._on_event)
 
     # -- events ----------------------------------------------------------------
@@ -832,6 +935,8 @@ class TerminalChat:
             self.output(rooms_line(self.joined, self.client.unread))
         elif isinstance(command, CountUnread):
             self._spawn(self._count_unread())
+        elif isinstance(command, Search | More | Open):
+            self._search_command(command)
         return True
 
     def _target(self, command: ReplyTo | Edit | Delete | React | Thread) -> str | None:
@@ -952,6 +1057,99 @@ class TerminalChat:
             self.output(render(message, me=self.client.user, seen=self.messages) or "")
             if read:
                 self._read_shown(message)
+
+    # -- search ----------------------------------------------------------------
+
+    def _search_command(self, command: Search | More | Open) -> None:
+        if isinstance(command, Search):
+            # A new search replaces the last one at once: its results and
+            # numbers are gone, and an answer still on its way is dropped.
+            self._search_number += 1
+            self._query, self._results, self._cursor = command.query, [], None
+            self._searching = True
+            self._spawn(self._search_page(self._search_number, command.query, None))
+        elif isinstance(command, More):
+            if self._query is None:
+                self.output("! no search to continue: /search QUERY first")
+            elif self._searching:
+                self.output("! the search has not answered yet")
+            elif self._cursor is None:
+                self.output(f"* no more results for {clean(self._query)}")
+            else:
+                self._searching = True
+                self._spawn(self._search_page(self._search_number, self._query, self._cursor))
+        elif not self._results:
+            self.output("! no search results to open: /search QUERY first")
+        elif command.number > len(self._results):
+            self.output(
+                f"! no result {command.number}: the results shown are 1-{len(self._results)}"
+            )
+        else:
+            self._spawn(self._open(command.number, self._results[command.number - 1]))
+
+    async def _search_page(self, number: int, query: str, cursor: str | None) -> None:
+        """Ask for a page of the search ``number`` and show it, numbered on from the last."""
+        try:
+            page = await self.client.search(query, limit=SEARCH_PAGE, cursor=cursor)
+        except SendError:
+            if number != self._search_number:
+                return  # a newer search replaced this one: its error is not news
+            raise
+        finally:
+            if number == self._search_number:
+                self._searching = False
+        if number != self._search_number:
+            return  # a newer search replaced this one meanwhile
+        first = len(self._results) + 1
+        self._results.extend(page.results)
+        self._cursor = page.cursor
+        self.output(self._results_line(query, first, page, later=cursor is not None))
+        now = datetime.now(UTC)
+        for n, result in enumerate(page.results, first):
+            self.output(search_line(n, result, now=now))
+
+    @staticmethod
+    def _results_line(query: str, first: int, page: SearchPage, *, later: bool) -> str:
+        """The line above a page of results (``later``: not the first): which, and what next."""
+        shown = clean(query)
+        last = first + len(page.results) - 1
+        if not page.results:
+            return f"* no more results for {shown}" if later else f"* nothing found for {shown}"
+        if not later and page.cursor is None:
+            found = _plural(len(page.results), "result")
+            return f"* {found} for {shown}; /open N shows one in its conversation"
+        line = f"* results {first}-{last} for {shown}"
+        if page.cursor is None:
+            return f"{line}, the last"
+        if not later:
+            return f"{line}; /more for more, /open N shows one in its conversation"
+        return f"{line}; /more for more"
+
+    async def _open(self, number: int, result: SearchResult) -> None:
+        """Show result ``number`` among the messages around it (its room's, or the direct
+        conversation's); the message found is marked ``>``. Nothing is marked read: these
+        are not the newest."""
+        messages: list[RoomMessage] | list[DirectMessage]
+        if result.room is not None:
+            page = await self.client.history_page(
+                result.room, around=result.seq, limit=OPEN_CONTEXT
+            )
+            messages, older, newer = page.messages, page.has_more, page.has_newer
+            where = clean(result.room)
+        else:
+            direct = await self.client.direct_history_page(
+                around=result.seq, limit=OPEN_CONTEXT, with_=result.with_
+            )
+            messages, older, newer = direct.messages, direct.has_more, direct.has_newer
+            where = f"@{clean(result.with_ or '?')}"
+        line = f"* around result {number} in {where}: {_plural(len(messages), 'message')}"
+        line += ", older ones exist" if older else ""
+        line += ", newer ones exist" if newer else ""
+        self.output(line)
+        for message in messages:
+            self.messages.add(message)
+            shown = render(message, me=self.client.user, seen=self.messages) or ""
+            self.output(f"> {shown}" if message.message_id == result.message_id else shown)
 
     def _typed(self, buffer: Buffer) -> None:
         """Tell the current room this user is typing (at most every 3 s)."""
