@@ -16,6 +16,12 @@ const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
 const MENTION_RE = /(^|[^\p{L}\p{N}_.@-])@([\p{L}\p{N}_.-]+)/gu;
 const COMMON_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🙏", "👀"];
 const QUOTE_CHARS = 100;
+// Opening a message (a search result): the page read around it, and the pages
+// that fill the gap after it (`around` the gap's first seq: half of such a
+// page is shown already, so it is the largest page the server gives).
+const AROUND_PAGE = 50;
+const NEWER_PAGE = 100;
+const SEARCH_PAGE = 20;
 
 let client = null;
 let me = null; // {name, guest}
@@ -48,6 +54,11 @@ const leftRooms = new Set(); // rooms left on this page: their counts are not sh
 let directCoveredFrom = Infinity; // every direct message from this seq on is shown
 let settings = null; // {hide_receipts}: GET /api/me/settings (registered users)
 let unreadSoon = null;
+// Gaps: stretches between pages shown where messages may be missing
+// ({after, before}: seqs shown or live on either side). A room has its own
+// (`c.gaps`); direct conversations share the direct stream's.
+let directGaps = [];
+let search = null; // the search shown: {q, filters, cursor, count, loading}
 
 // -- small helpers ------------------------------------------------------------
 
@@ -229,6 +240,7 @@ function conv(key) {
     readTimer: null,
     counted: 0, // live messages up to this seq are in the counts already
     coveredFrom: Infinity, // every message from this seq on is in `items` (rooms)
+    gaps: [], // rooms: where messages may be missing between pages shown (see placePage)
     lineAfter: null, // the "new messages" line follows this seq (set when opened)
     receipts: new Map(), // rooms: reader -> the seq they have read up to
     readCounts: new Map(), // big rooms: seq -> how many have read it
@@ -638,9 +650,12 @@ async function loadOlder(c) {
       const top = s.scrollTop;
       for (const item of page.messages) addItem(c, item, false);
       c.hasMore = page.hasMore;
-      // Pages go back from the newest: with the live messages they are one run.
-      if (!page.hasMore) c.coveredFrom = 0;
-      else if (page.messages.length) c.coveredFrom = Math.min(c.coveredFrom, page.messages[0].seq);
+      // Pages go back from the newest: with the live messages they are one
+      // run, unless a gap (left by opening a message from search) parts them.
+      if (!c.gaps.length) {
+        if (!page.hasMore) c.coveredFrom = 0;
+        else if (page.messages.length) c.coveredFrom = Math.min(c.coveredFrom, page.messages[0].seq);
+      }
       takeReceipts(c, page);
       if (c === current) {
         if (before === null) scrollToStart(c);
@@ -704,6 +719,224 @@ function addDirect(item, live) {
   const c = conv(`@${peerOf(item)}`);
   addItem(c, item, live);
   if (live) renderNav();
+}
+
+// -- opening a message: pages around it, and the gaps they leave ----------------------
+
+/** The gaps of `c`'s stream: the room's own, or the direct stream's. */
+function gapsOf(c) {
+  return c.type === "dm" ? directGaps : c.gaps;
+}
+
+/** The conversations showing a stream's gaps: the room, or every direct conversation. */
+function streamConvs(c) {
+  return c.type === "dm" ? [...convs.values()].filter((x) => x.type === "dm") : [c];
+}
+
+/** Every seq shown of `c`'s stream, in order (all direct conversations share one). */
+function shownSeqs(c) {
+  if (c.type !== "dm") return [...c.seqs];
+  return streamConvs(c).flatMap((x) => x.seqs).sort((a, b) => a - b);
+}
+
+function setGaps(c, gaps) {
+  if (c.type === "dm") directGaps = gaps;
+  else c.gaps = gaps;
+}
+
+/**
+ * The gaps once a page of every message from `lo` to `hi` is shown: gaps it
+ * covers close, gaps it lands in split, and a page beside what is shown
+ * leaves a gap on the side where it says more messages exist (`hasMore`
+ * older ones, `hasNewer` newer ones). `top`: every message from this seq on
+ * is shown or comes live. Seqs of changes are holes in pages, so two pages
+ * are only known to join when they overlap; a gap that was none closes the
+ * first time it is loaded.
+ */
+function mergedGaps(gaps, shown, lo, hi, { hasMore, hasNewer }, top) {
+  const out = [];
+  let landed = false;
+  for (const g of gaps) {
+    if (hi <= g.after || lo >= g.before) {
+      out.push(g);
+      continue;
+    }
+    landed = true;
+    if (hasMore && lo > g.after) out.push({ after: g.after, before: lo });
+    if (hasNewer && hi < g.before) out.push({ after: hi, before: g.before });
+  }
+  if (!landed && !shown.some((seq) => seq >= lo && seq <= hi)) {
+    const below = shown.filter((seq) => seq < lo).at(-1);
+    const above = shown.find((seq) => seq > hi) ?? top;
+    if (hasMore && below !== undefined) out.push({ after: below, before: lo });
+    if (hasNewer && above > hi) out.push({ after: hi, before: above });
+  }
+  // Nothing is older than a page without `hasMore`, nothing newer than one without `hasNewer`.
+  return out.filter((g) => (hasMore || g.before > lo) && (hasNewer || g.after < hi)).sort((a, b) => a.after - b.after);
+}
+
+/**
+ * Show a history page read anywhere in a conversation (around a message,
+ * the newest, or filling a gap), keeping its gaps: a room whose pages all
+ * join the live messages again is one run from its first message shown.
+ */
+function placePage(c, page) {
+  const items = page.messages;
+  const dm = c.type === "dm";
+  if (items.length) {
+    const shown = shownSeqs(c);
+    const lo = items[0].seq;
+    const hi = items[items.length - 1].seq;
+    setGaps(c, mergedGaps(gapsOf(c), shown, lo, hi, page, dm ? directCoveredFrom : c.coveredFrom));
+    if (!shown.length || lo < shown[0]) {
+      for (const x of streamConvs(c)) x.hasMore = page.hasMore;
+    }
+    for (const item of items) {
+      if (dm) addDirect(item, false);
+      else addItem(c, item, false);
+    }
+  }
+  if (dm) {
+    takeDirectPage(page);
+  } else {
+    if (!c.gaps.length) c.coveredFrom = Math.min(c.coveredFrom, c.hasMore ? (c.seqs[0] ?? Infinity) : 0);
+    takeReceipts(c, page);
+  }
+  renderGaps(c);
+  renderOlder();
+}
+
+/** A line in each conversation of the stream where a gap is, after its last message before it. */
+function renderGaps(c) {
+  for (const x of streamConvs(c)) {
+    for (const old of x.list.querySelectorAll(":scope > .gap")) old.remove();
+    for (const g of gapsOf(c)) {
+      let at = null;
+      for (const seq of x.seqs) {
+        if (seq > g.after) break;
+        at = seq;
+      }
+      if (at !== null) x.items.get(at).after(gapLi(x, g));
+    }
+  }
+}
+
+function gapLi(c, g) {
+  const li = el("li", { class: "gap", dataTestid: "gap" });
+  li.gap = g;
+  const newer = el("button", { type: "button", class: "quiet small", dataTestid: "load-newer", text: c.loading ? "Loading…" : "Load newer messages", disabled: c.loading });
+  newer.addEventListener("click", () => loadNewer(c, g));
+  const newest = el("button", { type: "button", class: "quiet small", dataTestid: "jump-newest", text: "Jump to the newest", disabled: c.loading });
+  newest.addEventListener("click", () => jumpToNewest(c));
+  li.append(newer, newest);
+  return li;
+}
+
+/** Until `c` is not loading a page any more (at most a few seconds). */
+async function settled(c) {
+  for (let i = 0; i < 100 && c.loading; i += 1) await new Promise((ok) => setTimeout(ok, 50));
+}
+
+/** The page of `c` around `seq` (a room's seq, or one of the user's direct stream). */
+async function loadAround(c, seq) {
+  c.loading = true;
+  renderOlder();
+  try {
+    const page = c.type === "room"
+      ? await client.history(c.name, null, AROUND_PAGE, { around: seq })
+      : await client.directHistory({ around: seq, limit: AROUND_PAGE });
+    if (convs.get(c.key) === c) placePage(c, page);
+  } catch (err) {
+    showError(`Could not load the conversation: ${err.serverMessage ?? err.message}`);
+  } finally {
+    c.loading = false;
+    c.loaded = true;
+    renderOlder();
+    if (convs.get(c.key) === c) renderGaps(c);
+  }
+}
+
+/** Fill a gap from its start: scrolling down reaches the newer messages. */
+async function loadNewer(c, g) {
+  if (!client || c.loading || !gapsOf(c).includes(g)) return;
+  c.loading = true;
+  renderGaps(c);
+  let filled = false;
+  try {
+    const around = g.after + 1;
+    const page = c.type === "room"
+      ? await client.history(c.name, null, NEWER_PAGE, { around })
+      : await client.directHistory({ around, limit: NEWER_PAGE });
+    if (convs.get(c.key) !== c) return;
+    // Nothing after its start: only seqs of changes were there.
+    if (!page.messages.some((m) => m.seq > g.after)) setGaps(c, gapsOf(c).filter((x) => x !== g));
+    placePage(c, page);
+    filled = true;
+  } catch (err) {
+    showError(`Could not load newer messages: ${err.serverMessage ?? err.message}`);
+  } finally {
+    c.loading = false;
+    if (convs.get(c.key) === c) renderGaps(c);
+  }
+  if (filled) requestAnimationFrame(loadNewerInView);
+}
+
+/** The newest page of `c`, below its gaps, and scroll to it. */
+async function jumpToNewest(c) {
+  if (!client || c.loading) return;
+  c.loading = true;
+  renderGaps(c);
+  try {
+    const page = c.type === "room" ? await client.history(c.name, null, AROUND_PAGE) : await client.directHistory({ limit: NEWER_PAGE });
+    if (convs.get(c.key) === c) placePage(c, { ...page, hasNewer: false });
+  } catch (err) {
+    showError(`Could not load the newest messages: ${err.serverMessage ?? err.message}`);
+  } finally {
+    c.loading = false;
+    if (convs.get(c.key) === c) renderGaps(c);
+  }
+  if (c === current) scrollToBottom();
+}
+
+/** A gap scrolled into view loads what it hides. */
+function loadNewerInView() {
+  const c = current;
+  if (!c || c.loading) return;
+  const view = $("scroller").getBoundingClientRect();
+  for (const li of c.list.querySelectorAll(":scope > .gap")) {
+    const box = li.getBoundingClientRect();
+    if (box.top < view.bottom + 100 && box.bottom > view.top - 100) {
+      loadNewer(c, li.gap);
+      return;
+    }
+  }
+}
+
+/**
+ * Open a conversation at one of its messages (a search result): the page
+ * around it is read when it is not shown, then it is scrolled to and marked.
+ * `key` is "#room" or "@peer"; `seq` the room's, or the user's direct stream's.
+ */
+async function openAt(key, seq, messageId) {
+  if (!client) return;
+  const room = key[0] === "#";
+  if (!room && (!me || me.guest)) return;
+  const c = conv(key);
+  await settled(c);
+  const needed = !c.items.has(seq);
+  // The page around the message is the first this conversation loads: opening must not load the newest.
+  if (needed) c.loading = true;
+  if (room) {
+    await openRoom(c.name);
+    if (!c.joined || convs.get(key) !== c) {
+      c.loading = false;
+      return;
+    }
+  } else {
+    openDm(c.name);
+  }
+  if (needed) await loadAround(c, seq);
+  if (c === current && !flashMessage(messageId)) showError("That message is no longer there.");
 }
 
 // -- changes: edits, deletions, reactions, mentions --------------------------------
@@ -1090,6 +1323,7 @@ async function openThread(c, rootId) {
     return;
   }
   closeThread(false);
+  closeSearch(false); // the thread takes the pane's place
   thread = { c, rootId, items: new Map(), seqs: [], pending: [], hasMore: false, loading: false };
   $("thread-list").replaceChildren();
   $("thread-list").setAttribute("aria-label", `Thread in #${c.name}`);
@@ -1311,6 +1545,7 @@ function show(c) {
   renderNav();
   renderOlder();
   renderSettings();
+  renderSearchScope();
   if (!c.loaded && (c.type === "dm" || c.joined)) loadOlder(c);
   if (!again) scrollToStart(c);
   closeSidebar();
@@ -1832,6 +2067,176 @@ async function leaveCurrent() {
   refreshRoomsSoon();
 }
 
+// -- search ---------------------------------------------------------------------------
+
+/** `snippet` as text, its highlights (`[start, end)` in code points, as the server counts) as <mark>s. */
+function highlighted(snippet, spans) {
+  // Array.from splits by code point: an emoji before a match must not shift its mark.
+  const chars = Array.from(snippet);
+  const frag = document.createDocumentFragment();
+  let at = 0;
+  for (const [start, end] of spans) {
+    if (start < at) continue; // overlapping marks: the first one stands
+    frag.append(chars.slice(at, start).join(""), el("mark", { text: chars.slice(start, end).join("") }));
+    at = end;
+  }
+  frag.append(chars.slice(at).join(""));
+  return frag;
+}
+
+function resultWhen(when) {
+  const options = { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" };
+  if (when.getFullYear() !== new Date().getFullYear()) options.year = "numeric";
+  return when.toLocaleString(undefined, options);
+}
+
+function resultLi(result) {
+  const where = !result.direct ? `#${result.room}`
+    : me && result.with === me.name ? "Note to self" : `Direct with ${visibleName(result.with)}`;
+  const head = el("span", { class: "result-head" },
+    el("span", { class: "result-where", dataTestid: "result-where", text: where }),
+    el("span", { class: "from", dataTestid: "result-from", text: visibleName(result.from) }));
+  const when = result.at ? new Date(result.at) : null;
+  const whenText = when && !Number.isNaN(when.getTime()) ? resultWhen(when) : "";
+  if (whenText) head.append(el("time", { dateTime: when.toISOString(), title: when.toLocaleString(), text: whenText }));
+  const snippet = el("span", { class: "result-snippet", dataTestid: "result-snippet" }, highlighted(result.snippet, result.highlights));
+  const button = el("button", {
+    type: "button", class: "result", dataTestid: "search-result",
+    ariaLabel: `${where}, ${visibleName(result.from)}${whenText ? `, ${whenText}` : ""}: ${result.snippet}`,
+  }, head, snippet);
+  button.addEventListener("click", () => openResult(result));
+  return el("li", {}, button);
+}
+
+/** The scope choices as they apply now: "this conversation" names it; guests have no direct messages. */
+function renderSearchScope() {
+  const here = $("search-here");
+  here.disabled = !current;
+  here.textContent = !current ? "This conversation"
+    : current.type === "room" ? `This room (#${current.name})` : `This conversation (${visibleName(current.name)})`;
+  const guest = !me || me.guest;
+  $("search-direct").hidden = guest;
+  $("search-direct").disabled = guest;
+  const scope = $("search-scope");
+  if ((guest && scope.value === "direct") || (!current && scope.value === "here")) scope.value = "all";
+}
+
+/** The filters chosen, as `client.search` takes them. */
+function searchFilters() {
+  const filters = {};
+  const scope = $("search-scope").value;
+  if (scope === "here" && current?.type === "room") filters.room = current.name;
+  else if (scope === "here" && current?.type === "dm") Object.assign(filters, { direct: true, with: current.name });
+  else if (scope === "direct" && me && !me.guest) filters.direct = true;
+  const from = $("search-from").value.trim();
+  if (from) filters.from = from;
+  if ($("search-order").value === "relevance") filters.order = "relevance";
+  return filters;
+}
+
+function openSearchPane() {
+  closeThread(false);
+  closePopup(false);
+  renderSearchScope();
+  $("search-pane").hidden = false;
+  $("layout").classList.add("with-search");
+}
+
+function closeSearch(refocus = true) {
+  if ($("search-pane").hidden) return;
+  $("search-pane").hidden = true;
+  $("layout").classList.remove("with-search");
+  if (refocus) $("search-q").focus();
+}
+
+/** A new search: the box's query with the filters chosen; an empty box just shows the pane. */
+function runSearch() {
+  openSearchPane();
+  const q = $("search-q").value.trim();
+  $("search-results").replaceChildren();
+  $("search-more").hidden = true;
+  $("search-error").textContent = "";
+  search = null;
+  if (!q) {
+    $("search-status").textContent = "Type words to search for and press Enter.";
+    return;
+  }
+  search = { q, filters: searchFilters(), cursor: null, count: 0, loading: false };
+  searchPage(search);
+}
+
+/** The next page of `s` (its first without a cursor); answers to a search replaced meanwhile are dropped. */
+async function searchPage(s) {
+  if (!client || s.loading) return;
+  s.loading = true;
+  const more = $("search-more");
+  const moreFocused = document.activeElement === more;
+  more.disabled = true;
+  $("search-status").textContent = s.cursor ? "Loading more…" : `Searching${client.state === "connected" ? "" : " (waiting for the connection)"}…`;
+  let page;
+  try {
+    page = await client.search(s.q, { ...s.filters, limit: SEARCH_PAGE, cursor: s.cursor });
+  } catch (err) {
+    if (search !== s) return;
+    s.loading = false;
+    more.disabled = false;
+    $("search-status").textContent = s.count ? plural(s.count, "result", "results") : "";
+    $("search-error").textContent = `Cannot search: ${err.serverMessage || err.message}`;
+    return;
+  }
+  if (search !== s) return;
+  s.loading = false;
+  const first = s.count;
+  const items = page.results.map(resultLi);
+  $("search-results").append(...items);
+  s.count += items.length;
+  s.cursor = page.cursor;
+  more.hidden = !s.cursor;
+  more.disabled = false;
+  $("search-status").textContent = s.count
+    ? `${plural(s.count, "result", "results")}${s.cursor ? ", more below" : ""}`
+    : `No messages match “${s.q}”.`;
+  // The button that had the focus moves on to what it loaded.
+  if (moreFocused && first > 0) (items[0] ?? $("search-results").lastElementChild)?.querySelector("button")?.focus();
+}
+
+async function openResult(result) {
+  // On a small screen the results cover the conversation: they make way.
+  if (window.matchMedia("(max-width: 700px)").matches) closeSearch(false);
+  await openAt(result.direct ? `@${result.with}` : `#${result.room}`, result.seq, result.messageId);
+}
+
+/** ↑ ↓ Home End move between results; Escape (anywhere in the pane or the box) closes them. */
+function searchKeys(event) {
+  if (event.key === "Escape" && !$("search-pane").hidden) {
+    event.preventDefault();
+    event.stopPropagation();
+    closeSearch(true);
+    return;
+  }
+  const buttons = [...$("search-results").querySelectorAll('[data-testid="search-result"]')];
+  if (!buttons.length || $("search-pane").hidden) return;
+  const at = buttons.indexOf(document.activeElement);
+  let next = null;
+  if (event.target === $("search-q")) {
+    if (event.key === "ArrowDown") next = buttons[0];
+  } else if (at >= 0) {
+    if (event.key === "ArrowDown") next = buttons[Math.min(at + 1, buttons.length - 1)];
+    else if (event.key === "ArrowUp") next = at === 0 ? $("search-q") : buttons[at - 1];
+    else if (event.key === "Home") next = buttons[0];
+    else if (event.key === "End") next = buttons[buttons.length - 1];
+  }
+  if (next) {
+    event.preventDefault();
+    next.focus();
+  }
+}
+
+function focusSearch() {
+  $("search-q").focus();
+  $("search-q").select();
+}
+
 // -- the connection banner ----------------------------------------------------------
 
 function updateBanner() {
@@ -1948,6 +2353,7 @@ function start() {
     $("private-fields").hidden = user.guest;
     $("attach-label").hidden = user.guest;
     $("file").disabled = user.guest;
+    renderSearchScope();
     updateBanner();
     if (settings === null) loadSettings();
     else renderSettings();
@@ -2039,6 +2445,14 @@ function signOut(forget = true) {
   acClose();
   closeThread(false);
   setReplying(null);
+  closeSearch(false);
+  search = null;
+  $("search-q").value = "";
+  $("search-from").value = "";
+  $("search-results").replaceChildren();
+  $("search-status").textContent = "";
+  $("search-error").textContent = "";
+  directGaps = [];
   for (const c of convs.values()) {
     c.list.remove();
     clearTimeout(c.readTimer);
@@ -2253,6 +2667,7 @@ function wire() {
   });
   scroller.addEventListener("scroll", () => {
     if (scroller.scrollTop < 40 && current?.loaded) loadOlder(current);
+    loadNewerInView();
   });
   $("rooms-refresh").addEventListener("click", refreshRooms);
   $("older").addEventListener("click", () => current && loadOlder(current));
@@ -2273,6 +2688,31 @@ function wire() {
     if (event.key === "Escape" && $("sidebar").classList.contains("open")) {
       closeSidebar();
       $("menu").focus();
+    }
+  });
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runSearch();
+  });
+  $("search-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runSearch();
+  });
+  for (const id of ["search-scope", "search-order"]) {
+    $(id).addEventListener("change", () => search && runSearch());
+  }
+  $("search-more").addEventListener("click", () => search && searchPage(search));
+  $("search-close").addEventListener("click", () => closeSearch(true));
+  $("search-q").addEventListener("keydown", searchKeys);
+  $("search-pane").addEventListener("keydown", searchKeys);
+  // Ctrl+K (⌘K) anywhere, or "/" outside a text field, goes to the search box.
+  document.addEventListener("keydown", (event) => {
+    if ($("app").hidden || $("confirm-delete").open || event.altKey || event.defaultPrevented) return;
+    const inField = event.target instanceof Element && Boolean(event.target.closest("input, textarea, select, [contenteditable]"));
+    const ctrlK = (event.ctrlKey || event.metaKey) && !event.shiftKey && event.key.toLowerCase() === "k";
+    if (ctrlK || (event.key === "/" && !inField && !event.ctrlKey && !event.metaKey)) {
+      event.preventDefault();
+      focusSearch();
     }
   });
   $("room-form").addEventListener("submit", async (event) => {

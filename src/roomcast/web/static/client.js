@@ -19,6 +19,9 @@
 //   server's `read` frames (this and the user's other connections) and
 //   `receipt` frames (others who read) are events; `unread()` asks for the
 //   counts of every conversation (registered users);
+// - `search()` asks for a page of messages matching a query (answered by
+//   frame id like `history`; a `rate_limited` answer is retried after
+//   `retry_after` like any other frame);
 // - reconnects wait a uniform random time in [0, min(cap, first * 2^n)]
 //   (full jitter; 0.5 s first, 30 s cap), reset after a stable minute;
 // - `rate_limited` is retried after `retry_after`; a close with 1008 or a
@@ -125,6 +128,43 @@ function readCountsOf(value) {
     if (Array.isArray(pair) && Number.isInteger(pair[0]) && Number.isInteger(pair[1])) out.set(pair[0], pair[1]);
   }
   return out;
+}
+
+/** [[start, end), ...] code point offsets that fit `length`, in order; bad pairs are dropped. */
+function spansOf(value, length) {
+  const out = [];
+  if (!Array.isArray(value)) return out;
+  for (const pair of value) {
+    if (!Array.isArray(pair)) continue;
+    const [start, end] = pair;
+    if (Number.isInteger(start) && Number.isInteger(end) && start >= 0 && start < end && end <= length) out.push([start, end]);
+  }
+  return out.sort((a, b) => a[0] - b[0]);
+}
+
+/**
+ * One search result as the page sees it: where (`room`, or `direct` with
+ * `with`), which message (`seq` in the room, or in the user's own direct
+ * stream), who and when, the snippet and its highlights (`[start, end)` in
+ * code points of `snippet`, as the server counts them).
+ */
+export function searchResult(p) {
+  const snippet = String(p.snippet ?? p.message ?? "");
+  const direct = Boolean(p.direct);
+  return {
+    room: direct ? null : String(p.room ?? ""),
+    direct,
+    with: direct ? String(p.with ?? "") : null,
+    thread: p.thread ? String(p.thread) : null,
+    seq: Number(p.seq),
+    messageId: String(p.message_id ?? ""),
+    from: String(p.from ?? ""),
+    at: p.at ? String(p.at) : null,
+    message: String(p.message ?? ""),
+    editedAt: p.edited_at ? String(p.edited_at) : null,
+    snippet,
+    highlights: spansOf(p.highlights, Array.from(snippet).length),
+  };
 }
 
 /** A random frame id (16 url-safe characters), unique per user for a day. */
@@ -864,16 +904,20 @@ export class ChatClient {
 
   /**
    * A page of the user's direct messages, oldest first: {messages, hasMore,
-   * lastSeq, receipts} (receipts: peer -> the seq of this user's stream they read up to).
+   * hasNewer, lastSeq, receipts} (receipts: peer -> the seq of this user's
+   * stream they read up to). `around`: a seq of the user's stream (messages
+   * before and after it; `hasNewer` says whether newer ones follow).
    */
-  async directHistory({ before = null, limit = 50 } = {}) {
+  async directHistory({ before = null, limit = 50, around = null } = {}) {
     const payload = { limit };
     if (before !== null) payload.before = before;
+    if (around !== null) payload.around = around;
     const reply = await this.send("direct_history", payload).promise;
     const items = (reply.payload.messages ?? []).filter(isMessage).map((m) => directItem(m.type, m, m.timestamp));
     return {
       messages: items,
       hasMore: Boolean(reply.payload.has_more),
+      hasNewer: Boolean(reply.payload.has_newer),
       lastSeq: reply.payload.last_seq,
       receipts: markersOf(reply.payload.receipts),
     };
@@ -894,6 +938,34 @@ export class ChatClient {
   async unread() {
     const reply = await this.send("unread", {}).promise;
     return reply.payload;
+  }
+
+  /**
+   * A page of the messages this user may read that match `query`, newest
+   * first (or best first with `order: "relevance"`): {results, cursor}
+   * (`cursor`: pass it back with the same query and filters for the next
+   * page; null on the last). Filters: `room`, or `direct` (with `with`: one
+   * conversation); `from`, `after`, `before`, `limit`. A query the server
+   * cannot read rejects with a SendError whose `serverMessage` says why.
+   */
+  async search(query, { room = null, direct = false, with: peer = null, from = null, after = null,
+    before = null, order = null, limit = null, cursor = null } = {}) {
+    const payload = { q: query };
+    if (room !== null) payload.room = room;
+    if (direct) payload.direct = true;
+    if (direct && peer !== null) payload.with = peer;
+    if (from !== null) payload.from = from;
+    if (after !== null) payload.after = after;
+    if (before !== null) payload.before = before;
+    if (order !== null) payload.order = order;
+    if (limit !== null) payload.limit = limit;
+    if (cursor !== null) payload.cursor = cursor;
+    const reply = await this.send("search", payload).promise;
+    const results = Array.isArray(reply.payload.results) ? reply.payload.results : [];
+    return {
+      results: results.filter((r) => r && typeof r === "object").map(searchResult),
+      cursor: typeof reply.payload.cursor === "string" && reply.payload.cursor ? reply.payload.cursor : null,
+    };
   }
 
   async presence(room) {
