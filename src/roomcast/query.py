@@ -47,10 +47,12 @@ MIN_PREFIX: Final = 2
 #: About how many characters of a long message a result shows.
 SNIPPET_CHARS: Final = 200
 
-#: The Unicode categories of a word's characters: letters, marks and numbers, as
-#: the engines' tokenizers see a word (FTS5's unicode61 and PostgreSQL's parser
-#: both split on the rest).
-_WORD_CATEGORIES: Final = frozenset("LMN")
+#: The Unicode categories of a word's characters: letters, marks, numbers and
+#: private-use characters, as FTS5's unicode61 tokenizer sees a word (it splits
+#: on the rest; PostgreSQL's parser splits alike on everything but a few forms).
+_WORD_CATEGORIES: Final = frozenset(
+    {"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Co"}
+)
 #: How a query splits: a phrase in quotes, or a run without spaces or quotes.
 _PART: Final = re.compile(r'(-?)"([^"]*)("?)|(-?)([^\s"]+)')
 
@@ -101,16 +103,22 @@ def parse_query(text: str) -> Query:
         raise InvalidRequest(f"a query has at most {MAX_QUERY_CHARS} characters")
     if any(unicodedata.category(char) == "Cc" for char in text):
         raise InvalidRequest("a query cannot hold control characters")
+    if any(unicodedata.category(char) == "Cs" for char in text):
+        raise InvalidRequest("a query must be valid Unicode (it holds a lone surrogate)")
     terms: list[Term] = []
     for match in _PART.finditer(text):
         minus, phrase, closed, word_minus, word = match.groups()
         if phrase is not None:
             if not closed:
                 raise InvalidRequest('a quote is not closed: end the phrase with "')
-            words = tuple(phrase.split())
-            prefix = False
-            if words and words[-1].endswith("*"):
-                words, prefix = (*words[:-1], words[-1].rstrip("*")), True
+            typed = phrase.split()
+            prefix = bool(typed) and typed[-1].endswith("*")
+            if prefix:
+                typed[-1] = typed[-1].rstrip("*")
+                if not _tokens_of(typed[-1]):
+                    raise InvalidRequest(f"a prefix needs at least {MIN_PREFIX} letters before *")
+            # Punctuation between a phrase's words is no word: no engine indexed it.
+            words = tuple(item for item in typed if _tokens_of(item))
             excluded = bool(minus)
         else:
             excluded = bool(word_minus)
@@ -134,8 +142,8 @@ def parse_query(text: str) -> Query:
 
 
 def normalize(word: str) -> str:
-    """A word as compared: case folded, accents removed (as FTS5's unicode61 does)."""
-    decomposed = unicodedata.normalize("NFKD", word.casefold())
+    """A word as compared: lower case, accents removed (as FTS5's unicode61 does)."""
+    decomposed = unicodedata.normalize("NFKD", word.lower())
     return "".join(char for char in decomposed if unicodedata.category(char) != "Mn")
 
 
@@ -144,7 +152,7 @@ def tokens(text: str) -> list[tuple[int, int, str]]:
     out: list[tuple[int, int, str]] = []
     start = -1
     for i, char in enumerate(text):
-        if unicodedata.category(char)[0] in _WORD_CATEGORIES:
+        if unicodedata.category(char) in _WORD_CATEGORIES:
             if start < 0:
                 start = i
         elif start >= 0:

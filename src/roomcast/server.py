@@ -23,7 +23,9 @@ from importlib import resources
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
 from . import api
@@ -70,6 +72,38 @@ FLUSH_TIMEOUT: Final = 2.0
 LINGERING_TIME: Final = 2.0
 #: The close reason past ``max_connections_per_ip``.
 TOO_MANY_FROM_ADDRESS: Final = "too many connections from your address"
+#: Seconds an idle HTTP keep-alive connection stays open.
+KEEPALIVE_TIMEOUT: Final = 10.0
+
+
+class JSONErrorHandler(RequestHandler):
+    """aiohttp's handler of one HTTP connection, answering a request it cannot parse
+    (a line past 8,190 bytes, a malformed head) with roomcast's JSON error.
+
+    aiohttp would answer in plain text, quoting the request back, and log an
+    ERROR with a traceback: anyone can send such a request, so it is logged
+    at INFO, one line, and answered like every other refusal.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was sent already; the connection is dropped")
+        if isinstance(exc, LineTooLong):
+            code, text = "too_large", "a line of the request head is longer than 8190 bytes"
+        else:
+            code, text = "bad_request", "the request could not be read as HTTP/1.1"
+        logger.info("refused a malformed request from %s: %s", request.remote, text)
+        response = _json_error(status, code, text)
+        response.force_close()
+        return response
 
 
 class RoomcastServer:
@@ -147,7 +181,14 @@ class RoomcastServer:
 
     def http_protocol(self) -> asyncio.Protocol:
         assert self._runner is not None and self._runner.server is not None
-        return self._runner.server()
+        # Built as the runner's server builds it (no access log: roomcast logs its own).
+        return JSONErrorHandler(
+            self._runner.server,
+            loop=asyncio.get_running_loop(),
+            access_log=None,  # type: ignore[arg-type]  # None: none, as AppRunner passes it
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            lingering_time=LINGERING_TIME,
+        )
 
     def websocket_limits(self, registered: bool) -> tuple[int, int]:
         limits = self.config.limits
@@ -307,7 +348,7 @@ class RoomcastServer:
             self.app,
             access_log=None,
             handle_signals=False,
-            keepalive_timeout=10.0,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
             shutdown_timeout=2.0,
             lingering_time=LINGERING_TIME,
         )

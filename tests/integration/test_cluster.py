@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.integration.serverproc import ServerProcess, start_server
 from tests.integration.users import SECRET, call, sign_up, user_ws
-from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
+from tests.integration.wsclient import ask, recv_json, recv_type, send_json, welcome
 from tests.netproxy import TcpProxy
 from tests.services import REDIS_URL, fresh_database, kill_redis_clients, redis_prefix
 
@@ -478,3 +478,72 @@ async def test_a_read_on_one_node_clears_the_count_on_another(cluster: Cluster) 
     while "direct" not in (receipt := (await recv_type(bob, "receipt"))["payload"]):
         assert receipt == {"room": "lobby", "user": "alice", "seq": last}
     assert receipt == {"direct": True, "user": "alice", "seq": dm_seq}
+
+
+async def test_every_node_gives_one_user_the_same_search_results(cluster: Cluster) -> None:
+    """Three nodes: the same ids, order and cursors for one user's search, pages cross nodes,
+    and a member taken out of a private room stops finding it on every node at once."""
+    nodes = [cluster.start() for _ in range(3)]
+    names = ["ann", "bob", "cyd"]
+    signed = await asyncio.gather(*(sign_up(nodes[0], name) for name in names))
+    tokens = dict(zip(names, signed, strict=True))
+    crew = {"name": "crew", "private": True, "members": ["bob"]}
+    status, body = await call(nodes[1], "POST", "/api/rooms", json=crew, bearer=tokens["ann"])
+    assert status == 201, body
+    writers = [
+        await member(cluster, node, tokens[name]) for node, name in zip(nodes, names, strict=True)
+    ]
+    for ws in writers[:2]:
+        await join(ws, "crew")
+    for i in range(12):
+        who = i % 3
+        if i % 4 == 3:
+            frame = ("direct", {"to": "ann" if who == 1 else "bob", "message": f"orbit dm {i}"})
+        elif who < 2 and i % 2:
+            frame = ("chat", {"room": "crew", "message": f"orbit crew {i}"})
+        else:
+            frame = ("chat", {"room": "lobby", "message": f"orbit lobby {i}"})
+        await send_json(writers[who], *frame, id=f"w{i}")
+        await ack_of(writers[who], f"w{i}")
+    readers = [await member(cluster, node, tokens["bob"]) for node in nodes]
+
+    async def pages(ws: ClientConnection, **extra: Any) -> list[tuple[list[str], str | None]]:
+        got: list[tuple[list[str], str | None]] = []
+        cursor = None
+        while len(got) < 10:
+            payload: dict[str, Any] = {"q": "orbit", "limit": 4, **extra}
+            if cursor is not None:
+                payload["cursor"] = cursor
+            reply = await ask(ws, "search", payload, f"s{len(got)}")
+            assert reply["type"] == "search", reply
+            cursor = reply["payload"].get("cursor")
+            got.append(([r["message_id"] for r in reply["payload"]["results"]], cursor))
+            if cursor is None:
+                break
+        return got
+
+    newest = [await pages(ws) for ws in readers]
+    assert newest[1] == newest[0] and newest[2] == newest[0]
+    ids = [message_id for page, _ in newest[0] for message_id in page]
+    assert len(ids) == len(set(ids)) == 12 and len(newest[0]) == 3
+    best = [await pages(ws, order="relevance") for ws in readers]
+    assert best[1] == best[0] and best[2] == best[0]
+    crossed: list[str] = []
+    cursor = None
+    for node in nodes:  # each page from the next node, on the cursor the last one gave
+        params = {"q": "orbit", "limit": "4", **({"cursor": cursor} if cursor else {})}
+        query = "&".join(f"{key}={value}" for key, value in params.items())
+        status, body = await call(node, "GET", f"/api/search?{query}", bearer=tokens["bob"])
+        assert status == 200, body
+        crossed += [r["message_id"] for r in body["results"]]
+        cursor = body.get("cursor")
+    assert crossed == ids and cursor is None
+    conn = await asyncpg.connect(cluster.database_url)
+    try:
+        await conn.execute("DELETE FROM room_members WHERE room = 'crew' AND name = 'bob'")
+    finally:
+        await conn.close()
+    for n, ws in enumerate(readers):
+        reply = await ask(ws, "search", {"q": "orbit", "limit": 50}, f"after{n}")
+        rooms = {r.get("room") for r in reply["payload"]["results"]}
+        assert "crew" not in rooms and "lobby" in rooms, reply

@@ -25,6 +25,7 @@ from tests.integration.users import SECRET, sign_up
 #: (method, path with ``{}`` for a fuzzed part): every route that reads a body or a query.
 ROUTES = [
     ("GET", "/api/unread"),
+    ("GET", "/api/search"),
     ("GET", "/api/me/settings"),
     ("PUT", "/api/me/settings"),
     ("PATCH", "/api/rooms/{}"),
@@ -70,9 +71,16 @@ path_parts = st.one_of(
     st.text(alphabet="abcxyz019_-%.~", min_size=1, max_size=12),
 )
 queries = st.dictionaries(
-    st.sampled_from(["before", "around", "limit", "thread", "since"]),
-    st.one_of(st.integers().map(str), st.text(alphabet="0123456789-e.x", max_size=25)),
-    max_size=3,
+    st.sampled_from(["before", "around", "limit", "thread", "since"])
+    | st.sampled_from(["q", "room", "direct", "with", "from", "after", "cursor", "order"]),
+    st.one_of(
+        st.integers().map(str),
+        st.text(alphabet="0123456789-e.x", max_size=25),
+        st.text(max_size=30),
+        st.sampled_from(['"open', "NEAR(a b) OR c", "deplo*", "-x", "a\x00", "x" * 300]),
+        st.sampled_from(["true", "false", "relevance", "2026-12-01", "1e999", "WyJrIiwgMV0"]),
+    ),
+    max_size=4,
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from roomcast.exceptions import ProtocolError
-from roomcast.model import Change, Mention, Quote, Unread
+from roomcast.model import Change, Mention, Quote, SearchHit, Unread
 from roomcast.protocol.codes import ErrorCode
 from roomcast.protocol.messages import (
     MAX_SEQ,
@@ -37,6 +37,8 @@ from roomcast.protocol.messages import (
     Read,
     ReadEvent,
     Receipt,
+    SearchReply,
+    SearchRequest,
     SendBack,
     SentBack,
     Typing,
@@ -48,6 +50,7 @@ from roomcast.protocol.messages import (
     format_timestamp,
     parse_binary_frame,
     parse_client_frame,
+    parse_search,
     valid_room,
 )
 
@@ -272,6 +275,23 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+#: Values a search payload's fields take, right and wrong.
+search_values = st.sampled_from(
+    [
+        "deploy",
+        '"unclosed',
+        "x" * 257,
+        "2026-12-01",
+        "2026-12-01T10:00:00Z",
+        "not a time",
+        "newest",
+        "relevance",
+        "bob",
+        "WyJrIiwgMV0",
+        "c" * 513,
+        "a\x00b",
+    ]
+)
 frame_like = st.fixed_dictionaries(
     {},
     optional={
@@ -291,6 +311,7 @@ frame_like = st.fixed_dictionaries(
                 "delete",
                 "react",
                 "unreact",
+                "search",
             ]
         )
         | json_values,
@@ -299,8 +320,9 @@ frame_like = st.fixed_dictionaries(
             st.sampled_from(
                 ["message", "room", "since", "to", "before", "limit", "token", "guest"]
                 + ["message_id", "emoji", "reply_to", "thread", "around"]
+                + ["q", "direct", "with", "from", "after", "cursor", "order"]
             ),
-            json_values,
+            json_values | search_values,
         )
         | json_values,
     },
@@ -820,3 +842,231 @@ def test_direct_history_replies_carry_receipts_when_given() -> None:
     assert out["payload"]["last_seq"] == 3 and out["payload"]["messages"][0]["seq"] == 3
     plain = orjson.loads(encode(DirectHistoryReply(page, False, 3)))["payload"]
     assert "receipts" not in plain
+
+
+# -- search ----------------------------------------------------------------------------
+
+#: 2026-12-01T10:00:00Z in epoch milliseconds.
+DEC_1_10H = 1_796_119_200_000
+
+
+def test_a_search_frame_parses_every_field() -> None:
+    """Each field of the payload lands in SearchRequest; order relevance sets relevance."""
+    payload = {
+        "q": "deploy failed",
+        "direct": True,
+        "with": "bob",
+        "from": "ann",
+        "after": "2026-12-01T10:00:00.000Z",
+        "before": "2026-12-02",
+        "limit": 7,
+        "cursor": "abc",
+        "order": "relevance",
+    }
+    parsed = parse_client_frame(frame(type="search", id="s1", payload=payload))
+    assert parsed == SearchRequest(
+        "s1",
+        "deploy failed",
+        None,
+        True,
+        "bob",
+        "ann",
+        DEC_1_10H,
+        DEC_1_10H + 14 * 3600 * 1000,
+        7,
+        "abc",
+        True,
+    )
+    room = parse_client_frame(frame(type="search", payload={"q": "x", "room": "dev"}))
+    assert room == SearchRequest(None, "x", room="dev")
+
+
+def test_a_search_has_defaults_and_a_large_limit_is_lowered() -> None:
+    """Newest first, 20 results by default; any larger limit becomes 50."""
+    assert parse_search({"q": "x"}) == SearchRequest(None, "x", limit=20, relevance=False)
+    assert parse_search({"q": "x", "order": "newest"}).relevance is False
+    assert parse_search({"q": "x", "limit": 500}).limit == 50
+    assert parse_search({"q": "x", "limit": 2**64 - 1}).limit == 50
+    assert parse_search({"q": "x", "limit": 1}).limit == 1
+    assert parse_search({"q": "x", "direct": False, "room": "dev"}).room == "dev"
+    nulls = {"room": None, "direct": None, "with": None, "from": None, "cursor": None}
+    assert parse_search({"q": "x", **nulls}) == SearchRequest(None, "x")
+
+
+@pytest.mark.parametrize(
+    ("when", "ms"),
+    [
+        ("2026-12-01T10:00:00.000Z", DEC_1_10H),
+        ("2026-12-01T10:00:00Z", DEC_1_10H),
+        ("2026-12-01T10:00:00", DEC_1_10H),
+        ("2026-12-01T12:00:00+02:00", DEC_1_10H),
+        ("2026-12-01T10:00:00.250Z", DEC_1_10H + 250),
+        ("2026-12-01", DEC_1_10H - 10 * 3600 * 1000),
+    ],
+)
+def test_search_times_are_iso_8601_utc_unless_they_say_otherwise(when: str, ms: int) -> None:
+    """after and before take a time (UTC without an offset) or a date (its midnight UTC)."""
+    parsed = parse_search({"q": "x", "after": when, "before": when})
+    assert parsed.after_ms == parsed.before_ms == ms
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "payload.q"),
+        ({"q": ""}, "payload.q"),
+        ({"q": "   "}, "payload.q"),
+        ({"q": 5}, "payload.q"),
+        ({"q": ["deploy"]}, "payload.q"),
+        ({"q": None}, "payload.q"),
+        ({"q": "x" * 257}, "256 characters"),
+        ({"q": "x", "room": "Not A Room"}, "room"),
+        ({"q": "x", "room": 5}, "room"),
+        ({"q": "x", "direct": "true"}, "payload.direct"),
+        ({"q": "x", "direct": 1}, "payload.direct"),
+        ({"q": "x", "direct": 0}, "payload.direct"),
+        ({"q": "x", "direct": 1.0}, "payload.direct"),
+        ({"q": "x", "with": "bob"}, "payload.with needs payload.direct"),
+        ({"q": "x", "direct": False, "with": "bob"}, "payload.with needs payload.direct"),
+        ({"q": "x", "direct": True, "with": ""}, "with"),
+        ({"q": "x", "direct": True, "with": "b" * 65}, "with"),
+        ({"q": "x", "direct": True, "room": "dev"}, "not both"),
+        ({"q": "x", "from": 7}, "from"),
+        ({"q": "x", "from": ""}, "from"),
+        ({"q": "x", "after": "yesterday"}, "payload.after"),
+        ({"q": "x", "after": "2026-13-01"}, "payload.after"),
+        ({"q": "x", "before": 1796119200000}, "payload.before"),
+        ({"q": "x", "before": "2026-12-01T10:00:00Z" + " " * 30}, "payload.before"),
+        ({"q": "x", "limit": 0}, "payload.limit"),
+        ({"q": "x", "limit": -1}, "payload.limit"),
+        ({"q": "x", "limit": "5"}, "payload.limit"),
+        ({"q": "x", "limit": 1.5}, "payload.limit"),
+        ({"q": "x", "cursor": ""}, "payload.cursor"),
+        ({"q": "x", "cursor": 5}, "payload.cursor"),
+        ({"q": "x", "cursor": "c" * 513}, "payload.cursor"),
+        ({"q": "x", "order": "oldest"}, "payload.order"),
+        ({"q": "x", "order": None}, "payload.order"),
+    ],
+)
+def test_a_bad_search_payload_names_its_field(payload: dict[str, object], field: str) -> None:
+    """Each refusal is invalid_message, keeps the frame id and says which field and why."""
+    exc = refused(frame(type="search", id="s", payload=payload))
+    assert (exc.code, exc.frame_id) == (ErrorCode.INVALID_MESSAGE, "s")
+    assert field in exc.message
+
+
+def test_a_search_query_keeps_its_syntax_for_the_search_to_check() -> None:
+    """The frame checks types and bounds only: quotes, operators and 256 characters pass."""
+    for q in ('"unclosed', "NEAR(a b) OR c", "-only", "x" * 256, "d*"):
+        assert parse_search({"q": q}).q == q
+
+
+def test_a_search_reply_lists_room_and_direct_results_and_its_cursor() -> None:
+    """Rooms give room (and thread), direct results with; code point highlights as pairs."""
+    room = ChatMessage("dev", "the deploy", "ann", 42, "m1", 1, thread="m0", edited_ms=2)
+    direct = DirectMessage("bob", "ann", "🎉 deploy", "d1", 3, seq=7)
+    hits = [
+        SearchHit(room, snippet="the deploy", highlights=((4, 10),)),
+        SearchHit(direct, "bob", "🎉 deploy", ((2, 8),)),
+    ]
+    out = orjson.loads(encode(SearchReply(hits, "next"), id="s1", ts_ms=0))
+    assert (out["type"], out["id"]) == ("search", "s1")
+    assert out["payload"] == {
+        "results": [
+            {
+                "room": "dev",
+                "thread": "m0",
+                "seq": 42,
+                "message_id": "m1",
+                "from": "ann",
+                "at": "1970-01-01T00:00:00.001Z",
+                "message": "the deploy",
+                "edited_at": "1970-01-01T00:00:00.002Z",
+                "snippet": "the deploy",
+                "highlights": [[4, 10]],
+            },
+            {
+                "direct": True,
+                "with": "bob",
+                "seq": 7,
+                "message_id": "d1",
+                "from": "bob",
+                "at": "1970-01-01T00:00:00.003Z",
+                "message": "🎉 deploy",
+                "snippet": "🎉 deploy",
+                "highlights": [[2, 8]],
+            },
+        ],
+        "cursor": "next",
+    }
+    last = orjson.loads(encode(SearchReply([])))["payload"]
+    assert last == {"results": []}
+
+
+def test_direct_history_around_a_seq_parses_alone() -> None:
+    """around is a seq of 1 or more, with a limit, and never with before or since."""
+    parsed = parse_client_frame(
+        frame(type="direct_history", id="h", payload={"around": 7, "limit": 10})
+    )
+    assert parsed == DirectHistoryRequest("h", None, None, 10, 7)
+    for payload in (
+        {"around": 7, "before": 9},
+        {"around": 7, "since": 1},
+        {"around": 0},
+        {"around": -1},
+        {"around": "7"},
+        {"around": MAX_SEQ + 1},
+    ):
+        exc = refused(frame(type="direct_history", id="h", payload=payload))
+        assert exc.code is ErrorCode.INVALID_MESSAGE and "payload." in exc.message
+
+
+def test_direct_history_around_says_whether_newer_messages_follow() -> None:
+    """has_newer is in the reply only when the page was read around a seq."""
+    page = [DirectMessage("bob", "ann", "hi", "d1", 1, seq=3)]
+    around = orjson.loads(encode(DirectHistoryReply(page, True, 9, has_newer=True)))["payload"]
+    assert (around["has_more"], around["has_newer"], around["last_seq"]) == (True, True, 9)
+    plain = orjson.loads(encode(DirectHistoryReply(page, False, 3)))["payload"]
+    assert "has_newer" not in plain
+
+
+def test_too_frequent_is_rate_limited_with_retry_after_in_ms() -> None:
+    """A refusal for asking too often is rate_limited, retry_after in whole milliseconds."""
+    from roomcast.exceptions import TooFrequent
+    from roomcast.protocol.messages import ErrorReply
+
+    reply = ErrorReply.refused(TooFrequent("too many searches", retry_after=0.2))
+    assert reply.code is ErrorCode.RATE_LIMITED
+    assert reply.payload() == {
+        "code": "rate_limited",
+        "message": "too many searches",
+        "retry_after": 200,
+    }
+    tiny = ErrorReply.refused(TooFrequent("x", retry_after=0.0001)).payload()
+    assert tiny["retry_after"] == 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            key: json_values | search_values
+            for key in ("q", "room", "direct", "with", "from", "after", "before")
+            + ("limit", "cursor", "order")
+        },
+    )
+)
+def test_any_search_payload_parses_within_bounds_or_is_invalid(payload: dict[str, object]) -> None:
+    """A search payload either parses to bounded fields or is refused as invalid_message."""
+    try:
+        parsed = parse_client_frame(json.dumps({"type": "search", "payload": payload}))
+    except ProtocolError as exc:
+        # Infinity is no JSON: such a frame is refused before its payload is read.
+        assert exc.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.INVALID_JSON)
+        return
+    assert isinstance(parsed, SearchRequest)
+    assert 1 <= len(parsed.q) <= 256 and 1 <= parsed.limit <= 50
+    assert parsed.cursor is None or 1 <= len(parsed.cursor) <= 512
+    assert not (parsed.direct and parsed.room is not None)
+    assert parsed.peer is None or parsed.direct

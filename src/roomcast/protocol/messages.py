@@ -642,7 +642,7 @@ def parse_search(payload: dict[str, Any], fid: str | None = None) -> SearchReque
         )
     room = _room(payload, fid) if payload.get("room") is not None else None
     direct = payload.get("direct")
-    if direct not in (None, True, False):
+    if direct is not None and type(direct) is not bool:
         raise _fail(ErrorCode.INVALID_MESSAGE, "payload.direct must be true or false", fid)
     peer = _name(payload, "with", fid) if payload.get("with") is not None else None
     if peer is not None and not direct:

@@ -910,7 +910,7 @@ class SQLStore(BatchedAppends):
             if not (
                 isinstance(after, list)
                 and len(after) == len(position)
-                and all(type(v) is t for v, t in zip(after, engine.types, strict=False))
+                and all(_position_value(v, t) for v, t in zip(after, engine.types, strict=False))
             ):
                 raise InvalidRequest("cursor is not one a search gave")
             where.append(f"({', '.join(position)}) < ({', '.join(arg(v) for v in after)})")
@@ -1168,6 +1168,17 @@ async def apply_changes(conn: SQLConn, plan: Plan, file_size: str) -> None:
             await conn.executemany(erase_edits, ids)
             await conn.executemany(_ERASE_REACTIONS, ids)
             await conn.executemany(_ERASE_NOTIFICATIONS, ids)
+
+
+def _position_value(value: object, kind: type) -> bool:
+    """Whether ``value`` can be a cursor position's part of type ``kind``: a cursor is
+    only checked against its search, so its values are checked before they are bound."""
+    if type(value) is not kind:
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63  # a BIGINT, a SQLite integer
+    assert isinstance(value, str)
+    return len(value) <= 64 and value.isascii() and "\x00" not in value
 
 
 def _conversation(query: str, peer: str | None) -> tuple[str, tuple[str, ...]]:
