@@ -297,31 +297,27 @@ class SQLiteStore(SQLStore):
 
     # -- the seam --------------------------------------------------------------
 
-    async def _read(self, job: Job[T]) -> T:
+    async def _read(self, job: Job[T], seconds: float | None = None) -> T:
+        """Run ``job`` on the reader's thread; past ``seconds`` (if given) SQLite
+        interrupts it (``OperationalError: interrupted``)."""
         if self._closed and self._rconn is None:
             raise StoreError("the store is closed")
         conn = self._rconn
         assert conn is not None and self._reader is not None
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._reader, _run, job, conn)
+            return await loop.run_in_executor(self._reader, _run, job, conn, seconds)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
 
     async def _search_read(self, job: Job[T]) -> T:
-        if self._closed and self._rconn is None:
-            raise StoreError("the store is closed")
-        conn = self._rconn
-        assert conn is not None and self._reader is not None
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._reader, _run_until, job, conn, SEARCH_TIMEOUT)
-        except sqlite3.OperationalError as exc:
-            if str(exc) == "interrupted":
+            return await self._read(job, SEARCH_TIMEOUT)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.OperationalError) and str(cause) == "interrupted":
                 raise InvalidRequest(SEARCH_TOO_LONG) from None
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+            raise
 
     async def _write_now(self, job: Job[T]) -> T:
         if self._closed:
@@ -565,23 +561,21 @@ def fts5_query(query: Query) -> str:
     return expression
 
 
-def _run_until(job: Job[T], conn: _Connection, seconds: float) -> T:
-    """Run ``job`` on ``conn``, interrupted (``OperationalError``) past ``seconds``."""
-    deadline = time.monotonic() + seconds
-    conn.raw.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_EVERY)
-    try:
-        return _run(job, conn)
-    finally:
-        conn.raw.set_progress_handler(None, 0)
-
-
-#: SQLite virtual machine instructions between two looks at a search's deadline
+#: SQLite virtual machine instructions between two looks at a read's deadline
 #: (tens of microseconds of work: the look costs nothing beside it).
 _PROGRESS_EVERY: Final = 10_000
 
 
-def _run(job: Job[T], conn: _Connection) -> T:
-    return run_sync(job(conn))
+def _run(job: Job[T], conn: _Connection, seconds: float | None = None) -> T:
+    """Run ``job`` on ``conn``; past ``seconds`` (if given) interrupted by SQLite."""
+    if seconds is None:
+        return run_sync(job(conn))
+    deadline = time.monotonic() + seconds
+    conn.raw.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_EVERY)
+    try:
+        return run_sync(job(conn))
+    finally:
+        conn.raw.set_progress_handler(None, 0)
 
 
 def _run_in_transaction(job: Job[T], conn: _Connection) -> T:
