@@ -46,10 +46,10 @@ from .protocol.messages import (
     MAX_EMOJI_LENGTH,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
-    MAX_NAME_LENGTH,
     MAX_SEQ,
     format_timestamp,
     parse_search,
+    valid_name,
     valid_room,
 )
 from .ratelimit import KeyedBuckets
@@ -740,8 +740,8 @@ async def _direct_messages(request: web.Request) -> web.Response:
     around = query_int(request, "around", 1, MAX_SEQ, None)
     if sum(value is not None for value in (before, since, around)) > 1:
         raise HTTPError(400, "invalid_message", "give one of before, since and around")
-    peer = request.query.get("with") or None
-    if peer is not None and (since is not None or len(peer) > MAX_NAME_LENGTH):
+    peer = request.query.get("with")
+    if peer is not None and (since is not None or not valid_name(peer)):
         raise HTTPError(
             400, "invalid_message", "with is a name, given with before or around (not since)"
         )

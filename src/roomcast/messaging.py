@@ -635,10 +635,7 @@ class Messaging:
         if user.guest:
             raise Forbidden("direct messages need a registered user")
         if peer is not None:
-            found = await self._store.get_user(peer)
-            if found is None:
-                raise UnknownUser(f"there is no user {peer}")
-            peer = found.name
+            [peer] = await self._rooms.registered([peer])
         last = await self._store.direct_last_seq(user.name)
         messages: Sequence[DirectMessage | Change | Mention]
         newer = None

@@ -68,11 +68,6 @@ class Term:
     #: The term must not match (typed with ``-``).
     excluded: bool = False
 
-    @property
-    def phrase(self) -> bool:
-        """Whether the term is several words in order."""
-        return len(self.words) > 1
-
 
 @dataclass(frozen=True, slots=True)
 class Query:

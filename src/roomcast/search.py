@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Final
 
-from .exceptions import Forbidden, TooFrequent, UnknownUser
+from .exceptions import Forbidden, TooFrequent
 from .metrics import Metrics
 from .model import UserInfo
 from .protocol.messages import SearchReply, SearchRequest
@@ -86,32 +86,32 @@ class MessageSearch:
             await self._rooms.check_access(user, request.room)
         peer = None
         if request.peer is not None:
-            found = await self._store.get_user(request.peer)
-            if found is None:
-                raise UnknownUser(f"there is no user {request.peer}")
-            peer = found.name
+            [peer] = await self._rooms.registered([request.peer])
         sender = request.sender
         if sender is not None:
             # A registered name in any case, as registered; a guest's exactly.
             registered = await self._store.get_user(sender)
             sender = registered.name if registered is not None else sender
         started = time.perf_counter()
-        hits, cursor = await self._store.search(
-            SearchFilter(
-                query,
-                None if user.guest else user.name,
-                room=request.room,
-                direct=request.direct,
-                peer=peer,
-                sender=sender,
-                after_ms=request.after_ms,
-                before_ms=request.before_ms,
-                limit=request.limit,
-                cursor=request.cursor,
-                relevance=request.relevance,
+        try:
+            hits, cursor = await self._store.search(
+                SearchFilter(
+                    query,
+                    None if user.guest else user.name,
+                    room=request.room,
+                    direct=request.direct,
+                    peer=peer,
+                    sender=sender,
+                    after_ms=request.after_ms,
+                    before_ms=request.before_ms,
+                    limit=request.limit,
+                    cursor=request.cursor,
+                    relevance=request.relevance,
+                )
             )
-        )
-        self._metrics.search_seconds.observe(time.perf_counter() - started)
+        finally:
+            # Searches cut off for taking too long are the ones to see.
+            self._metrics.search_seconds.observe(time.perf_counter() - started)
         shown = []
         for hit in hits:
             text, spans = snippet(query, hit.message.message)

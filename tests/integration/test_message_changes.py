@@ -106,7 +106,8 @@ async def test_an_offline_member_catches_up_on_exactly_the_changes(
     bob = await user_ws(server, tokens["bob"])
     joined = await ask(bob, "join", {"room": "lobby", "since": 1}, "j1")
     assert joined["type"] == "joined" and joined["payload"]["seq"] == 5
-    replay = [f for f in await frames_until_quiet(bob) if f["type"] != "presence"]
+    # Receipts (how far others read) come when a marker is written, whenever that is.
+    replay = [f for f in await frames_until_quiet(bob) if f["type"] not in ("presence", "receipt")]
     assert [(f["type"], f["payload"]["seq"]) for f in replay] == [
         ("edit", 2),
         ("reaction", 3),

@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -59,6 +59,7 @@ __all__ = [
     "SearchReply",
     "SearchRequest",
     "parse_search",
+    "valid_name",
     "MAX_ID_LENGTH",
     "MAX_SEQ",
     "ROOM_NAME",
@@ -395,14 +396,27 @@ def _text(payload: dict[str, Any], key: str, frame_id: str | None, max_chars: in
     return text
 
 
+def valid_name(name: object) -> bool:
+    """Whether ``name`` can be a user's name to look up: 1 to :data:`MAX_NAME_LENGTH`
+    printable characters (no control character, which no name has and PostgreSQL
+    cannot even compare, no lone surrogate)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME_LENGTH
+        and name.isprintable()
+        and not any("\ud800" <= char <= "\udfff" for char in name)
+    )
+
+
 def _name(payload: dict[str, Any], key: str, frame_id: str | None) -> str:
     name = payload.get(key)
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+    if not valid_name(name):
         raise _fail(
             ErrorCode.INVALID_MESSAGE,
-            f"payload.{key} must be a name of 1 to {MAX_NAME_LENGTH} characters",
+            f"payload.{key} must be a name of 1 to {MAX_NAME_LENGTH} printable characters",
             frame_id,
         )
+    assert isinstance(name, str)
     return name
 
 
@@ -679,6 +693,9 @@ def parse_search(payload: dict[str, Any], fid: str | None = None) -> SearchReque
     )
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _time(payload: dict[str, Any], key: str, fid: str | None) -> int | None:
     """An optional ISO 8601 time (UTC unless it says otherwise; a date is its
     midnight), as epoch milliseconds."""
@@ -700,7 +717,8 @@ def _time(payload: dict[str, Any], key: str, fid: str | None) -> int | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     try:
-        return int(when.timestamp() * 1000)
+        # In whole milliseconds: a float of seconds times 1000 is off by one for some.
+        return (when - _EPOCH) // timedelta(milliseconds=1)
     except (OverflowError, ValueError, OSError):
         raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} is out of range", fid) from None
 

@@ -41,6 +41,7 @@ from ..query import Query
 
 __all__ = [
     "DEDUPE_SECONDS",
+    "MAX_RELEVANCE_RESULTS",
     "AppendResult",
     "DirectInbox",
     "DirectResult",
@@ -67,6 +68,9 @@ __all__ = [
 
 #: How long a resent frame ``id`` from the same sender is recognised (24 h).
 DEDUPE_SECONDS: Final = 24 * 3600
+#: How deep best-first search results page: each page ranks every match up
+#: to its end again, so the depth bounds the work.
+MAX_RELEVANCE_RESULTS: Final = 500
 
 
 def unstorable(text: str, client_id: str | None) -> StoreError | None:
@@ -165,6 +169,7 @@ class SearchFilter:
     #: Only messages stored after / before these times (epoch ms, both excluded).
     after_ms: int | None = None
     before_ms: int | None = None
+    #: Results in a page (the edges pass theirs; 20 is the protocol's default).
     limit: int = 20
     #: Where the previous page ended (the store's own form), or None for the first.
     cursor: str | None = None

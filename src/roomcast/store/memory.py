@@ -28,6 +28,7 @@ from ..model import (
 from ..query import matches, score
 from .base import (
     DEDUPE_SECONDS,
+    MAX_RELEVANCE_RESULTS,
     AppendResult,
     DirectResult,
     Draft,
@@ -414,12 +415,11 @@ class MemoryStore(BatchedAppends):
             found.append((index, score(search.query, hit.message.message), hit))
         if search.relevance:
             offset = position or 0
+            end = min(offset + search.limit, MAX_RELEVANCE_RESULTS)
             found.sort(key=lambda item: (-item[1], -item[0]))
-            page = found[offset : offset + search.limit]
-            more = len(found) > offset + search.limit
-            return [hit for _i, _s, hit in page], (
-                write_cursor(search, offset + search.limit) if more else None
-            )
+            more = len(found) > end and end < MAX_RELEVANCE_RESULTS
+            hits = [hit for _i, _s, hit in found[offset:end]]
+            return hits, write_cursor(search, end) if more else None
         found.reverse()
         page = found[: search.limit]
         more = len(found) > search.limit

@@ -91,6 +91,8 @@ T = TypeVar("T")
 #: Seconds from a delete's batch to the VACUUM that erases it: the batch
 #: has committed by then, and a burst of deletes shares one VACUUM.
 ERASE_DELAY: Final = 0.5
+#: Seconds before a VACUUM that failed is tried again.
+ERASE_RETRY: Final = 5.0
 
 #: Seconds from a delete to rebuilding the full-text indexes, which then no
 #: longer hold its words. A GIN index keeps every word it ever indexed in its
@@ -303,6 +305,8 @@ class PostgresStore(SQLStore):
             before the operation fails.
         max_queued: most messages waiting for the writer; past it an
             append fails with :class:`~roomcast.exceptions.StoreBusy`.
+        reindex_delay: seconds from a delete or an edit to rebuilding the
+            search indexes without its old words (:data:`REINDEX_DELAY`).
     """
 
     _log = logger
@@ -310,21 +314,20 @@ class PostgresStore(SQLStore):
     _NAMES_IN = "= ANY($1::text[])"
     _FILE_SIZE = "(file::json->>'size')::bigint"
     _SEARCH = SearchSQL(
-        # The expression the GIN indexes messages_search and
-        # direct_messages_search are built on, so the planner uses them.
+        # The stored tsvector (``search``) of the GIN indexes messages_search
+        # and direct_messages_search.
         rooms=f"SELECT {ROOM_HIT_COLUMNS}, m.ts_ms, m.message_id, {{score}} AS score"
-        " FROM messages m WHERE to_tsvector('simple', m.body) @@ to_tsquery('simple', $1)"
-        " AND m.kind = 'chat'",
+        " FROM messages m WHERE m.search @@ to_tsquery('simple', $1) AND m.kind = 'chat'",
         direct=f"SELECT {DIRECT_HIT_COLUMNS}, d.ts_ms, d.message_id, {{score}} AS score"
         " FROM direct_messages d JOIN inbox i ON i.message_id = d.message_id AND i.owner = $2"
-        " WHERE to_tsvector('simple', d.body) @@ to_tsquery('simple', $1) AND d.kind = 'chat'",
+        " WHERE d.search @@ to_tsquery('simple', $1) AND d.kind = 'chat'",
         position=("m.ts_ms, m.message_id", "d.ts_ms, d.message_id"),
         types=(int, str),
         score=(
-            "ts_rank(to_tsvector('simple', m.body), to_tsquery('simple', $1))",
-            "ts_rank(to_tsvector('simple', d.body), to_tsquery('simple', $1))",
+            "ts_rank(m.search, to_tsquery('simple', $1))",
+            "ts_rank(d.search, to_tsquery('simple', $1))",
         ),
-        compile=lambda query: tsquery(query),
+        compile=lambda query: tsquery(query),  # defined below this class
     )
 
     def __init__(
@@ -409,6 +412,16 @@ class PostgresStore(SQLStore):
             async with self._connection():
                 connected = True
             await self._migrate()
+            # A rebuild cut off (a node stopped mid-REINDEX) left an index
+            # PostgreSQL still updates on every write: the next rebuild drops it.
+            async with self._connection() as conn:
+                left = [
+                    table
+                    for table, index in SEARCH_INDEXES.items()
+                    if await conn.fetch(_LEFT_BEHIND, index)
+                ]
+            if left:
+                self._reindex_later(left)
         except (*_DRIVER_ERRORS, ValueError) as exc:
             await self._close_pool()
             if connected:
@@ -709,22 +722,26 @@ class PostgresStore(SQLStore):
             )
 
     async def _erase(self) -> None:
+        """VACUUM (then CHECKPOINT) after :data:`ERASE_DELAY`, again while deletes come.
+
+        A VACUUM that fails is tried again: one waits for a search index's
+        rebuild (both take the table's SHARE UPDATE EXCLUSIVE lock) and may
+        time out meanwhile.
+        """
         while self._erase_wanted:
             await asyncio.sleep(ERASE_DELAY)
             self._erase_wanted = False
             try:
                 async with self._connection() as conn:
                     await conn.execute("VACUUM messages, direct_messages, reactions, notifications")
-                    if self._may_checkpoint:
-                        await conn.execute("CHECKPOINT")
-            except asyncpg.InsufficientPrivilegeError:
-                self._may_checkpoint = False
-                logger.info(
-                    "deleted messages leave the table files at PostgreSQL's next checkpoint:"
-                    " this role may not run CHECKPOINT (grant it pg_checkpoint)"
-                )
+                    await self._checkpoint(conn)
             except (*_DRIVER_ERRORS, StoreError) as exc:
+                self._erase_wanted = True
                 logger.warning("could not vacuum deleted messages away: %s", self._reason(exc))
+                await asyncio.sleep(ERASE_RETRY)
+
+    def _search_pruned(self) -> None:
+        self._reindex_later(list(SEARCH_INDEXES))
 
     def _reindex_later(self, tables: list[str]) -> None:
         """Deletes or edits in ``tables``: rebuild their search indexes within
@@ -736,15 +753,17 @@ class PostgresStore(SQLStore):
             )
 
     async def _reindex(self) -> None:
+        """Rebuild the owed search indexes after :data:`REINDEX_DELAY`, until none is owed.
+
+        A rebuild that fails, or finds another node rebuilding (which may
+        have begun before these changes), is owed again after the delay.
+        """
         while self._reindex_owed:
             await asyncio.sleep(self._reindex_delay)
             owed = sorted(self._reindex_owed)
             self._reindex_owed.clear()
             try:
                 async with self._connection() as conn:
-                    # One node rebuilds at a time; one that finds another at it
-                    # tries again later, as that rebuild may have begun before
-                    # its deletes.
                     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _REINDEX_LOCK):
                         self._reindex_owed.update(owed)
                         continue
@@ -753,15 +772,26 @@ class PostgresStore(SQLStore):
                             await self._rebuild(conn, index)
                     finally:
                         await conn.execute("SELECT pg_advisory_unlock($1)", _REINDEX_LOCK)
-                    if self._may_checkpoint:
-                        await conn.execute("CHECKPOINT")
-            except asyncpg.InsufficientPrivilegeError:
-                self._may_checkpoint = False
+                    await self._checkpoint(conn)
             except (*_DRIVER_ERRORS, StoreError) as exc:
+                self._reindex_owed.update(owed)
                 logger.warning(
                     "could not rebuild the search index without deleted words: %s",
                     self._reason(exc),
                 )
+
+    async def _checkpoint(self, conn: Any) -> None:
+        """Have the changed pages written to the files now, if this role may."""
+        if not self._may_checkpoint:
+            return
+        try:
+            await conn.execute("CHECKPOINT")
+        except asyncpg.InsufficientPrivilegeError:
+            self._may_checkpoint = False
+            logger.info(
+                "deleted messages leave the table files at PostgreSQL's next checkpoint:"
+                " this role may not run CHECKPOINT (grant it pg_checkpoint)"
+            )
 
     @staticmethod
     async def _rebuild(conn: Any, index: str) -> None:

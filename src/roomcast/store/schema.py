@@ -206,7 +206,10 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         7,
         "full-text search over room and direct messages",
-        (),
+        (
+            # A search reads the rooms its reader belongs to.
+            "CREATE INDEX room_members_name ON room_members (name)",
+        ),
         sqlite=(
             # FTS5 over the message rows themselves (external content: the
             # index keeps words, never a copy of the text), by rowid, which a
@@ -246,13 +249,31 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             ),
         ),
         postgres=(
-            # A tsvector per chat message, in a GIN index over the expression
-            # (no stored copy of the words in the table). 'simple': no
-            # stemming and no stop words, so every language is indexed alike.
-            "CREATE INDEX messages_search ON messages"
-            " USING gin (to_tsvector('simple', body)) WHERE kind = 'chat'",
-            "CREATE INDEX direct_messages_search ON direct_messages"
-            " USING gin (to_tsvector('simple', body)) WHERE kind = 'chat'",
+            # A tsvector per chat message (NULL for a change: an edit's event
+            # row keeps its text for replay, and is not searched), kept by
+            # PostgreSQL from body (a delete's erasure empties it), in a GIN
+            # index of chat rows. Stored rather
+            # than an index expression: checking a candidate row reads it
+            # instead of parsing the text again (phrases, and the newest-first
+            # scan, check many), and ANALYZE keeps statistics of its words,
+            # which the planner needs to choose between the GIN index and
+            # the newest-first scan (it ignores a partial index's expression
+            # statistics). 'simple': no stemming and no stop words, so every
+            # language is indexed alike.
+            *(
+                statement.format(table=table, index=index)
+                for table, index in (
+                    ("messages", "messages_search"),
+                    ("direct_messages", "direct_messages_search"),
+                )
+                for statement in (
+                    "ALTER TABLE {table} ADD COLUMN search tsvector GENERATED ALWAYS AS"
+                    " (CASE WHEN kind = 'chat' THEN to_tsvector('simple'::regconfig, body) END)"
+                    " STORED",
+                    "CREATE INDEX {index} ON {table} USING gin (search) WHERE kind = 'chat'",
+                    "ANALYZE {table}",
+                )
+            ),
         ),
     ),
 )

@@ -48,6 +48,7 @@ from ..model import (
 )
 from ..query import Query
 from .base import (
+    MAX_RELEVANCE_RESULTS,
     AppendResult,
     DirectResult,
     Draft,
@@ -77,7 +78,6 @@ from .schema import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, Migration
 
 __all__ = [
     "DIRECT_HIT_COLUMNS",
-    "MAX_RELEVANCE_RESULTS",
     "SEARCH_TIMEOUT",
     "SEARCH_TOO_LONG",
     "ROOM_HIT_COLUMNS",
@@ -109,9 +109,6 @@ SEARCH_TIMEOUT: Final = 2.0
 SEARCH_TOO_LONG: Final = (
     "the search took too long: narrow it (a room, a longer word, fewer prefixes)"
 )
-#: How deep best-first search results page: each page ranks every match up
-#: to its end again, so the depth bounds the work.
-MAX_RELEVANCE_RESULTS: Final = 500
 
 
 class SQLConn(Protocol):
@@ -370,6 +367,11 @@ _FINISH_NOTIFICATION: Final = "DELETE FROM notifications WHERE id = $1"
 
 #: A room message's columns, as :func:`~.batch.chat_from_row` reads them, of the alias ``m``.
 ROOM_HIT_COLUMNS: Final = ", ".join(f"m.{column.strip()}" for column in MESSAGE_COLUMNS.split(","))
+#: How many columns of a search's row are the message's (the same for both kinds);
+#: the position's follow, then the score.
+_HIT_WIDTH: Final = ROOM_HIT_COLUMNS.count(",") + 1
+#: Where each kind's row has the message's time.
+_HIT_MS: Final = {"rooms": 5, "direct": 4}
 #: A direct message's columns in ``$2``'s stream, as :func:`~.batch.direct_from_row` reads them.
 DIRECT_HIT_COLUMNS: Final = (
     "d.sender, d.recipient, d.body, d.message_id, d.ts_ms, i.seq, d.file, d.kind,"
@@ -483,6 +485,9 @@ class SQLStore(BatchedAppends):
     def _pruning(self) -> contextlib.AbstractAsyncContextManager[Prune | None]:
         """How to run each retention chunk, or None when another node is pruning."""
         raise NotImplementedError
+
+    def _search_pruned(self) -> None:
+        """Retention deleted messages: their words are to leave the search index too."""
 
     async def _search_read(self, job: Job[T]) -> T:
         """Run a search's ``job`` as :meth:`_read` does, for :data:`SEARCH_TIMEOUT` at most.
@@ -842,7 +847,7 @@ class SQLStore(BatchedAppends):
                 more = True
                 if taken[kind]:
                     last = rows[taken[kind] - 1]
-                    state[kind] = list(last[13:-1])
+                    state[kind] = list(last[_HIT_WIDTH:-1])
         return [self._hit(search, kind, row) for kind, row in page], (
             write_cursor(search, state) if more else None
         )
@@ -856,7 +861,7 @@ class SQLStore(BatchedAppends):
         if not isinstance(offset, int) or not 0 <= offset < MAX_RELEVANCE_RESULTS:
             raise InvalidRequest("cursor is not one a search gave")
         match = self._SEARCH.compile(search.query)
-        end = offset + search.limit
+        end = min(offset + search.limit, MAX_RELEVANCE_RESULTS)
 
         async def job(conn: SQLConn) -> list[tuple[str, Sequence[Any]]]:
             found = []
@@ -924,8 +929,8 @@ class SQLStore(BatchedAppends):
     @staticmethod
     def _hit(search: SearchFilter, kind: str, row: Sequence[Any]) -> SearchHit:
         if kind == "rooms":
-            return SearchHit(chat_from_row(tuple(row)[:13]))
-        message = direct_from_row(tuple(row)[:13])
+            return SearchHit(chat_from_row(tuple(row)[:_HIT_WIDTH]))
+        message = direct_from_row(tuple(row)[:_HIT_WIDTH])
         assert isinstance(message, DirectMessage)
         peer = message.to if message.sender == search.reader else message.sender
         return SearchHit(message, peer)
@@ -1053,6 +1058,8 @@ class SQLStore(BatchedAppends):
                 rooms, direct = await run(chunk)
                 total += rooms + direct
                 if rooms < PRUNE_CHUNK and direct < PRUNE_CHUNK:
+                    if total:
+                        self._search_pruned()
                     return total
 
     async def _prune_logged(self) -> None:
@@ -1191,7 +1198,7 @@ def _conversation(query: str, peer: str | None) -> tuple[str, tuple[str, ...]]:
 
 def _hit_ms(kind: str, row: Sequence[Any]) -> int:
     """When a search's row (of ``rooms`` or ``direct``) was stored."""
-    return int(row[5] if kind == "rooms" else row[4])
+    return int(row[_HIT_MS[kind]])
 
 
 def _group_reactions(rows: list[Sequence[Any]]) -> dict[str, Reactions]:

@@ -69,11 +69,17 @@ T = TypeVar("T")
 #: the writer's time on this machine (20,000 messages' index, 13 steps, 17 ms
 #: in all), so a batch that arrives meanwhile waits for one step at most.
 PURGE_STEP_PAGES: Final = 16
-#: Seconds from the end of one purge to the start of the next. A purge merges
-#: the whole index (see :meth:`SQLiteStore._purge_step`); under a steady
-#: stream of edits and deletes this bounds the share of the writer's idle
-#: time it takes, and the deletes of those seconds share one purge.
-PURGE_SPACING: Final = 5.0
+#: A purge rewrites the whole index (see :meth:`SQLiteStore._purge_step`), so
+#: the next one waits this many times as long as the last one took, and at
+#: least :data:`PURGE_SPACING` seconds: under a steady stream of edits and
+#: deletes purging takes at most a twentieth of the writer's time, and the
+#: changes of that wait share one purge. (About 1 s for a million messages'
+#: index here: the next purge then waits 20 s.)
+PURGE_SHARE: Final = 20
+PURGE_SPACING: Final = 1.0
+#: Seconds a store that closes goes on purging before it leaves the rest to
+#: the next start (each start purges once).
+PURGE_AT_CLOSE: Final = 2.0
 #: The full-text indexes of room and direct messages.
 SEARCH_INDEXES: Final = ("messages_search", "direct_search")
 
@@ -160,6 +166,8 @@ class SQLiteStore(SQLStore):
         clock: wall-clock seconds, for message times and retention.
         busy_timeout: seconds a write waits for a lock held by another
             process before the batch fails.
+        purge_spacing: the shortest wait, in seconds, between two purges of
+            the search index's deleted words (see :data:`PURGE_SHARE`).
         max_queued: most messages waiting for the writer; past it an
             append fails with :class:`~roomcast.exceptions.StoreBusy`.
     """
@@ -182,7 +190,7 @@ class SQLiteStore(SQLStore):
         types=(int,),
         # bm25: lower is better.
         score=("-f.rank", "-f.rank"),
-        compile=lambda query: fts5_query(query),
+        compile=lambda query: fts5_query(query),  # defined below this class
     )
 
     def __init__(
@@ -202,23 +210,30 @@ class SQLiteStore(SQLStore):
         self._busy_timeout = busy_timeout
         #: A :meth:`_kick` is scheduled for this loop turn.
         self._kick_scheduled = False
-        #: One thread each: the writer's connection, and the reader's.
+        #: One thread each: the writer's connection, the reader's, and the one
+        #: searches read on (a search can read long; other reads do not wait for it).
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
+        self._searcher: ThreadPoolExecutor | None = None
         self._wconn: _Connection | None = None
         self._rconn: _Connection | None = None
+        self._sconn: _Connection | None = None
         #: The last seq of each room and inbox, as committed (writer thread only).
         self._seqs: dict[str, int] = {}
         self._inbox_seqs: dict[str, int] = {}
         self._batch_started = 0.0
-        #: The full-text indexes that still hold deleted messages' words (writer thread).
-        self._purge_owed: set[str] = set()
-        #: A purge step is on the writer thread; the timer of the next purge, and when
-        #: it may start (loop time).
-        self._purging = False
+        #: The full-text indexes that may still hold deleted or replaced words:
+        #: both at first (a store stopped mid-purge left words behind), then
+        #: those a batch changed (added by the writer thread, taken by purge steps).
+        self._purge_owed: set[str] = set(SEARCH_INDEXES)
+        #: The purge step on the writer thread, if one is; the timer of the next
+        #: purge, and when it may start (loop time).
+        self._purge_job: asyncio.Future[bool] | None = None
         self._purge_timer: asyncio.TimerHandle | None = None
         self._next_purge = 0.0
         self._purge_spacing = purge_spacing
+        #: When the purge under way started (loop time).
+        self._purge_started = 0.0
 
     @staticmethod
     def _names(names: list[str]) -> Any:
@@ -230,10 +245,13 @@ class SQLiteStore(SQLStore):
         loop = asyncio.get_running_loop()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="roomcast-sqlite-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="roomcast-sqlite-read")
+        self._searcher = ThreadPoolExecutor(1, thread_name_prefix="roomcast-sqlite-search")
         try:
             self._wconn = _Connection(await loop.run_in_executor(self._writer, self._open_writer))
             await self._migrate()
             self._rconn = _Connection(await loop.run_in_executor(self._reader, self._sqlite))
+            self._sconn = _Connection(await loop.run_in_executor(self._searcher, self._sqlite))
+            self._purge_when_due()
         except sqlite3.Error as exc:
             await self._disconnect()
             raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
@@ -272,21 +290,25 @@ class SQLiteStore(SQLStore):
         if self._purge_timer is not None:
             self._purge_timer.cancel()
             self._purge_timer = None
-        try:
-            # A purge left half done would wait for the next delete to go on.
-            while self._purge_owed and self._writer is not None:
-                if await loop.run_in_executor(self._writer, self._purge_step):
-                    break
-        except sqlite3.Error as exc:
-            logger.warning("could not purge deleted words from the search index: %s", exc)
-        for executor, conn in ((self._writer, self._wconn), (self._reader, self._rconn)):
+        if self._purge_job is not None:
+            await asyncio.gather(self._purge_job, return_exceptions=True)
+        # Go on with a purge under way for a moment; the next start purges anyway.
+        deadline = loop.time() + PURGE_AT_CLOSE
+        while self._purge_owed and self._writer is not None and loop.time() < deadline:
+            if await loop.run_in_executor(self._writer, self._purge_step):
+                break
+        for executor, conn in (
+            (self._writer, self._wconn),
+            (self._reader, self._rconn),
+            (self._searcher, self._sconn),
+        ):
             if executor is None:
                 continue
             if conn is not None:
                 await loop.run_in_executor(executor, conn.raw.close)
             executor.shutdown(wait=False)
-        self._wconn = self._rconn = None
-        self._writer = self._reader = None
+        self._wconn = self._rconn = self._sconn = None
+        self._writer = self._reader = self._searcher = None
 
     async def ping(self) -> None:
         # The reader works while another process holds the write lock: a
@@ -297,27 +319,35 @@ class SQLiteStore(SQLStore):
 
     # -- the seam --------------------------------------------------------------
 
-    async def _read(self, job: Job[T], seconds: float | None = None) -> T:
-        """Run ``job`` on the reader's thread; past ``seconds`` (if given) SQLite
-        interrupts it (``OperationalError: interrupted``)."""
-        if self._closed and self._rconn is None:
-            raise StoreError("the store is closed")
-        conn = self._rconn
-        assert conn is not None and self._reader is not None
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._reader, _run, job, conn, seconds)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+    async def _read(self, job: Job[T]) -> T:
+        return await self._read_on(self._reader, self._rconn, job, None)
 
     async def _search_read(self, job: Job[T]) -> T:
         try:
-            return await self._read(job, SEARCH_TIMEOUT)
+            return await self._read_on(self._searcher, self._sconn, job, SEARCH_TIMEOUT)
         except StoreError as exc:
             cause = exc.__cause__
             if isinstance(cause, sqlite3.OperationalError) and str(cause) == "interrupted":
                 raise InvalidRequest(SEARCH_TOO_LONG) from None
             raise
+
+    async def _read_on(
+        self,
+        thread: ThreadPoolExecutor | None,
+        conn: _Connection | None,
+        job: Job[T],
+        seconds: float | None,
+    ) -> T:
+        """Run ``job`` on a reading ``thread`` and its ``conn``; past ``seconds`` (if
+        given) SQLite interrupts it (``OperationalError: interrupted``)."""
+        if self._closed and conn is None:
+            raise StoreError("the store is closed")
+        assert conn is not None and thread is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(thread, _run, job, conn, seconds)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
 
     async def _write_now(self, job: Job[T]) -> T:
         if self._closed:
@@ -348,6 +378,10 @@ class SQLiteStore(SQLStore):
         return await loop.run_in_executor(writer, _run_in_transaction, job, conn)
 
     # -- writes --------------------------------------------------------------
+
+    def _search_pruned(self) -> None:
+        self._purge_owed.update(SEARCH_INDEXES)
+        self._purge_when_due()
 
     def _writer_running(self) -> bool:
         return self._writer is not None
@@ -415,8 +449,8 @@ class SQLiteStore(SQLStore):
     # -- erasing deleted words from the full-text index ---------------------------------
 
     def _purge_when_due(self) -> None:
-        """Start purging the index now, or when :data:`PURGE_SPACING` has passed."""
-        if self._purging or self._purge_timer is not None or self._loop is None:
+        """Start purging the index now, or once the wait after the last purge is over."""
+        if self._purge_job is not None or self._purge_timer is not None or self._loop is None:
             return
         delay = self._next_purge - self._loop.time()
         if delay > 0:
@@ -425,16 +459,18 @@ class SQLiteStore(SQLStore):
             self._purge_soon()
 
     def _purge_due(self) -> None:
+        """The wait is over: purge, unless a batch is queued (its end starts the purge)."""
         self._purge_timer = None
         if self._purge_owed and not self._queue.items:
-            self._purge_soon()  # else the batch's end starts it
+            self._purge_soon()
 
     def _purge_soon(self) -> None:
         """Run a purge step on the writer thread, between batches."""
-        if self._purging or self._writer is None or self._loop is None:
+        if self._purge_job is not None or self._writer is None or self._loop is None:
             return
-        self._purging = True
-        job = self._loop.run_in_executor(self._writer, self._purge_step)
+        if not self._purge_started:
+            self._purge_started = self._loop.time()
+        job = self._purge_job = self._loop.run_in_executor(self._writer, self._purge_step)
         job.add_done_callback(self._purged)
 
     def _purge_step(self) -> bool:
@@ -450,30 +486,35 @@ class SQLiteStore(SQLStore):
         if self._wconn is None:
             return True
         conn = self._wconn.raw
-        for index in sorted(self._purge_owed):
-            before = conn.total_changes
-            conn.execute(
-                f"INSERT INTO {index} ({index}, rank) VALUES ('merge', ?)", (-PURGE_STEP_PAGES,)
-            )
-            if conn.total_changes - before < 2:  # FTS5's sign that nothing was left to merge
-                self._purge_owed.discard(index)
+        try:
+            for index in sorted(self._purge_owed):
+                before = conn.total_changes
+                conn.execute(
+                    f"INSERT INTO {index} ({index}, rank) VALUES ('merge', ?)",
+                    (-PURGE_STEP_PAGES,),
+                )
+                if conn.total_changes - before < 2:  # FTS5's sign that nothing was left
+                    self._purge_owed.discard(index)
+        except sqlite3.Error as exc:
+            # The next change owes a purge again; retrying now could fail forever.
+            logger.warning("could not purge deleted words from the search index: %s", exc)
+            self._purge_owed.clear()
         if self._purge_owed:
             return False
         self._erase_log(conn)
         return True
 
     def _purged(self, job: asyncio.Future[bool]) -> None:
-        self._purging = False
-        if job.cancelled():
-            return
-        error = job.exception()
-        if error is not None:
-            logger.warning("could not purge deleted words from the search index: %s", error)
-            self._purge_owed.clear()
+        """A purge step ended: the next one, or, the purge done, when the next may start."""
+        self._purge_job = None
+        if job.cancelled() or job.exception() is not None or self._loop is None:
             return
         if job.result():
-            if self._loop is not None:
-                self._next_purge = self._loop.time() + self._purge_spacing
+            took = self._loop.time() - self._purge_started
+            self._purge_started = 0.0
+            self._next_purge = self._loop.time() + max(self._purge_spacing, took * PURGE_SHARE)
+            if self._purge_owed:  # changes during the purge's last step
+                self._purge_when_due()
         elif not self._queue.items:
             self._purge_soon()
 
