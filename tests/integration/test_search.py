@@ -201,11 +201,9 @@ async def test_a_guest_finds_public_messages_only(
 async def test_a_member_taken_out_stops_finding_the_room(
     server: ServerProcess, tokens: dict[str, str], links: Links
 ) -> None:
-    """With bob's room_members row gone, his next search misses team, by WebSocket and HTTP.
-
-    There is no removal route yet (issue 21 brings it): the row is deleted
-    in the server's SQLite database while it runs, as that route will.
-    """
+    """With bob's room_members row gone, his next search misses team, by WebSocket and HTTP."""
+    # There is no removal route yet (issue 21 brings it): the row is deleted
+    # in the server's SQLite database while it runs, as that route will.
     await create_team(server, tokens)
     alice = await links.user("alice")
     await join(alice, "team")
