@@ -44,6 +44,12 @@ does not answer is skipped with a note):
   on one node with the same flags, all clients on it. All nodes are pinned
   to CPU 0 like every server here.
 
+Search (issue 20) has its own module, run on its own rather than from here
+(its history of a million messages is generated once and kept in /tmp):
+``python -m bench.scenarios.search queries|size|e2e|writes`` (query latency
+through the store, the index's size, one word through a server's ``search``
+frame, persisted chat with the index against the tree before it).
+
 --compare-loadgens (scenarios/loadgens.py) compares the Python load
 generator with a Node ``ws`` one against the Node server instead.
 

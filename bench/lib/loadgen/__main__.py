@@ -27,7 +27,9 @@ Measures, against a server URL:
   drain wait. Stepping stops at the first step that loses a message, misses
   the p99 bound (default 50 ms) or whose sender cannot keep up;
   ``max_acked_per_s_within_p99`` is the best passing step's acked rate.
-  With ``--watch-pid`` each step also reports those processes' CPU.
+  With ``--watch-pid`` each step also reports those processes' CPU. With
+  ``--words`` a message is a sentence of made-up words rather than one
+  padding word (what a full-text index works on).
 * ``idle``: N clients (default 10,000) connect, at most ``--concurrency``
   (200) at a time, and stay connected doing nothing. A connection counts once
   it has read its welcome frames: the types a first probe connection received
@@ -132,6 +134,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--read-markers",
         action="store_true",
         help="persist: clients sign in and send a read marker for each message they get",
+    )
+    parser.add_argument(
+        "--words",
+        action="store_true",
+        help="persist: chat sentences of 3-30 made-up words (Zipf over 20,000) instead of "
+        "one padding word, so a full-text index has words to index",
     )
     parser.add_argument("--server-pid", type=int, default=0, help="report its CPU per step")
     parser.add_argument("--seconds", type=float, default=5.0, help="echo window")

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,8 @@ class PersistClient(WSListener):  # type: ignore[misc]
             self.room.encode(),
             PAD.encode(),
         )
+        #: The chat frames' ends, in turn (one, PAD, unless --words gave sentences).
+        self.tails = [self.tail]
         self.seq = 0
         self.pending: dict[bytes, int] = {}  # chat id -> send time (monotonic ns)
         self.rooms: set[str] = set()
@@ -104,7 +107,15 @@ class PersistClient(WSListener):  # type: ignore[misc]
         if every and self.seq % every == 0 and self.last_id is not None:
             self.transport.send(WSMsgType.TEXT, self.change_frame(fid, self.last_id))
             return
-        self.transport.send(WSMsgType.TEXT, b'{"type":"chat","id":"' + fid + self.tail)
+        tail = self.tails[self.seq % len(self.tails)]
+        self.transport.send(WSMsgType.TEXT, b'{"type":"chat","id":"' + fid + tail)
+
+    def use_words(self, texts: list[str]) -> None:
+        """Chat ``texts`` in turn instead of PAD."""
+        self.tails = [
+            b'","payload":{"room":"%s","message":"%s"}}' % (self.room.encode(), text.encode())
+            for text in texts
+        ]
 
     def change_frame(self, fid: bytes, message_id: bytes) -> bytes:
         kind = next(self.changes)
@@ -157,6 +168,35 @@ class PersistClient(WSListener):  # type: ignore[misc]
             self.tally.errors[code] = self.tally.errors.get(code, 0) + 1
             if isinstance(msg.get("id"), str):
                 self.pending.pop(msg["id"].encode(), None)
+
+
+#: --words: the made-up vocabulary's size and its Zipf exponent (as bench/lib/search_corpus.py's).
+WORDS = 20_000
+ZIPF = 1.0
+SYLLABLES = "ba ke ti lo mu ra se di no pu fa ge hi jo ku ze".split()
+
+
+def sentences(count: int, seed: int) -> list[str]:
+    """``count`` messages of 3-30 made-up words (mostly short), drawn from a Zipf
+    distribution over :data:`WORDS` words: text a full-text index has work with,
+    unlike PAD's one word."""
+    rng = random.Random(seed)
+
+    def word(rank: int) -> str:
+        letters = ""
+        while True:
+            rank, digit = divmod(rank, len(SYLLABLES))
+            letters += SYLLABLES[digit]
+            if not rank:
+                return letters
+
+    vocab = [word(rank) for rank in range(WORDS)]
+    weights = list(itertools.accumulate(1 / (rank + 1) ** ZIPF for rank in range(WORDS)))
+    out = []
+    for _ in range(count):
+        length = 3 + int(28 * rng.random() ** 2)
+        out.append(" ".join(rng.choices(vocab, cum_weights=weights, k=length)))
+    return out
 
 
 async def open_rooms(
@@ -292,6 +332,9 @@ async def persist_step(
 
 async def run_persist(args: argparse.Namespace) -> dict[str, Any]:
     clients, tally = await open_rooms(args.url, args.clients, args.changes_every, args.read_markers)
+    if args.words:
+        for index, client in enumerate(clients):
+            client.use_words(sentences(256, index))
     steps: list[dict[str, Any]] = []
     for rate in args.rates[:30]:
         step = await persist_step(
@@ -308,6 +351,7 @@ async def run_persist(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients,
         "changes_every": args.changes_every,
         "read_markers": args.read_markers,
+        "words": args.words,
         "bound_ms": args.bound_ms,
         "step_seconds": args.step_seconds,
         "rates": args.rates,
