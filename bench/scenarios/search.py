@@ -28,20 +28,30 @@ Parts (subcommands), each printing its figures and writing
 ``e2e``
     One word through a real server's WebSocket ``search`` frame (the server
     on the generated SQLite database, pinned to CPU 0; this client on CPU 1),
-    paced under the per-user search rate (5 a second).
+    paced under the per-user search rate (4 a second; the server allows 5).
 ``writes``
     The index's cost on writes: persisted chat (the ``persist`` load
     generator, 50 clients) on SQLite and on a fresh PostgreSQL database,
     this tree against the tree before search, interleaved in one run: the
     stepped maximum (as ``persist``/``persist-pg``) and the server's CPU per
     acked message at fixed offered rates (2,000 and 4,000/s, which repeat
-    where the maximum does not on a noisy machine).
+    where the maximum does not on a noisy machine). The existing scenario's
+    message is one padding word; ``--words`` sends sentences, which is what
+    an index works on. Each run records the CPU the rest of the machine used.
+
+``--pg-sql`` probes a schema change before it is made: SQL run on the
+PostgreSQL database before measuring (``queries``: on the kept database,
+undone with ``--pg-sql-after``; ``writes``: on each fresh database once
+the server migrated it, e.g. ``ALTER INDEX messages_search SET (fastupdate
+= off)`` with ``--trees search``).
 
 The generated databases are kept in ``--data`` (SQLite, and a meta file
 with the queries) and in the PostgreSQL database ``--pg-database``
-(commented with the corpus's key) and reused by the next run while the
-corpus and the schema version match; ``drop`` removes both. Point
-``PYTHONPATH`` at a tree's ``src`` to measure that tree::
+(commented with the corpus's key and a digest of its schema) and reused by
+the next run while the corpus, the tree's migrations and the schema match
+(a database changed by hand is made again); ``drop`` removes both. Point
+``PYTHONPATH`` at a tree's ``src`` to measure that tree (each result
+records which roomcast it imported, and its commit)::
 
     git worktree add /tmp/wt-search 1aaeb6b && git worktree add /tmp/wt-base 5a76b0a
     PYTHONPATH=/tmp/wt-search/src .venv/bin/python -m bench.scenarios.search queries
@@ -588,12 +598,17 @@ def tree_of(src: str) -> dict[str, str]:
         env=env,
         check=True,
     ).stdout.strip()
-    commit = subprocess.run(
-        ["git", "-C", str(Path(where).parent), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    if src and not where.startswith(str(Path(src).resolve())):
+        raise SystemExit(f"PYTHONPATH {src} holds no roomcast (it imports {where})")
+    package = str(Path(where).parent)
+
+    def git(*command: str) -> str:
+        run = subprocess.run(["git", "-C", package, *command], capture_output=True, text=True)
+        return run.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--", "."):
+        commit += "+uncommitted"  # a live tree that others edit: the digest says which
     return {"src": src, "roomcast": where, "commit": commit}
 
 
@@ -636,6 +651,8 @@ def brief(result: dict[str, Any]) -> dict[str, Any]:
         "max_acked_per_s": result.get("max_acked_per_s_within_p99"),
         "p99_at_max_ms": (result.get("max_ok_step") or {}).get("p99_ms"),
         "steps": steps,
+        # CPUs the rest of the machine used meanwhile: a noisy run shows here.
+        "other_cpu": result.get("other_cpu"),
         "error": result.get("error"),
     }
 
@@ -780,6 +797,8 @@ def main(argv: list[str]) -> int:
     if args.part == "drop":
         drop(args)
         return 0
+    # Which tree is measured: the first PYTHONPATH entry's roomcast, or the installed one.
+    tree = tree_of(os.environ.get("PYTHONPATH", "").split(os.pathsep)[0])
     started = time.monotonic()
     if args.part == "queries":
         doc = asyncio.run(run_queries(args))
@@ -790,6 +809,7 @@ def main(argv: list[str]) -> int:
     else:
         doc = run_writes(args)
     doc["argv"] = argv
+    doc["roomcast"] = tree
     doc["seconds"] = round(time.monotonic() - started, 1)
     doc["loadavg"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
