@@ -504,17 +504,20 @@ class PostgresStore(SQLStore):
             raise self._error("cannot read from PostgreSQL at", exc) from exc
 
     async def _search_read(self, job: Job[T]) -> T:
-        if self._closed:
-            raise StoreError("the store is closed")
-        try:
-            async with self._connection() as conn, conn.transaction(readonly=True):
+        async def in_time(conn: SQLConn) -> T:
+            assert isinstance(conn, _Connection)
+            async with conn.raw.transaction(readonly=True):
                 # PostgreSQL cancels it; the connection stays good for the pool.
-                await conn.execute(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT * 1000)}")
-                return await job(_Connection(conn))
-        except asyncpg.QueryCanceledError:
-            raise InvalidRequest(SEARCH_TOO_LONG) from None
-        except _DRIVER_ERRORS as exc:
-            raise self._error("cannot read from PostgreSQL at", exc) from exc
+                timeout = int(SEARCH_TIMEOUT * 1000)
+                await conn.raw.execute(f"SET LOCAL statement_timeout = {timeout}")
+                return await job(conn)
+
+        try:
+            return await self._read(in_time)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, asyncpg.QueryCanceledError):
+                raise InvalidRequest(SEARCH_TOO_LONG) from None
+            raise
 
     async def _write_now(self, job: Job[T]) -> T:
         if self._closed:
