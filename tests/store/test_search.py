@@ -797,7 +797,7 @@ async def test_a_version_6_database_finds_its_old_messages(db: Database) -> None
         assert (await search(store, "new", None))[0][0].message == added.message
         assert isinstance(added.message, ChatMessage)
     rows = await db.fetch("SELECT max(version) FROM schema_version")
-    assert rows == [(LATEST_VERSION,)] and LATEST_VERSION == 7
+    assert rows == [(LATEST_VERSION,)] and LATEST_VERSION == 8
 
 
 async def test_many_searches_at_once_share_the_store(store: Store) -> None:

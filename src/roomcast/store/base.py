@@ -28,13 +28,19 @@ import orjson
 
 from ..exceptions import InvalidRequest, StoreError
 from ..model import (
+    AuditEntry,
+    Ban,
     Change,
     ChatMessage,
     DirectMessage,
     FileInfo,
     Mention,
+    Mute,
     RoomAccess,
+    RoomRules,
+    RoomSettings,
     SearchHit,
+    StoredSession,
     StoredUser,
 )
 from ..query import Query
@@ -51,6 +57,7 @@ __all__ = [
     "Lifecycle",
     "Marker",
     "MessageLog",
+    "Moderation",
     "Notifications",
     "Outgoing",
     "ReadMarkers",
@@ -58,6 +65,7 @@ __all__ = [
     "Rooms",
     "Search",
     "SearchFilter",
+    "Sessions",
     "read_cursor",
     "write_cursor",
     "Store",
@@ -484,6 +492,135 @@ class Notifications(Protocol):
         """How many notifications wait."""
 
 
+class Moderation(Protocol):
+    """Roles, bans, mutes, room settings and the audit log.
+
+    Every change takes the :class:`AuditEntry` that records it and writes
+    both in one transaction: an action is in the log once, or not done.
+    """
+
+    async def room_settings(self, room: str) -> RoomSettings | None:
+        """The stored room's settings and roles, or None when it is not stored."""
+
+    async def room_rules(self, room: str, now_ms: int) -> RoomRules:
+        """What ``room`` holds its users to, in one read: slow mode, who is exempt
+        (owner, moderators), the mutes and bans that have not ended."""
+
+    async def claim_room(self, room: str, owner: str, now_ms: int) -> bool:
+        """Store the public room ``room`` owned by ``owner``: True unless it is stored
+        already or has messages (then it keeps what it has)."""
+
+    async def set_moderator(self, room: str, name: str, on: bool, audit: AuditEntry) -> bool:
+        """Make ``name`` a moderator of ``room`` (or not); False when nothing changed
+        (then nothing is logged)."""
+
+    async def set_owner(self, room: str, name: str, audit: AuditEntry) -> None:
+        """Hand ``room`` to ``name`` (who stops being a moderator); the old owner
+        becomes a moderator. A private room makes ``name`` a member too; a public
+        room not stored yet is stored now."""
+
+    async def remove_member(self, room: str, name: str, audit: AuditEntry) -> bool:
+        """Take ``name`` out of ``room``'s members and moderators; False when they
+        were neither (the audit entry is written either way: the removal of the
+        connections happened)."""
+
+    async def set_ban(self, room: str, ban: Ban, audit: AuditEntry) -> None:
+        """Ban ``ban.name`` from ``room`` (replacing a ban they have); a moderator
+        banned stops being one."""
+
+    async def lift_ban(self, room: str, name: str, audit: AuditEntry) -> bool:
+        """End ``name``'s ban in ``room``; False when there was none (nothing logged)."""
+
+    async def set_mute(self, room: str, mute: Mute, audit: AuditEntry) -> None:
+        """Mute ``mute.name`` in ``room`` until ``mute.until_ms`` (replacing a mute)."""
+
+    async def lift_mute(self, room: str, name: str, audit: AuditEntry) -> bool:
+        """End ``name``'s mute in ``room``; False when there was none (nothing logged)."""
+
+    async def bans(self, room: str, now_ms: int) -> list[Ban]:
+        """The bans of ``room`` that have not ended, by name."""
+
+    async def mutes(self, room: str, now_ms: int) -> list[Mute]:
+        """The mutes of ``room`` that have not ended, by name."""
+
+    async def update_room(
+        self,
+        room: str,
+        audit: AuditEntry,
+        *,
+        topic: str | None = None,
+        title: str | None = None,
+        slow_mode: int | None = None,
+    ) -> bool:
+        """Change what is given (None keeps it). A public room not stored yet (the
+        lobby, a room a guest made) is stored now, with no owner. Always True."""
+
+    async def delete_room(self, room: str, audit: AuditEntry) -> bool:
+        """Erase ``room``: its messages (the newest stays as an empty tombstone so
+        its seqs keep counting if the name is used again), reactions, files'
+        rows, read markers, members, roles, bans and mutes, and its row. The
+        audit log stays. False when there was nothing to erase."""
+
+    async def add_audit(self, audit: AuditEntry) -> None:
+        """Log an action stored elsewhere (a moderator's delete of a message)."""
+
+    async def audit_log(self, room: str, *, before: int | None, limit: int) -> list[AuditEntry]:
+        """``room``'s entries with id below ``before`` (all when None), newest first."""
+
+    async def all_rooms(self) -> list[RoomSettings]:
+        """Every stored room, public and private, by name (for admins)."""
+
+
+class Sessions(Protocol):
+    """Sign-ins: refresh credentials, and revocation that every node can see."""
+
+    async def create_session(self, session: StoredSession) -> None:
+        """Store a new sign-in."""
+
+    async def session_user(self, session_id: str) -> tuple[StoredSession, StoredUser] | None:
+        """The session and its user in one read, or None (either is gone)."""
+
+    async def rotate_session(
+        self, session_id: str, old_hash: str, new_hash: str, expires_ms: int, now_ms: int
+    ) -> bool:
+        """Replace the refresh hash if it is still ``old_hash`` and the session is
+        neither revoked nor expired; False otherwise (nothing changes)."""
+
+    async def revoke_sessions(
+        self, name: str, now_ms: int, *, only: str | None = None, keep: str | None = None
+    ) -> list[str]:
+        """Revoke ``name``'s live sessions (only the session ``only``, or all but
+        ``keep``); the ids revoked."""
+
+    async def revoked_since(self, since_ms: int) -> list[tuple[str, str]]:
+        """``(session id, user)`` of every session revoked at or after ``since_ms``."""
+
+    async def set_password(
+        self, name: str, password_hash: str, now_ms: int, *, keep: str | None = None
+    ) -> list[str]:
+        """Change ``name``'s password and, in the same transaction, revoke every
+        session but ``keep``; the ids revoked (empty, and nothing done, when
+        there is no such user)."""
+
+    async def set_admin(self, name: str, on: bool) -> bool:
+        """Make ``name`` an admin (or not); False when there is no such user."""
+
+    async def set_user_ban(
+        self, name: str, until_ms: int | None, reason: str, now_ms: int
+    ) -> list[str] | None:
+        """Ban ``name`` everywhere until ``until_ms`` (None lifts the ban); a ban
+        revokes every session in the same transaction. The ids revoked, or
+        None when there is no such user."""
+
+    async def delete_user(self, name: str, now_ms: int) -> list[str] | None:
+        """Erase ``name``: the account and its password hash, its sessions, read
+        markers, reactions, memberships, roles, notifications, and the text and
+        files of every message it sent (rooms and direct: each stays as an
+        empty tombstone marked deleted, so seqs keep counting). Rooms it owned
+        are left to admins. The session ids revoked, or None when there is no
+        such user."""
+
+
 class Search(Protocol):
     """Full-text search over the messages a reader may read now."""
 
@@ -512,6 +649,8 @@ class Store(
     ReadMarkers,
     Notifications,
     Search,
+    Moderation,
+    Sessions,
     Protocol,
 ):
     """Where room messages, direct messages, users and rooms are kept: every port at once."""

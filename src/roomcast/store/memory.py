@@ -10,19 +10,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import orjson
 
 from ..exceptions import InvalidRequest
 from ..model import (
+    AuditEntry,
+    Ban,
     Change,
     ChatMessage,
     DirectMessage,
     Mention,
+    Mute,
     Quote,
     Reactions,
     RoomAccess,
+    RoomRules,
+    RoomSettings,
     SearchHit,
+    StoredSession,
     StoredUser,
 )
 from ..query import matches, score
@@ -46,6 +54,18 @@ __all__ = ["MemoryStore"]
 
 #: An event as kept: a message in its current state, a change, or a mention.
 _Event = ChatMessage | DirectMessage | Change | Mention
+
+
+@dataclass(slots=True)
+class _Moderation:
+    """A room's settings and roles beyond :class:`RoomAccess`."""
+
+    topic: str = ""
+    title: str = ""
+    slow_mode: int = 0
+    moderators: set[str] = field(default_factory=set)
+    bans: dict[str, Ban] = field(default_factory=dict)
+    mutes: dict[str, Mute] = field(default_factory=dict)
 
 
 class MemoryStore(BatchedAppends):
@@ -79,6 +99,13 @@ class MemoryStore(BatchedAppends):
         self._markers: dict[str, dict[str, int]] = {}
         #: Notifications waiting: id -> [body, attempts, due (epoch s), message id].
         self._outbox: dict[str, list[Any]] = {}
+        #: Each room's settings and roles, and the audit log (ids are positions + 1).
+        self._moderation: dict[str, _Moderation] = {}
+        self._audit: list[AuditEntry] = []
+        #: Deleted rooms: how many events each had (its last seq) when deleted. A
+        #: room is gone while it has no more; its erased events' ids are "".
+        self._erased_at: dict[str, int] = {}
+        self._sessions: dict[str, StoredSession] = {}
         self._clock = clock
 
     async def open(self) -> None:
@@ -212,12 +239,13 @@ class MemoryStore(BatchedAppends):
         return len(self._rooms.get(room, ()))
 
     async def first_seq(self, room: str) -> int:
-        return 1
+        ids = self._rooms.get(room, [])
+        return next((seq for seq, x in enumerate(ids, start=1) if x), len(ids) + 1)
 
     def _room_messages(self, room: str, thread: Thread = None) -> list[ChatMessage]:
         out = []
         for message_id in self._rooms.get(room, ()):
-            message = self._events[message_id]
+            message = self._events.get(message_id)
             if isinstance(message, ChatMessage) and (
                 thread is None or thread in (message.thread, message.message_id)
             ):
@@ -271,12 +299,16 @@ class MemoryStore(BatchedAppends):
         return tuple((emoji, tuple(names)) for emoji, names in emojis.items() if names)
 
     async def since(self, room: str, seq: int, *, limit: int) -> list[ChatMessage | Change]:
-        ids = self._rooms.get(room, [])[max(seq, 0) : max(seq, 0) + limit]
+        ids = self._rooms.get(room, [])
         out: list[ChatMessage | Change] = []
-        for message_id in ids:
-            event = self._events[message_id]
+        for message_id in ids[max(seq, 0) :]:
+            event = self._events.get(message_id)
+            if event is None:  # erased with its room
+                continue
             assert isinstance(event, ChatMessage | Change)
             out.append(event)
+            if len(out) == limit:
+                break
         return out
 
     # -- direct messages -------------------------------------------------------
@@ -350,15 +382,25 @@ class MemoryStore(BatchedAppends):
     async def create_room(
         self, name: str, *, owner: str, private: bool, members: frozenset[str]
     ) -> bool:
-        if name in self._access or name in self._rooms:
+        if self._stored(name):
             return False
         self._access[name] = RoomAccess(name, private, owner, members)
         self._rooms.setdefault(name, [])
+        self._erased_at.pop(name, None)
         return True
 
+    def _stored(self, name: str) -> bool:
+        """Whether room ``name`` is stored: created or used, and not deleted since."""
+        if name not in self._access and name not in self._rooms:
+            return False
+        erased = self._erased_at.get(name)
+        return erased is None or len(self._rooms.get(name, ())) > erased
+
     async def room_access(self, name: str) -> RoomAccess | None:
+        if not self._stored(name):
+            return None
         access = self._access.get(name)
-        if access is None and name in self._rooms:
+        if access is None:
             return RoomAccess(name, False, None, frozenset())
         return access
 
@@ -373,7 +415,7 @@ class MemoryStore(BatchedAppends):
         )
 
     async def known_rooms(self, names: list[str]) -> set[str]:
-        return {name for name in names if name in self._access or name in self._rooms}
+        return {name for name in names if self._stored(name)}
 
     async def add_room_members(self, name: str, members: frozenset[str]) -> None:
         access = self._access[name]
@@ -439,6 +481,8 @@ class MemoryStore(BatchedAppends):
                 and not (search.reader is not None and access.allows(search.reader))
             ):
                 return None
+            if search.reader is not None and self._banned(event.room, search.reader):
+                return None
             hit = SearchHit(event)
         elif isinstance(event, DirectMessage):
             seq = inbox.get(event.message_id)
@@ -485,7 +529,9 @@ class MemoryStore(BatchedAppends):
     def _room_events(self, room: str, after: int, upto: int) -> list[tuple[int, _Event]]:
         ids = self._rooms.get(room, [])
         return [
-            (seq, self._events[ids[seq - 1]]) for seq in range(after + 1, min(upto, len(ids)) + 1)
+            (seq, event)
+            for seq in range(after + 1, min(upto, len(ids)) + 1)
+            if (event := self._events.get(ids[seq - 1])) is not None
         ]
 
     async def last_message(self, room: str) -> tuple[int, int] | None:
@@ -555,6 +601,336 @@ class MemoryStore(BatchedAppends):
         if access is not None:
             self._access[room] = replace(access, receipts=on)
 
+    # -- moderation ------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _banned(self, room: str, name: str) -> bool:
+        ban = self._moderation.get(room, _NO_MODERATION).bans.get(name)
+        return ban is not None and ban.until_ms > self._now_ms()
+
+    def _moderated(self, room: str) -> _Moderation:
+        return self._moderation.setdefault(room, _Moderation())
+
+    def _log(self, audit: AuditEntry) -> None:
+        # As a database gives it back: the detail through JSON.
+        detail = orjson.loads(orjson.dumps(dict(audit.detail)))
+        self._audit.append(replace(audit, detail=detail, id=len(self._audit) + 1))
+
+    async def room_settings(self, room: str) -> RoomSettings | None:
+        access = await self.room_access(room)
+        if access is None:
+            return None
+        extra = self._moderation.get(room, _NO_MODERATION)
+        return RoomSettings(
+            room,
+            access.private,
+            access.owner,
+            frozenset(extra.moderators),
+            extra.topic,
+            extra.title,
+            extra.slow_mode,
+            access.receipts,
+        )
+
+    async def room_rules(self, room: str, now_ms: int) -> RoomRules:
+        settings = await self.room_settings(room)
+        if settings is None:
+            return RoomRules()
+        extra = self._moderation.get(room, _NO_MODERATION)
+        exempt = set(settings.moderators)
+        if settings.owner is not None:
+            exempt.add(settings.owner)
+        return RoomRules(
+            settings.slow_mode,
+            frozenset(exempt),
+            {m.name: m.until_ms for m in extra.mutes.values() if m.until_ms > now_ms},
+            {b.name: b for b in extra.bans.values() if b.until_ms > now_ms},
+        )
+
+    async def claim_room(self, room: str, owner: str, now_ms: int) -> bool:
+        return await self.create_room(room, owner=owner, private=False, members=frozenset())
+
+    async def set_moderator(self, room: str, name: str, on: bool, audit: AuditEntry) -> bool:
+        moderators = self._moderated(room).moderators
+        if (name in moderators) == on:
+            return False
+        if on:
+            moderators.add(name)
+        else:
+            moderators.discard(name)
+        self._log(audit)
+        return True
+
+    async def set_owner(self, room: str, name: str, audit: AuditEntry) -> None:
+        access = await self.room_access(room)
+        if access is not None:
+            moderators = self._moderated(room).moderators
+            moderators.discard(name)
+            old = access.owner
+            if old is not None and old != name:
+                moderators.add(old)
+            members = access.members
+            if access.private:
+                members = members | {name} | ({old} if old is not None else set())
+            self._access[room] = replace(access, owner=name, members=members)
+        self._log(audit)
+
+    async def remove_member(self, room: str, name: str, audit: AuditEntry) -> bool:
+        removed = False
+        access = self._access.get(room)
+        if access is not None and name in access.members:
+            self._access[room] = replace(access, members=access.members - {name})
+            removed = True
+        extra = self._moderation.get(room)
+        if extra is not None and name in extra.moderators:
+            extra.moderators.discard(name)
+            removed = True
+        self._log(audit)
+        return removed
+
+    async def set_ban(self, room: str, ban: Ban, audit: AuditEntry) -> None:
+        extra = self._moderated(room)
+        extra.bans[ban.name] = ban
+        extra.moderators.discard(ban.name)
+        self._log(audit)
+
+    async def lift_ban(self, room: str, name: str, audit: AuditEntry) -> bool:
+        ban = self._moderated(room).bans.pop(name, None)
+        if ban is None or ban.until_ms <= audit.at_ms:
+            return False
+        self._log(audit)
+        return True
+
+    async def set_mute(self, room: str, mute: Mute, audit: AuditEntry) -> None:
+        self._moderated(room).mutes[mute.name] = mute
+        self._log(audit)
+
+    async def lift_mute(self, room: str, name: str, audit: AuditEntry) -> bool:
+        mute = self._moderated(room).mutes.pop(name, None)
+        if mute is None or mute.until_ms <= audit.at_ms:
+            return False
+        self._log(audit)
+        return True
+
+    async def bans(self, room: str, now_ms: int) -> list[Ban]:
+        bans = self._moderation.get(room, _NO_MODERATION).bans.values()
+        return sorted((b for b in bans if b.until_ms > now_ms), key=lambda b: b.name)
+
+    async def mutes(self, room: str, now_ms: int) -> list[Mute]:
+        mutes = self._moderation.get(room, _NO_MODERATION).mutes.values()
+        return sorted((m for m in mutes if m.until_ms > now_ms), key=lambda m: m.name)
+
+    async def update_room(
+        self,
+        room: str,
+        audit: AuditEntry,
+        *,
+        topic: str | None = None,
+        title: str | None = None,
+        slow_mode: int | None = None,
+    ) -> bool:
+        if not self._stored(room):
+            # The lobby or a room a guest made, never stored: stored now, owned by no one.
+            self._rooms.setdefault(room, [])
+            self._erased_at.pop(room, None)
+            self._access.pop(room, None)
+        extra = self._moderated(room)
+        if topic is not None:
+            extra.topic = topic
+        if title is not None:
+            extra.title = title
+        if slow_mode is not None:
+            extra.slow_mode = slow_mode
+        self._log(audit)
+        return True
+
+    async def delete_room(self, room: str, audit: AuditEntry) -> bool:
+        if not self._stored(room):
+            return False
+        ids = self._rooms.setdefault(room, [])
+        for seq, message_id in enumerate(ids, start=1):
+            if not message_id:
+                continue
+            self._forget(message_id)
+            event = self._events.pop(message_id)
+            if seq < len(ids):
+                ids[seq - 1] = ""
+                continue
+            # The newest stays, an empty deleted message: the room's seqs go on.
+            assert isinstance(event, ChatMessage | Change)
+            self._events[message_id] = ChatMessage(
+                room,
+                "",
+                event.sender if isinstance(event, ChatMessage) else event.by,
+                seq,
+                message_id,
+                event.ts_ms,
+                deleted=True,
+            )
+        for streams in self._markers.values():
+            streams.pop(room, None)
+        self._access.pop(room, None)
+        self._moderation.pop(room, None)
+        self._erased_at[room] = len(ids)
+        self._seen = {k: v for k, v in self._seen.items() if k[2] != room or k[3]}
+        self._log(audit)
+        return True
+
+    def _forget(self, message_id: str) -> None:
+        """Drop what goes with a message erased: its reactions, notifications, edits' text."""
+        self._reactions.pop(message_id, None)
+        for key in [k for k, item in self._outbox.items() if item[3] == message_id]:
+            del self._outbox[key]
+        for edit_id in self._edits.pop(message_id, ()):
+            edit = self._events.get(edit_id)
+            if isinstance(edit, Change):
+                self._events[edit_id] = replace(edit, text="")
+
+    async def add_audit(self, audit: AuditEntry) -> None:
+        self._log(audit)
+
+    async def audit_log(self, room: str, *, before: int | None, limit: int) -> list[AuditEntry]:
+        entries = [
+            entry
+            for entry in reversed(self._audit)
+            if entry.room == room and (before is None or entry.id < before)
+        ]
+        return entries[:limit]
+
+    async def all_rooms(self) -> list[RoomSettings]:
+        names = sorted(set(self._rooms) | set(self._access))
+        return [settings for name in names if (settings := await self.room_settings(name))]
+
+    # -- sessions and accounts ---------------------------------------------------------------
+
+    async def create_session(self, session: StoredSession) -> None:
+        user = self._users.get(session.name.lower())
+        if user is not None:
+            self._sessions[session.id] = replace(session, name=user.name)
+
+    async def session_user(self, session_id: str) -> tuple[StoredSession, StoredUser] | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        user = self._users.get(session.name.lower())
+        if user is None or user.name != session.name:
+            return None
+        return session, user
+
+    async def rotate_session(
+        self, session_id: str, old_hash: str, new_hash: str, expires_ms: int, now_ms: int
+    ) -> bool:
+        session = self._sessions.get(session_id)
+        if (
+            session is None
+            or session.refresh_hash != old_hash
+            or session.revoked_ms is not None
+            or session.expires_ms <= now_ms
+        ):
+            return False
+        self._sessions[session_id] = replace(session, refresh_hash=new_hash, expires_ms=expires_ms)
+        return True
+
+    async def revoke_sessions(
+        self, name: str, now_ms: int, *, only: str | None = None, keep: str | None = None
+    ) -> list[str]:
+        user = self._users.get(name.lower())
+        return self._revoke(user.name if user is not None else name, now_ms, only, keep)
+
+    def _revoke(self, name: str, now_ms: int, only: str | None, keep: str | None) -> list[str]:
+        revoked = []
+        for session in list(self._sessions.values()):
+            if (
+                session.name == name
+                and session.revoked_ms is None
+                and session.expires_ms > now_ms
+                and (only is None or session.id == only)
+                and session.id != keep
+            ):
+                self._sessions[session.id] = replace(session, revoked_ms=now_ms)
+                revoked.append(session.id)
+        return sorted(revoked)
+
+    async def revoked_since(self, since_ms: int) -> list[tuple[str, str]]:
+        return [
+            (s.id, s.name)
+            for s in self._sessions.values()
+            if s.revoked_ms is not None and s.revoked_ms >= since_ms
+        ]
+
+    async def set_password(
+        self, name: str, password_hash: str, now_ms: int, *, keep: str | None = None
+    ) -> list[str]:
+        user = self._users.get(name.lower())
+        if user is None:
+            return []
+        self._users[name.lower()] = replace(user, password_hash=password_hash)
+        return self._revoke(user.name, now_ms, None, keep)
+
+    async def set_admin(self, name: str, on: bool) -> bool:
+        user = self._users.get(name.lower())
+        if user is None:
+            return False
+        self._users[name.lower()] = replace(user, admin=on)
+        return True
+
+    async def set_user_ban(
+        self, name: str, until_ms: int | None, reason: str, now_ms: int
+    ) -> list[str] | None:
+        user = self._users.get(name.lower())
+        if user is None:
+            return None
+        banned = replace(
+            user, banned_until_ms=until_ms, ban_reason=reason if until_ms is not None else ""
+        )
+        self._users[name.lower()] = banned
+        return [] if until_ms is None else self._revoke(user.name, now_ms, None, None)
+
+    async def delete_user(self, name: str, now_ms: int) -> list[str] | None:
+        user = self._users.get(name.lower())
+        if user is None:
+            return None
+        name = user.name
+        revoked = self._revoke(name, now_ms, None, None)
+        for message_id, event in list(self._events.items()):
+            if event.ts_ms < user.created_ms:
+                continue
+            if isinstance(event, ChatMessage | DirectMessage) and event.sender == name:
+                self._forget(message_id)
+                self._events[message_id] = replace(
+                    event, message="", file=None, mentions=(), deleted=True, reactions=()
+                )
+            elif isinstance(event, Change) and event.kind == "edit" and event.by == name:
+                self._events[message_id] = replace(event, text="")
+        for emojis in self._reactions.values():
+            for emoji, names in list(emojis.items()):
+                if name in names:
+                    names.remove(name)
+                    if not names:
+                        del emojis[emoji]
+        self._markers.pop(name, None)
+        for key, item in list(self._outbox.items()):
+            if orjson.loads(item[0]).get("user") == name:
+                del self._outbox[key]
+        for room, access in list(self._access.items()):
+            if name in access.members or access.owner == name:
+                owner = None if access.owner == name else access.owner
+                self._access[room] = replace(access, owner=owner, members=access.members - {name})
+        for extra in self._moderation.values():
+            extra.moderators.discard(name)
+            extra.bans.pop(name, None)
+            extra.mutes.pop(name, None)
+        self._inboxes.pop(name, None)
+        listed = {message_id for inbox in self._inboxes.values() for message_id in inbox}
+        for message_id, event in list(self._events.items()):
+            if message_id not in listed and _of_inboxes(event):
+                del self._events[message_id]
+        self._seen = {k: v for k, v in self._seen.items() if k[0] != name}
+        del self._users[name.lower()]
+        return revoked
+
     # -- notifications -------------------------------------------------------------
 
     async def add_notification(self, notification_id: str, message_id: str, body: bytes) -> None:
@@ -582,6 +958,17 @@ class MemoryStore(BatchedAppends):
 
     async def notification_count(self) -> int:
         return len(self._outbox)
+
+
+#: A room nobody moderates: no settings, roles, bans or mutes.
+_NO_MODERATION: Final = _Moderation()
+
+
+def _of_inboxes(event: _Event) -> bool:
+    """Whether ``event`` is a direct-stream event (listed in inboxes, not in a room)."""
+    return isinstance(event, DirectMessage | Mention) or (
+        isinstance(event, Change) and event.room is None
+    )
 
 
 def _between(message: DirectMessage, owner: str, peer: str | None) -> bool:

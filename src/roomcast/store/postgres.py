@@ -93,6 +93,8 @@ T = TypeVar("T")
 ERASE_DELAY: Final = 0.5
 #: Seconds before a VACUUM that failed is tried again.
 ERASE_RETRY: Final = 5.0
+#: The tables a message delete leaves old row versions (its text) in.
+ERASE_TABLES: Final = ("messages", "direct_messages", "reactions", "notifications")
 
 #: Seconds from a delete to rebuilding the full-text indexes, which then no
 #: longer hold its words. A GIN index keeps every word it ever indexed in its
@@ -366,6 +368,8 @@ class PostgresStore(SQLStore):
         #: whether another delete came since it started.
         self._eraser: asyncio.Task[None] | None = None
         self._erase_wanted = False
+        #: The tables it vacuums (more after a room or an account is erased).
+        self._erase_tables: set[str] = set(ERASE_TABLES)
         #: Whether this role may run CHECKPOINT (found out at the first try).
         self._may_checkpoint = True
         #: The rebuild of the search indexes that deletes owe, and which ones.
@@ -706,8 +710,14 @@ class PostgresStore(SQLStore):
             self._reindex_later(changed)
         return results
 
-    def _erase_soon(self) -> None:
+    async def _erased(self, tables: tuple[str, ...]) -> None:
+        self._erase_soon(tables)
+        self._reindex_later([table for table in tables if table in SEARCH_INDEXES])
+
+    def _erase_soon(self, tables: Iterable[str] = ()) -> None:
         """A batch deletes messages: VACUUM their tables once it has committed.
+
+        ``tables``: others to VACUUM too (a room's or an account's erasure).
 
         PostgreSQL keeps a row's old version (the text) in the table until
         VACUUM reclaims it, and the page on disk until a checkpoint writes
@@ -719,6 +729,7 @@ class PostgresStore(SQLStore):
         its segments are recycled (docs/security.md).
         """
         self._erase_wanted = True
+        self._erase_tables.update(tables)
         if self._eraser is None or self._eraser.done():
             self._eraser = asyncio.get_running_loop().create_task(
                 self._erase(), name="roomcast-postgres-erase", context=contextvars.Context()
@@ -734,12 +745,14 @@ class PostgresStore(SQLStore):
         while self._erase_wanted:
             await asyncio.sleep(ERASE_DELAY)
             self._erase_wanted = False
+            tables, self._erase_tables = self._erase_tables, set(ERASE_TABLES)
             try:
                 async with self._connection() as conn:
-                    await conn.execute("VACUUM messages, direct_messages, reactions, notifications")
+                    await conn.execute(f"VACUUM {', '.join(sorted(tables))}")
                     await self._checkpoint(conn)
             except (*_DRIVER_ERRORS, StoreError) as exc:
                 self._erase_wanted = True
+                self._erase_tables.update(tables)
                 logger.warning("could not vacuum deleted messages away: %s", self._reason(exc))
                 await asyncio.sleep(ERASE_RETRY)
 

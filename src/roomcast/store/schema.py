@@ -281,6 +281,87 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             ),
         ),
     ),
+    Migration(
+        8,
+        "moderation: admins, bans everywhere, room roles, bans, mutes and settings,"
+        " the audit log; sessions",
+        (
+            # A ban everywhere ends at banned_until_ms (2**62: until lifted).
+            "ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE users ADD COLUMN banned_until_ms BIGINT",
+            "ALTER TABLE users ADD COLUMN ban_reason TEXT",
+            "ALTER TABLE rooms ADD COLUMN topic TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE rooms ADD COLUMN title TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE rooms ADD COLUMN slow_mode INTEGER NOT NULL DEFAULT 0",
+            # A deleted room keeps its row for its seqs (a name used again goes
+            # on counting): erased_seq is its last_seq when it was deleted, and
+            # the room is gone while last_seq is still that. A message stored
+            # after it, or a create, brings the name back as a new room.
+            "ALTER TABLE rooms ADD COLUMN erased_seq BIGINT",
+            # Names as the callers give them: as registered, or a guest's
+            # (like room_members). A ban or mute past until_ms is no more.
+            "CREATE TABLE room_moderators ("
+            " room TEXT NOT NULL,"
+            " name TEXT NOT NULL,"
+            " PRIMARY KEY (room, name))",
+            "CREATE INDEX room_moderators_name ON room_moderators (name)",
+            "CREATE TABLE room_bans ("
+            " room TEXT NOT NULL,"
+            " name TEXT NOT NULL,"
+            " until_ms BIGINT NOT NULL,"
+            " reason TEXT NOT NULL DEFAULT '',"
+            " by_name TEXT NOT NULL,"
+            " at_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (room, name))",
+            # A search leaves out the rooms its reader is banned from.
+            "CREATE INDEX room_bans_name ON room_bans (name)",
+            "CREATE TABLE room_mutes ("
+            " room TEXT NOT NULL,"
+            " name TEXT NOT NULL,"
+            " until_ms BIGINT NOT NULL,"
+            " by_name TEXT NOT NULL,"
+            " at_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (room, name))",
+            # A sign-in: refresh_hash is the SHA-256 of its one-use refresh
+            # secret. Revoked rows stay a day (every node polls for them), then
+            # retention deletes them, as it does expired ones.
+            "CREATE TABLE sessions ("
+            " id TEXT PRIMARY KEY,"
+            " name TEXT NOT NULL,"
+            " refresh_hash TEXT NOT NULL,"
+            " created_ms BIGINT NOT NULL,"
+            " expires_ms BIGINT NOT NULL,"
+            " revoked_ms BIGINT)",
+            "CREATE INDEX sessions_name ON sessions (name)",
+            "CREATE INDEX sessions_revoked ON sessions (revoked_ms) WHERE revoked_ms IS NOT NULL",
+        ),
+        # The audit log, paged newest first by id within a room; detail is a
+        # JSON object (NULL for none). It outlives the room it tells of.
+        sqlite=(
+            "CREATE TABLE audit ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " room TEXT NOT NULL,"
+            " at_ms BIGINT NOT NULL,"
+            " actor TEXT NOT NULL,"
+            " action TEXT NOT NULL,"
+            " target TEXT,"
+            " reason TEXT NOT NULL DEFAULT '',"
+            " detail TEXT)",
+            "CREATE INDEX audit_room ON audit (room, id)",
+        ),
+        postgres=(
+            "CREATE TABLE audit ("
+            " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " room TEXT NOT NULL,"
+            " at_ms BIGINT NOT NULL,"
+            " actor TEXT NOT NULL,"
+            " action TEXT NOT NULL,"
+            " target TEXT,"
+            " reason TEXT NOT NULL DEFAULT '',"
+            " detail TEXT)",
+            "CREATE INDEX audit_room ON audit (room, id)",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

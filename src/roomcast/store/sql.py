@@ -34,16 +34,24 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
+import orjson
+
 from ..exceptions import InvalidRequest, StoreError
 from ..model import (
+    AuditEntry,
+    Ban,
     Change,
     ChatMessage,
     DirectMessage,
     Mention,
+    Mute,
     Quote,
     Reactions,
     RoomAccess,
+    RoomRules,
+    RoomSettings,
     SearchHit,
+    StoredSession,
     StoredUser,
 )
 from ..query import Query
@@ -86,6 +94,7 @@ __all__ = [
     "load_targets",
     "PRUNE_CHUNK",
     "PRUNE_INTERVAL",
+    "SESSION_GRACE",
     "Job",
     "Prune",
     "SQLConn",
@@ -99,6 +108,9 @@ T = TypeVar("T")
 PRUNE_CHUNK: Final = 5000
 #: Seconds between retention passes.
 PRUNE_INTERVAL: Final = 3600.0
+#: Seconds a revoked or expired session is kept: every node's revocation poll
+#: (a minute back) has seen it long before retention deletes it.
+SESSION_GRACE: Final = 86400.0
 #: Past every seq: ``history`` without ``before`` reads from the newest.
 _NEWEST: Final = 2**62
 #: Seconds a search may read before it is cut off and refused: a query that
@@ -264,12 +276,22 @@ _CREATE_USER: Final = (
     "INSERT INTO users (name, name_key, password_hash, created_ms)"
     " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
 )
-_GET_USER: Final = (
-    "SELECT name, password_hash, created_ms, hide_receipts FROM users WHERE name_key = $1"
+#: A user's columns, as :func:`_user_from_row` reads them (of the alias ``u``).
+_USER_COLUMNS: Final = (
+    "u.name, u.password_hash, u.created_ms, u.hide_receipts, u.admin, u.banned_until_ms,"
+    " u.ban_reason"
 )
+_GET_USER: Final = f"SELECT {_USER_COLUMNS} FROM users u WHERE u.name_key = $1"
+#: A room is there (not deleted) unless no message came since it was deleted
+#: (schema version 8: a deleted room's row keeps its seqs).
+_LIVE: Final = "(erased_seq IS NULL OR last_seq > erased_seq)"
+_LIVE_R: Final = "(r.erased_seq IS NULL OR r.last_seq > r.erased_seq)"
+#: A new room, or a deleted one's name taken again (its seqs go on).
 _CREATE_ROOM: Final = (
     "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
-    " VALUES ($1, 0, $2, $3, $4) ON CONFLICT DO NOTHING"
+    " VALUES ($1, 0, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET"
+    " created_ms = excluded.created_ms, private = excluded.private, owner = excluded.owner,"
+    " erased_seq = NULL WHERE rooms.erased_seq = rooms.last_seq"
 )
 _ADD_MEMBER: Final = (
     "INSERT INTO room_members (room, name, added_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
@@ -279,10 +301,10 @@ _ACCESS: Final = (
     "SELECT r.name, r.private, r.owner, m.name, r.receipts FROM rooms r"
     " LEFT JOIN room_members m ON m.room = r.name"
 )
-_ROOM_ACCESS: Final = f"{_ACCESS} WHERE r.name = $1"
+_ROOM_ACCESS: Final = f"{_ACCESS} WHERE r.name = $1 AND {_LIVE_R}"
 _VISIBLE_ROOMS: Final = (
-    f"{_ACCESS} WHERE r.private = 0 OR r.owner = $1"
-    " OR r.name IN (SELECT room FROM room_members WHERE name = $1)"
+    f"{_ACCESS} WHERE {_LIVE_R} AND (r.private = 0 OR r.owner = $1"
+    " OR r.name IN (SELECT room FROM room_members WHERE name = $1))"
 )
 #: One retention chunk: up to $2 room messages older than $1; then the ids
 #: of up to $2 such direct messages, whose inbox rows and rows are deleted.
@@ -295,6 +317,8 @@ _PRUNE_INBOX: Final = "DELETE FROM inbox WHERE message_id = $1"
 _PRUNE_DIRECT: Final = "DELETE FROM direct_messages WHERE message_id = $1"
 #: Notifications older than the history kept: their text goes with the messages.
 _PRUNE_NOTIFICATIONS: Final = "DELETE FROM notifications WHERE created_ms < $1"
+#: Sessions expired or revoked before $1 (a day ago: every node has seen the revocation).
+_PRUNE_SESSIONS: Final = "DELETE FROM sessions WHERE expires_ms < $1 OR revoked_ms < $1"
 
 # -- read state -------------------------------------------------------------------------
 
@@ -363,6 +387,146 @@ _RETRY_NOTIFICATION: Final = "UPDATE notifications SET due_ms = $2 WHERE id = $1
 _FINISH_NOTIFICATION: Final = "DELETE FROM notifications WHERE id = $1"
 
 
+# -- moderation ---------------------------------------------------------------------------
+
+_SETTINGS_COLUMNS: Final = "name, private, owner, topic, title, slow_mode, receipts"
+_ROOM_SETTINGS: Final = f"SELECT {_SETTINGS_COLUMNS} FROM rooms WHERE name = $1 AND {_LIVE}"
+_ALL_ROOMS: Final = f"SELECT {_SETTINGS_COLUMNS} FROM rooms WHERE {_LIVE}"
+_MODERATORS: Final = "SELECT name FROM room_moderators WHERE room = $1"
+_ALL_MODERATORS: Final = "SELECT room, name FROM room_moderators"
+_BANS: Final = (
+    "SELECT name, until_ms, reason, by_name, at_ms FROM room_bans WHERE room = $1 AND until_ms > $2"
+)
+_MUTES: Final = (
+    "SELECT name, until_ms, by_name, at_ms FROM room_mutes WHERE room = $1 AND until_ms > $2"
+)
+_ADD_MODERATOR: Final = (
+    "INSERT INTO room_moderators (room, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+)
+_REMOVE_MODERATOR: Final = "DELETE FROM room_moderators WHERE room = $1 AND name = $2"
+_REMOVE_MEMBER: Final = "DELETE FROM room_members WHERE room = $1 AND name = $2"
+_ROOM_OWNER: Final = f"SELECT owner, private FROM rooms WHERE name = $1 AND {_LIVE}"
+_SET_OWNER: Final = "UPDATE rooms SET owner = $2 WHERE name = $1"
+_SET_BAN: Final = (
+    "INSERT INTO room_bans (room, name, until_ms, reason, by_name, at_ms)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room, name) DO UPDATE SET"
+    " until_ms = excluded.until_ms, reason = excluded.reason, by_name = excluded.by_name,"
+    " at_ms = excluded.at_ms"
+)
+_SET_MUTE: Final = (
+    "INSERT INTO room_mutes (room, name, until_ms, by_name, at_ms)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room, name) DO UPDATE SET"
+    " until_ms = excluded.until_ms, by_name = excluded.by_name, at_ms = excluded.at_ms"
+)
+#: A lift deletes the row, ended or not; it lifted something if the row had not ended.
+_LIFT: Final = "DELETE FROM {table} WHERE room = $1 AND name = $2 RETURNING until_ms"
+#: A public room stored with no owner (the lobby, a room a guest made), or a deleted
+#: room's row made live again (its seqs carry on).
+_STORE_PUBLIC_ROOM: Final = (
+    "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
+    " VALUES ($1, 0, $2, 0, NULL) ON CONFLICT (name) DO UPDATE SET"
+    " created_ms = excluded.created_ms, private = 0, owner = NULL,"
+    " erased_seq = NULL WHERE rooms.erased_seq = rooms.last_seq"
+)
+#: None keeps a setting as it is.
+_UPDATE_ROOM: Final = (
+    "UPDATE rooms SET topic = coalesce($2, topic), title = coalesce($3, title),"
+    f" slow_mode = coalesce($4, slow_mode) WHERE name = $1 AND {_LIVE}"
+)
+_ADD_AUDIT: Final = (
+    "INSERT INTO audit (room, at_ms, actor, action, target, reason, detail)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
+)
+_AUDIT_LOG: Final = (
+    "SELECT id, room, at_ms, actor, action, target, reason, detail FROM audit"
+    " WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+)
+#: Deleting a room resets its row to a public room's defaults and marks it
+#: erased at its last seq; the room is gone until a message or a create comes.
+_ERASE_ROOM_ROW: Final = (
+    "UPDATE rooms SET private = 0, owner = NULL, topic = '', title = '', slow_mode = 0,"
+    f" receipts = 1, erased_seq = last_seq WHERE name = $1 AND {_LIVE} RETURNING last_seq"
+)
+_ROOM_MESSAGE_IDS: Final = "SELECT message_id FROM messages WHERE room = $1"
+#: The newest event of a deleted room stays as an empty deleted message, so a
+#: client's seqs and the room's stay one line.
+_TOMBSTONE: Final = (
+    "UPDATE messages SET kind = 'chat', body = '', file = NULL, mentions = NULL,"
+    " target = NULL, thread = NULL, edited_ms = NULL, client_id = NULL,"
+    " deleted_ms = coalesce(deleted_ms, $3) WHERE room = $1 AND seq = $2"
+)
+#: Each a room's rows of one table, which a deleted room takes with it.
+_ROOM_ROWS: Final = (
+    "DELETE FROM room_members WHERE room = $1",
+    "DELETE FROM room_moderators WHERE room = $1",
+    "DELETE FROM room_bans WHERE room = $1",
+    "DELETE FROM room_mutes WHERE room = $1",
+    "DELETE FROM read_markers WHERE stream = $1",
+)
+
+# -- sessions and accounts ----------------------------------------------------------------
+
+_USER_NAME: Final = "SELECT name FROM users WHERE name_key = $1"
+#: Stored under the user's name as registered; nothing for a user who is not there.
+_CREATE_SESSION: Final = (
+    "INSERT INTO sessions (id, name, refresh_hash, created_ms, expires_ms, revoked_ms)"
+    " SELECT CAST($1 AS TEXT), name, CAST($3 AS TEXT), CAST($4 AS BIGINT),"
+    " CAST($5 AS BIGINT), CAST($6 AS BIGINT) FROM users WHERE name_key = $2"
+)
+_SESSION_USER: Final = (
+    "SELECT s.id, s.name, s.refresh_hash, s.created_ms, s.expires_ms, s.revoked_ms,"
+    f" {_USER_COLUMNS} FROM sessions s JOIN users u ON u.name = s.name WHERE s.id = $1"
+)
+#: The compare-and-set of a refresh: the old hash, not revoked, not expired at $5.
+_ROTATE_SESSION: Final = (
+    "UPDATE sessions SET refresh_hash = $3, expires_ms = $4"
+    " WHERE id = $1 AND refresh_hash = $2 AND revoked_ms IS NULL AND expires_ms > $5"
+)
+#: A user's live sessions revoked at $2; ``{which}`` narrows them (to $3, or all but $3).
+_REVOKE_SESSIONS: Final = (
+    "UPDATE sessions SET revoked_ms = $2"
+    " WHERE name = $1 AND revoked_ms IS NULL AND expires_ms > $2{which} RETURNING id"
+)
+#: By the partial index sessions_revoked.
+_REVOKED_SINCE: Final = "SELECT id, name FROM sessions WHERE revoked_ms >= $1"
+_SET_PASSWORD: Final = "UPDATE users SET password_hash = $2 WHERE name_key = $1 RETURNING name"
+_SET_ADMIN: Final = "UPDATE users SET admin = $2 WHERE name_key = $1"
+_SET_USER_BAN: Final = (
+    "UPDATE users SET banned_until_ms = $2, ban_reason = $3 WHERE name_key = $1 RETURNING name"
+)
+_USER_ROW: Final = "SELECT name, created_ms FROM users WHERE name_key = $1"
+#: A deleted user's messages since they registered ($1 the name, $2 then): what
+#: was said under the name before was a guest's. Chat rows, then their edits.
+_USER_MESSAGES: Final = (
+    "SELECT message_id FROM {table} WHERE sender = $1 AND ts_ms >= $2 AND kind = 'chat'"
+)
+_BLANK_MESSAGES: Final = (
+    "UPDATE {table} SET body = '', file = NULL, mentions = NULL,"
+    " deleted_ms = coalesce(deleted_ms, $3) WHERE sender = $1 AND ts_ms >= $2 AND kind = 'chat'"
+)
+_BLANK_EDITS: Final = (
+    "UPDATE {table} SET body = '' WHERE sender = $1 AND ts_ms >= $2 AND kind = 'edit'"
+)
+#: What else a deleted user takes with them; $1 is the name as registered,
+#: $2 the LIKE pattern of their name as a notification's ``user``.
+_USER_ROWS: Final = (
+    "DELETE FROM reactions WHERE name = $1",
+    "DELETE FROM read_markers WHERE name = $1",
+    "DELETE FROM room_members WHERE name = $1",
+    "DELETE FROM room_moderators WHERE name = $1",
+    "DELETE FROM room_bans WHERE name = $1",
+    "DELETE FROM room_mutes WHERE name = $1",
+    "UPDATE rooms SET owner = NULL WHERE owner = $1",
+    # Their direct stream: its rows, then the events no stream lists any
+    # more (mentions of them, messages to themself).
+    "DELETE FROM inbox WHERE owner = $1",
+    "DELETE FROM direct_messages WHERE (recipient = $1 OR sender = $1)"
+    " AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = direct_messages.message_id)",
+    "DELETE FROM users WHERE name = $1",
+)
+_USER_NOTIFICATIONS: Final = "DELETE FROM notifications WHERE body LIKE $1 ESCAPE '!'"
+
+
 # -- search -------------------------------------------------------------------------------
 
 #: A room message's columns, as :func:`~.batch.chat_from_row` reads them, of the alias ``m``.
@@ -382,6 +546,10 @@ DIRECT_HIT_COLUMNS: Final = (
 _READABLE_ROOMS: Final = (
     "m.room IN (SELECT name FROM rooms WHERE private = 0 OR owner = $2"
     " UNION SELECT room FROM room_members WHERE name = $2)"
+)
+#: Not the rooms reader ``$2`` is banned from at ``{now}`` (by the index room_bans_name).
+_NOT_BANNED: Final = (
+    "m.room NOT IN (SELECT room FROM room_bans WHERE name = $2 AND until_ms > {now})"
 )
 
 
@@ -489,6 +657,14 @@ class SQLStore(BatchedAppends):
     def _search_pruned(self) -> None:
         """Retention deleted messages: their words are to leave the search index too."""
 
+    def _inbox_gone(self, owner: str) -> None:
+        """``owner``'s inbox was deleted with them (in the deleting transaction): a seq
+        the backend keeps of it is no more (a name registered again starts at 0)."""
+
+    async def _erased(self, tables: tuple[str, ...]) -> None:
+        """A room or an account was erased from ``tables`` (committed): have the old
+        text leave the database's files too, as a message delete's does."""
+
     async def _search_read(self, job: Job[T]) -> T:
         """Run a search's ``job`` as :meth:`_read` does, for :data:`SEARCH_TIMEOUT` at most.
 
@@ -512,11 +688,11 @@ class SQLStore(BatchedAppends):
         self._loop = asyncio.get_running_loop()
         await self._connect()
         self._closed = False
-        if self.history_days:
-            # The first pass runs before the server accepts anyone, so no
-            # client is told about messages that are about to go.
-            await self._prune_logged()
-            self._pruner = asyncio.ensure_future(self._prune_forever())
+        # The first pass runs before the server accepts anyone, so no client is
+        # told about messages that are about to go. Without history_days it
+        # still forgets ended sessions.
+        await self._prune_logged()
+        self._pruner = asyncio.ensure_future(self._prune_forever())
         self._log.debug("storing messages in %s", self._place)
 
     async def close(self) -> None:
@@ -756,7 +932,7 @@ class SQLStore(BatchedAppends):
 
     async def get_user(self, name: str) -> StoredUser | None:
         row = await self._read(lambda conn: conn.fetchrow(_GET_USER, name.lower()))
-        return StoredUser(row[0], row[1], int(row[2]), bool(row[3])) if row is not None else None
+        return _user_from_row(row) if row is not None else None
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -786,7 +962,7 @@ class SQLStore(BatchedAppends):
     async def known_rooms(self, names: list[str]) -> set[str]:
         if not names:
             return set()
-        query = f"SELECT name FROM rooms WHERE name {self._NAMES_IN}"
+        query = f"SELECT name FROM rooms WHERE name {self._NAMES_IN} AND {_LIVE}"
         rows = await self._read(lambda conn: conn.fetch(query, self._names(names)))
         return {row[0] for row in rows}
 
@@ -896,6 +1072,8 @@ class SQLStore(BatchedAppends):
         where = [f"{alias}.deleted_ms IS NULL"]
         if rooms:
             where.append(_READABLE_ROOMS)
+            if search.reader is not None:
+                where.append(_NOT_BANNED.format(now=arg(int(self._clock() * 1000))))
             if search.room is not None:
                 where.append(f"m.room = {arg(search.room)}")
         elif search.peer is not None:
@@ -1037,6 +1215,294 @@ class SQLStore(BatchedAppends):
         query = "SELECT count(*) FROM notifications"
         return int(await self._read(lambda conn: conn.fetchval(query)))
 
+    # -- moderation ----------------------------------------------------------------------------
+
+    async def room_settings(self, room: str) -> RoomSettings | None:
+        async def job(conn: SQLConn) -> RoomSettings | None:
+            row = await conn.fetchrow(_ROOM_SETTINGS, room)
+            if row is None:
+                return None
+            moderators = frozenset(row[0] for row in await conn.fetch(_MODERATORS, room))
+            return _settings_from_row(row, moderators)
+
+        return await self._read(job)
+
+    async def room_rules(self, room: str, now_ms: int) -> RoomRules:
+        async def job(conn: SQLConn) -> RoomRules:
+            row = await conn.fetchrow(_ROOM_SETTINGS, room)
+            if row is None:
+                return RoomRules()
+            exempt = {name for (name,) in await conn.fetch(_MODERATORS, room)}
+            if row[2] is not None:
+                exempt.add(row[2])
+            mutes = {
+                m.name: m.until_ms
+                for m in map(_mute_from_row, await conn.fetch(_MUTES, room, now_ms))
+            }
+            bans = {b.name: b for b in map(_ban_from_row, await conn.fetch(_BANS, room, now_ms))}
+            return RoomRules(int(row[5]), frozenset(exempt), mutes, bans)
+
+        return await self._read(job)
+
+    async def claim_room(self, room: str, owner: str, now_ms: int) -> bool:
+        claim = (room, now_ms, 0, owner)
+        return await self._write_now(lambda conn: conn.execute(_CREATE_ROOM, *claim)) == 1
+
+    async def set_moderator(self, room: str, name: str, on: bool, audit: AuditEntry) -> bool:
+        async def job(conn: SQLConn) -> bool:
+            if await conn.execute(_ADD_MODERATOR if on else _REMOVE_MODERATOR, room, name) != 1:
+                return False
+            await _add_audit(conn, audit)
+            return True
+
+        return await self._write_now(job)
+
+    async def set_owner(self, room: str, name: str, audit: AuditEntry) -> None:
+        now_ms = audit.at_ms
+
+        async def job(conn: SQLConn) -> None:
+            row = await conn.fetchrow(_ROOM_OWNER, room)
+            if row is not None:
+                old, private = row[0], bool(row[1])
+                await conn.execute(_SET_OWNER, room, name)
+                await conn.execute(_REMOVE_MODERATOR, room, name)
+                if old is not None and old != name:
+                    await conn.execute(_ADD_MODERATOR, room, old)
+                if private:
+                    # The old owner read it as its owner: as a moderator, a member.
+                    keep = frozenset({name} if old is None else {name, old})
+                    await _add_members(conn, room, keep, now_ms)
+            await _add_audit(conn, audit)
+
+        await self._write_now(job)
+
+    async def remove_member(self, room: str, name: str, audit: AuditEntry) -> bool:
+        async def job(conn: SQLConn) -> bool:
+            removed = await conn.execute(_REMOVE_MEMBER, room, name)
+            removed += await conn.execute(_REMOVE_MODERATOR, room, name)
+            await _add_audit(conn, audit)
+            return removed > 0
+
+        return await self._write_now(job)
+
+    async def set_ban(self, room: str, ban: Ban, audit: AuditEntry) -> None:
+        row = (room, ban.name, ban.until_ms, ban.reason, ban.by, ban.at_ms)
+
+        async def job(conn: SQLConn) -> None:
+            await conn.execute(_SET_BAN, *row)
+            await conn.execute(_REMOVE_MODERATOR, room, ban.name)
+            await _add_audit(conn, audit)
+
+        await self._write_now(job)
+
+    async def lift_ban(self, room: str, name: str, audit: AuditEntry) -> bool:
+        return await self._lift("room_bans", room, name, audit)
+
+    async def set_mute(self, room: str, mute: Mute, audit: AuditEntry) -> None:
+        row = (room, mute.name, mute.until_ms, mute.by, mute.at_ms)
+
+        async def job(conn: SQLConn) -> None:
+            await conn.execute(_SET_MUTE, *row)
+            await _add_audit(conn, audit)
+
+        await self._write_now(job)
+
+    async def lift_mute(self, room: str, name: str, audit: AuditEntry) -> bool:
+        return await self._lift("room_mutes", room, name, audit)
+
+    async def _lift(self, table: str, room: str, name: str, audit: AuditEntry) -> bool:
+        """End ``name``'s ban or mute (``table``); whether one held at the audit's time."""
+        query = _LIFT.format(table=table)
+
+        async def job(conn: SQLConn) -> bool:
+            rows = await conn.fetch(query, room, name)
+            if not any(int(row[0]) > audit.at_ms for row in rows):
+                return False
+            await _add_audit(conn, audit)
+            return True
+
+        return await self._write_now(job)
+
+    async def bans(self, room: str, now_ms: int) -> list[Ban]:
+        rows = await self._read(lambda conn: conn.fetch(_BANS, room, now_ms))
+        return sorted(map(_ban_from_row, rows), key=lambda ban: ban.name)
+
+    async def mutes(self, room: str, now_ms: int) -> list[Mute]:
+        rows = await self._read(lambda conn: conn.fetch(_MUTES, room, now_ms))
+        return sorted(map(_mute_from_row, rows), key=lambda mute: mute.name)
+
+    async def update_room(
+        self,
+        room: str,
+        audit: AuditEntry,
+        *,
+        topic: str | None = None,
+        title: str | None = None,
+        slow_mode: int | None = None,
+    ) -> bool:
+        async def job(conn: SQLConn) -> bool:
+            if await conn.execute(_UPDATE_ROOM, room, topic, title, slow_mode) != 1:
+                # The lobby or a room a guest made, never stored: stored now, owned by no one.
+                await conn.execute(_STORE_PUBLIC_ROOM, room, audit.at_ms)
+                await conn.execute(_UPDATE_ROOM, room, topic, title, slow_mode)
+            await _add_audit(conn, audit)
+            return True
+
+        return await self._write_now(job)
+
+    async def delete_room(self, room: str, audit: AuditEntry) -> bool:
+        async def job(conn: SQLConn) -> bool:
+            # First: on PostgreSQL the row's lock holds every batch for the room
+            # (they reserve seqs on it) until this commits.
+            if await conn.fetchrow(_ERASE_ROOM_ROW, room) is None:
+                return False
+            top = await conn.fetchval("SELECT max(seq) FROM messages WHERE room = $1", room)
+            await conn.execute(
+                f"DELETE FROM reactions WHERE message_id IN ({_ROOM_MESSAGE_IDS})", room
+            )
+            await conn.execute(
+                f"DELETE FROM notifications WHERE message_id IN ({_ROOM_MESSAGE_IDS})", room
+            )
+            if top is not None:
+                await conn.execute("DELETE FROM messages WHERE room = $1 AND seq < $2", room, top)
+                await conn.execute(_TOMBSTONE, room, top, audit.at_ms)
+            for statement in _ROOM_ROWS:
+                await conn.execute(statement, room)
+            await _add_audit(conn, audit)
+            return True
+
+        if not await self._write_now(job):
+            return False
+        await self._erased(("messages", "reactions", "notifications", "rooms", "read_markers"))
+        return True
+
+    async def add_audit(self, audit: AuditEntry) -> None:
+        await self._write_now(functools.partial(_add_audit, audit=audit))
+
+    async def audit_log(self, room: str, *, before: int | None, limit: int) -> list[AuditEntry]:
+        bound = before if before is not None else _NEWEST
+        rows = await self._read(lambda conn: conn.fetch(_AUDIT_LOG, room, bound, limit))
+        return [_audit_from_row(row) for row in rows]
+
+    async def all_rooms(self) -> list[RoomSettings]:
+        async def job(conn: SQLConn) -> list[RoomSettings]:
+            moderators: dict[str, set[str]] = {}
+            for room, name in await conn.fetch(_ALL_MODERATORS):
+                moderators.setdefault(room, set()).add(name)
+            return [
+                _settings_from_row(row, frozenset(moderators.get(row[0], ())))
+                for row in await conn.fetch(_ALL_ROOMS)
+            ]
+
+        rooms = await self._read(job)
+        return sorted(rooms, key=lambda settings: settings.name)
+
+    # -- sessions and accounts ---------------------------------------------------------------
+
+    async def create_session(self, session: StoredSession) -> None:
+        row = (
+            session.id,
+            session.name.lower(),
+            session.refresh_hash,
+            session.created_ms,
+            session.expires_ms,
+            session.revoked_ms,
+        )
+        await self._write_now(lambda conn: conn.execute(_CREATE_SESSION, *row))
+
+    async def session_user(self, session_id: str) -> tuple[StoredSession, StoredUser] | None:
+        row = await self._read(lambda conn: conn.fetchrow(_SESSION_USER, session_id))
+        if row is None:
+            return None
+        revoked = row[5]
+        session = StoredSession(
+            row[0],
+            row[1],
+            row[2],
+            int(row[3]),
+            int(row[4]),
+            int(revoked) if revoked is not None else None,
+        )
+        return session, _user_from_row(tuple(row)[6:])
+
+    async def rotate_session(
+        self, session_id: str, old_hash: str, new_hash: str, expires_ms: int, now_ms: int
+    ) -> bool:
+        swap = (session_id, old_hash, new_hash, expires_ms, now_ms)
+        return await self._write_now(lambda conn: conn.execute(_ROTATE_SESSION, *swap)) == 1
+
+    async def revoke_sessions(
+        self, name: str, now_ms: int, *, only: str | None = None, keep: str | None = None
+    ) -> list[str]:
+        async def job(conn: SQLConn) -> list[str]:
+            # As registered; the name as given when the user is gone.
+            registered = await conn.fetchval(_USER_NAME, name.lower())
+            return await _revoke(conn, registered or name, now_ms, only=only, keep=keep)
+
+        return await self._write_now(job)
+
+    async def revoked_since(self, since_ms: int) -> list[tuple[str, str]]:
+        rows = await self._read(lambda conn: conn.fetch(_REVOKED_SINCE, since_ms))
+        return [(row[0], row[1]) for row in rows]
+
+    async def set_password(
+        self, name: str, password_hash: str, now_ms: int, *, keep: str | None = None
+    ) -> list[str]:
+        async def job(conn: SQLConn) -> list[str]:
+            registered = await conn.fetchval(_SET_PASSWORD, name.lower(), password_hash)
+            if registered is None:
+                return []
+            return await _revoke(conn, registered, now_ms, keep=keep)
+
+        return await self._write_now(job)
+
+    async def set_admin(self, name: str, on: bool) -> bool:
+        return (
+            await self._write_now(lambda conn: conn.execute(_SET_ADMIN, name.lower(), int(on))) == 1
+        )
+
+    async def set_user_ban(
+        self, name: str, until_ms: int | None, reason: str, now_ms: int
+    ) -> list[str] | None:
+        async def job(conn: SQLConn) -> list[str] | None:
+            stored_reason = reason if until_ms is not None else None
+            registered = await conn.fetchval(_SET_USER_BAN, name.lower(), until_ms, stored_reason)
+            if registered is None:
+                return None
+            if until_ms is None:
+                return []
+            return await _revoke(conn, registered, now_ms)
+
+        return await self._write_now(job)
+
+    async def delete_user(self, name: str, now_ms: int) -> list[str] | None:
+        async def job(conn: SQLConn) -> list[str] | None:
+            row = await conn.fetchrow(_USER_ROW, name.lower())
+            if row is None:
+                return None
+            registered, since = row[0], int(row[1])
+            revoked = await _revoke(conn, registered, now_ms)
+            for table in ("messages", "direct_messages"):
+                mine = _USER_MESSAGES.format(table=table)
+                for erased in ("reactions", "notifications"):
+                    await conn.execute(
+                        f"DELETE FROM {erased} WHERE message_id IN ({mine})", registered, since
+                    )
+                await conn.execute(_BLANK_MESSAGES.format(table=table), registered, since, now_ms)
+                await conn.execute(_BLANK_EDITS.format(table=table), registered, since)
+            await conn.execute(_USER_NOTIFICATIONS, _notified_pattern(registered))
+            for statement in _USER_ROWS:
+                await conn.execute(statement, registered)
+            self._inbox_gone(registered)
+            return revoked
+
+        revoked = await self._write_now(job)
+        if revoked is not None:
+            await self._erased(
+                ("messages", "direct_messages", "reactions", "notifications", "users", "inbox")
+            )
+        return revoked
+
     # -- retention ---------------------------------------------------------------------------
 
     async def prune(self) -> int:
@@ -1044,15 +1510,22 @@ class SQLStore(BatchedAppends):
 
         A chunk of at most :data:`PRUNE_CHUNK` of each kind per transaction,
         so writes go on between them. When another node holds the right to
-        prune (PostgreSQL), this returns 0 at once.
+        prune (PostgreSQL), this returns 0 at once. Every pass (with
+        ``history_days`` 0 too) first deletes the sessions that expired or
+        were revoked more than :data:`SESSION_GRACE` seconds ago.
         """
-        if not self.history_days or self._closed:
+        if self._closed:
             return 0
-        cutoff = int((self._clock() - self.history_days * 86400) * 1000)
+        now = self._clock()
+        cutoff = int((now - self.history_days * 86400) * 1000)
         chunk = functools.partial(_prune_chunk, cutoff_ms=cutoff)
         total = 0
         async with self._pruning() as run:
             if run is None:
+                return 0
+            ended = int((now - SESSION_GRACE) * 1000)
+            await run(functools.partial(_prune_sessions, before_ms=ended))
+            if not self.history_days:
                 return 0
             while True:
                 rooms, direct = await run(chunk)
@@ -1119,6 +1592,89 @@ async def _prune_chunk(conn: SQLConn, cutoff_ms: int) -> tuple[int, int]:
         await conn.executemany(_PRUNE_INBOX, ids)
         await conn.executemany(_PRUNE_DIRECT, ids)
     return rooms, len(old)
+
+
+async def _prune_sessions(conn: SQLConn, before_ms: int) -> tuple[int, int]:
+    """Delete the sessions that ended before ``before_ms``: (how many, 0)."""
+    return await conn.execute(_PRUNE_SESSIONS, before_ms), 0
+
+
+async def _add_audit(conn: SQLConn, audit: AuditEntry) -> int:
+    """Log ``audit`` in the transaction of the change it tells of; its id."""
+    detail = orjson.dumps(dict(audit.detail)).decode() if audit.detail else None
+    row = (audit.room, audit.at_ms, audit.actor, audit.action, audit.target, audit.reason, detail)
+    return int(await conn.fetchval(_ADD_AUDIT, *row))
+
+
+async def _revoke(
+    conn: SQLConn, name: str, now_ms: int, *, only: str | None = None, keep: str | None = None
+) -> list[str]:
+    """Revoke user ``name``'s (as registered) live sessions, or only ``only``, or all
+    but ``keep``; the ids revoked, sorted."""
+    args: tuple[Any, ...] = (name, now_ms)
+    which = ""
+    if only is not None:
+        which, args = " AND id = $3", (*args, only)
+    elif keep is not None:
+        which, args = " AND id <> $3", (*args, keep)
+    rows = await conn.fetch(_REVOKE_SESSIONS.format(which=which), *args)
+    return sorted(row[0] for row in rows)
+
+
+def _user_from_row(row: Sequence[Any]) -> StoredUser:
+    """A user from a row of :data:`_USER_COLUMNS`."""
+    name, password_hash, created_ms, hide_receipts, admin, banned_until, reason = row[:7]
+    return StoredUser(
+        name,
+        password_hash,
+        int(created_ms),
+        bool(hide_receipts),
+        bool(admin),
+        int(banned_until) if banned_until is not None else None,
+        reason or "",
+    )
+
+
+def _settings_from_row(row: Sequence[Any], moderators: frozenset[str]) -> RoomSettings:
+    """A room's settings from a row of :data:`_SETTINGS_COLUMNS`."""
+    name, private, owner, topic, title, slow_mode, receipts = row[:7]
+    return RoomSettings(
+        name, bool(private), owner, moderators, topic, title, int(slow_mode), bool(receipts)
+    )
+
+
+def _ban_from_row(row: Sequence[Any]) -> Ban:
+    return Ban(row[0], int(row[1]), row[2], row[3], int(row[4]))
+
+
+def _mute_from_row(row: Sequence[Any]) -> Mute:
+    return Mute(row[0], int(row[1]), row[2], int(row[3]))
+
+
+def _audit_from_row(row: Sequence[Any]) -> AuditEntry:
+    entry_id, room, at_ms, actor, action, target, reason, detail = row[:8]
+    return AuditEntry(
+        room,
+        int(at_ms),
+        actor,
+        action,
+        target,
+        reason,
+        orjson.loads(detail) if detail else {},
+        int(entry_id),
+    )
+
+
+def _notified_pattern(name: str) -> str:
+    """The ``LIKE`` pattern (escape ``!``) of a notification body whose ``user`` is ``name``.
+
+    In the JSON a quote inside a string is escaped, so ``"user":"name"`` is
+    only ever the key; names are unique whatever their case, so SQLite's
+    case-blind LIKE finds this user's alone.
+    """
+    key = '"user":' + orjson.dumps(name).decode()
+    escaped = key.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"%{escaped}%"
 
 
 async def load_targets(

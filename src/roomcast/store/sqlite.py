@@ -85,6 +85,7 @@ PURGE_SPACING: Final = 1.0
 PURGE_AT_CLOSE: Final = 2.0
 #: The full-text indexes of room and direct messages.
 SEARCH_INDEXES: Final = ("messages_search", "direct_search")
+_INDEX_OF: Final = dict(zip(("messages", "direct_messages"), SEARCH_INDEXES, strict=True))
 
 _INSERT: Final = (
     "INSERT INTO messages (room, seq, message_id, sender, body, client_id, ts_ms, file, kind,"
@@ -383,6 +384,26 @@ class SQLiteStore(SQLStore):
     def _search_pruned(self) -> None:
         self._purge_owed.update(SEARCH_INDEXES)
         self._purge_when_due()
+
+    async def _erased(self, tables: tuple[str, ...]) -> None:
+        # secure_delete zeroed the freed space; the log still holds the pages
+        # as they were, and the search indexes the words: as after a delete.
+        owed = {index for table, index in _INDEX_OF.items() if table in tables}
+        conn, writer = self._wconn, self._writer
+        if conn is None or writer is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(writer, self._owe_purge, conn.raw, owed)
+        if owed:
+            self._purge_when_due()
+
+    def _owe_purge(self, conn: sqlite3.Connection, owed: set[str]) -> None:
+        """Empty the log now, and owe ``owed`` a purge (writer thread)."""
+        self._purge_owed.update(owed)
+        self._erase_log(conn)
+
+    def _inbox_gone(self, owner: str) -> None:
+        # In the deleting transaction, on the writer thread: no batch comes between.
+        self._inbox_seqs.pop(owner, None)
 
     def _writer_running(self) -> bool:
         return self._writer is not None
