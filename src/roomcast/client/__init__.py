@@ -7,6 +7,7 @@
         await chat.mark_read("lobby")          # read up to the newest seq delivered
         print(chat.unread.rooms["lobby"].unread)  # counts kept without asking again
         page = await chat.search("deploy*", room="dev")  # what the user may read now
+        await chat.ban("dev", "spammer", for_seconds=3600, reason="spam")  # moderation: HTTP
 
 It imports only :mod:`roomcast.protocol`'s neighbours it needs (nothing of
 the server), :mod:`websockets` and :mod:`orjson`. See docs/client.md.
@@ -22,6 +23,7 @@ from .core import (
     HistoryPage,
     QueueFull,
     SendError,
+    SignedOut,
 )
 from .events import (
     Change,
@@ -37,21 +39,37 @@ from .events import (
     Reaction,
     ReadMarker,
     Receipt,
+    Removed,
     Reply,
     RoomMessage,
+    RoomUpdated,
     SearchPage,
     SearchResult,
     ServerError,
+    SessionTokens,
     StateChange,
     Typing,
     Unread,
     UnreadCounts,
     parse_server_frame,
 )
+from .moderation import (
+    AuditEntry,
+    AuditPage,
+    BanInfo,
+    MuteInfo,
+    RoomInfo,
+    parse_duration,
+)
+from .signin import AccountInfo
 
 __all__ = [
+    "AccountInfo",
+    "AuditEntry",
+    "AuditPage",
     "AuthRefused",
     "Backoff",
+    "BanInfo",
     "Change",
     "Client",
     "ClientClosed",
@@ -65,21 +83,28 @@ __all__ = [
     "Mention",
     "MessageDeleted",
     "MessageEdited",
+    "MuteInfo",
     "Presence",
     "QueueFull",
     "Quote",
     "Reaction",
     "ReadMarker",
     "Receipt",
+    "Removed",
     "Reply",
+    "RoomInfo",
     "RoomMessage",
+    "RoomUpdated",
     "SearchPage",
     "SearchResult",
     "SendError",
     "ServerError",
+    "SessionTokens",
+    "SignedOut",
     "StateChange",
     "Typing",
     "Unread",
     "UnreadCounts",
+    "parse_duration",
     "parse_server_frame",
 ]

@@ -21,7 +21,14 @@ closes it or the server refuses it for good. Around that task:
 - **Errors that cannot heal stop it**: a refused handshake (401, 403), a
   refused ``auth``, a close with 1008. Everything else (1001 going away,
   1013, a reset, a refused connection, a server that stopped answering
-  pings) is retried.
+  pings) is retried. An expired token is not such an error: the client
+  renews it (:mod:`roomcast.client.signin`). A session the server ended
+  (1008 "signed out", "banned", "account deleted") stops it with
+  :class:`SignedOut`.
+
+Moderation and the account's routes are HTTP calls, in the mixins the
+client is made of (:mod:`roomcast.client.moderation`,
+:mod:`roomcast.client.signin`).
 
 Logging goes to the ``roomcast.client`` logger; no handler is installed.
 """
@@ -31,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import mimetypes
 import os
@@ -54,6 +60,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from ..protocol.messages import LOBBY
 from .backoff import Backoff
+from .errors import (
+    AuthRefused,
+    ClientClosed,
+    ClientError,
+    QueueFull,
+    SendError,
+    SignedOut,
+    send_error,
+)
 from .events import (
     ConnectionState,
     DirectMessage,
@@ -64,6 +79,7 @@ from .events import (
     MessageEdited,
     Reaction,
     ReadMarker,
+    Removed,
     Reply,
     RoomMessage,
     SearchPage,
@@ -79,6 +95,7 @@ from .events import (
     search_page,
     unread_counts,
 )
+from .moderation import ModerationMixin
 
 __all__ = [
     "AuthRefused",
@@ -90,6 +107,7 @@ __all__ = [
     "QueueFull",
     "SendError",
     "SeqStream",
+    "SignedOut",
     "UnreadBook",
 ]
 
@@ -109,31 +127,12 @@ _NO_RECEIPTS: Final[Mapping[str, int]] = MappingProxyType({})
 _NO_READ_COUNTS: Final[Mapping[int, int]] = MappingProxyType({})
 #: The ``order`` values of a search: newest first, or best match first.
 SEARCH_ORDERS: Final = frozenset({"newest", "relevance"})
-
-
-class ClientError(Exception):
-    """Base of the client's errors."""
-
-
-class SendError(ClientError):
-    """The server answered a frame with ``error``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class QueueFull(ClientError):
-    """More frames wait for the server than ``max_queue``; the new one is refused."""
-
-
-class AuthRefused(ClientError):
-    """The server refused who this client says it is; the client has stopped."""
-
-
-class ClientClosed(ClientError):
-    """The client is closed (by the application, or for good by the server)."""
+#: The close reasons (1008) of a connection whose session the server ended:
+#: the client stops with :class:`SignedOut` rather than signing in again.
+REVOKED: Final = ("signed out", "banned", "account deleted")
+#: The codes that refuse a resume ``join`` for good: the user was removed or
+#: banned while away, or the room is gone. The client stops following the room.
+SHUT_OUT: Final = frozenset({"banned", "forbidden", "not_member", "not_found"})
 
 
 @dataclass(slots=True)
@@ -476,14 +475,19 @@ def _new_id() -> str:
     return base64.urlsafe_b64encode(os.urandom(12)).decode()
 
 
-class Client:
+class Client(ModerationMixin):
     """A roomcast connection that survives the network.
 
     Args:
         url: the WebSocket URL, ``ws://host:port/ws`` or ``wss://...``.
         token: a token from ``POST /api/login``, sent on the handshake.
-        username, password: log in over HTTP first (and again when the
-            token expires).
+        refresh_token: a refresh token from ``POST /api/login`` (kept from
+            an earlier sign-in): the client signs in with it, and renews
+            the token with it when it expires. It changes on every renewal
+            (:class:`~roomcast.client.SessionTokens` events carry the new one).
+        username, password: log in over HTTP first; the client keeps the
+            refresh token the server returns and renews with it, logging in
+            with the password again only when the refresh is refused.
         guest: a guest nickname (``auth`` with ``guest`` after connecting).
         backoff: reconnect delays (0.5 s first, doubling, 30 s cap, reset
             after a connection that lasted a minute).
@@ -500,6 +504,7 @@ class Client:
         url: str,
         *,
         token: str | None = None,
+        refresh_token: str | None = None,
         username: str | None = None,
         password: str | None = None,
         guest: str | None = None,
@@ -514,8 +519,12 @@ class Client:
             raise ValueError("give username and password together")
         self.url = url
         self.token = token
+        self.refresh_token = refresh_token
         self.username = username
         self._password = password
+        self.admin = False
+        self._renew_lock: asyncio.Lock | None = None
+        self._leaving: str | None = None
         self.guest = guest
         self.backoff = backoff or Backoff()
         self.max_queue = max_queue
@@ -565,6 +574,9 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection and stop; pending sends fail with :class:`ClientClosed`."""
+        await self._close("closed by the application")
+
+    async def _close(self, reason: str) -> None:
         self._stop = True
         if self._ws is not None:
             with contextlib.suppress(Exception):
@@ -573,7 +585,7 @@ class Client:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        self._finish("closed by the application")
+        self._finish(reason)
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -582,7 +594,7 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _finish(self, reason: str, error: type[ClientError] = ClientClosed) -> None:
+    def _finish(self, reason: str, error: type[ClientError] | ClientError = ClientClosed) -> None:
         if self.state is ConnectionState.CLOSED:
             return
         self.closed_reason = reason
@@ -593,7 +605,9 @@ class Client:
         self._outbox.clear()
         self._iterating = True  # the end marker below must reach an iterator
         if self._ready_once is not None and not self._ready_once.done():
-            self._ready_once.set_exception(error(reason))
+            self._ready_once.set_exception(
+                error if isinstance(error, ClientError) else error(reason)
+            )
             self._ready_once.exception()  # connect() may never be awaited
         self._events.put_nowait(None)
 
@@ -692,7 +706,7 @@ class Client:
         )
 
     async def delete(self, message_id: str, *, timeout: float | None = 30.0) -> Reply:
-        """Delete a message (this user's; in a private room the owner's too); the ``ack``.
+        """Delete a message (this user's; any in a room this user owns or moderates); the ``ack``.
 
         Deleting a deleted message is acked without ``seq``.
         """
@@ -1169,9 +1183,12 @@ class Client:
     async def _connection_once(self) -> str:
         """One connection from handshake to its end; the reason it ended."""
         self.attempts.append(time.monotonic())
+        renewed = False  # the token was issued for this attempt: a refusal of it is final
         try:
-            if self.username is not None and self.token is None:
-                await self._login()
+            if self._can_renew() and self._token_stale():
+                stale = self.token
+                await self._renew(stale)
+                renewed = self.token != stale
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
             ws = await connect(
                 self.url,
@@ -1184,9 +1201,9 @@ class Client:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            if status == 401 and self._password is not None and self.token is not None:
-                self.token = None  # expired: log in again on the next attempt
-                return "token refused; logging in again"
+            if status == 401 and not renewed and self._can_renew():
+                self.token = None  # expired or its session ended: renew on the next attempt
+                return "token refused; signing in again"
             if status in (401, 403):
                 self._finish(f"handshake refused with {status}", AuthRefused)
             return f"handshake answered {status}"
@@ -1216,10 +1233,22 @@ class Client:
         self.backoff.connected_for(time.monotonic() - started)
         close = ws.protocol.close_rcvd
         if close is not None and close.code == 1008 and not self._stop:
-            self._finish(f"closed by the server with 1008: {close.reason}")
+            self._closed_by_policy(close.reason)
         if close is not None:
             return f"closed with {close.code} {close.reason}".strip()
         return "connection lost"
+
+    def _closed_by_policy(self, reason: str) -> None:
+        """The server closed the connection with 1008: stop, unless a new token will do."""
+        if self._leaving is not None:
+            self._finish(self._leaving)  # the application signed out: no surprise
+        elif reason.startswith(REVOKED):
+            error = SignedOut(reason)
+            self._finish(str(error), error)
+        elif reason == "token expired" and self._can_renew():
+            self.token = None  # not renewed in time: sign in again on the next attempt
+        else:
+            self._finish(f"closed by the server with 1008: {reason}")
 
     async def _resume(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
         """Sign in, join the rooms again from where they were, send what waits."""
@@ -1235,6 +1264,8 @@ class Client:
             if stream.expected is not None:
                 payload["since"] = stream.expected - 1
             reply = await self._ask(ws, reader, "join", payload)
+            if reply.type == "error" and reply.payload.get("code") in SHUT_OUT:
+                self._shut_out(room, reply.payload)
             if reply.type == "joined":
                 self._joined(reply.payload, resumed=stream.expected is not None)
                 await self._page_back(ws, reader, room, reply.payload)
@@ -1365,20 +1396,6 @@ class Client:
             if not reply.payload.get("has_more") or stream.expected - 1 == since:
                 return
 
-    async def _login(self) -> None:
-        assert self.username is not None and self._password is not None
-        body = json.dumps({"username": self.username, "password": self._password}).encode()
-        url = self._http_url("/api/login")
-        status, answer = await asyncio.to_thread(
-            _http, "POST", url, body, {"Content-Type": "application/json"}
-        )
-        if status == 200:
-            self.token = str(json.loads(answer)["token"])
-            return
-        if status in (400, 401, 403):
-            raise AuthRefused(f"login refused ({status})")
-        raise OSError(f"login answered {status}")
-
     def _http_url(self, path: str) -> str:
         parts = urllib.parse.urlsplit(self.url)
         scheme = "https" if parts.scheme == "wss" else "http"
@@ -1419,12 +1436,17 @@ class Client:
         if isinstance(event, ReadMarker):
             self._marker_moved(event)
             return
+        if isinstance(event, Removed):
+            # Out of the room now (removed, banned, the room deleted): it is
+            # not joined again on the next reconnect.
+            self._forget_room(event.room)
         if isinstance(event, Reply):
             if event.type == "system":
                 user = event.payload.get("user") or {}
-                self._signed_in(str(user.get("name") or "") or None)
+                self._signed_in(str(user.get("name") or "") or None, user)
             elif event.type == "auth" and event.payload.get("ok"):
-                self._signed_in(str((event.payload.get("user") or {}).get("name") or self.user))
+                user = event.payload.get("user") or {}
+                self._signed_in(str(user.get("name") or self.user), user)
             elif event.type == "joined":
                 # The lobby on connect, or an answer to join: the stream starts
                 # after the room's last seq (a resume join is checked in _resume).
@@ -1447,12 +1469,17 @@ class Client:
             self._token_expired()
         self._emit(event)
 
-    def _signed_in(self, user: str | None) -> None:
-        """Who this connection is; another user than before starts the counts over."""
+    def _signed_in(self, user: str | None, about: object = None) -> None:
+        """Who this connection is; another user than before starts the counts over.
+
+        ``about``: the frame's user object, which says whether they are an admin.
+        """
         if self.user is not None and user is not None and user.casefold() != self.user.casefold():
             self._book = UnreadBook()
             self._peer_seq.clear()
         self.user = user
+        if type(about) is dict and "admin" in about:
+            self.admin = about["admin"] is True
 
     def _answer(self, reply: Reply) -> None:
         out = self._outbox.get(reply.id or "")
@@ -1480,7 +1507,7 @@ class Client:
                 if out.once:
                     out.future.set_result(reply)
                 else:
-                    out.future.set_exception(SendError(code, str(reply.payload.get("message", ""))))
+                    out.future.set_exception(send_error(reply.payload))
             return
         del self._outbox[out.id]
         if not out.future.done():
@@ -1491,18 +1518,24 @@ class Client:
             out.sent_on = -1
             asyncio.ensure_future(self._write(out))
 
-    def _token_expired(self) -> None:
-        if self._password is None or self._ws is None:
-            return
+    def _forget_room(self, room: str) -> None:
+        """Stop following ``room``: nothing more is delivered from it, no resume joins it."""
+        self._streams.pop(room, None)
+        self._pruned.discard(room)
 
-        async def renew() -> None:
-            self.token = None
-            await self._login()
-            assert self.token is not None
-            await self.request("auth", {"token": self.token})
-
-        task = asyncio.ensure_future(renew())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    def _shut_out(self, room: str, error: dict[str, Any]) -> None:
+        """A resume join refused for good (removed or banned while away): forget the room."""
+        self._forget_room(room)
+        refusal = send_error(error)
+        self._emit(
+            Removed(
+                room,
+                "",
+                refusal.message or None,
+                refusal.code == "banned",
+                refusal.until,
+            )
+        )
 
     def _joined(self, payload: dict[str, Any], *, resumed: bool) -> None:
         room = str(payload.get("room", ""))

@@ -30,11 +30,14 @@ __all__ = [
     "Reaction",
     "ReadMarker",
     "Receipt",
+    "Removed",
     "Reply",
     "RoomMessage",
+    "RoomUpdated",
     "SearchPage",
     "SearchResult",
     "ServerError",
+    "SessionTokens",
     "StateChange",
     "Typing",
     "Unread",
@@ -343,11 +346,73 @@ class Typing:
 
 @dataclass(frozen=True, slots=True)
 class ServerError:
-    """An ``error`` frame that answers nothing this client is waiting for."""
+    """An ``error`` frame that answers nothing this client is waiting for.
+
+    A refusal because of a ban or a mute (``code`` ``banned`` or ``muted``)
+    says until when (``until``; None: no end) and, for a ban, why (``reason``).
+    """
 
     code: str
     message: str
     id: str | None = None
+    until: datetime | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """This user is out of ``room`` now, and the client stops following it.
+
+    A moderator (or the owner, or an admin) ``by`` removed them (in a public
+    room, a kick: they may join again), banned them (``banned``, until
+    ``until``; None: until lifted), or deleted the room (``reason`` says so).
+    Every connection of the user gets it. The room is not joined again on
+    the next reconnect. ``by`` is empty when the client found out on a
+    reconnect (its resume ``join`` was refused; ``reason`` is the server's
+    message then).
+    """
+
+    room: str
+    by: str
+    reason: str | None = None
+    banned: bool = False
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomUpdated:
+    """A room's settings or roles changed (the ``room`` frame): all of them, as they are now.
+
+    ``title`` is the name shown (the room's name when none was set);
+    ``slow_mode``: seconds a member waits between two messages (0: off).
+    """
+
+    room: str
+    private: bool
+    owner: str | None
+    moderators: tuple[str, ...]
+    topic: str
+    title: str
+    slow_mode: int
+    receipts: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTokens:
+    """The client signed in or refreshed its session: the tokens it holds now.
+
+    An application that keeps the refresh token (to sign in without the
+    password next time) stores ``refresh_token`` on every one of these: a
+    refresh token works once, and presenting a used one again ends the
+    whole session on the server. Times are when each token stops working.
+    """
+
+    user: str
+    admin: bool
+    token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_at: datetime | None = None
+    refresh_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +448,9 @@ Event = (
     | Presence
     | Typing
     | ServerError
+    | Removed
+    | RoomUpdated
+    | SessionTokens
     | StateChange
     | Reply
 )
@@ -395,6 +463,11 @@ def _time(value: object) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def parse_time(value: object) -> datetime | None:
+    """A wire time (ISO 8601, ``Z`` or an offset) as an aware datetime; None if absent or bad."""
+    return _time(value)
 
 
 def _file(payload: dict[str, Any]) -> FileRef:
@@ -656,6 +729,61 @@ def search_page(payload: dict[str, Any]) -> SearchPage:
         raise ValueError(f"malformed search reply: {exc!r}") from None
 
 
+def server_error(payload: dict[str, Any], fid: str | None = None) -> ServerError:
+    """The :class:`ServerError` of an ``error`` payload (``until``, ``reason`` when given)."""
+    reason = payload.get("reason")
+    return ServerError(
+        str(payload.get("code", "")),
+        str(payload.get("message", "")),
+        fid,
+        _time(payload.get("until")),
+        reason if isinstance(reason, str) and reason else None,
+    )
+
+
+def removed(payload: dict[str, Any]) -> Removed:
+    """The :class:`Removed` of a ``removed`` frame.
+
+    Raises KeyError or TypeError for a payload without its room.
+    """
+    room = payload["room"]
+    if not isinstance(room, str):
+        raise TypeError("room is a string")
+    reason = payload.get("reason")
+    return Removed(
+        room,
+        str(payload.get("by") or ""),
+        reason if isinstance(reason, str) and reason else None,
+        payload.get("banned") is True,
+        _time(payload.get("until")),
+    )
+
+
+def room_updated(payload: dict[str, Any]) -> RoomUpdated:
+    """The :class:`RoomUpdated` of a ``room`` frame.
+
+    Raises KeyError, TypeError or ValueError for a payload without its room
+    or with a slow mode that is not a number.
+    """
+    room = payload["room"]
+    if not isinstance(room, str):
+        raise TypeError("room is a string")
+    owner = payload.get("owner")
+    slow = payload.get("slow_mode") or 0
+    if type(slow) is not int:
+        raise TypeError("slow_mode is a number of seconds")
+    return RoomUpdated(
+        room=room,
+        private=payload.get("private") is True,
+        owner=owner if isinstance(owner, str) and owner else None,
+        moderators=_names(payload.get("moderators")),
+        topic=str(payload.get("topic") or ""),
+        title=str(payload.get("title") or room),
+        slow_mode=slow,
+        receipts=payload.get("receipts") is not False,
+    )
+
+
 #: The server frames that change a message, and ``mention``.
 CHANGE_TYPES: Final = frozenset({"edit", "delete", "reaction", "mention"})
 
@@ -719,5 +847,12 @@ def parse_server_frame(data: str | bytes) -> Event:
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed {kind} frame: {exc!r}") from None
     if kind == "error" and fid is None:
-        return ServerError(str(payload.get("code", "")), str(payload.get("message", "")))
+        return server_error(payload)
+    try:
+        if kind == "removed" and fid is None:
+            return removed(payload)
+        if kind == "room" and fid is None:
+            return room_updated(payload)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed {kind} frame: {exc!r}") from None
     return Reply(kind, payload, fid)

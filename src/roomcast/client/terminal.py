@@ -13,6 +13,10 @@ Three parts, the first two pure:
   lines arriving print above the prompt (``patch_stdout``), commands run in
   the background so the prompt never waits for the server, and the client
   reconnects by itself while the state changes are shown.
+
+Moderation (``/kick``, ``/ban``, ``/mute``, ``/topic``, ``/room``, ...) and
+the account (``/password``, ``/logout``, ``/deleteaccount``) are commands
+like the others; passwords are asked for with a prompt that does not echo.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -32,7 +36,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 
 from ..protocol.messages import LOBBY, MAX_HISTORY_LIMIT, valid_room
 from ..textsafe import CONTROLS, FORMAT, LINE_BREAKS
-from .core import Client, ClientClosed, QueueFull, SendError
+from .core import AuthRefused, Client, ClientClosed, QueueFull, SendError
 from .events import (
     ConnectionState,
     DirectMessage,
@@ -43,8 +47,10 @@ from .events import (
     MessageEdited,
     Presence,
     Reaction,
+    Removed,
     Reply,
     RoomMessage,
+    RoomUpdated,
     SearchPage,
     SearchResult,
     ServerError,
@@ -53,21 +59,30 @@ from .events import (
     Unread,
     UnreadCounts,
 )
+from .moderation import AuditEntry, RoomInfo, parse_duration
 
 __all__ = [
+    "BanUser",
+    "ChangePassword",
     "Command",
     "CountUnread",
     "Delete",
+    "DeleteAccount",
     "Dm",
     "Edit",
     "Empty",
+    "GiveOwner",
     "Help",
     "History",
     "Invalid",
     "Join",
+    "Kick",
     "Leave",
+    "LeaveRoom",
+    "Logout",
     "MessageIndex",
     "More",
+    "MuteUser",
     "Open",
     "Quit",
     "React",
@@ -76,14 +91,27 @@ __all__ = [
     "Say",
     "Search",
     "Seen",
+    "SetModerator",
+    "SetTitle",
+    "SetTopic",
+    "ShowAudit",
+    "ShowRoom",
+    "SlowMode",
     "TerminalChat",
     "Thread",
     "TypingThrottle",
+    "Unban",
+    "Unmute",
     "Who",
+    "audit_line",
     "clean",
     "emphasise",
     "parse_command",
+    "refusal_line",
+    "removed_line",
     "render",
+    "room_changes",
+    "room_lines",
     "rooms_line",
     "search_line",
     "unread_line",
@@ -130,7 +158,27 @@ HELP: Final = """\
 * /more               the next results of the last search
 * /open N             search result N in its conversation, with the messages around it
 * /quit               leave (Ctrl-D does too)
-* lines starting with @ mention you"""
+* lines starting with @ mention you
+* in the current room, for its owner and moderators (DURATION: 90s, 30m, 12h, 7d):
+* /room               the room's settings and your role (its bans and mutes if you moderate it)
+* /topic [TEXT]       show the topic, or set it (/topic - clears it)
+* /title TEXT         the name shown for the room (the owner; /title - shows its name)
+* /kick USER [REASON] take USER out of the room now (of a private room, for good)
+* /ban USER [DURATION] [REASON]  keep USER out for DURATION (none: until /unban USER)
+* /mute USER DURATION USER may read but not write for DURATION; /unmute USER ends it
+* /mod USER           make USER a moderator (the owner); /unmod USER takes it back
+* /owner USER         hand the room over to USER (you become a moderator)
+* /slow SECONDS       seconds between one member's messages (0 or off: none)
+* /audit              the room's moderation log, newest first
+* /leaveroom [ROOM]   leave a private room for good (default: the current room)
+* your account (registered users):
+* /password           change your password (your other devices are signed out)
+* /logout [all]       sign out and quit (all: on every device)
+* /deleteaccount      delete your account for good"""
+#: Entries ``/audit`` shows: a screenful.
+AUDIT_LINES: Final = 20
+#: The reason the server gives in ``removed`` when a room was deleted.
+ROOM_DELETED: Final = "the room was deleted"
 
 
 # -- commands ------------------------------------------------------------------
@@ -248,6 +296,115 @@ class Open:
 
 
 @dataclass(frozen=True, slots=True)
+class Kick:
+    """Take ``user`` out of the current room now (of a private room, for good)."""
+
+    user: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BanUser:
+    """Ban ``user`` from the current room for ``seconds`` (None: until lifted)."""
+
+    user: str
+    seconds: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    """Lift ``user``'s ban from the current room."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class MuteUser:
+    """Mute ``user`` in the current room for ``seconds``."""
+
+    user: str
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unmute:
+    """Lift ``user``'s mute in the current room."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetModerator:
+    """Make ``user`` a moderator of the current room (``on`` False: no longer)."""
+
+    user: str
+    on: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GiveOwner:
+    """Hand the current room over to ``user``."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetTopic:
+    """Set the current room's topic to ``text`` ("": clear it; None: show it)."""
+
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetTitle:
+    """Set the name shown for the current room to ``text`` ("": its name)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlowMode:
+    """Make one member wait ``seconds`` between messages in the current room (0: off)."""
+
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShowAudit:
+    """Show the current room's moderation log, newest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShowRoom:
+    """Show the current room's settings, the user's role, bans and mutes."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    """Leave the private ``room`` (None: the current room) for good."""
+
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePassword:
+    """Change the password (asked for without echo)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Logout:
+    """Sign out (``everywhere``: on every device) and quit."""
+
+    everywhere: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAccount:
+    """Delete the account for good (the password is asked for without echo)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Help:
     """Show the commands."""
 
@@ -286,10 +443,41 @@ Command = (
     | Search
     | More
     | Open
+    | Kick
+    | BanUser
+    | Unban
+    | MuteUser
+    | Unmute
+    | SetModerator
+    | GiveOwner
+    | SetTopic
+    | SetTitle
+    | SlowMode
+    | ShowAudit
+    | ShowRoom
+    | LeaveRoom
+    | ChangePassword
+    | Logout
+    | DeleteAccount
     | Help
     | Quit
     | Empty
     | Invalid
+)
+#: The commands that moderate the current room.
+Moderate = (
+    Kick
+    | BanUser
+    | Unban
+    | MuteUser
+    | Unmute
+    | SetModerator
+    | GiveOwner
+    | SetTopic
+    | SetTitle
+    | SlowMode
+    | ShowAudit
+    | ShowRoom
 )
 
 
@@ -298,6 +486,85 @@ def _room_arg(name: str, usage: str) -> Command | None:
     if valid_room(name):
         return None
     return Invalid(f"{usage}: room names are a-z, 0-9, _ and - (at most 64), not {name!r}")
+
+
+#: The commands that take one user name, and what each makes of it.
+_ONE_USER: Final[dict[str, Callable[[str], Command]]] = {
+    "unban": Unban,
+    "unmute": Unmute,
+    "mod": lambda user: SetModerator(user, True),
+    "unmod": lambda user: SetModerator(user, False),
+    "owner": GiveOwner,
+}
+#: The commands that take nothing.
+_BARE: Final[dict[str, Callable[[], Command]]] = {
+    "rooms": Rooms,
+    "unread": CountUnread,
+    "more": More,
+    "help": Help,
+    "quit": Quit,
+    "audit": ShowAudit,
+    "room": ShowRoom,
+    "password": ChangePassword,
+    "deleteaccount": DeleteAccount,
+}
+
+
+def _duration(text: str) -> int | None:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        return None
+
+
+def _parse_moderation(name: str, rest: str) -> Command | None:
+    """A moderation or account command that takes arguments; None for another name."""
+    args = rest.split()
+    if name in _ONE_USER:
+        return _ONE_USER[name](args[0]) if len(args) == 1 else Invalid(f"usage: /{name} USER")
+    if name == "kick":
+        user, _, why = rest.strip().partition(" ")
+        return Kick(user, why.strip() or None) if user else Invalid("usage: /kick USER [REASON]")
+    if name == "ban":
+        if not args:
+            return Invalid("usage: /ban USER [DURATION] [REASON], DURATION like 90s, 30m, 12h, 7d")
+        user, _, more = rest.strip().partition(" ")
+        first, _, after = more.strip().partition(" ")
+        seconds = _duration(first) if first else None
+        reason = (after if seconds is not None else more).strip() or None
+        return BanUser(user, seconds, reason)
+    if name == "mute":
+        seconds = _duration(args[1]) if len(args) == 2 else None
+        if seconds is None:
+            return Invalid("usage: /mute USER DURATION, DURATION like 90s, 30m, 12h, 7d")
+        return MuteUser(args[0], seconds)
+    if name == "topic":
+        text = rest.strip()
+        return SetTopic(None if not text else "" if text == "-" else text)
+    if name == "title":
+        text = rest.strip()
+        if not text:
+            return Invalid("usage: /title TEXT (/title - shows the room's name)")
+        return SetTitle("" if text == "-" else text)
+    if name == "slow":
+        if len(args) == 1 and args[0].lower() in ("0", "off"):
+            return SlowMode(0)
+        seconds = _duration(args[0]) if len(args) == 1 else None
+        if seconds is None:
+            return Invalid("usage: /slow SECONDS (0 or off: no slow mode)")
+        return SlowMode(seconds)
+    if name == "leaveroom":
+        if len(args) > 1:
+            return Invalid("usage: /leaveroom [ROOM]")
+        room = args[0] if args else None
+        if room is not None and (invalid := _room_arg(room, "/leaveroom")):
+            return invalid
+        return LeaveRoom(room)
+    if name == "logout":
+        if args not in ([], ["all"]):
+            return Invalid("usage: /logout [all]")
+        return Logout(everywhere=bool(args))
+    return None
 
 
 def parse_command(line: str) -> Command:
@@ -361,18 +628,11 @@ def parse_command(line: str) -> Command:
         if len(args) == 1 and args[0].isdigit() and int(args[0]) >= 1:
             return Open(int(args[0]))
         return Invalid("usage: /open N (the number before a search result)")
-    if name in ("help", "quit", "rooms", "unread", "more") and args:
-        return Invalid(f"usage: /{name}")
-    if name == "rooms":
-        return Rooms()
-    if name == "unread":
-        return CountUnread()
-    if name == "more":
-        return More()
-    if name == "help":
-        return Help()
-    if name == "quit":
-        return Quit()
+    if name in _BARE:
+        return Invalid(f"usage: /{name}") if args else _BARE[name]()
+    moderation = _parse_moderation(name, rest)
+    if moderation is not None:
+        return moderation
     return Invalid(f"unknown command /{clean(name)}; /help lists the commands")
 
 
@@ -644,7 +904,9 @@ def render(
     if isinstance(event, Typing):
         return f"* {clean(event.user)} is typing in {clean(event.room)}"
     if isinstance(event, ServerError):
-        return f"! {clean(event.code)}: {clean(event.message)}"
+        return refusal_line(event.code, event.message, event.until, now=now)
+    if isinstance(event, Removed):
+        return removed_line(event, me=me, now=now)
     if isinstance(event, Reply) and event.type == "left" and event.payload.get("reason"):
         room, reason = str(event.payload.get("room", "")), str(event.payload["reason"])
         return f"! you are no longer in {clean(room)}: {clean(reason)}"
@@ -745,6 +1007,177 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+# -- moderation lines ------------------------------------------------------------------
+
+
+def _until(until: datetime | None, now: datetime | None = None) -> str:
+    """``until 14:02`` today (local time), ``until 2026-11-30 14:02`` another day."""
+    if until is None:
+        return "until lifted"
+    today = (now or datetime.now(UTC)).astimezone()
+    when = until.astimezone()
+    if when.date() == today.date():
+        return when.strftime("until %H:%M")
+    return when.strftime("until %Y-%m-%d %H:%M")
+
+
+def _span(seconds: int) -> str:
+    """``90s``, ``30m``, ``12h``, ``7d``: the largest unit that divides ``seconds``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _slow(seconds: int) -> str:
+    return f"slow mode {_span(seconds)} between messages" if seconds else "slow mode off"
+
+
+def refusal_line(
+    code: str, message: str, until: datetime | None = None, *, now: datetime | None = None
+) -> str:
+    """The ``!`` line of a refusal; a ban or mute says until when (pure)."""
+    line = f"! {clean(code)}: {clean(message)}"
+    if code in ("banned", "muted"):
+        line += f" ({_until(until, now)})"
+    return line
+
+
+def removed_line(event: Removed, *, me: str | None = None, now: datetime | None = None) -> str:
+    """What the terminal says when this user is out of a room: who did it, why, until when."""
+    room, by = clean(event.room), clean(event.by)
+    why = f": {clean(event.reason)}" if event.reason else ""
+    if event.reason == ROOM_DELETED and not event.banned:
+        return f"! {room} was deleted" + (f" by {by}" if by else "")
+    if event.banned:
+        if not by:  # found out on a reconnect: the server's message would repeat this
+            return f"! you are banned from {room} ({_until(event.until, now)})"
+        return f"! {by} banned you from {room} ({_until(event.until, now)}){why}"
+    if by and me is not None and event.by.casefold() == me.casefold():
+        return f"* you left {room} for good"
+    if by:
+        return f"! {by} removed you from {room}{why}"
+    return f"! you are no longer in {room}{why}"
+
+
+def _names_list(names: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(clean(name) for name in names)
+
+
+def room_changes(old: RoomUpdated | None, new: RoomUpdated) -> list[str]:
+    """The lines that say how a room's settings changed from ``old`` to ``new`` (pure).
+
+    With no ``old`` (the terminal did not know the room's settings), one
+    line with the settings that matter to its members.
+    """
+    room = clean(new.room)
+    if old is None:
+        parts = [
+            f"owner {clean(new.owner)}" if new.owner else "no owner",
+            f"moderators {_names_list(new.moderators)}" if new.moderators else "no moderators",
+            f'topic "{clean(new.topic)}"' if new.topic else "no topic",
+            _slow(new.slow_mode),
+        ]
+        return [f"* {room} changed: {'; '.join(parts)}"]
+    lines: list[str] = []
+    if new.topic != old.topic:
+        lines.append(
+            f'* topic of {room}: "{clean(new.topic)}"'
+            if new.topic
+            else f"* {room} has no topic now"
+        )
+    if new.title != old.title:
+        lines.append(f'* {room} is shown as "{clean(new.title)}" now')
+    if new.slow_mode != old.slow_mode:
+        lines.append(f"* {_slow(new.slow_mode)} in {room}")
+    if new.receipts != old.receipts:
+        lines.append(f"* read receipts are {'on' if new.receipts else 'off'} in {room}")
+    if new.owner != old.owner:
+        lines.append(f"* {clean(new.owner or 'nobody')} owns {room} now")
+    before, after = set(old.moderators), set(new.moderators)
+    for name in sorted(after - before):
+        lines.append(f"* {clean(name)} is a moderator of {room} now")
+    for name in sorted(before - after):
+        if name != new.owner:  # a moderator who became the owner is not demoted
+            lines.append(f"* {clean(name)} is no longer a moderator of {room}")
+    return lines
+
+
+_ROLE_LINE: Final = {
+    "owner": "you own it",
+    "moderator": "you moderate it",
+    "admin": "you are an admin",
+    "member": "you are a member",
+}
+
+
+def room_lines(info: RoomInfo, *, now: datetime | None = None) -> list[str]:
+    """``/room``: the room's settings, your role, and its bans and mutes if you see them (pure)."""
+    name = clean(info.name)
+    head = f"* {name}" + (f' "{clean(info.title)}"' if info.title != info.name else "")
+    parts = [
+        f"owner {clean(info.owner)}" if info.owner else "no owner",
+        f"moderators {_names_list(info.moderators)}" if info.moderators else "no moderators",
+    ]
+    if info.member_count is not None:
+        parts.append(_plural(info.member_count, "member"))
+    parts += [_slow(info.slow_mode), f"receipts {'on' if info.receipts else 'off'}"]
+    kind = "private" if info.private else "public"
+    lines = [f"{head} ({kind}): {'; '.join(parts)}"]
+    lines.append(f'* topic: "{clean(info.topic)}"' if info.topic else "* no topic")
+    role = _ROLE_LINE.get(info.role or "", "you are not a member")
+    if info.muted_until is not None:
+        role += f"; you are muted ({_until(info.muted_until, now)})"
+    lines.append(f"* {role}")
+    if info.bans:
+        bans = [
+            f"{clean(b.user)} ({_until(b.until, now)}"
+            + (f", by {clean(b.by)}" if b.by else "")
+            + (f": {clean(b.reason)}" if b.reason else "")
+            + ")"
+            for b in info.bans
+        ]
+        lines.append(f"* banned: {', '.join(bans)}")
+    if info.mutes:
+        mutes = [
+            f"{clean(m.user)} ({_until(m.until, now)}"
+            + (f", by {clean(m.by)}" if m.by else "")
+            + ")"
+            for m in info.mutes
+        ]
+        lines.append(f"* muted: {', '.join(mutes)}")
+    if info.moderates and not info.bans and not info.mutes:
+        lines.append("* nobody is banned or muted")
+    return lines
+
+
+def audit_line(entry: AuditEntry, *, now: datetime | None = None) -> str:
+    """One entry of ``/audit``: when, who, what, to whom, why, and the details (pure)."""
+    parts = [_when(entry.at, now), clean(entry.by), clean(entry.action)]
+    if entry.target:
+        parts.append(clean(entry.target))
+    if entry.reason:
+        parts.append(f'"{clean(entry.reason)}"')
+    details = [f"{clean(str(k))}={clean(str(v))}" for k, v in entry.detail.items()]
+    if details:
+        parts.append(f"({', '.join(details)})")
+    return " ".join(parts)
+
+
+def _as_update(info: RoomInfo) -> RoomUpdated:
+    """The settings of a room read over HTTP, as a ``room`` frame has them."""
+    return RoomUpdated(
+        info.name,
+        info.private,
+        info.owner,
+        tuple(sorted(info.moderators)),
+        info.topic,
+        info.title,
+        info.slow_mode,
+        info.receipts,
+    )
+
+
 class TypingThrottle:
     """Lets one typing line (or notice) through per user and room per ``interval`` seconds."""
 
@@ -776,6 +1209,10 @@ class TerminalChat:
     current room moves the room's read marker, and every direct message the
     direct stream's, ``read_delay`` seconds later, to the newest seq shown by
     then (one ``read`` per conversation a second at most).
+
+    ``ask(prompt, hidden)`` asks the user a question (``/password``,
+    ``/deleteaccount``): by default a prompt of its own, without echo when
+    ``hidden`` and kept out of the history; None when the user gave up.
     """
 
     def __init__(
@@ -786,8 +1223,10 @@ class TerminalChat:
         output: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         read_delay: float = READ_DELAY,
+        ask: Callable[[str, bool], Awaitable[str | None]] | None = None,
     ) -> None:
         self.client = client
+        self.ask = ask or _ask
         self.room: str | None = room
         #: The rooms joined, the last joined last (``client.rooms`` also lists
         #: rooms whose join was refused).
@@ -816,6 +1255,13 @@ class TerminalChat:
         self._search_number = 0
         #: A page of the last search is being asked for.
         self._searching = False
+        #: Each room's settings as last seen (a ``room`` frame, ``/room``, a change
+        #: made here), so that a change shows what changed.
+        self._settings: dict[str, RoomUpdated] = {}
+        #: Set when the chat ends on purpose (signed out, account deleted): the
+        #: exit status and the last line.
+        self._exit_status: int | None = None
+        self._farewell: str | None = None
         client.on(None, self._on_event)
 
     # -- events ----------------------------------------------------------------
@@ -829,6 +1275,12 @@ class TerminalChat:
             self._on_state(event)
         if isinstance(event, Mention) and event.room in self.client.rooms:
             return  # the message itself shows it, marked with @
+        if isinstance(event, Removed):
+            self._removed(event)
+            return
+        if isinstance(event, RoomUpdated):
+            self._settings_seen(event)
+            return
         if isinstance(event, RoomMessage | DirectMessage):
             self.messages.add(event)
         line = render(event, me=self.client.user, seen=self.messages)
@@ -888,6 +1340,41 @@ class TerminalChat:
         if self._session is not None and self._session.app.is_running:
             self._session.app.invalidate()  # the prompt shows the state
 
+    def _removed(self, event: Removed) -> None:
+        """Out of a room (removed, banned, deleted, left on another device): say so, move on."""
+        me = self.client.user
+        if (
+            me is not None
+            and event.by.casefold() == me.casefold()
+            and event.room not in self.joined
+        ):
+            return  # this terminal's /leaveroom said it already
+        self.output(removed_line(event, me=me) + self._drop_room(event.room))
+
+    def _drop_room(self, room: str) -> str:
+        """Forget ``room``; where messages go now, when it was the current room."""
+        if room in self.joined:
+            self.joined.remove(room)
+        self._settings.pop(room, None)
+        if room != self.room:
+            return ""
+        self.room = self.joined[-1] if self.joined else None
+        return f"; messages go to {self.room}" if self.room else "; you are in no room"
+
+    def _settings_seen(self, new: RoomUpdated, fallback: str | None = None) -> None:
+        """A room's settings as they are now: show what changed since last seen.
+
+        ``fallback``: the line to show instead of a summary when the
+        settings were not known before (a change this terminal made).
+        """
+        old = self._settings.get(new.room)
+        self._settings[new.room] = new
+        if old is None and fallback is not None:
+            self.output(fallback)
+            return
+        for line in room_changes(old, new):
+            self.output(line)
+
     # -- commands --------------------------------------------------------------
 
     def execute(self, command: Command) -> bool:
@@ -937,6 +1424,20 @@ class TerminalChat:
             self._spawn(self._count_unread())
         elif isinstance(command, Search | More | Open):
             self._search_command(command)
+        elif isinstance(command, Kick | BanUser | Unban | MuteUser | Unmute | SetModerator):
+            self._moderate(command)
+        elif isinstance(command, GiveOwner | SetTopic | SetTitle | SlowMode | ShowAudit | ShowRoom):
+            self._moderate(command)
+        elif isinstance(command, LeaveRoom):
+            room = command.room or self.room
+            if room is None:
+                self.output("! you are in no room: /leaveroom ROOM")
+            else:
+                self._spawn(self._leave_for_good(room))
+        elif isinstance(command, ChangePassword | DeleteAccount):
+            self._spawn(self._account(command))
+        elif isinstance(command, Logout):
+            self._spawn(self._logout(command.everywhere))
         return True
 
     def _target(self, command: ReplyTo | Edit | Delete | React | Thread) -> str | None:
@@ -998,12 +1499,19 @@ class TerminalChat:
             await work
         except SendError as exc:
             if not quiet:
-                self.output(f"! {clean(exc.code)}: {clean(exc.message)}")
+                self.output(refusal_line(exc.code, exc.message, exc.until))
         except (QueueFull, TimeoutError) as exc:
             if not quiet:
                 self.output(f"! not sent: {exc or 'no answer from the server'}")
         except ClientClosed:
             pass  # the chat is ending; run() says why
+        except AuthRefused as exc:
+            if not quiet:
+                self.output(f"! {clean(str(exc))}")
+        except (OSError, ValueError) as exc:
+            # The server cannot be reached over HTTP, or its answer cannot be read.
+            if not quiet:
+                self.output(f"! not done: {clean(str(exc)) or type(exc).__name__}")
 
     async def _join(self, room: str, previous: str | None) -> None:
         try:
@@ -1057,6 +1565,150 @@ class TerminalChat:
             self.output(render(message, me=self.client.user, seen=self.messages) or "")
             if read:
                 self._read_shown(message)
+
+    # -- moderation and the account ----------------------------------------------
+
+    def _moderate(self, command: Moderate) -> None:
+        if self.room is None:
+            self.output("! you are in no room: /join ROOM first")
+        else:
+            self._spawn(self._moderation(self.room, command))
+
+    async def _moderation(self, room: str, command: Moderate) -> None:
+        """Carry out a moderation command in ``room`` and say what it did."""
+        client, where = self.client, clean(room)
+        if isinstance(command, ShowRoom):
+            info = await client.room_info(room)
+            self._settings[room] = _as_update(info)
+            for line in room_lines(info):
+                self.output(line)
+        elif isinstance(command, ShowAudit):
+            page = await client.audit_page(room, limit=AUDIT_LINES)
+            more = ", older ones exist" if page.has_more else ""
+            n = len(page.entries)
+            count = f"{n} entr{'y' if n == 1 else 'ies'}"
+            self.output(f"* moderation log of {where}, newest first: {count}{more}")
+            for entry in page.entries:
+                self.output(audit_line(entry))
+        elif isinstance(command, SetTopic) and command.text is None:
+            info = await client.room_info(room)
+            self._settings[room] = _as_update(info)
+            self.output(
+                f'* topic of {where}: "{clean(info.topic)}"'
+                if info.topic
+                else f"* {where} has no topic"
+            )
+        elif isinstance(command, SetModerator | GiveOwner | SetTopic | SetTitle | SlowMode):
+            await self._change_settings(room, command)
+        else:
+            await self._moderate_user(room, command)
+
+    async def _change_settings(
+        self, room: str, command: SetModerator | GiveOwner | SetTopic | SetTitle | SlowMode
+    ) -> None:
+        client, where = self.client, clean(room)
+        if room not in self._settings:
+            # Known before, the change shows as what changed, whether the
+            # room frame or this answer comes first.
+            with contextlib.suppress(SendError):
+                self._settings[room] = _as_update(await client.room_info(room))
+        if isinstance(command, SetModerator):
+            info = await client.set_moderator(room, command.user, command.on)
+            user = clean(command.user)
+            done = f"* {user} is {'a' if command.on else 'no longer a'} moderator of {where}"
+        elif isinstance(command, GiveOwner):
+            info = await client.update_room(room, owner=command.user)
+            done = f"* {clean(command.user)} owns {where} now"
+        elif isinstance(command, SetTopic):
+            info = await client.update_room(room, topic=command.text)
+            topic = clean(info.topic)
+            done = f'* topic of {where}: "{topic}"' if topic else f"* {where} has no topic now"
+        elif isinstance(command, SetTitle):
+            info = await client.update_room(room, title=command.text)
+            done = f'* {where} is shown as "{clean(info.title)}" now'
+        else:
+            info = await client.update_room(room, slow_mode=command.seconds)
+            done = f"* {_slow(info.slow_mode)} in {where}"
+        self._settings_seen(_as_update(info), done)
+
+    async def _moderate_user(
+        self, room: str, command: Kick | BanUser | Unban | MuteUser | Unmute
+    ) -> None:
+        client, where, user = self.client, clean(room), clean(command.user)
+        if isinstance(command, Kick):
+            await client.remove_member(room, command.user, command.reason)
+            self.output(f"* {user} is out of {where}")
+        elif isinstance(command, BanUser):
+            ban = await client.ban(
+                room, command.user, for_seconds=command.seconds, reason=command.reason
+            )
+            self.output(f"* {user} is banned from {where} ({_until(ban.until)})")
+        elif isinstance(command, Unban):
+            await client.unban(room, command.user)
+            self.output(f"* {user} may join {where} again")
+        elif isinstance(command, MuteUser):
+            mute = await client.mute(room, command.user, for_seconds=command.seconds)
+            self.output(f"* {user} is muted in {where} ({_until(mute.until)})")
+        else:
+            await client.unmute(room, command.user)
+            self.output(f"* {user} may write in {where} again")
+
+    async def _leave_for_good(self, room: str) -> None:
+        await self.client.leave_for_good(room)
+        if room in self.joined or room == self.room:  # else the removed frame said it
+            self.output(f"* you left {clean(room)} for good" + self._drop_room(room))
+
+    def _registered(self) -> bool:
+        """Whether this terminal is signed in as a registered user (guests have no account)."""
+        return self.client.token is not None or self.client.refresh_token is not None
+
+    async def _account(self, command: ChangePassword | DeleteAccount) -> None:
+        """``/password`` or ``/deleteaccount``: ask (without echo), then do it."""
+        if not self._registered():
+            self.output("! you are a guest: there is no account")
+            return
+        if isinstance(command, ChangePassword):
+            old = await self.ask("current password: ", True)
+            new = await self.ask("new password: ", True) if old else None
+            again = await self.ask("new password again: ", True) if new else None
+            if not old or not new or again is None:
+                self.output("* nothing changed")
+            elif new != again:
+                self.output("! the new passwords differ; nothing changed")
+            else:
+                ended = await self.client.change_password(old, new)
+                self.output(f"* password changed; {_plural(ended, 'other session')} signed out")
+            return
+        me = self.client.user or "?"
+        password = await self.ask(f"password of {me}, to delete the account: ", True)
+        sure = (
+            await self.ask(f"delete {me} and all you wrote, for good? type yes: ", False)
+            if password
+            else None
+        )
+        if not password or (sure or "").strip().lower() != "yes":
+            self.output("* nothing deleted")
+            return
+        await self._end("* account deleted", self.client.delete_account(password))
+
+    async def _logout(self, everywhere: bool) -> None:
+        if not self._registered():
+            self.output("! you are a guest: /quit leaves")
+            return
+        farewell = "* signed out everywhere" if everywhere else "* signed out"
+        await self._end(farewell, self.client.logout(everywhere=everywhere))
+
+    async def _end(self, farewell: str, work: Coroutine[Any, Any, None]) -> None:
+        """End the chat with ``farewell`` once ``work`` (which closes the client) is done."""
+        # Set first: the server may close the connection before the answer comes.
+        self._exit_status, self._farewell = 0, farewell
+        try:
+            await work
+        except BaseException:
+            self._exit_status = self._farewell = None
+            raise
+        if self._ended is not None:
+            self._ended.set()
 
     # -- search ----------------------------------------------------------------
 
@@ -1179,9 +1831,13 @@ class TerminalChat:
             while True:
                 line = await self._read_line(session)
                 if line is None:
-                    status = 1
+                    status = 1 if self._exit_status is None else self._exit_status
                     break
-                if not self.execute(parse_command(line)):
+                command = parse_command(line)
+                if isinstance(command, ChangePassword | DeleteAccount):
+                    # Here, not in the background: its questions take the prompt.
+                    await self._report(self._account(command))
+                elif not self.execute(command):
                     break
         self._quitting = True
         await self._flush_reads()
@@ -1189,6 +1845,8 @@ class TerminalChat:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._farewell is not None and status == 0:
+            print(self._farewell, flush=True)
         if status:
             reason = self.client.closed_reason or "the connection was closed"
             print(f"roomcast: error: {clean(reason)}", file=sys.stderr, flush=True)
@@ -1225,6 +1883,14 @@ class TerminalChat:
             return await session.prompt_async(self._prompt)
         except (EOFError, KeyboardInterrupt):
             return "/quit"
+
+
+async def _ask(prompt: str, hidden: bool) -> str | None:
+    """Ask the user in a prompt of its own (kept out of the chat's history); None: gave up."""
+    try:
+        return await PromptSession[str]().prompt_async(prompt, is_password=hidden)
+    except (EOFError, KeyboardInterrupt):
+        return None
 
 
 async def run_chat(
