@@ -25,9 +25,12 @@ const SEARCH_PAGE = 20;
 
 let client = null;
 let me = null; // {name, guest}
-let session = null; // {token, expiresAt, name} or {guest}
-let password = null; // kept in memory only, to renew the token before it expires
+// {token, expiresAt, refreshToken, refreshExpiresAt, name, admin} or {guest}. The
+// password is never kept: the refresh token renews the access token (each use
+// gives a new one; the server revokes the whole session if a used one comes back).
+let session = null;
 let refreshTimer = null;
+let refreshing = null; // the refresh under way: one at a time, or a rotated token would be used twice
 let roomsTimer = null;
 let bannerTimer = null;
 let current = null;
@@ -59,6 +62,17 @@ let unreadSoon = null;
 // (`c.gaps`); direct conversations share the direct stream's.
 let directGaps = [];
 let search = null; // the search shown: {q, filters, cursor, count, loading}
+// Moderation: each room's settings, roles and (for its moderators) bans and
+// mutes, from GET /api/rooms/{room} and `room` frames; when this user may
+// send again where they are muted or slowed down.
+const details = new Map(); // room -> the `room` object (role, topic, title, slow_mode, ...)
+const detailsLoading = new Map(); // room -> the request under way
+const mutedUntil = new Map(); // room -> ms
+const slowUntil = new Map(); // room -> ms
+const goneRooms = new Set(); // rooms this user was taken out of: not listed until joined again
+let clockTimer = null; // once a second: the countdowns in the composer
+let sidePane = null; // "room" or "account": the settings pane shown
+let audit = null; // the audit log shown: {room, before, hasMore, loading}
 
 // -- small helpers ------------------------------------------------------------
 
@@ -273,12 +287,14 @@ function roomInfo(name) {
   return apiRooms.find((r) => r.name === name) ?? null;
 }
 
-/** May this user delete the message: theirs, or anyone's in a private room they own. */
+/** May this user delete the message: theirs, or anyone's in a room they own or moderate (or as an admin). */
 function canDelete(r) {
   if (!me || r.deleted) return false;
   if (isMine(r)) return true;
   const c = convs.get(r.convKey);
-  const info = c?.type === "room" ? roomInfo(c.name) : null;
+  if (c?.type !== "room") return false;
+  if (moderates(c.name)) return true;
+  const info = roomInfo(c.name);
   return Boolean(info?.private && info.owner === me.name);
 }
 
@@ -349,6 +365,12 @@ function bind(c, li, item) {
     li.tools = messageTools(li);
     li.querySelector(".meta").append(li.tools);
   }
+  if (li.author === undefined) {
+    // The author's name opens the member menu (a direct message; moderation for moderators).
+    li.author = c.type === "room" && me && !me.guest && r.from !== me.name
+      ? memberButton(li, c.name, r.from, { className: "from author", testid: "author", text: visibleName(r.from) })
+      : null;
+  }
   renderMsg(li, r);
   return r;
 }
@@ -381,7 +403,7 @@ function renderMsg(li, r) {
   li.classList.toggle("mentioned", mentionsMe(r));
   if (deleted) li.dataset.deleted = "true";
   else delete li.dataset.deleted;
-  info.replaceChildren(el("span", { class: "from", text: visibleName(r.from) }));
+  info.replaceChildren(li.author ?? el("span", { class: "from", text: visibleName(r.from) }));
   const when = li.when;
   info.append(el("time", { dateTime: when.toISOString(), text: when.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }), title: when.toLocaleString() }));
   if (!deleted && (r.editedAt || r.saving)) {
@@ -620,12 +642,24 @@ function sentUpTo(c, seq) {
   }
 }
 
-function onFailed({ id, code, message }) {
+function onFailed({ id, code, message, room, details: extra }) {
   const [c, p] = findPending(id);
   if (p) {
     c.pending.splice(c.pending.indexOf(p), 1);
-    setStatus(p.li, "failed", `not sent: ${message || code}`);
+    setStatus(p.li, "failed", code === "muted" ? "not sent: you are muted" : `not sent: ${message || code}`);
     p.li.classList.add("failed");
+  }
+  if (code === "muted" && (room ?? (c?.type === "room" ? c.name : null))) {
+    // The composer says it, and stays closed until then.
+    setMuted(room ?? c.name, extra?.until ?? null);
+    const inThread = thread?.pending.find((x) => x.id === id);
+    if (inThread) {
+      thread.pending.splice(thread.pending.indexOf(inThread), 1);
+      setStatus(inThread.li, "failed", "not sent: you are muted");
+      inThread.li.classList.add("failed");
+    }
+    updateBanner();
+    return;
   }
   const inThread = thread?.pending.find((x) => x.id === id);
   if (inThread) {
@@ -1023,17 +1057,21 @@ function onMention(m) {
   });
 }
 
-function showNotice(message, actionLabel, action) {
+/** A line above the conversation (`actionLabel`, `action`: a button that does something about it). */
+function showNotice(message, actionLabel = null, action = null) {
   const item = el("li", { class: "notice", dataTestid: "notice" });
   item.append(el("span", { text: message }));
-  const go = el("button", { type: "button", class: "quiet", text: actionLabel, dataTestid: "notice-open" });
-  go.addEventListener("click", () => {
-    item.remove();
-    action();
-  });
+  if (actionLabel && action) {
+    const go = el("button", { type: "button", class: "quiet", text: actionLabel, dataTestid: "notice-open" });
+    go.addEventListener("click", () => {
+      item.remove();
+      action();
+    });
+    item.append(go);
+  }
   const close = el("button", { type: "button", class: "quiet", text: "Dismiss", ariaLabel: "Dismiss this notice" });
   close.addEventListener("click", () => item.remove());
-  item.append(go, close);
+  item.append(close);
   $("notices").append(item);
   while ($("notices").children.length > 4) $("notices").firstElementChild.remove();
 }
@@ -1052,7 +1090,11 @@ function toggleReaction(r, emoji) {
   if (!client || r.deleted) return;
   const mineToo = Boolean(me && (r.reactions.get(emoji) ?? []).includes(me.name));
   const { promise } = mineToo ? client.unreact(r.messageId, emoji) : client.react(r.messageId, emoji);
-  promise.catch((err) => showError(`Reaction not ${mineToo ? "removed" : "added"} (${err.code}): ${err.serverMessage ?? err.message}`));
+  promise.catch((err) => {
+    const c = convs.get(r.convKey);
+    if (err.code === "muted" && c?.type === "room") setMuted(c.name, err.details?.until ?? null);
+    showError(`Reaction not ${mineToo ? "removed" : "added"} (${err.code}): ${err.serverMessage ?? err.message}`);
+  });
 }
 
 // -- the message menu and the reaction picker ---------------------------------------
@@ -1064,6 +1106,7 @@ function closePopup(refocus) {
   box.remove();
   if (opener.hasAttribute("aria-expanded")) opener.setAttribute("aria-expanded", "false");
   if (refocus && opener.isConnected) opener.focus();
+  if (membersStale) renderMembers();
 }
 
 function openPopup(li, opener, box) {
@@ -1078,7 +1121,6 @@ function openMenu(li, opener) {
   const r = li.rec;
   const c = r ? convs.get(r.convKey) : null;
   if (!r || !c || r.deleted) return;
-  const menu = el("div", { class: "msg-actions", role: "menu", ariaLabel: "Message actions", dataTestid: "msg-actions" });
   const entries = [];
   if (c.type === "room") {
     if (li.inThread) entries.push(["Reply in the thread", "menu-reply", () => $("thread-text").focus()]);
@@ -1090,36 +1132,7 @@ function openMenu(li, opener) {
   entries.push(["Add a reaction", "menu-react", () => openPicker(li, li.tools.querySelector('[data-testid="react-open"]'))]);
   if (isMine(r) && !r.file) entries.push(["Edit", "menu-edit", () => startEdit(li)]);
   if (canDelete(r)) entries.push(["Delete…", "menu-delete", () => askDelete(li)]);
-  for (const [label, testid, action] of entries) {
-    const item = el("button", { type: "button", role: "menuitem", class: "menu-item", tabIndex: -1, text: label, dataTestid: testid });
-    item.addEventListener("click", () => {
-      closePopup(false);
-      action();
-    });
-    menu.append(item);
-  }
-  menu.addEventListener("keydown", (event) => {
-    const items = [...menu.querySelectorAll('[role="menuitem"]')];
-    const at = items.indexOf(document.activeElement);
-    let next = null;
-    if (event.key === "ArrowDown") next = items[(at + 1) % items.length];
-    else if (event.key === "ArrowUp") next = items[(at - 1 + items.length) % items.length];
-    else if (event.key === "Home") next = items[0];
-    else if (event.key === "End") next = items[items.length - 1];
-    else if (event.key === "Escape") {
-      event.preventDefault();
-      event.stopPropagation();
-      closePopup(true);
-      return;
-    } else if (event.key === "Tab") {
-      closePopup(false);
-      return;
-    }
-    if (next) {
-      event.preventDefault();
-      next.focus();
-    }
-  });
+  const menu = menuBox(entries, "Message actions", "msg-actions", "msg-actions");
   openPopup(li, opener, menu);
   menu.querySelector('[role="menuitem"]')?.focus();
 }
@@ -1269,6 +1282,11 @@ function askDelete(li) {
   if (!r || !canDelete(r)) return;
   closePopup(false);
   toDelete = { r, li };
+  const theirs = !isMine(r);
+  $("confirm-h").textContent = theirs ? `Delete this message from ${visibleName(r.from)}?` : "Delete this message?";
+  $("confirm-why").textContent = theirs
+    ? "Everyone will see “message deleted” in its place; the moderation log keeps who deleted it. This cannot be undone."
+    : "Everyone will see “message deleted” in its place. This cannot be undone.";
   $("confirm-preview").textContent = r.file ? visibleName(r.file.name, "file") : r.text.length > 200 ? `${r.text.slice(0, 200)}…` : r.text;
   $("confirm-delete").showModal();
 }
@@ -1324,6 +1342,7 @@ async function openThread(c, rootId) {
   }
   closeThread(false);
   closeSearch(false); // the thread takes the pane's place
+  closeSidePane(false);
   thread = { c, rootId, items: new Map(), seqs: [], pending: [], hasMore: false, loading: false };
   $("thread-list").replaceChildren();
   $("thread-list").setAttribute("aria-label", `Thread in #${c.name}`);
@@ -1535,8 +1554,19 @@ function show(c) {
   acClose();
   if (replying && replying.c !== c) setReplying(null);
   if (thread && thread.c !== c) closeThread(false);
-  $("title").textContent = c.type === "room" ? `#${c.name}` : `@${visibleName(c.name)}`;
-  $("text").placeholder = c.type === "room" ? `Message #${c.name}` : `Message ${visibleName(c.name)}`;
+  renderRoomHead();
+  renderComposer();
+  if (c.type === "room" && (!details.has(c.name) || !again)) loadDetails(c.name);
+  if (sidePane === "room" && paneRoom !== c.name) {
+    if (c.type === "room") {
+      paneRoom = c.name;
+      delete $("rs-form").dataset.dirty;
+      $("rs-status").textContent = "";
+      renderRoomPane();
+      if (moderates(c.name)) loadAudit(true);
+      else $("rs-audit").replaceChildren();
+    } else closeSidePane(false);
+  }
   $("leave").hidden = c.type !== "room" || c.name === LOBBY;
   $("members-pane").classList.toggle("none", c.type !== "room");
   $("members-toggle").hidden = c.type !== "room";
@@ -1551,22 +1581,42 @@ function show(c) {
   closeSidebar();
 }
 
+let membersStale = false; // changed while a member's menu was open: shown once it closes
+
 function renderMembers() {
   const list = $("members");
+  if (popup && list.contains(popup.box)) {
+    membersStale = true;
+    return;
+  }
+  membersStale = false;
+  const focused = list.contains(document.activeElement) ? document.activeElement.closest("li")?.dataset.name : null;
   list.replaceChildren();
   if (!current || current.type !== "room") return;
   const names = [...current.members].sort((a, b) => a.localeCompare(b));
+  const room = current.name;
+  const info = details.get(room);
+  const mod = moderates(room);
   for (const name of names) {
-    const li = el("li", { dataTestid: "member" });
-    li.append(el("span", { class: "dot on", ariaHidden: "true" }), el("span", { text: visibleName(name) }));
+    const li = el("li", { dataTestid: "member", dataName: name });
+    li.append(el("span", { class: "dot on", ariaHidden: "true" }));
+    // The name opens the member menu: a direct message, and what a moderator may do.
+    if (me && !me.guest && name !== me.name) li.append(memberButton(li, room, name, { className: "member-name", testid: "member-name", text: visibleName(name) }));
+    else li.append(el("span", { class: "member-label", text: visibleName(name) }));
     if (me && name === me.name) li.append(el("span", { class: "you", text: " (you)" }));
+    const role = info?.owner === name ? "owner" : (info?.moderators ?? []).includes(name) ? "mod" : null;
+    if (role) li.append(el("span", { class: "role-badge", dataTestid: "member-role", text: role, title: role === "mod" ? "moderator" : "owner" }));
+    if (mod && (info.mutes ?? []).some((m) => m.user === name && Date.parse(m.until) > Date.now())) {
+      li.append(el("span", { class: "role-badge muted", dataTestid: "member-muted", text: "muted" }));
+    }
     if (me && !me.guest && !name.startsWith("guest-") && name !== me.name) {
-      const dm = el("button", { type: "button", class: "quiet small", text: "Message", ariaLabel: `Message ${visibleName(name)}` });
+      const dm = el("button", { type: "button", class: "quiet small member-dm", text: "Message", ariaLabel: `Message ${visibleName(name)}` });
       dm.addEventListener("click", () => openDm(name));
       li.append(dm);
     }
     list.append(li);
   }
+  if (focused) list.querySelector(`li[data-name="${CSS.escape(focused)}"] button`)?.focus();
   $("member-count").textContent = String(current.members.size || current.memberCount);
   $("subtitle").textContent = plural(current.members.size || current.memberCount, "member", "members");
 }
@@ -1600,7 +1650,7 @@ function navButton(label, key, extra) {
 
 function renderNav() {
   const rooms = new Map();
-  for (const r of apiRooms) rooms.set(r.name, { private: r.private, count: r.member_count });
+  for (const r of apiRooms) if (!goneRooms.has(r.name)) rooms.set(r.name, { private: r.private, count: r.member_count });
   for (const c of convs.values()) {
     if (c.type === "room" && c.joined) {
       rooms.set(c.name, { private: rooms.get(c.name)?.private ?? false, count: c.members.size || c.memberCount });
@@ -1614,7 +1664,8 @@ function renderNav() {
   for (const name of [...rooms.keys()].sort((a, b) => (a === LOBBY ? -1 : b === LOBBY ? 1 : a.localeCompare(b)))) {
     const info = rooms.get(name);
     const [li, button] = navButton(`${info.private ? "🔒" : "#"} ${name}`, `#${name}`, String(info.count ?? 0));
-    button.title = `${plural(info.count ?? 0, "member", "members")} online`;
+    const title = details.get(name)?.title;
+    button.title = `${title && title !== name ? `${title}: ` : ""}${plural(info.count ?? 0, "member", "members")} online`;
     button.addEventListener("click", () => openRoom(name));
     list.append(li);
   }
@@ -2000,6 +2051,11 @@ async function refreshRooms() {
   try {
     const data = await api("GET", "/api/rooms", null, session?.token ?? null);
     apiRooms = Array.isArray(data?.rooms) ? data.rooms : [];
+    for (const r of apiRooms) {
+      const info = details.get(r.name);
+      if (info) Object.assign(r, { owner: info.owner ?? r.owner, receipts: info.receipts ?? r.receipts });
+    }
+    if (current?.type === "room" && mutedUntil.has(current.name)) loadDetails(current.name); // lifted early?
     renderNav();
     renderSettings();
     if (current?.type === "room") renderReceipts(current);
@@ -2024,9 +2080,13 @@ async function openRoom(name) {
   try {
     await client.join(name);
     c.joined = true;
+    goneRooms.delete(name);
     show(c);
   } catch (err) {
-    showError(`Cannot join #${name}: ${err.serverMessage ?? err.message}`);
+    if (err.code === "banned") {
+      const reason = err.details?.reason ? `: ${err.details.reason}` : ".";
+      showError(`You are banned from #${name} ${untilText(err.details?.until ?? null)}${reason}`);
+    } else showError(`Cannot join #${name}: ${err.serverMessage ?? err.message}`);
     if (!c.seqs.length && !c.unread) {
       c.list.remove();
       convs.delete(c.key);
@@ -2065,6 +2125,853 @@ async function leaveCurrent() {
   current = null;
   show(conv(`#${LOBBY}`));
   refreshRoomsSoon();
+}
+
+// -- roles and moderation ---------------------------------------------------------------
+
+const PRIVILEGED = new Set(["owner", "moderator", "admin"]);
+const MUTE_TIMES = [[600, "10 minutes"], [3600, "1 hour"], [86400, "1 day"]];
+const BAN_TIMES = [[3600, "1 hour"], [86400, "1 day"], [7 * 86400, "1 week"], [30 * 86400, "30 days"], [0, "Until it is lifted"]];
+const SLOW_MODES = [0, 5, 10, 30, 60, 120, 300, 900, 3600];
+/** The `reason` of the `removed` every member gets when a room is deleted. */
+const DELETED_REASON = "the room was deleted";
+const AUDIT_PAGE = 20;
+
+function roomPath(name) {
+  return `/api/rooms/${encodeURIComponent(name)}`;
+}
+
+/** This user's role in a room: "owner", "moderator", "admin", "member" or null (not known, or none). */
+function roleIn(room) {
+  return details.get(room)?.role ?? null;
+}
+
+/** May this user moderate the room (remove, ban, mute, delete any message, topic, slow mode)? */
+function moderates(room) {
+  return PRIVILEGED.has(roleIn(room));
+}
+
+/** May this user change everything in the room (title, receipts, roles, hand over, delete)? */
+function manages(room) {
+  const role = roleIn(room);
+  return role === "owner" || role === "admin";
+}
+
+/** A moment, short when it is today: "14:05", or "Mon, Mar 3, 14:05". */
+function whenText(when) {
+  const now = new Date();
+  const options = when.toDateString() === now.toDateString()
+    ? { hour: "2-digit", minute: "2-digit" }
+    : { weekday: "short", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" };
+  if (when.getFullYear() !== now.getFullYear()) options.year = "numeric";
+  return when.toLocaleString(undefined, options);
+}
+
+/** When a ban or mute ends, as words: "until 14:05", or "until it is lifted" (null). */
+function untilText(iso) {
+  if (!iso) return "until it is lifted";
+  const when = new Date(iso);
+  return Number.isNaN(when.getTime()) ? "for a while" : `until ${whenText(when)}`;
+}
+
+/** A time left, rounded up: "7 s", "12 min", "3 h 5 min", "2 days". */
+function leftText(ms) {
+  const s = Math.max(1, Math.ceil(ms / 1000));
+  if (s < 60) return `${s} s`;
+  const min = Math.ceil(s / 60);
+  if (min < 60) return `${min} min`;
+  const h = Math.floor(min / 60);
+  if (h < 48) return min % 60 ? `${h} h ${min % 60} min` : `${h} h`;
+  return plural(Math.round(h / 24), "day", "days");
+}
+
+function slowText(seconds) {
+  if (!seconds) return "Off";
+  if (seconds < 60) return `${seconds} seconds`;
+  if (seconds < 3600) return plural(Math.round(seconds / 60), "minute", "minutes");
+  return plural(Math.round(seconds / 3600), "hour", "hours");
+}
+
+/** GET /api/rooms/{room}: its settings, this user's role, its bans and mutes (for moderators). */
+function loadDetails(name) {
+  if (detailsLoading.has(name)) return detailsLoading.get(name);
+  const mine = client;
+  const job = (async () => {
+    try {
+      const data = await authed("GET", roomPath(name));
+      if (client !== mine || !data?.room) return null;
+      takeDetails(name, data.room);
+      return data.room;
+    } catch {
+      return null; // not a room this user may see (any more): what it shows stays
+    } finally {
+      detailsLoading.delete(name);
+    }
+  })();
+  detailsLoading.set(name, job);
+  return job;
+}
+
+/** The current room's details again (after a reconnect, or now and then while muted). */
+function refreshDetails() {
+  if (current?.type === "room") loadDetails(current.name);
+}
+
+/**
+ * A room's details as the server gave them: everything that shows them
+ * follows. `full`: the whole view (GET, PATCH), where no `muted_until` means
+ * not muted; a `room` frame says nothing of mutes.
+ */
+function takeDetails(name, room, full = true) {
+  const info = { ...details.get(name), ...room, name };
+  if (!PRIVILEGED.has(info.role)) {
+    delete info.bans;
+    delete info.mutes;
+  }
+  details.set(name, info);
+  if ("muted_until" in room || (full && room.role)) setMuted(name, room.muted_until ?? null);
+  if (PRIVILEGED.has(info.role)) slowUntil.delete(name); // never slowed in a room they moderate
+  const listed = apiRooms.find((r) => r.name === name);
+  if (listed) Object.assign(listed, { owner: info.owner ?? listed.owner, receipts: info.receipts ?? listed.receipts });
+  if (current?.type === "room" && current.name === name) {
+    renderRoomHead();
+    renderMembers();
+    renderComposer();
+  }
+  if (sidePane === "room" && paneRoom === name) renderRoomPane();
+  renderSettings();
+}
+
+/** A `room` frame: the room's settings or roles changed (the whole of them). */
+function onRoomFrame(p) {
+  const name = String(p.room ?? "");
+  if (!name) return;
+  const before = details.get(name) ?? {};
+  const owner = p.owner ?? null;
+  const moderators = Array.isArray(p.moderators) ? p.moderators.map(String) : [];
+  const room = {
+    private: Boolean(p.private), owner, moderators,
+    topic: String(p.topic ?? ""), title: String(p.title ?? name),
+    slow_mode: Number(p.slow_mode ?? 0) || 0, receipts: p.receipts !== false,
+  };
+  if (me && !me.guest) {
+    // My role as the frame says it; an admin stays one where they hold no role.
+    if (owner === me.name) room.role = "owner";
+    else if (moderators.includes(me.name)) room.role = "moderator";
+    else if (me.admin || before.role === "admin") room.role = "admin";
+    else if (before.role) room.role = "member";
+  }
+  const roleChanged = before.role !== room.role;
+  takeDetails(name, room, false);
+  if (roleChanged && room.role && PRIVILEGED.has(room.role)) loadDetails(name); // the bans and mutes
+  if (sidePane === "room" && paneRoom === name && moderates(name)) loadAudit(true);
+}
+
+/** Taken out of a room (`removed`): it leaves the list, and a notice says who and why. */
+function onRemoved(p) {
+  const name = String(p.room ?? "");
+  if (!name) return;
+  const by = visibleName(p.by, "a moderator");
+  const reason = p.reason ? String(p.reason) : "";
+  const isPrivate = Boolean(details.get(name)?.private ?? roomInfo(name)?.private);
+  const why = reason ? `: ${reason.replace(/[.!?]+$/, "")}.` : ".";
+  let text;
+  let action = null;
+  if (reason === DELETED_REASON) text = `#${name} was deleted by ${by}.`;
+  else if (p.banned) text = `${by} banned you from #${name} ${untilText(p.until)}${why}`;
+  else if (me && p.by === me.name) text = `You left #${name}.`;
+  else if (isPrivate) text = `${by} removed you from #${name}${why}`;
+  else {
+    text = `${by} took you out of #${name}${why} You may join it again.`;
+    action = ["Join again", () => openRoom(name)];
+  }
+  dropRoom(name, text, action);
+}
+
+/** Forget a room this user is no longer in, say why in a notice, show another conversation. */
+function dropRoom(name, text, action = null) {
+  const c = convs.get(`#${name}`);
+  goneRooms.add(name);
+  details.delete(name);
+  mutedUntil.delete(name);
+  slowUntil.delete(name);
+  if (sidePane === "room" && paneRoom === name) closeSidePane(false);
+  if (c) {
+    clearTimeout(c.readTimer);
+    c.list.remove();
+    convs.delete(c.key);
+    forgetRecords(c.key);
+    if (popup && !popup.li.isConnected) closePopup(false);
+    if (thread?.c === c) closeThread(false);
+    if (replying?.c === c) setReplying(null);
+    if (current === c) {
+      current = null;
+      showFallback();
+    }
+  }
+  showNotice(text, action?.[0] ?? null, action?.[1] ?? null);
+  renderNav();
+}
+
+/** Show the lobby, another room or a direct conversation: the one shown is gone. */
+function showFallback() {
+  const all = [...convs.values()];
+  const next = all.find((x) => x.type === "room" && x.joined && x.name === LOBBY)
+    ?? all.find((x) => x.type === "room" && x.joined) ?? all.find((x) => x.type === "dm");
+  if (next) {
+    show(next);
+    return;
+  }
+  renderRoomHead();
+  renderMembers();
+  renderComposer();
+  renderNav();
+}
+
+/** The muted state of this user in a room (`until`: ISO, or null when not muted). */
+function setMuted(room, until) {
+  const ms = until ? Date.parse(until) : NaN;
+  if (Number.isFinite(ms) && ms > Date.now()) mutedUntil.set(room, ms);
+  else mutedUntil.delete(room);
+  if (current?.type === "room" && current.name === room) renderComposer();
+}
+
+/** After sending in a slowed room, the wait before the next message (moderators are not slowed). */
+function startSlow(room) {
+  const seconds = Number(details.get(room)?.slow_mode ?? 0);
+  if (seconds > 0 && !moderates(room)) {
+    slowUntil.set(room, Math.max(slowUntil.get(room) ?? 0, Date.now() + seconds * 1000));
+    renderComposer();
+  }
+}
+
+/** The server asked a message to wait (slow mode): it goes by itself then; the composer counts down. */
+function onRateLimited({ id, kind, room, retryAfter }) {
+  if (!room || (kind !== "chat" && kind !== "file")) return;
+  const slow = Number(details.get(room)?.slow_mode ?? 0) > 0;
+  if (retryAfter >= 1000) slowUntil.set(room, Math.max(slowUntil.get(room) ?? 0, Date.now() + retryAfter));
+  const [, p] = findPending(id);
+  if (p) setStatus(p.li, "sending", `waiting ${leftText(retryAfter)} (${slow ? "slow mode" : "too fast"})`);
+  if (current?.type === "room" && current.name === room) renderComposer();
+}
+
+/** The message box as this user may use it here: muted (read only), slowed down (a countdown), or free. */
+function renderComposer() {
+  const c = current;
+  const now = Date.now();
+  const room = c?.type === "room" ? c.name : null;
+  const muted = room ? mutedUntil.get(room) ?? 0 : 0;
+  const slow = room ? slowUntil.get(room) ?? 0 : 0;
+  const isMuted = muted > now;
+  const waiting = !isMuted && slow > now;
+  let note = "";
+  if (isMuted) note = `You are muted in #${room} ${untilText(new Date(muted).toISOString())} (${leftText(muted - now)} left). You can still read.`;
+  else if (waiting) note = `Slow mode: you can send again in ${leftText(slow - now)}.`;
+  else if (room && Number(details.get(room)?.slow_mode ?? 0) > 0 && !moderates(room)) note = `Slow mode is on: one message every ${slowText(details.get(room).slow_mode).replace(/^1 /, "")}.`;
+  const box = $("text");
+  box.disabled = !c || isMuted;
+  box.placeholder = !c ? "Choose a room" : isMuted ? `You are muted in #${room}` : c.type === "room" ? `Message ${roomLabel(c.name)}` : `Message ${visibleName(c.name)}`;
+  $("send").disabled = !c || isMuted || waiting;
+  const noFiles = !me || me.guest || !c || isMuted || waiting;
+  $("file").disabled = noFiles;
+  $("attach-label").classList.toggle("disabled", noFiles);
+  const line = $("composer-note");
+  if (line.textContent !== note) line.textContent = note;
+  line.hidden = !note;
+  line.dataset.state = isMuted ? "muted" : waiting ? "slow" : "info";
+}
+
+/** Once a second: countdowns run, a mute or slow mode that ended frees the box. */
+function tick() {
+  const now = Date.now();
+  for (const map of [mutedUntil, slowUntil]) {
+    for (const [room, until] of map) if (until <= now - 1000) map.delete(room);
+  }
+  if (current?.type === "room" && (mutedUntil.has(current.name) || slowUntil.has(current.name) || !$("composer-note").hidden)) renderComposer();
+}
+
+/** The room's name as people see it: its title, or #name. */
+function roomLabel(name) {
+  const title = details.get(name)?.title;
+  return title && title !== name ? title : `#${name}`;
+}
+
+/** The conversation's header: the room's title and topic (everyone sees them), or the person. */
+function renderRoomHead() {
+  const c = current;
+  const room = c?.type === "room" ? c.name : null;
+  const info = room ? details.get(room) : null;
+  const title = info?.title && info.title !== room ? info.title : null;
+  $("title").textContent = !c ? "No conversation" : room ? title ?? `#${room}` : `@${visibleName(c.name)}`;
+  $("room-slug").textContent = title ? `#${room}` : "";
+  $("room-slug").hidden = !title;
+  const topic = info?.topic ?? "";
+  if ($("topic").textContent !== topic) $("topic").textContent = topic;
+  $("topic").hidden = !topic;
+  $("topic").title = topic;
+  $("room-settings-open").hidden = !room;
+}
+
+// -- the member menu ------------------------------------------------------------------
+
+/** A menu (role=menu) of [label, testid, action] entries: arrows, Home, End, Escape, Tab. */
+function menuBox(entries, label, testid, className) {
+  const menu = el("div", { class: className, role: "menu", ariaLabel: label, dataTestid: testid });
+  for (const [text, id, action] of entries) {
+    const item = el("button", { type: "button", role: "menuitem", class: "menu-item", tabIndex: -1, text, dataTestid: id });
+    item.addEventListener("click", () => {
+      // The focus goes back to the opener first: what the action opens returns it there.
+      const back = popup?.opener;
+      closePopup(false);
+      if (back?.isConnected) back.focus();
+      action();
+    });
+    menu.append(item);
+  }
+  menu.addEventListener("keydown", (event) => {
+    const items = [...menu.querySelectorAll('[role="menuitem"]')];
+    const at = items.indexOf(document.activeElement);
+    let next = null;
+    if (event.key === "ArrowDown") next = items[(at + 1) % items.length];
+    else if (event.key === "ArrowUp") next = items[(at - 1 + items.length) % items.length];
+    else if (event.key === "Home") next = items[0];
+    else if (event.key === "End") next = items[items.length - 1];
+    else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      closePopup(true);
+      return;
+    } else if (event.key === "Tab") {
+      closePopup(false);
+      return;
+    }
+    if (next) {
+      event.preventDefault();
+      next.focus();
+    }
+  });
+  return menu;
+}
+
+/** What this user may do to `name` in `room`, by their role: [label, testid, action] entries. */
+function memberEntries(room, name) {
+  const entries = [];
+  if (!me || me.guest || !name || name === me.name) return entries;
+  entries.push([`Message ${visibleName(name)}`, "mm-message", () => openDm(name)]);
+  const info = details.get(room);
+  const role = info?.role ?? null;
+  if (!PRIVILEGED.has(role)) return entries;
+  const full = role === "owner" || role === "admin";
+  const isMod = (info.moderators ?? []).includes(name);
+  // Nobody acts on the owner here; moderators do not act on each other.
+  if (info.owner === name || (isMod && !full)) return entries;
+  const who = visibleName(name);
+  entries.push([info.private ? `Remove ${who} from #${room}…` : `Kick ${who} out of #${room}…`, "mm-remove", () => askModeration("remove", room, name)]);
+  if (full) {
+    entries.push(isMod
+      ? ["Remove as moderator", "mm-unmoderator", () => setModerator(room, name, false)]
+      : ["Make moderator", "mm-moderator", () => setModerator(room, name, true)]);
+  }
+  const mute = (info.mutes ?? []).find((m) => m.user === name && Date.parse(m.until) > Date.now());
+  if (mute) entries.push([`Unmute (muted ${untilText(mute.until)})`, "mm-unmute", () => liftMute(room, name)]);
+  else for (const [seconds, label] of MUTE_TIMES) entries.push([`Mute for ${label}`, `mm-mute-${seconds}`, () => muteMember(room, name, seconds)]);
+  const banned = (info.bans ?? []).some((b) => b.user === name);
+  entries.push(banned ? ["Lift the ban", "mm-unban", () => liftBan(room, name)] : ["Ban…", "mm-ban", () => askModeration("ban", room, name)]);
+  return entries;
+}
+
+/** Open the member menu for `name` (from the members list or a message's author) under `li`. */
+async function openMemberMenu(li, opener, room, name) {
+  if (!details.has(room)) await loadDetails(room);
+  const entries = memberEntries(room, name);
+  if (!entries.length || !opener.isConnected) return;
+  const inMessage = li.classList.contains("msg");
+  const box = menuBox(entries, `Actions for ${visibleName(name)}`, "member-actions", inMessage ? "msg-actions member-actions" : "member-actions");
+  openPopup(li, opener, box);
+  box.querySelector('[role="menuitem"]')?.focus();
+}
+
+/** A button that opens the member menu: the name in the members list, a message's author. */
+function memberButton(li, room, name, { className, testid, text }) {
+  const button = el("button", {
+    type: "button", class: className, dataTestid: testid, text,
+    ariaHaspopup: "menu", ariaExpanded: "false", title: `Actions for ${visibleName(name)}`,
+  });
+  button.addEventListener("click", () => (popup?.opener === button ? closePopup(true) : openMemberMenu(li, button, room, name)));
+  button.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowDown" && popup?.opener !== button) {
+      event.preventDefault();
+      openMemberMenu(li, button, room, name);
+    }
+  });
+  return button;
+}
+
+/** A moderation call: a notice when it is done, the room's details read again; null when refused. */
+async function moderate(room, method, path, body, done, failed) {
+  try {
+    const data = await authed(method, path, body);
+    if (done) showNotice(typeof done === "function" ? done(data) : done);
+    await loadDetails(room);
+    if (sidePane === "room" && paneRoom === room && moderates(room)) loadAudit(true);
+    return data ?? {};
+  } catch (err) {
+    showError(`${failed}: ${err.message}`);
+    return null;
+  }
+}
+
+function memberPath(room, kind, name) {
+  return `${roomPath(room)}/${kind}/${encodeURIComponent(name)}`;
+}
+
+function muteMember(room, name, seconds) {
+  const who = visibleName(name);
+  return moderate(room, "PUT", memberPath(room, "mutes", name), { for: seconds },
+    (data) => `${who} is muted in #${room} ${untilText(data?.mute?.until ?? new Date(Date.now() + seconds * 1000).toISOString())}.`,
+    `${who} was not muted`);
+}
+
+function liftMute(room, name) {
+  const who = visibleName(name);
+  return moderate(room, "DELETE", memberPath(room, "mutes", name), null, `${who} may write in #${room} again.`, `${who} is still muted`);
+}
+
+function liftBan(room, name) {
+  const who = visibleName(name);
+  return moderate(room, "DELETE", memberPath(room, "bans", name), null, `The ban on ${who} in #${room} was lifted.`, `The ban on ${who} stays`);
+}
+
+function setModerator(room, name, on) {
+  const who = visibleName(name);
+  return moderate(room, on ? "PUT" : "DELETE", memberPath(room, "moderators", name), null,
+    on ? `${who} is now a moderator of #${room}.` : `${who} is no longer a moderator of #${room}.`,
+    on ? `${who} was not made a moderator` : `${who} is still a moderator`);
+}
+
+// -- the moderation dialog (remove or ban, with a reason) and confirmations ----------------
+
+let modAction = null; // {kind, room, name, opener}
+
+/** Ask how long and why before removing or banning `name` (Escape or Cancel: nothing happens). */
+function askModeration(kind, room, name) {
+  const who = visibleName(name);
+  const info = details.get(room);
+  const opener = document.activeElement instanceof HTMLElement && document.activeElement !== document.body ? document.activeElement : null;
+  modAction = { kind, room, name, opener };
+  const ban = kind === "ban";
+  $("mod-h").textContent = ban ? `Ban ${who} from #${room}` : info?.private ? `Remove ${who} from #${room}` : `Kick ${who} out of #${room}`;
+  $("mod-why").textContent = ban
+    ? `${who} is taken out of #${room} now and cannot join, read or search it until the ban ends.`
+    : info?.private
+      ? `${who} is taken out of #${room} now and loses access to it.`
+      : `${who} is taken out of #${room} now, and may join it again.`;
+  $("mod-for-field").hidden = !ban;
+  const select = $("mod-for");
+  select.replaceChildren(...BAN_TIMES.map(([seconds, label]) => el("option", { value: String(seconds), text: label })));
+  select.value = String(86400);
+  $("mod-reason").value = "";
+  $("mod-go").textContent = ban ? "Ban" : info?.private ? "Remove" : "Kick out";
+  $("mod-dialog").showModal();
+  (ban ? select : $("mod-reason")).focus();
+}
+
+async function modSubmit() {
+  const action = modAction;
+  if (!action) return;
+  const reason = $("mod-reason").value.trim();
+  const seconds = Number($("mod-for").value);
+  closeModDialog(false);
+  const who = visibleName(action.name);
+  const { room, name } = action;
+  if (action.kind === "ban") {
+    const body = {};
+    if (seconds > 0) body.for = seconds;
+    if (reason) body.reason = reason;
+    await moderate(room, "PUT", memberPath(room, "bans", name), body,
+      (data) => `${who} is banned from #${room} ${untilText(data?.ban?.until ?? null)}.`, `${who} was not banned`);
+  } else {
+    await moderate(room, "DELETE", memberPath(room, "members", name), reason ? { reason } : null,
+      `${who} was taken out of #${room}.`, `${who} was not taken out`);
+  }
+  if (action.opener?.isConnected) action.opener.focus();
+}
+
+function closeModDialog(refocus = true) {
+  const action = modAction;
+  modAction = null;
+  if ($("mod-dialog").open) $("mod-dialog").close();
+  if (refocus && action?.opener?.isConnected) action.opener.focus();
+}
+
+let asking = null; // {resolve, opener}: the confirmation shown
+
+/** A confirmation (Cancel has the focus first): resolves true when the user goes ahead. */
+function ask(title, text, goLabel) {
+  closeAsk(false);
+  $("ask-h").textContent = title;
+  $("ask-why").textContent = text;
+  $("ask-go").textContent = goLabel;
+  const opener = document.activeElement instanceof HTMLElement ? document.activeElement : null;
+  return new Promise((resolve) => {
+    asking = { resolve, opener };
+    $("ask-dialog").showModal();
+    $("ask-cancel").focus();
+  });
+}
+
+function closeAsk(yes) {
+  const a = asking;
+  asking = null;
+  if ($("ask-dialog").open) $("ask-dialog").close();
+  if (!a) return;
+  if (!yes && a.opener?.isConnected) a.opener.focus();
+  a.resolve(yes);
+}
+
+// -- side panes: the room's settings, the account -----------------------------------------
+
+let paneRoom = null; // the room the settings pane shows
+
+function closeSidePane(refocus = true) {
+  if (!sidePane) return;
+  const was = sidePane;
+  sidePane = null;
+  paneRoom = null;
+  audit = null;
+  $("room-pane").hidden = true;
+  $("account-pane").hidden = true;
+  $("layout").classList.remove("with-pane");
+  $("room-settings-open").setAttribute("aria-expanded", "false");
+  $("account-open").setAttribute("aria-expanded", "false");
+  if (refocus) $(was === "room" ? "room-settings-open" : "account-open").focus();
+}
+
+function openPane(kind) {
+  closeThread(false);
+  closeSearch(false);
+  closePopup(false);
+  sidePane = kind;
+  $("room-pane").hidden = kind !== "room";
+  $("account-pane").hidden = kind !== "account";
+  $("layout").classList.add("with-pane");
+  $("room-settings-open").setAttribute("aria-expanded", String(kind === "room"));
+  $("account-open").setAttribute("aria-expanded", String(kind === "account"));
+}
+
+/** The settings of the room shown: editable for its owner, moderators and admins, read-only for others. */
+async function openRoomPane() {
+  const c = current;
+  if (!c || c.type !== "room") return;
+  if (sidePane === "room" && paneRoom === c.name) {
+    closeSidePane(true);
+    return;
+  }
+  openPane("room");
+  paneRoom = c.name;
+  delete $("rs-form").dataset.dirty;
+  $("rs-status").textContent = "";
+  $("rs-audit").replaceChildren();
+  audit = null;
+  renderRoomPane();
+  $("room-pane-h").focus();
+  await loadDetails(c.name);
+  if (sidePane === "room" && paneRoom === c.name && moderates(c.name)) loadAudit(true);
+}
+
+const ROLE_TEXT = {
+  owner: "You own this room.",
+  moderator: "You moderate this room: topic, slow mode, bans and mutes.",
+  admin: "You are an admin: you may change anything here.",
+  member: "Only the room's owner and moderators change these.",
+};
+
+function renderRoomPane() {
+  const name = paneRoom;
+  if (!name) return;
+  const info = details.get(name) ?? { name };
+  const role = info.role ?? null;
+  const mod = PRIVILEGED.has(role);
+  const full = role === "owner" || role === "admin";
+  $("room-pane-where").textContent = `#${name}`;
+  $("rs-role").textContent = ROLE_TEXT[role] ?? (details.has(name) ? ROLE_TEXT.member : "Loading…");
+  const form = $("rs-form");
+  if (!form.dataset.dirty) {
+    $("rs-title").value = info.title && info.title !== name ? info.title : "";
+    $("rs-topic").value = info.topic ?? "";
+    const slow = $("rs-slow");
+    const values = [...new Set([...SLOW_MODES, Number(info.slow_mode ?? 0)])].sort((a, b) => a - b);
+    slow.replaceChildren(...values.map((v) => el("option", { value: String(v), text: slowText(v) })));
+    slow.value = String(Number(info.slow_mode ?? 0));
+    $("rs-receipts").checked = info.receipts !== false;
+  }
+  $("rs-title").readOnly = !full;
+  $("rs-topic").readOnly = !mod;
+  $("rs-slow").disabled = !mod;
+  $("rs-receipts").disabled = !full;
+  $("rs-save").hidden = !mod;
+  $("rs-title-hint").textContent = full ? "Shown instead of the room's name; empty: the name." : "Shown instead of the room's name.";
+  const people = $("rs-people");
+  people.replaceChildren();
+  if (info.owner) people.append(el("li", { dataTestid: "rs-owner" }, el("span", { class: "from", text: visibleName(info.owner) }), el("span", { class: "role-badge", text: "owner" })));
+  for (const m of info.moderators ?? []) {
+    const li = el("li", { dataTestid: "rs-moderator" }, el("span", { class: "from", text: visibleName(m) }), el("span", { class: "role-badge", text: "moderator" }));
+    if (full) {
+      const drop = el("button", { type: "button", class: "quiet small", text: "Remove role", ariaLabel: `Remove ${visibleName(m)} as moderator`, dataTestid: "rs-unmoderator" });
+      drop.addEventListener("click", () => setModerator(name, m, false));
+      li.append(drop);
+    }
+    people.append(li);
+  }
+  if (!people.children.length) people.append(el("li", { class: "hint", text: "No owner: admins look after this room." }));
+  $("rs-owner-section").hidden = !full;
+  $("rs-bans-section").hidden = !mod;
+  $("rs-mutes-section").hidden = !mod;
+  $("rs-audit-section").hidden = !mod;
+  $("rs-delete-section").hidden = !full;
+  $("rs-delete").textContent = `Delete #${name}…`;
+  if (mod) {
+    renderLifts($("rs-bans"), info.bans ?? [], "ban", name);
+    renderLifts($("rs-mutes"), (info.mutes ?? []).filter((m) => Date.parse(m.until) > Date.now()), "mute", name);
+  }
+}
+
+/** The bans or mutes of a room, each with a button that lifts it. */
+function renderLifts(list, items, kind, room) {
+  list.replaceChildren();
+  if (!items.length) {
+    list.append(el("li", { class: "hint", text: kind === "ban" ? "Nobody is banned." : "Nobody is muted." }));
+    return;
+  }
+  for (const item of items) {
+    const who = visibleName(item.user);
+    const li = el("li", { class: "lift", dataTestid: kind === "ban" ? "rs-ban" : "rs-mute", dataUser: item.user });
+    const text = el("span", { class: "lift-text" }, el("span", { class: "from", text: who }), ` ${untilText(item.until)}`);
+    if (item.reason) text.append(`: ${item.reason}`);
+    if (item.by) text.append(el("span", { class: "hint", text: ` (by ${visibleName(item.by)})` }));
+    const lift = el("button", {
+      type: "button", class: "quiet small", text: kind === "ban" ? "Lift ban" : "Unmute",
+      ariaLabel: kind === "ban" ? `Lift the ban on ${who}` : `Unmute ${who}`, dataTestid: kind === "ban" ? "rs-unban" : "rs-unmute",
+    });
+    lift.addEventListener("click", () => (kind === "ban" ? liftBan(room, item.user) : liftMute(room, item.user)));
+    li.append(text, lift);
+    list.append(li);
+  }
+}
+
+/** Save what changed in the settings form (only the fields this user may change). */
+async function saveRoomSettings() {
+  const name = paneRoom;
+  const info = details.get(name);
+  if (!name || !info || !moderates(name)) return;
+  const body = {};
+  const title = $("rs-title").value.trim();
+  const shownTitle = info.title && info.title !== name ? info.title : "";
+  if (manages(name) && title !== shownTitle) body.title = title;
+  const topic = $("rs-topic").value.trim();
+  if (topic !== (info.topic ?? "")) body.topic = topic;
+  const slow = Number($("rs-slow").value);
+  if (slow !== Number(info.slow_mode ?? 0)) body.slow_mode = slow;
+  const receipts = $("rs-receipts").checked;
+  if (manages(name) && receipts !== (info.receipts !== false)) body.receipts = receipts;
+  const status = $("rs-status");
+  if (!Object.keys(body).length) {
+    status.textContent = "Nothing to save.";
+    return;
+  }
+  $("rs-save").disabled = true;
+  status.textContent = "Saving…";
+  try {
+    const data = await authed("PATCH", roomPath(name), body);
+    delete $("rs-form").dataset.dirty;
+    if (data?.room) takeDetails(name, data.room);
+    else await loadDetails(name);
+    if (paneRoom === name) status.textContent = "Saved.";
+    if (moderates(name)) loadAudit(true);
+  } catch (err) {
+    status.textContent = `Not saved: ${err.message}`;
+  } finally {
+    $("rs-save").disabled = false;
+  }
+}
+
+async function handOver() {
+  const name = paneRoom;
+  const to = $("rs-new-owner").value.trim();
+  if (!name || !to) return;
+  const who = visibleName(to);
+  if (!(await ask(`Hand #${name} over to ${who}?`, `${who} becomes its owner; you become a moderator. Only ${who} or an admin can give it back.`, "Hand over"))) return;
+  const done = await moderate(name, "PATCH", roomPath(name), { owner: to }, `${who} now owns #${name}.`, `#${name} was not handed over`);
+  if (done) $("rs-new-owner").value = "";
+}
+
+async function deleteRoom() {
+  const name = paneRoom;
+  if (!name) return;
+  if (!(await ask(`Delete #${name}?`, "Every message in it is erased, for everyone, and its members are taken out. The moderation log is kept. This cannot be undone.", "Delete the room"))) return;
+  try {
+    await authed("DELETE", roomPath(name));
+    // Everyone in it, this page too, gets `removed`; if that is slow, the room goes now.
+    if (convs.has(`#${name}`) || sidePane === "room") dropRoom(name, `#${name} was deleted.`);
+  } catch (err) {
+    showError(`#${name} was not deleted: ${err.message}`);
+  }
+}
+
+// -- the moderation log -----------------------------------------------------------------------
+
+const AUDIT_VERBS = {
+  remove: (t) => `removed ${t}`,
+  ban: (t) => `banned ${t}`,
+  unban: (t) => `lifted the ban on ${t}`,
+  mute: (t) => `muted ${t}`,
+  unmute: (t) => `unmuted ${t}`,
+  moderator: (t) => `made ${t} a moderator`,
+  unmoderator: (t) => `took the moderator role from ${t}`,
+  owner: (t) => `handed the room over to ${t}`,
+  settings: () => "changed the settings",
+  delete_message: () => "deleted a message",
+  delete_room: () => "deleted the room",
+};
+
+/** One line of the log: when, who did what to whom, and why. */
+function auditText(e) {
+  const target = e.target ? visibleName(e.target) : "someone";
+  const verb = AUDIT_VERBS[e.action]?.(target) ?? `${String(e.action ?? "did something")}${e.target ? ` (${target})` : ""}`;
+  let text = `${visibleName(e.by, "someone")} ${verb}`;
+  const d = e.detail && typeof e.detail === "object" ? e.detail : {};
+  if (e.action === "delete_message" && d.author) text += ` by ${visibleName(d.author)}`;
+  if ((e.action === "ban" || e.action === "mute") && "until" in d) text += ` ${untilText(typeof d.until === "number" ? new Date(d.until).toISOString() : d.until)}`;
+  if (e.action === "settings") {
+    const parts = [];
+    if ("topic" in d) parts.push(d.topic ? `the topic to “${d.topic}”` : "no topic");
+    if ("title" in d) parts.push(d.title ? `the display name to “${d.title}”` : "no display name");
+    if ("slow_mode" in d) parts.push(Number(d.slow_mode) > 0 ? `slow mode to ${slowText(Number(d.slow_mode))}` : "slow mode off");
+    if ("receipts" in d) parts.push(d.receipts ? "read receipts on" : "read receipts off");
+    if (parts.length) text = `${visibleName(e.by, "someone")} set ${parts.join(", ")}`;
+  }
+  if (e.reason) text += `: ${e.reason}`;
+  return text;
+}
+
+function auditLi(e) {
+  const li = el("li", { class: "audit-entry", dataTestid: "audit-entry", dataAction: String(e.action ?? "") });
+  const at = e.at ? new Date(e.at) : null;
+  if (at && !Number.isNaN(at.getTime())) li.append(el("time", { dateTime: at.toISOString(), title: at.toLocaleString(), text: whenText(at) }), " ");
+  li.append(el("span", { class: "audit-text", text: auditText(e) }));
+  return li;
+}
+
+/** The next page of the room's moderation log (`reset`: from the newest again). */
+async function loadAudit(reset = false) {
+  const name = paneRoom;
+  if (!name) return;
+  if (reset || !audit || audit.room !== name) audit = { room: name, before: null, hasMore: true, loading: false, count: 0, fresh: true };
+  const a = audit;
+  if (a.loading || !a.hasMore) return;
+  a.loading = true;
+  renderAuditMore();
+  const more = $("rs-audit-more");
+  const moreFocused = document.activeElement === more;
+  try {
+    const query = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+    if (a.before !== null) query.set("before", String(a.before));
+    const data = await authed("GET", `${roomPath(name)}/audit?${query}`);
+    if (audit !== a) return;
+    const entries = Array.isArray(data?.entries) ? data.entries : [];
+    if (a.fresh) {
+      $("rs-audit").replaceChildren();
+      a.fresh = false;
+    }
+    const items = entries.map(auditLi);
+    $("rs-audit").append(...items);
+    a.count += items.length;
+    if (entries.length) a.before = entries[entries.length - 1].id;
+    a.hasMore = Boolean(data?.has_more) && entries.length > 0;
+    $("rs-audit-status").textContent = a.count ? "" : "No moderation actions yet.";
+    if (moreFocused && items.length && !a.hasMore) {
+      items[0].tabIndex = -1;
+      items[0].focus();
+    }
+  } catch (err) {
+    if (audit === a) $("rs-audit-status").textContent = `Could not read the log: ${err.message}`;
+  } finally {
+    a.loading = false;
+    if (audit === a) renderAuditMore();
+  }
+}
+
+function renderAuditMore() {
+  const more = $("rs-audit-more");
+  more.hidden = !audit || !audit.hasMore || audit.fresh;
+  more.disabled = Boolean(audit?.loading);
+  more.textContent = audit?.loading ? "Loading…" : "Load more";
+}
+
+// -- the account pane --------------------------------------------------------------------------
+
+async function openAccountPane() {
+  if (!me || me.guest) return;
+  if (sidePane === "account") {
+    closeSidePane(true);
+    return;
+  }
+  openPane("account");
+  $("password-status").textContent = "";
+  $("delete-status").textContent = "";
+  $("acct-name").value = me.name;
+  $("acct-who").textContent = `Signed in as ${visibleName(me.name)}${me.admin ? " (admin)" : ""}.`;
+  $("account-pane-h").focus();
+  try {
+    const data = await authed("GET", "/api/me");
+    const at = data?.user?.created_at ? new Date(data.user.created_at) : null;
+    if (sidePane === "account" && at && !Number.isNaN(at.getTime())) {
+      $("acct-who").textContent = `Signed in as ${visibleName(me.name)}${data.user.admin ? " (admin)" : ""}, since ${at.toLocaleDateString(undefined, { year: "numeric", month: "long", day: "numeric" })}.`;
+    }
+  } catch {
+    // the name is enough
+  }
+}
+
+async function changePassword() {
+  const status = $("password-status");
+  const old = $("pw-old").value;
+  const next = $("pw-new").value;
+  if (next !== $("pw-again").value) {
+    status.textContent = "The two new passwords differ.";
+    $("pw-again").focus();
+    return;
+  }
+  $("pw-go").disabled = true;
+  status.textContent = "Changing…";
+  try {
+    const data = await authed("POST", "/api/password", { old, new: next }, { retry: false });
+    const n = Number(data?.revoked ?? 0);
+    status.textContent = n
+      ? `Password changed. ${plural(n, "other session was", "other sessions were")} signed out.`
+      : "Password changed. No other session was signed in.";
+    for (const id of ["pw-old", "pw-new", "pw-again"]) $(id).value = "";
+  } catch (err) {
+    status.textContent = err.status === 401 ? `Password not changed: the current password is wrong (${err.message}).` : `Password not changed: ${err.message}`;
+  } finally {
+    $("pw-go").disabled = false;
+  }
+}
+
+async function deleteAccount() {
+  const status = $("delete-status");
+  const pass = $("delete-password").value;
+  if (!pass) return;
+  if (!(await ask("Delete your account?", "Your messages become “message deleted”, your files, reactions and sessions are erased, and the name is free again. This cannot be undone.", "Delete my account"))) return;
+  status.textContent = "Deleting…";
+  try {
+    await authed("DELETE", "/api/me", { password: pass }, { retry: false });
+    $("delete-password").value = "";
+    signOut(true);
+    $("signin-note").textContent = "Your account was deleted.";
+  } catch (err) {
+    status.textContent = err.status === 401 ? `Not deleted: the password is wrong (${err.message}).` : `Not deleted: ${err.message}`;
+  }
 }
 
 // -- search ---------------------------------------------------------------------------
@@ -2136,6 +3043,7 @@ function searchFilters() {
 
 function openSearchPane() {
   closeThread(false);
+  closeSidePane(false);
   closePopup(false);
   renderSearchScope();
   $("search-pane").hidden = false;
@@ -2287,6 +3195,8 @@ function loadSession() {
   try {
     const saved = JSON.parse(sessionStorage.getItem(STORE_KEY) ?? "null");
     if (saved?.token && Date.parse(saved.expiresAt) > Date.now() + 60000) return saved;
+    // The access token is (nearly) spent: the refresh token, if still good, gets a new one.
+    if (saved?.token && saved.refreshToken && Date.parse(saved.refreshExpiresAt) > Date.now()) return saved;
     if (saved?.guest) return saved;
   } catch {
     // unreadable: start over
@@ -2294,29 +3204,102 @@ function loadSession() {
   return null;
 }
 
+/** The session a login or refresh answer gives (`before`: the one it renews). */
+function sessionFrom(data, before = null) {
+  return {
+    token: data.token,
+    expiresAt: data.expires_at,
+    refreshToken: data.refresh_token ?? null,
+    refreshExpiresAt: data.refresh_expires_at ?? null,
+    name: data.user?.name ?? before?.name ?? "",
+    admin: Boolean(data.user?.admin ?? before?.admin),
+  };
+}
+
 async function login(username, pass) {
-  const data = await api("POST", "/api/login", { username, password: pass }, null);
-  return { token: data.token, expiresAt: data.expires_at, name: data.user.name };
+  return sessionFrom(await api("POST", "/api/login", { username, password: pass }, null));
+}
+
+/** Is the access token good for at least `ms` more? */
+function tokenFresh(ms) {
+  return Boolean(session?.token) && Date.parse(session.expiresAt) - Date.now() > ms;
 }
 
 function scheduleRefresh() {
   clearTimeout(refreshTimer);
-  if (!password || !session?.token) return;
-  const wait = Date.parse(session.expiresAt) - Date.now() - 5 * 60 * 1000;
-  refreshTimer = setTimeout(() => renewToken().catch(() => {}), Math.max(10000, Math.min(wait, 2 ** 31 - 1)));
+  if (!session?.token || !session.refreshToken) return;
+  // A minute before it expires (the server's access tokens live 15 minutes).
+  const wait = Date.parse(session.expiresAt) - Date.now() - 60 * 1000;
+  refreshTimer = setTimeout(() => {
+    refreshSession().then((token) => token && client?.setToken(token), () => {});
+  }, Math.max(5000, Math.min(wait, 2 ** 31 - 1)));
 }
 
-async function renewToken() {
-  if (!password || !session?.token) return null;
+/**
+ * A new access token from the refresh token (POST /api/refresh), which
+ * rotates: the new refresh token replaces the old one at once. One refresh at
+ * a time: every caller waits for the same answer. A refused refresh token
+ * (used, revoked, expired) ends the session: back to the sign-in form.
+ */
+function refreshSession() {
+  if (refreshing) return refreshing;
+  const before = session;
+  if (!before?.refreshToken) return Promise.reject(Object.assign(new Error("no refresh token"), { status: 0 }));
+  refreshing = (async () => {
+    try {
+      const data = await api("POST", "/api/refresh", { refresh_token: before.refreshToken }, null);
+      if (session !== before) return null; // signed out meanwhile
+      session = sessionFrom(data, before);
+      saveSession();
+      scheduleRefresh();
+      if (client) client.token = session.token; // the next handshake uses the newest
+      return session.token;
+    } catch (err) {
+      if ((err.status === 401 || err.status === 403) && session === before) {
+        setTimeout(() => sessionEnded(`Your session has ended (${err.message}). Sign in again.`), 0);
+      }
+      throw err;
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+/**
+ * An HTTP call with this user's token, kept fresh: renewed first when it is
+ * about to expire, and once more when the server refuses it (401). `retry`
+ * false: a 401 is the answer itself (a wrong password).
+ */
+async function authed(method, path, body = null, { retry = true } = {}) {
+  if (session?.refreshToken && !tokenFresh(30000)) await refreshSession().catch(() => null);
   try {
-    session = await login(session.name, password);
+    return await api(method, path, body);
   } catch (err) {
-    if (err.status === 401) password = null;
-    throw err;
+    if (!retry || err.status !== 401 || !session?.refreshToken) throw err;
+    await refreshSession();
+    return api(method, path, body);
   }
-  saveSession();
-  scheduleRefresh();
-  return session.token;
+}
+
+/** Close reasons of a connection whose session was revoked: no reconnecting, sign in again. */
+const REVOKED = /signed out|banned|account deleted|sign in again|session/i;
+
+/** The session is over (revoked, banned, deleted, refresh refused): the sign-in form says why. */
+function sessionEnded(message) {
+  if (!session || session.guest) return;
+  signOut(true);
+  $("signin-error").textContent = message;
+  $("login-password").focus();
+}
+
+/** What the sign-in form says when the server closed the connection for good (1008). */
+function revokedText(reason) {
+  if (/account deleted/i.test(reason)) return "Your account was deleted.";
+  if (/^banned$/i.test(reason.trim())) return "You are banned from this server.";
+  if (/banned/i.test(reason)) return `You are ${reason.replace(/^you are /i, "").replace(/[.!]+$/, "")}.`;
+  if (/signed out/i.test(reason)) return "You were signed out: this session was ended (a sign-out everywhere, or a password change). Sign in again.";
+  return `Signed out: ${reason}. Sign in again.`;
 }
 
 function start() {
@@ -2328,27 +3311,34 @@ function start() {
     token: session.token ?? null,
     guest: session.guest ?? null,
     backoff: backoffFromQuery(),
-    refreshToken: password ? () => renewToken() : null,
+    // Refused token (expired while away) or `token_expired`: a new one, or null (the page then says why).
+    refreshToken: session.refreshToken ? () => refreshSession().catch(() => null) : null,
   });
   let directLoaded = false;
+  const mine = client;
   client.on("state", () => {
+    if (client !== mine) return; // signed out: this client is closing
     updateBanner();
-    if (client.state === "connected") refreshRoomsSoon();
-    if (client.state === "connected") refreshUnread();
+    if (client.state === "connected") {
+      refreshRoomsSoon();
+      refreshUnread();
+      refreshDetails();
+    }
     if (client.state === "connected" && me && !me.guest && !directLoaded) {
       directLoaded = true;
       loadRecentDirect();
     }
-    if (client.state === "closed" && !client.everConnected) {
-      const reason = client.closedReason;
-      signOut(true);
-      $("signin-error").textContent = reason;
-    }
+    if (client.state === "closed") onClosed(client);
   });
   client.on("outbox", updateBanner);
   client.on("user", (user) => {
     me = user;
-    $("me").textContent = `${visibleName(user.name)}${user.guest ? " (guest)" : ""}`;
+    if (session && !session.guest && !user.guest && session.admin !== user.admin) {
+      session.admin = user.admin;
+      saveSession();
+    }
+    $("me").textContent = `${visibleName(user.name)}${user.guest ? " (guest)" : user.admin ? " (admin)" : ""}`;
+    $("account-open").hidden = user.guest;
     $("dm-section").hidden = user.guest;
     $("private-fields").hidden = user.guest;
     $("attach-label").hidden = user.guest;
@@ -2372,17 +3362,24 @@ function start() {
     } else if (c.lastRead === null) {
       c.lastRead = seq; // a guest: what came before the join is not news
     }
+    goneRooms.delete(String(p.room));
     if (!current && p.room === LOBBY) show(c);
     else if (c === current) {
       renderMembers();
       if (!c.loaded) loadOlder(c);
+      loadDetails(c.name);
     }
     renderNav();
   });
   client.on("left", (p) => {
-    if (p.error) showError(`You are no longer in #${p.room}: ${p.error.message}`);
+    if (p.error?.code === "banned") {
+      dropRoom(String(p.room), `You are banned from #${p.room} ${untilText(p.error.until)}${p.error.reason ? `: ${p.error.reason}` : "."}`);
+    } else if (p.error) showError(`You are no longer in #${p.room}: ${p.error.message}`);
     else if (p.reason) showError(`You are no longer in #${p.room}: ${p.reason}`);
   });
+  client.on("removed", onRemoved);
+  client.on("room", onRoomFrame);
+  client.on("ratelimited", onRateLimited);
   client.on("message", (item) => addItem(conv(`#${item.room}`), item, true));
   client.on("direct", (item) => addDirect(item, true));
   client.on("change", onChange);
@@ -2416,9 +3413,13 @@ function start() {
   client.on("failed", onFailed);
   client.on("servererror", (p) => {
     if (p.code === "token_expired") return; // the "expired" event says it
+    if (p.code === "muted" && typeof p.room === "string") {
+      setMuted(p.room, p.until ?? null); // a moderator muted us just now
+    }
     showError(`${p.code}: ${p.message}`);
   });
   client.on("expired", () => {
+    if (client !== mine || !session) return;
     const banner = $("banner");
     banner.dataset.expired = "true";
     $("resign").hidden = false;
@@ -2426,10 +3427,52 @@ function start() {
   });
   client.start();
   scheduleRefresh();
+  clearInterval(clockTimer);
+  clockTimer = setInterval(tick, 1000);
   refreshRooms();
   clearInterval(roomsTimer);
   roomsTimer = setInterval(refreshRooms, 15000);
   updateBanner();
+}
+
+/** The connection closed for good: why decides what the page does. */
+function onClosed(c) {
+  if (c.closeCode === 1008 && /token expired/i.test(c.closeReason ?? "") && session?.refreshToken) {
+    // The token ran out before a new one came (a sleeping laptop): renew, and start over.
+    refreshSession().then((token) => {
+      if (!token) return;
+      signOut(false);
+      start();
+    }, () => {});
+  } else if (c.closeCode === 1008 && REVOKED.test(c.closeReason ?? "")) {
+    sessionEnded(revokedText(c.closeReason));
+  } else if (c.authRefused && session && !session.guest) {
+    sessionEnded(c.closedReason);
+  } else if (!c.everConnected) {
+    const reason = c.closedReason;
+    signOut(true);
+    $("signin-error").textContent = reason;
+  }
+}
+
+/**
+ * Sign out here, and end the session on the server (`everywhere`: every
+ * session of the user, on every device). This page closes first, so the
+ * server's close of its connection is not taken for a revocation.
+ */
+async function logout(everywhere = false) {
+  if (session?.refreshToken && !tokenFresh(5000)) await refreshSession().catch(() => null);
+  const token = session?.guest ? null : session?.token ?? null;
+  signOut(true);
+  if (!token) return;
+  try {
+    await api("POST", "/api/logout", everywhere ? { everywhere: true } : {}, token);
+    $("signin-note").textContent = everywhere ? "Signed out on every device." : "Signed out.";
+  } catch (err) {
+    $("signin-error").textContent = everywhere
+      ? `Signed out here, but not everywhere: ${err.message}. Sign in and try again.`
+      : `Signed out here; the server could not be told (${err.message}), so the session ends when it expires.`;
+  }
 }
 
 function signOut(forget = true) {
@@ -2439,6 +3482,15 @@ function signOut(forget = true) {
     old.close("signed out");
   }
   clearTimeout(refreshTimer);
+  clearInterval(clockTimer);
+  closeSidePane(false);
+  closeAsk(false);
+  closeModDialog();
+  details.clear();
+  mutedUntil.clear();
+  slowUntil.clear();
+  goneRooms.clear();
+  renderComposer();
   clearInterval(roomsTimer);
   clearTimeout(bannerTimer);
   closePopup(false);
@@ -2477,11 +3529,12 @@ function signOut(forget = true) {
   const guestName = session?.guest ?? "";
   if (forget) {
     session = null;
-    password = null;
     saveSession();
   }
   $("app").hidden = true;
   $("signin").hidden = false;
+  $("signin-error").textContent = "";
+  $("signin-note").textContent = "";
   $("login-name").value = name;
   $("guest-name").value = guestName;
   $("errors").replaceChildren();
@@ -2500,6 +3553,7 @@ function sendText(text) {
       : client.sendDirect(c.name, text);
     addPending(c, id, "text", text, null, answering ? quoteOf(answering) : null);
     if (answering) setReplying(null);
+    if (c.type === "room") startSlow(c.name);
   } catch (err) {
     showError(`Not sent: ${err.serverMessage ?? err.message}`);
   }
@@ -2523,6 +3577,7 @@ async function sendFiles(files) {
       const target = c.type === "room" ? { room: c.name } : { to: c.name };
       const { id } = client.sendFile(target, file.name, file.type, bytes);
       addPending(c, id, "file", "", file.name);
+      if (c.type === "room") startSlow(c.name);
     } catch (err) {
       showError(`${visibleName(file.name, "file")} not sent: ${err.serverMessage ?? err.message}`);
     }
@@ -2543,7 +3598,6 @@ function wire() {
   $("guest-form").addEventListener("submit", (event) => {
     event.preventDefault();
     session = { guest: $("guest-name").value.trim() };
-    password = null;
     saveSession();
     start();
   });
@@ -2552,9 +3606,7 @@ function wire() {
     const button = event.submitter;
     if (button) button.disabled = true;
     try {
-      const pass = $("login-password").value;
-      session = await login($("login-name").value.trim(), pass);
-      password = pass;
+      session = await login($("login-name").value.trim(), $("login-password").value);
       $("login-password").value = "";
       saveSession();
       start();
@@ -2573,7 +3625,6 @@ function wire() {
     try {
       await api("POST", "/api/register", { username: name, password: pass }, null);
       session = await login(name, pass);
-      password = pass;
       $("register-password").value = "";
       saveSession();
       start();
@@ -2583,7 +3634,7 @@ function wire() {
       if (button) button.disabled = false;
     }
   });
-  $("signout").addEventListener("click", () => signOut(true));
+  $("signout").addEventListener("click", () => logout(false));
   $("resign").addEventListener("click", () => signOut(true));
   $("retry").addEventListener("click", () => client?.reconnectNow());
   window.addEventListener("online", () => client?.reconnectNow());
@@ -2592,7 +3643,7 @@ function wire() {
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("text").value;
-    if (!text.trim()) return;
+    if (!text.trim() || $("send").disabled) return; // muted, or slow mode counting down: the text stays
     sendText(text);
     $("text").value = "";
   });
@@ -2641,7 +3692,7 @@ function wire() {
     if (popup && !popup.box.contains(event.target) && !popup.opener.contains(event.target)) closePopup(false);
   });
   $("text").addEventListener("input", () => {
-    if (!current || current.type !== "room" || !client || !$("text").value) return;
+    if (!current || current.type !== "room" || !client || !$("text").value || mutedUntil.has(current.name)) return;
     const now = Date.now();
     if (now - (lastTyping.get(current.name) ?? 0) >= TYPING_EVERY) {
       lastTyping.set(current.name, now);
@@ -2707,7 +3758,7 @@ function wire() {
   $("search-pane").addEventListener("keydown", searchKeys);
   // Ctrl+K (⌘K) anywhere, or "/" outside a text field, goes to the search box.
   document.addEventListener("keydown", (event) => {
-    if ($("app").hidden || $("confirm-delete").open || event.altKey || event.defaultPrevented) return;
+    if ($("app").hidden || document.querySelector("dialog[open]") || event.altKey || event.defaultPrevented) return;
     const inField = event.target instanceof Element && Boolean(event.target.closest("input, textarea, select, [contenteditable]"));
     const ctrlK = (event.ctrlKey || event.metaKey) && !event.shiftKey && event.key.toLowerCase() === "k";
     if (ctrlK || (event.key === "/" && !inField && !event.ctrlKey && !event.metaKey)) {
@@ -2748,10 +3799,72 @@ function wire() {
   window.addEventListener("focus", onAttention);
   seenObserver = new IntersectionObserver(onIntersect, { root: $("scroller"), threshold: [0, 0.5, 1] });
   $("hide-receipts").addEventListener("change", () => saveHideReceipts($("hide-receipts").checked));
+  // Moderation, room settings, the account.
+  $("room-settings-open").addEventListener("click", openRoomPane);
+  $("account-open").addEventListener("click", openAccountPane);
+  $("room-pane-close").addEventListener("click", () => closeSidePane(true));
+  $("account-pane-close").addEventListener("click", () => closeSidePane(true));
+  for (const id of ["room-pane", "account-pane"]) {
+    $(id).addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && !popup) {
+        event.preventDefault();
+        closeSidePane(true);
+      }
+    });
+  }
+  $("rs-form").addEventListener("input", () => {
+    $("rs-form").dataset.dirty = "true";
+  });
+  $("rs-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveRoomSettings();
+  });
+  $("rs-owner-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    handOver();
+  });
+  $("rs-ban-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("rs-ban-name").value.trim();
+    if (!name || !paneRoom) return;
+    $("rs-ban-name").value = "";
+    askModeration("ban", paneRoom, name);
+  });
+  $("rs-delete").addEventListener("click", deleteRoom);
+  $("rs-audit-more").addEventListener("click", () => loadAudit(false));
+  $("mod-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    modSubmit();
+  });
+  $("mod-cancel").addEventListener("click", () => closeModDialog(true));
+  $("mod-dialog").addEventListener("cancel", (event) => {
+    event.preventDefault(); // Escape: closed here, so the focus goes back
+    closeModDialog(true);
+  });
+  $("ask-go").addEventListener("click", () => closeAsk(true));
+  $("ask-cancel").addEventListener("click", () => closeAsk(false));
+  $("ask-dialog").addEventListener("close", () => closeAsk(false));
+  $("password-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    changePassword();
+  });
+  $("delete-account-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    deleteAccount();
+  });
+  $("acct-signout").addEventListener("click", () => logout(false));
+  $("acct-signout-all").addEventListener("click", async () => {
+    if (await ask("Sign out everywhere?", "Every session of yours ends, on every device and in every tab, this one included.", "Sign out everywhere")) logout(true);
+  });
   $("room-receipts").addEventListener("change", () => saveRoomReceipts($("room-receipts").checked));
 }
 
 wire();
 session = loadSession();
-if (session) start();
+if (session?.token && !tokenFresh(60000)) {
+  // Back after the access token expired: a new one first (a refused refresh shows the form).
+  refreshSession().then(() => session && start(), (err) => {
+    if (session && err.status !== 401 && err.status !== 403) start(); // offline: the client retries
+  });
+} else if (session) start();
 else $("guest-name").focus();

@@ -22,10 +22,17 @@
 // - `search()` asks for a page of messages matching a query (answered by
 //   frame id like `history`; a `rate_limited` answer is retried after
 //   `retry_after` like any other frame);
+// - moderation: `removed` (taken out of a room: it is not joined again after
+//   a reconnect) and `room` (a room's settings or roles changed) are events;
+//   a frame refused for a while (`rate_limited`: slow mode, or too fast) is
+//   sent again after `retry_after` and a `ratelimited` event says so;
+//   refusals carry the error's payload (`until`, `reason`) as `details`;
 // - reconnects wait a uniform random time in [0, min(cap, first * 2^n)]
 //   (full jitter; 0.5 s first, 30 s cap), reset after a stable minute;
 // - `rate_limited` is retried after `retry_after`; a close with 1008 or a
-//   refused sign-in stops the client for good.
+//   refused sign-in stops the client for good (`closeCode`, `closeReason`:
+//   the server's close; `authRefused`: the token was refused and no fresh
+//   one came from `refreshToken`).
 
 export const LOBBY = "lobby";
 const DIRECT = "@direct";
@@ -184,12 +191,13 @@ export function fileFrame(header, bytes) {
   return out.buffer;
 }
 
-/** An error the server answered a frame with. */
+/** An error the server answered a frame with; `details`: the rest of its payload (`until`, `reason`, ...). */
 export class SendError extends Error {
-  constructor(code, message) {
+  constructor(code, message, details = {}) {
     super(`${code}: ${message}`);
     this.code = code;
     this.serverMessage = message;
+    this.details = details;
   }
 }
 
@@ -315,7 +323,10 @@ function directEvent(type, p, timestamp) {
  * (current state of messages shown before a long absence), presence, typing,
  * read (the user's marker moved: `{room|direct, with?, seq, unread, mentions}`),
  * receipt (someone read: `{room|direct, user, seq}`), servererror, expired,
- * outbox, acked, failed.
+ * outbox, acked, failed (`{id, kind, meta, code, message, details}`),
+ * removed (taken out of a room: `{room, by, reason?, banned?, until?}`), room
+ * (a room's settings and roles: the `room` payload), ratelimited (a frame
+ * waits `retryAfter` ms before it is sent again: `{id, kind, room, retryAfter}`).
  */
 export class ChatClient {
   constructor({ url, token = null, guest = null, backoff = null, refreshToken = null,
@@ -333,6 +344,9 @@ export class ChatClient {
     this.ws = null;
     this.conn = 0;
     this.everConnected = false;
+    this.closeCode = null;
+    this.closeReason = null;
+    this.authRefused = false;
     this.timers = {};
   }
 
@@ -466,6 +480,9 @@ export class ChatClient {
     if (this.openedAt) this.backoff.connectedFor(Date.now() - this.openedAt);
     this.openedAt = null;
     if (code === 1008) {
+      // Signed out (revoked), banned, abuse: trying again would be refused too.
+      this.closeCode = code;
+      this.closeReason = reason || "";
       this._finish(`closed by the server: ${reason || "policy violation"}`);
       return;
     }
@@ -528,6 +545,7 @@ export class ChatClient {
         }
       }
       if (reply.type === "error") {
+        this.authRefused = true;
         this.emit("expired", reply.payload);
         throw new SendError("auth", `Your sign-in is no longer valid (${reply.payload.message}). Sign in again.`);
       }
@@ -637,7 +655,7 @@ export class ChatClient {
 
   _setUser(user) {
     if (!user) return;
-    this.user = { name: String(user.name ?? ""), guest: Boolean(user.guest) };
+    this.user = { name: String(user.name ?? ""), guest: Boolean(user.guest), admin: Boolean(user.admin) };
     this.emit("user", this.user);
   }
 
@@ -745,6 +763,15 @@ export class ChatClient {
       case "receipt":
         this.emit("receipt", p);
         break;
+      case "removed":
+        // Out of the room now (removed, banned, or the room deleted): a
+        // reconnect must not join it again, and nothing more of it comes.
+        this.streams.delete(String(p.room));
+        this.emit("removed", p);
+        break;
+      case "room":
+        this.emit("room", p);
+        break;
       case "error":
         if (id === null || !this.outbox.has(id)) {
           if (p.code === "token_expired") this._tokenExpired();
@@ -763,6 +790,7 @@ export class ChatClient {
     if (type === "error") {
       if (p.code === "rate_limited") {
         const wait = Number(p.retry_after ?? 1000);
+        this.emit("ratelimited", { id, kind: out.kind, room: out.room, retryAfter: wait });
         this.timers[`rate-${id}`] = setTimeout(() => {
           delete this.timers[`rate-${id}`];
           out.sentOn = -1;
@@ -770,7 +798,8 @@ export class ChatClient {
         }, wait);
         return;
       }
-      this._fail(out, String(p.code ?? "error"), String(p.message ?? ""));
+      const { code, message, ...details } = p;
+      this._fail(out, String(code ?? "error"), String(message ?? ""), details);
       return;
     }
     this.outbox.delete(id);
@@ -781,11 +810,11 @@ export class ChatClient {
     }
   }
 
-  _fail(out, code, message) {
+  _fail(out, code, message, details = {}) {
     this.outbox.delete(out.id);
-    out.reject(new SendError(code, message));
+    out.reject(new SendError(code, message, details));
     if (SENDABLE.has(out.kind)) {
-      this.emit("failed", { id: out.id, kind: out.kind, meta: out.meta, code, message });
+      this.emit("failed", { id: out.id, kind: out.kind, meta: out.meta, room: out.room, code, message, details });
       this.emit("outbox", this.queued);
     }
   }
@@ -812,7 +841,7 @@ export class ChatClient {
     const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
     promise.catch(() => {}); // callers that do not wait are told by the "failed" event
     const out = {
-      id, kind: type, meta, sentOn: -1, resolve, reject,
+      id, kind: type, meta, sentOn: -1, resolve, reject, room: payload?.room ?? null,
       data: data ?? JSON.stringify({ type, id, payload }),
     };
     this.outbox.set(id, out);
@@ -840,7 +869,7 @@ export class ChatClient {
     return this.send("edit", { message_id: messageId, message: text }, meta);
   }
 
-  /** Delete a message (yours; in a private room you own, anyone's). */
+  /** Delete a message (yours; anyone's in a room you own or moderate, or as an admin). */
   delete(messageId, meta = {}) {
     return this.send("delete", { message_id: messageId }, meta);
   }
@@ -863,7 +892,10 @@ export class ChatClient {
   sendFile(target, name, mime, bytes, meta = {}) {
     const id = newId();
     const header = { ...target, name, mime: mime || "application/octet-stream", id };
-    return this.send("file", null, { ...meta, id }, fileFrame(header, bytes));
+    const sent = this.send("file", null, { ...meta, id }, fileFrame(header, bytes));
+    const out = this.outbox.get(sent.id);
+    if (out) out.room = target.room ?? null;
+    return sent;
   }
 
   join(room) {
