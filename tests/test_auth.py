@@ -1,4 +1,4 @@
-"""Tokens: what verify accepts and what it refuses (no sockets)."""
+"""Tokens: what verify accepts and what it refuses; refresh tokens (no sockets)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,28 @@ import jwt
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from roomcast.auth import Tokens, bearer_token
+from roomcast.auth import (
+    ACCESS_TTL,
+    REFRESH_TTL,
+    Tokens,
+    bearer_token,
+    hash_secret,
+    make_refresh_token,
+    new_session_id,
+    same_hash,
+    split_refresh_token,
+)
 from roomcast.exceptions import AuthError
 
 SECRET = "s3cret-for-tests-only-" + "0123456789abcdef" * 3
 NOW = 1_790_000_000
+SID = "AAAAAAAAAAAAAAAAAAAAAA"
 
 
 def claims(**over: object) -> dict[str, object]:
     base: dict[str, object] = {
         "sub": "alice",
+        "sid": SID,
         "iss": "roomcast",
         "aud": "roomcast",
         "iat": NOW,
@@ -34,11 +46,71 @@ def tokens() -> Tokens:
 
 
 def test_issued_token_verifies(tokens: Tokens) -> None:
-    """A token the server issued names its user and expires after the ttl."""
-    token, expires = tokens.issue("alice")
-    assert expires == NOW + 24 * 3600
+    """A token the server issued names its user and session, and expires after 15 minutes."""
+    sid = new_session_id()
+    token, expires = tokens.issue("alice", sid)
+    assert ACCESS_TTL == 900
+    assert expires == NOW + ACCESS_TTL
     verified = tokens.verify(token)
-    assert (verified.user, verified.expires_at) == ("alice", expires)
+    assert (verified.user, verified.expires_at, verified.session_id) == ("alice", expires, sid)
+    assert jwt.decode(token, options={"verify_signature": False})["sid"] == sid
+
+
+@pytest.mark.parametrize("sid", [None, "", "short", 12, "A" * 21 + "!"])
+def test_a_token_without_a_session_is_refused(tokens: Tokens, sid: object) -> None:
+    """A token with no sid (or a malformed one), made before sessions, says to sign in again."""
+    with pytest.raises(AuthError, match="sign in again"):
+        tokens.verify(jwt.encode(claims(sid=sid), SECRET, algorithm="HS256"))
+
+
+def test_session_ids_are_22_url_safe_characters() -> None:
+    """A session id is 16 random bytes in URL-safe base64, different every time."""
+    ids = {new_session_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(len(sid) == 22 and sid.replace("-", "").replace("_", "").isalnum() for sid in ids)
+
+
+def test_refresh_tokens_name_their_session_and_hash_their_secret() -> None:
+    """A refresh token is sid.secret; the store keeps the secret's SHA-256, never the secret."""
+    sid = new_session_id()
+    token, stored = make_refresh_token(sid)
+    session, secret = token.split(".")
+    assert session == sid and len(secret) == 43
+    assert stored == hash_secret(secret) and len(stored) == 64 and secret not in stored
+    assert split_refresh_token(token) == (sid, stored)
+    again, other = make_refresh_token(sid)
+    assert again != token and other != stored
+    assert REFRESH_TTL == 30 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        None,
+        42,
+        "",
+        ".",
+        "no-dot",
+        f"{SID}.",
+        f".{'x' * 43}",
+        f"{SID}.{'x' * 42}",
+        f"{SID}.{'x' * 43}.y",
+        f"short.{'x' * 43}",
+        f"{SID}.{'é' * 43}",
+    ],
+)
+def test_malformed_refresh_tokens_are_refused(garbage: object) -> None:
+    """Anything not shaped like sid.secret is AuthError, never another exception."""
+    with pytest.raises(AuthError, match="invalid refresh token"):
+        split_refresh_token(garbage)
+
+
+def test_hashes_compare_in_constant_time() -> None:
+    """same_hash says whether two hashes are equal (hmac.compare_digest underneath)."""
+    stored = hash_secret("a")
+    assert same_hash(hash_secret("a"), stored)
+    assert not same_hash(hash_secret("b"), stored)
+    assert not same_hash("", stored)
 
 
 def test_token_minted_elsewhere_with_the_secret_verifies(tokens: Tokens) -> None:

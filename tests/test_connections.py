@@ -64,7 +64,7 @@ async def signed_in_alice() -> tuple[Node, FakePeer, str]:
     await accounts.register("alice", "long enough password")
     node = Node(store=store, broker=MemoryBroker(), accounts=accounts, reauth_timeout=0.05)
     await node.start()
-    token, _ = accounts.tokens.issue("alice")
+    token = (await accounts.open_session("alice")).token
     return node, await connected(node), token
 
 

@@ -142,7 +142,7 @@ async def test_direct_message_reaches_both_sides_with_their_own_seqs() -> None:
     peers = {}
     for name in ("alice", "bob", "carol"):
         peer = await connected(node)
-        token, _ = accounts.tokens.issue(name)
+        token = (await accounts.open_session(name)).token
         await receive_text(node, peer, text("auth", {"token": token}))
         peers[name] = peer
     for peer in peers.values():
@@ -179,7 +179,7 @@ async def signed_in(names: tuple[str, ...]) -> tuple[Node, dict[str, Any]]:
     peers = {}
     for name in names:
         peer = await connected(node)
-        token, _ = accounts.tokens.issue(name)
+        token = (await accounts.open_session(name)).token
         await receive_text(node, peer, text("auth", {"token": token}))
         peers[name] = peer
     for peer in peers.values():

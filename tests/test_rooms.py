@@ -7,6 +7,7 @@ import pytest
 from roomcast.exceptions import Forbidden, InvalidRequest, NotFound, RoomExists, UnknownUser
 from roomcast.protocol.messages import LOBBY, UserInfo
 from roomcast.rooms import MAX_MEMBERS, Rooms
+from roomcast.rules import RulesBook
 from roomcast.store.memory import MemoryStore
 
 ANN, BOB, CAROL = UserInfo("ann", False), UserInfo("bob", False), UserInfo("carol", False)
@@ -30,7 +31,8 @@ async def rooms_with_users(occupied: Occupied | None = None) -> Rooms:
     store = MemoryStore()
     for user in ("ann", "bob", "carol"):
         await store.create_user(user, "hash")
-    return Rooms(store, occupied or Occupied())
+    occupancy = occupied or Occupied()
+    return Rooms(store, occupancy, RulesBook(store, occupancy.local_rooms))
 
 
 async def test_a_private_room_is_for_its_owner_and_members_only() -> None:

@@ -19,6 +19,7 @@ from roomcast.model import ChatMessage, DirectMessage, UserInfo
 from roomcast.protocol.messages import SearchRequest
 from roomcast.query import SNIPPET_CHARS
 from roomcast.rooms import Rooms
+from roomcast.rules import RulesBook
 from roomcast.search import SEARCH_BURST, SEARCH_RATE, MessageSearch
 from roomcast.store.memory import MemoryStore
 from tests.fakes import Clock
@@ -72,7 +73,8 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def search(store: MemoryStore, monotonic: Monotonic, metrics: Metrics) -> MessageSearch:
-    return MessageSearch(store, Rooms(store, NobodyHere()), metrics, clock=monotonic)
+    rooms = Rooms(store, NobodyHere(), RulesBook(store, list))
+    return MessageSearch(store, rooms, metrics, clock=monotonic)
 
 
 def ask(q: str, **fields: Any) -> SearchRequest:

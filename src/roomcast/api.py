@@ -4,7 +4,8 @@ Handlers parse and check the request, call the node, and answer JSON. Every
 error leaves as ``{"error": {"code", "message"}}`` through :class:`HTTPError`
 (the server's middleware renders it). Authenticated routes take
 ``Authorization: Bearer TOKEN``; a token is checked the same way as over
-WebSocket (signature, expiry, and that its user exists).
+WebSocket (signature, expiry, and that its session is live and its user
+exists and is not banned everywhere).
 """
 
 from __future__ import annotations
@@ -20,14 +21,24 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from .accounts import MAX_PASSWORD, MIN_PASSWORD, username_problem
+from .accounts import (
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    Accounts,
+    Credential,
+    RefreshReused,
+    SignIn,
+    username_problem,
+)
 from .auth import bearer_token
 from .exceptions import (
     AuthError,
     BackendError,
+    Banned,
     DomainError,
     Forbidden,
     InvalidRequest,
+    Muted,
     NameTaken,
     NotFound,
     ProtocolError,
@@ -39,7 +50,7 @@ from .exceptions import (
     UnknownUser,
 )
 from .frontdoor import TrustedProxies
-from .model import RoomAccess, UserInfo
+from .model import RoomAccess, StoredUser, UserInfo
 from .node import Node
 from .protocol.messages import (
     DEFAULT_HISTORY_LIMIT,
@@ -47,12 +58,14 @@ from .protocol.messages import (
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
     MAX_SEQ,
+    ErrorReply,
     format_timestamp,
     parse_search,
     valid_name,
     valid_room,
 )
 from .ratelimit import KeyedBuckets
+from .revocation import ACCOUNT_DELETED
 from .rooms import MAX_MEMBERS
 
 __all__ = ["HTTPError", "add_routes"]
@@ -258,12 +271,20 @@ class HTTPError(Exception):
     """Leaves a handler as a JSON error response."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, retry_after: float | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         #: Seconds the client should wait (sent as ``Retry-After``).
         self.retry_after = retry_after
+        #: More fields of the error object (a ban's ``until`` and ``reason``).
+        self.extra = extra
 
 
 def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None = None) -> None:
@@ -276,9 +297,13 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
     app[_POSTS] = KeyedBuckets(node.limits.rate_limit, node.limits.rate_burst, POSTERS_TRACKED)
     app.router.add_post("/api/register", _register)
     app.router.add_post("/api/login", _login)
+    app.router.add_post("/api/refresh", _refresh)
+    app.router.add_post("/api/password", _change_password)
+    app.router.add_post("/api/logout", _logout)
+    app.router.add_get("/api/me", _me)
+    app.router.add_delete("/api/me", _delete_me)
     app.router.add_get("/api/rooms", _list_rooms)
     app.router.add_post("/api/rooms", _create_room)
-    app.router.add_patch("/api/rooms/{room}", _update_room)
     app.router.add_post("/api/rooms/{room}/members", _add_members)
     app.router.add_get("/api/rooms/{room}/messages", _room_messages)
     app.router.add_post("/api/rooms/{room}/messages", _post_message)
@@ -297,11 +322,11 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
 # -- helpers -----------------------------------------------------------------------
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, or a 400."""
     raw = await request.read()
     try:
@@ -313,8 +338,17 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _user(request: web.Request) -> UserInfo:
+async def bearer_user(request: web.Request) -> UserInfo:
     """The registered user of the request's bearer token, or a 401."""
+    return (await bearer_credential(request)).user
+
+
+async def bearer_credential(request: web.Request) -> Credential:
+    """The user, expiry and session of the request's bearer token, or a 401.
+
+    The session is read every time: a token of a session signed out, of a
+    user deleted or banned everywhere, is refused however long it has left.
+    """
     token = bearer_token(request.headers.get("Authorization"))
     if token is None:
         raise HTTPError(401, "auth_failed", "send Authorization: Bearer TOKEN")
@@ -322,13 +356,12 @@ async def _user(request: web.Request) -> UserInfo:
     if accounts is None:
         raise HTTPError(401, "auth_failed", "this server accepts no tokens")
     try:
-        user, _ = await accounts.user_for_token(token)
+        return await accounts.user_for_token(token)
     except AuthError as exc:
         raise HTTPError(401, "auth_failed", str(exc)) from None
-    return user
 
 
-def _room(request: web.Request) -> str:
+def room_param(request: web.Request) -> str:
     room = request.match_info["room"]
     if not valid_room(room):
         raise HTTPError(400, "invalid_message", "room names match [a-z0-9][a-z0-9_-]{0,63}")
@@ -367,6 +400,10 @@ REFUSALS: Final[dict[type[DomainError], tuple[int, str]]] = {
 
 def refused(exc: DomainError) -> HTTPError:
     """The JSON error for a refusal of the core (the HTTP API's one mapping)."""
+    if isinstance(exc, Banned | Muted):
+        # The same fields as the WebSocket's error frame (until, reason).
+        frame = ErrorReply.refused(exc)
+        return HTTPError(403, str(frame.code), frame.message, extra=frame.extra)
     for kind in type(exc).__mro__:
         if kind in REFUSALS:
             status, code = REFUSALS[kind]
@@ -430,7 +467,7 @@ def _hashed(username: object, password: object) -> bool:
 
 async def _register(request: web.Request) -> web.Response:
     """``POST /api/register`` ``{"username","password"}``: 201, 400 invalid, 409 taken."""
-    body = await _body(request)
+    body = await json_body(request)
     accounts = request.app[NODE].accounts
     if accounts is None:
         raise HTTPError(403, "forbidden", "this server has no accounts")
@@ -444,12 +481,12 @@ async def _register(request: web.Request) -> web.Response:
     name = await accounts.register(username, password)
     # A guest using the name (on any node) loses it now.
     request.app[NODE].connections.claim_name(name)
-    return _json({"user": {"name": name}}, status=201)
+    return json_response({"user": {"name": name}}, status=201)
 
 
 async def _login(request: web.Request) -> web.Response:
     """``POST /api/login`` ``{"username","password"}``: 200 with a token, 401 otherwise."""
-    body = await _body(request)
+    body = await json_body(request)
     accounts = request.app[NODE].accounts
     if accounts is None:
         raise HTTPError(403, "forbidden", "this server has no accounts")
@@ -470,19 +507,153 @@ async def _login(request: web.Request) -> web.Response:
                 429, "rate_limited", "too many login attempts; wait and retry", retry_after=wait
             )
     try:
-        token, expires, name = await accounts.login(username, body.get("password"))
+        signed = await accounts.login(username, body.get("password"))
     except AuthError as exc:
         raise HTTPError(401, "auth_failed", str(exc)) from None
+    name = signed.user.name
     if counted:
         throttle.succeeded(address, name)
     request.app[NODE].connections.claim_name(name)
-    return _json(
-        {
-            "token": token,
-            "expires_at": format_timestamp(expires * 1000),
-            "user": {"name": name},
-        }
-    )
+    return json_response(_signed_in(signed))
+
+
+def _signed_in(signed: SignIn) -> dict[str, Any]:
+    """The answer to a login or a refresh."""
+    return {
+        "token": signed.token,
+        "expires_at": format_timestamp(signed.expires_at * 1000),
+        "refresh_token": signed.refresh_token,
+        "refresh_expires_at": format_timestamp(signed.refresh_expires_at * 1000),
+        "user": {"name": signed.user.name, "admin": signed.user.admin},
+    }
+
+
+def _accounts(request: web.Request) -> Accounts:
+    accounts = request.app[NODE].accounts
+    if accounts is None:
+        raise HTTPError(403, "forbidden", "this server has no accounts")
+    return accounts
+
+
+async def _refresh(request: web.Request) -> web.Response:
+    """``POST /api/refresh`` ``{"refresh_token"}``: new tokens (the old refresh token
+    stops working); 401 when it is unknown, used, revoked or expired.
+
+    A refresh token presented a second time ends its whole session, and the
+    connections that use it: one of its two holders is not its owner.
+    """
+    body = await json_body(request)
+    accounts = _accounts(request)
+    try:
+        signed = await accounts.refresh(body.get("refresh_token"))
+    except RefreshReused as exc:
+        request.app[NODE].revocations.revoked(exc.revoked, exc.user)
+        raise HTTPError(401, "auth_failed", str(exc)) from None
+    except AuthError as exc:
+        raise HTTPError(401, "auth_failed", str(exc)) from None
+    return json_response(_signed_in(signed))
+
+
+def _password_attempt(request: web.Request, name: str) -> str:
+    """Count a password check of ``name``'s own (as a login); its address, or a 429.
+
+    Whoever holds a token could otherwise guess its user's password here
+    as fast as hashing goes.
+    """
+    throttle = request.app[_THROTTLE]
+    address = client_address(request)
+    wait = throttle.check(address, name, time.monotonic())
+    if wait <= 0:
+        wait = throttle.attempt(address, name, exists=True, now=time.monotonic())
+    if wait > 0:
+        raise HTTPError(429, "rate_limited", "too many password attempts", retry_after=wait)
+    return address
+
+
+async def _change_password(request: web.Request) -> web.Response:
+    """``POST /api/password`` ``{"old","new"}``: ``{"revoked": N}``; every other session
+    of the user ends (and its connections close); this one stays."""
+    credential = await bearer_credential(request)
+    body = await json_body(request)
+    name = credential.user.name
+    address = _password_attempt(request, name)
+    try:
+        revoked = await _accounts(request).change_password(
+            credential, body.get("old"), body.get("new")
+        )
+    except AuthError as exc:
+        raise HTTPError(401, "auth_failed", str(exc)) from None
+    request.app[_THROTTLE].succeeded(address, name)
+    request.app[NODE].revocations.revoked(revoked, name)
+    return json_response({"revoked": len(revoked)})
+
+
+async def _logout(request: web.Request) -> web.Response:
+    """``POST /api/logout`` ``{"everywhere"?: bool}``: 204; the session (or every session
+    of the user) ends, and the connections that use it close."""
+    credential = await bearer_credential(request)
+    body = await json_body(request) if await request.read() else {}
+    everywhere = body.get("everywhere", False)
+    if type(everywhere) is not bool:
+        raise HTTPError(400, "invalid_message", "everywhere must be true or false")
+    revoked = await _accounts(request).logout(credential, everywhere=everywhere)
+    request.app[NODE].revocations.revoked(revoked, credential.user.name)
+    return web.Response(status=204)
+
+
+async def _me(request: web.Request) -> web.Response:
+    """``GET /api/me``: ``{"user":{"name","admin","created_at"}}``."""
+    credential = await bearer_credential(request)
+    account = await request.app[NODE].store.get_user(credential.user.name)
+    if account is None:
+        raise HTTPError(401, "auth_failed", "this account does not exist any more")
+    return json_response({"user": user_json(account)})
+
+
+def user_json(account: StoredUser) -> dict[str, Any]:
+    """A registered user as ``/api/me`` and the admin API show it."""
+    return {
+        "name": account.name,
+        "admin": account.admin,
+        "created_at": format_timestamp(account.created_ms) if account.created_ms else None,
+    }
+
+
+async def _delete_me(request: web.Request) -> web.Response:
+    """``DELETE /api/me`` ``{"password"}``: 204; the account is erased (docs: what
+    stays as tombstones), every session ends and its connections close."""
+    credential = await bearer_credential(request)
+    body = await json_body(request)
+    name = credential.user.name
+    _password_attempt(request, name)
+    try:
+        revoked = await _accounts(request).delete_account(credential, body.get("password"))
+    except AuthError as exc:
+        raise HTTPError(401, "auth_failed", str(exc)) from None
+    account_deleted(request.app[NODE], name, revoked)
+    return web.Response(status=204)
+
+
+#: Sweeps of files started after an account was deleted.
+_SWEEPS: Final[set[asyncio.Task[None]]] = set()
+
+
+def account_deleted(node: Node, name: str, revoked: list[str]) -> None:
+    """After ``name``'s account was erased: close its connections everywhere, and
+    delete its files' bytes that no message names any more (in the background)."""
+    node.revocations.revoked(revoked, name, reason=ACCOUNT_DELETED)
+
+    async def sweep() -> None:
+        try:
+            removed = await node.messaging.sweep_files()
+        except (BackendError, OSError) as exc:
+            logger.error("cannot delete the files of a deleted account: %s", exc)
+        else:
+            logger.info("deleted %d files after the account %s was deleted", removed, name)
+
+    task = asyncio.ensure_future(sweep())
+    _SWEEPS.add(task)
+    task.add_done_callback(_SWEEPS.discard)
 
 
 # -- rooms -------------------------------------------------------------------------
@@ -491,20 +662,20 @@ async def _login(request: web.Request) -> web.Response:
 async def _list_rooms(request: web.Request) -> web.Response:
     """``GET /api/rooms``: the rooms the caller may see (public ones without a token)."""
     node = request.app[NODE]
-    user = await _user(request) if "Authorization" in request.headers else None
+    user = await bearer_user(request) if "Authorization" in request.headers else None
     rooms = await node.rooms.visible(user)
     # Member counts are read together (one round trip to the broker's server).
     listed = await asyncio.gather(
         *(_room_json(access, node, with_members=True) for access in rooms)
     )
-    return _json({"rooms": listed})
+    return json_response({"rooms": listed})
 
 
 async def _create_room(request: web.Request) -> web.Response:
     """``POST /api/rooms`` ``{"name","private"?,"members"?}``: 201, or 409 when it exists."""
     node = request.app[NODE]
-    user = await _user(request)
-    body = await _body(request)
+    user = await bearer_user(request)
+    body = await json_body(request)
     name = body.get("name")
     if not isinstance(name, str):
         raise HTTPError(400, "invalid_message", "name must match [a-z0-9][a-z0-9_-]{0,63}")
@@ -514,31 +685,18 @@ async def _create_room(request: web.Request) -> web.Response:
     members = _names(body.get("members"), "members")
     access = await node.rooms.create(user, name, private=private, members=members)
     logger.info("%s created %s room %s", user.name, "private" if private else "public", name)
-    return _json({"room": await _room_json(access, node, with_members=True)}, status=201)
+    return json_response({"room": await _room_json(access, node, with_members=True)}, status=201)
 
 
 async def _add_members(request: web.Request) -> web.Response:
     """``POST /api/rooms/{room}/members`` ``{"members":[...]}``: owner only."""
     node = request.app[NODE]
-    user = await _user(request)
-    room = _room(request)
-    body = await _body(request)
+    user = await bearer_user(request)
+    room = room_param(request)
+    body = await json_body(request)
     names = _names(body.get("members"), "members")
     updated = await node.rooms.add_members(user, room, names)
-    return _json({"room": await _room_json(updated, node, with_members=True)})
-
-
-async def _update_room(request: web.Request) -> web.Response:
-    """``PATCH /api/rooms/{room}`` ``{"receipts": bool}``: owner only."""
-    node = request.app[NODE]
-    user = await _user(request)
-    room = _room(request)
-    body = await _body(request)
-    receipts = body.get("receipts")
-    if type(receipts) is not bool or set(body) != {"receipts"}:
-        raise HTTPError(400, "invalid_message", 'give {"receipts": true} or {"receipts": false}')
-    updated = await node.read_state.set_room_receipts(user, room, receipts)
-    return _json({"room": await _room_json(updated, node, with_members=True)})
+    return json_response({"room": await _room_json(updated, node, with_members=True)})
 
 
 # -- read state --------------------------------------------------------------------
@@ -546,9 +704,9 @@ async def _update_room(request: web.Request) -> web.Response:
 
 async def _unread(request: web.Request) -> web.Response:
     """``GET /api/unread``: the caller's unread counts in each room and direct conversation."""
-    user = await _user(request)
+    user = await bearer_user(request)
     reply = await request.app[NODE].read_state.unread(user)
-    return _json(reply.payload())
+    return json_response(reply.payload())
 
 
 #: ``GET /api/search``'s parameters that are not text, as the ``search`` frame has them.
@@ -558,7 +716,7 @@ _SEARCH_FLAGS: Final = {"true": True, "false": False}
 async def _search(request: web.Request) -> web.Response:
     """``GET /api/search?q=...&room=&direct=&with=&from=&after=&before=&limit=&cursor=&order=``:
     the caller's search, answered as the WebSocket ``search``."""
-    user = await _user(request)
+    user = await bearer_user(request)
     fields: dict[str, Any] = {key: request.query[key] for key in request.query}
     if "direct" in fields:
         if fields["direct"] not in _SEARCH_FLAGS:
@@ -571,25 +729,25 @@ async def _search(request: web.Request) -> web.Response:
     except ProtocolError as exc:
         raise HTTPError(400, str(exc.code), exc.message.replace("payload.", "")) from None
     reply = await request.app[NODE].search.search(user, search)
-    return _json(reply.payload())
+    return json_response(reply.payload())
 
 
 async def _settings(request: web.Request) -> web.Response:
     """``GET /api/me/settings``: ``{"hide_receipts"}``."""
-    user = await _user(request)
+    user = await bearer_user(request)
     account = await request.app[NODE].store.get_user(user.name)
-    return _json({"hide_receipts": account is not None and account.hide_receipts})
+    return json_response({"hide_receipts": account is not None and account.hide_receipts})
 
 
 async def _change_settings(request: web.Request) -> web.Response:
     """``PUT /api/me/settings`` ``{"hide_receipts": bool}``: the settings as they are now."""
-    user = await _user(request)
-    body = await _body(request)
+    user = await bearer_user(request)
+    body = await json_body(request)
     hidden = body.get("hide_receipts")
     if type(hidden) is not bool or set(body) != {"hide_receipts"}:
         raise HTTPError(400, "invalid_message", 'give {"hide_receipts": true} or false')
     await request.app[NODE].read_state.hide_receipts(user, hidden)
-    return _json({"hide_receipts": hidden})
+    return json_response({"hide_receipts": hidden})
 
 
 # -- messages ----------------------------------------------------------------------
@@ -597,8 +755,8 @@ async def _change_settings(request: web.Request) -> web.Response:
 
 async def _room_messages(request: web.Request) -> web.Response:
     """``GET /api/rooms/{room}/messages?before=SEQ|around=SEQ&thread=ID&limit=N``: history."""
-    user = await _user(request)
-    room = _room(request)
+    user = await bearer_user(request)
+    room = room_param(request)
     before = query_int(request, "before", 1, MAX_SEQ, None)
     around = query_int(request, "around", 1, MAX_SEQ, None)
     thread = request.query.get("thread")
@@ -612,15 +770,15 @@ async def _room_messages(request: web.Request) -> web.Response:
     reply = await request.app[NODE].messaging.history(
         user, room, before=before, limit=limit, thread=thread, around=around
     )
-    return _json(reply.payload())
+    return json_response(reply.payload())
 
 
 async def _post_message(request: web.Request) -> web.Response:
     """``POST /api/rooms/{room}/messages`` ``{"message","id"?}``: 201 ``{"seq","message_id"}``."""
     node = request.app[NODE]
-    user = await _user(request)
-    room = _room(request)
-    body = await _body(request)
+    user = await bearer_user(request)
+    room = room_param(request)
+    body = await json_body(request)
     text, client_id = body.get("message"), body.get("id")
     limit = node.limits.max_message_chars
     if not isinstance(text, str) or not text.strip() or "\x00" in text:
@@ -638,7 +796,7 @@ async def _post_message(request: web.Request) -> web.Response:
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
     message = await node.messaging.post(user, room, text, client_id=client_id, reply_to=reply_to)
-    return _json({"room": room, "seq": message.seq, "message_id": message.message_id}, 201)
+    return json_response({"room": room, "seq": message.seq, "message_id": message.message_id}, 201)
 
 
 # -- changes -----------------------------------------------------------------------
@@ -671,7 +829,7 @@ async def _change(
     key is applied once.
     """
     node = request.app[NODE]
-    user = await _user(request)
+    user = await bearer_user(request)
     message_id = _check_message_id(request.match_info["message_id"], "message_id")
     client_id = client_id if client_id is not None else request.headers.get("Idempotency-Key")
     if client_id is not None and (
@@ -685,7 +843,7 @@ async def _change(
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many messages; slow down", retry_after=wait)
     ack = await node.messaging.change_now(user, kind, message_id, text, client_id=client_id)
-    return _json(ack.payload())
+    return json_response(ack.payload())
 
 
 def _utf8(text: str) -> bool:
@@ -699,7 +857,7 @@ def _utf8(text: str) -> bool:
 
 async def _edit_message(request: web.Request) -> web.Response:
     """``PATCH /api/messages/{message_id}`` ``{"message","id"?}``: edit one's own message."""
-    body = await _body(request)
+    body = await json_body(request)
     text = body.get("message")
     limit = request.app[NODE].limits.max_message_chars
     if not isinstance(text, str) or not text.strip() or "\x00" in text:
@@ -734,7 +892,7 @@ async def _remove_reaction(request: web.Request) -> web.Response:
 async def _direct_messages(request: web.Request) -> web.Response:
     """``GET /api/direct/messages?before=SEQ|since=SEQ|around=SEQ&with=NAME&limit=N``: the
     caller's direct messages (``with``: one conversation's)."""
-    user = await _user(request)
+    user = await bearer_user(request)
     before = query_int(request, "before", 1, MAX_SEQ, None)
     since = query_int(request, "since", 0, MAX_SEQ, None)
     around = query_int(request, "around", 1, MAX_SEQ, None)
@@ -750,7 +908,7 @@ async def _direct_messages(request: web.Request) -> web.Response:
     reply = await messaging.direct_history(
         user, before=before, since=since, limit=limit, around=around, peer=peer
     )
-    return _json(reply.payload())
+    return json_response(reply.payload())
 
 
 #: Media types a browser may show inline from this origin: raster images,
@@ -794,7 +952,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
             raise HTTPError(403, "forbidden", "the link is not valid, or it has expired")
         signed = True
     message = await node.messaging.file_message(file_id)
-    reader = None if signed else await _user(request)
+    reader = None if signed else await bearer_user(request)
     info, path = await node.messaging.open_file(message, reader)
     inline = info.mime in INLINE_TYPES
     disposition = "inline" if inline else "attachment"

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import ipaddress
 import os
+import re
+import secrets
 import sys
+import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
+
+import orjson
 
 from . import __version__, logs
-from .accounts import PASSWORD_HASHES, Accounts
+from .accounts import PASSWORD_HASHES, Accounts, password_problem, username_problem
+from .api_admin import ban_reason, ban_until
 from .auth import Tokens
 from .broker import open_broker
 from .config import (
@@ -32,10 +39,12 @@ from .config import (
     make_ssl_context,
     prepare_data_dir,
 )
-from .exceptions import BackendError, ConfigError
+from .exceptions import BackendError, ConfigError, DomainError
 from .files import FileLinks, FileStore
+from .model import AuditEntry
 from .node import Node
-from .protocol.messages import LOBBY, valid_room
+from .protocol.messages import LOBBY, until_text, valid_room
+from .revocation import ACCOUNT_DELETED, BANNED, SIGNED_OUT, revoke_order
 from .server import RoomcastServer
 from .store import open_store
 from .store.sql import SQLStore
@@ -251,6 +260,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         type=str.lower,
     )
     _add_chat(commands)
+    _add_admin(commands, env)
     return parser
 
 
@@ -274,6 +284,83 @@ def _add_chat(commands: Any) -> None:
     chat.add_argument(
         "--room", default=LOBBY, help="join this room and talk there (default: %(default)s)"
     )
+
+
+def _add_admin(commands: Any, env: Mapping[str, str]) -> None:
+    admin = commands.add_parser(
+        "admin",
+        help="manage users and rooms on the server's database",
+        description=(
+            "Manage users and rooms on the configured database (the one serve uses: the "
+            "same flags and ROOMCAST_* variables). With --redis-url the live servers act at "
+            "once; without, they close revoked sessions within 3 s all the same."
+        ),
+    )
+
+    def add(flag: str, default: Any, help: str, **kwargs: Any) -> None:
+        admin.add_argument(flag, default=_env_default(env, flag, default), help=help, **kwargs)
+
+    add("--data-dir", "./roomcast-data", "the data dir of the embedded database")
+    add("--database-url", None, "postgresql://USER@HOST/DB or sqlite:PATH, as for serve")
+    add("--redis-url", None, "redis://HOST:PORT/DB: tell the live servers at once")
+    add("--redis-prefix", "roomcast:", "the servers' --redis-prefix (default: %(default)s)")
+    admin.add_argument(
+        "--password-hash",
+        choices=sorted(PASSWORD_HASHES),
+        default=env.get("ROOMCAST_PASSWORD_HASH", "default"),
+        help="how a new password is hashed, as for serve (default: %(default)s)",
+    )
+    actions = admin.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="COMMAND"
+    )
+    create = actions.add_parser(
+        "create-admin",
+        help="create an admin (password from stdin) or make a user one",
+        description=(
+            "Create the user NAME as an admin, with a password read from stdin (one line; "
+            "asked twice on a terminal), or make the existing user NAME an admin."
+        ),
+    )
+    create.add_argument("name", metavar="NAME")
+    for action, text in (("promote", "make NAME an admin"), ("demote", "make NAME no admin")):
+        actions.add_parser(action, help=text, description=text).add_argument("name", metavar="NAME")
+    ban = actions.add_parser(
+        "ban",
+        help="ban a user everywhere (signs them out)",
+        description="Ban NAME from the whole server, until lifted or for a time; every "
+        "session of theirs ends.",
+    )
+    ban.add_argument("name", metavar="NAME")
+    how_long = ban.add_mutually_exclusive_group()
+    how_long.add_argument("--for", dest="duration", metavar="DURATION", help="90s, 30m, 12h, 7d")
+    how_long.add_argument("--until", metavar="ISO", help="an ISO 8601 time, like 2030-01-31T12:00Z")
+    ban.add_argument("--reason", default="", help="why, as the user is told")
+    actions.add_parser("unban", help="lift a ban", description="Lift NAME's ban.").add_argument(
+        "name", metavar="NAME"
+    )
+    actions.add_parser(
+        "reset-password",
+        help="give a user a new password (signs them out)",
+        description=(
+            "Give NAME a new password: one line from stdin, or, when stdin is a terminal "
+            "or empty, a generated one, printed. Every session of theirs ends."
+        ),
+    ).add_argument("name", metavar="NAME")
+    actions.add_parser(
+        "delete-user",
+        help="delete an account",
+        description="Erase the account NAME: its sessions, memberships, reactions, and the "
+        "text and files of its messages (which stay as deleted tombstones).",
+    ).add_argument("name", metavar="NAME")
+    actions.add_parser(
+        "list-rooms",
+        help="list every room",
+        description="Every stored room, one a line: name, public or private, owner, "
+        "moderators, title (tab-separated).",
+    )
+    actions.add_parser(
+        "delete-room", help="delete a room", description="Erase ROOM and every message in it."
+    ).add_argument("room", metavar="ROOM")
 
 
 def _number(value: Any, flag: str, kind: type[int] | type[float], low: float, high: float) -> Any:
@@ -479,9 +566,244 @@ def _chat(args: argparse.Namespace) -> int:
     )
 
 
+# -- roomcast admin -------------------------------------------------------------------
+
+#: Who the CLI's actions are by, in audit entries and ``removed`` frames: not a
+#: name anyone can register.
+CLI_ACTOR = "(admin)"
+_DURATION = re.compile(r"([1-9][0-9]{0,9})([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class _Refused(Exception):
+    """Bad input or an unknown user or room: one line on stderr, exit 2."""
+
+
+def _admin(args: argparse.Namespace) -> int:
+    """Run ``roomcast admin COMMAND``; the exit status (0, 2 refused, 1 failed)."""
+    logs.configure("warning", "text", sys.stderr)
+    try:
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            return runner.run(_admin_run(args))
+    except (ConfigError, _Refused, DomainError) as exc:
+        print(f"roomcast: error: {exc}", file=sys.stderr)
+        return 2
+    except BackendError as exc:
+        print(f"roomcast: error: the database failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # never a traceback
+        print(f"roomcast: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _admin_run(args: argparse.Namespace) -> int:
+    url = args.database_url or None
+    if url == "memory:":
+        raise ConfigError("roomcast admin needs the servers' database; memory: is nobody's")
+    if args.redis_url and args.redis_url.split(":", 1)[0].lower() not in {
+        "redis",
+        "rediss",
+        "unix",
+    }:
+        raise ConfigError("--redis-url must be redis://HOST:PORT/DB (or rediss://)")
+    _password_hash(args.password_hash)
+    data_dir = Path(args.data_dir)
+    if url is None:
+        database = data_dir / "roomcast.db"
+        if args.action != "create-admin" and not database.is_file():
+            raise ConfigError(f"no database at {database}: give --data-dir or --database-url")
+        data_dir = prepare_data_dir(data_dir)
+    store = open_store(url, data_dir=data_dir)
+    await store.open()
+    try:
+        accounts = Accounts(
+            store,
+            Tokens(secrets.token_urlsafe(48)),  # signs nothing: the CLI issues no tokens
+            hasher=PASSWORD_HASHES[args.password_hash](),
+        )
+        return await _ADMIN_ACTIONS[args.action](args, accounts)
+    finally:
+        await store.close()
+
+
+async def _create_admin(args: argparse.Namespace, accounts: Accounts) -> int:
+    name = args.name
+    if await accounts.store.get_user(name) is None:
+        problem = username_problem(name)
+        if problem is not None:
+            raise _Refused(problem)
+        password = _new_password(name)
+        if password is None:
+            raise _Refused(f"give {name}'s password on stdin (one line)")
+        await accounts.register(name, password)
+    user, _ = await accounts.set_admin(name, True, by=CLI_ACTOR)
+    print(f"{user.name} is an admin")
+    return 0
+
+
+def _new_password(name: str) -> str | None:
+    """A password from stdin: asked twice on a terminal, else its first line; None if empty.
+
+    Raises:
+        _Refused: the two answers differ, or it is not a valid password.
+    """
+    if sys.stdin is None:
+        return None
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise _Refused("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        return None
+    problem = password_problem(password)
+    if problem is not None:
+        raise _Refused(problem)
+    return password
+
+
+async def _set_admin(args: argparse.Namespace, accounts: Accounts) -> int:
+    on = args.action == "promote"
+    user, revoked = await accounts.set_admin(args.name, on, by=CLI_ACTOR)
+    await _revoked(args, revoked, user.name, SIGNED_OUT)
+    print(f"{user.name} is an admin" if on else f"{user.name} is no admin")
+    return 0
+
+
+async def _ban(args: argparse.Namespace, accounts: Accounts) -> int:
+    body: dict[str, Any] = {}
+    if args.duration is not None:
+        match = _DURATION.fullmatch(args.duration.strip())
+        if match is None:
+            raise _Refused(f"--for must look like 90s, 30m, 12h or 7d, not {args.duration!r}")
+        body["for"] = int(match[1]) * _UNITS[match[2]]
+    elif args.until is not None:
+        body["until"] = args.until
+    until_ms = ban_until(body, int(time.time() * 1000))
+    user, revoked = await accounts.ban_user(
+        args.name, until_ms, ban_reason(args.reason), by=CLI_ACTOR
+    )
+    await _revoked(args, revoked, user.name, BANNED)
+    until = until_text(until_ms)
+    print(f"{user.name} is banned " + (f"until {until}" if until else "until unbanned"))
+    return 0
+
+
+async def _unban(args: argparse.Namespace, accounts: Accounts) -> int:
+    user = await accounts.unban_user(args.name, by=CLI_ACTOR)
+    print(f"{user.name} is not banned")
+    return 0
+
+
+async def _reset_password(args: argparse.Namespace, accounts: Accounts) -> int:
+    user = await accounts.user(args.name)
+    given = None
+    if sys.stdin is not None and not sys.stdin.isatty():
+        given = _new_password(user.name)
+    _, password, revoked = await accounts.reset_password(user.name, given, by=CLI_ACTOR)
+    await _revoked(args, revoked, user.name, SIGNED_OUT)
+    if given is None:
+        print(f"new password for {user.name}: {password}")
+    else:
+        print(f"{user.name}'s password is changed")
+    return 0
+
+
+async def _delete_user(args: argparse.Namespace, accounts: Accounts) -> int:
+    user, revoked = await accounts.delete_user(args.name, by=CLI_ACTOR)
+    await _revoked(args, revoked, user.name, ACCOUNT_DELETED)
+    print(f"{user.name} is deleted")
+    return 0
+
+
+async def _list_rooms(args: argparse.Namespace, accounts: Accounts) -> int:
+    for room in await accounts.store.all_rooms():
+        fields = (
+            room.name,
+            "private" if room.private else "public",
+            room.owner or "-",
+            ",".join(sorted(room.moderators)) or "-",
+            room.title or room.name,
+        )
+        print("\t".join(field.replace("\t", " ") for field in fields))
+    return 0
+
+
+async def _delete_room(args: argparse.Namespace, accounts: Accounts) -> int:
+    room = args.room
+    if not valid_room(room):
+        raise _Refused(f"room names match [a-z0-9][a-z0-9_-]{{0,63}}, not {room!r}")
+    if room == LOBBY:
+        raise _Refused("the lobby cannot be deleted")
+    entry = AuditEntry(room, int(time.time() * 1000), CLI_ACTOR, "delete_room")
+    if not await accounts.store.delete_room(room, entry):
+        raise _Refused(f"there is no room {room}")
+    await _publish(args, orjson.dumps({"op": "room_deleted", "room": room, "by": CLI_ACTOR}))
+    print(f"{room} is deleted")
+    return 0
+
+
+async def _revoked(args: argparse.Namespace, revoked: list[str], user: str, reason: str) -> None:
+    """Tell the live servers about sessions revoked, with --redis-url (else they poll)."""
+    if revoked:
+        await _publish(args, revoke_order(revoked, user, reason))
+
+
+async def _publish(args: argparse.Namespace, order: bytes) -> None:
+    """Publish ``order`` to every live server as a node's broker does, with --redis-url.
+
+    A failure is a warning: what the order says is stored, and the servers'
+    poll of revoked sessions closes them all the same.
+    """
+    if not args.redis_url:
+        return
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from .broker.base import Publication, encode_publication
+    from .broker.redis import COMMAND_TIMEOUT, pack_batch
+
+    publication = Publication(f"cli-{secrets.token_hex(4)}", None, None, order, order=True)
+    client = aioredis.Redis.from_url(
+        args.redis_url, socket_connect_timeout=COMMAND_TIMEOUT, socket_timeout=COMMAND_TIMEOUT
+    )
+    try:
+        await client.publish(
+            f"{args.redis_prefix}pub", pack_batch([encode_publication(publication)])
+        )
+    except (RedisError, OSError) as exc:
+        print(
+            f"roomcast: warning: could not tell the live servers through Redis ({exc}); "
+            "they close revoked sessions within 3 s all the same",
+            file=sys.stderr,
+        )
+    finally:
+        await client.aclose()
+
+
+_ADMIN_ACTIONS: Final[
+    dict[str, Callable[[argparse.Namespace, Accounts], Coroutine[Any, Any, int]]]
+] = {
+    "create-admin": _create_admin,
+    "promote": _set_admin,
+    "demote": _set_admin,
+    "ban": _ban,
+    "unban": _unban,
+    "reset-password": _reset_password,
+    "delete-user": _delete_user,
+    "list-rooms": _list_rooms,
+    "delete-room": _delete_room,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``roomcast`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "admin":
+        return _admin(args)
     if args.command == "chat":
         try:
             return _chat(args)

@@ -6,6 +6,11 @@ it, keeps its deadlines (authenticate in time, renew an expiring token),
 changes its identity on ``auth`` (re-checking every room it is in), caps the
 connections per user, and takes a name away from the guests using it when
 a registered user claims it, on every node.
+
+It also remembers which sign-in (session id, the token's ``sid``) each
+connection authenticated with, at the handshake or by its latest ``auth``
+(a guest has none), so that :class:`~roomcast.revocation.Revocations` can
+close the connections of a session that was signed out.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from .accounts import Accounts
 from .broker.base import Broker, Publication
@@ -33,7 +38,7 @@ from .rooms import Rooms
 from .store.base import Store
 from .streams import Streams
 
-__all__ = ["AUTH_TIMEOUT", "GUEST_NAME", "REAUTH_TIMEOUT", "Connections"]
+__all__ = ["AUTH_TIMEOUT", "GUEST_NAME", "REAUTH_TIMEOUT", "Connections", "SignedInSession"]
 
 #: Nicknames a guest may choose: letters, digits, ``_`` and ``-``, 1 to 32.
 GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
@@ -52,6 +57,20 @@ CLAIM_MEMORY: Final = 60.0
 
 #: The close reason for a guest whose name a registered user took.
 NAME_CLAIMED: Final = "your name now belongs to a registered user"
+
+
+class SignedInSession(Session):
+    """A new connection's protocol state, with the sign-in its handshake token named.
+
+    The handshake is checked before there is a peer: the session carries the
+    session id to :meth:`Connections.connect`, which indexes the peer by it.
+    """
+
+    __slots__ = ("sign_in",)
+
+    def __init__(self, session_id: str, user: UserInfo | None, sign_in: str, **limits: Any) -> None:
+        super().__init__(session_id, user, **limits)
+        self.sign_in = sign_in
 
 
 class Connections:
@@ -111,22 +130,31 @@ class Connections:
         #: Names claimed lately (lower case -> loop time), for a guest ``auth``
         #: whose store read was answered before the name was registered.
         self._claims: dict[str, float] = {}
+        #: The session id each signed-in connection authenticated with ...
+        self._sign_ins: dict[Peer, str] = {}
+        #: ... and the connections of each session id.
+        self._by_sign_in: dict[str, dict[Peer, None]] = {}
 
     # -- arriving and leaving ---------------------------------------------------
 
-    def new_session(self, user: UserInfo | None = None) -> Session:
-        """A session for a new connection: ``user``, else a guest unless guests are off."""
+    def new_session(self, user: UserInfo | None = None, *, sign_in: str | None = None) -> Session:
+        """A session for a new connection: ``user``, else a guest unless guests are off.
+
+        ``sign_in`` is the session id of the token ``user`` signed in with at
+        the handshake, if any.
+        """
         if user is None and self.guests:
             user = UserInfo(self._guest_name(), True)
         limits = self._limits
-        return Session(
-            uuid.uuid4().hex,
-            user,
-            max_rooms=limits.max_rooms,
-            max_message_chars=limits.max_message_chars,
-            rate_limit=limits.rate_limit,
-            rate_burst=limits.rate_burst,
-        )
+        options: dict[str, Any] = {
+            "max_rooms": limits.max_rooms,
+            "max_message_chars": limits.max_message_chars,
+            "rate_limit": limits.rate_limit,
+            "rate_burst": limits.rate_burst,
+        }
+        if sign_in is not None and user is not None:
+            return SignedInSession(uuid.uuid4().hex, user, sign_in, **options)
+        return Session(uuid.uuid4().hex, user, **options)
 
     def _guest_name(self) -> str:
         while True:
@@ -143,6 +171,8 @@ class Connections:
         if session.user is not None and not session.user.guest:
             # A token at the handshake follows the same rule as ``auth``.
             self.claim_name(session.user.name)
+            if isinstance(session, SignedInSession):
+                self._signed_in(peer, session.sign_in)
         self._membership.connected(peer)
         welcome = Welcome(session.id, session.user or UserInfo("", False), self.heartbeat)
         self._outbox.reply(peer, welcome)
@@ -156,11 +186,39 @@ class Connections:
         deadline = self._deadlines.pop(peer, None)
         if deadline is not None:
             deadline.cancel()
+        self._signed_out(peer)
         user = peer.session.user
         for room in self._membership.remove(peer):
             self._streams.forget_room(room)
         if user is not None:
             self._streams.forget_inbox(user.name)
+
+    # -- sign-ins ----------------------------------------------------------------
+
+    def signed_in_with(self, session_id: str) -> list[Peer]:
+        """This node's connections that authenticated with session ``session_id``."""
+        peers = self._by_sign_in.get(session_id)
+        return list(peers) if peers else []
+
+    def sign_in_of(self, peer: Peer) -> str | None:
+        """The session id ``peer`` authenticated with, or None (a guest, or none yet)."""
+        return self._sign_ins.get(peer)
+
+    def _signed_in(self, peer: Peer, session_id: str) -> None:
+        """``peer`` authenticated with ``session_id`` (replacing what it had)."""
+        self._signed_out(peer)
+        self._sign_ins[peer] = session_id
+        self._by_sign_in.setdefault(session_id, {})[peer] = None
+
+    def _signed_out(self, peer: Peer) -> None:
+        session_id = self._sign_ins.pop(peer, None)
+        if session_id is None:
+            return
+        peers = self._by_sign_in.get(session_id)
+        if peers is not None:
+            peers.pop(peer, None)
+            if not peers:
+                del self._by_sign_in[session_id]
 
     # -- deadlines ---------------------------------------------------------------
 
@@ -243,15 +301,18 @@ class Connections:
         session = peer.session
         old = session.user
         expires_at: float | None = None
+        sign_in: str | None = None
         if cmd.guest is None:
             if self._accounts is None or cmd.token is None:
                 self._auth_failed(peer, "this server accepts no tokens", cmd.id)
                 return False
             try:
-                user, expires_at = await self._accounts.user_for_token(cmd.token)
+                credential = await self._accounts.user_for_token(cmd.token)
             except AuthError as exc:
                 self._auth_failed(peer, str(exc), cmd.id)
                 return False
+            user, expires_at = credential.user, credential.expires_at
+            sign_in = credential.session_id
         else:
             if not self.guests:
                 self._auth_failed(peer, "guests are not allowed on this server", cmd.id)
@@ -293,6 +354,10 @@ class Connections:
             if old is not None:
                 self._streams.forget_inbox(old.name)
         session.authenticated(user)
+        if sign_in is not None:
+            self._signed_in(peer, sign_in)
+        else:
+            self._signed_out(peer)
         if not user.guest:
             self.claim_name(user.name)
         if expires_at is not None:

@@ -10,6 +10,8 @@
     │   │                    form in one place (``ErrorReply.refused`` on the
     │   │                    WebSocket, ``api.refused`` over HTTP)
     │   ├── Forbidden        the user may not do that
+    │   │   ├── Banned       banned from the room or server (``until_ms``)
+    │   │   └── Muted        muted in the room (``until_ms``)
     │   ├── NotFound         no such room or file
     │   │   └── NoSuchMessage  no such message, or not in a conversation the
     │   │                      user may read (``not_found`` on the WebSocket)
@@ -42,12 +44,14 @@ from .protocol.codes import ErrorCode
 
 __all__ = [
     "AuthError",
+    "Banned",
     "BackendError",
     "BrokerError",
     "ConfigError",
     "DomainError",
     "Forbidden",
     "InvalidRequest",
+    "Muted",
     "NameTaken",
     "NoSuchMessage",
     "NotFound",
@@ -155,6 +159,26 @@ class TooFrequent(DomainError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Banned(Forbidden):
+    """The user is banned from the room (or the server) until :attr:`until_ms`.
+
+    ``until_ms`` is None for a ban with no end.
+    """
+
+    def __init__(self, message: str, *, until_ms: int | None, reason: str = "") -> None:
+        super().__init__(message)
+        self.until_ms = until_ms
+        self.reason = reason
+
+
+class Muted(Forbidden):
+    """The user may read the room but not send or react in it until :attr:`until_ms`."""
+
+    def __init__(self, message: str, *, until_ms: int | None) -> None:
+        super().__init__(message)
+        self.until_ms = until_ms
 
 
 class StoreError(BackendError):

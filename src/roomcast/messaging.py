@@ -41,6 +41,7 @@ from .files import FileLinks, FileStore, safe_file_name, with_link
 from .hub import Hub, Peer
 from .metrics import Metrics
 from .model import Change, ChatMessage, DirectMessage, FileInfo, Mention, Quote, UserInfo
+from .moderation import Moderation
 from .notify import Notifier
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
@@ -141,6 +142,7 @@ class Messaging:
         links: signs the links to files in messages; None sends none.
         read_state: a sender has read what they sent; receipts in history.
         notifier: tells users away of direct messages and mentions; None tells no one.
+        moderation: mutes and slow mode; who may delete others' messages.
     """
 
     def __init__(
@@ -158,9 +160,11 @@ class Messaging:
         files: FileStore | None,
         links: FileLinks | None,
         read_state: ReadState,
+        moderation: Moderation,
         notifier: Notifier | None = None,
     ) -> None:
         self._node_id = node_id
+        self._moderation = moderation
         self._read_state = read_state
         self._notifier = notifier
         self._store = store
@@ -189,15 +193,29 @@ class Messaging:
         another or names someone (``@``) must first read what it answers
         and who is named: that part is the coroutine returned.
         """
+        user = peer.session.user
+        assert user is not None
+        if not self._moderation.check_send(user, cmd.room, time.monotonic()):
+            return self._chat_once_checked(peer, cmd)  # the room's rules must be read first
         if cmd.reply_to is not None or _may_mention(cmd.message):
             return self._chat_with_context(peer, cmd)
         # Not awaited: the store batches this connection's (and everyone's)
         # messages; the callbacks run in store order, which is seq order.
-        user = peer.session.user
-        assert user is not None
         stored = self._store.append(cmd.room, user.name, cmd.message, client_id=cmd.id)
         self._when_stored(peer, cmd.id, stored, ("chat", cmd.message, ""), None)
         return None
+
+    async def _chat_once_checked(self, peer: Peer, cmd: Chat) -> None:
+        user = peer.session.user
+        assert user is not None
+        await self._may_send(user, cmd.room)
+        await self._chat_with_context(peer, cmd)
+
+    async def _may_send(self, user: UserInfo, room: str) -> None:
+        """Refuse a message ``user`` may not send in ``room`` (muted, slow mode)."""
+        if not self._moderation.check_send(user, room, time.monotonic()):
+            await self._moderation.load(room)
+            self._moderation.check_send(user, room, time.monotonic())
 
     async def _chat_with_context(self, peer: Peer, cmd: Chat) -> None:
         user = peer.session.user
@@ -340,6 +358,7 @@ class Messaging:
             BackendError: the store failed; nothing was broadcast.
         """
         await self._rooms.check_access(user, room)
+        await self._may_send(user, room)
         draft, quote = await self._chat_draft(user, room, text, client_id, reply_to)
         result = await self._store.submit(draft)
         assert isinstance(result, AppendResult)
@@ -355,6 +374,8 @@ class Messaging:
         """Tell ``cmd.room``'s other members, here and elsewhere, that the sender types."""
         user = peer.session.user
         assert user is not None
+        if self._moderation.muted(user, cmd.room):
+            return  # a muted member's typing would say nothing anyone will read
         frame = text_frame(encode(TypingEvent(cmd.room, user.name)))
         self._hub.deliver(cmd.room, frame, skip_user=user.name)
         self._broker.publish(Publication(self._node_id, cmd.room, None, frame, skip_user=user.name))
@@ -400,12 +421,14 @@ class Messaging:
         user = peer.session.user
         assert user is not None
         kind, text = _kind_and_text(cmd)
-        draft = await self._change_draft(
+        draft, author = await self._change_draft(
             user, kind, cmd.message_id, text, cmd.id, joined=peer.session.rooms
         )
         stored = self._store.submit(draft)
         sent = (kind, cmd.message_id, text)
         stored.add_done_callback(functools.partial(self._change_stored, peer, cmd.id, sent))
+        if author is not None:
+            stored.add_done_callback(functools.partial(self._audit_delete, user, author))
 
     def _change_stored(
         self,
@@ -440,11 +463,27 @@ class Messaging:
                 was used for something else.
             BackendError: the store failed; nothing was published.
         """
-        draft = await self._change_draft(user, kind, message_id, text, client_id)
-        result = await self._store.submit(draft)
+        draft, author = await self._change_draft(user, kind, message_id, text, client_id)
+        stored = self._store.submit(draft)
+        if author is not None:
+            stored.add_done_callback(functools.partial(self._audit_delete, user, author))
+        result = await stored
         if result.duplicate and not same_message(result.message, (kind, message_id, text)):
             raise InvalidRequest(id_reused(client_id))
         return self._publish_change(result)
+
+    def _audit_delete(
+        self, user: UserInfo, author: str, stored: asyncio.Future[AppendResult | DirectResult]
+    ) -> None:
+        """A moderator deleted ``author``'s room message: log it (once, not for a resend)."""
+        if stored.cancelled() or stored.exception() is not None:
+            return
+        result = stored.result()
+        change = result.message
+        if result.duplicate or not isinstance(change, Change) or change.room is None:
+            return
+        work = self._moderation.message_deleted(user, change.room, change.target, author)
+        asyncio.get_running_loop().create_task(work)
 
     async def _change_draft(
         self,
@@ -455,11 +494,13 @@ class Messaging:
         client_id: str | None,
         *,
         joined: set[str] | None = None,
-    ) -> Draft:
-        """The draft of a change, once ``user`` may make it (the message's state aside).
+    ) -> tuple[Draft, str | None]:
+        """The draft of a change, once ``user`` may make it (the message's state aside),
+        and the author of a room message ``user`` deletes as its moderator.
 
-        Who may: the author edits; the author, or a private room's owner,
-        deletes; anyone who may read the conversation reacts. A message
+        Who may: the author edits; the author, or the room's owner, moderators
+        and admins, delete; anyone who may read the conversation and is not
+        muted there reacts. A message
         ``user`` may not read is no message at all to them. A connection
         (``joined``: its rooms) must be in the message's room, as it must to
         chat there; being in it says it may read it (checked at its join).
@@ -489,9 +530,12 @@ class Messaging:
                         ErrorCode.NOT_MEMBER, f"not a member of {facts.room}", frame_id=client_id
                     )
             if kind == "delete" and facts.sender != user.name:
-                access = await self._store.room_access(facts.room)
-                if access is None or not access.private or access.owner != user.name:
-                    raise Forbidden("only its author or the room's owner may delete a message")
+                if not await self._moderation.may_delete_any(user, facts.room):
+                    raise Forbidden(
+                        "only its author, or the room's owner or moderators, may delete a message"
+                    )
+            elif kind != "delete":
+                await self._moderation.check_muted(user, facts.room)
             where: dict[str, str] = {"room": facts.room}
         else:
             assert facts.to is not None
@@ -513,7 +557,7 @@ class Messaging:
                 raise InvalidRequest("a file message has no text to edit")
             if facts.deleted:
                 raise InvalidRequest("the message was deleted; it cannot be edited")
-        return Draft(
+        draft = Draft(
             user.name,
             room=where.get("room"),
             to=where.get("to"),
@@ -522,6 +566,8 @@ class Messaging:
             kind=kind,
             target=message_id,
         )
+        moderated = kind == "delete" and facts.room is not None and facts.sender != user.name
+        return draft, facts.sender if moderated else None
 
     async def _facts(self, message_id: str) -> _Facts | None:
         """Where a message is and who wrote it: from :attr:`_recent`, else from the store.
@@ -669,6 +715,8 @@ class Messaging:
             recipient = await self._store.get_user(header.to)
             if recipient is None:
                 raise UnknownUser(f"there is no user {header.to}")
+        if header.room is not None:
+            await self._may_send(user, header.room)
         await self._check_quotas(user, len(body))
         mime = header.mime.lower() if MEDIA_TYPE.fullmatch(header.mime) else OCTET_STREAM
         try:

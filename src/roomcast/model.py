@@ -9,11 +9,19 @@ here, a line in the encoder, and a column in the SQL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 __all__ = [
     "CHANGE_KINDS",
+    "FOREVER_MS",
+    "AuditEntry",
+    "Ban",
+    "Mute",
+    "RoomRules",
+    "RoomSettings",
+    "StoredSession",
     "Change",
     "ChatMessage",
     "DirectMessage",
@@ -39,10 +47,13 @@ Reactions = tuple[tuple[str, tuple[str, ...]], ...]
 
 @dataclass(frozen=True, slots=True)
 class UserInfo:
-    """Who a connection is: a name, and whether it is a guest."""
+    """Who a connection is: a name, and whether it is a guest (or an admin)."""
 
     name: str
     guest: bool
+    #: A server-wide admin (from the token's user at sign-in; a demotion
+    #: revokes the user's sessions, so it never outlives one).
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +186,17 @@ class StoredUser:
     created_ms: int = 0
     #: The user keeps how far they have read to themselves: no receipts name them.
     hide_receipts: bool = False
+    #: A server-wide admin: moderates every room, bans users everywhere.
+    admin: bool = False
+    #: Banned everywhere until then (epoch ms; :data:`FOREVER_MS` until lifted),
+    #: or None. A ban past its end is no ban: readers compare with the clock.
+    banned_until_ms: int | None = None
+    #: Why, as the admin said (may be empty).
+    ban_reason: str = ""
+
+    def banned(self, now_ms: int) -> bool:
+        """Whether a server-wide ban holds at ``now_ms``."""
+        return self.banned_until_ms is not None and self.banned_until_ms > now_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,3 +251,101 @@ class SearchHit:
     #: ``[start, end)`` in it (code points); set by the search, not the store.
     snippet: str = ""
     highlights: tuple[tuple[int, int], ...] = ()
+
+
+#: A ban or mute with no end: stored as this ``until`` (year 146,140,482),
+#: shown as ``"until": null``.
+FOREVER_MS: Final = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """A user kept out of a room: they may not join or read it until it ends."""
+
+    name: str
+    #: Epoch ms it ends; :data:`FOREVER_MS` until lifted.
+    until_ms: int
+    reason: str
+    #: Who banned them.
+    by: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mute:
+    """A member who may read a room but not send or react in it, until ``until_ms``."""
+
+    name: str
+    until_ms: int
+    by: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    """A stored room as its settings page shows it: roles, topic, limits."""
+
+    name: str
+    private: bool
+    #: Its owner; None for the lobby and rooms a guest made (admins look after them).
+    owner: str | None
+    moderators: frozenset[str]
+    #: A line under the room's name (at most 500 characters).
+    topic: str = ""
+    #: The name shown for the room ("" shows :attr:`name`, which never changes).
+    title: str = ""
+    #: Seconds a member waits between two messages; 0 is off.
+    slow_mode: int = 0
+    receipts: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRules:
+    """What joining, reading and sending in one room are held to, kept by each
+    node for the rooms it uses, so the send path reads no store.
+
+    Owners, moderators and admins are never slowed, muted or banned.
+    """
+
+    slow_mode: int = 0
+    #: The owner and moderators.
+    exempt: frozenset[str] = frozenset()
+    #: Muted members and when each mute ends (epoch ms).
+    mutes: Mapping[str, int] = field(default_factory=dict)
+    #: Banned users (as registered, or a guest's name) and their bans.
+    bans: Mapping[str, Ban] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One moderation action, as the room's audit log keeps it."""
+
+    room: str
+    at_ms: int
+    #: Who did it.
+    actor: str
+    #: ``remove``, ``ban``, ``unban``, ``mute``, ``unmute``, ``moderator``,
+    #: ``unmoderator``, ``owner``, ``settings``, ``delete_message`` or ``delete_room``.
+    action: str
+    #: The user (or message id) acted on, if any.
+    target: str | None = None
+    reason: str = ""
+    #: What else the action says (``until``, changed settings), as JSON values.
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    #: Assigned by the store: entries page by it, newest first.
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A sign-in: what its tokens name in ``sid``, and its one-use refresh credential."""
+
+    id: str
+    name: str
+    #: SHA-256 (hex) of the current refresh secret; the secret itself is never stored.
+    refresh_hash: str
+    created_ms: int
+    #: When the refresh credential stops working (epoch ms).
+    expires_ms: int
+    #: When it was revoked (sign-out, password change, ban, deletion), or None.
+    revoked_ms: int | None = None

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import uuid
 from collections.abc import Coroutine
 from typing import Any, Final
+
+import orjson
 
 from .accounts import Accounts
 from .broker.base import Broker, Publication
@@ -30,6 +33,7 @@ from .membership import Membership
 from .messaging import Messaging
 from .metrics import Metrics
 from .model import UserInfo
+from .moderation import Moderation
 from .notify import Notifier
 from .outbox import Outbox
 from .protocol.codes import ErrorCode
@@ -56,12 +60,16 @@ from .protocol.messages import (
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .readstate import ReadState
+from .revocation import Revocations
 from .rooms import Rooms
+from .rules import RulesBook
 from .search import MessageSearch
 from .store.base import Store
 from .streams import Streams
 
 __all__ = ["GUEST_NAME", "Node"]
+
+logger = logging.getLogger("roomcast.node")
 
 
 class Node:
@@ -117,8 +125,8 @@ class Node:
         self.outbox = Outbox(self.metrics)
         #: Who is in which room, here and on every node.
         self.membership = Membership(self.id, self.hub, broker, limits)
-        #: Room access and the room lifecycle.
-        self.rooms = Rooms(store, self.membership)
+        #: Room access and the room lifecycle; each room's rules, kept in memory.
+        self.rooms = Rooms(store, self.membership, RulesBook(store, self.hub.rooms))
         #: Each room's and inbox's messages in seq order; joins and their replay.
         self.streams = Streams(
             node_id=self.id,
@@ -130,6 +138,16 @@ class Node:
             metrics=self.metrics,
             outbox=self.outbox,
             links=links,
+        )
+        #: Roles, removals, bans, mutes, slow mode, room settings, the audit log.
+        self.moderation = Moderation(
+            node_id=self.id,
+            store=store,
+            broker=broker,
+            hub=self.hub,
+            streams=self.streams,
+            rooms=self.rooms,
+            outbox=self.outbox,
         )
         #: How far each user has read; unread counts; receipts.
         self.read_state = ReadState(
@@ -171,6 +189,7 @@ class Node:
             links=links,
             read_state=self.read_state,
             notifier=self.notifier,
+            moderation=self.moderation,
         )
         #: Who each connection is, its deadlines, and name claims.
         self.connections = Connections(
@@ -189,6 +208,10 @@ class Node:
             auth_timeout=auth_timeout,
             reauth_timeout=reauth_timeout,
         )
+        #: Closes the connections of revoked sessions, here and on every node.
+        self.revocations = Revocations(
+            node_id=self.id, connections=self.connections, broker=broker, store=store
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -201,6 +224,7 @@ class Node:
             await self.store.close()
             raise
         self.read_state.start()
+        self.revocations.start()
         if self.notifier is not None:
             await self.notifier.start()
 
@@ -213,6 +237,7 @@ class Node:
         """Write the moved markers and keep the queued notifications (their receipts
         and presence checks need the broker), stop the broker, then flush and close
         the store."""
+        await self.revocations.close()
         await self.read_state.close()
         if self.notifier is not None:
             await self.notifier.close()
@@ -351,7 +376,9 @@ class Node:
         user = peer.session.user
         assert user is not None
         if cmd.room not in peer.session.rooms:
-            await self.rooms.check_access(user, cmd.room)
+            await self.rooms.enter(user, cmd.room)
+        if self.moderation.rules.cached(cmd.room) is None:
+            await self.moderation.load(cmd.room)  # what its messages are held to
         unread = functools.partial(self.read_state.joined, peer, cmd.room)
         await self.streams.join(peer, cmd.room, cmd.since, cmd.id, unread)
 
@@ -413,6 +440,9 @@ class Node:
             if publication.user is not None:
                 self.connections.evict_guests(publication.user)
             return
+        if publication.order:
+            self._order(publication.frame)
+            return
         self.streams.receive(publication)
 
     def on_presence(self, room: str, user: str, joined: bool, count: int) -> None:
@@ -420,13 +450,34 @@ class Node:
         self.membership.presence_changed(room, user, joined, count)
 
     def on_resync(self) -> None:
-        """The broker may have missed publications: catch up from the store."""
+        """The broker may have missed publications: catch up from the store, and read
+        rooms' rules again."""
         self.streams.resync()
+        self.moderation.rules.clear()
+
+    def _order(self, data: bytes) -> None:
+        """Carry out another node's order (its own node carried it out already)."""
+        try:
+            order = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            order = None
+        if not isinstance(order, dict):
+            logger.warning("an order that is not a JSON object was ignored")
+            return
+        if order.get("op") in _MODERATION_ORDERS:
+            self.moderation.on_order(order)
+            if order.get("op") == "rules" and isinstance(order.get("room"), str):
+                self.read_state.room_changed(order["room"])
+        elif order.get("op") == "revoke":
+            self.revocations.on_order(order)
 
     def local_presence(self) -> list[tuple[str, str]]:
         """Every ``(room, user)`` with a connection on this node."""
         return self.membership.local_presence()
 
+
+#: The orders :class:`~roomcast.moderation.Moderation` carries out.
+_MODERATION_ORDERS: Final = frozenset({"removed", "rules", "room_deleted", "muted"})
 
 #: What a refused frame counts as in ``roomcast_frames_received``.
 _REPLY_KINDS: Final = {"pong": "ping", "echo": "echo"}

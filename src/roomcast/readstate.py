@@ -341,6 +341,10 @@ class ReadState:
         self._settings.pop(room, None)
         return access
 
+    def room_changed(self, room: str) -> None:
+        """``room``'s settings changed (receipts among them): read them again."""
+        self._settings.pop(room, None)
+
     async def _hides_receipts(self, name: str) -> bool:
         account = await self._store.get_user(name)
         return account is None or account.hide_receipts

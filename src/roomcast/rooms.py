@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Final, Protocol
 
-from .exceptions import Forbidden, InvalidRequest, NotFound, RoomExists, UnknownUser
-from .model import RoomAccess, UserInfo
-from .protocol.messages import LOBBY, valid_room
+from .exceptions import Banned, Forbidden, InvalidRequest, NotFound, RoomExists, UnknownUser
+from .model import FOREVER_MS, Ban, RoomAccess, UserInfo
+from .protocol.messages import LOBBY, format_timestamp, now_ms, valid_room
+from .rules import RulesBook
 from .store.base import Store
 
 __all__ = ["MAX_MEMBERS", "Occupancy", "Rooms"]
@@ -41,31 +42,75 @@ class Rooms:
         store: where rooms, their owners and members, and users are kept.
         occupancy: who is in which room now (a room in use exists even
             before it has a stored message).
+        rules: each room's bans (and mutes, slow mode), kept in memory.
     """
 
-    def __init__(self, store: Store, occupancy: Occupancy) -> None:
+    def __init__(self, store: Store, occupancy: Occupancy, rules: RulesBook) -> None:
         self._store = store
         self._occupancy = occupancy
+        self.rules = rules
 
     # -- access ------------------------------------------------------------------
 
     async def may_access(self, user: UserInfo, room: str) -> bool:
         """Whether ``user`` may join, read and post in ``room``.
 
-        Public rooms are open to everyone; a private room to its owner and
-        members, who are registered users.
+        Public rooms are open to everyone not banned from them; a private
+        room to its owner and members, who are registered users. Admins
+        may enter any room.
         """
-        if room == LOBBY:
-            return True
-        access = await self._store.room_access(room)
-        if access is None or not access.private:
-            return True
-        return not user.guest and access.allows(user.name)
+        return await self.refusal(user, room) is None
 
     async def check_access(self, user: UserInfo, room: str) -> None:
-        """Raise :class:`Forbidden` unless ``user`` may join, read and post in ``room``."""
-        if not await self.may_access(user, room):
-            raise Forbidden(f"{room} is a private room")
+        """Raise :class:`Forbidden` (:class:`Banned` for a ban) unless ``user`` may join,
+        read and post in ``room``."""
+        refusal = await self.refusal(user, room)
+        if refusal is not None:
+            raise refusal
+
+    async def refusal(self, user: UserInfo, room: str) -> Forbidden | None:
+        """Why ``user`` may not be in ``room``, or None when they may."""
+        refusal, _ = await self._judge(user, room)
+        return refusal
+
+    async def _judge(self, user: UserInfo, room: str) -> tuple[Forbidden | None, RoomAccess | None]:
+        """Why ``user`` may not be in ``room`` (or None), and the room's stored access."""
+        ban = await self.ban_of(user, room)
+        if ban is not None:
+            return banned_from(room, ban), None
+        if room == LOBBY:
+            return None, None
+        access = await self._store.room_access(room)
+        if user.admin or access is None or not access.private:
+            return None, access
+        if not user.guest and access.allows(user.name):
+            return None, access
+        return Forbidden(f"{room} is a private room"), access
+
+    async def ban_of(self, user: UserInfo, room: str) -> Ban | None:
+        """``user``'s ban from ``room`` if it has not ended (admins are never banned)."""
+        if user.admin:
+            return None
+        now = now_ms()
+        ban = (await self.rules.get(room, now)).bans.get(user.name.lower())
+        return ban if ban is not None and ban.until_ms > now else None
+
+    async def enter(self, user: UserInfo, room: str) -> None:
+        """Check that ``user`` may join ``room``; a registered user who is first into a
+        public room nobody stored yet becomes its owner.
+
+        Raises:
+            Forbidden: a private room ``user`` is not in.
+            Banned: ``user`` is banned from ``room``.
+        """
+        refusal, access = await self._judge(user, room)
+        if refusal is not None:
+            raise refusal
+        if user.guest or room == LOBBY:
+            return
+        if access is None and await self._occupancy.member_count(room) == 0:
+            # It has no messages either (the store checks): this join creates it.
+            await self._store.claim_room(room, user.name, now_ms())
 
     # -- listing -----------------------------------------------------------------
 
@@ -163,3 +208,11 @@ class Rooms:
                 raise UnknownUser(f"there is no user {name}")
             found.add(user.name)
         return frozenset(found)
+
+
+def banned_from(room: str, ban: Ban) -> Banned:
+    """The refusal for a banned user, saying until when and why."""
+    until = None if ban.until_ms >= FOREVER_MS else ban.until_ms
+    when = "until it is lifted" if until is None else f"until {format_timestamp(until)}"
+    why = f": {ban.reason}" if ban.reason else ""
+    return Banned(f"you are banned from {room} {when}{why}", until_ms=until, reason=ban.reason)

@@ -20,7 +20,7 @@ import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
@@ -28,7 +28,8 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
-from . import api
+from . import api, api_admin, api_rooms
+from .accounts import Credential
 from .auth import bearer_token
 from .config import Limits, ServerConfig
 from .exceptions import AuthError, BackendError, DomainError
@@ -44,7 +45,6 @@ from .frontdoor import (
 )
 from .logs import REQUEST_ID
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .model import UserInfo
 from .node import Node
 from .protocol.codes import CloseCode
 from .protocol.messages import MAX_FILE_HEADER
@@ -144,6 +144,8 @@ class RoomcastServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ws", self._websocket_elsewhere)
         api.add_routes(app, self.node, self.proxies)
+        api_rooms.add_routes(app)
+        api_admin.add_routes(app)
         app.router.add_get("/", self._index)
         app[_ASSETS] = _assets()  # read once: a name not in it costs a dict lookup
         app.router.add_get("/static/{name}", _static)
@@ -211,7 +213,7 @@ class RoomcastServer:
         if token is None:
             token = offered
         if token is None:
-            door.to_websocket(accept(self._new_peer(None, None), subprotocol))
+            door.to_websocket(accept(self._new_peer(None), subprotocol))
             return
         task = asyncio.ensure_future(self._admit_token(door, token, subprotocol, strict=strict))
         self._tasks.add(task)
@@ -233,29 +235,33 @@ class RoomcastServer:
         try:
             if accounts is None:
                 raise AuthError("this server accepts no tokens")
-            user, expires_at = await accounts.user_for_token(token)
+            credential = await accounts.user_for_token(token)
         except AuthError as exc:
             if strict:
                 door.to_websocket(refusal(401, "auth_failed", str(exc)))
             else:
-                door.to_websocket(accept(self._new_peer(None, None), subprotocol))
+                door.to_websocket(accept(self._new_peer(None), subprotocol))
         except BackendError:
             logger.exception("could not check a handshake's token")
             door.to_websocket(refusal(503, "internal", "the server could not check the token"))
         else:
-            peer = self._new_peer(user, expires_at)
+            peer = self._new_peer(credential)
             door.to_websocket(accept(peer, subprotocol), registered=True)
 
-    def _new_peer(self, user: UserInfo | None, expires_at: float | None) -> WebSocketPeer:
-        """A connection's listener; ``user`` is who signed in at the handshake, if anyone.
+    def _new_peer(self, credential: Credential | None) -> WebSocketPeer:
+        """A connection's listener; ``credential`` is who signed in at the handshake, if
+        anyone (the connection remembers its session, for revocation).
 
         Only such a connection may send frames past the text limit (files):
         its fragmented binary messages get the same limit as its frames.
         """
         limits = self.config.limits
+        user = credential.user if credential is not None else None
+        expires_at = credential.expires_at if credential is not None else None
+        sign_in = credential.session_id if credential is not None else None
         return WebSocketPeer(
             self.node,
-            self.node.new_session(user),
+            self.node.connections.new_session(user, sign_in=sign_in),
             owner=self,
             flusher=self._get_flusher(),
             max_queue=limits.max_queue_bytes,
@@ -493,8 +499,13 @@ def _origin_key(url: URL) -> tuple[str, str, int | None]:
     return scheme.replace("ws", "http", 1), (url.host or "").lower(), port
 
 
-def _json_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _json_error(
+    status: int, code: str, message: str, extra: dict[str, Any] | None = None
+) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if extra:
+        error.update(extra)
+    return web.json_response({"error": error}, status=status)
 
 
 _STATUS_CODES: Final = {
@@ -567,7 +578,7 @@ async def _request_ids(
 
 def _http_error(exc: api.HTTPError) -> web.Response:
     """The JSON response for ``exc``, with ``Retry-After`` and ``WWW-Authenticate`` if due."""
-    response = _json_error(exc.status, exc.code, exc.message)
+    response = _json_error(exc.status, exc.code, exc.message, exc.extra)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 401:

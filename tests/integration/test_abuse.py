@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.serverproc import ServerFactory, ServerProcess
-from tests.integration.users import SECRET, closed_with, mint, register, sign_up
+from tests.integration.users import SECRET, closed_with, login, register, sign_up
 from tests.integration.wsclient import (
     OP_BINARY,
     OP_TEXT,
@@ -194,11 +194,13 @@ async def test_rate_limit_zero_lets_a_back_to_back_burst_through(
 
 
 @contextlib.asynccontextmanager
-async def signed_in(server: ServerProcess, user: str) -> AsyncIterator[ClientConnection]:
-    """A connection that authenticated as ``user`` with a token."""
+async def signed_in(
+    server: ServerProcess, user: str, token: str
+) -> AsyncIterator[ClientConnection]:
+    """A connection that authenticated as ``user`` with ``token``."""
     async with connect(server.ws_url()) as ws:
         await welcome(ws)
-        await send_json(ws, "auth", {"token": mint(user)}, id="auth")
+        await send_json(ws, "auth", {"token": token}, id="auth")
         answer = await recv_type(ws, "auth")
         assert answer["payload"] == {"ok": True, "user": {"name": user, "guest": False}}
         yield ws
@@ -210,10 +212,11 @@ async def test_a_users_connection_past_the_cap_is_refused_and_closed(
     """With --max-connections-per-user 2 a third auth as the same user is forbidden, then 1008."""
     server = server_factory("--secret", SECRET, "--max-connections-per-user", "2")
     await register(server, "dora", "correct horse battery staple 42")
-    async with signed_in(server, "dora") as first, signed_in(server, "dora"):
+    token = await login(server, "dora", "correct horse battery staple 42")
+    async with signed_in(server, "dora", token) as first, signed_in(server, "dora", token):
         async with connect(server.ws_url()) as third:
             await welcome(third)
-            await send_json(third, "auth", {"token": mint("dora")}, id="auth-3")
+            await send_json(third, "auth", {"token": token}, id="auth-3")
             refused = await recv_json(third)
             while refused["type"] == "presence":
                 refused = await recv_json(third)
@@ -228,7 +231,7 @@ async def test_a_users_connection_past_the_cap_is_refused_and_closed(
             while True:
                 async with connect(server.ws_url()) as again:
                     await welcome(again)
-                    await send_json(again, "auth", {"token": mint("dora")}, id="again")
+                    await send_json(again, "auth", {"token": token}, id="again")
                     answer = await recv_json(again)
                     while answer["type"] == "presence":
                         answer = await recv_json(again)

@@ -29,6 +29,7 @@ from tests.integration.users import (
     login,
     mint,
     register,
+    session_token,
 )
 from tests.integration.wsclient import RECV_TIMEOUT, recv_json, recv_type, send_json, welcome
 
@@ -107,18 +108,20 @@ async def test_register_needs_a_json_object(server: ServerProcess, raw: bytes, c
 
 
 async def test_login_returns_a_token_and_the_name_as_registered(server: ServerProcess) -> None:
-    """Logging in as ALICE for Alice gives 200, a token, an ISO expiry in Z, and "Alice"."""
+    """Logging in as ALICE gives a 15-minute token, a refresh token, ISO expiries and Alice."""
     status, body = await call(
         server, "POST", "/api/login", json={"username": "ALICE", "password": PASSWORD}
     )
     assert status == 200
-    assert set(body) == {"token", "expires_at", "user"}
-    assert body["user"] == {"name": "Alice"}
+    assert set(body) == {"token", "expires_at", "refresh_token", "refresh_expires_at", "user"}
+    assert body["user"] == {"name": "Alice", "admin": False}
     assert isinstance(body["token"], str) and body["token"].count(".") == 2
     assert ISO_Z.fullmatch(body["expires_at"]), body["expires_at"]
+    assert ISO_Z.fullmatch(body["refresh_expires_at"]), body["refresh_expires_at"]
     claims = jwt.decode(body["token"], SECRET, algorithms=["HS256"], audience="roomcast")
     assert claims["sub"] == "Alice"
-    assert claims["exp"] > time.time() + 3600
+    assert time.time() + 800 < claims["exp"] <= time.time() + 900
+    assert body["refresh_token"].startswith(claims["sid"] + ".")
 
 
 async def test_wrong_password_and_unknown_user_look_the_same(server: ServerProcess) -> None:
@@ -248,7 +251,7 @@ async def test_expired_token_asks_for_a_fresh_one_then_keeps_going(server: Serve
     async with connect(server.ws_url()) as ws:
         await welcome(ws)
         started = time.monotonic()
-        short = mint("Alice", exp=int(time.time()) + 3)
+        short = await session_token(server, "Alice", exp=int(time.time()) + 3)
         ok = await auth(ws, short, fid="short")
         assert ok["type"] == "auth", ok
         expired = await recv_type(ws, "error", timeout=6.0)

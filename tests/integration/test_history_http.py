@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.integration.serverproc import ServerFactory, ServerProcess
-from tests.integration.users import PASSWORD, SECRET, mint
+from tests.integration.users import PASSWORD, SECRET, login, mint
 from tests.integration.wsclient import recv_type, send_json, welcome
 
 
@@ -50,7 +50,9 @@ async def get(
 async def test_pages_of_history_with_a_token(server: ServerProcess) -> None:
     """GET /api/rooms/r/messages pages with before/limit, oldest first, has_more."""
     await fill(server, "books", 7)
-    status, body, _ = await get(server, "/api/rooms/books/messages?limit=3", mint("alice"))
+    status, body, _ = await get(
+        server, "/api/rooms/books/messages?limit=3", await login(server, "alice")
+    )
     assert status == 200
     assert body["room"] == "books" and body["has_more"] is True
     assert [m["seq"] for m in body["messages"]] == [5, 6, 7]
@@ -58,18 +60,22 @@ async def test_pages_of_history_with_a_token(server: ServerProcess) -> None:
     assert first["message"] == "m5" and first["type"] == "chat"
     assert first["timestamp"].endswith("Z") and first["message_id"]
     status, body, _ = await get(
-        server, "/api/rooms/books/messages?before=5&limit=10", mint("alice")
+        server, "/api/rooms/books/messages?before=5&limit=10", await login(server, "alice")
     )
     assert [m["seq"] for m in body["messages"]] == [1, 2, 3, 4]
     assert body["has_more"] is False
-    status, body, _ = await get(server, "/api/rooms/empty-room/messages", mint("alice"))
+    status, body, _ = await get(
+        server, "/api/rooms/empty-room/messages", await login(server, "alice")
+    )
     assert (status, body["messages"], body["has_more"]) == (200, [], False)
 
 
 async def test_same_history_over_http_and_websocket(server: ServerProcess) -> None:
     """The HTTP page equals the WebSocket history page for the same query."""
     await fill(server, "same", 4)
-    _, http_body, _ = await get(server, "/api/rooms/same/messages?limit=10", mint("alice"))
+    _, http_body, _ = await get(
+        server, "/api/rooms/same/messages?limit=10", await login(server, "alice")
+    )
     async with connect(server.ws_url()) as ws:
         await welcome(ws)
         await send_json(ws, "history", {"room": "same", "limit": 10}, id="h")
@@ -104,14 +110,18 @@ async def test_history_needs_a_valid_token(server: ServerProcess, bearer: str | 
 )
 async def test_bad_paging_is_400(server: ServerProcess, query: str) -> None:
     """before/limit out of range or not integers: 400 JSON invalid_message."""
-    status, body, _ = await get(server, f"/api/rooms/lobby/messages?{query}", mint("alice"))
+    status, body, _ = await get(
+        server, f"/api/rooms/lobby/messages?{query}", await login(server, "alice")
+    )
     assert status == 400
     assert body["error"]["code"] == "invalid_message"
 
 
 async def test_bad_room_name_is_400(server: ServerProcess) -> None:
     """A room name outside [a-z0-9][a-z0-9_-]{0,63} is 400 invalid_message."""
-    status, body, _ = await get(server, "/api/rooms/Not%20A%20Room/messages", mint("alice"))
+    status, body, _ = await get(
+        server, "/api/rooms/Not%20A%20Room/messages", await login(server, "alice")
+    )
     assert status == 400
     assert body["error"]["code"] == "invalid_message"
 
@@ -123,7 +133,7 @@ async def test_websocket_auth_with_a_token(server: ServerProcess) -> None:
         await send_json(ws, "auth", {"token": mint("alice", key="wrong-" + "k" * 40)}, id="a1")
         failed = await recv_type(ws, "error")
         assert failed["id"] == "a1" and failed["payload"]["code"] == "auth_failed"
-        await send_json(ws, "auth", {"token": mint("carol")}, id="a2")
+        await send_json(ws, "auth", {"token": await login(server, "carol")}, id="a2")
         ok = await recv_type(ws, "auth")
         assert ok["id"] == "a2"
         assert ok["payload"] == {"ok": True, "user": {"name": "carol", "guest": False}}

@@ -24,8 +24,9 @@ from tests.integration.users import (
     call,
     closed_with,
     create_team,
-    mint,
+    login,
     register,
+    session_token,
     sign_up,
     user_ws,
 )
@@ -85,7 +86,7 @@ async def test_registering_takes_the_name_from_a_guest(server: ServerProcess) ->
     refused = await answer(again, "nick")
     assert refused["payload"]["code"] == "auth_failed"
     # What is sent to carol reaches only her connections.
-    carol = await user_ws(server, mint("carol"))
+    carol = await user_ws(server, await login(server, "carol"))
     sender = await user_ws(server, alice)
     await send_json(sender, "direct", {"to": "carol", "message": "for carol only"}, id="d1")
     got = await recv_type(carol, "direct")
@@ -107,7 +108,7 @@ async def test_a_token_at_the_handshake_takes_the_name_too(
     second = server_factory("--secret", SECRET)
     await register(second, "dave")
     assert all(f["type"] != "error" for f in await frames_for(guest, 0.3))
-    dave = await user_ws(first, mint("dave"))
+    dave = await user_ws(first, await login(first, "dave"))
     code, _ = await closed_with(guest)
     assert code == 1008
     await send_json(dave, "ping", {}, id="p")
@@ -123,7 +124,7 @@ async def test_auth_with_a_token_takes_the_name_from_a_guest_on_the_same_server(
     await register(server, "erin")  # closes the guest
     await closed_with(guest)
     second = await guest_ws(server)
-    reply = await auth(second, mint("erin"))
+    reply = await auth(second, await login(server, "erin"))
     assert reply["type"] == "auth" and reply["payload"]["user"] == {"name": "erin", "guest": False}
     await second.close()
 
@@ -217,7 +218,7 @@ async def test_the_expiry_deadline_follows_the_new_token(
 ) -> None:
     """A connection that switches to a token expiring soon is asked for a new one then."""
     bob = await user_ws(server, team["bob"])
-    short = mint("carol", exp=int(time.time()) + 2)
+    short = await session_token(server, "carol", exp=int(time.time()) + 2)
     assert (await auth(bob, short))["type"] == "auth"
     expired = await recv_type(bob, "error", timeout=6)
     assert expired["payload"]["code"] == "token_expired"

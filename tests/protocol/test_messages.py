@@ -553,6 +553,10 @@ def test_each_refusal_of_the_core_has_an_error_code() -> None:
     reply = ErrorReply.refused(e.UnknownUser("there is no user zed"))
     assert (reply.code, reply.message) == (ErrorCode.UNKNOWN_USER, "there is no user zed")
     assert ErrorReply.refused(e.QuotaExceeded("full")).code is ErrorCode.QUOTA_EXCEEDED
+    banned = ErrorReply.refused(e.Banned("out", until_ms=None, reason="spam"))
+    assert (banned.code, banned.extra) == (ErrorCode.BANNED, {"until": None, "reason": "spam"})
+    muted = ErrorReply.refused(e.Muted("quiet", until_ms=1_800_000_000_000))
+    assert (muted.code, muted.extra) == (ErrorCode.MUTED, {"until": "2027-01-15T08:00:00.000Z"})
 
 
 # -- messages that change --------------------------------------------------------------

@@ -44,6 +44,10 @@ class Publication:
     #: Not a frame but an order: ``user`` is a registered name now, so every
     #: node closes the guest connections using it (``frame`` is empty).
     name_claim: bool = False
+    #: Not a frame but an order for every node (``frame`` is its JSON: a
+    #: member removed, a room's rules changed, sessions revoked); ``room``
+    #: and ``user`` are None.
+    order: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +113,8 @@ class Broker(Protocol):
 
 # -- the wire form of a publication ---------------------------------------------
 
-#: kind (``r`` room, ``u`` user, ``n`` name claim), seq (-1 for none), node id, target and
-#: skip-user lengths; then the three strings and the frame.
+#: kind (``r`` room, ``u`` user, ``n`` name claim, ``o`` order), seq (-1 for none),
+#: node id, target and skip-user lengths; then the three strings and the frame.
 _HEADER: Final = struct.Struct("!cqBHH")
 _NO_SEQ: Final = -1
 
@@ -123,8 +127,10 @@ def encode_publication(publication: Publication) -> bytes:
         kind, target = b"n", publication.user
     elif publication.user is not None:
         kind, target = b"u", publication.user
+    elif publication.order:
+        kind, target = b"o", ""
     else:
-        raise ValueError("a publication is for a room or a user")
+        raise ValueError("a publication is for a room or a user, or an order")
     node = publication.node_id.encode()
     name = target.encode()
     skip = (publication.skip_user or "").encode()
@@ -145,7 +151,7 @@ def decode_publication(data: bytes) -> Publication:
         raise ValueError("publication too short") from None
     start = _HEADER.size
     end = start + node_len + name_len + skip_len
-    if kind not in (b"r", b"u", b"n") or seq < _NO_SEQ or len(data) < end or not node_len:
+    if kind not in (b"r", b"u", b"n", b"o") or seq < _NO_SEQ or len(data) < end or not node_len:
         raise ValueError("not a publication")
     try:
         node = data[start : start + node_len].decode()
@@ -153,6 +159,8 @@ def decode_publication(data: bytes) -> Publication:
         skip = data[start + node_len + name_len : end].decode()
     except UnicodeDecodeError:
         raise ValueError("publication names are not UTF-8") from None
+    if kind == b"o":
+        return Publication(node, None, None, data[end:], order=True)
     return Publication(
         node,
         name if kind == b"r" else None,

@@ -31,6 +31,10 @@ class ErrorCode(enum.StrEnum):
     INVALID_JSON = "invalid_json"
     INVALID_MESSAGE = "invalid_message"
     FORBIDDEN = "forbidden"
+    #: Banned from the room (or the server): ``until`` (ISO 8601, or null) and ``reason``.
+    BANNED = "banned"
+    #: Muted in the room: ``until`` (ISO 8601, or null).
+    MUTED = "muted"
     NOT_MEMBER = "not_member"
     #: No such message, or not in a conversation the user may read.
     NOT_FOUND = "not_found"

@@ -23,9 +23,11 @@ from typing import Any, ClassVar, Final
 import orjson
 
 from ..exceptions import (
+    Banned,
     DomainError,
     Forbidden,
     InvalidRequest,
+    Muted,
     NameTaken,
     NoSuchMessage,
     NotFound,
@@ -37,12 +39,14 @@ from ..exceptions import (
     UnknownUser,
 )
 from ..model import (
+    FOREVER_MS,
     Change,
     ChatMessage,
     DirectMessage,
     FileInfo,
     Mention,
     Quote,
+    RoomSettings,
     SearchHit,
     Unread,
     UserInfo,
@@ -50,6 +54,11 @@ from ..model import (
 from .codes import ErrorCode
 
 __all__ = [
+    "Removed",
+    "RoomUpdate",
+    "iso_ms",
+    "room_settings_json",
+    "until_text",
     "DEFAULT_HISTORY_LIMIT",
     "DEFAULT_SEARCH_LIMIT",
     "LOBBY",
@@ -702,25 +711,32 @@ def _time(payload: dict[str, Any], key: str, fid: str | None) -> int | None:
     value = payload.get(key)
     if value is None:
         return None
-    when = None
-    if isinstance(value, str) and len(value) <= 40:
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            when = None
-    if when is None:
+    ms = iso_ms(value)
+    if ms is None:
         raise _fail(
             ErrorCode.INVALID_MESSAGE,
             f'payload.{key} must be an ISO 8601 time, like "2026-12-01T10:00:00Z"',
             fid,
         )
+    return ms
+
+
+def iso_ms(value: object) -> int | None:
+    """An ISO 8601 time (UTC unless it says otherwise; a date is its midnight) as
+    epoch milliseconds, or None when ``value`` is not one (or out of range)."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     try:
         # In whole milliseconds: a float of seconds times 1000 is off by one for some.
         return (when - _EPOCH) // timedelta(milliseconds=1)
     except (OverflowError, ValueError, OSError):
-        raise _fail(ErrorCode.INVALID_MESSAGE, f"payload.{key} is out of range", fid) from None
+        return None
 
 
 _PARSERS: Final = {
@@ -905,6 +921,66 @@ class Left:
         if self.reason is None:
             return {"room": self.room}
         return {"room": self.room, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """The connection was taken out of a room: removed, banned, or the room deleted.
+
+    It is out of the room at once: no more of its messages, presence or
+    typing reach it, and a ban refuses its next ``join``.
+    """
+
+    TYPE: ClassVar[str] = "removed"
+    room: str
+    #: Who did it (a moderator, the owner or an admin; the user themself when
+    #: they left a private room on another connection).
+    by: str
+    reason: str = ""
+    #: Set when it was a ban: ``until`` in the payload (null: until lifted).
+    banned: bool = False
+    until_ms: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"room": self.room, "by": self.by}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.banned:
+            out["banned"] = True
+            out["until"] = until_text(self.until_ms)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RoomUpdate:
+    """A room's settings or roles changed: its members get the whole of them again."""
+
+    TYPE: ClassVar[str] = "room"
+    settings: RoomSettings
+
+    def payload(self) -> dict[str, Any]:
+        return room_settings_json(self.settings)
+
+
+def room_settings_json(settings: RoomSettings) -> dict[str, Any]:
+    """A room's settings as the ``room`` frame and ``GET /api/rooms/{room}`` show them."""
+    return {
+        "room": settings.name,
+        "private": settings.private,
+        "owner": settings.owner,
+        "moderators": sorted(settings.moderators),
+        "topic": settings.topic,
+        "title": settings.title or settings.name,
+        "slow_mode": settings.slow_mode,
+        "receipts": settings.receipts,
+    }
+
+
+def until_text(until_ms: int | None) -> str | None:
+    """When a ban or mute ends, for the wire: ISO 8601, or None for no end."""
+    if until_ms is None or until_ms >= FOREVER_MS:
+        return None
+    return format_timestamp(until_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1139,6 +1215,8 @@ class SentBack:
 #: The ``error`` code of each refusal of the core, on the WebSocket.
 REFUSAL_CODES: Final[dict[type[DomainError], ErrorCode]] = {
     Forbidden: ErrorCode.FORBIDDEN,
+    Banned: ErrorCode.BANNED,
+    Muted: ErrorCode.MUTED,
     NoSuchMessage: ErrorCode.NOT_FOUND,
     NotFound: ErrorCode.FORBIDDEN,  # a room or file one may not see does not exist for them
     UnknownUser: ErrorCode.UNKNOWN_USER,
@@ -1169,6 +1247,13 @@ class ErrorReply:
         """The ``error`` frame for a refusal of the core (the WebSocket's one mapping)."""
         if isinstance(exc, TooFrequent):
             return cls.rate_limited(str(exc), exc.retry_after)
+        if isinstance(exc, Banned):
+            extra: dict[str, Any] = {"until": until_text(exc.until_ms)}
+            if exc.reason:
+                extra["reason"] = exc.reason
+            return cls(ErrorCode.BANNED, str(exc), extra)
+        if isinstance(exc, Muted):
+            return cls(ErrorCode.MUTED, str(exc), {"until": until_text(exc.until_ms)})
         for kind in type(exc).__mro__:
             code = REFUSAL_CODES.get(kind)
             if code is not None:
@@ -1197,6 +1282,8 @@ ServerFrame = (
     | Ack
     | Joined
     | Left
+    | Removed
+    | RoomUpdate
     | PresenceEvent
     | MemberList
     | ReadEvent
@@ -1231,6 +1318,8 @@ def format_timestamp(ms: int) -> str:
 
 
 def _user_dict(user: UserInfo) -> dict[str, Any]:
+    if user.admin:
+        return {"name": user.name, "guest": False, "admin": True}
     return {"name": user.name, "guest": user.guest}
 
 
