@@ -10,7 +10,7 @@ import pytest
 
 from roomcast.broker.memory import MemoryBroker, MemoryBus
 from roomcast.exceptions import Banned, Forbidden, InvalidRequest, NotFound
-from roomcast.model import UserInfo
+from roomcast.model import AuditEntry, Ban, UserInfo
 from roomcast.node import Node
 from roomcast.protocol.messages import now_ms
 from roomcast.store.memory import MemoryStore
@@ -306,3 +306,36 @@ async def test_an_admin_looks_after_the_lobby_and_rooms_nobody_owns() -> None:
     assert owned is not None and owned.owner == "bob"
     entries, _ = await one.moderation.audit(ROOT, "attic", before=None, limit=5)
     assert [(e.action, e.target) for e in entries] == [("owner", "bob")]
+
+
+async def test_a_ban_whose_order_was_missed_holds_after_a_resync() -> None:
+    """A ban written while this node heard nothing: chat is refused, and a resync takes bob out."""
+    one, _, store = await two_nodes()
+    ann, bob = await signed_in(one, ANN), await signed_in(one, BOB)
+    await joined(one, ann, "dev")  # ann owns dev
+    await joined(one, bob, "dev")
+    ban = Ban("bob", now_ms() + 60_000, "spam", "ann", now_ms())
+    await store.set_ban("dev", ban, AuditEntry("dev", now_ms(), "ann", "ban", "bob"))
+    one.moderation.rules.forget("dev")  # what a rules order would do, without the removal
+    await send(one, bob, "chat", {"room": "dev", "message": "still here?"})
+    assert [e["code"] for e in errors(bob)] == ["banned"]
+    one.on_resync()
+    await asyncio.sleep(0.05)
+    [removed] = bob.of_type("removed")
+    assert removed["payload"]["room"] == "dev" and "dev" not in bob.session.rooms
+
+
+async def test_a_new_owner_of_a_deleted_rooms_name_reads_only_its_own_log() -> None:
+    """dev is deleted and made again by carol: she reads from the deletion on; admins read all."""
+    one, _, _ = await two_nodes()
+    ann = await signed_in(one, ANN)
+    await joined(one, ann, "dev")
+    await one.moderation.ban(ANN, "dev", "bob", until_ms=None, reason="secret reason")
+    await one.moderation.delete_room(ANN, "dev")
+    carol = await signed_in(one, CAROL)
+    await joined(one, carol, "dev")  # carol is first into dev now: she owns it
+    await one.moderation.update(CAROL, "dev", topic="fresh start")
+    entries, more = await one.moderation.audit(CAROL, "dev", before=None, limit=10)
+    assert [e.action for e in entries] == ["settings"] and not more
+    everything, _ = await one.moderation.audit(ROOT, "dev", before=None, limit=10)
+    assert [e.action for e in everything] == ["settings", "delete_room", "ban"]

@@ -65,6 +65,18 @@ async def test_refresh_rotates_and_a_reused_token_ends_the_session(accounts: Acc
         await accounts.refresh(second.refresh_token)
 
 
+async def test_a_made_up_secret_for_a_known_session_ends_nothing(accounts: Accounts) -> None:
+    """The session id is in every access token: a guessed secret is refused, not a theft."""
+    signed = await accounts.login("alice", PASSWORD)
+    forged = f"{signed.session_id}.{'A' * 43}"
+    for _ in range(2):
+        with pytest.raises(AuthError, match="unknown refresh token") as refused:
+            await accounts.refresh(forged)
+        assert not isinstance(refused.value, RefreshReused)
+    assert (await accounts.user_for_token(signed.token)).session_id == signed.session_id
+    assert (await accounts.refresh(signed.refresh_token)).session_id == signed.session_id
+
+
 async def test_refresh_refuses_garbage_unknown_and_expired_tokens() -> None:
     """A malformed, unknown or expired refresh token is refused, and revokes nothing."""
     clock = Clock()

@@ -270,7 +270,8 @@ class Accounts:
         """A new access token and refresh token for a refresh token, which stops working.
 
         Raises:
-            RefreshReused: the token was used already; its session is revoked now.
+            RefreshReused: the token was used already (it is the one the last refresh
+                replaced); its session is revoked now.
             AuthError: the token is malformed or unknown, its session ended or
                 expired, or its user is gone or banned everywhere.
         """
@@ -287,7 +288,11 @@ class Accounts:
         if session.expires_ms <= now_ms:
             raise AuthError("the refresh token has expired: sign in again")
         if not same_hash(presented, session.refresh_hash):
-            raise await self._reused(session)
+            if session.previous_hash is not None and same_hash(presented, session.previous_hash):
+                raise await self._reused(session)  # the one before the last: a copy
+            # Anything else is no refresh token of ours: it ends nothing (the session id
+            # is in every access token, so knowing it must not let anyone sign a user out).
+            raise AuthError("unknown refresh token: sign in again")
         refresh, new_hash = make_refresh_token(session_id)
         expires_ms = now_ms + REFRESH_TTL * 1000
         if not await self.store.rotate_session(

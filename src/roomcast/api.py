@@ -642,6 +642,8 @@ def account_deleted(node: Node, name: str, revoked: list[str]) -> None:
     """After ``name``'s account was erased: close its connections everywhere, and
     delete its files' bytes that no message names any more (in the background)."""
     node.revocations.revoked(revoked, name, reason=ACCOUNT_DELETED)
+    # Its roles, bans and mutes are gone from the store: every node reads rules again.
+    node.moderation.rules.clear()
 
     async def sweep() -> None:
         try:

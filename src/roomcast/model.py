@@ -349,3 +349,6 @@ class StoredSession:
     expires_ms: int
     #: When it was revoked (sign-out, password change, ban, deletion), or None.
     revoked_ms: int | None = None
+    #: SHA-256 (hex) of the refresh secret the last refresh replaced: presented
+    #: again, it was copied (theft); any other wrong secret is just wrong.
+    previous_hash: str | None = None

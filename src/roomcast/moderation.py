@@ -29,6 +29,7 @@ import orjson
 
 from .broker.base import Broker, Publication
 from .exceptions import (
+    BackendError,
     Banned,
     Forbidden,
     InvalidRequest,
@@ -50,7 +51,7 @@ from .protocol.messages import (
     now_ms,
 )
 from .protocol.wsframe import text_frame
-from .rooms import Rooms
+from .rooms import Rooms, banned_from
 from .rules import RulesBook
 from .store.base import Store
 from .streams import Streams
@@ -157,17 +158,31 @@ class Moderation:
         rules = self.rules.cached(room)
         if rules is None:
             return False
-        if (not rules.mutes and not rules.slow_mode) or user.admin:
+        if (not rules.mutes and not rules.slow_mode and not rules.bans) or user.admin:
             return True
         key = user.name.lower()
         if key in rules.exempt:
             return True
+        # A ban whose removal missed this node (an order lost while Redis was away).
+        self.check_ban(user, room, rules)
         until = rules.mutes.get(key)
         if until is not None and until > now_ms():
             raise _muted(room, until)
         if rules.slow_mode:
             self._slow(room, key, rules.slow_mode, now)
         return True
+
+    def check_ban(self, user: UserInfo, room: str, rules: RoomRules) -> None:
+        """Refuse ``user`` if ``rules`` ban them from ``room``.
+
+        Raises:
+            Banned: a ban that has not ended.
+        """
+        if user.admin or not rules.bans:
+            return
+        ban = rules.bans.get(user.name.lower())
+        if ban is not None and ban.until_ms > now_ms():
+            raise banned_from(room, ban)
 
     async def load(self, room: str) -> RoomRules:
         """Read ``room``'s rules into memory (for :meth:`check_send`)."""
@@ -335,6 +350,12 @@ class Moderation:
         if not actor.admin:  # admins read any room's log, a deleted room's too
             await self._authority(actor, room, ("owner", "moderator"), "read its audit log")
         entries = await self._store.audit_log(room, before=before, limit=limit + 1)
+        if not actor.admin:
+            # A room made again under a deleted one's name: its owner reads from the
+            # deletion on, not what was done in the room that was.
+            for index, entry in enumerate(entries):
+                if entry.action == "delete_room":
+                    return entries[: min(index, limit)], False
         return entries[:limit], len(entries) > limit
 
     # -- roles ---------------------------------------------------------------------
@@ -489,8 +510,8 @@ class Moderation:
         detail = {"until": _until(ban.until_ms)}
         entry = self._entry(room, actor, "ban", target, reason=reason, detail=detail)
         await self._store.set_ban(room, ban, entry)
-        await self._changed(room)
         self._remove_everywhere(room, target, actor, reason, banned=True, until_ms=until_ms)
+        await self._changed(room)
         return ban
 
     async def unban(self, actor: UserInfo, room: str, name: str) -> None:
@@ -573,7 +594,6 @@ class Moderation:
             return
         if op == "rules":
             self.rules.forget(room)
-            self._last_sent.pop(room, None)
         elif op == "removed":
             user, by = order.get("user"), order.get("by")
             if isinstance(user, str) and isinstance(by, str):
@@ -601,6 +621,22 @@ class Moderation:
             by = str(order.get("by") or "")
             peers = [p for p in list(self._hub.peers.values()) if room in p.session.rooms]
             self._take_out(room, peers, Removed(room, by, ROOM_DELETED))
+
+    async def recheck(self) -> None:
+        """Orders may have been missed: take every local connection out of the rooms its
+        user may no longer be in (removed, banned, a room deleted)."""
+        self.rules.clear()
+        for peer in list(self._hub.peers.values()):
+            user = peer.session.user
+            if user is None:
+                continue
+            for room in sorted(peer.session.rooms):
+                try:
+                    refusal = await self._rooms.refusal(user, room)
+                except BackendError:
+                    return  # the store is away too: the next resync tries again
+                if refusal is not None and room in peer.session.rooms:
+                    self._take_out(room, [peer], Removed(room, "", str(refusal)))
 
     def _peers_in(self, room: str, name: str) -> list[Peer]:
         key = name.lower()

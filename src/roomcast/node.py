@@ -14,6 +14,7 @@ calls the same collaborators.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import uuid
@@ -60,7 +61,7 @@ from .protocol.messages import (
 )
 from .protocol.session import Close, Outcome, Reply, Session
 from .readstate import ReadState
-from .revocation import Revocations
+from .revocation import ACCOUNT_DELETED, Revocations
 from .rooms import Rooms
 from .rules import RulesBook
 from .search import MessageSearch
@@ -108,6 +109,8 @@ class Node:
     ) -> None:
         #: This node's id, on its publications (its own come back to it).
         self.id = uuid.uuid4().hex[:12]
+        #: Work started on the side (re-checking rooms after a resync), kept alive.
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Where messages, users and rooms are kept.
         self.store = store
         #: How publications and presence reach the other nodes.
@@ -375,10 +378,14 @@ class Node:
     async def _join(self, peer: Peer, cmd: Join) -> None:
         user = peer.session.user
         assert user is not None
-        if cmd.room not in peer.session.rooms:
+        entering = cmd.room not in peer.session.rooms
+        if entering:
             await self.rooms.enter(user, cmd.room)
-        if self.moderation.rules.cached(cmd.room) is None:
-            await self.moderation.load(cmd.room)  # what its messages are held to
+        rules = self.moderation.rules.cached(cmd.room) or await self.moderation.load(cmd.room)
+        if entering:
+            # Again with no await before the join: a ban made while the checks above
+            # waited (its order dropped the rules they read) refuses it too.
+            self.moderation.check_ban(user, cmd.room, rules)
         unread = functools.partial(self.read_state.joined, peer, cmd.room)
         await self.streams.join(peer, cmd.room, cmd.since, cmd.id, unread)
 
@@ -453,7 +460,18 @@ class Node:
         """The broker may have missed publications: catch up from the store, and read
         rooms' rules again."""
         self.streams.resync()
-        self.moderation.rules.clear()
+        self._spawn(self.moderation.recheck())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on its own; kept until it ends, its failure logged."""
+        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a background task failed", exc_info=task.exception())
 
     def _order(self, data: bytes) -> None:
         """Carry out another node's order (its own node carried it out already)."""
@@ -470,6 +488,8 @@ class Node:
                 self.read_state.room_changed(order["room"])
         elif order.get("op") == "revoke":
             self.revocations.on_order(order)
+            if order.get("reason") == ACCOUNT_DELETED:
+                self.moderation.rules.clear()  # its roles, bans and mutes are gone
 
     def local_presence(self) -> list[tuple[str, str]]:
         """Every ``(room, user)`` with a connection on this node."""

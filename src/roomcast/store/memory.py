@@ -771,7 +771,10 @@ class MemoryStore(BatchedAppends):
             )
         for streams in self._markers.values():
             streams.pop(room, None)
-        self._access.pop(room, None)
+        access = self._access.pop(room, None)
+        if access is not None and access.private:
+            # A late message lands where only admins may read it.
+            self._access[room] = RoomAccess(room, True, None, frozenset())
         self._moderation.pop(room, None)
         self._erased_at[room] = len(ids)
         self._seen = {k: v for k, v in self._seen.items() if k[2] != room or k[3]}
@@ -830,7 +833,9 @@ class MemoryStore(BatchedAppends):
             or session.expires_ms <= now_ms
         ):
             return False
-        self._sessions[session_id] = replace(session, refresh_hash=new_hash, expires_ms=expires_ms)
+        self._sessions[session_id] = replace(
+            session, refresh_hash=new_hash, expires_ms=expires_ms, previous_hash=old_hash
+        )
         return True
 
     async def revoke_sessions(

@@ -331,7 +331,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " refresh_hash TEXT NOT NULL,"
             " created_ms BIGINT NOT NULL,"
             " expires_ms BIGINT NOT NULL,"
-            " revoked_ms BIGINT)",
+            " revoked_ms BIGINT,"
+            " previous_hash TEXT)",
             "CREATE INDEX sessions_name ON sessions (name)",
             "CREATE INDEX sessions_revoked ON sessions (revoked_ms) WHERE revoked_ms IS NOT NULL",
         ),

@@ -428,6 +428,11 @@ _STORE_PUBLIC_ROOM: Final = (
     " created_ms = excluded.created_ms, private = 0, owner = NULL,"
     " erased_seq = NULL WHERE rooms.erased_seq = rooms.last_seq"
 )
+#: The same, but a deleted room stays deleted: its rules are not read.
+_STORE_PUBLIC_ROOM_ONCE: Final = (
+    "INSERT INTO rooms (name, last_seq, created_ms, private, owner)"
+    " VALUES ($1, 0, $2, 0, NULL) ON CONFLICT (name) DO NOTHING"
+)
 #: None keeps a setting as it is.
 _UPDATE_ROOM: Final = (
     "UPDATE rooms SET topic = coalesce($2, topic), title = coalesce($3, title),"
@@ -443,8 +448,10 @@ _AUDIT_LOG: Final = (
 )
 #: Deleting a room resets its row to a public room's defaults and marks it
 #: erased at its last seq; the room is gone until a message or a create comes.
+#: A deleted room keeps whether it was private: a message that arrives after the
+#: deletion (from a node not told yet) lands where only admins may read it.
 _ERASE_ROOM_ROW: Final = (
-    "UPDATE rooms SET private = 0, owner = NULL, topic = '', title = '', slow_mode = 0,"
+    "UPDATE rooms SET owner = NULL, topic = '', title = '', slow_mode = 0,"
     f" receipts = 1, erased_seq = last_seq WHERE name = $1 AND {_LIVE} RETURNING last_seq"
 )
 _ROOM_MESSAGE_IDS: Final = "SELECT message_id FROM messages WHERE room = $1"
@@ -475,11 +482,12 @@ _CREATE_SESSION: Final = (
 )
 _SESSION_USER: Final = (
     "SELECT s.id, s.name, s.refresh_hash, s.created_ms, s.expires_ms, s.revoked_ms,"
-    f" {_USER_COLUMNS} FROM sessions s JOIN users u ON u.name = s.name WHERE s.id = $1"
+    f" s.previous_hash, {_USER_COLUMNS}"
+    " FROM sessions s JOIN users u ON u.name = s.name WHERE s.id = $1"
 )
 #: The compare-and-set of a refresh: the old hash, not revoked, not expired at $5.
 _ROTATE_SESSION: Final = (
-    "UPDATE sessions SET refresh_hash = $3, expires_ms = $4"
+    "UPDATE sessions SET previous_hash = refresh_hash, refresh_hash = $3, expires_ms = $4"
     " WHERE id = $1 AND refresh_hash = $2 AND revoked_ms IS NULL AND expires_ms > $5"
 )
 #: A user's live sessions revoked at $2; ``{which}`` narrows them (to $3, or all but $3).
@@ -1250,6 +1258,7 @@ class SQLStore(BatchedAppends):
 
     async def set_moderator(self, room: str, name: str, on: bool, audit: AuditEntry) -> bool:
         async def job(conn: SQLConn) -> bool:
+            await conn.execute(_STORE_PUBLIC_ROOM_ONCE, room, audit.at_ms)
             if await conn.execute(_ADD_MODERATOR if on else _REMOVE_MODERATOR, room, name) != 1:
                 return False
             await _add_audit(conn, audit)
@@ -1289,6 +1298,7 @@ class SQLStore(BatchedAppends):
         row = (room, ban.name, ban.until_ms, ban.reason, ban.by, ban.at_ms)
 
         async def job(conn: SQLConn) -> None:
+            await conn.execute(_STORE_PUBLIC_ROOM_ONCE, room, audit.at_ms)
             await conn.execute(_SET_BAN, *row)
             await conn.execute(_REMOVE_MODERATOR, room, ban.name)
             await _add_audit(conn, audit)
@@ -1302,6 +1312,7 @@ class SQLStore(BatchedAppends):
         row = (room, mute.name, mute.until_ms, mute.by, mute.at_ms)
 
         async def job(conn: SQLConn) -> None:
+            await conn.execute(_STORE_PUBLIC_ROOM_ONCE, room, audit.at_ms)
             await conn.execute(_SET_MUTE, *row)
             await _add_audit(conn, audit)
 
@@ -1422,8 +1433,9 @@ class SQLStore(BatchedAppends):
             int(row[3]),
             int(row[4]),
             int(revoked) if revoked is not None else None,
+            row[6],
         )
-        return session, _user_from_row(tuple(row)[6:])
+        return session, _user_from_row(tuple(row)[7:])
 
     async def rotate_session(
         self, session_id: str, old_hash: str, new_hash: str, expires_ms: int, now_ms: int
