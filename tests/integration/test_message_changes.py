@@ -344,10 +344,11 @@ async def test_a_deleted_message_is_gone_from_the_sqlite_files(
     alice = await user_ws(server, tokens["alice"])
     secret, edit = "zebra-quartz-" * 3, "walrus-onyx-" * 3
     message_id = await chat(alice, secret, "c1")
+    files = [p for p in server.data_dir.iterdir() if p.name.startswith("roomcast.db")]
+    # Stored, so in the files (an edit may already erase the text it replaces).
+    assert any(secret.encode() in p.read_bytes() for p in files)
     await ask(alice, "edit", {"message_id": message_id, "message": edit}, "e1")
     await chat(alice, "padding", "c2")
-    files = [p for p in server.data_dir.iterdir() if p.name.startswith("roomcast.db")]
-    assert any(secret.encode() in p.read_bytes() for p in files)
     await ask(alice, "delete", {"message_id": message_id}, "d1")
     await asyncio.sleep(0.2)
     for path in server.data_dir.iterdir():

@@ -281,7 +281,11 @@ def test_search_more_and_open_from_the_terminal(chat: Chat, server: ServerProces
     asyncio.run(sign_up(server, "ann"))
     bob_token = asyncio.run(sign_up(server, "bob"))
     steps = [("chat", {"room": "lobby", "message": f"deploy step {n}"}) for n in range(11)]
-    send_as(server, bob_token, [*steps, ("direct", {"to": "ann", "message": "deploy keys, ok?"})])
+    send_as(server, bob_token, steps)
+    # Later than the last step by the clock (results are newest first, by the millisecond:
+    # stored in one batch, both would have the same time).
+    time.sleep(0.01)
+    send_as(server, bob_token, [("direct", {"to": "ann", "message": "deploy keys, ok?"})])
     ann = user(chat, server, "ann")
 
     ann.sendline("/search deploy")
