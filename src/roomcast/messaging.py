@@ -195,7 +195,7 @@ class Messaging:
         """
         user = peer.session.user
         assert user is not None
-        if not self._moderation.check_send(user, cmd.room, time.monotonic()):
+        if not self._moderation.check_send(user, cmd.room):
             return self._chat_once_checked(peer, cmd)  # the room's rules must be read first
         if cmd.reply_to is not None or _may_mention(cmd.message):
             return self._chat_with_context(peer, cmd)
@@ -213,9 +213,9 @@ class Messaging:
 
     async def _may_send(self, user: UserInfo, room: str) -> None:
         """Refuse a message ``user`` may not send in ``room`` (muted, slow mode)."""
-        if not self._moderation.check_send(user, room, time.monotonic()):
+        if not self._moderation.check_send(user, room):
             await self._moderation.load(room)
-            self._moderation.check_send(user, room, time.monotonic())
+            self._moderation.check_send(user, room)
 
     async def _chat_with_context(self, peer: Peer, cmd: Chat) -> None:
         user = peer.session.user

@@ -22,6 +22,7 @@ What sending is held to (mutes, slow mode) is checked from memory:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -144,11 +145,11 @@ class Moderation:
 
     # -- the send path -------------------------------------------------------------
 
-    def check_send(self, user: UserInfo, room: str, now: float) -> bool:
+    def check_send(self, user: UserInfo, room: str) -> bool:
         """Refuse a message (or reaction) ``user`` may not send in ``room`` now.
 
-        ``now`` is the loop's time (slow mode); mutes end by the wall clock.
-        Returns False when this node does not have the room's rules yet:
+        Mutes end by the wall clock; slow mode counts on the monotonic one, read
+        only in a room that has it. Returns False when this node does not have the room's rules yet:
         the caller awaits :meth:`load` and asks again.
 
         Raises:
@@ -169,7 +170,7 @@ class Moderation:
         if until is not None and until > now_ms():
             raise _muted(room, until)
         if rules.slow_mode:
-            self._slow(room, key, rules.slow_mode, now)
+            self._slow(room, key, rules.slow_mode, time.monotonic())
         return True
 
     def check_ban(self, user: UserInfo, room: str, rules: RoomRules) -> None:
