@@ -760,28 +760,20 @@ async def _publish(args: argparse.Namespace, order: bytes) -> None:
     """
     if not args.redis_url:
         return
-    import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from .broker.base import Publication, encode_publication
-    from .broker.redis import COMMAND_TIMEOUT, pack_batch
+    from .broker.base import Publication
+    from .broker.redis import publish_order
 
     publication = Publication(f"cli-{secrets.token_hex(4)}", None, None, order, order=True)
-    client = aioredis.Redis.from_url(
-        args.redis_url, socket_connect_timeout=COMMAND_TIMEOUT, socket_timeout=COMMAND_TIMEOUT
-    )
     try:
-        await client.publish(
-            f"{args.redis_prefix}pub", pack_batch([encode_publication(publication)])
-        )
-    except (RedisError, OSError) as exc:
+        await publish_order(args.redis_url, args.redis_prefix, publication)
+    except (RedisError, OSError, ValueError) as exc:
         print(
             f"roomcast: warning: could not tell the live servers through Redis ({exc}); "
             "they close revoked sessions within 3 s all the same",
             file=sys.stderr,
         )
-    finally:
-        await client.aclose()
 
 
 _ADMIN_ACTIONS: Final[

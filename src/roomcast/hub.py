@@ -78,7 +78,7 @@ class Held:
 class Hub:
     """Local connections, room membership and fan-out."""
 
-    __slots__ = ("_guests", "_held", "_names", "_room_names", "_rooms", "peers")
+    __slots__ = ("_cased", "_guests", "_held", "_names", "_room_names", "_rooms", "peers")
 
     def __init__(self) -> None:
         self.peers: dict[str, Peer] = {}
@@ -90,6 +90,10 @@ class Hub:
         #: name is unique in any case, so registering ``Carol`` evicts guest
         #: ``carol``.
         self._guests: dict[str, dict[Peer, None]] = {}
+        #: Lower-cased name -> connections using it with capitals (most names
+        #: have none, so this costs nothing for them): with ``_names`` it says
+        #: whether a name is used in any case.
+        self._cased: dict[str, int] = {}
         self._held: dict[str, dict[Peer, Held]] = {}
 
     # -- connections ---------------------------------------------------------
@@ -117,6 +121,11 @@ class Hub:
         """How many local connections are using ``name``."""
         conns = self._names.get(name)
         return 0 if conns is None else len(conns)
+
+    def name_used(self, name: str) -> bool:
+        """Whether a local connection uses ``name`` in any case (it hears the name's channel)."""
+        key = name.lower()
+        return key in self._names or key in self._cased
 
     def user_online(self, name: str) -> bool:
         """Whether registered user ``name`` has a local connection (guests do not count)."""
@@ -146,12 +155,24 @@ class Hub:
             names[new.name] += 1
 
     def _add_name(self, user: UserInfo, peer: Peer) -> None:
-        self._names.setdefault(user.name, {})[peer] = None
+        conns = self._names.setdefault(user.name, {})
+        if peer not in conns:
+            conns[peer] = None
+            lower = user.name.lower()
+            if lower != user.name:
+                self._cased[lower] = self._cased.get(lower, 0) + 1
         key = _claimable(user)
         if key is not None:
             self._guests.setdefault(key, {})[peer] = None
 
     def _drop_name(self, user: UserInfo, peer: Peer) -> None:
+        lower = user.name.lower()
+        if lower != user.name and peer in self._names.get(user.name, ()):
+            left = self._cased[lower] - 1
+            if left:
+                self._cased[lower] = left
+            else:
+                del self._cased[lower]
         for index, key in ((self._names, user.name), (self._guests, _claimable(user))):
             if key is None:
                 continue

@@ -87,6 +87,9 @@ MAX_MUTE_SECONDS: Final = 30 * 24 * 3600
 #: room it forgets those whose wait is over.
 _SLOW_MEMORY: Final = 10_000
 
+#: Orders for the nodes with members in the room only (sent on its channel).
+_ROOM_ORDERS: Final = frozenset({"removed", "muted"})
+
 #: What a room's deletion tells its members.
 ROOM_DELETED: Final = "the room was deleted"
 
@@ -670,10 +673,17 @@ class Moderation:
         self._order({**order, "reason": reason, "banned": banned, "until": until_ms})
 
     def _order(self, order: dict[str, Any]) -> None:
-        """Carry out ``order`` here now, and on every other node."""
+        """Carry out ``order`` here now, and on every other node.
+
+        A removal or a mute concerns only the nodes with members in the room:
+        it goes on the room's channel, in order with its messages, so no
+        message sent after it reaches the removed member on another node.
+        Rules and deletions go to every node (any may keep the room's rules).
+        """
         self.on_order(order)
         data = orjson.dumps(order)
-        self._broker.publish(Publication(self._node_id, None, None, data, order=True))
+        room = order["room"] if order.get("op") in _ROOM_ORDERS else None
+        self._broker.publish(Publication(self._node_id, room, None, data, order=True))
 
     async def _changed(self, room: str) -> None:
         """``room``'s rules or settings changed: every node reads its rules again (this

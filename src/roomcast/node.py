@@ -268,6 +268,9 @@ class Node:
     async def connect(self, peer: Peer) -> None:
         """A connection is open: welcome it and put it in the lobby."""
         if self.connections.connect(peer):
+            user = peer.session.user
+            assert user is not None
+            await self.streams.open_inbox(user.name)
             pending = self.dispatch(peer, Join(None, LOBBY))
             if pending is not None:
                 await pending
@@ -390,7 +393,11 @@ class Node:
         await self.streams.join(peer, cmd.room, cmd.since, cmd.id, unread)
 
     async def _auth(self, peer: Peer, cmd: AuthFrame) -> None:
-        if await self.connections.auth(peer, cmd):
+        entered = await self.connections.auth(peer, cmd)
+        user = peer.session.user
+        if user is not None:
+            await self.streams.open_inbox(user.name)  # the name may be new to this node
+        if entered:
             # A connection that had to authenticate first now enters the lobby.
             await self._join(peer, Join(None, LOBBY))
 

@@ -152,15 +152,24 @@ class Streams:
 
     # -- readers coming and going --------------------------------------------------
 
+    async def open_inbox(self, user: str) -> None:
+        """Hear what other nodes publish for ``user`` (direct messages, a claim of the name)
+        before the connection using the name asks for anything."""
+        await self._broker.subscribe_user(user)
+
     def forget_room(self, room: str) -> None:
-        """Stop ordering ``room``'s frames once it has no local member."""
+        """Stop ordering and hearing ``room``'s frames once it has no local member."""
         if not self._hub.has_members(room):
             self._room_order.close(room)
+            self._broker.unsubscribe_room(room)
 
     def forget_inbox(self, user: str) -> None:
-        """Stop ordering ``user``'s direct messages once it has no local connection."""
+        """Stop ordering ``user``'s direct messages once it has no local connection, and
+        hearing the name once no local connection uses it in any case."""
         if not self._hub.user_online(user):
             self._inbox_order.close(user)
+        if not self._hub.name_used(user):
+            self._broker.unsubscribe_user(user)
 
     async def join(
         self,
@@ -190,6 +199,9 @@ class Streams:
         try:
             if first:
                 self._membership.announce(room, user.name, True)
+            # Heard before the position is read: what is stored after the
+            # read arrives live, what was before comes from the store.
+            await self._broker.subscribe_room(room)
             stored_last = await self._store.last_seq(room)
             # Live frames go out from the room's position on: the replay
             # covers everything up to there (which may be past the read).

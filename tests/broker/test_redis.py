@@ -43,10 +43,12 @@ async def started(
 async def test_a_dead_nodes_users_leave_once(prefix: str, raw: aioredis.Redis) -> None:
     """A node that stopped refreshing is reaped by one live node, which tells each leave once."""
     # What a node killed mid-run leaves behind: its presence, and a time already past.
-    await raw.zadd(f"{prefix}nodes", {"dead": 1})
-    await raw.sadd(f"{prefix}node:dead", "r\nann", "r\nbob", "s\nann")
-    await raw.hset(f"{prefix}room:r", mapping={"ann": 1, "bob": 2})
-    await raw.hset(f"{prefix}room:s", mapping={"ann": 1})
+    await raw.zadd(f"{prefix}{{nodes}}", {"dead": 1})
+    await raw.sadd(f"{prefix}{{n:dead}}", "r\nann", "r\nbob", "s\nann")
+    await raw.hset(f"{prefix}{{r:r}}:users", mapping={"ann": 1, "bob": 2})
+    await raw.sadd(f"{prefix}{{r:r}}:nodes", "dead\nann", "dead\nbob", "live\nbob")
+    await raw.hset(f"{prefix}{{r:s}}:users", mapping={"ann": 1})
+    await raw.sadd(f"{prefix}{{r:s}}:nodes", "dead\nann")
     brokers = [await started(REDIS_URL, prefix, n) for n in ("b", "c")]
     try:
         everyone = lambda: [e for _, got in brokers for e in got.presence]  # noqa: E731
@@ -54,8 +56,8 @@ async def test_a_dead_nodes_users_leave_once(prefix: str, raw: aioredis.Redis) -
         await settle()
         assert sorted(everyone()) == [("r", "ann", False, 1), ("s", "ann", False, 0)]
         assert await brokers[0][0].members("r", 10) == Members(["bob"], 1)
-        assert await raw.exists(f"{prefix}node:dead") == 0
-        assert await raw.zscore(f"{prefix}nodes", "dead") is None
+        assert await raw.exists(f"{prefix}{{n:dead}}") == 0
+        assert await raw.zscore(f"{prefix}{{nodes}}", "dead") is None
     finally:
         for broker, _ in brokers:
             await broker.close()
@@ -68,6 +70,7 @@ async def test_killed_subscription_resubscribes_and_asks_to_catch_up(prefix: str
         await started(REDIS_URL, prefix, "b"),
     )
     try:
+        await b.subscribe_room("r")
         assert await kill_redis_clients(prefix, subscribers_only=True) == 2
         await eventually(lambda: got_b.resyncs >= 1)
         await b.ping()
@@ -95,6 +98,7 @@ async def test_redis_unreachable_then_back(prefix: str) -> None:
             for _ in range(100):
                 await a.ping()
                 await asyncio.sleep(0.05)
+        await b.subscribe_room("r")
         a.publish(Publication("a", "r", None, b"while-down", seq=1))
         await asyncio.sleep(0.3)
         proxy.up()

@@ -1,7 +1,10 @@
 """The Broker interface: carry publications and presence between nodes.
 
 A node delivers its own publications to its local members at once and
-publishes them so the *other* nodes deliver them to theirs. Every
+publishes them so the *other* nodes deliver them to theirs: the nodes that
+subscribed to the room, or to the user, the publication is for (a node
+subscribes to the rooms its connections are in and the names they use),
+or every node for an order that names no room. Every
 publication is stamped with the publishing node's id; a node ignores its
 own echo (python-socketio's ``host_id``).
 
@@ -41,12 +44,13 @@ class Publication:
     #: The stored message's seq (in the room, or in ``user``'s inbox), when
     #: the frame carries one: receivers put such frames back in seq order.
     seq: int | None = None
-    #: Not a frame but an order: ``user`` is a registered name now, so every
-    #: node closes the guest connections using it (``frame`` is empty).
+    #: Not a frame but an order: ``user`` is a registered name now, so the
+    #: nodes where guests use it close them (``frame`` is empty).
     name_claim: bool = False
-    #: Not a frame but an order for every node (``frame`` is its JSON: a
-    #: member removed, a room's rules changed, sessions revoked); ``room``
-    #: and ``user`` are None.
+    #: Not a frame but an order (``frame`` is its JSON: a member removed, a
+    #: room's rules changed, sessions revoked). With ``room`` None it is for
+    #: every node; with a room, only for the nodes with members there, in
+    #: order with the room's frames. ``user`` is None.
     order: bool = False
 
 
@@ -95,6 +99,25 @@ class Broker(Protocol):
         when the broker is back (:meth:`BrokerEvents.on_resync`).
         """
 
+    async def subscribe_room(self, room: str) -> None:
+        """Receive ``room``'s publications from now on (a local member is in it).
+
+        Returns once the broker is sure to deliver what is published after
+        the return, so the caller may then read the room's position from the
+        store and miss nothing. Never raises: a broker that is cut off
+        subscribes when it is back, and then asks the node to catch up.
+        """
+
+    def unsubscribe_room(self, room: str) -> None:
+        """Stop receiving ``room``'s publications (its last local member left)."""
+
+    async def subscribe_user(self, user: str) -> None:
+        """Receive what is published for ``user`` (any case) from now on; like
+        :meth:`subscribe_room`."""
+
+    def unsubscribe_user(self, user: str) -> None:
+        """Stop receiving what is published for ``user`` (no local connection uses the name)."""
+
     def presence_changed(self, room: str, user: str, present: bool) -> None:
         """``user``'s first connection on this node entered ``room`` (or its last left)."""
 
@@ -121,14 +144,14 @@ _NO_SEQ: Final = -1
 
 def encode_publication(publication: Publication) -> bytes:
     """The bytes a broker carries for ``publication`` (see :func:`decode_publication`)."""
-    if publication.room is not None:
+    if publication.order:
+        kind, target = b"o", publication.room or ""
+    elif publication.room is not None:
         kind, target = b"r", publication.room
     elif publication.user is not None and publication.name_claim:
         kind, target = b"n", publication.user
     elif publication.user is not None:
         kind, target = b"u", publication.user
-    elif publication.order:
-        kind, target = b"o", ""
     else:
         raise ValueError("a publication is for a room or a user, or an order")
     node = publication.node_id.encode()
@@ -160,7 +183,7 @@ def decode_publication(data: bytes) -> Publication:
     except UnicodeDecodeError:
         raise ValueError("publication names are not UTF-8") from None
     if kind == b"o":
-        return Publication(node, None, None, data[end:], order=True)
+        return Publication(node, name or None, None, data[end:], order=True)
     return Publication(
         node,
         name if kind == b"r" else None,

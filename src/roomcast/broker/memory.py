@@ -2,8 +2,10 @@
 
 One ``roomcast serve`` has one node, so its broker has nobody to tell; tests
 put several nodes on one bus to check the cross-node path without Redis.
-The bus keeps presence the way Redis does: for each room and user, the
-nodes the user is connected to.
+The bus routes as Redis does (a room's publications to the nodes subscribed
+to the room, a user's to the nodes subscribed to the name in any case,
+orders without a room to every node) and keeps presence the way Redis does:
+for each room and user, the nodes the user is connected to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ class MemoryBus:
 
     def __init__(self) -> None:
         self.nodes: dict[str, BrokerEvents] = {}
+        #: node id -> the channels it subscribed to (``r:ROOM``, ``u:user``).
+        self.subscriptions: dict[str, set[str]] = {}
         #: room -> user -> the nodes where the user is in the room.
         self.presence: dict[str, dict[str, set[str]]] = {}
 
@@ -34,11 +38,33 @@ class MemoryBroker:
         self._node_id = node_id
         self._events = events
         self._bus.nodes[node_id] = events
+        self._bus.subscriptions[node_id] = set()
 
     def publish(self, publication: Publication) -> None:
+        channel = _channel(publication)
+        subscriptions = self._bus.subscriptions
         for node_id, events in list(self._bus.nodes.items()):
-            if node_id != publication.node_id:
+            if node_id != publication.node_id and (
+                channel is None or channel in subscriptions.get(node_id, ())
+            ):
                 events.on_publication(publication)
+
+    async def subscribe_room(self, room: str) -> None:
+        self._channels().add(f"r:{room}")
+
+    def unsubscribe_room(self, room: str) -> None:
+        self._channels().discard(f"r:{room}")
+
+    async def subscribe_user(self, user: str) -> None:
+        self._channels().add(f"u:{user.lower()}")
+
+    def unsubscribe_user(self, user: str) -> None:
+        self._channels().discard(f"u:{user.lower()}")
+
+    def _channels(self) -> set[str]:
+        if self._node_id is None:
+            return set()  # not started, or closed: nothing to route to it
+        return self._bus.subscriptions.setdefault(self._node_id, set())
 
     def presence_changed(self, room: str, user: str, present: bool) -> None:
         node, events = self._node_id, self._events
@@ -80,4 +106,14 @@ class MemoryBroker:
             for user in [user for user, nodes in users.items() if node in nodes]:
                 self.presence_changed(room, user, False)
         self._bus.nodes.pop(node, None)
+        self._bus.subscriptions.pop(node, None)
         self._node_id = self._events = None
+
+
+def _channel(publication: Publication) -> str | None:
+    """The channel ``publication`` goes to, None for every node (an order without a room)."""
+    if publication.room is not None:
+        return f"r:{publication.room}"
+    if publication.user is not None:
+        return f"u:{publication.user.lower()}"
+    return None
