@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+#: The Redis Cluster and Sentinel fixtures (real redis-server processes of the tests' own).
+pytest_plugins = ("tests.redis_servers",)
+
 _NETWORK = (socket.AF_INET, socket.AF_INET6)
 
 

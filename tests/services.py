@@ -55,6 +55,7 @@ def service_down(what: str, reason: str) -> NoReturn:
     variable = {
         "PostgreSQL": "ROOMCAST_TEST_DATABASE_URL",
         "Redis": "ROOMCAST_TEST_REDIS_URL",
+        "redis-server": "ROOMCAST_TEST_REDIS_SERVER",
     }.get(what, "its ROOMCAST_TEST_* variable")
     message = f"{what} is not available ({reason}); start it or set {variable}"
     if os.environ.get("CI") == "true":

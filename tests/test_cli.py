@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,50 @@ def test_password_hash_setting() -> None:
     # A hash made with either setting verifies with the other: each carries its own.
     stored = small.hash("correct horse battery")
     assert PasswordHasher().verify(stored, "correct horse battery")
+
+
+#: What --workers N>1 needs: a broker and a shared database.
+SCALE_OUT = ["--redis-url", "redis://127.0.0.1:6379/0", "--database-url", "postgresql://db/rc"]
+
+
+def test_workers_from_flag_environment_and_auto() -> None:
+    """--workers defaults to 1; ROOMCAST_WORKERS sets it; auto is one per CPU; the flag wins."""
+    from roomcast.workers import available_cpus
+
+    assert config([]).workers == 1
+    assert config(SCALE_OUT, {"ROOMCAST_WORKERS": "3"}).workers == 3
+    assert config([*SCALE_OUT, "--workers", "AUTO"]).workers == available_cpus()
+    assert config([*SCALE_OUT, "--workers", "2"], {"ROOMCAST_WORKERS": "3"}).workers == 2
+    assert config(["--workers", "1"]).reuse_port is False  # one node: as before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "0"], "--workers must be between 1 and 256 (or auto), not 0"),
+        (["--workers", "257"], "--workers must be between 1 and 256"),
+        (["--workers", "two"], "--workers must be a number or auto, not 'two'"),
+        (["--workers", "1.5"], "--workers must be a number or auto"),
+        (["--workers", "2"], "--workers 2 runs 2 nodes"),
+        (["--workers", "2", "--redis-url", "redis://r"], "--workers 2 runs 2 nodes"),
+        (["--workers", "2", "--database-url", "postgresql://db/rc"], "--workers 2 runs 2 nodes"),
+        (["--workers", "2", "--redis-url", "redis://r", "--database-url", "memory:"], "--workers"),
+    ],
+)
+def test_bad_workers(argv: list[str], message: str) -> None:
+    """A bad --workers, or more than one without Redis and PostgreSQL, is a one-line ConfigError."""
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        config(argv)
+    assert "\n" not in str(info.value)
+
+
+def test_workers_without_a_broker_exit_2_before_listening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serve --workers 2 alone is one line on stderr and exit 2, nothing bound or started."""
+    monkeypatch.delenv("ROOMCAST_WORKER_ID", raising=False)
+    assert main(["serve", "--workers", "2", "--data-dir", str(tmp_path / "data")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith("roomcast: error: --workers 2 runs 2 nodes, which act as one server")
+    assert not (tmp_path / "data").exists()

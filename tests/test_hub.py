@@ -189,3 +189,20 @@ def test_connections_of_counts_a_names_local_connections() -> None:
     assert hub.connections_of("guest-1") == 0
     hub.remove(a1, a1.session.closed())
     assert hub.connections_of("ann") == 2
+
+
+def test_name_used_counts_every_case_until_the_last_connection_goes() -> None:
+    """name_used answers for any case while a connection uses the name (its channel is heard)."""
+    hub = Hub()
+    guest = FakePeer.named("Carol", guest=True)
+    user = FakePeer.named("carol", guest=False)
+    mixed = FakePeer.named("Dave", guest=False)
+    for peer in (guest, user, mixed):
+        hub.add(peer)
+    assert hub.name_used("CAROL") and hub.name_used("dave") and not hub.name_used("erin")
+    hub.remove(user, user.session.closed())
+    assert hub.name_used("carol")  # the guest Carol still uses it
+    hub.remove(guest, guest.session.closed())
+    assert not hub.name_used("carol")
+    hub.rename(mixed, UserInfo("Dave", False), UserInfo("erin", False))
+    assert not hub.name_used("dave") and hub.name_used("Erin")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from roomcast.broker.base import Publication
+from roomcast.broker.memory import MemoryBroker
 from roomcast.config import Limits
 from roomcast.exceptions import StoreError
 from roomcast.protocol.messages import encode
@@ -170,3 +171,57 @@ async def test_another_nodes_messages_are_delivered_in_seq_order() -> None:
     # Repeats (a publication resent after a Redis outage) are dropped.
     node.on_publication(Publication("elsewhere", "r", None, frames[2], seq=3))
     assert member.received() == []
+
+
+class RecordingBroker(MemoryBroker):
+    """A memory broker that records subscriptions, in order with the store's reads."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def subscribe_room(self, room: str) -> None:
+        self.log.append(f"subscribe {room}")
+        await super().subscribe_room(room)
+
+    def unsubscribe_room(self, room: str) -> None:
+        self.log.append(f"unsubscribe {room}")
+        super().unsubscribe_room(room)
+
+    async def subscribe_user(self, user: str) -> None:
+        self.log.append(f"subscribe user {user}")
+        await super().subscribe_user(user)
+
+    def unsubscribe_user(self, user: str) -> None:
+        self.log.append(f"unsubscribe user {user}")
+        super().unsubscribe_user(user)
+
+
+class LoggedStore(MemoryStore):
+    """A memory store that logs each read of a room's last seq."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def last_seq(self, room: str) -> int:
+        self.log.append(f"last_seq {room}")
+        return await super().last_seq(room)
+
+
+async def test_a_room_is_heard_before_its_position_is_read() -> None:
+    """The first join subscribes before reading the room's seq; the last leave unsubscribes."""
+    log: list[str] = []
+    node = await started(store=LoggedStore(log), broker=RecordingBroker(log))
+    a, b = await connected(node), await connected(node)
+    await receive_text(node, a, text("join", {"room": "r"}))
+    assert log.index("subscribe r") < log.index("last_seq r")
+    await receive_text(node, b, text("join", {"room": "r"}))
+    await receive_text(node, a, text("leave", {"room": "r"}))
+    assert "unsubscribe r" not in log  # b is still in it
+    await receive_text(node, b, text("leave", {"room": "r"}))
+    assert log.count("unsubscribe r") == 1
+    name = a.session.user.name if a.session.user else ""
+    assert f"subscribe user {name}" in log
+    node.disconnect(a)
+    assert f"unsubscribe user {name}" in log

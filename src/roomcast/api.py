@@ -11,7 +11,6 @@ exists and is not banned everywhere).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 import urllib.parse
@@ -64,6 +63,17 @@ from .protocol.messages import (
     valid_name,
     valid_room,
 )
+from .quota.memory import (  # the login throttle lived here: its names still import from here
+    ACCOUNT_FIRST_DELAY as ACCOUNT_FIRST_DELAY,
+    ACCOUNT_FORGET as ACCOUNT_FORGET,
+    ACCOUNT_FREE_FAILURES as ACCOUNT_FREE_FAILURES,
+    ACCOUNT_MAX_DELAY as ACCOUNT_MAX_DELAY,
+    ADDRESS_LOGIN_BURST as ADDRESS_LOGIN_BURST,
+    ADDRESS_LOGIN_RATE as ADDRESS_LOGIN_RATE,
+    AddressBuckets,
+    LoginThrottle as LoginThrottle,
+    address_key as address_key,
+)
 from .ratelimit import KeyedBuckets
 from .revocation import ACCOUNT_DELETED
 from .rooms import MAX_MEMBERS
@@ -73,25 +83,6 @@ __all__ = ["HTTPError", "add_routes"]
 logger = logging.getLogger("roomcast.api")
 
 NODE: Final = web.AppKey("node", Node)
-#: Failed logins an account may have before its next attempts must wait: typos
-#: and a forgotten caps lock.
-ACCOUNT_FREE_FAILURES: Final = 5
-#: The wait after the next failure; each further failure doubles it ...
-ACCOUNT_FIRST_DELAY: Final = 1.0
-#: ... up to this. A guesser spread over any number of addresses gets one
-#: attempt a minute at an account (after the first five: about 70 in the
-#: first hour, then 60 an hour), and someone failing on purpose can make its
-#: owner wait at most this long, never lock it (nor at all from an address
-#: it signed in from, :attr:`LoginThrottle.KNOWN_PER_ACCOUNT`).
-ACCOUNT_MAX_DELAY: Final = 60.0
-#: An account with no failed login for this long starts afresh.
-ACCOUNT_FORGET: Final = 15 * 60.0
-#: Login attempts per client address: a burst (a class or an office behind one
-#: NAT signing in at once), then one every 2 s. Each costs an argon2id hash
-#: (about 0.1 s of a core), so one address keeps at most 5 % of a core busy,
-#: and spraying one password over many accounts goes at 1,800 names an hour.
-ADDRESS_LOGIN_BURST: Final = 30
-ADDRESS_LOGIN_RATE: Final = 1 / 2
 #: Registrations per client address: a household or a class signs up at
 #: once, then one every 10 s (6 a minute). Each is an argon2id hash (64 MiB,
 #: about 0.1 s of a core), and each makes a name that costs nothing to hold.
@@ -103,158 +94,6 @@ REGISTER_RATE: Final = 1 / 10
 MAX_LOGIN_NAME: Final = 64
 
 
-def address_key(address: str) -> str:
-    """What per-address limits count under: the address; for IPv6 its /64.
-
-    One IPv6 host usually holds a whole /64 (64 bits of addresses to choose from).
-    """
-    if ":" not in address:
-        return address
-    try:
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    except ValueError:
-        return address
-
-
-class AddressBuckets(KeyedBuckets):
-    """A token bucket per client address, counted under :func:`address_key`."""
-
-    __slots__ = ()
-
-    def take(self, key: str, now: float) -> float:
-        return super().take(address_key(key), now)
-
-    def wait(self, key: str, now: float) -> float:
-        return super().wait(address_key(key), now)
-
-
-class _Failures:
-    """An account's (or a name's) failed logins since its last success."""
-
-    __slots__ = ("count", "last", "next_try")
-
-    def __init__(self) -> None:
-        self.count = 0
-        #: When the last one was counted.
-        self.last = 0.0
-        #: The next attempt may not start before this.
-        self.next_try = 0.0
-
-
-class LoginThrottle:
-    """Slows password guessing per account and per address; a lockout stays short.
-
-    - **Per account**: failures are counted per lower-cased name, whatever
-      address they come from. Past :data:`ACCOUNT_FREE_FAILURES`, the next
-      attempt waits :data:`ACCOUNT_FIRST_DELAY`, doubling with each failure
-      up to :data:`ACCOUNT_MAX_DELAY`; a success starts afresh. Names that
-      exist are kept in a table only they enter (so no flood of other names
-      can push them out); names that do not are throttled alike in a
-      bounded table (so a 429 does not tell which names exist).
-    - **Known addresses**: an address an account signed in from recently
-      is not held up by that account's delay, so failing on purpose cannot
-      lock its owner out. An attempt from it that fails makes it unknown.
-    - **Per address**: :data:`ADDRESS_LOGIN_BURST` attempts, then
-      :data:`ADDRESS_LOGIN_RATE` a second, over all names.
-
-    An attempt counts as failed from when it starts (:meth:`attempt`) until
-    it succeeds (:meth:`succeeded`), so parallel guesses are counted before
-    the password hashes finish. Times are the caller's monotonic seconds.
-    """
-
-    __slots__ = ("_accounts", "_addresses", "_known", "_sweep_at", "_unknown")
-
-    #: Names that do not exist, kept before the least recent is forgotten.
-    MAX_UNKNOWN: Final = 10_000
-    #: Addresses remembered per account, and accounts remembered.
-    KNOWN_PER_ACCOUNT: Final = 4
-    MAX_KNOWN: Final = 100_000
-
-    def __init__(self) -> None:
-        self._accounts: dict[str, _Failures] = {}
-        self._unknown: dict[str, _Failures] = {}
-        self._known: dict[str, list[str]] = {}
-        self._addresses = AddressBuckets(ADDRESS_LOGIN_RATE, ADDRESS_LOGIN_BURST)
-        #: Size of ``_accounts`` at which quiet accounts are swept out.
-        self._sweep_at = 1024
-
-    def check(self, address: str, name: str, now: float) -> float:
-        """Seconds this attempt will wait, as far as is known without the store (0: ask it).
-
-        A refused attempt is answered before the store is asked whether the
-        name exists, so a flood of refused attempts costs no read;
-        :meth:`attempt` decides.
-        """
-        key = name.lower()
-        wait = 0.0
-        for table in (self._accounts, self._unknown):
-            failures = table.get(key)
-            if failures is not None and now - failures.last < ACCOUNT_FORGET:
-                wait = max(wait, failures.next_try - now)
-        if wait > 0 and address_key(address) in self._known.get(key, ()):
-            wait = 0.0  # the owner's address: :meth:`attempt` lets it in
-        return max(wait, self._addresses.wait(address, now))
-
-    def attempt(self, address: str, name: str, *, exists: bool, now: float) -> float:
-        """Seconds until this login may be tried; 0: go ahead (counted as failed until it works)."""
-        key = name.lower()
-        where = address_key(address)
-        table = self._accounts if exists else self._unknown
-        failures = table.get(key)
-        if failures is not None and now - failures.last >= ACCOUNT_FORGET:
-            del table[key]
-            failures = None
-        known = self._known.get(key)
-        trusted = exists and known is not None and where in known
-        if failures is not None and not trusted and failures.next_try > now:
-            return failures.next_try - now
-        wait = self._addresses.take(address, now)
-        if wait > 0:
-            return wait
-        if trusted and known is not None:
-            known.remove(where)  # until this attempt succeeds
-        if failures is None:
-            failures = table[key] = _Failures()
-        elif not exists:
-            table[key] = table.pop(key)  # most recent last
-        failures.count += 1
-        failures.last = now
-        past = failures.count - ACCOUNT_FREE_FAILURES
-        if past >= 0:
-            delay = min(ACCOUNT_FIRST_DELAY * 2 ** min(past, 16), ACCOUNT_MAX_DELAY)
-            failures.next_try = now + delay
-            if past == 0 and exists:
-                logger.warning("%d failed logins for %s; later attempts wait", failures.count, key)
-        if exists:
-            self._sweep(now)
-        elif len(table) > self.MAX_UNKNOWN:
-            del table[next(iter(table))]
-        return 0.0
-
-    def succeeded(self, address: str, name: str) -> None:
-        """The attempt for ``name`` worked: forget its failures, remember the address."""
-        key = name.lower()
-        self._accounts.pop(key, None)
-        self._unknown.pop(key, None)
-        known = self._known.pop(key, None) or []
-        where = address_key(address)
-        if where in known:
-            known.remove(where)
-        known.append(where)
-        self._known[key] = known[-self.KNOWN_PER_ACCOUNT :]  # most recent last
-        if len(self._known) > self.MAX_KNOWN:
-            del self._known[next(iter(self._known))]
-
-    def _sweep(self, now: float) -> None:
-        """Drop accounts quiet for :data:`ACCOUNT_FORGET`, once the table doubled."""
-        if len(self._accounts) < self._sweep_at:
-            return
-        for key in [k for k, f in self._accounts.items() if now - f.last >= ACCOUNT_FORGET]:
-            del self._accounts[key]
-        self._sweep_at = max(1024, 2 * len(self._accounts))
-
-
-_THROTTLE: Final = web.AppKey("login_throttle", LoginThrottle)
 _REGISTRATIONS: Final = web.AppKey("register_throttle", AddressBuckets)
 _PROXIES: Final = web.AppKey("trusted_proxies", TrustedProxies)
 #: Untrusted peers seen sending X-Forwarded-For (one is enough to say so once).
@@ -292,7 +131,6 @@ def add_routes(app: web.Application, node: Node, proxies: TrustedProxies | None 
     app[NODE] = node
     app[_PROXIES] = proxies if proxies is not None else TrustedProxies()
     app[_FORWARDERS] = set()
-    app[_THROTTLE] = LoginThrottle()
     app[_REGISTRATIONS] = AddressBuckets(REGISTER_RATE, REGISTER_BURST)
     app[_POSTS] = KeyedBuckets(node.limits.rate_limit, node.limits.rate_burst, POSTERS_TRACKED)
     app.router.add_post("/api/register", _register)
@@ -491,17 +329,18 @@ async def _login(request: web.Request) -> web.Response:
     if accounts is None:
         raise HTTPError(403, "forbidden", "this server has no accounts")
     username = body.get("username")
-    throttle = request.app[_THROTTLE]
+    # Counted over every node when they share a Redis (the node's quotas).
+    quotas = request.app[NODE].quotas
     address = client_address(request)
     # A name that is not a string or longer than any can be is refused unhashed.
     counted = isinstance(username, str) and len(username) <= MAX_LOGIN_NAME
     if counted:
         assert isinstance(username, str)
-        wait = throttle.check(address, username, time.monotonic())
+        wait = await quotas.login_check(address, username)
         if wait <= 0:
             # Asked of every name, so that this takes as long whether it exists or not.
             exists = username_problem(username) is None and await accounts.exists(username)
-            wait = throttle.attempt(address, username, exists=exists, now=time.monotonic())
+            wait = await quotas.login_attempt(address, username, exists=exists)
         if wait > 0:
             raise HTTPError(
                 429, "rate_limited", "too many login attempts; wait and retry", retry_after=wait
@@ -512,7 +351,7 @@ async def _login(request: web.Request) -> web.Response:
         raise HTTPError(401, "auth_failed", str(exc)) from None
     name = signed.user.name
     if counted:
-        throttle.succeeded(address, name)
+        await quotas.login_succeeded(address, name)
     request.app[NODE].connections.claim_name(name)
     return json_response(_signed_in(signed))
 
@@ -554,17 +393,17 @@ async def _refresh(request: web.Request) -> web.Response:
     return json_response(_signed_in(signed))
 
 
-def _password_attempt(request: web.Request, name: str) -> str:
+async def _password_attempt(request: web.Request, name: str) -> str:
     """Count a password check of ``name``'s own (as a login); its address, or a 429.
 
     Whoever holds a token could otherwise guess its user's password here
     as fast as hashing goes.
     """
-    throttle = request.app[_THROTTLE]
+    quotas = request.app[NODE].quotas
     address = client_address(request)
-    wait = throttle.check(address, name, time.monotonic())
+    wait = await quotas.login_check(address, name)
     if wait <= 0:
-        wait = throttle.attempt(address, name, exists=True, now=time.monotonic())
+        wait = await quotas.login_attempt(address, name, exists=True)
     if wait > 0:
         raise HTTPError(429, "rate_limited", "too many password attempts", retry_after=wait)
     return address
@@ -576,14 +415,14 @@ async def _change_password(request: web.Request) -> web.Response:
     credential = await bearer_credential(request)
     body = await json_body(request)
     name = credential.user.name
-    address = _password_attempt(request, name)
+    address = await _password_attempt(request, name)
     try:
         revoked = await _accounts(request).change_password(
             credential, body.get("old"), body.get("new")
         )
     except AuthError as exc:
         raise HTTPError(401, "auth_failed", str(exc)) from None
-    request.app[_THROTTLE].succeeded(address, name)
+    await request.app[NODE].quotas.login_succeeded(address, name)
     request.app[NODE].revocations.revoked(revoked, name)
     return json_response({"revoked": len(revoked)})
 
@@ -625,7 +464,7 @@ async def _delete_me(request: web.Request) -> web.Response:
     credential = await bearer_credential(request)
     body = await json_body(request)
     name = credential.user.name
-    _password_attempt(request, name)
+    await _password_attempt(request, name)
     try:
         revoked = await _accounts(request).delete_account(credential, body.get("password"))
     except AuthError as exc:

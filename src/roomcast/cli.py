@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import ipaddress
 import os
@@ -44,10 +45,12 @@ from .files import FileLinks, FileStore
 from .model import AuditEntry
 from .node import Node
 from .protocol.messages import LOBBY, until_text, valid_room
+from .quota import open_quotas
 from .revocation import ACCOUNT_DELETED, BANNED, SIGNED_OUT, revoke_order
 from .server import RoomcastServer
 from .store import open_store
 from .store.sql import SQLStore
+from .workers import MAX_WORKERS, WORKER_ENV, available_cpus, stop_when_orphaned, supervise
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -88,6 +91,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
     add("--host", "127.0.0.1", "address to listen on (default: %(default)s)")
     add("--port", 8765, "port to listen on; 0 picks a free one (default: %(default)s)")
+    add(
+        "--workers",
+        1,
+        "nodes to run on this host, one process (one core) each, all on --port; auto is "
+        "one per CPU; more than 1 needs --redis-url and a postgresql:// --database-url "
+        "(default: %(default)s)",
+    )
     add(
         "--data-dir",
         "./roomcast-data",
@@ -426,6 +436,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             f"not {len(args.secret.encode())}"
         )
     database_url, redis_url = args.database_url or None, args.redis_url or None
+    workers = _workers(args.workers)
+    if workers > 1 and (redis_url is None or not _shared_database(database_url)):
+        raise ConfigError(
+            f"--workers {workers} runs {workers} nodes, which act as one server only through "
+            "a broker and a shared database: add --redis-url redis://... and "
+            "--database-url postgresql://..."
+        )
     if redis_url is not None and not _shared_database(database_url):
         raise ConfigError(
             "--redis-url joins this server to others, which must share its database: "
@@ -459,7 +476,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout=body_timeout,
         trusted_proxies=trusted_proxies,
         limits=limits,
+        workers=workers,
     )
+
+
+def _workers(value: Any) -> int:
+    """``--workers``: a number from 1 to :data:`MAX_WORKERS`, or ``auto`` (one per CPU)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return min(available_cpus(), MAX_WORKERS)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--workers must be a number or auto, not {value!r}") from None
+    if not 1 <= number <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS} (or auto), not {value}")
+    return number
 
 
 def _webhook(url: str | None, secret: str | None) -> Webhook | None:
@@ -503,7 +534,7 @@ def _configure_logging(level: str, fmt: str) -> None:
     logs.configure(level, fmt, sys.stderr)
 
 
-async def _serve(config: ServerConfig) -> None:
+async def _serve(config: ServerConfig, *, worker: bool = False) -> None:
     data_dir = prepare_data_dir(config.data_dir)
     secret = load_secret(data_dir, config.secret)
     tokens = Tokens(secret)
@@ -516,6 +547,13 @@ async def _serve(config: ServerConfig) -> None:
         prefix=config.redis_prefix,
         presence_ttl=config.heartbeat or DEFAULT_PRESENCE_TTL,
     )
+    # Guest names, connections per user and logins, counted over every node
+    # (a dead node's claims go when its presence would).
+    quotas = open_quotas(
+        config.redis_url,
+        prefix=config.redis_prefix,
+        ttl=config.heartbeat or DEFAULT_PRESENCE_TTL,
+    )
     node = Node(
         store=store,
         broker=broker,
@@ -526,10 +564,13 @@ async def _serve(config: ServerConfig) -> None:
         files=FileStore(config.files_dir or data_dir / "files", quota=config.limits.files_quota),
         links=FileLinks(secret),
         webhook=config.webhook,
+        quotas=quotas,
     )
     if isinstance(store, SQLStore):  # both databases time their batches
         store.on_batch = node.metrics.observe_batch
     server = RoomcastServer(node, config)
+    if worker:
+        stop_when_orphaned()
     try:
         await server.serve_until_signalled(ssl_context)
     except OSError as exc:
@@ -804,11 +845,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             return 0
+    # A worker of ``--workers`` (its parent set this): a node on the shared port.
+    worker = bool(os.environ.get(WORKER_ENV))
     try:
         config = config_from_args(args)
         _configure_logging(args.log_level, args.log_format)
+        if worker:
+            config = dataclasses.replace(config, workers=1, reuse_port=True)
+        elif config.workers > 1:
+            return supervise(config, sys.argv[1:] if argv is None else argv)
         with asyncio.Runner(loop_factory=_new_loop) as runner:
-            runner.run(_serve(config))
+            runner.run(_serve(config, worker=worker))
     except ConfigError as exc:
         print(f"roomcast: error: {exc}", file=sys.stderr)
         return 2

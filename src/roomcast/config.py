@@ -146,6 +146,13 @@ class ServerConfig:
     #: Where notifications for users who are away are posted, and the key
     #: that signs them; None sends none.
     webhook: Webhook | None = None
+    #: Nodes this one command runs on this host, one process each, sharing
+    #: the port (``--workers``); more than 1 needs Redis and PostgreSQL.
+    workers: int = 1
+    #: Listen with SO_REUSEPORT, so that the workers of one ``--workers``
+    #: command each have a listening socket on the one port and the kernel
+    #: spreads connections over them.
+    reuse_port: bool = False
 
     @property
     def scheme(self) -> str:

@@ -7,6 +7,13 @@ changes its identity on ``auth`` (re-checking every room it is in), caps the
 connections per user, and takes a name away from the guests using it when
 a registered user claims it, on every node.
 
+A guest's nickname and a registered user's connections are claimed in the
+node's :class:`~roomcast.quota.base.Quotas` (in Redis when nodes share one,
+so a nickname is unique and the cap holds over every node): at most one
+claim, one round trip, per connect or ``auth``, given back when the
+connection ends or changes identity. The random ``guest-`` names are not
+claimed: nobody can choose one, and they come from 2^32.
+
 It also remembers which sign-in (session id, the token's ``sid``) each
 connection authenticated with, at the handshake or by its latest ``auth``
 (a guest has none), so that :class:`~roomcast.revocation.Revocations` can
@@ -34,6 +41,8 @@ from .outbox import Outbox
 from .protocol.codes import CloseCode, ErrorCode
 from .protocol.messages import AuthFrame, AuthOk, ErrorReply, Left, Welcome
 from .protocol.session import Session
+from .quota.base import Quotas
+from .quota.memory import MemoryQuotas
 from .rooms import Rooms
 from .store.base import Store
 from .streams import Streams
@@ -91,6 +100,8 @@ class Connections:
         heartbeat: the ping interval announced in the welcome frame.
         auth_timeout: seconds a connection has to ``auth`` when guests are off.
         reauth_timeout: seconds a connection whose token expired has to send a new one.
+        quotas: guest nicknames and connections per user, counted over every node;
+            this process's own by default.
     """
 
     def __init__(
@@ -110,6 +121,7 @@ class Connections:
         heartbeat: float,
         auth_timeout: float,
         reauth_timeout: float,
+        quotas: Quotas | None = None,
     ) -> None:
         self._node_id = node_id
         self._hub = hub
@@ -125,6 +137,10 @@ class Connections:
         self.heartbeat = heartbeat
         self.auth_timeout = auth_timeout
         self.reauth_timeout = reauth_timeout
+        self._quotas: Quotas = quotas if quotas is not None else MemoryQuotas()
+        #: What each connection holds in the quotas: a guest nickname
+        #: (lower-cased, True) or a count under its user (False).
+        self._held: dict[Peer, tuple[str, bool]] = {}
         #: Per connection: the timer of its token's expiry or its auth deadline.
         self._deadlines: dict[Peer, asyncio.TimerHandle] = {}
         #: Names claimed lately (lower case -> loop time), for a guest ``auth``
@@ -162,12 +178,19 @@ class Connections:
             if not self._hub.name_in_use(name):
                 return name
 
-    def connect(self, peer: Peer) -> bool:
-        """A connection is open: welcome it; True when it enters the lobby now."""
+    async def connect(self, peer: Peer) -> bool:
+        """A connection is open: welcome it; True when it enters the lobby now.
+
+        One signed in at the handshake counts against its user's cap first
+        (on every node): one past it is closed before its welcome.
+        """
         session = peer.session
-        if session.user is not None and self._too_many_connections(session.user.name):
-            peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
-            return False
+        want = self._claim_for(session.user)
+        if want is not None:
+            if not await self._claim(want, session.id):
+                peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
+                return False
+            self._held[peer] = want
         if session.user is not None and not session.user.guest:
             # A token at the handshake follows the same rule as ``auth``.
             self.claim_name(session.user.name)
@@ -187,6 +210,9 @@ class Connections:
         if deadline is not None:
             deadline.cancel()
         self._signed_out(peer)
+        held = self._held.pop(peer, None)
+        if held is not None:
+            self._release(held, peer.session.id)
         user = peer.session.user
         for room in self._membership.remove(peer):
             self._streams.forget_room(room)
@@ -330,23 +356,41 @@ class Connections:
                 if not await self._rooms.may_access(user, room):
                     refused.append(room)
         if user.guest and await self._store.get_user(user.name) is not None:
-            # The last await before the switch: a name registered (and claimed)
-            # while the rooms were read is seen here, and none can be after.
             self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
             return False
+        # The nickname, or one more connection of the user, on every node: the
+        # last await before the switch. A name registered (and claimed) while
+        # the reads above waited is seen below, and none can be after.
+        held = self._held.get(peer)
+        want = self._claim_for(user)
+        if want is not None and want != held:
+            if not await self._claim(want, session.id):
+                if user.guest:
+                    self._auth_failed(peer, "that name is in use", cmd.id)
+                else:
+                    self._outbox.error(peer, ErrorCode.FORBIDDEN, TOO_MANY_CONNECTIONS, cmd.id)
+                    peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
+                return False
         # From here to the switch nothing waits: what is checked stays true.
+        renamed = old is None or old.name != user.name
+        problem: str | None = None
         if user.guest and self._claimed_lately(user.name):
             # Registered after the read above answered, before this resumed.
-            self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
+            problem = "that name belongs to a registered user"
+        elif user.guest and renamed and self._hub.name_in_use(user.name):
+            problem = "that name is in use"
+        if problem is not None:
+            if want is not None and want != held:
+                self._release(want, session.id)
+            self._auth_failed(peer, problem, cmd.id)
             return False
-        renamed = old is None or old.name != user.name
-        if user.guest and renamed and self._hub.name_in_use(user.name):
-            self._auth_failed(peer, "that name is in use", cmd.id)
-            return False
-        if renamed and self._too_many_connections(user.name):
-            self._outbox.error(peer, ErrorCode.FORBIDDEN, TOO_MANY_CONNECTIONS, cmd.id)
-            peer.close(CloseCode.POLICY_VIOLATION, TOO_MANY_CONNECTIONS)
-            return False
+        if want != held:
+            if held is not None:
+                self._release(held, session.id)
+            if want is None:
+                self._held.pop(peer, None)
+            else:
+                self._held[peer] = want
         for room in refused:
             self._streams.leave(peer, room)
         if old != user:
@@ -372,10 +416,33 @@ class Connections:
             self._outbox.reply(peer, Left(room, f"{user.name} may not be in {room}"))
         return old is None
 
-    def _too_many_connections(self, name: str) -> bool:
-        """Whether one more local connection for ``name`` would pass the per-user cap."""
-        cap = self._limits.max_connections_per_user
-        return cap > 0 and self._hub.connections_of(name) >= cap
+    # -- quotas -------------------------------------------------------------------
+
+    def _claim_for(self, user: UserInfo | None) -> tuple[str, bool] | None:
+        """What ``user``'s connection holds in the quotas: a chosen guest nickname
+        (lower-cased, True), or a count under a registered user while there is a
+        cap (False); None for nothing (no user, a ``guest-`` name, no cap)."""
+        if user is None:
+            return None
+        if user.guest:
+            name = user.name.lower()
+            return None if name.startswith("guest-") else (name, True)
+        return (user.name, False) if self._limits.max_connections_per_user > 0 else None
+
+    async def _claim(self, claim: tuple[str, bool], conn: str) -> bool:
+        """Take ``claim`` for connection ``conn``; False: the name is in use, or the
+        user has ``max_connections_per_user`` connections, on some node."""
+        name, guest = claim
+        if guest:
+            return await self._quotas.claim_guest(name, conn)
+        return await self._quotas.add_connection(name, conn, self._limits.max_connections_per_user)
+
+    def _release(self, claim: tuple[str, bool], conn: str) -> None:
+        name, guest = claim
+        if guest:
+            self._quotas.release_guest(name, conn)
+        else:
+            self._quotas.remove_connection(name, conn)
 
     def _auth_failed(self, peer: Peer, message: str, frame_id: str | None) -> None:
         reply, close = peer.session.auth_failed(message, frame_id)

@@ -121,6 +121,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        received = Counter(
+            "roomcast_broker_received",
+            "Publications received from other nodes, by what they are for: a room's "
+            "members, a user's connections, or an order (each node hears only the rooms "
+            "its members are in and the names its connections use)",
+            ["kind"],
+            registry=r,
+        )
+        #: Bound once: the receive path counts without a label lookup.
+        self.received_room = received.labels("room")
+        self.received_user = received.labels("user")
+        self.received_order = received.labels("order")
         self.catch_ups = Counter(
             "roomcast_catch_ups",
             "Store reads for messages other nodes' publications did not bring: "

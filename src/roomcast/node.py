@@ -60,6 +60,8 @@ from .protocol.messages import (
     UnreadRequest,
 )
 from .protocol.session import Close, Outcome, Reply, Session
+from .quota.base import Quotas
+from .quota.memory import MemoryQuotas
 from .readstate import ReadState
 from .revocation import ACCOUNT_DELETED, Revocations
 from .rooms import Rooms
@@ -89,6 +91,8 @@ class Node:
         files: where files sent in binary frames are kept; None refuses files.
         links: signs the links to files in file messages; None sends none.
         webhook: where notifications for users away are posted; None sends none.
+        quotas: guest names, connections per user and logins, counted over every
+            node; this process's own by default.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class Node:
         files: FileStore | None = None,
         links: FileLinks | None = None,
         webhook: Webhook | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         #: This node's id, on its publications (its own come back to it).
         self.id = uuid.uuid4().hex[:12]
@@ -117,6 +122,8 @@ class Node:
         self.broker = broker
         #: Per-connection limits.
         self.limits = limits
+        #: Guest names, connections per user and the login throttle, for every node.
+        self.quotas: Quotas = quotas if quotas is not None else MemoryQuotas()
         #: Registered users and their tokens; None accepts no token.
         self.accounts = accounts
         #: What the node counts, for /metrics.
@@ -210,6 +217,7 @@ class Node:
             heartbeat=heartbeat,
             auth_timeout=auth_timeout,
             reauth_timeout=reauth_timeout,
+            quotas=self.quotas,
         )
         #: Closes the connections of revoked sessions, here and on every node.
         self.revocations = Revocations(
@@ -267,7 +275,7 @@ class Node:
 
     async def connect(self, peer: Peer) -> None:
         """A connection is open: welcome it and put it in the lobby."""
-        if self.connections.connect(peer):
+        if await self.connections.connect(peer):
             user = peer.session.user
             assert user is not None
             await self.streams.open_inbox(user.name)
@@ -450,6 +458,13 @@ class Node:
         """Deliver another node's publication to the local members it is for."""
         if publication.node_id == self.id:
             return
+        metrics = self.metrics
+        if publication.order:
+            metrics.received_order.inc()
+        elif publication.room is not None:
+            metrics.received_room.inc()
+        else:
+            metrics.received_user.inc()
         if publication.name_claim:
             if publication.user is not None:
                 self.connections.evict_guests(publication.user)

@@ -350,6 +350,8 @@ class RoomcastServer:
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
         """Start listening; return the URL it listens on."""
         await self.node.start()
+        # Guest names, connections per user and logins, counted with the other nodes.
+        await self.node.quotas.start(self.node.id)
         runner = web.AppRunner(
             self.app,
             access_log=None,
@@ -369,6 +371,8 @@ class RoomcastServer:
             ssl=ssl_context,
             backlog=2048,
             reuse_address=True,
+            # A worker of --workers: one listening socket per worker on the one port.
+            reuse_port=self.config.reuse_port or None,
         )
         host, port = self._listener.sockets[0].getsockname()[:2]
         if ":" in host:
@@ -402,6 +406,7 @@ class RoomcastServer:
             await asyncio.wait(set(self._tasks), timeout=1.0)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.node.quotas.close()  # what this node's connections held is given back
         await self.node.close()
 
     async def _until_no_peers(self, timeout: float) -> None:

@@ -541,3 +541,69 @@ async def test_every_node_gives_one_user_the_same_search_results(cluster: Cluste
         reply = await ask(ws, "search", {"q": "orbit", "limit": 50}, f"after{n}")
         rooms = {r.get("room") for r in reply["payload"]["results"]}
         assert "crew" not in rooms and "lobby" in rooms, reply
+
+
+async def test_a_node_joining_a_busy_room_catches_up_in_order(cluster: Cluster) -> None:
+    """Members joining mid-burst on nodes that had nobody in the room get each later seq once."""
+    fast = ("--rate-limit", "2000", "--rate-burst", "2000")
+    a, b, c = cluster.start(*fast), cluster.start(*fast), cluster.start(*fast)
+    sender = await guest(cluster, a)
+    await join(sender, "busy")
+    total = 400
+
+    async def burst() -> None:
+        for n in range(total):
+            await send_json(sender, "chat", {"room": "busy", "message": f"m{n}"}, id=f"b{n}")
+            if n % 10 == 9:
+                await asyncio.sleep(0.05)  # 400 messages in about 2 s
+
+    async def acked() -> list[int]:
+        return [await ack_of(sender, f"b{n}") for n in range(total)]  # read as they come
+
+    sending = asyncio.ensure_future(asyncio.gather(burst(), acked()))
+    await asyncio.sleep(0.3)
+    replayed = await guest(cluster, b)  # resumes from the start: replay, then live
+    await join(replayed, "busy", since=0)
+    replay = asyncio.ensure_future(chats(replayed, "busy", total))  # read as they come
+    await asyncio.sleep(0.3)
+    live = await guest(cluster, c)  # no since: live from the room's position on
+    position = (await join(live, "busy"))["payload"]["seq"]
+    assert 0 < position < total, "the second member joined after the burst: nothing tested"
+    after = asyncio.ensure_future(chats(live, "busy", total - position))
+    _, acks = await sending
+    assert sorted(acks) == list(range(1, total + 1))
+    got = await replay
+    assert [m["seq"] for m in got] == list(range(1, total + 1))
+    assert [m["message"] for m in got] == [f"m{n}" for n in range(total)]
+    got = await after
+    assert [m["seq"] for m in got] == list(range(position + 1, total + 1))
+
+
+async def received(node: ServerProcess, kind: str) -> float:
+    """``roomcast_broker_received_total{kind}`` on ``node``."""
+    async with aiohttp.ClientSession() as http, http.get(node.http_url("/metrics")) as resp:
+        text = await resp.text()
+    found = re.search(rf'^roomcast_broker_received_total{{kind="{kind}"}} (\S+)$', text, re.M)
+    assert found is not None, text
+    return float(found.group(1))
+
+
+async def test_a_node_hears_only_the_rooms_its_members_are_in(cluster: Cluster) -> None:
+    """A room's traffic reaches the node with a member in it and not a node without one."""
+    a, b, c = cluster.start(), cluster.start(), cluster.start()
+    sender, listener, elsewhere = (
+        await guest(cluster, a),
+        await guest(cluster, b),
+        await guest(cluster, c),
+    )
+    await join(sender, "quiet-a")
+    await join(listener, "quiet-a")
+    await join(elsewhere, "other")
+    await asyncio.sleep(0.5)  # the lobby's presence events have crossed
+    before_b, before_c = await received(b, "room"), await received(c, "room")
+    for n in range(30):
+        await send_json(sender, "chat", {"room": "quiet-a", "message": f"m{n}"}, id=f"q{n}")
+    assert [m["seq"] for m in await chats(listener, "quiet-a", 30)] == list(range(1, 31))
+    await asyncio.sleep(0.3)
+    assert await received(b, "room") - before_b == 30
+    assert await received(c, "room") == before_c

@@ -18,7 +18,8 @@ def open_broker(
     """The broker for a ``--redis-url`` (``None`` for the in-process broker).
 
     Args:
-        url: ``redis://`` or ``rediss://`` (TLS), or None.
+        url: ``redis://`` or ``rediss://`` (TLS; one server or any node of a
+            Redis Cluster), ``redis+sentinel://`` (Sentinels), or None.
         prefix: what every Redis key and channel name starts with, so
             several services (or tests) can share one Redis.
         presence_ttl: seconds after which a node that stopped refreshing its
@@ -32,10 +33,11 @@ def open_broker(
     if url is None or url == "memory:":
         return MemoryBroker()
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme in {"redis", "rediss", "unix"}:
+    if scheme in {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"}:
         from .redis import RedisBroker
 
         return RedisBroker(url, prefix=prefix, presence_ttl=presence_ttl)
     raise ConfigError(
-        f"unsupported --redis-url scheme {scheme or url!r}: use redis:// or rediss://"
+        f"unsupported --redis-url scheme {scheme or url!r}: use redis://, rediss:// "
+        "or redis+sentinel://"
     )

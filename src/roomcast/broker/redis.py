@@ -76,7 +76,15 @@ from redis.exceptions import RedisError
 
 from ..exceptions import BrokerError
 from .base import BrokerEvents, Members, Publication, decode_publication, encode_publication
-from .redis_client import COMMAND_TIMEOUT, RedisClient, connect, is_cluster, redis_where
+from .redis_client import (
+    COMMAND_TIMEOUT,
+    REDIS_ERRORS,
+    RedisClient,
+    close_client,
+    connect,
+    is_cluster,
+    redis_where,
+)
 
 __all__ = [
     "COMMAND_TIMEOUT",
@@ -209,7 +217,7 @@ async def publish_order(url: str, prefix: str, publication: Publication) -> None
         payload = pack_batch([encode_publication(publication)])
         await client.spublish(channel_of(prefix, publication), payload)
     finally:
-        await client.aclose()
+        await close_client(client)
 
 
 class _Subscriber:
@@ -251,11 +259,11 @@ class _Subscriber:
         return await connection.read_response(disable_decoding=True, push_request=True)
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 if self._connection is not None:
                     await self._connection.disconnect()
-                await self.client.aclose()
+                await close_client(self.client)
         self._connection = None
 
 
@@ -334,7 +342,7 @@ class RedisBroker:
             await self._alive()
         except ValueError as exc:
             raise BrokerError(f"bad --redis-url: {exc}") from None
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             await self._disconnect()
             where = redis_where(self.url)
             raise BrokerError(f"cannot reach Redis at {where}: {_reason(exc)}") from exc
@@ -366,7 +374,7 @@ class RedisBroker:
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT * 2):
                     await self._leave_service()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (*REDIS_ERRORS, TimeoutError) as exc:
                 logger.warning("cannot leave presence in Redis: %s", _reason(exc))
         deadline = time.monotonic() + COMMAND_TIMEOUT
         while self._outbox and self._publishing_ok and time.monotonic() < deadline:
@@ -382,9 +390,9 @@ class RedisBroker:
 
     async def _disconnect(self) -> None:
         if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    await self._redis.aclose()
+                    await close_client(self._redis)
         self._redis = None
 
     async def ping(self) -> None:
@@ -396,7 +404,7 @@ class RedisBroker:
             raise BrokerError("Redis is not answering; reconnecting")
         try:
             await self._redis.ping()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BrokerError(f"Redis is not answering: {_reason(exc)}") from exc
 
     # -- publications --------------------------------------------------------
@@ -435,7 +443,7 @@ class RedisBroker:
                             for channel, items in batches.items():
                                 pipe.spublish(channel, pack_batch(items))
                             await pipe.execute()
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     if self._publishing_ok:
                         logger.warning("cannot publish to Redis: %s; retrying", _reason(exc))
                     self._publishing_ok = False
@@ -478,7 +486,7 @@ class RedisBroker:
                 subscriber = self._subscriber_for(channel)
                 waiter = self._expect(channel, subscriber)
                 await subscriber.send("SSUBSCRIBE", [channel])
-            except (RedisError, OSError, BrokerError, _Restart) as exc:
+            except (*REDIS_ERRORS, BrokerError, _Restart) as exc:
                 logger.warning("cannot subscribe to %s: %s", channel, _reason(exc))
                 self._restart.set()
                 return
@@ -504,7 +512,7 @@ class RedisBroker:
     ) -> None:
         try:
             await subscriber.send(command, channels)
-        except (RedisError, OSError, BrokerError) as exc:
+        except (*REDIS_ERRORS, BrokerError) as exc:
             logger.warning("cannot send %s to Redis: %s", command, _reason(exc))
             self._restart.set()
 
@@ -561,7 +569,7 @@ class RedisBroker:
                     if task is not restart and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
                 logger.warning("Redis moved a channel: subscribing again")
-            except (RedisError, OSError, TimeoutError, BrokerError, _Restart) as exc:
+            except (*REDIS_ERRORS, TimeoutError, BrokerError, _Restart) as exc:
                 if self._subscribed or first:
                     logger.warning("Redis subscription lost: %s; resubscribing", _reason(exc))
             finally:
@@ -719,7 +727,7 @@ class RedisBroker:
             while cursor and len(names) < limit:
                 cursor, found = await redis.hscan(key, cursor, count=limit)
                 names.update(dict.fromkeys(found))
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
         return Members(sorted(_text(name) for name in list(names)[:limit]), int(count))
 
@@ -729,7 +737,7 @@ class RedisBroker:
             raise BrokerError("the broker is not started")
         try:
             return bool(await redis.hexists(self._room_keys(room)[0], user))
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
 
     async def _presence_forever(self) -> None:
@@ -748,7 +756,7 @@ class RedisBroker:
                     for _ in ops:
                         self._presence_ops.popleft()
                 delay = RETRY_FIRST
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("cannot update presence in Redis: %s", _reason(exc))
                 # What changed meanwhile is rebuilt from the connections.
                 self._needs_presence_sync = True
@@ -756,9 +764,7 @@ class RedisBroker:
                 delay = min(delay * 2, RETRY_MAX)
                 self._presence_wakeup.set()
 
-    async def _apply(
-        self, ops: list[tuple[str, str, bool]], node_id: str | None = None, tell: bool = True
-    ) -> None:
+    async def _apply(self, ops: list[tuple[str, str, bool]], node_id: str | None = None) -> None:
         """Count ``(room, user, present)`` for ``node_id`` (this node); tell what changed.
 
         A join is written to the node's own set first and a leave last, so a
@@ -781,15 +787,17 @@ class RedisBroker:
             results = await pipe.execute()
         results = results[1:] if joins else results
         for (room, user, present), (changed, count) in zip(ops, results, strict=False):
-            if changed and tell:
+            if changed:
                 _tell(self._events, room, user, present, int(count))
 
     async def _sync_presence(self) -> None:
         """Make this node's presence in Redis match its connections.
 
         Pairs missing from Redis (it restarted, or this node was reaped while
-        cut off) are put back without events; pairs that left while Redis
-        was unreachable leave now, with their events.
+        cut off) are put back, with a join event where that brings the user
+        back into the room in the service (a reaper told the room it left);
+        pairs that left while Redis was unreachable leave now, with their
+        events.
         """
         redis = self._redis
         assert redis is not None and self._events is not None
@@ -798,7 +806,7 @@ class RedisBroker:
         missing = [pair.split("\n", 1) for pair in want - have]
         gone = [pair.split("\n", 1) for pair in have - want]
         if missing:
-            await self._apply([(room, user, True) for room, user in missing], tell=False)
+            await self._apply([(room, user, True) for room, user in missing])
         if gone:
             await self._apply([(room, user, False) for room, user in gone])
         logger.info("presence rebuilt: %d restored, %d left", len(missing), len(gone))
@@ -833,7 +841,7 @@ class RedisBroker:
             try:
                 forgotten = await self._alive()
                 await self._reap()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 if self._refresh_ok:
                     logger.warning("cannot refresh presence in Redis: %s", _reason(exc))
                 self._refresh_ok = False

@@ -22,12 +22,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 __all__ = [
     "COMMAND_TIMEOUT",
+    "REDIS_ERRORS",
     "RedisClient",
     "SENTINEL_SCHEMES",
+    "close_client",
     "open_client",
     "redis_where",
 ]
@@ -110,6 +112,19 @@ async def open_client(url: str, *, name: str, retries: int = 1) -> RedisClient:
     return connect(url, name=name, retries=retries, cluster=await is_cluster(url))
 
 
+async def close_client(client: RedisClient) -> None:
+    """Close ``client`` and, for a Sentinel URL's, its connections to the Sentinels.
+
+    ``aclose()`` alone leaves those open: they belong to the ``Sentinel``
+    that :func:`connect` made, which only the client's pool knows.
+    """
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is not None:
+        await manager.aclose()
+
+
 def _sentinel_master(url: str, *, name: str, retry: Retry) -> aioredis.Redis:
     """The master a ``redis+sentinel://`` URL's Sentinels name, followed across failovers."""
     parts = urlsplit(url)
@@ -156,5 +171,7 @@ def redis_where(url: str) -> str:
         return "the given address"
 
 
-#: What a Redis call raises when the server is away or refuses.
-REDIS_ERRORS: Final = (RedisError, OSError)
+#: What a Redis call raises when the server is away or answers with an error.
+#: The cluster client's own errors (no shard for a slot, mid-failover) are not
+#: RedisErrors.
+REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError)
