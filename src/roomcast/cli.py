@@ -801,15 +801,14 @@ async def _publish(args: argparse.Namespace, order: bytes) -> None:
     """
     if not args.redis_url:
         return
-    from redis.exceptions import RedisError
-
     from .broker.base import Publication
     from .broker.redis import publish_order
+    from .broker.redis_client import REDIS_ERRORS
 
     publication = Publication(f"cli-{secrets.token_hex(4)}", None, None, order, order=True)
     try:
         await publish_order(args.redis_url, args.redis_prefix, publication)
-    except (RedisError, OSError, ValueError) as exc:
+    except (*REDIS_ERRORS, ValueError) as exc:
         print(
             f"roomcast: warning: could not tell the live servers through Redis ({exc}); "
             "they close revoked sessions within 3 s all the same",

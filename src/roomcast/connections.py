@@ -355,7 +355,12 @@ class Connections:
             for room in sorted(session.rooms):
                 if not await self._rooms.may_access(user, room):
                     refused.append(room)
+        if user.guest:
+            # Heard before the store is asked: a claim of the name published
+            # after that read reaches this node (``_claimed_lately`` below).
+            await self._streams.open_inbox(user.name)
         if user.guest and await self._store.get_user(user.name) is not None:
+            self._streams.forget_inbox(user.name)
             self._auth_failed(peer, "that name belongs to a registered user", cmd.id)
             return False
         # The nickname, or one more connection of the user, on every node: the
@@ -366,6 +371,7 @@ class Connections:
         if want is not None and want != held:
             if not await self._claim(want, session.id):
                 if user.guest:
+                    self._streams.forget_inbox(user.name)
                     self._auth_failed(peer, "that name is in use", cmd.id)
                 else:
                     self._outbox.error(peer, ErrorCode.FORBIDDEN, TOO_MANY_CONNECTIONS, cmd.id)
@@ -382,6 +388,7 @@ class Connections:
         if problem is not None:
             if want is not None and want != held:
                 self._release(want, session.id)
+            self._streams.forget_inbox(user.name)
             self._auth_failed(peer, problem, cmd.id)
             return False
         if want != held:

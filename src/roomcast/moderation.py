@@ -87,9 +87,6 @@ MAX_MUTE_SECONDS: Final = 30 * 24 * 3600
 #: room it forgets those whose wait is over.
 _SLOW_MEMORY: Final = 10_000
 
-#: Orders for the nodes with members in the room only (sent on its channel).
-_ROOM_ORDERS: Final = frozenset({"removed", "muted"})
-
 #: What a room's deletion tells its members.
 ROOM_DELETED: Final = "the room was deleted"
 
@@ -673,17 +670,26 @@ class Moderation:
         self._order({**order, "reason": reason, "banned": banned, "until": until_ms})
 
     def _order(self, order: dict[str, Any]) -> None:
-        """Carry out ``order`` here now, and on every other node.
+        """Carry out ``order`` here now, and on every other node that it concerns.
 
-        A removal or a mute concerns only the nodes with members in the room:
-        it goes on the room's channel, in order with its messages, so no
-        message sent after it reaches the removed member on another node.
-        Rules and deletions go to every node (any may keep the room's rules).
+        A removal goes on the room's channel, in order with its messages, so
+        no message sent after it reaches the removed member on another node,
+        and on the member's own channel, which a node hears before any join
+        of theirs (a join still subscribing to the room would miss the first):
+        taking out twice is taking out once. A mute concerns the muted
+        user's connections: their channel. Rules and deletions go to every
+        node (any may keep a room's rules).
         """
         self.on_order(order)
         data = orjson.dumps(order)
-        room = order["room"] if order.get("op") in _ROOM_ORDERS else None
-        self._broker.publish(Publication(self._node_id, room, None, data, order=True))
+        op, node = order.get("op"), self._node_id
+        if op == "removed":
+            self._broker.publish(Publication(node, order["room"], None, data, order=True))
+            self._broker.publish(Publication(node, None, order["user"], data, order=True))
+        elif op == "muted":
+            self._broker.publish(Publication(node, None, order["user"], data, order=True))
+        else:
+            self._broker.publish(Publication(node, None, None, data, order=True))
 
     async def _changed(self, room: str) -> None:
         """``room``'s rules or settings changed: every node reads its rules again (this

@@ -154,8 +154,14 @@ class Streams:
 
     async def open_inbox(self, user: str) -> None:
         """Hear what other nodes publish for ``user`` (direct messages, a claim of the name)
-        before the connection using the name asks for anything."""
-        await self._broker.subscribe_user(user)
+        before the connection using the name asks for anything.
+
+        A ``guest-`` name is the server's, given once: nobody registers it,
+        nothing is addressed to it, so it needs no channel (and most
+        connections of a public server save a subscription).
+        """
+        if not _given_name(user):
+            await self._broker.subscribe_user(user)
 
     def forget_room(self, room: str) -> None:
         """Stop ordering and hearing ``room``'s frames once it has no local member."""
@@ -168,7 +174,7 @@ class Streams:
         hearing the name once no local connection uses it in any case."""
         if not self._hub.user_online(user):
             self._inbox_order.close(user)
-        if not self._hub.name_used(user):
+        if not _given_name(user) and not self._hub.name_used(user):
             self._broker.unsubscribe_user(user)
 
     async def join(
@@ -369,3 +375,8 @@ class Streams:
             except BackendError as exc:
                 logger.error("cannot catch up from the store: %s", exc)
                 await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+
+
+def _given_name(name: str) -> bool:
+    """Whether ``name`` is one the server gives guests (``guest-`` and hex), never claimed."""
+    return name[:6].lower() == "guest-"

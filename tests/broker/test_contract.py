@@ -179,12 +179,13 @@ async def test_a_node_hears_only_the_rooms_and_names_it_subscribed(cluster: Clus
         Publication("a", None, "ANN", b"direct", seq=1),
         Publication("a", None, "ann", b"", name_claim=True),
         Publication("a", "mine", None, b'{"op":"removed"}', order=True),
+        Publication("a", None, "aNN", b'{"op":"muted"}', order=True),
     ]
     for_c = [Publication("a", "other", None, b"elsewhere", seq=1)]
     everyone = Publication("a", None, None, b'{"op":"revoke"}', order=True)
     for pub in (*for_b, *for_c, everyone):
         a.publish(pub)
-    await eventually(lambda: len(got_b.publications) == 5 and len(got_c.publications) == 2)
+    await eventually(lambda: len(got_b.publications) == 6 and len(got_c.publications) == 2)
     await settle()
     key = repr  # channels interleave: compare what arrived, not the order across them
     assert sorted(got_b.publications, key=key) == sorted([*for_b, everyone], key=key)

@@ -26,6 +26,27 @@ publications = st.builds(
     skip_user=st.none(),
     seq=st.none() | st.integers(min_value=0, max_value=2**62),
 )
+orders = st.builds(
+    Publication,
+    node_id=st.text(alphabet="0123456789abcdef", min_size=1, max_size=12),
+    room=st.none() | names,
+    user=st.none(),
+    frame=st.binary(max_size=300),
+    order=st.just(True),
+) | st.builds(
+    Publication,
+    node_id=st.text(alphabet="0123456789abcdef", min_size=1, max_size=12),
+    room=st.none(),
+    user=names,
+    frame=st.binary(max_size=300),
+    order=st.just(True),
+)
+
+
+@given(orders)
+def test_order_round_trip(publication: Publication) -> None:
+    """An order for every node, for a room or for a user decodes to what was encoded."""
+    assert decode_publication(encode_publication(publication)) == publication
 
 
 @given(publications)

@@ -48,9 +48,10 @@ class Publication:
     #: nodes where guests use it close them (``frame`` is empty).
     name_claim: bool = False
     #: Not a frame but an order (``frame`` is its JSON: a member removed, a
-    #: room's rules changed, sessions revoked). With ``room`` None it is for
-    #: every node; with a room, only for the nodes with members there, in
-    #: order with the room's frames. ``user`` is None.
+    #: room's rules changed, sessions revoked). With neither ``room`` nor
+    #: ``user`` it is for every node; with a room, only for the nodes with
+    #: members there, in order with the room's frames; with a user, for the
+    #: nodes with connections using the name.
     order: bool = False
 
 
@@ -136,15 +137,19 @@ class Broker(Protocol):
 
 # -- the wire form of a publication ---------------------------------------------
 
-#: kind (``r`` room, ``u`` user, ``n`` name claim, ``o`` order), seq (-1 for none),
+#: kind (``r`` room, ``u`` user, ``n`` name claim, ``o`` order for every node
+#: or a room, ``O`` order for a user), seq (-1 for none),
 #: node id, target and skip-user lengths; then the three strings and the frame.
 _HEADER: Final = struct.Struct("!cqBHH")
 _NO_SEQ: Final = -1
+_KINDS: Final = frozenset({b"r", b"u", b"n", b"o", b"O"})
 
 
 def encode_publication(publication: Publication) -> bytes:
     """The bytes a broker carries for ``publication`` (see :func:`decode_publication`)."""
-    if publication.order:
+    if publication.order and publication.user is not None:
+        kind, target = b"O", publication.user
+    elif publication.order:
         kind, target = b"o", publication.room or ""
     elif publication.room is not None:
         kind, target = b"r", publication.room
@@ -174,7 +179,7 @@ def decode_publication(data: bytes) -> Publication:
         raise ValueError("publication too short") from None
     start = _HEADER.size
     end = start + node_len + name_len + skip_len
-    if kind not in (b"r", b"u", b"n", b"o") or seq < _NO_SEQ or len(data) < end or not node_len:
+    if kind not in _KINDS or seq < _NO_SEQ or len(data) < end or not node_len:
         raise ValueError("not a publication")
     try:
         node = data[start : start + node_len].decode()
@@ -184,6 +189,8 @@ def decode_publication(data: bytes) -> Publication:
         raise ValueError("publication names are not UTF-8") from None
     if kind == b"o":
         return Publication(node, name or None, None, data[end:], order=True)
+    if kind == b"O":
+        return Publication(node, None, name, data[end:], order=True)
     return Publication(
         node,
         name if kind == b"r" else None,

@@ -27,8 +27,10 @@ once Redis has confirmed the subscription: a node that joins a room in the
 middle of a burst reads the room's position from the store *after* that,
 so every message stored later reaches it live and everything before comes
 from the store. A confirmation that takes longer than ``COMMAND_TIMEOUT``
-is not waited for; when it comes, the node is told to catch up
-(:meth:`~roomcast.broker.base.BrokerEvents.on_resync`).
+is not waited for: the broker subscribes everything again, then tells the
+node to catch up (:meth:`~roomcast.broker.base.BrokerEvents.on_resync`).
+Subscribing and unsubscribing are queued and written by one task per
+connection, so Redis sees them in the order the node asked for them.
 
 Presence, with keys that need no cleanup by a living node (``P`` is the prefix):
 
@@ -42,9 +44,13 @@ A user's join or leave changes the room's two keys in one Lua script (one
 slot), which returns whether the user entered or left the room in the
 whole service; only then does the node tell the room, so each event is
 sent once. Every node refreshes its entry every ``presence_ttl / 3``
-seconds and reaps the nodes whose time passed: taking a dead node out of
-``P{nodes}`` is one script, so only one node reaps it, and it removes the
-dead node's pairs room by room with the same leave script.
+seconds and reaps the nodes whose time passed: moving a dead node from
+``P{nodes}`` to ``P{nodes}:reaping``, leased to the caller, is one script,
+so one node reaps it at a time; it removes the dead node's pairs room by
+room with the same leave script, and only then lets the node go (a reaper
+that fails halfway leaves the rest to the next, when its lease lapses). A
+live node that finds itself forgotten counts its presence again under a
+new id, out of a reaper's way.
 
 Faults: the subscriber, the writer and the refresher each reconnect with
 backoff and jitter. While any of them is cut off, :meth:`RedisBroker.ping`
@@ -65,7 +71,7 @@ import random
 import struct
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -104,6 +110,11 @@ MAX_BATCH_BYTES: Final = 512 * 1024
 #: Publications kept while Redis is unreachable; older ones are dropped
 #: (they are stored: nodes catch up from the store).
 MAX_BACKLOG: Final = 100_000
+#: Seconds between PINGs on a subscriber connection: three unanswered and it
+#: is taken for dead. A master that vanished (a host lost, a partition)
+#: closes nothing; its Sentinel or cluster fails over in seconds, so the
+#: node hears the new master within about 15 s of that.
+SUBSCRIBER_PING: Final = 5.0
 #: Seconds between reconnection attempts: first, and at most.
 RETRY_FIRST: Final = 0.05
 RETRY_MAX: Final = 2.0
@@ -137,15 +148,26 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 """
 
-# KEYS: the nodes sorted set. The nodes whose time passed, taken out: the
-# one caller that gets a node reaps it.
+# KEYS: the nodes sorted set, the reaping sorted set. ARGV: the lease in ms.
+# The nodes whose time passed move to the reaping set, leased to the caller;
+# a lease that lapsed (its reaper failed) goes to this caller. One caller
+# gets each node at a time.
 _EXPIRED: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, node in ipairs(dead) do redis.call('ZREM', KEYS[1], node) end
-return dead
+local lease = now + tonumber(ARGV[1])
+local out = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], node)
+  table.insert(out, node)
+end
+for _, node in ipairs(out) do redis.call('ZADD', KEYS[2], lease, node) end
+return out
 """
+
+#: Milliseconds a reaper has to take a dead node's users out of presence
+#: before another node may try: thousands of pairs take well under a second.
+REAP_LEASE_MS: Final = 30_000
 
 
 def room_channel(prefix: str, room: str) -> str:
@@ -223,8 +245,13 @@ async def publish_order(url: str, prefix: str, publication: Publication) -> None
 class _Subscriber:
     """One subscriber connection to one Redis server: the only one, or a cluster shard.
 
-    Commands are only sent on it (``SSUBSCRIBE``, ``SUNSUBSCRIBE``); its
-    one reader, :meth:`read`, gets every answer and message in order.
+    Commands go out in the order they were asked for (``SSUBSCRIBE``,
+    ``SUNSUBSCRIBE``, ``PING``): :meth:`send` only queues, and one task
+    writes, so a leave and a join of one room reach Redis in the order the
+    node made them. The one reader, :meth:`read`, gets every answer and
+    message in order. A ``PING`` every :data:`SUBSCRIBER_PING` seconds
+    proves the connection alive: one that answers nothing for three of
+    them is taken for dead (a master that vanished without closing it).
     """
 
     def __init__(self, client: aioredis.Redis, name: str) -> None:
@@ -234,21 +261,51 @@ class _Subscriber:
         self.name = name
         #: The connection, once opened.
         self._connection: AbstractConnection | None = None
-        #: One command at a time on the wire.
-        self._lock = asyncio.Lock()
+        #: Commands waiting for the writer, oldest first.
+        self._commands: deque[tuple[str, ...]] = deque()
+        self._wakeup = asyncio.Event()
+        #: When the reader last got anything (monotonic seconds).
+        self._last_read = time.monotonic()
 
     async def open(self) -> None:
         """Connect (bounded by the client's connect timeout)."""
         pool = self.client.connection_pool
         self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        self._last_read = time.monotonic()
 
-    async def send(self, command: str, channels: Iterable[str]) -> None:
-        """Send ``SSUBSCRIBE`` or ``SUNSUBSCRIBE`` (its answers come to :meth:`read`)."""
+    def send(self, command: str, channels: Iterable[str] = ()) -> None:
+        """Queue ``command`` for the writer (its answer comes to :meth:`read`)."""
+        self._commands.append((command, *channels))
+        self._wakeup.set()
+
+    async def write_forever(self) -> None:
+        """Write the queued commands, all waiting ones at once; raise when that fails."""
         connection = self._connection
         if connection is None:
             raise BrokerError("the subscriber is not connected")
-        async with self._lock:
-            await connection.send_command(command, *channels)
+        commands = self._commands
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not commands:
+                continue
+            if not connection.is_connected:
+                # redis-py would connect again by itself: a connection nobody reads.
+                raise BrokerError("the subscriber's connection is closed")
+            batch = list(commands)
+            commands.clear()
+            packed = connection.pack_commands(batch)
+            await connection.send_packed_command(packed, check_health=False)
+
+    async def ping_forever(self) -> None:
+        """PING now and then; raise once the connection has been silent too long."""
+        while True:
+            await asyncio.sleep(SUBSCRIBER_PING)
+            if time.monotonic() - self._last_read > SUBSCRIBER_PING * 3:
+                raise BrokerError(
+                    f"no answer from Redis ({self.name}) in {SUBSCRIBER_PING * 3:g} s"
+                )
+            self.send("PING")
 
     async def read(self) -> Any:
         """The next message or answer; raises when the connection fails."""
@@ -256,13 +313,17 @@ class _Subscriber:
         if connection is None:
             raise BrokerError("the subscriber is not connected")
         # RESP3 (redis-py's default) sends these as pushes: asked for, they are returned.
-        return await connection.read_response(disable_decoding=True, push_request=True)
+        message = await connection.read_response(disable_decoding=True, push_request=True)
+        self._last_read = time.monotonic()
+        return message
 
     async def close(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 if self._connection is not None:
                     await self._connection.disconnect()
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+            async with asyncio.timeout(COMMAND_TIMEOUT):
                 await close_client(self.client)
         self._connection = None
 
@@ -293,7 +354,13 @@ class RedisBroker:
         #: Whether ``url`` names a Redis Cluster.
         self._cluster = False
         self._nodes_key = f"{prefix}{{nodes}}"
+        #: Dead nodes being reaped, each leased to one reaper (same slot as the nodes).
+        self._reaping_key = f"{prefix}{{nodes}}:reaping"
         self._node_id = ""
+        #: The id this node's presence is counted under: its node id, then a new
+        #: one each time Redis forgot it (a reaper may still be at the old one).
+        self._presence_id = ""
+        self._incarnation = 0
         self._events: BrokerEvents | None = None
         #: Encoded publications waiting for the writer, with their channels.
         self._outbox: deque[tuple[str, bytes]] = deque()
@@ -320,15 +387,15 @@ class RedisBroker:
         self._pending: dict[str, deque[asyncio.Future[None]]] = {}
         #: Channel -> SUNSUBSCRIBE sent and not yet confirmed.
         self._leaving: dict[str, int] = {}
-        #: Channels whose subscriber stopped waiting: their confirmation asks to catch up.
-        self._late: set[str] = set()
-        #: Set to make the subscriptions again (a slot moved).
+        #: Set while the subscriptions hold every wanted channel.
+        self._ready = asyncio.Event()
+        #: Set to make the subscriptions again (a slot moved, Redis too slow).
         self._restart = asyncio.Event()
 
     # -- life cycle ----------------------------------------------------------
 
     async def start(self, node_id: str, events: BrokerEvents) -> None:
-        self._node_id = node_id
+        self._node_id = self._presence_id = node_id
         self._events = events
         name = f"{self.prefix}{node_id}"
         try:
@@ -418,8 +485,6 @@ class RedisBroker:
         self._wakeup.set()
 
     async def _write_forever(self) -> None:
-        redis = self._redis
-        assert redis is not None
         outbox = self._outbox
         delay = RETRY_FIRST
         while True:
@@ -434,28 +499,57 @@ class RedisBroker:
                     batches[channel].append(item)
                     size += len(item) + 4
                     taken += 1
+                error: Exception | None = None
                 try:
-                    if len(batches) == 1:
-                        ((channel, items),) = batches.items()
-                        await redis.spublish(channel, pack_batch(items))
-                    else:
-                        async with redis.pipeline(transaction=False) as pipe:
-                            for channel, items in batches.items():
-                                pipe.spublish(channel, pack_batch(items))
-                            await pipe.execute()
+                    failed = await self._send(batches)
                 except REDIS_ERRORS as exc:
+                    failed, error = set(batches), exc
+                except Exception as exc:  # a bug must not stop the writer for good
+                    logger.exception("publishing to Redis failed")
+                    failed, error = set(batches), exc
+                # What Redis took is done; each failed channel's publications stay
+                # first, in order, for the next try.
+                kept = [
+                    entry
+                    for entry in (outbox.popleft() for _ in range(taken))
+                    if entry[0] in failed
+                ]
+                outbox.extendleft(reversed(kept))
+                if failed:
                     if self._publishing_ok:
-                        logger.warning("cannot publish to Redis: %s; retrying", _reason(exc))
+                        reason = _reason(error) if error is not None else "a shard refused"
+                        logger.warning("cannot publish to Redis: %s; retrying", reason)
                     self._publishing_ok = False
-                    await asyncio.sleep(_jitter(delay))
-                    delay = min(delay * 2, RETRY_MAX)
+                    if len(failed) == len(batches):
+                        await asyncio.sleep(_jitter(delay))
+                        delay = min(delay * 2, RETRY_MAX)
                     continue
-                for _ in range(taken):
-                    outbox.popleft()
                 if not self._publishing_ok:
                     logger.info("publishing to Redis again")
                     self._publishing_ok = True
                 delay = RETRY_FIRST
+
+    async def _send(self, batches: dict[str, list[bytes]]) -> set[str]:
+        """SPUBLISH each channel's publications as one payload; the channels that failed.
+
+        On a cluster one shard may fail while the others take theirs: only
+        the failed channels are tried again, so nothing reaches a room twice.
+        """
+        redis = self._redis
+        assert redis is not None
+        if len(batches) == 1:
+            ((channel, items),) = batches.items()
+            await redis.spublish(channel, pack_batch(items))
+            return set()
+        async with redis.pipeline(transaction=False) as pipe:
+            for channel, items in batches.items():
+                pipe.spublish(channel, pack_batch(items))
+            results = await pipe.execute(raise_on_error=False)
+        return {
+            channel
+            for channel, result in zip(batches, results, strict=True)
+            if isinstance(result, Exception)
+        }
 
     # -- subscriptions -----------------------------------------------------------
 
@@ -472,49 +566,49 @@ class RedisBroker:
         self._unsubscribe(user_channel(self.prefix, user))
 
     async def _subscribe(self, channel: str) -> None:
-        """Hear ``channel`` from now on; return once Redis confirmed it (or gave up waiting)."""
+        """Hear ``channel`` from now on; return once Redis confirmed it (or gave up waiting).
+
+        While the subscriptions are being made again, wait for them (they
+        include every wanted channel); a Redis that stays away is not waited
+        for past :data:`COMMAND_TIMEOUT`: the node catches up when it is back.
+        """
         self._wanted.add(channel)
         if not self._subscribed:
-            return  # the next generation subscribes it, then the node catches up
-        pending = self._pending.get(channel)
-        if channel in self._subscribed_on and not pending and not self._leaving.get(channel):
-            return
-        if pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), COMMAND_TIMEOUT)
+            if not self._subscribed:
+                return
+        if channel in self._subscribed_on:
+            pending = self._pending.get(channel)
+            if not pending:
+                return  # confirmed already
             waiter = pending[-1]
         else:
             try:
                 subscriber = self._subscriber_for(channel)
-                waiter = self._expect(channel, subscriber)
-                await subscriber.send("SSUBSCRIBE", [channel])
-            except (*REDIS_ERRORS, BrokerError, _Restart) as exc:
-                logger.warning("cannot subscribe to %s: %s", channel, _reason(exc))
+            except _Restart as exc:
+                logger.warning("cannot subscribe to %s: %s", channel, exc)
                 self._restart.set()
                 return
+            waiter = self._expect(channel, subscriber)
+            subscriber.send("SSUBSCRIBE", [channel])
         try:
             await asyncio.wait_for(asyncio.shield(waiter), COMMAND_TIMEOUT)
         except TimeoutError:
-            logger.warning("Redis has not confirmed %s yet: catching up when it does", channel)
-            self._late.add(channel)
+            # Redis is not answering: subscribe everything again, then catch up.
+            logger.warning("Redis has not confirmed %s: subscribing again", channel)
+            self._restart.set()
+        except BrokerError:
+            pass  # the connection went: the next generation subscribes it
 
     def _unsubscribe(self, channel: str) -> None:
-        """Stop hearing ``channel`` (no confirmation is waited for)."""
+        """Stop hearing ``channel`` (queued after any subscribe before it; not waited for)."""
         self._wanted.discard(channel)
         subscriber = self._subscribed_on.pop(channel, None)
-        if subscriber is None or not self._subscribed:
+        if subscriber is None:
             return
         self._leaving[channel] = self._leaving.get(channel, 0) + 1
-        task = asyncio.ensure_future(self._send_quietly(subscriber, "SUNSUBSCRIBE", [channel]))
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
-
-    async def _send_quietly(
-        self, subscriber: _Subscriber, command: str, channels: list[str]
-    ) -> None:
-        try:
-            await subscriber.send(command, channels)
-        except (*REDIS_ERRORS, BrokerError) as exc:
-            logger.warning("cannot send %s to Redis: %s", command, _reason(exc))
-            self._restart.set()
+        subscriber.send("SUNSUBSCRIBE", [channel])
 
     def _expect(self, channel: str, subscriber: _Subscriber) -> asyncio.Future[None]:
         """A future for the confirmation of the SSUBSCRIBE about to be sent for ``channel``."""
@@ -540,17 +634,20 @@ class RedisBroker:
         delay = RETRY_FIRST
         first = True
         while True:
-            readers: list[asyncio.Task[None]] = []
+            tasks: list[asyncio.Task[None]] = []
             try:
                 # Redis confirms tens of thousands of subscriptions a second.
                 async with asyncio.timeout(COMMAND_TIMEOUT * 2 + len(self._wanted) / 5000):
                     await self._open_subscribers()
-                    readers = [
-                        asyncio.ensure_future(self._read_forever(s))
-                        for s in self._subscribers.values()
-                    ]
-                    await self._subscribe_wanted()
+                    for subscriber in self._subscribers.values():
+                        tasks += [
+                            asyncio.ensure_future(self._read_forever(subscriber)),
+                            asyncio.ensure_future(subscriber.write_forever()),
+                            asyncio.ensure_future(subscriber.ping_forever()),
+                        ]
+                    await _first_of(self._subscribe_wanted(), tasks)
                 self._subscribed = True
+                self._ready.set()
                 delay = RETRY_FIRST
                 if first:
                     first = False
@@ -560,24 +657,20 @@ class RedisBroker:
                     self._needs_presence_sync = True
                     self._presence_wakeup.set()
                     events.on_resync()
-                restart = asyncio.ensure_future(self._restart.wait())
-                try:
-                    done, _ = await asyncio.wait([*readers, restart], return_when="FIRST_COMPLETED")
-                finally:
-                    restart.cancel()
-                for task in done:
-                    if task is not restart and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-                logger.warning("Redis moved a channel: subscribing again")
+                await _first_of(self._restart.wait(), tasks)
+                logger.warning("subscribing to Redis again")
             except (*REDIS_ERRORS, TimeoutError, BrokerError, _Restart) as exc:
                 if self._subscribed or first:
                     logger.warning("Redis subscription lost: %s; resubscribing", _reason(exc))
+            except Exception:  # a bug must not leave the node deaf for good
+                logger.exception("the Redis subscriber failed; resubscribing")
             finally:
                 self._subscribed = False
+                self._ready.clear()
                 self._restart.clear()
-                for task in readers:
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(*readers, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await self._close_subscribers()
             await asyncio.sleep(_jitter(delay))
             delay = min(delay * 2, RETRY_MAX)
@@ -600,44 +693,41 @@ class RedisBroker:
         return f"{self.prefix}{self._node_id}:sub"
 
     async def _subscribe_wanted(self) -> None:
-        """Subscribe every wanted channel on its shard and wait for Redis to confirm."""
-        by_subscriber: dict[str, list[str]] = defaultdict(list)
-        waiters = []
-        for channel in sorted(self._wanted):
-            subscriber = self._subscriber_for(channel)
-            by_subscriber[subscriber.name].append(channel)
-            waiters.append(self._expect(channel, subscriber))
-        for name, channels in by_subscriber.items():
-            subscriber = self._subscribers[name]
-            if self._cluster:
-                # One SSUBSCRIBE may name channels of one slot only.
-                for channel in channels:
-                    await subscriber.send("SSUBSCRIBE", [channel])
-            else:
-                for start in range(0, len(channels), 1000):
-                    await subscriber.send("SSUBSCRIBE", channels[start : start + 1000])
-        # Confirmed: from here on nothing is missed, so catching up from
-        # the store leaves no gap.
-        if waiters:
-            await asyncio.gather(*waiters)
-        # Channels wanted while these were confirmed are subscribed one by one.
+        """Subscribe every wanted channel on its shard and wait for Redis to confirm.
+
+        Channels wanted while these were confirmed are subscribed too: the
+        subscriptions are ready only once they hold every wanted channel.
+        """
         while missing := sorted(self._wanted - self._subscribed_on.keys()):
+            by_subscriber: dict[str, list[str]] = defaultdict(list)
             waiters = []
             for channel in missing:
                 subscriber = self._subscriber_for(channel)
+                by_subscriber[subscriber.name].append(channel)
                 waiters.append(self._expect(channel, subscriber))
-                await subscriber.send("SSUBSCRIBE", [channel])
+            for name, channels in by_subscriber.items():
+                subscriber = self._subscribers[name]
+                if self._cluster:
+                    # One SSUBSCRIBE may name channels of one slot only.
+                    for channel in channels:
+                        subscriber.send("SSUBSCRIBE", [channel])
+                else:
+                    for start in range(0, len(channels), 1000):
+                        subscriber.send("SSUBSCRIBE", channels[start : start + 1000])
+            # Confirmed: from here on nothing is missed, so catching up from
+            # the store leaves no gap.
             await asyncio.gather(*waiters)
 
     async def _close_subscribers(self) -> None:
+        lost = BrokerError("the subscriber connection was lost")
         for waiters in self._pending.values():
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_result(None)  # nobody waits on a dead connection
+                    waiter.set_exception(lost)
+                    waiter.exception()  # retrieved: nobody may be waiting any more
         self._pending.clear()
         self._leaving.clear()
         self._subscribed_on.clear()
-        self._late.clear()  # the next generation's catch-up covers them
         subscribers, self._subscribers = list(self._subscribers.values()), {}
         for subscriber in subscribers:
             await asyncio.shield(subscriber.close())
@@ -678,11 +768,6 @@ class RedisBroker:
                 del self._pending[channel]
             if not waiter.done():
                 waiter.set_result(None)
-        if channel in self._late and channel not in self._pending:
-            self._late.discard(channel)
-            if self._events is not None:
-                logger.info("Redis confirmed %s late: catching up", channel)
-                self._events.on_resync()
 
     def _receive(self, channel: str, payload: bytes, own: str, events: BrokerEvents) -> None:
         try:
@@ -756,82 +841,98 @@ class RedisBroker:
                     for _ in ops:
                         self._presence_ops.popleft()
                 delay = RETRY_FIRST
-            except REDIS_ERRORS as exc:
-                logger.warning("cannot update presence in Redis: %s", _reason(exc))
+            except Exception as exc:  # Redis errors, and a bug: neither may stop presence
+                if isinstance(exc, REDIS_ERRORS):
+                    logger.warning("cannot update presence in Redis: %s", _reason(exc))
+                else:
+                    logger.exception("updating presence in Redis failed")
                 # What changed meanwhile is rebuilt from the connections.
                 self._needs_presence_sync = True
                 await asyncio.sleep(_jitter(delay))
                 delay = min(delay * 2, RETRY_MAX)
                 self._presence_wakeup.set()
 
-    async def _apply(self, ops: list[tuple[str, str, bool]], node_id: str | None = None) -> None:
-        """Count ``(room, user, present)`` for ``node_id`` (this node); tell what changed.
+    async def _apply(self, ops: list[tuple[str, str, bool]], presence_id: str = "") -> None:
+        """Count ``(room, user, present)`` for ``presence_id`` (this node's); tell what changed.
 
-        A join is written to the node's own set first and a leave last, so a
-        node that dies in between leaves nothing its reaper would miss.
+        Three steps, each done before the next starts (a cluster runs one
+        pipeline's shards at once): joins go into the node's own set, the
+        room scripts run, leaves go out of the set. So a pair in a room is
+        always in its node's set, where the reaper or a rebuild finds it.
         """
         redis = self._redis
         assert redis is not None and self._events is not None
-        node = node_id or self._node_id
+        node = presence_id or self._presence_id
         node_key = self._node_key(node)
+        joins = [f"{room}\n{user}" for room, user, present in ops if present]
+        if joins:
+            await redis.sadd(node_key, *joins)
         async with redis.pipeline(transaction=False) as pipe:
-            joins = [f"{room}\n{user}" for room, user, present in ops if present]
-            if joins:
-                pipe.sadd(node_key, *joins)
             for room, user, present in ops:
                 script = _JOIN if present else _LEAVE
                 pipe.eval(script, 2, *self._room_keys(room), f"{node}\n{user}", user)
-            leaves = [f"{room}\n{user}" for room, user, present in ops if not present]
-            if leaves:
-                pipe.srem(node_key, *leaves)
             results = await pipe.execute()
-        results = results[1:] if joins else results
-        for (room, user, present), (changed, count) in zip(ops, results, strict=False):
+        leaves = [f"{room}\n{user}" for room, user, present in ops if not present]
+        if leaves:
+            await redis.srem(node_key, *leaves)
+        for (room, user, present), (changed, count) in zip(ops, results, strict=True):
             if changed:
                 _tell(self._events, room, user, present, int(count))
 
     async def _sync_presence(self) -> None:
         """Make this node's presence in Redis match its connections.
 
-        Pairs missing from Redis (it restarted, or this node was reaped while
-        cut off) are put back, with a join event where that brings the user
-        back into the room in the service (a reaper told the room it left);
-        pairs that left while Redis was unreachable leave now, with their
-        events.
+        Every pair of its connections is counted again (the scripts count a
+        pair once, so this only mends what is missing: Redis restarted, this
+        node was reaped while cut off, or a write was cut halfway), with a
+        join event where that brings the user back into the room in the
+        service; pairs that left while Redis was unreachable leave now, with
+        their events.
         """
         redis = self._redis
         assert redis is not None and self._events is not None
         want = {f"{room}\n{user}" for room, user in self._events.local_presence()}
-        have = {_text(pair) for pair in await redis.smembers(self._node_key(self._node_id))}
-        missing = [pair.split("\n", 1) for pair in want - have]
+        have = {_text(pair) for pair in await redis.smembers(self._node_key(self._presence_id))}
+        if want:
+            pairs = (pair.split("\n", 1) for pair in sorted(want))
+            await self._apply([(room, user, True) for room, user in pairs])
         gone = [pair.split("\n", 1) for pair in have - want]
-        if missing:
-            await self._apply([(room, user, True) for room, user in missing])
         if gone:
             await self._apply([(room, user, False) for room, user in gone])
-        logger.info("presence rebuilt: %d restored, %d left", len(missing), len(gone))
+        logger.info(
+            "presence rebuilt: %d counted, %d restored, %d left",
+            len(want),
+            len(want - have),
+            len(gone),
+        )
 
     async def _alive(self) -> bool:
-        """Refresh this node's time; True when Redis did not know the node (any more)."""
+        """Refresh this node's time; True when Redis did not know it (any more)."""
         redis = self._redis
         assert redis is not None
         ttl = int(self.presence_ttl * 1000)
-        added = await redis.eval(_ALIVE, 1, self._nodes_key, self._node_id, ttl)
+        added = await redis.eval(_ALIVE, 1, self._nodes_key, self._presence_id, ttl)
         return bool(added)
 
     async def _reap(self) -> None:
-        """Take the nodes that stopped refreshing out of presence, telling who left."""
+        """Take the nodes that stopped refreshing out of presence, telling who left.
+
+        The expiry script hands each dead node to one reaper for
+        :data:`REAP_LEASE_MS`; the node leaves the reaping set only once its
+        pairs are gone, so a reaper that fails halfway leaves it to another.
+        """
         redis = self._redis
         assert redis is not None
-        dead = await redis.eval(_EXPIRED, 1, self._nodes_key)
+        dead = await redis.eval(_EXPIRED, 2, self._nodes_key, self._reaping_key, REAP_LEASE_MS)
         for node in (_text(item) for item in dead):
             key = self._node_key(node)
             pairs = [_text(pair).split("\n", 1) for pair in await redis.smembers(key)]
             if pairs:
                 for room, user in pairs:
                     logger.info("%s left %s: its node stopped answering", user, room)
-                await self._apply([(room, user, False) for room, user in pairs], node_id=node)
+                await self._apply([(room, user, False) for room, user in pairs], presence_id=node)
             await redis.delete(key)
+            await redis.zrem(self._reaping_key, node)
 
     async def _refresh_forever(self) -> None:
         """Keep this node alive in Redis and reap the nodes that are not."""
@@ -840,29 +941,58 @@ class RedisBroker:
             await asyncio.sleep(_jitter(interval))
             try:
                 forgotten = await self._alive()
+                if forgotten:
+                    await self._start_afresh()
                 await self._reap()
-            except REDIS_ERRORS as exc:
-                if self._refresh_ok:
-                    logger.warning("cannot refresh presence in Redis: %s", _reason(exc))
+            except Exception as exc:  # Redis errors, and a bug: neither may stop the refresh
+                if isinstance(exc, REDIS_ERRORS):
+                    if self._refresh_ok:
+                        logger.warning("cannot refresh presence in Redis: %s", _reason(exc))
+                else:
+                    logger.exception("refreshing presence in Redis failed")
                 self._refresh_ok = False
                 continue
             self._refresh_ok = True
-            if forgotten:
-                # Redis lost its data (a restart) or took this node for dead.
-                logger.warning("Redis did not know this node any more: rebuilding presence")
-                self._needs_presence_sync = True
-                self._presence_wakeup.set()
+
+    async def _start_afresh(self) -> None:
+        """Redis lost its data (a restart) or took this node for dead: count its presence
+        again under a new id, which a reaper still at work on the old one cannot touch."""
+        redis = self._redis
+        assert redis is not None
+        logger.warning("Redis did not know this node any more: rebuilding presence")
+        old = self._presence_id
+        self._incarnation += 1
+        self._presence_id = f"{self._node_id}.{self._incarnation}"
+        await redis.zrem(self._nodes_key, old)
+        await self._alive()
+        self._needs_presence_sync = True
+        self._presence_wakeup.set()
 
     async def _leave_service(self) -> None:
         """Take this node and whatever presence it still holds out of Redis."""
         redis = self._redis
         assert redis is not None
-        node_key = self._node_key(self._node_id)
+        node_key = self._node_key(self._presence_id)
         pairs = [_text(pair).split("\n", 1) for pair in await redis.smembers(node_key)]
         if pairs:
             await self._apply([(room, user, False) for room, user in pairs])
         await redis.delete(node_key)
-        await redis.zrem(self._nodes_key, self._node_id)
+        await redis.zrem(self._nodes_key, self._presence_id)
+
+
+async def _first_of(work: Coroutine[Any, Any, Any], tasks: list[asyncio.Task[None]]) -> None:
+    """Await ``work`` unless one of ``tasks`` (a connection's reader or writer) fails first."""
+    job = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait([job, *tasks], return_when="FIRST_COMPLETED")
+    finally:
+        job.cancel()
+    if job in done:
+        job.result()
+        return
+    for task in done:
+        task.result()  # raises what ended it
+    raise BrokerError("a subscriber task ended")
 
 
 def _tell(events: BrokerEvents, room: str, user: str, joined: bool, count: int) -> None:
