@@ -1,4 +1,4 @@
-"""What the batching stores share: appends queued for one writer, and their rows.
+"""What the batching stores share: appends queued for their writers, and their rows.
 
 :class:`~roomcast.store.sqlite.SQLiteStore` and
 :class:`~roomcast.store.postgres.PostgresStore` both answer ``append`` with a
@@ -8,9 +8,41 @@ resend that arrives while its first copy is still queued into the first
 copy's future, refuses a message when :data:`MAX_QUEUED` are already waiting
 (:class:`~roomcast.exceptions.StoreBusy`: when more arrives than the database
 can take, senders are told to come back instead of waiting ever longer for
-their acks while the server's memory grows), hands the writer batches,
+their acks while the server's memory grows), hands the writers batches,
 resolves a finished batch, and tells :meth:`WriteQueue.wait_idle` callers
 when nothing is left.
+
+The queue has one or more *lanes* (the backend says how many: SQLite one,
+since SQLite allows one writer; PostgreSQL
+:data:`~roomcast.store.postgres.WRITE_LANES`). :func:`lane_of` puts every
+draft of one room, and every draft of one direct conversation, in one lane,
+and a lane is held by one batch at a time, which takes all it holds; so
+what one room or conversation gets is stored in the order it was queued,
+as with one writer:
+
+- a room's seqs are taken in queue order (the next batch of its lane
+  starts once the last one is committed);
+- a resend's key (sender, frame id, room or recipient) always names the
+  same lane, so two batches written at once never hold copies of one id;
+  one queued or being written is folded in by :meth:`WriteQueue.add`, one
+  stored is found by the next batch's lookup;
+- a change (edit, delete, reaction) names its message's room, or the other
+  side of its message's conversation (``Draft.to``), so it goes to its
+  message's lane, behind everything queued there before it. (It cannot be
+  queued before its message is stored anyway: a message's id is made in
+  the transaction that stores it, and a client learns it only afterwards.)
+
+Several lanes are written at once only when enough waits
+(:data:`OVERLAP_AT`): while little waits, one batch takes every free lane's
+drafts, in append order, as the single writer did, because a batch costs
+its round trips and its commit however small it is.
+
+What batches written at once can share are inboxes: a user's direct stream
+takes events from each of their conversations and from mentions in rooms,
+so two batches may both number it; the database's row lock on the inbox
+keeps its seqs gapless, in the order the transactions commit (see the
+PostgreSQL store for why they never deadlock).
+
 :class:`BatchedAppends` gives a store ``append`` and ``append_direct`` on top
 of one ``_enqueue``. :class:`Plan` is what a batch means once its resends are
 known: which messages are new, how many seqs each room and inbox needs, and,
@@ -25,6 +57,7 @@ import asyncio
 import functools
 import random
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -38,11 +71,14 @@ from .base import AppendResult, DirectResult, Draft
 __all__ = [
     "MAX_BATCH",
     "MAX_QUEUED",
+    "OVERLAP_AT",
+    "Batch",
     "BatchedAppends",
     "Pending",
     "Plan",
     "ResendKey",
     "WriteQueue",
+    "lane_of",
     "MAX_REACTIONS",
     "MESSAGE_COLUMNS",
     "Target",
@@ -58,11 +94,24 @@ __all__ = [
 #: Most messages stored in one transaction.
 MAX_BATCH: Final = 2000
 
-#: Most messages waiting for the writer (not counting the batch being
-#: written): what SQLite or PostgreSQL store here in 0.3-1 s
+#: Most messages waiting for the writers, over all lanes (not counting the
+#: batches being written): what SQLite or PostgreSQL store here in 0.3-1 s
 #: (docs/benchmarks.md), so an accepted message is acked within about a
 #: second even when more arrives. Past it an append fails with StoreBusy.
 MAX_QUEUED: Final = 4_000
+
+#: Drafts waiting in lanes no batch holds that start another batch beside
+#: one being written (and, past one batch's worth, that split what waits
+#: among the free writers). Fewer wait for the batch to end, then go in
+#: one: a batch costs its round trips and its commit however small it is.
+#: Measured on PostgreSQL with 4 lanes (bench/scenarios/pg_lanes.py, 200
+#: rooms at an even pace): with every lane in a batch of its own as soon
+#: as anything waits (1), batches of 1.5-5.5 drafts at 1,000-4,000 msgs/s
+#: cost PostgreSQL 55-60 % more CPU and raised the ack p50 from 3-5 ms to
+#: 8-9 ms; with 8, 60 % more CPU at 8,000 msgs/s; with 32, the same CPU
+#: and latency as one writer up to 4,000 msgs/s, and the lanes' gain
+#: above it (docs/benchmarks.md, "PostgreSQL writer lanes").
+OVERLAP_AT: Final = 32
 
 #: A refused sender is told to retry after this many seconds, spread by
 #: ±50 % so that refused senders do not all come back at once.
@@ -72,10 +121,22 @@ BUSY_RETRY_AFTER: Final = 1.0
 class Pending:
     """A queued draft: for a room (``room``) or a direct conversation (``recipient``)."""
 
-    __slots__ = ("client_id", "draft", "file_json", "future", "recipient", "room", "sender", "text")
+    __slots__ = (
+        "client_id",
+        "draft",
+        "file_json",
+        "future",
+        "order",
+        "recipient",
+        "room",
+        "sender",
+        "text",
+    )
 
-    def __init__(self, draft: Draft, future: asyncio.Future[Any]) -> None:
+    def __init__(self, draft: Draft, future: asyncio.Future[Any], order: int = 0) -> None:
         self.draft = draft
+        #: Its place in the queue (a batch of several lanes keeps it).
+        self.order = order
         self.room = draft.room
         self.recipient = draft.to
         self.sender = draft.sender
@@ -100,67 +161,173 @@ class Pending:
         return (self.sender, self.client_id, True, self.recipient)
 
 
+def lane_of(room: str | None, sender: str, recipient: str | None, lanes: int) -> int:
+    """The lane (``0 <= lane < lanes``) of a draft for ``room``, or ``sender`` to ``recipient``.
+
+    A room's drafts share one lane; so do a direct conversation's, whichever
+    side sends (the pair, not the sender: a message and the other side's
+    reactions to it stay in one lane). A stable hash (CRC-32, not Python's
+    salted ``hash``), so the lanes are the same in every process and test.
+    """
+    if lanes == 1:
+        return 0
+    if room is not None:
+        key = "r\0" + room
+    else:
+        assert recipient is not None
+        first, second = (sender, recipient) if sender <= recipient else (recipient, sender)
+        key = "d\0" + first + "\0" + second
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % lanes
+
+
+#: A batch as the queue hands it out: its drafts, and the lanes it holds.
+Batch = tuple[list["Pending"], tuple[int, ...]]
+
+
 class WriteQueue:
-    """Appends waiting for a store's writer, in append order.
+    """Appends waiting for a store's writers: in lanes, each in append order.
+
+    A lane is held by at most one batch being written, and a batch takes
+    everything waiting in the lanes it holds (up to :data:`MAX_BATCH`), so a
+    room's drafts are stored in the order they came. How many batches
+    :meth:`take` hands out adapts to what waits: one batch with every free
+    lane's drafts, in append order, while little waits (one transaction, as
+    one writer did: a batch costs its round trips and its commit however
+    small it is); up to one per free writer, the lanes shared out among
+    them, once ``overlap`` or more drafts wait.
 
     Args:
-        limit: most messages waiting; past it :meth:`add` refuses with
-            :class:`~roomcast.exceptions.StoreBusy`.
+        limit: most messages waiting, over all lanes; past it :meth:`add`
+            refuses with :class:`~roomcast.exceptions.StoreBusy`.
+        lanes: how many lanes (:func:`lane_of`); 1: one batch at a time.
+        overlap: drafts waiting in free lanes that make a batch worth
+            writing beside one being written (:data:`OVERLAP_AT`).
     """
 
-    __slots__ = ("_idle", "_inflight", "busy", "items", "limit")
+    __slots__ = (
+        "_added",
+        "_idle",
+        "_inflight",
+        "busy",
+        "items",
+        "lanes",
+        "limit",
+        "overlap",
+        "queued",
+        "writing",
+    )
 
-    def __init__(self, limit: int = MAX_QUEUED) -> None:
+    def __init__(self, limit: int = MAX_QUEUED, lanes: int = 1, overlap: int = 0) -> None:
+        if lanes < 1:
+            raise ValueError("a store writes with one lane or more")
         self.limit = limit
-        self.items: list[Pending] = []
-        #: A batch taken by the writer is being stored.
-        self.busy = False
+        self.lanes = lanes
+        self.overlap = overlap or OVERLAP_AT
+        #: Each lane's waiting drafts, oldest first.
+        self.items: list[list[Pending]] = [[] for _ in range(lanes)]
+        #: How many drafts wait, in all lanes.
+        self.queued = 0
+        #: Each lane is held by a batch being written.
+        self.busy: list[bool] = [False] * lanes
+        #: Batches being written.
+        self.writing = 0
+        self._added = 0
         self._inflight: dict[tuple[str, str, bool, str], asyncio.Future[Any]] = {}
         self._idle: list[asyncio.Future[None]] = []
 
-    def add(self, loop: asyncio.AbstractEventLoop, draft: Draft) -> asyncio.Future[Any]:
-        """Queue a draft; its future, or the first copy's when it is a resend of one queued.
+    def add(
+        self, loop: asyncio.AbstractEventLoop, draft: Draft
+    ) -> tuple[asyncio.Future[Any], int | None]:
+        """Queue a draft: its future (or the first copy's, for a resend of one queued),
+        and the lane it waits in (None when nothing new was queued).
 
         The future fails at once with :class:`~roomcast.exceptions.StoreBusy`
         when :attr:`limit` messages are already waiting.
         """
         future: asyncio.Future[Any] = loop.create_future()
-        item = Pending(draft, future)
+        self._added += 1
+        item = Pending(draft, future, self._added)
         key = item.key
         if key is not None:
             first = self._inflight.get(key)
             if first is not None:
                 # A resend while the first is still being written.
                 first.add_done_callback(functools.partial(_as_duplicate, future))
-                return future
-        if len(self.items) >= self.limit:
+                return future, None
+        if self.queued >= self.limit:
             retry_after = BUSY_RETRY_AFTER * random.uniform(0.5, 1.5)
             message = f"{self.limit} messages are waiting to be stored"
             future.set_exception(StoreBusy(message, retry_after=retry_after))
-            return future
+            return future, None
         if key is not None:
             self._inflight[key] = future
-        self.items.append(item)
-        return future
+        lane = lane_of(item.room, item.sender, item.recipient, self.lanes)
+        self.items[lane].append(item)
+        self.queued += 1
+        return future, lane
 
-    def take(self) -> list[Pending]:
-        """The next batch (at most :data:`MAX_BATCH`), now :attr:`busy`."""
-        batch, self.items = self.items[:MAX_BATCH], self.items[MAX_BATCH:]
-        self.busy = True
-        return batch
+    def take(self, writers: int = 1) -> list[Batch]:
+        """The batches to write now, with ``writers`` free to write them (maybe none).
+
+        Nothing while a batch is being written and fewer than :attr:`overlap`
+        drafts wait in free lanes: they go with the next batch, whole, when
+        that one is done.
+        """
+        if writers < 1 or not self.queued:
+            return []
+        items, busy = self.items, self.busy
+        free = [lane for lane in range(self.lanes) if items[lane] and not busy[lane]]
+        waiting = sum(len(items[lane]) for lane in free)
+        if not waiting or (self.writing and waiting < self.overlap):
+            return []
+        count = min(writers, len(free), max(1, waiting // self.overlap))
+        # The biggest lanes first, each to the batch that has the fewest drafts so far.
+        groups: list[list[int]] = [[] for _ in range(count)]
+        sizes = [0] * count
+        for lane in sorted(free, key=lambda lane: -len(items[lane])):
+            smallest = sizes.index(min(sizes))
+            groups[smallest].append(lane)
+            sizes[smallest] += len(items[lane])
+        return [self._take_lanes(group) for group in groups]
+
+    def _take_lanes(self, lanes: list[int]) -> Batch:
+        """One batch of everything waiting in ``lanes`` (up to :data:`MAX_BATCH`), held."""
+        batch: list[Pending] = []
+        held: list[int] = []
+        for lane in lanes:
+            room = MAX_BATCH - len(batch)
+            if room <= 0:
+                break
+            waiting = self.items[lane]
+            if len(waiting) <= room:
+                batch += waiting
+                self.items[lane] = []
+            else:
+                batch += waiting[:room]
+                self.items[lane] = waiting[room:]
+            self.busy[lane] = True
+            held.append(lane)
+        if len(held) > 1:
+            batch.sort(key=_order)  # append order, as one writer had it
+        self.queued -= len(batch)
+        self.writing += 1
+        return batch, tuple(held)
 
     def finish(
         self,
         batch: list[Pending],
         outcome: Sequence[AppendResult | DirectResult | Exception] | BaseException,
         reason: str = "",
+        lanes: Sequence[int] = (0,),
     ) -> None:
         """Resolve ``batch``'s futures in order: with its results, or failed with ``reason``.
 
         A result that is an exception fails that draft alone (a change the
-        message's state refuses).
+        message's state refuses). ``lanes``, which the batch held, are free.
         """
-        self.busy = False
+        for lane in lanes:
+            self.busy[lane] = False
+        self.writing -= 1
         for item in batch:
             key = item.key
             if key is not None and self._inflight.get(key) is item.future:
@@ -181,11 +348,11 @@ class WriteQueue:
                 item.future.set_exception(failure)
 
     def idle(self) -> bool:
-        """Nothing queued and nothing being written."""
-        return not self.items and not self.busy
+        """Nothing queued and nothing being written, in any lane."""
+        return not self.queued and not self.writing
 
     async def wait_idle(self) -> None:
-        """Wait until every append queued so far is stored or failed."""
+        """Wait until every append queued so far, in every lane, is stored or failed."""
         if self.idle():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -193,11 +360,15 @@ class WriteQueue:
         await waiter
 
     def wake_idle(self) -> None:
-        """The writer found nothing left: release :meth:`wait_idle`."""
+        """The writers found nothing left: release :meth:`wait_idle`."""
         waiters, self._idle = self._idle, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _order(item: Pending) -> int:
+    return item.order
 
 
 class BatchedAppends:

@@ -4,9 +4,15 @@ Several nodes may write to one database at once, so nothing about seqs is
 kept in process memory: each batch reserves its seqs in the database, in
 the transaction that inserts its messages.
 
-:meth:`PostgresStore.append` only queues the message and returns a future;
-one writer task per store takes everything queued so far (up to
-:data:`MAX_BATCH`) and stores it in one transaction:
+:meth:`PostgresStore.append` only queues the message and returns a future.
+The queue has :data:`WRITE_LANES` lanes (:class:`~.batch.WriteQueue`): every
+draft of one room, and every draft of one direct conversation, waits in
+one lane (:func:`~.batch.lane_of`). A batch holds the lanes it takes, and
+up to :data:`WRITE_LANES` batches are written at once, each on a pooled
+connection of its own: one with every lane's drafts while few wait, more
+(the lanes shared out) once :data:`~.batch.OVERLAP_AT` wait beside a batch
+being written, or at once. Each batch (up to :data:`MAX_BATCH` drafts) is
+stored in one transaction:
 
 1. ``BEGIN``, and in the same round trip ``pg_advisory_xact_lock`` on a hash
    of every sender with a frame id in the batch, so two nodes given the same
@@ -32,14 +38,45 @@ So a batch of room messages takes 5 round trips (4 without frame ids)
 however many messages and rooms it holds; direct messages add one or two,
 and changes two to four.
 
-Locks are always taken in one global order (advisory locks sorted, then
-changed messages by id, then rooms sorted by name, then users sorted by
-name), so batches of different
-nodes wait for each other but never deadlock. A failed batch is rolled back
-whole and every future in it fails with :class:`~roomcast.exceptions.StoreError`;
-the next batch starts afresh (on a new connection if the old one broke).
+**Batches at once: seqs, resends and deadlocks.** The batches one node
+writes at once are to each other what the writers of several nodes were
+already: transactions that may run at once on one database. What keeps
+them right is the database's, plus one rule of the queue's (a room or
+conversation is in one batch at a time):
 
-Reads use the other connections of the pool, concurrently with the writer.
+- seqs: a room's seqs come from its ``rooms`` row, updated (and so locked)
+  by the transaction that inserts the messages, until it commits; an
+  inbox's from its ``users`` row, likewise. Two transactions numbering
+  one room or inbox take turns, each reading the other's committed last
+  seq: gapless, in commit order. A room's (or conversation's) next batch
+  starts only when its last one is done, so its seqs also follow this
+  node's queue order, and an edit, delete or reaction (queued in its
+  message's lane) lands after everything queued before it there;
+- resends: a frame id's key (sender, id, room or recipient) names one lane,
+  so two batches at once never hold copies of one id; the per-sender
+  advisory lock (step 1) still orders two nodes, or two batches given one
+  sender's frames, before their lookups;
+- deadlocks: every transaction takes the rows two transactions may both
+  lock in one global order, and never another: advisory locks (sorted
+  keys), then the changed messages (``FOR UPDATE``, room messages then
+  direct ones, each by id), then ``rooms`` rows (names sorted), then
+  ``users`` rows (the inboxes, names sorted, ``COLLATE "C"``: the byte
+  order, Python's too). The rows a batch touches after that are its own:
+  the new rows (unique seqs and ids, reserved above), a changed message's
+  reactions, edits and notifications (only a transaction holding the
+  message's row touches them). So no two batches ever wait for each other
+  in a cycle: two that share an inbox (a user in two conversations, or
+  mentioned in a room) or a sender wait for each other, no more. A
+  statement elsewhere (an admin erasing an account, say) could still take
+  locks in another order; PostgreSQL then aborts one side after
+  ``deadlock_timeout``: a batch aborted so is rolled back whole and tried
+  again, up to :data:`DEADLOCK_RETRIES` times, before its drafts fail.
+
+A failed batch is rolled back whole and every future in it fails with
+:class:`~roomcast.exceptions.StoreError`; the next batch starts afresh (on
+a new connection if the old one broke).
+
+Reads use the other connections of the pool, concurrently with the writers.
 Every query but the batch writer's is :class:`~roomcast.store.sql.SQLStore`'s,
 shared with SQLite; this module adds the pool, the writer and its seq
 reservations, and runs the shared jobs on asyncpg. Every driver exception
@@ -110,6 +147,21 @@ SEARCH_INDEXES: Final = {"messages": "messages_search", "direct_messages": "dire
 
 #: Seconds a migration (or the wait for another node's) may take.
 MIGRATE_TIMEOUT: Final = 300.0
+
+#: The queue's lanes, and the most batches one node writes at once, each on
+#: a pooled connection of its own. Measured through the store (200 rooms,
+#: each sender awaiting its ack; bench/scenarios/pg_lanes.py, medians of 5
+#: rounds on the shared 2-core host): one writer 2,600 acked msgs/s, 2 lanes
+#: 6,800, 4 lanes 8,200, 8 lanes 8,600 (ack p99 135, 62, 51, 48 ms): most
+#: of the gain by 4, where PostgreSQL and the node fill both cores; 4 also
+#: leaves half of the default pool of 8 connections for reads. Past
+#: :data:`~.batch.OVERLAP_AT` waiting only, so below that (1,000-4,000
+#: msgs/s) it writes as one writer did (docs/benchmarks.md).
+WRITE_LANES: Final = 4
+#: Times a batch that PostgreSQL aborted to break a deadlock is tried again
+#: (it was rolled back whole): lanes cannot deadlock with each other, so
+#: this is for a statement outside the batches that locks in another order.
+DEADLOCK_RETRIES: Final = 2
 
 #: What asyncpg (and the sockets under it) raise; turned into StoreError here.
 _DRIVER_ERRORS: Final = (
@@ -301,12 +353,16 @@ class PostgresStore(SQLStore):
         history_days: delete messages older than this many days (0 keeps
             everything). At least 1, so resends are recognised for 24 h.
         clock: wall-clock seconds, for message times and retention.
-        pool_size: most connections to the server (one is the writer's).
+        pool_size: most connections to the server: up to half of them are
+            the writers', the rest are for reads.
         command_timeout: seconds a statement may take before it fails.
         connect_timeout: seconds to connect (or get a pooled connection)
             before the operation fails.
-        max_queued: most messages waiting for the writer; past it an
+        max_queued: most messages waiting for the writers; past it an
             append fails with :class:`~roomcast.exceptions.StoreBusy`.
+        write_lanes: lanes, and most batches written at once
+            (:data:`WRITE_LANES`); at most half of ``pool_size``, so reads
+            keep half the pool.
         reindex_delay: seconds from a delete or an edit to rebuilding the
             search indexes without its old words (:data:`REINDEX_DELAY`).
     """
@@ -343,15 +399,20 @@ class PostgresStore(SQLStore):
         connect_timeout: float = 5.0,
         max_queued: int = MAX_QUEUED,
         reindex_delay: float = REINDEX_DELAY,
+        write_lanes: int = WRITE_LANES,
     ) -> None:
         if pool_size < 2:
             raise ValueError("pool_size must be at least 2 (the writer's and one for reads)")
+        if write_lanes < 1:
+            raise ValueError("write_lanes must be at least 1")
+        lanes = min(write_lanes, pool_size // 2)
         where, password = _location(url)
         super().__init__(
             history_days=history_days,
             clock=clock,
             max_queued=max_queued,
             place=f"PostgreSQL at {where}",
+            lanes=lanes,
         )
         self.url = url
         self._pool_size = pool_size
@@ -359,11 +420,9 @@ class PostgresStore(SQLStore):
         self._connect_timeout = connect_timeout
         #: ``host:port``, for messages; the URL's password, to hide from them.
         self._where, self._password = where, password
-        #: Set when something is queued; the writer waits for it when idle.
-        self._wakeup = asyncio.Event()
         self._pool: Any = None  # asyncpg.Pool
-        self._wconn: Any = None  # the writer's pooled connection, between batches
-        self._writer: asyncio.Task[None] | None = None
+        #: Each writer's pooled connection, kept between its batches.
+        self._wconns: list[Any] = [None] * lanes
         #: The VACUUM that erases deleted messages' old row versions, and
         #: whether another delete came since it started.
         self._eraser: asyncio.Task[None] | None = None
@@ -387,7 +446,6 @@ class PostgresStore(SQLStore):
     # -- life cycle ----------------------------------------------------------
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             self._pool = await asyncpg.create_pool(
                 self.url,
@@ -436,12 +494,6 @@ class PostgresStore(SQLStore):
         except BaseException:
             await self._close_pool()
             raise
-        self._wakeup = asyncio.Event()
-        # A batch holds many connections' messages: the writer (and its log
-        # lines) runs in a context of its own, not in the opener's.
-        self._writer = loop.create_task(
-            self._write_forever(), name="roomcast-postgres-writer", context=contextvars.Context()
-        )
 
     async def _disconnect(self) -> None:
         for task in (self._eraser, self._reindexer):
@@ -449,17 +501,16 @@ class PostgresStore(SQLStore):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._eraser = self._reindexer = None
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        # close() has flushed: a batch still being written is one a
+        # cancelled close left behind.
+        await self._stop_lanes()
         await self._close_pool()
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
-        if self._wconn is not None:
-            conn, self._wconn = self._wconn, None
-            if pool is not None:
+        for writer, conn in enumerate(self._wconns):
+            self._wconns[writer] = None
+            if conn is not None and pool is not None:
                 await self._release(conn, pool)
         if pool is None:
             return
@@ -577,45 +628,45 @@ class PostgresStore(SQLStore):
         await conn.execute(_SAVE_MARKERS, names, streams, seqs, now_ms)
 
     def _writer_running(self) -> bool:
-        return self._writer is not None and not self._writer.done()
+        return self._pool is not None
 
-    def _wake_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._wakeup.set()
+    def _write_batch(
+        self, writer: int, batch: list[Pending]
+    ) -> asyncio.Task[list[AppendResult | DirectResult | Exception]]:
+        loop = asyncio.get_running_loop()
+        return loop.create_task(
+            self._write(writer, batch), name=f"roomcast-postgres-writer-{writer}"
+        )
 
-    async def _write_forever(self) -> None:
-        """The writer: store what is queued, a batch at a time, until cancelled."""
-        queue = self._queue
+    async def _write(
+        self, writer: int, batch: list[Pending]
+    ) -> list[AppendResult | DirectResult | Exception]:
+        """Store ``batch`` in one transaction on ``writer``'s connection; again after a deadlock."""
+        attempt = 0
         while True:
-            if not queue.items:
-                queue.wake_idle()
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = queue.take()
-            started = time.perf_counter()
             try:
-                results = await self._write(batch)
-            except asyncio.CancelledError:
-                error = StoreError("write cancelled")
-                self._batch_done(batch, error, time.perf_counter() - started)
-                raise
-            except Exception as exc:
-                self._batch_done(batch, exc, time.perf_counter() - started)
-            else:
-                self._batch_done(batch, results, time.perf_counter() - started)
+                return await self._write_once(writer, batch)
+            except asyncpg.DeadlockDetectedError as exc:
+                if attempt >= DEADLOCK_RETRIES:
+                    raise
+                attempt += 1
+                logger.info("a batch was aborted to break a deadlock; trying again: %s", exc)
 
-    async def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult | Exception]:
-        """Store ``batch`` in one transaction on the writer's connection."""
-        conn = self._wconn
+    async def _write_once(
+        self, writer: int, batch: list[Pending]
+    ) -> list[AppendResult | DirectResult | Exception]:
+        conn = self._wconns[writer]
         if conn is not None and _is_gone(conn):
-            self._wconn = conn = None
+            self._wconns[writer] = conn = None
         if conn is None:
-            conn = self._wconn = await self._pool.acquire(timeout=self._connect_timeout)
+            if self._pool is None:
+                raise StoreError("the store is closed")
+            conn = self._wconns[writer] = await self._pool.acquire(timeout=self._connect_timeout)
         try:
             return await self._store_batch(conn, batch)
         except BaseException:
             # Start the next batch afresh, on a new connection if this one broke.
-            self._wconn = None
+            self._wconns[writer] = None
             await self._release(conn)
             raise
 

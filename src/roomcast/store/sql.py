@@ -9,9 +9,14 @@ I/O. A backend (:class:`~roomcast.store.sqlite.SQLiteStore`,
   :meth:`SQLStore._write_now` (its own transaction),
   :meth:`SQLStore._migration` (a transaction under the schema lock) and
   :meth:`SQLStore._pruning` (the right to prune, and a transaction per chunk);
-- its batch writer and how it allocates seqs (a cache on SQLite's one
-  writer; a reservation in the database with several nodes on PostgreSQL),
-  started by :meth:`SQLStore._wake_writer`;
+- how it stores one batch (:meth:`SQLStore._write_batch`) and allocates
+  its seqs (a cache on SQLite's one writer; a reservation in the database
+  with several nodes on PostgreSQL), and how many batches it may write at
+  once (``lanes``: SQLite 1, PostgreSQL
+  :data:`~roomcast.store.postgres.WRITE_LANES`). Which lane a draft waits
+  in, when batches are taken and how many, how their futures resolve and
+  when ``flush`` returns is :class:`SQLStore`'s
+  (:class:`~.batch.WriteQueue`), the same for both;
 - the few statements whose dialects differ (:attr:`SQLStore._NAMES_IN`,
   :attr:`SQLStore._FILE_SIZE`).
 
@@ -20,16 +25,19 @@ databases accept; SQLite's connection rewrites ``$1`` to its own ``?1``. A
 job is an ``async`` function of a :class:`SQLConn`: on PostgreSQL it awaits
 asyncpg, on SQLite the same code runs to its end in the database's thread
 without ever suspending (:func:`run_sync`), so no thread hop is added per
-statement. The batch write path stays each backend's own, with its raw
-driver calls: it is the hot path, measured in bench/store_seam.py.
+statement. The statements of a batch's transaction stay each backend's own,
+with its raw driver calls: it is the hot path, measured in
+bench/store_seam.py and bench/scenarios/pg_lanes.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Protocol, TypeVar
@@ -588,10 +596,13 @@ class SQLStore(BatchedAppends):
         history_days: delete messages older than this many days (0 keeps
             everything). At least 1, so resends are recognised for 24 h.
         clock: wall-clock seconds, for message times and retention.
-        max_queued: most messages waiting for the writer; past it an
+        max_queued: most messages waiting for the writers; past it an
             append fails with :class:`~roomcast.exceptions.StoreBusy`.
         place: where the messages are, for logs and errors (a path, or
             ``PostgreSQL at host:port``: never a password).
+        lanes: the queue's lanes, and how many batches the backend may
+            write at once, each in its own transaction on writer ``0`` to
+            ``lanes - 1`` (1 for SQLite, which has one writer).
     """
 
     #: The backend's logger (``roomcast.store.<backend>``).
@@ -612,13 +623,19 @@ class SQLStore(BatchedAppends):
         clock: Callable[[], float],
         max_queued: int = MAX_QUEUED,
         place: str,
+        lanes: int = 1,
     ) -> None:
         if history_days < 0:
             raise ValueError("history_days must be 0 (keep everything) or more")
         self.history_days = history_days
         self._clock = clock
         self._place = place
-        self._queue = WriteQueue(max_queued)
+        self._queue = WriteQueue(max_queued, lanes)
+        #: The writers with no batch, and each writer's batch being written.
+        self._free_writers = list(reversed(range(lanes)))
+        self._jobs: list[asyncio.Future[Any] | None] = [None] * lanes
+        #: A :meth:`_kick` is scheduled for this loop turn.
+        self._kick_scheduled = False
         #: Not open (yet, or any more): appends and reads are refused.
         self._closed = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -638,13 +655,24 @@ class SQLStore(BatchedAppends):
         """Stop the writer and close the connections (everything queued is stored)."""
         raise NotImplementedError
 
-    def _wake_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Something was queued: have the writer take it."""
+    def _write_batch(
+        self, writer: int, batch: list[Pending]
+    ) -> Awaitable[list[AppendResult | DirectResult | Exception]]:
+        """Store ``batch`` in one transaction (as ``writer``): each draft's result, in order.
+
+        Each writer has one batch at a time; the batches of different writers
+        run at once (never two with one room or conversation), so what two
+        transactions may both lock is the backend's to order (never a
+        deadlock).
+        """
         raise NotImplementedError
 
     def _writer_running(self) -> bool:
-        """Whether a writer is there to empty the queue."""
+        """Whether the backend can write batches now (its connections are open)."""
         raise NotImplementedError
+
+    def _writer_idle(self) -> None:
+        """Every lane has finished what was queued: the writer's time is free."""
 
     async def _read(self, job: Job[T]) -> T:
         """Run ``job`` on a reading connection, driver errors as StoreError."""
@@ -707,6 +735,9 @@ class SQLStore(BatchedAppends):
         if self._closed:
             return
         await self.flush()
+        while self._writer_running() and not self._queue.idle():
+            # Queued by a callback of the last batch's futures, as flush returned.
+            await self.flush()
         self._closed = True
         if self._pruner is not None:
             self._pruner.cancel()
@@ -739,17 +770,67 @@ class SQLStore(BatchedAppends):
             refused: asyncio.Future[Any] = loop.create_future()
             refused.set_exception(refusal)
             return refused
-        future = self._queue.add(loop, draft)
-        self._wake_writer(loop)
+        future, lane = self._queue.add(loop, draft)
+        if lane is not None and self._free_writers and not self._kick_scheduled:
+            # The writers take everything queued in this loop turn.
+            # A batch holds many connections' messages: its callbacks (and
+            # log lines) run in a context of their own, not in the sender's.
+            self._kick_scheduled = True
+            loop.call_soon(self._kick, context=contextvars.Context())
         return future
+
+    def _kick(self) -> None:
+        """Hand the free writers the batches the queue gives them now (maybe none)."""
+        self._kick_scheduled = False
+        if not self._writer_running():
+            return
+        free = self._free_writers
+        for batch, lanes in self._queue.take(len(free)):
+            writer = free.pop()
+            job = asyncio.ensure_future(self._write_batch(writer, batch))
+            self._jobs[writer] = job
+            done = functools.partial(self._written, writer, batch, lanes, time.perf_counter())
+            job.add_done_callback(done)
+
+    def _written(
+        self,
+        writer: int,
+        batch: list[Pending],
+        lanes: tuple[int, ...],
+        started: float,
+        job: asyncio.Future[list[AppendResult | DirectResult | Exception]],
+    ) -> None:
+        """``writer`` finished ``batch``: resolve its futures, hand out what waits."""
+        self._jobs[writer] = None
+        self._free_writers.append(writer)
+        outcome: Sequence[AppendResult | DirectResult | Exception] | BaseException
+        if job.cancelled():
+            outcome = StoreError("write cancelled")
+        else:
+            outcome = job.exception() or job.result()
+        self._batch_done(batch, outcome, time.perf_counter() - started, lanes)
+        queue = self._queue
+        if queue.queued:
+            self._kick()
+        elif queue.idle():
+            queue.wake_idle()
+            self._writer_idle()
+
+    async def _stop_lanes(self) -> None:
+        """Cancel the batches being written (their drafts fail) and wait for them to end."""
+        jobs = [job for job in self._jobs if job is not None]
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
 
     def _batch_done(
         self,
         batch: list[Pending],
         outcome: Sequence[AppendResult | DirectResult | Exception] | BaseException,
         seconds: float,
+        lanes: tuple[int, ...] = (0,),
     ) -> None:
-        """The writer finished ``batch``: report it, and resolve its futures in order."""
+        """A writer finished ``batch`` (which held ``lanes``): report it, resolve its futures."""
         if self.on_batch is not None:
             try:
                 self.on_batch(len(batch), seconds)
@@ -759,15 +840,16 @@ class SQLStore(BatchedAppends):
             if self._write_error is not None:
                 self._log.warning("writes to %s work again", self._place)
                 self._write_error = None
-            self._queue.finish(batch, outcome)
+            self._queue.finish(batch, outcome, lanes=lanes)
             return
         reason = self._reason(outcome)
         if self._write_error != reason:
             self._log.error("cannot write to %s: %s", self._place, reason)
         self._write_error = reason
-        self._queue.finish(batch, outcome, reason)
+        self._queue.finish(batch, outcome, reason, lanes)
 
     async def flush(self) -> None:
+        # Every lane: the queue is idle only when none waits or writes.
         if self._writer_running():
             await self._queue.wait_idle()
 

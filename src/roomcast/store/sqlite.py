@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import json
 import logging
@@ -212,8 +211,6 @@ class SQLiteStore(SQLStore):
         )
         self.path = path
         self._busy_timeout = busy_timeout
-        #: A :meth:`_kick` is scheduled for this loop turn.
-        self._kick_scheduled = False
         #: One thread each: the writer's connection, the reader's, and the one
         #: searches read on (a search can read long; other reads do not wait for it).
         self._writer: ThreadPoolExecutor | None = None
@@ -225,7 +222,6 @@ class SQLiteStore(SQLStore):
         #: The last seq of each room and inbox, as committed (writer thread only).
         self._seqs: dict[str, int] = {}
         self._inbox_seqs: dict[str, int] = {}
-        self._batch_started = 0.0
         #: The full-text indexes that may still hold deleted or replaced words:
         #: those a batch changed (added by the writer thread, taken by purge steps).
         self._purge_owed: set[str] = set()
@@ -408,22 +404,17 @@ class SQLiteStore(SQLStore):
     def _writer_running(self) -> bool:
         return self._writer is not None
 
-    def _wake_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._queue.busy and not self._kick_scheduled:
-            self._kick_scheduled = True
-            # A batch holds many connections' messages: its callbacks (and
-            # log lines) run in a context of their own, not in the sender's.
-            loop.call_soon(self._kick, context=contextvars.Context())
+    def _write_batch(
+        self, writer: int, batch: list[Pending]
+    ) -> asyncio.Future[list[AppendResult | DirectResult | Exception]]:
+        # One lane and one writer (SQLite has one): the writer thread, between other jobs.
+        assert self._writer is not None
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.run_in_executor(self._writer, self._write, batch)
 
-    def _kick(self) -> None:
-        self._kick_scheduled = False
-        queue = self._queue
-        if queue.busy or not queue.items or self._writer is None or self._loop is None:
-            return
-        batch = queue.take()
-        self._batch_started = time.perf_counter()
-        job = self._loop.run_in_executor(self._writer, self._write, batch)
-        job.add_done_callback(functools.partial(self._written, batch))
+    def _writer_idle(self) -> None:
+        if self._purge_owed:
+            self._purge_when_due()
 
     def _write(self, batch: list[Pending]) -> list[AppendResult | DirectResult | Exception]:
         """Store ``batch`` in one transaction (writer thread)."""
@@ -483,7 +474,7 @@ class SQLiteStore(SQLStore):
     def _purge_due(self) -> None:
         """The wait is over: purge, unless a batch is queued (its end starts the purge)."""
         self._purge_timer = None
-        if self._purge_owed and not self._queue.items:
+        if self._purge_owed and not self._queue.queued:
             self._purge_soon()
 
     def _purge_soon(self) -> None:
@@ -537,7 +528,7 @@ class SQLiteStore(SQLStore):
             self._next_purge = self._loop.time() + max(self._purge_spacing, took * PURGE_SHARE)
             if self._purge_owed:  # changes during the purge's last step
                 self._purge_when_due()
-        elif not self._queue.items:
+        elif not self._queue.queued:
             self._purge_soon()
 
     def _erase_log(self, conn: sqlite3.Connection) -> None:
@@ -566,22 +557,6 @@ class SQLiteStore(SQLStore):
             row = conn.execute(_DM_SEQ, (owner,)).fetchone()
             seq = int(row[0]) if row is not None else None
         return seq
-
-    def _written(
-        self,
-        batch: list[Pending],
-        job: asyncio.Future[list[AppendResult | DirectResult | Exception]],
-    ) -> None:
-        """The writer thread finished ``batch``: resolve its futures, take the next."""
-        error = job.exception() if not job.cancelled() else StoreError("write cancelled")
-        outcome = error if error is not None else job.result()
-        self._batch_done(batch, outcome, time.perf_counter() - self._batch_started)
-        if self._queue.items:
-            self._kick()
-        else:
-            self._queue.wake_idle()
-            if self._purge_owed:
-                self._purge_when_due()
 
 
 def _resends(
