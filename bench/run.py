@@ -43,6 +43,14 @@ does not answer is skipped with a note):
   Redis prefix (the sender on A, the receivers split between B and C), and
   on one node with the same flags, all clients on it. All nodes are pinned
   to CPU 0 like every server here.
+- ``crossnode-latency`` (scenarios/crossnode.py): crossnode's two set-ups at
+  its fixed 20,000 deliveries/s only (p50/p99, 5 s); with --targets
+  roomcast,roomcast-base both trees in each run, alternating.
+- ``scaleout`` (scenarios/scaleout.py): 1 to 6 nodes (--scaleout-nodes),
+  each with a room of its own (a sender at 200 msgs/s and 10 receivers, all
+  on that node): node A's CPU, each node's, Redis's and PostgreSQL's as the
+  other nodes' traffic grows; with --targets roomcast,roomcast-base both
+  trees at every node count, alternating.
 
 Search (issue 20) has its own module, run on its own rather than from here
 (its history of a million messages is generated once and kept in /tmp):
@@ -64,6 +72,8 @@ without it.
     .venv/bin/python bench/run.py --targets roomcast --scenarios persist --runs 1
     .venv/bin/python bench/run.py --scenarios idle,idle-noroom
     .venv/bin/python bench/run.py --targets roomcast --scenarios persist-pg,crossnode --runs 3
+    ROOMCAST_BASE_SRC=/tmp/base/src .venv/bin/python bench/run.py \
+        --targets roomcast,roomcast-base --scenarios scaleout,crossnode-latency --runs 1
 """
 
 from __future__ import annotations
@@ -76,7 +86,7 @@ if __package__ in (None, ""):  # run as a file: import bench from the repository
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench.lib import driver, results
-from bench.scenarios import crossnode, echo, fanout, idle, loadgens, persist
+from bench.scenarios import crossnode, echo, fanout, idle, loadgens, persist, scaleout
 
 #: Every scenario by name, in the order they run (and the default list's order).
 SCENARIOS: dict[str, driver.Scenario] = {
@@ -95,6 +105,8 @@ SCENARIOS: dict[str, driver.Scenario] = {
         persist.PERSIST_READ,
         persist.PERSIST_PG_READ,
         crossnode.CROSSNODE,
+        crossnode.CROSSNODE_LATENCY,
+        scaleout.SCALEOUT,
     ]
 }
 

@@ -66,6 +66,9 @@ class Scenario:
     roomcast_only: str = ""
     #: Whether ``roomcast-base`` (another tree's roomcast) runs a roomcast-only scenario.
     base_runs: bool = True
+    #: Whether ``roomcast-base``, asked for beside ``roomcast``, is measured inside each
+    #: roomcast run (alternating with it, in one result) instead of on its own.
+    pairs_base: bool = False
     #: Services it needs ("postgres", "redis"); not run, with a note, without them.
     services: tuple[str, ...] = ()
     #: Open files it needs in the server and in the load generator each.
@@ -150,6 +153,21 @@ def roomcast_runs(target: str, scenario: Scenario) -> bool:
     return target == "roomcast-base" and scenario.base_runs
 
 
+#: Most nodes a scale-out scenario starts on this host (they share CPU 0).
+MAX_NODES = 12
+
+
+def node_counts(text: str) -> list[int]:
+    """``--scaleout-nodes``: a comma list of node counts, each 1 to MAX_NODES."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or not all(1 <= n <= MAX_NODES for n in counts):
+        raise argparse.ArgumentTypeError(f"expected counts of 1 to {MAX_NODES} nodes, got {text!r}")
+    return counts
+
+
 def parse_args(
     argv: list[str],
     scenarios: dict[str, Scenario],
@@ -219,6 +237,24 @@ def parse_args(
         default=100,
         help="crossnode: receivers, split between nodes B and C (default 100)",
     )
+    parser.add_argument(
+        "--scaleout-nodes",
+        type=node_counts,
+        default=[1, 2, 3, 4, 5, 6],
+        help="scaleout: the node counts to measure, comma list (default 1,2,3,4,5,6)",
+    )
+    parser.add_argument(
+        "--scaleout-rate",
+        type=float,
+        default=100.0,
+        help="scaleout: messages/s each node's room gets (default 100)",
+    )
+    parser.add_argument(
+        "--scaleout-a-rate",
+        type=float,
+        default=None,
+        help="scaleout: node A's room's messages/s instead (0: quiet; default: --scaleout-rate)",
+    )
     if more is not None:
         more(parser)
     return parser.parse_args(argv)
@@ -278,7 +314,13 @@ def runnable(
         if scenario.roomcast_only and skipped:
             others = [t for t in skipped if t != "roomcast-base"]
             why = [f"Skipped {', '.join(others)}: {scenario.roomcast_only}."] if others else []
-            if "roomcast-base" in skipped:
+            if "roomcast-base" in skipped and scenario.pairs_base:
+                why.append(
+                    "roomcast-base is measured inside each roomcast run, alternating with it."
+                    if "roomcast" in targets
+                    else "Skipped roomcast-base: it runs inside roomcast's runs only."
+                )
+            elif "roomcast-base" in skipped:
                 why.append("Skipped roomcast-base: the scenario runs on this tree only.")
             notes[name] = " ".join(why)
             print(f"{name}: {notes[name]}", file=sys.stderr)

@@ -19,6 +19,10 @@ the JSON is skipped:
 - ``crossnode-latency.png``: p50/p90/p99/p99.9 delivery latency at the fixed
   20,000 deliveries/s step, one node vs three nodes (bar: median of runs,
   dots: each run).
+- ``scaleout.png``: node A's CPU (seconds per second) against the number
+  of nodes, each with a room of its own, per tree (median of runs, every run
+  as a dot), and Redis's CPU (dashed); ``scaleout-a-quiet.png`` for a run
+  with node A's room quiet (``--scaleout-a-rate 0``).
 - ``echo.png``: median round trips/s per target (every run as a dot).
 - ``idle.png``: median server RSS per idle connection per target and idle
   scenario (every run as a dot), with the 12 KB target.
@@ -499,6 +503,52 @@ def crossnode_plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
     return paths
 
 
+def scaleout_plot(out: Path, rows: list[dict[str, Any]]) -> Path:
+    """Node A's CPU and Redis's as the nodes grow, one line per tree."""
+    points = report.scaleout_points(rows)
+    trees = list(points)
+    fig, ax = new_figure()
+    for tree in trees:
+        colour = color(tree, trees)
+        counts = sorted(points[tree])
+        a_runs = {
+            n: [v for p in points[tree][n] if (v := report.window_cpu(p, "A")) is not None]
+            for n in counts
+        }
+        redis = [
+            statistics.median(vs)
+            if (vs := [v for p in points[tree][n] if (v := report.window_cpu(p, "redis"))])
+            else float("nan")
+            for n in counts
+        ]
+        ax.plot(
+            counts,
+            [statistics.median(a_runs[n]) if a_runs[n] else float("nan") for n in counts],
+            "-o",
+            color=colour,
+            lw=2,
+            label=f"node A: {tree}",
+        )
+        for n in counts:
+            ax.plot([n] * len(a_runs[n]), a_runs[n], ".", color=colour, alpha=0.5, ms=6)
+        ax.plot(counts, redis, "--", color=colour, alpha=0.8, label=f"Redis: {tree}")
+    first = rows[0]
+    a_rate = first.get("a_room_rate", first["room_rate"])
+    ax.set_xlabel("nodes, each with a room of its own (node A's own load stays the same)")
+    ax.set_ylabel("CPU, seconds per second")
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(sorted({n for by_nodes in points.values() for n in by_nodes}))
+    ax.set_title(
+        f"scaleout: node A's CPU as the other nodes' traffic grows\n"
+        f"each room: 1 sender at {first['room_rate']:g} msgs/s (node A's: {a_rate:g}) + "
+        f"{first['clients_per_room'] - 1} receivers on its node; {len(rows)} run(s) "
+        "(dots: each run)\nnode A alone on CPU 0, the other nodes on CPU 1",
+        fontsize=10,
+    )
+    ax.legend(fontsize=9)
+    return save(fig, out / ("scaleout-a-quiet.png" if not a_rate else "scaleout.png"))
+
+
 def render(results_json_path: Path | str, out_dir: Path | str) -> list[Path]:
     """Write the PNGs for the scenarios in a run.py results JSON; return their paths."""
     doc = json.loads(Path(results_json_path).read_text())
@@ -516,6 +566,8 @@ def render(results_json_path: Path | str, out_dir: Path | str) -> list[Path]:
             paths += persist_plots(out, rows[scenario], targets, scenario)
     if "crossnode" in rows:
         paths += crossnode_plots(out, rows["crossnode"]["roomcast"])
+    if "scaleout" in rows and "roomcast" in rows["scaleout"]:
+        paths.append(scaleout_plot(out, rows["scaleout"]["roomcast"]))
     if "echo" in rows:
         paths.append(echo_plot(out, rows["echo"], targets))
     if any(s in rows for s in IDLE_SCENARIOS):

@@ -184,6 +184,8 @@ def keys_for(scenario: str | None) -> dict[str, Any]:
         return PERSIST_KEYS
     if scenario == "crossnode":
         return CROSSNODE_KEYS
+    if scenario in ("scaleout", "crossnode-latency"):
+        return {}  # their figures are per set-up: summarize() keeps them whole
     if scenario and scenario.startswith("idle"):
         return IDLE_KEYS
     return FANOUT_KEYS
@@ -225,6 +227,10 @@ def brief(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: result[k] for k in ("target", "scenario_name", "run")}
     if "error" in result:
         return {**out, "error": result["error"][-300:]}
+    if result.get("scenario") == "scaleout":
+        return {**out, **scaleout_brief(result)}
+    if result.get("scenario") == "crossnode-latency":
+        return {**out, **latency_brief(result)}
     if result.get("scenario") == "crossnode":
         keys = {k: CROSSNODE_KEYS[k] for k in ("single_max", "cross_max", "ratio_node")}
         keys.update({k: CROSSNODE_KEYS[k] for k in ("single_p50", "cross_p50", "added_p50")})
@@ -269,6 +275,12 @@ def summarize(
                 cell["extras"] = [persist_extras(r) for r in rows]
             if scenario == "crossnode":
                 cell["every"] = [crossnode_run(r) for r in rows]
+            if scenario == "scaleout":
+                cell["curve"] = scaleout_curve(rows)
+                cell["every"] = [scaleout_run(r) for r in rows]
+            if scenario == "crossnode-latency":
+                cell["latency"] = latency_medians(rows)
+                cell["every"] = [latency_run(r) for r in rows]
             if scenario.startswith("idle"):
                 cell["every"] = [idle_run(r) for r in rows]
             summary[scenario][target] = cell
@@ -368,6 +380,12 @@ def markdown(
             continue
         if scenario == "crossnode":
             lines += crossnode_tables(cells, (notes or {}).get(scenario))
+            continue
+        if scenario == "scaleout":
+            lines += scaleout_tables(cells, (notes or {}).get(scenario))
+            continue
+        if scenario == "crossnode-latency":
+            lines += latency_tables(cells, (notes or {}).get(scenario))
             continue
         if scenario.startswith("idle"):
             lines += idle_tables(scenario, cells, targets)
@@ -655,6 +673,305 @@ def crossnode_tables(cells: dict[str, dict[str, Any]], note: str | None) -> list
             f"| {e['log_problems']} | {e['redis_keys_left']} "
             f"| {fmt(e['other_cpu']['single'], 'ms')} / {fmt(e['other_cpu']['cross'], 'ms')} |"
         )
+    lines.append("")
+    if note:
+        lines += [note, ""]
+    return lines
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def window_cpu(point: dict[str, Any], name: str) -> float | None:
+    """A process's CPU over the measured window of a scaleout point."""
+    value: float | None = (point.get("cpu_by_process") or {}).get(name)
+    return value
+
+
+def window_io(point: dict[str, Any], name: str, key: str) -> float | None:
+    """A process's system-call I/O per second over a scaleout window (rchar, wchar, syscr)."""
+    value: float | None = ((point.get("io_per_s_by_process") or {}).get(name) or {}).get(key)
+    return value
+
+
+def _kb(value: float | None) -> float | None:
+    return None if value is None else value / 1024
+
+
+def _others_cpu(point: dict[str, Any]) -> float | None:
+    """The mean CPU of the nodes other than A over the window (None with one node)."""
+    names = list(point.get("node_urls", {}))[1:]
+    values = [window_cpu(point, n) for n in names]
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _room_a(point: dict[str, Any]) -> dict[str, Any]:
+    rooms: list[dict[str, Any]] = point.get("rooms") or [{}]
+    return rooms[0]
+
+
+def scaleout_points(rows: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """points[tree][nodes] = the measured points (no error) of every run."""
+    out: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for r in rows:
+        for point in r["points"]:
+            if "error" not in point:
+                out.setdefault(point["target"], {}).setdefault(point["nodes"], []).append(point)
+    return out
+
+
+def scaleout_curve(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """curve[tree][nodes] = medians over the runs: node A's CPU and deliveries/s, the
+    other nodes', Redis's and PostgreSQL's CPU, losses."""
+    curve: dict[str, dict[int, dict[str, Any]]] = {}
+    for tree, by_nodes in scaleout_points(rows).items():
+        for nodes, points in sorted(by_nodes.items()):
+            curve.setdefault(tree, {})[nodes] = {
+                "runs": len(points),
+                "a_cpu": _median([window_cpu(p, "A") for p in points]),
+                "a_delivered": _median([_room_a(p).get("delivered_per_s") for p in points]),
+                "a_p50": _median([_room_a(p).get("p50_ms") for p in points]),
+                "a_p99": _median([_room_a(p).get("p99_ms") for p in points]),
+                "others_cpu": _median([_others_cpu(p) for p in points]),
+                "a_read_kb": _median([_kb(window_io(p, "A", "rchar")) for p in points]),
+                "a_reads": _median([window_io(p, "A", "syscr") for p in points]),
+                "redis_write_kb": _median([_kb(window_io(p, "redis", "wchar")) for p in points]),
+                "nodes_cpu": _median([window_cpu(p, "nodes") for p in points]),
+                "redis_cpu": _median([window_cpu(p, "redis") for p in points]),
+                "postgres_cpu": _median([window_cpu(p, "postgres") for p in points]),
+                "delivered": _median([p.get("delivered_per_s") for p in points]),
+                "msgs": _median([p.get("msgs_per_s") for p in points]),
+                "lost": sum(p.get("lost") or 0 for p in points),
+            }
+    return curve
+
+
+def scaleout_run(r: dict[str, Any]) -> dict[str, Any]:
+    """One scaleout run's points, as the every-run table shows them."""
+    points = []
+    for point in r["points"]:
+        if "error" in point:
+            points.append({"tree": point["target"], "nodes": point["nodes"], "error": True})
+            continue
+        names = list(point.get("node_urls", {}))
+        points.append(
+            {
+                "tree": point["target"],
+                "nodes": point["nodes"],
+                "node_cpu": [window_cpu(point, n) for n in names],
+                "redis_cpu": window_cpu(point, "redis"),
+                "postgres_cpu": window_cpu(point, "postgres"),
+                "a_read_kb": _kb(window_io(point, "A", "rchar")),
+                "redis_write_kb": _kb(window_io(point, "redis", "wchar")),
+                "delivered": point.get("delivered_per_s"),
+                "lost": point.get("lost"),
+                "a_p50": _room_a(point).get("p50_ms"),
+                "a_p99": _room_a(point).get("p99_ms"),
+                "log_problems": sum(
+                    v.get("count", 0) for v in (point.get("log_problems") or {}).values()
+                ),
+                "redis_keys_left": point.get("redis_keys_left"),
+                "other_cpu": point.get("other_cpu"),
+            }
+        )
+    return {
+        "run": r.get("run"),
+        "order": r.get("order"),
+        "room_rate": r.get("room_rate"),
+        "a_room_rate": r.get("a_room_rate", r.get("room_rate")),
+        "points": points,
+    }
+
+
+def scaleout_brief(r: dict[str, Any]) -> dict[str, Any]:
+    """Progress line: node A's CPU at each N, per tree."""
+    out: dict[str, Any] = {}
+    for point in r["points"]:
+        key = f"A_cpu_{point['target']}"
+        value = "error" if "error" in point else window_cpu(point, "A")
+        out.setdefault(key, {})[point["nodes"]] = value
+    return out
+
+
+def scaleout_tables(cells: dict[str, dict[str, Any]], note: str | None) -> list[str]:
+    """scaleout: node A's CPU as the nodes grow, per tree (medians), then every run."""
+    lines = ["### scaleout", ""]
+    c = cells.get("roomcast")
+    if not c or not c["runs"]:
+        errors = c["errors"] if c else 0
+        return [*lines, note or f"No result ({errors} error(s)).", ""]
+    curve: dict[str, dict[int, dict[str, Any]]] = c["curve"]
+    trees = list(curve)
+    counts = sorted({n for by_nodes in curve.values() for n in by_nodes})
+    first = c["every"][0]
+    lines += [
+        "Each node has a room of its own, its sender and receivers all connected to it "
+        f"(no delivery crosses nodes), {first['room_rate']:g} messages/s a room (node A's: "
+        f"{first['a_room_rate']:g}); CPU in seconds per second and system-call reads and "
+        "writes per second over the window, from /proc; node A alone on CPU 0, the other "
+        f"nodes on CPU 1. Medians of {c['runs']} run(s). Trees: " + ", ".join(trees) + ".",
+        "",
+    ]
+    figures = [
+        ("node A CPU", "a_cpu", "ms"),
+        ("node A deliveries/s", "a_delivered", ""),
+        ("node A reads KB/s", "a_read_kb", ""),
+        ("node A read calls/s", "a_reads", ""),
+        ("other nodes' CPU (mean)", "others_cpu", "ms"),
+        ("Redis writes KB/s", "redis_write_kb", ""),
+        ("Redis CPU", "redis_cpu", "ms"),
+        ("PostgreSQL CPU", "postgres_cpu", "ms"),
+        ("lost", "lost", ""),
+    ]
+    head = ["nodes"] + [f"{name}: {tree}" for name, _, _ in figures for tree in trees]
+    lines += [f"| {' | '.join(head)} |", "|---:" * len(head) + "|"]
+    for n in counts:
+        row = [str(n)]
+        for _, key, unit in figures:
+            for tree in trees:
+                row.append(fmt(curve.get(tree, {}).get(n, {}).get(key), unit))
+        lines.append(f"| {' | '.join(row)} |")
+    lines += [
+        "",
+        "Every run (CPU over the window; node A first):",
+        "",
+        "| run | tree | nodes | each node's CPU | Redis CPU | PostgreSQL CPU | node A reads KB/s "
+        "| Redis writes KB/s | deliveries/s | lost | node A p50 / p99 ms | log warnings "
+        "| Redis keys left | other CPU |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for e in c["every"]:
+        for p in e["points"]:
+            if p.get("error"):
+                lines.append(f"| {e['run']} | {p['tree']} | {p['nodes']} | error |||||||||||")
+                continue
+            lines.append(
+                f"| {e['run']} | {p['tree']} | {p['nodes']} "
+                f"| {', '.join(fmt(v, 'ms') for v in p['node_cpu'])} "
+                f"| {fmt(p['redis_cpu'], 'ms')} | {fmt(p['postgres_cpu'], 'ms')} "
+                f"| {fmt(p['a_read_kb'])} | {fmt(p['redis_write_kb'])} "
+                f"| {fmt(p['delivered'])} | {fmt(p['lost'])} "
+                f"| {fmt(p['a_p50'], 'ms')} / {fmt(p['a_p99'], 'ms')} "
+                f"| {p['log_problems']} | {fmt(p['redis_keys_left'])} "
+                f"| {fmt(p['other_cpu'], 'ms')} |"
+            )
+    lines.append("")
+    if note:
+        lines += [note, ""]
+    return lines
+
+
+LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "p999_ms")
+
+
+def latency_medians(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """medians[tree][single|cross]: the fixed step's percentiles, CPU per delivery, and
+    the p50 crossing nodes added (the median of the per-run differences)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    trees = list(dict.fromkeys(t for r in rows for t in r["variants"]))
+    for tree in trees:
+        for name in ("single", "cross"):
+            variants = [
+                r["variants"][tree][name]
+                for r in rows
+                if name in r["variants"].get(tree, {}) and "error" not in r["variants"][tree][name]
+            ]
+            steps = [v["fixed"] for v in variants]
+            cell: dict[str, Any] = {"runs": len(steps)}
+            for key in LATENCY_FIELDS:
+                cell[key] = _median([s.get(key) for s in steps])
+            cell["us_per_delivery"] = _median([_us_per_delivery(s) for s in steps])
+            cell["redis_cpu"] = _median([_cpu(s, "redis") for s in steps])
+            cell["lost"] = sum(s.get("lost") or 0 for s in steps)
+            out.setdefault(tree, {})[name] = cell
+        added = []
+        for r in rows:
+            pair = r["variants"].get(tree, {})
+            if all(k in pair and "error" not in pair[k] for k in ("single", "cross")):
+                added.append(
+                    _diff(pair["cross"]["fixed"]["p50_ms"], pair["single"]["fixed"]["p50_ms"])
+                )
+        out[tree]["added_p50"] = {"median": _median(added)}
+    return out
+
+
+def latency_run(r: dict[str, Any]) -> dict[str, Any]:
+    """One crossnode-latency run: each set-up's p50/p99 and losses."""
+    out: dict[str, Any] = {"run": r.get("run"), "order": r.get("order"), "trees": {}}
+    for tree, pair in r["variants"].items():
+        out["trees"][tree] = {
+            name: (
+                {"error": True}
+                if "error" in v
+                else {k: v["fixed"].get(k) for k in (*LATENCY_FIELDS, "lost")}
+            )
+            for name, v in pair.items()
+        }
+    return out
+
+
+def latency_brief(r: dict[str, Any]) -> dict[str, Any]:
+    """Progress line: p50/p99 of each set-up."""
+    out: dict[str, Any] = {}
+    for tree, pair in r["variants"].items():
+        for name, v in pair.items():
+            out[f"{tree}_{name}"] = (
+                "error" if "error" in v else [v["fixed"]["p50_ms"], v["fixed"]["p99_ms"]]
+            )
+    return out
+
+
+def latency_tables(cells: dict[str, dict[str, Any]], note: str | None) -> list[str]:
+    """crossnode-latency: p50/p99 at the fixed rate, one node vs three, per tree."""
+    lines = ["### crossnode-latency", ""]
+    c = cells.get("roomcast")
+    if not c or not c["runs"]:
+        errors = c["errors"] if c else 0
+        return [*lines, note or f"No result ({errors} error(s)).", ""]
+    lines += [
+        "The fixed step only: one sender and its receivers in one room; one node = every "
+        "client on A, three nodes = the sender on A, the receivers split between B and C. "
+        f"PostgreSQL and Redis in both. Medians of {c['runs']} run(s).",
+        "",
+        "| tree | set-up | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 (three - one) "
+        "| server µs CPU per delivery | Redis CPU | lost |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for tree, cellset in c["latency"].items():
+        for name, label in (("single", "one node"), ("cross", "three nodes")):
+            m = cellset.get(name) or {}
+            added = cellset["added_p50"]["median"] if name == "cross" else None
+            lines.append(
+                f"| {tree} | {label} | {fmt(m.get('p50_ms'), 'ms')} | {fmt(m.get('p90_ms'), 'ms')} "
+                f"| {fmt(m.get('p99_ms'), 'ms')} | {fmt(m.get('p999_ms'), 'ms')} "
+                f"| {'' if name == 'single' else ('-' if added is None else f'{added:+.2f}')} "
+                f"| {fmt(m.get('us_per_delivery'), 'ms')} | {fmt(m.get('redis_cpu'), 'ms')} "
+                f"| {fmt(m.get('lost'))} |"
+            )
+    lines += [
+        "",
+        "Every run (p50 / p99 ms):",
+        "",
+        "| run | order | tree | one node | three nodes |",
+        "|---:|---|---|---|---|",
+    ]
+    for e in c["every"]:
+        for tree, pair in e["trees"].items():
+            cols = []
+            for name in ("single", "cross"):
+                v = pair.get(name) or {"error": True}
+                cols.append(
+                    "error"
+                    if v.get("error")
+                    else f"{fmt(v['p50_ms'], 'ms')} / {fmt(v['p99_ms'], 'ms')}"
+                    + (f" ({v['lost']} lost)" if v.get("lost") else "")
+                )
+            lines.append(
+                f"| {e['run']} | {', '.join(e['order'] or [])} | {tree} | {cols[0]} | {cols[1]} |"
+            )
     lines.append("")
     if note:
         lines += [note, ""]

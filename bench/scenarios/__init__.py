@@ -6,7 +6,10 @@ runs on its own with bench/run.py's options (``python -m bench.scenarios.fanout
 - ``echo``: ``echo`` (ping/pong round trips/s)
 - ``persist``: ``persist``, ``persist-pg`` (acked msgs/s on SQLite, PostgreSQL)
 - ``idle``: ``idle``, ``idle-noroom``, ``idle50k`` (memory per idle connection)
-- ``crossnode``: ``crossnode`` (fan-out across three nodes vs one)
+- ``crossnode``: ``crossnode`` (fan-out across three nodes vs one),
+  ``crossnode-latency`` (its fixed step only, this tree against the base)
+- ``scaleout``: ``scaleout`` (one node's CPU as 1 to 6 nodes, each with its
+  own room, grow)
 - ``loadgens``: ``bench/run.py --compare-loadgens`` (picows vs Node's ws client)
 
 and the one-off investigations, each its own program with its own options:

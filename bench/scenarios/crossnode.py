@@ -1,7 +1,9 @@
 """crossnode: the fan-out ramp with the clients on three nodes of one service,
-against the same clients on one node; roomcast only, run only when named
-(it needs the local PostgreSQL, --pg-url, and Redis, --redis-url; without
-them it is not run, with a note).
+against the same clients on one node; crossnode-latency: the same two set-ups
+at one fixed rate only, on this tree and on the base tree (``roomcast-base``)
+in one run. roomcast only, run only when named (they need the local
+PostgreSQL, --pg-url, and Redis, --redis-url; without them they are not run,
+with a note).
 
 Each run measures two set-ups, in alternating order (one node first in even
 runs, three nodes first in odd ones):
@@ -32,70 +34,61 @@ Parameters, and why:
 - Alternating order: drift over a run (the database growing, the machine's
   other work) hits both set-ups alike.
 
+crossnode-latency (issue 22: cross-node latency with per-room routing against
+the single channel every node heard, in one run):
+
+- Only the fixed step: 20,000 deliveries/s (198 messages/s to 101 clients,
+  the step crossnode and fanout100 take p50/p99 at), for 5 s (100,000
+  latency samples; the ramp would take minutes per set-up and say nothing
+  more about latency).
+- With ``--targets roomcast,roomcast-base`` (and ``$ROOMCAST_BASE_SRC``),
+  each roomcast run measures four set-ups: three nodes and one node, on each
+  tree, in the order this tree's three nodes, the base's three nodes, the
+  base's one node, this tree's one node (the two trees swapped in odd
+  runs), so drift within a run hits both trees alike. Without the base,
+  this tree's two set-ups.
+
     .venv/bin/python -m bench.scenarios.crossnode --targets roomcast --runs 1
+    ROOMCAST_BASE_SRC=/tmp/base/src .venv/bin/python -m bench.scenarios.crossnode \
+        --scenarios crossnode-latency --targets roomcast,roomcast-base --runs 3
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: import bench from the repository
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from bench.lib import driver, servers, services
-from bench.lib.measure import (
-    children_cpu,
-    machine_busy,
-    memory_kb,
-    postgres_cpu,
-    process_cpu,
-)
-from bench.scenarios.fanout import RAMP
+from bench.lib import cluster, driver, servers
+from bench.scenarios.fanout import BOUND_MS, FIXED_RATE, RAMP
 
 LOADGEN = ("fanout", *RAMP)  # --clients: 1 + --crossnode-receivers
+#: crossnode-latency: seconds of its one fixed step (p50/p99 from 100,000 samples).
+LATENCY_SECONDS = 5.0
+#: crossnode-latency's load generator: the fixed step only (no rate passes --max-rate 0).
+LATENCY_LOADGEN = (
+    "fanout",
+    f"--fixed-rate={FIXED_RATE}",
+    f"--step-seconds={LATENCY_SECONDS}",
+    f"--bound-ms={BOUND_MS}",
+    "--max-rate=0",
+)
 
 
-def variant(nodes: int, ctx: driver.Context) -> dict[str, Any]:
-    """The fan-out ramp with the sender on node A and the receivers on the other nodes
+def variant(
+    nodes: int, ctx: driver.Context, target: str = "roomcast", loadgen: tuple[str, ...] = LOADGEN
+) -> dict[str, Any]:
+    """The fan-out load with the sender on node A and the receivers on the other nodes
     (all on A when ``nodes`` is 1); a fresh database and Redis prefix, cleaned after."""
-    opts, tmp = ctx.opts, ctx.tmp
-    receivers = opts.crossnode_receivers
-    db = services.Database.create(opts.pg_url)
-    prefix = services.Prefix.create(opts.redis_url)
-    secret = os.urandom(24).hex()  # one secret, as the nodes of one service share
-    args = [
-        *opts.roomcast_arg,
-        "--database-url",
-        db.url,
-        "--redis-url",
-        opts.redis_url,
-        "--redis-prefix",
-        prefix.prefix,
-        "--secret",
-        secret,
-    ]
-    started: list[servers.Server] = []
-    result: dict[str, Any] = {}
-    names = "ABCDEFGH"[:nodes]
-    try:
-        for _ in range(nodes):
-            started.append(servers.start("roomcast", tmp, None, args))
+    receivers = ctx.opts.crossnode_receivers
+
+    def command(started: list[servers.Server], watch: list[str]) -> list[str]:
         sender = started[0]
-        urls = [s.url for s in started[1:]] or [sender.url]
-        redis_pid = services.redis_pid(opts.redis_url)
-        watch = [f"{name}={s.proc.pid}" for name, s in zip(names, started, strict=True)]
-        watch.append("nodes=" + ",".join(str(s.proc.pid) for s in started))
-        if redis_pid:
-            watch.append(f"redis={redis_pid}")
-        watch.append("postgres=0")
-        cmd_pg = ["--postgres-db", db.name]
         cmd = [
-            *LOADGEN,
+            *loadgen,
             "--clients",
             str(receivers + 1),
             "--url",
@@ -103,47 +96,11 @@ def variant(nodes: int, ctx: driver.Context) -> dict[str, Any]:
             "--server-pid",
             str(sender.proc.pid),
         ]
-        for url in urls:
-            cmd += ["--receiver-url", url]
-        for item in watch:
-            cmd += ["--watch-pid", item]
-        cmd += cmd_pg
-        cpu0 = [s.cpu_seconds() for s in started]
-        redis0, pg0 = process_cpu(redis_pid), postgres_cpu(db.name)
-        busy0, child0, t0 = machine_busy(), children_cpu(), time.monotonic()
-        try:
-            result = driver.loadgen(driver.python_loadgen(cmd + opts.loadgen_arg))
-        except subprocess.TimeoutExpired as exc:
-            result = {"error": repr(exc)}
-        wall = time.monotonic() - t0
-        node_cpu = [(s.cpu_seconds() - c) / wall for s, c in zip(started, cpu0, strict=True)]
-        result["node_cpu"] = {n: round(c, 3) for n, c in zip(names, node_cpu, strict=True)}
-        result["server_cpu"] = round(sum(node_cpu), 3)
-        other = (machine_busy() - busy0) / wall - sum(node_cpu) - (children_cpu() - child0) / wall
-        redis1, pg1 = process_cpu(redis_pid), postgres_cpu(db.name)
-        if redis0 is not None and redis1 is not None:
-            result["redis_cpu"] = round((redis1 - redis0) / wall, 3)
-            other -= (redis1 - redis0) / wall
-        if pg0 is not None and pg1 is not None:
-            result["postgres_cpu"] = round((pg1 - pg0) / wall, 3)
-            other -= (pg1 - pg0) / wall
-        result["other_cpu"] = round(other, 3)
-        result["node_memory_kb"] = {
-            n: memory_kb(s.proc.pid) for n, s in zip(names, started, strict=True)
-        }
-        result["node_urls"] = {n: s.url for n, s in zip(names, started, strict=True)}
-    except RuntimeError as exc:  # a node did not start
-        result = {"error": repr(exc)[-1500:]}
-    finally:
-        for server in started:
-            servers.stop(server)
-        result["log_problems"] = {
-            n: servers.log_problems(s.log) for n, s in zip(names, started, strict=False)
-        }
-        result["database_mb"] = db.size_mb()
-        db.drop()
-        result["redis_keys_left"] = prefix.clear()
-    result["nodes"] = nodes
+        for server in started[1:] or [sender]:
+            cmd += ["--receiver-url", server.url]
+        return cmd + watch
+
+    result = cluster.measure(ctx, target, nodes, command)
     result["receivers"] = receivers
     return result
 
@@ -155,10 +112,7 @@ def measure_crossnode(
     order = [1, 3] if run % 2 == 0 else [3, 1]
     variants: dict[str, dict[str, Any]] = {}
     for nodes in order:
-        try:
-            variants["single" if nodes == 1 else "cross"] = variant(nodes, ctx)
-        except Exception as exc:  # database or Redis set-up: this run's error, not a traceback
-            variants["single" if nodes == 1 else "cross"] = {"error": repr(exc)[-1500:]}
+        variants["single" if nodes == 1 else "cross"] = variant(nodes, ctx)
     result: dict[str, Any] = {
         "scenario": "crossnode",
         "receivers": ctx.opts.crossnode_receivers,
@@ -166,6 +120,39 @@ def measure_crossnode(
         "variants": variants,
     }
     errors = [f"{k}: {v['error']}" for k, v in variants.items() if "error" in v]
+    if errors:
+        result["error"] = "; ".join(errors)
+    return result
+
+
+def measure_latency(
+    scenario: driver.Scenario, ctx: driver.Context, target: str, run: int
+) -> dict[str, Any]:
+    """One run of ``crossnode-latency``: three nodes and one, on this tree and on the base
+    (when paired), at the fixed rate; the order alternates between the trees."""
+    trees = ["roomcast", "roomcast-base"] if cluster.base_paired(ctx.opts) else ["roomcast"]
+    if run % 2:
+        trees.reverse()
+    order = [(t, 3) for t in trees] + [(t, 1) for t in reversed(trees)]
+    variants: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in trees}
+    for tree, nodes in order:
+        variants[tree]["single" if nodes == 1 else "cross"] = variant(
+            nodes, ctx, tree, LATENCY_LOADGEN
+        )
+    result: dict[str, Any] = {
+        "scenario": "crossnode-latency",
+        "receivers": ctx.opts.crossnode_receivers,
+        "fixed_rate": FIXED_RATE,
+        "step_seconds": LATENCY_SECONDS,
+        "order": [f"{t} {'one node' if n == 1 else 'three nodes'}" for t, n in order],
+        "variants": variants,
+    }
+    errors = [
+        f"{t} {k}: {v['error']}"
+        for t, vs in variants.items()
+        for k, v in vs.items()
+        if "error" in v
+    ]
     if errors:
         result["error"] = "; ".join(errors)
     return result
@@ -180,7 +167,17 @@ CROSSNODE = driver.Scenario(
     base_runs=False,  # the scale-out scenarios run on this tree only
     services=("postgres", "redis"),
 )
-SCENARIOS = [CROSSNODE]
+CROSSNODE_LATENCY = driver.Scenario(
+    "crossnode-latency",
+    LATENCY_LOADGEN,
+    measure=measure_latency,
+    opt_in=True,
+    roomcast_only="they have no multi-node mode",
+    base_runs=False,
+    pairs_base=True,  # roomcast-base runs inside roomcast's run, alternating with it
+    services=("postgres", "redis"),
+)
+SCENARIOS = [CROSSNODE, CROSSNODE_LATENCY]
 
 
 def main(argv: list[str]) -> int:

@@ -69,7 +69,8 @@ WHY_ROOMCAST_ONLY = "they store no messages (no acks)"
 def measure_pg(
     scenario: driver.Scenario, ctx: driver.Context, target: str, run: int
 ) -> dict[str, Any]:
-    """``persist`` with roomcast on a fresh PostgreSQL database, dropped afterwards."""
+    """``persist`` with ``target`` (roomcast, or roomcast-base: the tree before) on a fresh
+    PostgreSQL database, dropped afterwards."""
     opts, tmp = ctx.opts, ctx.tmp
     try:
         db = services.Database.create(opts.pg_url)
@@ -78,10 +79,10 @@ def measure_pg(
     try:
         if opts.pg_prefill:
             # The schema first (a server migrates the database at start), then the rows.
-            servers.stop(servers.start("roomcast", tmp, None, ["--database-url", db.url]))
+            servers.stop(servers.start(target, tmp, None, ["--database-url", db.url]))
             db.prefill(opts.pg_prefill)
         result = driver.measure(
-            "roomcast", list(scenario.loadgen), opts, tmp, None, ["--database-url", db.url], db.name
+            target, list(scenario.loadgen), opts, tmp, None, ["--database-url", db.url], db.name
         )
         result["prefilled_rows"] = opts.pg_prefill
         result["database_mb"] = db.size_mb()
@@ -110,7 +111,8 @@ PERSIST_PG = driver.Scenario(
     measure=measure_pg,
     opt_in=True,
     roomcast_only=WHY_ROOMCAST_ONLY,
-    base_runs=False,  # the scale-out scenarios run on this tree only
+    # The A/B of a store change on PostgreSQL (issue 22's writer lanes).
+    base_runs=True,
     services=("postgres",),
 )
 PERSIST_PG_CHANGES = driver.Scenario(

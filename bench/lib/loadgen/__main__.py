@@ -43,6 +43,12 @@ Measures, against a server URL:
   Past ``--ports-per-address`` connections, clients bind to source addresses
   127.0.0.2, 127.0.0.3, ... (all of 127/8 is loopback) to get past the
   ephemeral port range of one address.
+* ``rooms``: one room per node URL (``--url``, then each ``--node-url``), its
+  ``--clients`` members all on that node, member 0 sending at ``--room-rate``
+  messages/s (the first at ``--first-room-rate`` if given); every room busy
+  at once. After ``--warmup`` seconds at the rate, one window of
+  ``--step-seconds`` reports each room's deliveries, losses and p50/p99, and
+  the CPU and system-call I/O of the ``--watch-pid`` processes (``scaleout``).
 
 Every loop is bounded in count and time. Prints one JSON object to stdout.
 """
@@ -65,11 +71,13 @@ from bench.lib.loadgen.echo import run_echo
 from bench.lib.loadgen.fanout import run_fanout, run_rate
 from bench.lib.loadgen.idle import run_idle
 from bench.lib.loadgen.persist import run_persist
+from bench.lib.loadgen.rooms import run_rooms
 
 PERSIST_RATES = "1000,2000,4000,6000,8000,12000,16000"
 DEFAULTS = {"clients": 100, "step_seconds": 2.0, "bound_ms": 100.0}
 PERSIST_DEFAULTS = {"clients": 50, "step_seconds": 5.0, "bound_ms": 50.0}
 IDLE_DEFAULTS = {"clients": 10_000, "step_seconds": 0.0, "bound_ms": 0.0}
+ROOMS_DEFAULTS = {"clients": 11, "step_seconds": 8.0, "bound_ms": 0.0}
 
 
 def watch_pid(text: str) -> tuple[str, list[int]]:
@@ -82,7 +90,7 @@ def watch_pid(text: str) -> tuple[str, list[int]]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=["fanout", "echo", "rate", "persist", "idle"])
+    parser.add_argument("scenario", choices=["fanout", "echo", "rate", "persist", "idle", "rooms"])
     parser.add_argument(
         "--url", required=True, help="e.g. ws://127.0.0.1:8080/ws (fanout: the sender's)"
     )
@@ -94,12 +102,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "then each step also reports deliveries/s per URL",
     )
     parser.add_argument(
+        "--node-url",
+        action="append",
+        default=[],
+        help="rooms: another node, with a room and clients of its own (repeatable)",
+    )
+    parser.add_argument(
+        "--room-rate", type=float, default=200.0, help="rooms: messages/s each room's sender sends"
+    )
+    parser.add_argument(
+        "--first-room-rate",
+        type=float,
+        help="rooms: the first room's (node A's) messages/s instead (0: a quiet room)",
+    )
+    parser.add_argument(
         "--watch-pid",
         action="append",
         type=watch_pid,
         default=[],
-        help="fanout with --receiver-url, persist: NAME=PID[,PID...], report its CPU per step "
-        "(repeatable); NAME postgres (any PID): the local PostgreSQL's processes",
+        help="fanout with --receiver-url, persist, rooms: NAME=PID[,PID...], report its CPU "
+        "per step (repeatable); NAME postgres (any PID): the local PostgreSQL's processes",
     )
     parser.add_argument(
         "--postgres-db",
@@ -107,7 +129,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the postgres watch counts only this database's backends and the WAL writer, "
         "checkpointer and background writer (default: the whole server)",
     )
-    parser.add_argument("--clients", type=int, help="default 100; persist: 50")
+    parser.add_argument("--clients", type=int, help="default 100; persist: 50; rooms: 11 a room")
     parser.add_argument("--step-seconds", type=float, help="default 2; persist: 5")
     parser.add_argument("--fixed-rate", type=float, default=20_000, help="deliveries/s")
     parser.add_argument("--start-rate", type=float, default=40_000, help="deliveries/s")
@@ -143,7 +165,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--server-pid", type=int, default=0, help="report its CPU per step")
     parser.add_argument("--seconds", type=float, default=5.0, help="echo window")
-    parser.add_argument("--warmup", type=float, default=1.0, help="echo warm-up")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="echo, rooms: warm-up seconds before measuring"
+    )
     parser.add_argument(
         "--concurrency", type=int, default=200, help="idle: connections in flight at most"
     )
@@ -169,7 +193,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.watch_pid = dict(args.watch_pid)
     common.POSTGRES_DB["name"] = args.postgres_db
-    defaults = {"persist": PERSIST_DEFAULTS, "idle": IDLE_DEFAULTS}.get(args.scenario, DEFAULTS)
+    defaults = {
+        "persist": PERSIST_DEFAULTS,
+        "idle": IDLE_DEFAULTS,
+        "rooms": ROOMS_DEFAULTS,
+    }.get(args.scenario, DEFAULTS)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -184,6 +212,7 @@ async def main(argv: list[str]) -> None:
         "rate": run_rate,
         "persist": run_persist,
         "idle": run_idle,
+        "rooms": run_rooms,
     }
     runner = runners[args.scenario]
     result = await asyncio.wait_for(runner(args), timeout=300)
