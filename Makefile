@@ -41,9 +41,13 @@ types: dev
 unit: dev
 	ROOMCAST_TEST_OFFLINE=1 $(BIN)/pytest tests --ignore=tests/integration -m "not postgres and not redis"
 
-# One worker per core (pytest-xdist): the end-to-end tests mostly wait on servers.
+# Three workers per two cores (pytest-xdist): the end-to-end tests mostly wait on
+# servers. With one worker per core the suite used 61 % of two cores and took
+# 10 min 31 s; with three, 8 min 46 s (docs/benchmarks.md, "The test suite").
+TEST_WORKERS ?= $(shell $(BIN)/python -c 'import os; print(max(2, len(os.sched_getaffinity(0)) * 3 // 2))')
+
 test: lint types
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 bench: dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

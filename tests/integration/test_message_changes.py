@@ -72,7 +72,8 @@ async def test_edit_react_delete_reach_members_in_one_order(
     assert deleted["payload"]["seq"] == 4
     again = await ask(alice, "delete", {"message_id": message_id}, "d2")
     assert again["type"] == "ack" and "seq" not in again["payload"]
-    seen = [f for f in await frames_until_quiet(carol) if f["type"] != "presence"]
+    # Receipts (how far others read) come when a marker is written, whenever that is.
+    seen = [f for f in await frames_until_quiet(carol) if f["type"] not in ("presence", "receipt")]
     kinds = [(f["type"], f["payload"].get("seq")) for f in seen]
     assert kinds == [("chat", 1), ("edit", 2), ("reaction", 3), ("delete", 4)]
     assert seen[1]["payload"]["message"] == "hello" and seen[1]["payload"]["by"] == "alice"
