@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.redis_nodes import Clients
 from tests.integration.serverproc import ServerFactory, ServerProcess, start_server
 from tests.integration.users import sign_up
 
@@ -41,3 +42,13 @@ async def tokens(server: ServerProcess) -> dict[str, str]:
     """alice, bob and carol registered and logged in on the test's ``server``: tokens by name."""
     signed = await asyncio.gather(*(sign_up(server, name) for name in USERS))
     return dict(zip(USERS, signed, strict=True))
+
+
+@pytest.fixture
+async def ws_clients() -> AsyncIterator[Clients]:
+    """The test's WebSocket connections, closed after it."""
+    group = Clients()
+    try:
+        yield group
+    finally:
+        await group.close()

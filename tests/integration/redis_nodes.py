@@ -26,8 +26,28 @@ from tests.integration.users import SECRET, user_ws
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
 
 #: Heartbeat of the test nodes, in seconds: a dead node's users leave
-#: presence within two of these (as in test_cluster.py).
+#: presence within two of these.
 HEARTBEAT = 1.0
+
+
+def start_node(
+    tmp_path: Path, database_url: str, redis_url: str, prefix: str, *extra: str
+) -> ServerProcess:
+    """A ``roomcast serve`` node of one service: its database, Redis, prefix and secret."""
+    return start_server(
+        tmp_path,
+        "--database-url",
+        database_url,
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+        "--secret",
+        SECRET,
+        "--heartbeat",
+        str(HEARTBEAT),
+        *extra,
+    )
 
 
 class Nodes:
@@ -41,20 +61,7 @@ class Nodes:
 
     def start(self, redis_url: str, *extra: str) -> ServerProcess:
         """A node on ``redis_url`` (blocks until it listens: call it from a thread when busy)."""
-        node = start_server(
-            self.tmp_path,
-            "--database-url",
-            self.database_url,
-            "--redis-url",
-            redis_url,
-            "--redis-prefix",
-            self.prefix,
-            "--secret",
-            SECRET,
-            "--heartbeat",
-            str(HEARTBEAT),
-            *extra,
-        )
+        node = start_node(self.tmp_path, self.database_url, redis_url, self.prefix, *extra)
         self.nodes.append(node)
         return node
 

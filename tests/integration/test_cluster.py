@@ -23,15 +23,12 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.serverproc import ServerProcess, start_server
-from tests.integration.users import SECRET, call, sign_up, user_ws
+from tests.integration.redis_nodes import HEARTBEAT, start_node
+from tests.integration.serverproc import ServerProcess
+from tests.integration.users import call, sign_up, user_ws
 from tests.integration.wsclient import ask, recv_json, recv_type, send_json, welcome
 from tests.netproxy import TcpProxy
 from tests.services import REDIS_URL, fresh_database, kill_redis_clients, redis_prefix
-
-#: Heartbeat of the test nodes, in seconds: a dead node's users leave
-#: presence within two of these.
-HEARTBEAT = 1.0
 
 
 class Cluster:
@@ -45,20 +42,7 @@ class Cluster:
         self.clients: list[ClientConnection] = []
 
     def start(self, *extra: str) -> ServerProcess:
-        node = start_server(
-            self.tmp_path,
-            "--database-url",
-            self.database_url,
-            "--redis-url",
-            REDIS_URL,
-            "--redis-prefix",
-            self.prefix,
-            "--secret",
-            SECRET,
-            "--heartbeat",
-            str(HEARTBEAT),
-            *extra,
-        )
+        node = start_node(self.tmp_path, self.database_url, REDIS_URL, self.prefix, *extra)
         self.nodes.append(node)
         return node
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +83,6 @@ def nodes(tmp_path: Path, redis_cluster: RedisClusterRig) -> Iterator[Nodes]:
             redis_cluster.cleanup(prefix)
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[Clients]:
-    """The test's WebSocket connections, closed after it."""
-    group = Clients()
-    try:
-        yield group
-    finally:
-        await group.close()
-
-
 def spread_urls(rig: RedisClusterRig) -> list[str]:
     """Three cluster node addresses: a master, another shard's replica, a third shard's master."""
     ranges = rig.slots()
@@ -108,11 +98,11 @@ def rooms_on_every_shard(rig: RedisClusterRig, prefix: str, base: str) -> list[s
 
 
 async def test_rooms_on_three_shards_reach_every_node_in_one_order(
-    redis_cluster: RedisClusterRig, trio: Trio, clients: Clients
+    redis_cluster: RedisClusterRig, trio: Trio, ws_clients: Clients
 ) -> None:
     """Three nodes, three rooms on three shards: every member sees each room's seqs 1..N."""
     rooms = rooms_on_every_shard(redis_cluster, trio.group.prefix, "hall")
-    talkers = [(await clients.guest(server))[0] for server in trio.servers]
+    talkers = [(await ws_clients.guest(server))[0] for server in trio.servers]
     for ws in talkers:
         for room in rooms:
             await join(ws, room)
@@ -135,7 +125,7 @@ async def test_rooms_on_three_shards_reach_every_node_in_one_order(
 
 
 async def test_presence_typing_and_direct_messages_cross_shards_and_nodes(
-    redis_cluster: RedisClusterRig, trio: Trio, clients: Clients
+    redis_cluster: RedisClusterRig, trio: Trio, ws_clients: Clients
 ) -> None:
     """Joins, member lists, typing and leaves in rooms on every shard reach the other nodes."""
     rooms = rooms_on_every_shard(redis_cluster, trio.group.prefix, "club")
@@ -143,9 +133,9 @@ async def test_presence_typing_and_direct_messages_cross_shards_and_nodes(
     names = ("ann", "bob", "cat")
     signed = await asyncio.gather(*(sign_up(a, name) for name in names))
     tokens = dict(zip(names, signed, strict=True))
-    ann = await clients.member(a, tokens["ann"])
-    bob = await clients.member(b, tokens["bob"])
-    cat = await clients.member(c, tokens["cat"])
+    ann = await ws_clients.member(a, tokens["ann"])
+    bob = await ws_clients.member(b, tokens["bob"])
+    cat = await ws_clients.member(c, tokens["cat"])
     for room in rooms:
         await join(ann, room)
         joined = await join(bob, room)
@@ -169,14 +159,14 @@ async def test_presence_typing_and_direct_messages_cross_shards_and_nodes(
 
 
 async def test_a_guest_nickname_in_use_on_one_node_is_refused_on_another(
-    trio: Trio, clients: Clients
+    trio: Trio, ws_clients: Clients
 ) -> None:
     """A guest called Zed on one node keeps the name from a guest on another node."""
     a, _, c = trio.servers
-    first, _ = await clients.guest(a)
+    first, _ = await ws_clients.guest(a)
     await send_json(first, "auth", {"guest": "Zed"}, id="nick")
     assert (await recv_type(first, "auth"))["payload"]["user"]["name"] == "Zed"
-    second, _ = await clients.guest(c)
+    second, _ = await ws_clients.guest(c)
     await send_json(second, "auth", {"guest": "zed"}, id="nick")
     refused = await recv_type(second, "error")
     assert refused["payload"]["code"] == "auth_failed", refused
@@ -188,7 +178,7 @@ async def ready(node: ServerProcess) -> int:
 
 
 async def test_a_master_killed_mid_chat_loses_and_repeats_nothing(
-    redis_cluster: RedisClusterRig, nodes: Nodes, clients: Clients
+    redis_cluster: RedisClusterRig, nodes: Nodes, ws_clients: Clients
 ) -> None:
     """SIGKILL the master of a room's shard mid-chat: every acked message arrives once, in order."""
     room = rooms_on_every_shard(redis_cluster, nodes.prefix, "talk")[1]
@@ -200,8 +190,8 @@ async def test_a_master_killed_mid_chat_loses_and_repeats_nothing(
     urls = [f"redis://127.0.0.1:{survivors[0]}", f"redis://127.0.0.1:{doomed}"]
     urls.append(f"redis://127.0.0.1:{survivors[1]}")
     a, b, c = await asyncio.to_thread(nodes.start_all, urls)
-    sender, sender_name = await clients.guest(a)
-    receivers, receiver_names = zip(*[await clients.guest(node) for node in (b, c)], strict=True)
+    sender, sender_name = await ws_clients.guest(a)
+    receivers, receiver_names = zip(*[await ws_clients.guest(node) for node in (b, c)], strict=True)
     for ws in (sender, *receivers):
         await join(ws, room)
     got = [Received(), Received()]

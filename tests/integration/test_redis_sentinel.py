@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,23 +50,13 @@ def nodes(tmp_path: Path) -> Iterator[Nodes]:
             group.stop()
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[Clients]:
-    """The test's WebSocket connections, closed after it."""
-    group = Clients()
-    try:
-        yield group
-    finally:
-        await group.close()
-
-
 async def test_two_nodes_on_sentinel_chat_and_survive_a_master_failover(
-    redis_sentinel: SentinelRig, nodes: Nodes, clients: Clients
+    redis_sentinel: SentinelRig, nodes: Nodes, ws_clients: Clients
 ) -> None:
     """Chat crosses nodes; kill the master mid-chat: each acked message arrives once, in order."""
     a, b = await asyncio.to_thread(nodes.start_all, [redis_sentinel.url] * 2)
-    sender, _ = await clients.guest(a)
-    receiver, _ = await clients.guest(b)
+    sender, _ = await ws_clients.guest(a)
+    receiver, _ = await ws_clients.guest(b)
     for ws in (sender, receiver):
         await join(ws, "sentry")
     await send_json(receiver, "chat", {"room": "sentry", "message": "hello from b"}, id="hi")
