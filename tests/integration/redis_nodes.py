@@ -22,7 +22,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.integration.serverproc import ServerProcess, start_server
-from tests.integration.users import SECRET, user_ws
+from tests.integration.users import SECRET, call, user_ws
 from tests.integration.wsclient import recv_json, recv_type, send_json, welcome
 
 #: Heartbeat of the test nodes, in seconds: a dead node's users leave
@@ -221,3 +221,31 @@ async def all_received(receivers: list[Received], count: int, timeout: float) ->
     async with asyncio.timeout(timeout):
         while any(len(r.messages) < count for r in receivers):
             await asyncio.sleep(0.05)
+
+
+async def chat_through_fault(
+    nodes: list[ServerProcess],
+    sent: Conversation,
+    stop: asyncio.Event,
+    talker: asyncio.Future[None],
+    receivers: list[Received],
+    killed_at: float,
+    within: float,
+) -> int:
+    """After a fault at ``killed_at``: wait until every node is ready again and five more
+    messages are acked, stop the chat, and wait (until ``within`` seconds after the fault)
+    for every receiver to have all of it; how many were sent. A repeat would show by the
+    return: half a second more is waited for it."""
+    async with asyncio.timeout(within):
+        while [(await call(node, "GET", "/ready"))[0] for node in nodes] != [200] * len(nodes):
+            await asyncio.sleep(0.1)
+    more = len(sent.seqs) + 5
+    async with asyncio.timeout(within):
+        while len(sent.seqs) < more:
+            await asyncio.sleep(0.05)
+    stop.set()
+    await talker
+    total = len(sent.seqs)
+    await all_received(receivers, total, within - (time.monotonic() - killed_at))
+    await asyncio.sleep(0.5)
+    return total

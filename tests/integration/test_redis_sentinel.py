@@ -9,6 +9,8 @@ master is, again after it moves.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +23,12 @@ from tests.integration.redis_nodes import (
     Nodes,
     Received,
     all_received,
+    chat_through_fault,
     chats,
     join,
     numbered_chat,
     receive,
 )
-from tests.integration.users import call
 from tests.integration.wsclient import send_json
 from tests.redis_servers import SentinelRig
 from tests.services import fresh_database, fresh_redis_prefix
@@ -73,19 +75,10 @@ async def test_two_nodes_on_sentinel_chat_and_survive_a_master_failover(
         killed_at = time.monotonic()
         dead, promoted = await asyncio.to_thread(redis_sentinel.fail_over)
         failover = time.monotonic() - killed_at
-        async with asyncio.timeout(FAILOVER_DELIVERY):
-            while [(await call(node, "GET", "/ready"))[0] for node in (a, b)] != [200, 200]:
-                await asyncio.sleep(0.1)
-        more = len(sent.seqs) + 5
-        async with asyncio.timeout(FAILOVER_DELIVERY):
-            while len(sent.seqs) < more:
-                await asyncio.sleep(0.05)
-        stop.set()
-        await talker
-        total = len(sent.seqs)
-        await all_received([got], total, FAILOVER_DELIVERY - (time.monotonic() - killed_at))
-        delivered = time.monotonic() - killed_at
-        await asyncio.sleep(0.5)  # a repeat would come now
+        total = await chat_through_fault(
+            [a, b], sent, stop, talker, [got], killed_at, FAILOVER_DELIVERY
+        )
+        delivered = time.monotonic() - killed_at - 0.5
     except (TimeoutError, AssertionError) as exc:
         raise AssertionError(
             f"sent {len(sent.seqs)}, received {len(got.messages)}\n{nodes.stderr()}"
@@ -104,3 +97,26 @@ async def test_two_nodes_on_sentinel_chat_and_survive_a_master_failover(
         f" {delivered:.1f} s after the kill; slowest ack {max(sent.ack_waits):.2f} s;"
         f" slowest delivery {late:.2f} s"
     )
+
+
+def test_a_service_no_sentinel_knows_is_one_line_and_exit_2(
+    redis_sentinel: SentinelRig, tmp_path: Path
+) -> None:
+    """Sentinels that name no master for the service: one line on stderr, exit 2."""
+    with fresh_database() as database:
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "roomcast", "serve", "--port", "0"),
+                *("--database-url", database, "--data-dir", str(tmp_path / "data")),
+                *(
+                    "--redis-url",
+                    f"redis+sentinel://127.0.0.1:{redis_sentinel.sentinel_port}/nosuch",
+                ),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "no Sentinel named a master" in result.stderr

@@ -89,6 +89,7 @@ from .redis_client import (
     close_client,
     connect,
     is_cluster,
+    redis_reason,
     redis_where,
 )
 
@@ -412,7 +413,7 @@ class RedisBroker:
         except REDIS_ERRORS as exc:
             await self._disconnect()
             where = redis_where(self.url)
-            raise BrokerError(f"cannot reach Redis at {where}: {_reason(exc)}") from exc
+            raise BrokerError(f"cannot reach Redis at {where}: {redis_reason(exc)}") from exc
         subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._listener = asyncio.ensure_future(self._listen(subscribed))
         self._tasks = [
@@ -442,7 +443,7 @@ class RedisBroker:
                 async with asyncio.timeout(COMMAND_TIMEOUT * 2):
                     await self._leave_service()
             except (*REDIS_ERRORS, TimeoutError) as exc:
-                logger.warning("cannot leave presence in Redis: %s", _reason(exc))
+                logger.warning("cannot leave presence in Redis: %s", redis_reason(exc))
         deadline = time.monotonic() + COMMAND_TIMEOUT
         while self._outbox and self._publishing_ok and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -472,7 +473,7 @@ class RedisBroker:
         try:
             await self._redis.ping()
         except REDIS_ERRORS as exc:
-            raise BrokerError(f"Redis is not answering: {_reason(exc)}") from exc
+            raise BrokerError(f"Redis is not answering: {redis_reason(exc)}") from exc
 
     # -- publications --------------------------------------------------------
 
@@ -517,7 +518,7 @@ class RedisBroker:
                 outbox.extendleft(reversed(kept))
                 if failed:
                     if self._publishing_ok:
-                        reason = _reason(error) if error is not None else "a shard refused"
+                        reason = redis_reason(error) if error is not None else "a shard refused"
                         logger.warning("cannot publish to Redis: %s; retrying", reason)
                     self._publishing_ok = False
                     if len(failed) == len(batches):
@@ -661,7 +662,7 @@ class RedisBroker:
                 logger.warning("subscribing to Redis again")
             except (*REDIS_ERRORS, TimeoutError, BrokerError, _Restart) as exc:
                 if self._subscribed or first:
-                    logger.warning("Redis subscription lost: %s; resubscribing", _reason(exc))
+                    logger.warning("Redis subscription lost: %s; resubscribing", redis_reason(exc))
             except Exception:  # a bug must not leave the node deaf for good
                 logger.exception("the Redis subscriber failed; resubscribing")
             finally:
@@ -813,7 +814,7 @@ class RedisBroker:
                 cursor, found = await redis.hscan(key, cursor, count=limit)
                 names.update(dict.fromkeys(found))
         except REDIS_ERRORS as exc:
-            raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
+            raise BrokerError(f"cannot read presence from Redis: {redis_reason(exc)}") from exc
         return Members(sorted(_text(name) for name in list(names)[:limit]), int(count))
 
     async def present(self, room: str, user: str) -> bool:
@@ -823,7 +824,7 @@ class RedisBroker:
         try:
             return bool(await redis.hexists(self._room_keys(room)[0], user))
         except REDIS_ERRORS as exc:
-            raise BrokerError(f"cannot read presence from Redis: {_reason(exc)}") from exc
+            raise BrokerError(f"cannot read presence from Redis: {redis_reason(exc)}") from exc
 
     async def _presence_forever(self) -> None:
         delay = RETRY_FIRST
@@ -843,7 +844,7 @@ class RedisBroker:
                 delay = RETRY_FIRST
             except Exception as exc:  # Redis errors, and a bug: neither may stop presence
                 if isinstance(exc, REDIS_ERRORS):
-                    logger.warning("cannot update presence in Redis: %s", _reason(exc))
+                    logger.warning("cannot update presence in Redis: %s", redis_reason(exc))
                 else:
                     logger.exception("updating presence in Redis failed")
                 # What changed meanwhile is rebuilt from the connections.
@@ -947,7 +948,7 @@ class RedisBroker:
             except Exception as exc:  # Redis errors, and a bug: neither may stop the refresh
                 if isinstance(exc, REDIS_ERRORS):
                     if self._refresh_ok:
-                        logger.warning("cannot refresh presence in Redis: %s", _reason(exc))
+                        logger.warning("cannot refresh presence in Redis: %s", redis_reason(exc))
                 else:
                     logger.exception("refreshing presence in Redis failed")
                 self._refresh_ok = False
@@ -1026,8 +1027,3 @@ def _text(value: bytes | str) -> str:
 def _jitter(delay: float) -> float:
     """``delay`` give or take a quarter, so nodes do not retry in step."""
     return delay * random.uniform(0.75, 1.25)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -31,6 +31,7 @@ __all__ = [
     "SENTINEL_SCHEMES",
     "close_client",
     "open_client",
+    "redis_reason",
     "redis_where",
 ]
 
@@ -157,6 +158,15 @@ def _sentinel_master(url: str, *, name: str, retry: Retry) -> aioredis.Redis:
         ssl=parts.scheme.lower().startswith("rediss"),
     )
     return master
+
+
+def redis_reason(exc: BaseException) -> str:
+    """One line saying why a Redis call failed (for logs and the error at start)."""
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py's own text is the repr of a whole client.
+        return "no Sentinel named a master for the service (are they up, is the name right?)"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def redis_where(url: str) -> str:

@@ -50,7 +50,13 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final
 
-from ..broker.redis_client import COMMAND_TIMEOUT, REDIS_ERRORS, RedisClient, open_client
+from ..broker.redis_client import (
+    COMMAND_TIMEOUT,
+    REDIS_ERRORS,
+    RedisClient,
+    open_client,
+    redis_reason,
+)
 from .memory import (
     ACCOUNT_FIRST_DELAY,
     ACCOUNT_FORGET,
@@ -313,7 +319,9 @@ class RedisQuotas:
                     await redis.zrem(self._nodes_key, self._claimant)
             except (*REDIS_ERRORS, TimeoutError) as exc:
                 # The others reap this node once its time passes.
-                logger.warning("cannot give back this node's quotas in Redis: %s", _reason(exc))
+                logger.warning(
+                    "cannot give back this node's quotas in Redis: %s", redis_reason(exc)
+                )
         self._redis = None
         with contextlib.suppress(*REDIS_ERRORS):
             await redis.aclose()
@@ -336,7 +344,7 @@ class RedisQuotas:
             logger.warning(
                 "cannot reach Redis for the shared limits (%s): guest names, connections per "
                 "user and logins are counted on this node only until it answers",
-                _reason(exc),
+                redis_reason(exc),
             )
         self._healthy = False
         self._needs_sync = True
@@ -719,8 +727,3 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
