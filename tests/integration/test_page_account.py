@@ -133,7 +133,8 @@ async def test_a_password_change_signs_the_other_pages_out(
     await expect(ann.get_by_test_id("signin-note")).to_have_text("Signed out.")
     status_code, body = await call(server, "POST", "/api/refresh", json={"refresh_token": refresh})
     assert status_code == 401, body
-    assert unexpected(ann_log) == [] and other_log.problems() == []
+    # The other page may learn of the revocation from an API call's 401 before the socket closes.
+    assert unexpected(ann_log) == [] and unexpected(other_log) == []
 
 
 async def test_sign_out_everywhere_then_delete_the_account(
