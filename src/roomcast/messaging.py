@@ -363,9 +363,11 @@ class Messaging:
         result = await self._store.submit(draft)
         assert isinstance(result, AppendResult)
         message = result.message
-        assert isinstance(message, ChatMessage)
+        # An id used before for something else (an edit, a reaction) is refused
+        # before the stored event is read as a chat, as on the WebSocket.
         if result.duplicate and not same_message(message, ("chat", text, "")):
             raise InvalidRequest(id_reused(client_id))
+        assert isinstance(message, ChatMessage)
         if not result.duplicate:
             self._publish_chat(user, result, quote)
         return message

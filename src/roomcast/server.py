@@ -18,7 +18,7 @@ import secrets
 import signal
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any, Final
 
@@ -32,6 +32,7 @@ from . import api, api_admin, api_rooms
 from .accounts import Credential
 from .auth import bearer_token
 from .config import Limits, ServerConfig
+from .eventstream import EventStreamPeer, EventStreams, reads_own_body
 from .exceptions import AuthError, BackendError, DomainError
 from .frontdoor import (
     ConnectionCounts,
@@ -52,6 +53,9 @@ from .protocol.wsframe import PING_FRAME
 from .websocket import Flusher, WebSocketPeer
 
 __all__ = ["RoomcastServer", "WebSocketPeer"]
+
+#: A client's connection: a WebSocket, or an event stream (the HTTP fallback).
+Connection = WebSocketPeer | EventStreamPeer
 
 logger = logging.getLogger("roomcast.server")
 
@@ -105,6 +109,15 @@ class JSONErrorHandler(RequestHandler):
         response.force_close()
         return response
 
+    #: Called when the connection is lost: an event stream (``GET /events``)
+    #: ends with it, which aiohttp does not tell a handler that is not writing.
+    on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost()
+
 
 class RoomcastServer:
     """The HTTP + WebSocket front of one node.
@@ -117,14 +130,16 @@ class RoomcastServer:
     def __init__(self, node: Node, config: ServerConfig) -> None:
         self.node = node
         self.config = config
-        self.peers: set[WebSocketPeer] = set()
+        self.peers: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._flusher: Flusher | None = None
-        #: Open WebSocket connections per client address.
+        #: The HTTP fallback's streams (``/events``).
+        self.streams = EventStreams(node, config, self)
+        #: Open connections (WebSockets and event streams) per client address.
         self._per_ip: Counter[str] = Counter()
         #: Whose X-Forwarded-For names the client (``--trusted-proxy``).
         self.proxies = TrustedProxies(config.trusted_proxies)
@@ -143,12 +158,14 @@ class RoomcastServer:
         app.router.add_get("/ready", _ready)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ws", self._websocket_elsewhere)
+        self.streams.add_routes(app)
         api.add_routes(app, self.node, self.proxies)
         api_rooms.add_routes(app)
         api_admin.add_routes(app)
         app.router.add_get("/", self._index)
         app[_ASSETS] = _assets()  # read once: a name not in it costs a dict lookup
         app.router.add_get("/static/{name}", _static)
+        app.router.add_get("/api/openapi.json", _openapi)
         return app
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -160,7 +177,7 @@ class RoomcastServer:
             body=self.node.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
-    def _origin_allowed(self, headers: dict[str, str]) -> bool:
+    def origin_allowed(self, headers: Mapping[str, str]) -> bool:
         origin = headers.get("origin")
         if origin is None:
             return True  # not a browser: browsers always send Origin
@@ -201,7 +218,7 @@ class RoomcastServer:
 
     def admit(self, door: FrontDoor, head: RequestHead) -> None:
         headers = head.headers
-        if not self._origin_allowed(headers):
+        if not self.origin_allowed(headers):
             logger.info("refused handshake from origin %s", headers.get("origin"))
             door.to_websocket(refusal(403, "forbidden", "origin not allowed"))
             return
@@ -273,7 +290,10 @@ class RoomcastServer:
 
     def peer_opened(self, peer: WebSocketPeer) -> str | None:
         assert peer.transport is not None
-        remote = websocket_client(peer.transport, self.proxies)
+        return self.connection_opened(peer, websocket_client(peer.transport, self.proxies))
+
+    def connection_opened(self, peer: Connection, remote: str) -> str | None:
+        """Count a connection from ``remote``; a reason to close it, or None."""
         # Upgraded first, then closed: a browser can read the close reason,
         # never the body of a refused handshake.
         ip_cap = self.config.limits.max_connections_per_ip
@@ -286,7 +306,7 @@ class RoomcastServer:
         logger.info("connection %s opened from %s", peer.session.id, remote)
         return None
 
-    def peer_closed(self, peer: WebSocketPeer, code: int) -> None:
+    def peer_closed(self, peer: Connection, code: int) -> None:
         remote, peer.remote = peer.remote, None
         if remote is not None:
             self._per_ip[remote] -= 1
@@ -402,8 +422,9 @@ class RoomcastServer:
         for peer in list(self.peers):
             peer.terminate()
         await self._until_no_peers(1.0)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=1.0)
+        tasks = self._tasks | self.streams.tasks
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.node.quotas.close()  # what this node's connections held is given back
@@ -498,6 +519,20 @@ async def _static(request: web.Request) -> web.Response:
     return web.Response(body=body, headers=_page_headers(content_type))
 
 
+@functools.cache
+def _openapi_document() -> bytes:
+    """The OpenAPI 3.1 document of every HTTP route, read from the package once."""
+    return resources.files("roomcast.web").joinpath("openapi.json").read_bytes()
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    """``GET /api/openapi.json``: the HTTP API as OpenAPI 3.1 (docs/protocol.md, section 2)."""
+    return web.Response(
+        body=_openapi_document(),
+        headers={"Content-Type": "application/json", "Cache-Control": "no-cache"},
+    )
+
+
 def _origin_key(url: URL) -> tuple[str, str, int | None]:
     scheme = (url.scheme or "").lower()
     port = url.explicit_port or _DEFAULT_PORTS.get(scheme)
@@ -529,14 +564,16 @@ def _body_deadline(seconds: float) -> Middleware:
     aiohttp waits for a body as long as the client keeps sending it: one
     byte every few seconds held a connection for good. The body (at most
     ``client_max_size``) is read here, whole, so handlers have it at once;
-    when it is late the answer is 408 and the connection is closed.
+    when it is late the answer is 408 and the connection is closed. Frames
+    POSTed to an event stream are read by their handler, with the limits
+    of frames (``eventstream.reads_own_body``).
     """
 
     @web.middleware
     async def body_deadline(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.body_exists:
+        if request.body_exists and not reads_own_body(request):
             try:
                 async with asyncio.timeout(seconds):
                     await request.read()
