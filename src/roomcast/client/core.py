@@ -26,6 +26,10 @@ closes it or the server refuses it for good. Around that task:
   (1008 "signed out", "banned", "account deleted") stops it with
   :class:`SignedOut`.
 
+The connection is a WebSocket, or where a proxy refuses the upgrade the
+server's HTTP fallback (:mod:`roomcast.client.eventstream`, the same frames
+over ``GET /events`` and POSTs): one code path drives either.
+
 Moderation and the account's routes are HTTP calls, in the mixins the
 client is made of (:mod:`roomcast.client.moderation`,
 :mod:`roomcast.client.signin`).
@@ -55,7 +59,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from ..protocol.messages import LOBBY
@@ -95,6 +99,7 @@ from .events import (
     search_page,
     unread_counts,
 )
+from .eventstream import Connection, EventStream, events_url
 from .moderation import ModerationMixin
 
 __all__ = [
@@ -133,6 +138,12 @@ REVOKED: Final = ("signed out", "banned", "account deleted")
 #: The codes that refuse a resume ``join`` for good: the user was removed or
 #: banned while away, or the room is gone. The client stops following the room.
 SHUT_OUT: Final = frozenset({"banned", "forbidden", "not_member", "not_found"})
+#: The ``transport`` option's values: WebSocket, falling back to HTTP when
+#: its handshake fails; either one only.
+TRANSPORTS: Final = frozenset({"auto", "websocket", "http"})
+#: Seconds an "auto" client that fell back to HTTP reconnects over HTTP
+#: straight away, rather than trying a WebSocket that was just refused.
+HTTP_HOLD: Final = 300.0
 
 
 @dataclass(slots=True)
@@ -497,6 +508,10 @@ class Client(ModerationMixin):
             gone and the client reconnects.
         open_timeout: seconds a connection attempt may take.
         rooms: rooms to join on connect, besides the lobby.
+        transport: "auto" (a WebSocket, or the HTTP fallback where its
+            handshake fails, as behind a proxy that refuses the upgrade),
+            "websocket" or "http" only. :attr:`transport` says which one
+            the connection uses.
     """
 
     def __init__(
@@ -514,9 +529,12 @@ class Client(ModerationMixin):
         ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
         rooms: tuple[str, ...] = (),
+        transport: str = "auto",
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give username and password together")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport is one of {sorted(TRANSPORTS)}, not {transport!r}")
         self.url = url
         self.token = token
         self.refresh_token = refresh_token
@@ -531,6 +549,13 @@ class Client(ModerationMixin):
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
+        #: The ``transport`` option.
+        self._mode = transport
+        #: The transport of the current (or last) connection: "websocket" or
+        #: "http" (None before the first).
+        self.transport: str | None = None
+        #: Until when (``time.monotonic()``) an "auto" client that fell back goes straight to HTTP.
+        self._http_until = 0.0
         self.state = ConnectionState.DISCONNECTED
         #: Who the server says this connection is (set on each connect).
         self.user: str | None = None
@@ -542,7 +567,7 @@ class Client(ModerationMixin):
         self._outbox: dict[str, _Outgoing] = {}
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._callbacks: list[tuple[type[Any] | None, Callable[[Any], object]]] = []
-        self._ws: ClientConnection | None = None
+        self._ws: Connection | None = None
         self._connection = 0  # counts connections, to tell sends apart
         self._runner: asyncio.Task[None] | None = None
         self._stop = False
@@ -1189,16 +1214,8 @@ class Client(ModerationMixin):
                 stale = self.token
                 await self._renew(stale)
                 renewed = self.token != stale
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-            ws = await connect(
-                self.url,
-                additional_headers=headers,
-                open_timeout=self.open_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
-                max_size=32 * 1024 * 1024,
-                close_timeout=2.0,
-            )
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            ws = await self._open(headers)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status == 401 and not renewed and self._can_renew():
@@ -1231,12 +1248,70 @@ class Client(ModerationMixin):
             with contextlib.suppress(Exception):
                 await ws.close()
         self.backoff.connected_for(time.monotonic() - started)
-        close = ws.protocol.close_rcvd
+        close = ws.close_rcvd if isinstance(ws, EventStream) else ws.protocol.close_rcvd
         if close is not None and close.code == 1008 and not self._stop:
             self._closed_by_policy(close.reason)
         if close is not None:
             return f"closed with {close.code} {close.reason}".strip()
         return "connection lost"
+
+    async def _open(self, headers: dict[str, str]) -> Connection:
+        """Open a connection over the transport to use now.
+
+        "auto" tries a WebSocket first, and ``GET /events`` when its
+        handshake fails other than for a server that is down (a refused or
+        reset connection) or a refused token (401): a proxy that blocks
+        WebSocket answers 403, or something else, or nothing. A 403 of the
+        server's own (a refused origin) is answered again by ``/events``,
+        which makes the same checks, and is final there as on a handshake.
+        After a fallback, connections go straight to HTTP for
+        :data:`HTTP_HOLD` seconds.
+
+        Raises:
+            InvalidStatus: the handshake (or ``/events``) was refused.
+            OSError, TimeoutError, WebSocketException: it failed otherwise.
+        """
+        hold = self._mode == "auto" and time.monotonic() < self._http_until
+        if self._mode == "http" or hold:
+            return await self._open_http(headers)
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers=headers,
+                open_timeout=self.open_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                max_size=32 * 1024 * 1024,
+                close_timeout=2.0,
+            )
+        except InvalidStatus as exc:
+            if self._mode != "auto" or exc.response.status_code == 401:
+                raise
+            failure: Exception = exc
+        except ConnectionError:
+            raise  # the server is down: /events would be too
+        except (TimeoutError, WebSocketException) as exc:
+            if self._mode != "auto":
+                raise
+            failure = exc
+        else:
+            self.transport = "websocket"
+            return ws
+        logger.info("WebSocket handshake failed (%s); trying the HTTP fallback", failure)
+        stream = await self._open_http(headers)
+        self._http_until = time.monotonic() + HTTP_HOLD
+        return stream
+
+    async def _open_http(self, headers: dict[str, str]) -> EventStream:
+        stream = await EventStream.open(
+            events_url(self.url),
+            headers,
+            open_timeout=self.open_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+        )
+        self.transport = "http"
+        return stream
 
     def _closed_by_policy(self, reason: str) -> None:
         """The server closed the connection with 1008: stop, unless a new token will do."""
@@ -1250,7 +1325,7 @@ class Client(ModerationMixin):
         else:
             self._finish(f"closed by the server with 1008: {reason}")
 
-    async def _resume(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
+    async def _resume(self, ws: Connection, reader: asyncio.Task[None]) -> None:
         """Sign in, join the rooms again from where they were, send what waits."""
         this = self._connection
         if self.guest is not None:
@@ -1286,12 +1361,14 @@ class Client(ModerationMixin):
                 break
             for out in waiting:
                 await self._write(out)
-        self._set_state(ConnectionState.CONNECTED)
+        self._set_state(
+            ConnectionState.CONNECTED, "over HTTP" if self.transport == "http" else None
+        )
         if self._ready_once is not None and not self._ready_once.done():
             self._ready_once.set_result(None)
 
     async def _ask(
-        self, ws: ClientConnection, reader: asyncio.Task[None], kind: str, payload: dict[str, Any]
+        self, ws: Connection, reader: asyncio.Task[None], kind: str, payload: dict[str, Any]
     ) -> Reply:
         """A request on this connection only (not queued, not resent)."""
         fid = _new_id()
@@ -1309,7 +1386,7 @@ class Client(ModerationMixin):
 
     async def _page_back(
         self,
-        ws: ClientConnection,
+        ws: Connection,
         reader: asyncio.Task[None],
         room: str,
         joined: dict[str, Any],
@@ -1370,7 +1447,7 @@ class Client(ModerationMixin):
             for event in stream.offer(seq, found.get(seq)):
                 self._emit(event)
 
-    async def _catch_up_direct(self, ws: ClientConnection, reader: asyncio.Task[None]) -> None:
+    async def _catch_up_direct(self, ws: Connection, reader: asyncio.Task[None]) -> None:
         stream = self._streams.setdefault(_DIRECT, SeqStream())
         if stream.expected is None:
             reply = await self._ask(ws, reader, "direct_history", {"limit": 1})
@@ -1407,7 +1484,7 @@ class Client(ModerationMixin):
 
     # -- reading ---------------------------------------------------------------
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: Connection) -> None:
         async for data in ws:
             if isinstance(data, bytes):
                 continue

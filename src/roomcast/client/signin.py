@@ -36,9 +36,8 @@ from .errors import AuthRefused, SendError, send_error
 from .events import SessionTokens, parse_time
 
 if TYPE_CHECKING:
-    from websockets.asyncio.client import ClientConnection
-
     from .events import Event, Reply
+    from .eventstream import Connection
 
 __all__ = [
     "HTTP_TIMEOUT",
@@ -174,7 +173,7 @@ class SignInMixin:
     #: Whether the user signed in is a server-wide admin (as the server last said).
     admin: bool
     _password: str | None
-    _ws: ClientConnection | None
+    _ws: Connection | None
     _renew_lock: asyncio.Lock | None
     #: Why the client is ending on purpose (a logout, a deleted account): a
     #: close by the server meanwhile is then no surprise.

@@ -917,7 +917,7 @@ def render(
         if event.new is ConnectionState.RECONNECTING:
             return f"* reconnecting{reason}"
         if event.new is ConnectionState.CONNECTED:
-            return "* connected"
+            return f"* connected{reason}"  # "(over HTTP)": the fallback transport
     return None
 
 
