@@ -3158,7 +3158,8 @@ function updateBanner() {
   $("retry").hidden = true;
   $("resign").hidden = true;
   if (state === "connected") {
-    message = `Connected as ${me ? visibleName(me.name) : "…"}.`;
+    // Over HTTP: a proxy refused WebSocket, and the client fell back to /events.
+    message = `Connected as ${me ? visibleName(me.name) : "…"}${client.transport === "http" ? " over HTTP" : ""}.`;
   } else if (state === "closed") {
     message = `Disconnected: ${client.closedReason}`;
     $("resign").hidden = false;

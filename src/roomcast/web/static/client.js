@@ -1,7 +1,19 @@
-// The roomcast browser client: one WebSocket kept alive, nothing lost, nothing repeated.
+// The roomcast client, for browsers and Node.js 20+: one connection kept alive,
+// nothing lost, nothing repeated.
 //
-// No DOM here: the page (app.js) listens to events. The semantics follow the
-// Python client (docs/client.md):
+// No DOM here: the page (app.js) listens to events; the npm package "roomcast"
+// (clients/js) is this same file. The semantics follow the Python client
+// (docs/client.md):
+// - transports: a WebSocket (/ws), or, where a proxy refuses the upgrade, the
+//   HTTP fallback (/events: Server-Sent Events down, POSTs up; `EventStream`),
+//   which looks like a WebSocket to the client, so everything below is the same
+//   code for both. `transport: "auto"` tries the WebSocket and opens /events
+//   when its handshake fails, then keeps to HTTP for 5 minutes. A browser
+//   cannot read why a handshake failed, so /events is the test: a server that
+//   is down refuses both, and an origin refused is refused on both, so neither
+//   counts as a fallback (a server that comes up between the two tries does:
+//   5 minutes on HTTP, nothing lost). In Node 20 (no global WebSocket) the
+//   `ws` package is imported when first needed, or `WebSocket` is passed in;
 // - every frame that expects an answer gets a random id and waits in the
 //   outbox until the server answers it; it is written at once when connected
 //   and written again, in order and with the same id, after every reconnect
@@ -39,6 +51,46 @@ const DIRECT = "@direct";
 const SENDABLE = new Set(["chat", "direct", "file"]);
 /** The events that change a message (server to client). */
 const CHANGE_EVENTS = new Set(["edit", "delete", "reaction"]);
+/** WebSocket readyState values (the same for EventStream), not read from a global Node 20 lacks. */
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 3;
+/** After a fallback to HTTP, reconnects use it this long before trying WebSocket again. */
+const FALLBACK_MS = 5 * 60 * 1000;
+/** The most text frames one POST may carry (the server refuses more). */
+const POST_LINES = 64;
+/** The most bytes of frames in one POST (the server reads at most 1 MiB of them). */
+const POST_BYTES = 1024 * 1024;
+/** The `ws` package, named in a variable so bundlers for browsers do not try to include it. */
+const WS_PACKAGE = "ws";
+
+let nodeWebSocket = null;
+
+/** The WebSocket class where there is no global one (Node 20): the `ws` package, imported once. */
+export function loadWebSocket() {
+  if (typeof globalThis.WebSocket === "function") return Promise.resolve(globalThis.WebSocket);
+  nodeWebSocket ??= importWs();
+  return nodeWebSocket;
+}
+
+async function importWs() {
+  try {
+    return (await import(/* webpackIgnore: true */ /* @vite-ignore */ WS_PACKAGE)).default;
+  } catch (first) {
+    // Installed from a folder (npm links it), this file resolves packages from
+    // its real place, outside the program's tree: look from the program too.
+    const { createRequire } = await import(/* webpackIgnore: true */ "node:module");
+    const { pathToFileURL } = await import(/* webpackIgnore: true */ "node:url");
+    for (const base of [process.argv[1], `${process.cwd()}/`]) {
+      try {
+        const path = createRequire(base ?? `${process.cwd()}/`).resolve(WS_PACKAGE);
+        return (await import(/* webpackIgnore: true */ pathToFileURL(path).href)).default;
+      } catch { /* not there either */ }
+    }
+    nodeWebSocket = null; // installed later, it is found then
+    throw new Error(`no WebSocket here: install the ws package or pass {WebSocket} (${first.message})`);
+  }
+}
 
 /** Exponential backoff with full jitter (times in milliseconds). */
 export class Backoff {
@@ -314,6 +366,180 @@ function directEvent(type, p, timestamp) {
 }
 
 /**
+ * The HTTP fallback transport (GET /events, POST /events/{stream}): the same
+ * frames as the WebSocket, down as Server-Sent Events read with fetch (a
+ * streaming body, so it can send Authorization), up as POSTs, one at a time
+ * to keep their order (queued text frames go together, one JSON a line). It
+ * has a WebSocket's face (readyState, send, close, on* handlers, close codes,
+ * 1006 for a lost stream), so ChatClient's outbox, resume and ordering code is
+ * the one for both transports.
+ */
+export class EventStream {
+  constructor(url, { token = null, fetch = null, fallback = false } = {}) {
+    this.url = url;
+    this.token = token;
+    /** fetch, called unbound (a browser's refuses another `this`). */
+    this.fetch = fetch ?? ((...args) => globalThis.fetch(...args));
+    /** Opened because the WebSocket handshake failed (ChatClient then keeps to HTTP a while). */
+    this.fallback = fallback;
+    this.readyState = CONNECTING;
+    this.binaryType = "arraybuffer";
+    /** The stream's secret id (the `open` event), which POSTs name. */
+    this.stream = null;
+    /** Seconds within which the server wants a POST (0: none). */
+    this.heartbeat = 0;
+    /** Frames waiting for the POST in flight to end. */
+    this.queue = [];
+    this.posting = false;
+    this.lastPost = Date.now();
+    this.keepalive = null;
+    this.abort = new AbortController();
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this._read().catch((err) => this._end(1006, `the event stream failed: ${err.message}`));
+  }
+
+  _get(token) {
+    const headers = { Accept: "text/event-stream" };
+    if (token !== null) headers.Authorization = `Bearer ${token}`;
+    return this.fetch(this.url, { headers, cache: "no-store", signal: this.abort.signal });
+  }
+
+  async _read() {
+    let response = await this._get(this.token);
+    if (response.status === 401 && this.token !== null) {
+      // A refused token: open unsigned, as a WebSocket with the token in its
+      // offer does; the `auth` frame that follows gets the error the client
+      // acts on (a new token from refreshToken, or sign in again).
+      await response.body?.cancel().catch(() => {});
+      response = await this._get(null);
+    }
+    if (response.status !== 200 || !response.body) {
+      await response.body?.cancel().catch(() => {});
+      this._end(1006, `the event stream was refused (HTTP ${response.status})`);
+      return;
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let event = "";
+    let data = [];
+    while (this.readyState !== CLOSED) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n")) >= 0 && this.readyState !== CLOSED) {
+        const line = buffer.slice(0, end).replace(/\r$/, "");
+        buffer = buffer.slice(end + 1);
+        if (line === "") {
+          if (data.length) this._event(event || "message", data.join("\n"));
+          event = "";
+          data = [];
+        } else if (!line.startsWith(":")) { // ": ping" comments only keep proxies awake
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") event = text;
+          else if (field === "data") data.push(text);
+        }
+      }
+    }
+    this._end(1006, "the event stream ended");
+  }
+
+  _event(name, data) {
+    if (name === "message") {
+      if (this.readyState === OPEN) this.onmessage?.({ data });
+      return;
+    }
+    let p = {};
+    try {
+      p = JSON.parse(data) ?? {};
+    } catch { /* read as {} */ }
+    if (name === "open" && this.readyState === CONNECTING) {
+      this.stream = String(p.stream ?? "");
+      this.heartbeat = Number(p.heartbeat ?? 0) || 0;
+      this.readyState = OPEN;
+      if (this.heartbeat > 0) {
+        // The server drops a stream that POSTs nothing for a heartbeat: a
+        // ping (no id; its pong is ignored) when the client has been quiet.
+        const half = (this.heartbeat * 1000) / 2;
+        this.keepalive = setInterval(() => {
+          if (!this.posting && Date.now() - this.lastPost >= half) this.send(JSON.stringify({ type: "ping", payload: {} }));
+        }, half / 2);
+      }
+      this.onopen?.({});
+    } else if (name === "close") {
+      this._end(Number(p.code ?? 1006), String(p.reason ?? ""));
+    }
+  }
+
+  send(data) {
+    if (this.readyState !== OPEN) return; // like a closed WebSocket: the outbox resends
+    this.queue.push(data);
+    if (!this.posting) this._post();
+  }
+
+  async _post() {
+    this.posting = true;
+    try {
+      while (this.queue.length && this.readyState === OPEN) {
+        let body;
+        let type;
+        if (typeof this.queue[0] !== "string") {
+          body = this.queue.shift();
+          type = "application/octet-stream"; // one file frame
+        } else {
+          const lines = [];
+          let size = 0; // bytes as UTF-16 code units: at most 3 bytes of UTF-8 each
+          while (lines.length < POST_LINES && typeof this.queue[0] === "string"
+                 && (lines.length === 0 || size + this.queue[0].length * 3 <= POST_BYTES)) {
+            size += this.queue[0].length * 3 + 1;
+            lines.push(this.queue.shift());
+          }
+          body = `${lines.join("\n")}\n`;
+          type = "application/x-ndjson";
+        }
+        this.lastPost = Date.now();
+        const response = await this.fetch(`${this.url}/${encodeURIComponent(this.stream)}`, {
+          method: "POST", headers: { "Content-Type": type }, body, cache: "no-store", signal: this.abort.signal,
+        });
+        await response.body?.cancel().catch(() => {});
+        if (response.status !== 204) {
+          // 404: the stream ended, or lives on another node; 413 and 400 close it as 1009 and 1007 do.
+          const code = response.status === 413 ? 1009 : response.status === 400 ? 1007 : 1006;
+          this._end(code, `a POST was refused (HTTP ${response.status})`);
+        }
+      }
+    } catch (err) {
+      this._end(1006, `a POST failed: ${err.message}`);
+    } finally {
+      this.posting = false;
+    }
+  }
+
+  /** Close it; the close event follows later, as a WebSocket's does. */
+  close(code = 1000, reason = "") {
+    if (this.readyState === CLOSED) return;
+    this._stop();
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
+
+  _stop() {
+    this.readyState = CLOSED;
+    clearInterval(this.keepalive);
+    this.queue = [];
+    this.abort.abort();
+  }
+
+  _end(code, reason) {
+    if (this.readyState === CLOSED) return;
+    this._stop();
+    this.onclose?.({ code, reason });
+  }
+}
+
+/**
  * The connection. States: "idle", "connecting" (never connected yet),
  * "connected", "reconnecting" (waiting `retryAt`, or trying when it is null),
  * "closed" (for good: `closedReason`).
@@ -326,12 +552,30 @@ function directEvent(type, p, timestamp) {
  * outbox, acked, failed (`{id, kind, meta, code, message, details}`),
  * removed (taken out of a room: `{room, by, reason?, banned?, until?}`), room
  * (a room's settings and roles: the `room` payload), ratelimited (a frame
- * waits `retryAfter` ms before it is sent again: `{id, kind, room, retryAfter}`).
+ * waits `retryAfter` ms before it is sent again: `{id, kind, room, retryAfter}`),
+ * frame (every frame the server sent, as it came).
+ *
+ * `transport`: "auto" (WebSocket, and /events when its handshake fails),
+ * "websocket" or "http"; `client.transport` is the one in use. `eventsUrl`:
+ * where /events is (default: `url` with http(s) and /events for /ws).
+ * `WebSocket`, `fetch`: the implementations to use (default: the global ones;
+ * in Node 20 the `ws` package).
  */
 export class ChatClient {
   constructor({ url, token = null, guest = null, backoff = null, refreshToken = null,
-    pingInterval = 20000, pingTimeout = 20000, openTimeout = 10000, maxQueue = 1000 } = {}) {
+    pingInterval = 20000, pingTimeout = 20000, openTimeout = 10000, maxQueue = 1000,
+    transport = "auto", eventsUrl = null, WebSocket = null, fetch = null } = {}) {
     Object.assign(this, { url, token, guest, refreshToken, pingInterval, pingTimeout, openTimeout, maxQueue });
+    if (!["auto", "websocket", "http"].includes(transport)) throw new TypeError(`unknown transport ${transport}`);
+    /** The transport asked for; `transport` is the one in use. */
+    this.transportOption = transport;
+    this.transport = transport === "http" ? "http" : "websocket";
+    /** Until when (ms) reconnects go straight to HTTP after a fallback. */
+    this.httpUntil = 0;
+    this.eventsUrl = eventsUrl;
+    /** null until first needed where there is no global one (Node 20: `ws`). */
+    this.WebSocket = WebSocket ?? (typeof globalThis.WebSocket === "function" ? globalThis.WebSocket : null);
+    this.fetch = fetch;
     this.backoff = backoff ?? new Backoff();
     this.state = "idle";
     this.retryAt = null;
@@ -404,7 +648,7 @@ export class ChatClient {
 
   _setState(state, extra = {}) {
     this.state = state;
-    this.emit("state", { state, retryAt: this.retryAt, reason: extra.reason ?? null, queued: this.queued });
+    this.emit("state", { state, retryAt: this.retryAt, reason: extra.reason ?? null, queued: this.queued, transport: this.transport });
   }
 
   _finish(reason) {
@@ -429,23 +673,55 @@ export class ChatClient {
     this._clearTimers();
     this.retryAt = null;
     this._setState(this.everConnected ? "reconnecting" : "connecting");
+    const http = this.transportOption === "http" || (this.transportOption === "auto" && Date.now() < this.httpUntil);
+    this._open(http ? "http" : "websocket", false);
+  }
+
+  /** Open one connection over `transport`; `fallback`: after a failed WebSocket handshake. */
+  _open(transport, fallback) {
+    const conn = ++this.conn;
+    if (transport === "websocket" && this.WebSocket === null) {
+      loadWebSocket().then((WebSocketClass) => {
+        this.WebSocket = WebSocketClass;
+        if (this.conn === conn && this.state !== "closed") this._open(transport, fallback);
+      }, (err) => {
+        if (this.conn !== conn || this.state === "closed") return;
+        if (this.transportOption === "auto") this._open("http", true);
+        else this._finish(err.message); // trying again would fail the same way
+      });
+      return;
+    }
     let ws;
     try {
-      ws = new WebSocket(this.url, this._subprotocols());
+      ws = transport === "http"
+        ? new EventStream(this._eventsUrl(), { token: this.token, fetch: this.fetch, fallback })
+        : new this.WebSocket(this.url, this._subprotocols());
     } catch (err) {
       this._retry(`cannot connect: ${err.message}`);
       return;
     }
     ws.binaryType = "arraybuffer";
     this.ws = ws;
-    const conn = ++this.conn;
+    this.transport = transport;
     ws.onopen = () => this._opened(ws, conn);
     ws.onmessage = (event) => this._frame(ws, event.data);
     ws.onclose = (event) => this._closed(ws, event.code, event.reason);
     ws.onerror = () => {}; // a close event follows
+    clearTimeout(this.timers.open);
     this.timers.open = setTimeout(() => {
-      if (this.ws === ws && ws.readyState === WebSocket.CONNECTING) this._lost(ws, "connecting timed out");
+      if (this.ws === ws && ws.readyState === CONNECTING) this._lost(ws, "connecting timed out");
     }, this.openTimeout);
+  }
+
+  /** GET /events: `eventsUrl`, or `url` with http(s) for ws(s) and /events for /ws. */
+  _eventsUrl() {
+    if (this.eventsUrl) return this.eventsUrl;
+    const url = new URL(this.url, globalThis.location?.href);
+    url.protocol = url.protocol === "wss:" || url.protocol === "https:" ? "https:" : "http:";
+    url.pathname = `${url.pathname.replace(/\/ws\/?$/, "").replace(/\/$/, "")}/events`;
+    url.search = "";
+    url.hash = "";
+    return url.href;
   }
 
   /**
@@ -476,6 +752,13 @@ export class ChatClient {
 
   _closed(ws, code, reason) {
     if (ws !== this.ws) return;
+    if (!this.openedAt && this.transportOption === "auto" && this.transport === "websocket") {
+      // The handshake failed: a proxy may refuse WebSocket. Try /events now;
+      // if the server is down or refuses us, that fails too and we wait.
+      this._detach();
+      this._open("http", true);
+      return;
+    }
     this._detach();
     if (this.openedAt) this.backoff.connectedFor(Date.now() - this.openedAt);
     this.openedAt = null;
@@ -507,6 +790,7 @@ export class ChatClient {
   _opened(ws, conn) {
     clearTimeout(this.timers.open);
     this.openedAt = Date.now();
+    if (ws.fallback) this.httpUntil = this.openedAt + FALLBACK_MS;
     this.timers.ping = setInterval(() => this._ping(ws), this.pingInterval);
     this._resume(ws, conn).catch((err) => {
       if (err instanceof SendError && err.code === "auth") {
@@ -576,11 +860,15 @@ export class ChatClient {
       }
     }
     if (this.token !== null) await this._catchUpDirect(ws);
-    while (true) {
+    // The connection may have ended while the last answer was read (an event
+    // stream can carry an answer and its close in one chunk): `_write` then
+    // writes nothing, and the next connection resends.
+    while (this.ws === ws && ws.readyState === OPEN) {
       const waiting = [...this.outbox.values()].filter((o) => o.sentOn !== conn);
       if (!waiting.length) break;
       for (const out of waiting) this._write(out);
     }
+    if (this.ws !== ws) throw new Error("connection lost");
     this.everConnected = true;
     this._setState("connected");
   }
@@ -699,6 +987,7 @@ export class ChatClient {
       return;
     }
     if (!frame || typeof frame.type !== "string") return;
+    this.emit("frame", frame);
     const p = frame.payload && typeof frame.payload === "object" ? frame.payload : {};
     const id = typeof frame.id === "string" ? frame.id : null;
     if (frame.type === "pong" && id !== null && id === this.pingId) {
@@ -852,7 +1141,7 @@ export class ChatClient {
 
   _write(out) {
     const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN || out.sentOn === this.conn) return;
+    if (!ws || ws.readyState !== OPEN || out.sentOn === this.conn) return;
     out.sentOn = this.conn;
     ws.send(out.data);
   }
@@ -1007,7 +1296,7 @@ export class ChatClient {
 
   /** Tell a room this user is typing (dropped while offline). */
   typing(room) {
-    if (this.state === "connected" && this.ws && this.ws.readyState === WebSocket.OPEN) {
+    if (this.state === "connected" && this.ws && this.ws.readyState === OPEN) {
       this.ws.send(JSON.stringify({ type: "typing", payload: { room } }));
     }
   }

@@ -1,0 +1,1 @@
+../../src/roomcast/web/static/client.js
