@@ -241,7 +241,7 @@ async def test_http_only_works_without_a_proxy(node: Node) -> None:
         assert (await ivy.send_chat("plain http")).type == "ack"
         await wait_for(lambda: texts(seen) == ["plain http"])
         assert len(reader_threads() - before) == 1
-    assert reader_threads() <= before
+    await wait_for(lambda: reader_threads() <= before)
     assert node.proxy.piped == 0
 
 

@@ -483,8 +483,11 @@ async def test_a_post_whose_stream_ends_before_its_frames_ran_is_404(
     await asyncio.sleep(0.3)
     writer.write(body[5:])
     await writer.drain()
-    status_line = await asyncio.wait_for(reader.readline(), WAIT)
-    writer.close()
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), WAIT)
+    finally:
+        writer.close()
+        await writer.wait_closed()
     assert status_line.split()[1] == b"404", status_line
 
 
@@ -496,8 +499,11 @@ async def test_a_broken_chunked_body_is_400_at_once_and_over_a_mebibyte_413(
     reader, writer = await raw_post_head(server, sse.stream, "Transfer-Encoding: chunked\r\n")
     writer.write(b"3\r\nabc\r\nzz\r\n")
     await writer.drain()
-    status_line = await asyncio.wait_for(reader.readline(), 3.0)  # the body timeout is 10 s
-    writer.close()
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 8.0)  # the body timeout is 10 s
+    finally:
+        writer.close()
+        await writer.wait_closed()
     assert status_line.split()[1] == b"400", status_line
     assert await sse.post({"type": "ping", "id": "still"}) == (204, None)
     assert (await sse.until("pong", "still"))["id"] == "still"
