@@ -28,6 +28,8 @@ class TcpProxy:
         #: Drop what the server sends: the client's frames still arrive, the
         #: answers are lost on the way back (a link that dies after a send).
         self.muted = False
+        #: Connections piped to the target so far.
+        self.piped = 0
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
 
@@ -39,11 +41,20 @@ class TcpProxy:
         if self.refusing:
             writer.transport.abort()
             return
+        await self._pipe_through(reader, writer)
+
+    async def _pipe_through(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes = b""
+    ) -> None:
+        """Pipe a client's connection to the target (``first``: bytes already read from it)
+        until either side ends; reset it when the target cannot be reached."""
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.transport.abort()
             return
+        self.piped += 1
+        up_writer.write(first)
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import re
 
-from tests.netproxy import TcpProxy, _pipe
+from tests.netproxy import TcpProxy
 
 #: Seconds a client may take to send its request head.
 HEAD_TIMEOUT = 10.0
@@ -40,8 +40,6 @@ class WsBlockProxy(TcpProxy):
         super().__init__(target_port)
         #: Upgrades refused so far.
         self.refused = 0
-        #: Connections piped so far (plain HTTP requests).
-        self.piped = 0
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
@@ -60,20 +58,4 @@ class WsBlockProxy(TcpProxy):
                 await writer.drain()
             writer.close()
             return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.piped += 1
-        up_writer.write(head)
-        pair = (writer, up_writer)
-        self._pairs.add(pair)
-        try:
-            await asyncio.gather(
-                _pipe(reader, up_writer), _pipe(up_reader, writer, lambda: self.muted)
-            )
-        finally:
-            self._pairs.discard(pair)
-            for w in pair:
-                w.transport.abort()
+        await self._pipe_through(reader, writer, head)
